@@ -1,0 +1,60 @@
+"""bitsandbytes NF4: 4-bit NormalFloat, blocksize 64, double-quantised absmax, bf16 compute.
+
+At batch 1 bitsandbytes' `matmul_4bit` dispatches to its fused 4-bit GEMV (`gemv_4bit`); larger
+inputs dequantise and call cuBLAS. bitsandbytes quantises at load time, as deployments do.
+"""
+
+from __future__ import annotations
+
+import torch
+from qbench.backends import formats
+
+from qbench.backend import Backend
+from qbench.quantlinear import QuantLinear
+
+
+class Nf4Linear(QuantLinear):
+    def __init__(self, linear: torch.nn.Linear, group_size: int):
+        import bitsandbytes.functional as bnbf
+
+        super().__init__(linear.in_features, linear.out_features, linear.bias, formats.NF4_BLOCKSIZE)
+        weight = linear.weight.detach().to(torch.bfloat16).contiguous()
+        packed, state = bnbf.quantize_4bit(
+            weight, blocksize=formats.NF4_BLOCKSIZE, compress_statistics=True, quant_type="nf4"
+        )
+        self.register_buffer("packed", packed)
+        self.quant_state = state
+
+    def stored_tensors(self) -> list[torch.Tensor]:
+        state = self.quant_state
+        nested = state.state2
+        return [self.packed, state.absmax, state.code, nested.absmax, nested.code, state.offset.reshape(1)]
+
+    def dequantize(self) -> torch.Tensor:
+        import bitsandbytes.functional as bnbf
+
+        return bnbf.dequantize_4bit(self.packed, self.quant_state).float()
+
+    def kernel_forward(self, x: torch.Tensor) -> torch.Tensor:
+        import bitsandbytes as bnb
+
+        return bnb.matmul_4bit(x, self.packed.t(), bias=self.bias, quant_state=self.quant_state)
+
+
+class BnbNf4Backend(Backend):
+    name = "bnb-nf4"
+    description = "bitsandbytes NF4 (blocksize 64, double quant), bf16 compute"
+    kernel = "bitsandbytes gemv_4bit (fused 4-bit GEMV at batch 1)"
+    compute_dtype = "bfloat16"
+    bits = 4
+    packages = {"bitsandbytes": "bitsandbytes"}
+    extra = "bnb"
+
+    def label(self, group_size: int) -> str:
+        return f"{self.name} (b{formats.NF4_BLOCKSIZE})"
+
+    def linear_bytes(self, in_features: int, out_features: int, group_size: int) -> int:
+        return formats.nf4_bytes(in_features, out_features)
+
+    def quantize_linear(self, linear: torch.nn.Linear, group_size: int) -> Nf4Linear:
+        return Nf4Linear(linear, group_size)

@@ -1,0 +1,171 @@
+"""4-bit weight formats exactly as published checkpoints store them, in pure torch.
+
+Every function here runs on CPU or GPU and is the reference the kernels are checked against:
+quantise a float weight [out, in] to the format's tensors, and dequantise those tensors back.
+Round-to-nearest (RTN) is enough for latency work; a GPTQ- or AWQ-calibrated checkpoint has the
+same tensor layout and loads through the same `*_dequantize` functions.
+
+Layouts (K = in_features, N = out_features, g = group size):
+  AWQ (GEMM, as AutoAWQ saves):  qweight int32 [K, N/8], qzeros int32 [K/g, N/8], scales fp16 [K/g, N];
+                                 8 nibbles per int32 along N in the order 0,2,4,6,1,3,5,7; asymmetric.
+  GPTQ v1 (as AutoGPTQ saves):   qweight int32 [K/8, N] (8 nibbles along K), qzeros int32 [K/g, N/8]
+                                 storing zero-1 along N, scales fp16 [K/g, N], g_idx int32 [K].
+  tinygemm (torch int4):         uint4 [N, K] + scales_and_zeros bf16 [K/g, N, 2];
+                                 w = (q - 8) * scale + zero.
+"""
+
+from __future__ import annotations
+
+import torch
+
+AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble i of a packed int32 holds column AWQ_ORDER[i]
+
+
+def check_group_shape(in_features: int, out_features: int, group_size: int) -> None:
+    if in_features % group_size:
+        raise ValueError(f"in_features {in_features} is not a multiple of group size {group_size}")
+    if out_features % 8:
+        raise ValueError(f"out_features {out_features} is not a multiple of 8")
+
+
+def _grouped(weight: torch.Tensor, group_size: int) -> torch.Tensor:
+    out_features, in_features = weight.shape
+    check_group_shape(in_features, out_features, group_size)
+    return weight.float().reshape(out_features, in_features // group_size, group_size)
+
+
+def rtn_asymmetric(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric 4-bit RTN: returns q uint8 [N, K], scales float [N, K/g], zeros int [N, K/g]."""
+    grouped = _grouped(weight, group_size)
+    wmin = grouped.amin(dim=-1).clamp(max=0)
+    wmax = grouped.amax(dim=-1).clamp(min=0)
+    scales = ((wmax - wmin) / 15).clamp(min=1e-8)
+    zeros = torch.round(-wmin / scales).clamp(0, 15)
+    q = torch.clamp(torch.round(grouped / scales[..., None]) + zeros[..., None], 0, 15)
+    return q.reshape(weight.shape).to(torch.uint8), scales, zeros.to(torch.int32)
+
+
+def rtn_symmetric(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Symmetric 4-bit RTN as GPTQ's sym=True does it: zero point 8, scale = 2*max|w|/15."""
+    grouped = _grouped(weight, group_size)
+    scales = (2 * grouped.abs().amax(dim=-1) / 15).clamp(min=1e-8)
+    zeros = torch.full_like(scales, 8, dtype=torch.int32)
+    q = torch.clamp(torch.round(grouped / scales[..., None]) + 8, 0, 15)
+    return q.reshape(weight.shape).to(torch.uint8), scales, zeros
+
+
+def _pack_columns(values: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor:
+    """Pack 4-bit values [R, C] into int32 [R, C/8] along columns, nibble i <- column order[i]."""
+    rows, cols = values.shape
+    values = values.to(torch.int32).reshape(rows, cols // 8, 8)
+    packed = torch.zeros(rows, cols // 8, dtype=torch.int32, device=values.device)
+    for nibble, column in enumerate(order):
+        packed |= values[:, :, column] << (4 * nibble)
+    return packed
+
+
+def _unpack_columns(packed: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor:
+    rows, packed_cols = packed.shape
+    values = torch.empty(rows, packed_cols, 8, dtype=torch.int32, device=packed.device)
+    for nibble, column in enumerate(order):
+        values[:, :, column] = (packed >> (4 * nibble)) & 0xF
+    return values.reshape(rows, packed_cols * 8)
+
+
+SEQUENTIAL = tuple(range(8))
+
+
+# ---- AWQ ---------------------------------------------------------------------------------------
+
+
+def awq_quantize(weight: torch.Tensor, group_size: int = 128) -> dict[str, torch.Tensor]:
+    q, scales, zeros = rtn_asymmetric(weight, group_size)
+    return {
+        "qweight": _pack_columns(q.t().contiguous(), AWQ_ORDER),  # [K, N/8]
+        "qzeros": _pack_columns(zeros.t().contiguous(), AWQ_ORDER),  # [K/g, N/8]
+        "scales": scales.t().contiguous().to(torch.float16),  # [K/g, N]
+    }
+
+
+def awq_dequantize(tensors: dict[str, torch.Tensor], group_size: int) -> torch.Tensor:
+    """Back to a float weight [N, K] (float32)."""
+    q = _unpack_columns(tensors["qweight"], AWQ_ORDER)  # [K, N]
+    zeros = _unpack_columns(tensors["qzeros"], AWQ_ORDER).repeat_interleave(group_size, dim=0)
+    scales = tensors["scales"].float().repeat_interleave(group_size, dim=0)
+    return ((q - zeros).float() * scales).t().contiguous()
+
+
+def awq_bytes(in_features: int, out_features: int, group_size: int) -> int:
+    groups = in_features // group_size
+    return in_features * out_features // 2 + groups * out_features // 2 + groups * out_features * 2
+
+
+# ---- GPTQ v1 -----------------------------------------------------------------------------------
+
+
+def gptq_quantize(weight: torch.Tensor, group_size: int = 128) -> dict[str, torch.Tensor]:
+    q, scales, zeros = rtn_symmetric(weight, group_size)
+    out_features, in_features = weight.shape
+    # qweight packs 8 consecutive input rows into one int32: transpose, pack "columns", transpose.
+    qweight = _pack_columns(q.contiguous(), SEQUENTIAL).t().contiguous()  # [K/8, N]
+    return {
+        "qweight": qweight,
+        "qzeros": _pack_columns((zeros - 1).t().contiguous() & 0xF, SEQUENTIAL),  # v1: zero-1
+        "scales": scales.t().contiguous().to(torch.float16),
+        "g_idx": (torch.arange(in_features, device=weight.device) // group_size).to(torch.int32),
+    }
+
+
+def gptq_dequantize(tensors: dict[str, torch.Tensor], group_size: int) -> torch.Tensor:
+    q = _unpack_columns(tensors["qweight"].t().contiguous(), SEQUENTIAL).t()  # [K, N]
+    zeros = _unpack_columns(tensors["qzeros"], SEQUENTIAL) + 1  # v1 stores zero-1
+    in_features = tensors["qweight"].shape[0] * 8
+    g_idx = tensors.get("g_idx")
+    g_idx = torch.arange(in_features, device=q.device) // group_size if g_idx is None else g_idx.long()
+    scales = tensors["scales"].float()[g_idx]
+    return ((q - zeros[g_idx]).float() * scales).t().contiguous()
+
+
+def gptq_bytes(in_features: int, out_features: int, group_size: int) -> int:
+    """Bytes the no-act-order kernel reads: qweight, qzeros, scales (g_idx is not read)."""
+    return awq_bytes(in_features, out_features, group_size)
+
+
+# ---- tinygemm (torch.ops.aten._weight_int4pack_mm) ----------------------------------------------
+
+
+def tinygemm_quantize(weight: torch.Tensor, group_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns q uint8 [N, K] (values 0..15) and scales_and_zeros bf16 [K/g, N, 2]."""
+    grouped = _grouped(weight, group_size)
+    wmin, wmax = grouped.amin(dim=-1), grouped.amax(dim=-1)
+    scales = ((wmax - wmin) / 15).clamp(min=1e-6)
+    q = torch.clamp(torch.round((grouped - wmin[..., None]) / scales[..., None]), 0, 15)
+    zeros = wmin + 8 * scales  # so that w = (q - 8) * scale + zero
+    scales_and_zeros = torch.stack([scales, zeros], dim=-1).transpose(0, 1).contiguous()
+    return q.reshape(weight.shape).to(torch.uint8), scales_and_zeros.to(torch.bfloat16)
+
+
+def tinygemm_dequantize(q: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int) -> torch.Tensor:
+    scales = scales_and_zeros[..., 0].float().t().repeat_interleave(group_size, dim=1)
+    zeros = scales_and_zeros[..., 1].float().t().repeat_interleave(group_size, dim=1)
+    return (q.float() - 8) * scales + zeros
+
+
+def tinygemm_bytes(in_features: int, out_features: int, group_size: int) -> int:
+    return in_features * out_features // 2 + (in_features // group_size) * out_features * 2 * 2
+
+
+# ---- bitsandbytes NF4 ---------------------------------------------------------------------------
+
+NF4_BLOCKSIZE = 64
+NESTED_BLOCKSIZE = 256
+
+
+def nf4_bytes(in_features: int, out_features: int, blocksize: int = NF4_BLOCKSIZE) -> int:
+    """bnb NF4 with double quantisation (compress_statistics=True, bnb's default):
+    packed nibbles + one uint8 absmax per block + one fp32 absmax per 256 blocks + fp32 offset,
+    plus the two code books (16 fp32 NF4 values, 256 fp32 nested values)."""
+    elements = in_features * out_features
+    blocks = -(-elements // blocksize)
+    nested_blocks = -(-blocks // NESTED_BLOCKSIZE)
+    return elements // 2 + blocks + nested_blocks * 4 + 4 + 16 * 4 + 256 * 4

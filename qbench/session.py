@@ -1,0 +1,147 @@
+"""One measurement session, run inside a fresh worker process: load, gate, time, report.
+
+A session loads one backend for one model, checks its correctness, then times one decode block per
+requested graphs setting (eager, CUDA graph) in a random order, so drift over the session does not
+favour one setting. It returns a plain dict; the parent process stores it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+
+from qbench import gate
+from qbench.backend import LoadOptions
+from qbench.decode import DecodeSettings, run_block, token_stream
+from qbench.floor import step_bytes
+from qbench.model import DTYPES, layer_bytes
+from qbench.provenance import collect, device_info, nvml_state
+from qbench.registry import load_backend
+from qbench.specs import load_model_spec
+
+CAPTURE_WARMUP = 3  # eager steps before graph capture (qbench.runner.DecoderRunner.capture_graph)
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    model: str
+    backend: str
+    ctx: int
+    device: str = "cpu"
+    graphs: tuple[bool, ...] = (False,)
+    warmup: int = 5
+    steps: int = 30
+    weights: str = "synthetic"
+    group_size: int = 128
+    seed: int = 0
+    session_index: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> SessionConfig:
+        data = json.loads(text)
+        data["graphs"] = tuple(data["graphs"])
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+def log(message: str) -> None:
+    print(f"[worker] {message}", file=sys.stderr, flush=True)
+
+
+def run_session(config: SessionConfig) -> dict[str, Any]:
+    began = time.perf_counter()
+    device = config.device
+    provenance = collect(device)
+    spec = load_model_spec(config.model)
+    backend = load_backend(config.backend)
+    backend.check_available(device_info())
+    settings = DecodeSettings(ctx=config.ctx, warmup=config.warmup, steps=config.steps, seed=config.seed)
+    options = LoadOptions(
+        device=device,
+        weights=config.weights,
+        group_size=config.group_size,
+        seed=config.seed,
+        max_cache_len=settings.positions + CAPTURE_WARMUP,
+    )
+    log(f"loading {config.model} with {config.backend} on {provenance['device']}")
+    loaded = time.perf_counter()
+    runner = backend.load(spec, options)
+    load_s = time.perf_counter() - loaded
+    formula = step_bytes(spec, config.ctx, backend.linear_bytes, config.group_size)
+    measured_linear = layer_bytes(runner.model)
+    result: dict[str, Any] = {
+        "status": "ok",
+        "reason": "",
+        "label": backend.label(config.group_size),
+        "kernel": backend.kernel,
+        "compute_dtype": backend.compute_dtype,
+        "bytes": {**asdict(formula), "weights": formula.weights, "total": formula.total},
+        "measured_linear_bytes": measured_linear,
+        "load_s": round(load_s, 2),
+        "provenance": provenance,
+        "blocks": [],
+    }
+    if measured_linear != formula.linear_weights:
+        result["status"] = "incorrect"
+        result["reason"] = (
+            f"stored linear bytes {measured_linear} differ from the format's formula {formula.linear_weights}"
+        )
+        return result
+
+    tokens = token_stream(spec.vocab_size, settings.positions, config.seed, device)
+    if gate.quant_layers(runner.model):
+        log("correctness gate: layer check")
+        layer_check = gate.check_layers(runner.model, DTYPES[backend.compute_dtype], config.seed)
+        result["layer_check"] = asdict(layer_check)
+        if not layer_check.passed:
+            result["status"] = "incorrect"
+            result["reason"] = (
+                f"layer {layer_check.worst_layer}: relative error {layer_check.worst_relative_error:.3g} "
+                f"> {gate.LAYER_TOLERANCE}"
+            )
+            return result
+    log("correctness gate: reference logits (dequantised weights, plain path)")
+    gate.set_reference(runner.model, True)
+    reference = run_block(runner, settings, tokens, graphs=False).logits
+    gate.set_reference(runner.model, False)
+    gate.release_reference(runner.model)
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+    order = list(config.graphs)
+    random.Random(config.seed * 1000 + config.session_index).shuffle(order)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for graphs in order:
+        log(f"timing {'graph replay' if graphs else 'eager'}: ctx {config.ctx}, {config.steps} steps")
+        block: dict[str, Any] = {"graphs": graphs}
+        try:
+            timed = run_block(runner, settings, tokens, graphs)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as error:  # a failed capture is this block's result, not the session's
+            block.update(status="failed", reason=f"{type(error).__name__}: {error}"[:500])
+            result["blocks"].append(block)
+            continue
+        check = gate.compare_logits(timed.logits, reference, config.weights)
+        block.update(
+            status="ok" if check.passed else "incorrect",
+            reason=check.failure(),
+            wall_ms=timed.wall_ms,
+            event_ms=timed.event_ms,
+            logit_check=asdict(check),
+        )
+        result["blocks"].append(block)
+    if device == "cuda":
+        result["peak_memory_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        result["nvml_after"] = nvml_state()  # clocks and throttle reasons right after the timed steps
+    result["session_s"] = round(time.perf_counter() - began, 2)
+    return result

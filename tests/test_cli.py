@@ -1,0 +1,79 @@
+"""The command line through click's CliRunner, on the CPU."""
+
+import json
+
+from click.testing import CliRunner
+
+from qbench.cli import main
+
+FAST = ["--model", "tiny", "--ctx", "32", "--warmup", "1", "--steps", "3", "--db", "r.sqlite"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_floor_prints_the_bytes_and_the_floor():
+    result = invoke("floor", "--model", "qwen2.5-7b", "--gpu", "l4", "--ctx", "2048")
+    assert result.exit_code == 0
+    assert "14.141" in result.output and "14.259" in result.output
+    data = json.loads(invoke("floor", "--model", "qwen2.5-7b", "--gpu", "l4", "--format", "json").stdout)
+    assert data[0]["total"] == 14_258_685_952 and data[0]["floor_ms"] == 14_258_685_952 / 300e9 * 1e3
+
+
+def test_listings_in_table_and_json():
+    assert "qwen2.5-7b" in invoke("models").output
+    gpus = json.loads(invoke("gpus", "--format", "json").stdout)
+    assert {g["name"] for g in gpus} >= {"h100-sxm5", "l4", "jetson-agx-orin"}
+
+
+def test_backends_lists_every_backend_with_a_reason_when_unavailable():
+    data = json.loads(invoke("backends", "--format", "json").stdout)
+    by_name = {d["name"]: d for d in data}
+    assert set(by_name) >= {"bf16", "bnb-nf4", "awq-marlin", "gptq-exllamav2", "torch-int4"}
+    assert by_name["bf16"]["available"]
+    for cuda_only in ("awq-marlin", "gptq-exllamav2"):
+        assert not by_name[cuda_only]["available"]
+        reason = by_name[cuda_only]["why_not"]
+        assert "needs a CUDA GPU" in reason or "pip install 'qbench[" in reason
+
+
+def test_user_errors_are_one_line_and_exit_2():
+    cases = [
+        (["compare", "--model", "qwen2.5-7", "--db", "r.sqlite"], "did you mean qwen2.5-7b"),
+        (["compare", "--model", "tiny", "--gpu", "l4", "--db", "r.sqlite"], "detected no CUDA GPU (cpu)"),
+        (["compare", "--model", "tiny", "--backends", "bf61", "--db", "r.sqlite"], "did you mean bf16"),
+        (["compare", "--model", "tiny", "--graphs", "on", "--backends", "bf16", "--db", "r.sqlite"],
+         "needs a CUDA GPU"),
+        (["compare", "--model", "tiny", "--group-size", "100"], "--group-size must be"),
+        (["export", "--db", "missing.sqlite"], "no results database"),
+    ]
+    for args, message in cases:
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output, (args, result.output)
+        assert "Traceback" not in result.output
+
+
+def test_compare_stores_and_exports(tmp_path):
+    result = invoke("compare", *FAST, "--backends", "bf16,torch-int4", "--sessions", "2", "--format", "json")
+    assert result.exit_code == 0
+    rows = {r["backend"]: r for r in json.loads(result.stdout)}
+    assert rows["bf16"]["status"] == "ok" and rows["bf16"]["sessions"] == "2/2"
+    assert rows["torch-int4"]["expected_reduction"] > 1
+    assert rows["torch-int4"]["realised_speedup"] > 0 and rows["bf16"]["ms_interval"]["method"] == "t-log"
+    for fmt in ("md", "csv", "json"):
+        exported = invoke("export", "--db", "r.sqlite", "--format", fmt, "--out", f"out.{fmt}")
+        assert exported.exit_code == 0
+        assert "torch-int4" in (tmp_path / f"out.{fmt}").read_text()
+
+
+def test_a_third_party_backend_is_listed_and_run(plugin_dist):
+    listed = json.loads(invoke("backends", "--format", "json").stdout)
+    assert "fake-ok" in {d["name"] for d in listed}
+    result = invoke("compare", *FAST, "--backends", "bf16,fake-ok,fake-segv", "--format", "json")
+    assert result.exit_code == 0
+    rows = {r["backend"]: r for r in json.loads(result.stdout)}
+    assert rows["fake-ok"]["status"] == "ok" and rows["fake-ok"]["ms_per_step"] > 0
+    assert rows["bf16"]["status"] == "ok"  # survived its neighbour's crash
+    assert rows["fake-segv"]["status"] == "failed" and "SIGSEGV" in rows["fake-segv"]["reason"]

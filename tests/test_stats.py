@@ -1,0 +1,74 @@
+"""Intervals resample sessions and cover the truth at their stated rate; flags fire when they should."""
+
+import numpy as np
+import pytest
+
+from qbench import stats
+from qbench.report import aggregate
+
+
+def _coverage(n_sessions: int, trials: int, paired: bool) -> float:
+    """Sessions whose per-session ms is lognormal around a known ratio of 1.25 (graphs A/B)."""
+    rng = np.random.default_rng(1234)
+    truth, covered = 1.25, 0
+    for _ in range(trials):
+        graph = np.exp(rng.normal(np.log(10.0), 0.05, n_sessions))
+        eager = graph * np.exp(rng.normal(np.log(truth), 0.02, n_sessions))
+        interval = stats.ratio_interval(eager, graph, paired=paired)
+        covered += interval.low <= truth <= interval.high
+    return covered / trials
+
+
+def test_t_interval_on_log_ratio_covers_95_percent_below_10_sessions():
+    assert 0.93 <= _coverage(n_sessions=5, trials=2000, paired=True) <= 0.97
+
+
+@pytest.mark.slow
+def test_bca_bootstrap_covers_95_percent_at_30_sessions():
+    assert 0.93 <= _coverage(n_sessions=30, trials=300, paired=True) <= 0.97
+
+
+def test_interval_method_is_named():
+    assert stats.session_interval([1.0, 1.1, 0.9]).method == "t-log"
+    assert stats.session_interval(list(np.linspace(1, 2, 12))).method == "bca-bootstrap"
+    assert stats.session_interval([1.0]).method == "n/a"
+
+
+def _session(backend, medians_ms, graphs=(False,), status="ok", bytes_total=1_000_000, throttle=0, cv=0.0):
+    rng = np.random.default_rng(0)
+    blocks = []
+    for g in graphs:
+        steps = list(np.asarray(medians_ms) * (1 + cv * rng.standard_normal(30)))
+        blocks.append({"graphs": g, "status": status, "reason": "", "event_ms": steps, "wall_ms": steps})
+    result = {"status": "ok", "reason": "", "label": backend, "kernel": "k", "bytes": {"total": bytes_total},
+              "provenance": {"copy_bandwidth_gbps": 250.0}, "blocks": blocks,
+              "nvml_after": {"throttle_reasons": throttle}}
+    config = {"model": "tiny", "backend": backend, "ctx": 32, "weights": "synthetic", "device": "cuda",
+              "graphs": list(graphs)}
+    return {"config": config, "result": result, "gpu": "l4"}
+
+
+def test_impossible_noisy_and_throttled_flags():
+    # L4 peak 300 GB/s: 1 MB takes 0.0033 ms, so 0.001 ms/step is below the floor: impossible
+    rows = aggregate([_session("bf16", 0.001)])
+    assert "impossible" in rows[0]["flags"]
+    assert aggregate([_session("bf16", 5.0, cv=0.3)])[0]["flags"] == ["noisy"]
+    assert aggregate([_session("bf16", 5.0, throttle=0x4)])[0]["flags"] == ["throttled"]
+    assert aggregate([_session("bf16", 5.0, throttle=0x1)])[0]["flags"] == []  # idle is no throttle
+
+
+def test_incorrect_blocks_get_no_latency():
+    rows = aggregate([_session("bf16", 5.0), _session("x", 1.0, status="incorrect")])
+    wrong = next(r for r in rows if r["backend"] == "x")
+    assert wrong["status"] == "incorrect" and "ms_per_step" not in wrong and "realised_speedup" not in wrong
+
+
+def test_ratios_against_bf16_and_graphs():
+    sessions = [_session("bf16", m, graphs=(False, True)) for m in (10.0, 10.2)]
+    sessions += [_session("q4", m, graphs=(False, True), bytes_total=250_000) for m in (5.0, 5.1)]
+    rows = {(r["backend"], r["graphs"]): r for r in aggregate(sessions)}
+    q4 = rows[("q4", "off")]
+    assert q4["expected_reduction"] == pytest.approx(4.0)
+    assert q4["realised_speedup"] == pytest.approx(10.1 / 5.05)
+    assert q4["realisation"] == pytest.approx(q4["realised_speedup"] / 4)
+    assert rows[("bf16", "on")]["graphs_speedup"] == pytest.approx(1.0)
