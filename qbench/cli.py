@@ -293,6 +293,36 @@ def backends(fmt) -> None:
 
 
 @main.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--backends", default="bnb-nf4,awq-marlin,gptq-exllamav2", show_default=True)
+@click.option("--python", "python_version", default="3.12", show_default=True, help="The GPU host's Python.")
+@click.option(
+    "--platform",
+    "platforms",
+    multiple=True,
+    default=("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"),
+    show_default=True,
+    help="pip platform tags of the GPU host (repeatable).",
+)
+def bundle(directory, backends, python_version, platforms) -> None:
+    """Download the wheels chosen backends need into DIRECTORY, for an offline GPU host."""
+    from qbench.bundle import bundle as download
+
+    names = [b.strip() for b in backends.split(",") if b.strip()]
+    try:
+        sdist_only = download(names, directory, python_version, list(platforms), echo=lambda m: click.echo(m, err=True))
+    except RuntimeError as error:
+        raise UserError(str(error), "check the name, --python and --platform") from None
+    click.echo(f"bundle in {directory}; on the GPU host: pip install --no-index --find-links {directory} qbench")
+    for requirement in sdist_only:
+        click.echo(
+            f"note: {requirement} has no wheel for this platform; its source was fetched without its "
+            "dependencies: add them by name to the bundle",
+            err=True,
+        )
+
+
+@main.command()
 @click.option("--db", default="results/qbench.sqlite", show_default=True)
 @click.option("--run", "run_id", default="latest", show_default=True, help="A run id, 'latest' or 'all'.")
 @click.option("--format", "fmt", type=click.Choice(["md", "csv", "json", "table"]), default="md", show_default=True)

@@ -26,6 +26,7 @@ from tabulate import tabulate
 from qbench import stats
 from qbench.specs import load_gpu_spec
 
+PERPLEXITY_BOUND = 1.75  # real weights: a 4-bit backend's perplexity may be at most this x bf16's
 NOISY_CV = 0.10  # coefficient of variation of steps inside a session above which a cell is noisy
 # NVML clock-event reasons that mean the clocks were held down (power, thermal, hardware slowdown)
 THROTTLE_MASK = 0x4 | 0x8 | 0x40 | 0x80 | 0x100
@@ -99,6 +100,8 @@ def _cell_row(model, gpu, backend, ctx, weights, graphs, records) -> dict[str, A
         cvs.append(stats.coefficient_of_variation(steps))
         if result.get("peak_memory_mib"):
             peaks.append(result["peak_memory_mib"])
+        if result.get("perplexity"):
+            row["perplexity"] = result["perplexity"]["value"]
         after = result.get("nvml_after", {})
         if isinstance(after.get("throttle_reasons"), int) and after["throttle_reasons"] & THROTTLE_MASK:
             throttled = True
@@ -150,10 +153,32 @@ def _cell_row(model, gpu, backend, ctx, weights, graphs, records) -> dict[str, A
     return row
 
 
+def _quality_gate(row: dict, base: dict | None) -> None:
+    """Real weights: perplexity against bf16 on the same text. Failing it removes the timings."""
+    if not (base and base.get("perplexity") and row.get("perplexity")) or row is base:
+        return
+    row["perplexity_ratio"] = row["perplexity"] / base["perplexity"]
+    if row["perplexity_ratio"] > PERPLEXITY_BOUND:
+        row["status"] = "incorrect"
+        row["reason"] = f"perplexity {row['perplexity']:.1f} > {PERPLEXITY_BOUND} x bf16's {base['perplexity']:.1f}"
+        for key in (
+            "ms_per_step",
+            "ms_interval",
+            "ms_p25",
+            "ms_p75",
+            "wall_ms",
+            "tok_per_s",
+            "pct_of_floor_peak",
+            "pct_of_floor_measured",
+        ):
+            row.pop(key, None)
+
+
 def _add_ratios(rows: list[dict]) -> None:
     by_key = {(r["model"], r["gpu"], r["ctx"], r["weights"], r["backend"], r["graphs"]): r for r in rows}
     for row in rows:
         base = by_key.get((row["model"], row["gpu"], row["ctx"], row["weights"], "bf16", row["graphs"]))
+        _quality_gate(row, base)
         if base and base.get("bytes_per_step") and row.get("bytes_per_step"):
             row["expected_reduction"] = base["bytes_per_step"] / row["bytes_per_step"]
         if base and base.get("ms_per_step") and row.get("ms_per_step"):
@@ -192,6 +217,7 @@ COLUMNS = [
     ("realisation", "realisation", "{:.0%}"),
     ("graphs x", "graphs_speedup", "{:.2f}"),
     ("peak MiB", "peak_memory_mib", "{:.0f}"),
+    ("ppl", "perplexity", "{:.2f}"),
     ("sessions", "sessions", None),
     ("status", "status", None),
 ]

@@ -116,6 +116,13 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
     if device == "cuda":
         torch.cuda.empty_cache()
 
+    if config.weights != "synthetic":
+        log("quality: perplexity on the built-in text")
+        from qbench.quality import load_tokenizer, perplexity
+
+        ppl, tokens_scored = perplexity(runner.model, load_tokenizer(spec, config.weights), device)
+        result["perplexity"] = {"value": ppl, "tokens": tokens_scored}
+
     order = list(config.graphs)
     random.Random(config.seed * 1000 + config.session_index).shuffle(order)
     if device == "cuda":

@@ -12,7 +12,8 @@ def plugin_dist(tmp_path, monkeypatch):
     site = tmp_path / "site"
     package = site / "qbench_fakeplugin"
     package.mkdir(parents=True)
-    (package / "__init__.py").write_text(textwrap.dedent('''
+    (package / "__init__.py").write_text(
+        textwrap.dedent('''
         import os, signal, time
         import torch
         from qbench.backend import Backend
@@ -57,12 +58,18 @@ def plugin_dist(tmp_path, monkeypatch):
                 return Wrong(linear)
             def linear_bytes(self, in_features, out_features, group_size):
                 return in_features * out_features * 2
-    '''))
+    ''')
+    )
     info = site / "qbench_fakeplugin-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: qbench-fakeplugin\nVersion: 0.1\n")
-    names = {"fake-ok": "FakeOk", "fake-segv": "FakeSegv", "fake-hang": "FakeHang", "fake-oom": "FakeOom",
-             "fake-wrong": "FakeWrong"}
+    names = {
+        "fake-ok": "FakeOk",
+        "fake-segv": "FakeSegv",
+        "fake-hang": "FakeHang",
+        "fake-oom": "FakeOom",
+        "fake-wrong": "FakeWrong",
+    }
     (info / "entry_points.txt").write_text(
         "[qbench.backends]\n" + "".join(f"{k} = qbench_fakeplugin:{v}\n" for k, v in names.items())
     )

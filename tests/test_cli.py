@@ -43,8 +43,10 @@ def test_user_errors_are_one_line_and_exit_2():
         (["compare", "--model", "qwen2.5-7", "--db", "r.sqlite"], "did you mean qwen2.5-7b"),
         (["compare", "--model", "tiny", "--gpu", "l4", "--db", "r.sqlite"], "detected no CUDA GPU (cpu)"),
         (["compare", "--model", "tiny", "--backends", "bf61", "--db", "r.sqlite"], "did you mean bf16"),
-        (["compare", "--model", "tiny", "--graphs", "on", "--backends", "bf16", "--db", "r.sqlite"],
-         "needs a CUDA GPU"),
+        (
+            ["compare", "--model", "tiny", "--graphs", "on", "--backends", "bf16", "--db", "r.sqlite"],
+            "needs a CUDA GPU",
+        ),
         (["compare", "--model", "tiny", "--group-size", "100"], "--group-size must be"),
         (["export", "--db", "missing.sqlite"], "no results database"),
     ]
@@ -77,3 +79,39 @@ def test_a_third_party_backend_is_listed_and_run(plugin_dist):
     assert rows["fake-ok"]["status"] == "ok" and rows["fake-ok"]["ms_per_step"] > 0
     assert rows["bf16"]["status"] == "ok"  # survived its neighbour's crash
     assert rows["fake-segv"]["status"] == "failed" and "SIGSEGV" in rows["fake-segv"]["reason"]
+
+
+def test_bundle_plans_platform_downloads_and_falls_back_to_sdists(tmp_path, monkeypatch):
+    import subprocess
+
+    from qbench import bundle
+
+    calls = []
+
+    def fake_run(command, **kwargs):
+        calls.append(command)
+        only_binary = "--only-binary=:all:" in command
+        failed = command[-1 if only_binary else -2] == "gptqmodel" and only_binary
+        return subprocess.CompletedProcess(command, 1 if failed else 0, "", "no matching distribution")
+
+    monkeypatch.setattr(bundle.subprocess, "run", fake_run)
+    result = CliRunner().invoke(
+        main,
+        [
+            "bundle",
+            str(tmp_path / "wheels"),
+            "--backends",
+            "awq-marlin,bnb-nf4",
+            "--python",
+            "3.12",
+            "--platform",
+            "manylinux_2_28_x86_64",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    requested = [c[-1] if "--no-deps" not in c else c[-2] for c in calls]
+    assert "gptqmodel" in requested and "bitsandbytes" in requested and "torch" not in requested
+    first = calls[0]
+    assert first[first.index("--python-version") + 1] == "3.12" and "manylinux_2_28_x86_64" in first
+    assert any("--no-deps" in c and c[-2] == "gptqmodel" for c in calls)  # the sdist fallback
+    assert "gptqmodel has no wheel" in result.output

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from qbench.backends.bf16 import Bf16Backend
 
 from qbench.backend import LoadOptions
-from qbench.backends.bf16 import Bf16Backend
 from qbench.decode import DecodeSettings, run_block, token_stream
 from qbench.specs import load_model_spec
 

@@ -1,8 +1,8 @@
 """The floor model against hand-computed values."""
 
 import pytest
-
 from qbench.backends import formats
+
 from qbench.floor import floor_ms, step_bytes
 from qbench.specs import load_model_spec
 

@@ -40,11 +40,24 @@ def _session(backend, medians_ms, graphs=(False,), status="ok", bytes_total=1_00
     for g in graphs:
         steps = list(np.asarray(medians_ms) * (1 + cv * rng.standard_normal(30)))
         blocks.append({"graphs": g, "status": status, "reason": "", "event_ms": steps, "wall_ms": steps})
-    result = {"status": "ok", "reason": "", "label": backend, "kernel": "k", "bytes": {"total": bytes_total},
-              "provenance": {"copy_bandwidth_gbps": 250.0}, "blocks": blocks,
-              "nvml_after": {"throttle_reasons": throttle}}
-    config = {"model": "tiny", "backend": backend, "ctx": 32, "weights": "synthetic", "device": "cuda",
-              "graphs": list(graphs)}
+    result = {
+        "status": "ok",
+        "reason": "",
+        "label": backend,
+        "kernel": "k",
+        "bytes": {"total": bytes_total},
+        "provenance": {"copy_bandwidth_gbps": 250.0},
+        "blocks": blocks,
+        "nvml_after": {"throttle_reasons": throttle},
+    }
+    config = {
+        "model": "tiny",
+        "backend": backend,
+        "ctx": 32,
+        "weights": "synthetic",
+        "device": "cuda",
+        "graphs": list(graphs),
+    }
     return {"config": config, "result": result, "gpu": "l4"}
 
 

@@ -1,0 +1,39 @@
+"""A sweep killed part-way and re-run with --resume ends with every cell once: none lost, none doubled."""
+
+import pytest
+
+from qbench.backend import DeviceInfo
+from qbench.compare import CompareConfig, plan, run_compare
+from qbench.store import Store
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_a_killed_sweep(tmp_path):
+    config = CompareConfig(model="tiny", backends=("bf16", "torch-int4"), ctx=(16, 32), sessions=2, warmup=1,
+                           steps=2, db=str(tmp_path / "r.sqlite"), resume=True)
+    the_plan = plan(config, DeviceInfo("cpu", "cpu"))
+    done = []
+
+    def kill_after_three(line):
+        done.append(line)
+        if len(done) == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_compare(the_plan, "first", progress=kill_after_three)
+    store = Store(config.db)
+    assert len(store.sessions()) == 3
+    store.close()
+
+    lines = []
+    _, cells = run_compare(the_plan, "second", progress=lines.append)
+    assert sum("already stored" in line for line in lines) == 3
+    store = Store(config.db)
+    sessions = store.sessions()
+    keys = [(s["cell_hash"], s["config"]["session_index"]) for s in sessions]
+    assert len(keys) == len(set(keys)) == 2 * 2 * 2  # backends x ctx x sessions, each exactly once
+    assert {s["cell_hash"] for s in sessions} == set(cells)
+    store.close()
