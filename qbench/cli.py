@@ -347,8 +347,10 @@ def export(db, run_id, fmt, out) -> None:
     else:
         raise UserError(f"no run {run_id!r} in {db}", f"runs: {', '.join(runs[-5:])}")
     rows = aggregate(store.sessions(run_ids=selected))
+    commands = store.commands(selected)
     store.close()
-    text = render(rows, fmt, title="" if fmt in ("json", "csv") else f"runs: {', '.join(selected)}")
+    title = "\n".join(f"run {run}: `{command}`" for run, command in commands)
+    text = render(rows, fmt, title="" if fmt in ("json", "csv") else title)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n")

@@ -72,7 +72,7 @@ def _cell_row(model, gpu, backend, ctx, weights, graphs, records) -> dict[str, A
         "flags": [],
     }
     medians, walls, cvs, bandwidths, peaks, reasons = [], [], [], [], [], []
-    incorrect, throttled = False, False
+    incorrect, throttled = False, 0
     total = len(records)
     for record in records:
         result = record["result"]
@@ -81,8 +81,12 @@ def _cell_row(model, gpu, backend, ctx, weights, graphs, records) -> dict[str, A
         if "bytes" in result:
             row["bytes_per_step"] = result["bytes"]["total"]
             row["kernel"] = result.get("kernel", "")
-        if result.get("provenance", {}).get("copy_bandwidth_gbps"):
-            bandwidths.append(result["provenance"]["copy_bandwidth_gbps"])
+        provenance = result.get("provenance", {})
+        if provenance.get("copy_bandwidth_gbps"):
+            bandwidths.append(provenance["copy_bandwidth_gbps"])
+        if provenance and "software" not in row:
+            keys = ("device", "driver", "cuda", "torch", "transformers")
+            row["software"] = ", ".join(f"{k} {provenance[k]}" for k in keys if provenance.get(k))
         if result["status"] == "incorrect":
             incorrect = True
             reasons.append(result["reason"])
@@ -104,7 +108,7 @@ def _cell_row(model, gpu, backend, ctx, weights, graphs, records) -> dict[str, A
             row["perplexity"] = result["perplexity"]["value"]
         after = result.get("nvml_after", {})
         if isinstance(after.get("throttle_reasons"), int) and after["throttle_reasons"] & THROTTLE_MASK:
-            throttled = True
+            throttled += 1
     row["sessions"] = f"{len(medians)}/{total}"
     row["session_medians_ms"] = medians
     if bandwidths:
@@ -149,7 +153,7 @@ def _cell_row(model, gpu, backend, ctx, weights, graphs, records) -> dict[str, A
     if stats.median(cvs) > NOISY_CV:
         row["flags"].append("noisy")
     if throttled:
-        row["flags"].append("throttled")
+        row["flags"].append(f"throttled {throttled}/{len(medians)}")
     return row
 
 
@@ -293,6 +297,8 @@ def render(rows: list[dict], fmt: str, title: str = "") -> str:
         if bandwidth:
             heading += f", measured copy bandwidth {bandwidth:.0f} GB/s"
         parts.append(("### " if fmt == "md" else "") + heading)
+        if members[0][0].get("software"):
+            parts.append(members[0][0]["software"] + "\n")
         parts.append(tabulate([c for _, c in members], headers=headers, tablefmt="github" if fmt == "md" else "simple"))
         notes = [f"- {row['label']} graphs={row['graphs']}: {row['reason']}" for row, _ in members if row["reason"]]
         parts.extend(notes)

@@ -95,6 +95,13 @@ class Store:
         ).fetchone()
         return int(row[0])
 
+    def commands(self, run_ids: list[str]) -> list[tuple[str, str]]:
+        rows = self.db.execute(
+            f"SELECT run_id, command FROM runs WHERE run_id IN ({','.join('?' * len(run_ids))}) ORDER BY created_at",
+            run_ids,
+        )
+        return [(run, command) for run, command in rows]
+
     def run_ids(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT run_id FROM runs ORDER BY created_at, run_id")]
 

@@ -12,8 +12,16 @@ class Killed(Exception):
 
 
 def test_resume_after_a_killed_sweep(tmp_path):
-    config = CompareConfig(model="tiny", backends=("bf16", "torch-int4"), ctx=(16, 32), sessions=2, warmup=1,
-                           steps=2, db=str(tmp_path / "r.sqlite"), resume=True)
+    config = CompareConfig(
+        model="tiny",
+        backends=("bf16", "torch-int4"),
+        ctx=(16, 32),
+        sessions=2,
+        warmup=1,
+        steps=2,
+        db=str(tmp_path / "r.sqlite"),
+        resume=True,
+    )
     the_plan = plan(config, DeviceInfo("cpu", "cpu"))
     done = []
 

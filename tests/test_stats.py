@@ -66,7 +66,7 @@ def test_impossible_noisy_and_throttled_flags():
     rows = aggregate([_session("bf16", 0.001)])
     assert "impossible" in rows[0]["flags"]
     assert aggregate([_session("bf16", 5.0, cv=0.3)])[0]["flags"] == ["noisy"]
-    assert aggregate([_session("bf16", 5.0, throttle=0x4)])[0]["flags"] == ["throttled"]
+    assert aggregate([_session("bf16", 5.0, throttle=0x4)])[0]["flags"] == ["throttled 1/1"]
     assert aggregate([_session("bf16", 5.0, throttle=0x1)])[0]["flags"] == []  # idle is no throttle
 
 
