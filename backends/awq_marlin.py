@@ -72,6 +72,7 @@ class AwqMarlinBackend(Backend):
     name = "awq-marlin"
     description = "AWQ 4-bit (group 128, zero points), Marlin kernel via gptqmodel, fp16"
     kernel = "gptqmodel AWQ Marlin (gptqmodel_marlin_fp16 ops)"
+    kernel_pattern = "[Mm]arlin"
     compute_dtype = "float16"
     bits = 4
     requires_cuda = True

@@ -45,6 +45,7 @@ class BnbNf4Backend(Backend):
     name = "bnb-nf4"
     description = "bitsandbytes NF4 (blocksize 64, double quant), bf16 compute"
     kernel = "bitsandbytes gemv_4bit (fused 4-bit GEMV at batch 1)"
+    kernel_pattern = "gemv_4bit|gemm_4bit"
     compute_dtype = "bfloat16"
     bits = 4
     packages = {"bitsandbytes": "bitsandbytes"}

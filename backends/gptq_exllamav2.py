@@ -97,6 +97,7 @@ class GptqExllamaV2Backend(Backend):
     name = "gptq-exllamav2"
     description = "GPTQ 4-bit (v1 zeros, group 128, sym), ExLlamaV2 kernel, fp16"
     kernel = "exllamav2_ext gemm_half_q_half (GPTQ path)"
+    kernel_pattern = "gemm_half_q_half"
     compute_dtype = "float16"
     bits = 4
     requires_cuda = True

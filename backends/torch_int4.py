@@ -61,6 +61,7 @@ class TorchInt4Backend(Backend):
     name = "torch-int4"
     description = "PyTorch built-in int4 weight-only (tinygemm), bf16 activations"
     kernel = "aten._weight_int4pack_mm (tinygemm); CPU: aten._weight_int4pack_mm_for_cpu"
+    kernel_pattern = "tinygemm"
     compute_dtype = "bfloat16"
     bits = 4
 

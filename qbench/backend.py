@@ -43,6 +43,7 @@ class Backend:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     kernel: ClassVar[str] = ""  # the kernel a batch-1 linear layer runs
+    kernel_pattern: ClassVar[str] = ""  # regex that CUDA kernel names of one step must match (profiled)
     compute_dtype: ClassVar[str] = "bfloat16"  # activation dtype
     bits: ClassVar[int] = 16
     requires_cuda: ClassVar[bool] = False

@@ -72,7 +72,7 @@ def _cell_row(model, gpu, backend, ctx, weights, graphs, records) -> dict[str, A
         "flags": [],
     }
     medians, walls, cvs, bandwidths, peaks, reasons = [], [], [], [], [], []
-    incorrect, throttled = False, 0
+    incorrect, throttled, kernel_missing = False, 0, 0
     total = len(records)
     for record in records:
         result = record["result"]
@@ -109,6 +109,8 @@ def _cell_row(model, gpu, backend, ctx, weights, graphs, records) -> dict[str, A
         after = result.get("nvml_after", {})
         if isinstance(after.get("throttle_reasons"), int) and after["throttle_reasons"] & THROTTLE_MASK:
             throttled += 1
+        if result.get("kernel_seen") is False:
+            kernel_missing += 1
     row["sessions"] = f"{len(medians)}/{total}"
     row["session_medians_ms"] = medians
     if bandwidths:
@@ -154,6 +156,8 @@ def _cell_row(model, gpu, backend, ctx, weights, graphs, records) -> dict[str, A
         row["flags"].append("noisy")
     if throttled:
         row["flags"].append(f"throttled {throttled}/{len(medians)}")
+    if kernel_missing:  # the profiled step never ran the kernel the backend claims
+        row["flags"].append("kernel-not-seen")
     return row
 
 

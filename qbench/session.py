@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -25,7 +26,8 @@ from qbench.provenance import collect, device_info, nvml_state
 from qbench.registry import load_backend
 from qbench.specs import load_model_spec
 
-CAPTURE_WARMUP = 3  # eager steps before graph capture (qbench.runner.DecoderRunner.capture_graph)
+CAPTURE_WARMUP = 3  # eager steps before graph capture; also the spare positions after timing
+SPARE_POSITIONS = CAPTURE_WARMUP + 1  # + one profiled step
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,22 @@ def log(message: str) -> None:
     print(f"[worker] {message}", file=sys.stderr, flush=True)
 
 
+def profile_step_kernels(runner, token: torch.Tensor) -> list[dict[str, Any]]:
+    """CUDA kernels of one eager step (torch.profiler), by GPU time: proof of which kernel ran.
+    Uses one of the spare cache positions after the timed steps; not part of any timing."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as profiler:
+        runner.step(token)
+        torch.cuda.synchronize()
+    kernels = [
+        {"name": event.key, "count": event.count, "gpu_us": round(event.device_time_total, 1)}
+        for event in profiler.key_averages()
+        if event.device_time_total > 0
+    ]
+    return sorted(kernels, key=lambda k: -k["gpu_us"])
+
+
 def run_session(config: SessionConfig) -> dict[str, Any]:
     began = time.perf_counter()
     device = config.device
@@ -69,7 +87,7 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
         weights=config.weights,
         group_size=config.group_size,
         seed=config.seed,
-        max_cache_len=settings.positions + CAPTURE_WARMUP,
+        max_cache_len=settings.positions + SPARE_POSITIONS,
     )
     log(f"loading {config.model} with {config.backend} on {provenance['device']}")
     loaded = time.perf_counter()
@@ -148,6 +166,14 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
         )
         result["blocks"].append(block)
     if device == "cuda":
+        try:
+            kernels = profile_step_kernels(runner, tokens[-1:])
+        except Exception as error:  # no CUPTI in some containers: say so, claim nothing
+            result["step_kernels"] = f"profiler unavailable: {error}"[:300]
+        else:
+            result["step_kernels"] = [dict(k, name=k["name"][:120]) for k in kernels[:12]]
+            if backend.kernel_pattern:
+                result["kernel_seen"] = any(re.search(backend.kernel_pattern, k["name"]) for k in kernels)
         result["peak_memory_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         result["nvml_after"] = nvml_state()  # clocks and throttle reasons right after the timed steps
     result["session_s"] = round(time.perf_counter() - began, 2)

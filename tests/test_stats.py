@@ -70,6 +70,12 @@ def test_impossible_noisy_and_throttled_flags():
     assert aggregate([_session("bf16", 5.0, throttle=0x1)])[0]["flags"] == []  # idle is no throttle
 
 
+def test_a_step_that_never_ran_the_claimed_kernel_is_flagged():
+    session = _session("bnb-nf4", 5.0)
+    session["result"]["kernel_seen"] = False
+    assert aggregate([session])[0]["flags"] == ["kernel-not-seen"]
+
+
 def test_incorrect_blocks_get_no_latency():
     rows = aggregate([_session("bf16", 5.0), _session("x", 1.0, status="incorrect")])
     wrong = next(r for r in rows if r["backend"] == "x")
