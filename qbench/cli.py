@@ -73,43 +73,73 @@ def main() -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--timeout", default=900.0, show_default=True, help="Seconds before a session is killed.")
 @click.option("--db", default="results/qbench.sqlite", show_default=True, help="SQLite store.")
+@click.option(
+    "--rounds",
+    default=1,
+    show_default=True,
+    help="Blocks per graphs setting in each session, interleaved in a random order.",
+)
 @click.option("--resume", is_flag=True, help="Skip sessions already stored with the same configuration.")
 @click.option("--format", "fmt", type=click.Choice(["table", "md", "csv", "json"]), default="table", show_default=True)
 def compare(
-    model, gpu, backends, ctx, graphs, sessions, warmup, steps, weights, group_size, seed, timeout, db, resume, fmt
+    model,
+    gpu,
+    backends,
+    ctx,
+    graphs,
+    sessions,
+    warmup,
+    steps,
+    weights,
+    group_size,
+    seed,
+    timeout,
+    db,
+    rounds,
+    resume,
+    fmt,
 ) -> None:
-    """Measure decode ms/step for each backend and compare with the memory floor."""
-    from qbench.compare import CompareConfig, plan, run_compare
+    """Measure decode ms/step for each backend and compare with the memory floor.
+
+    --model and --ctx take comma-separated lists: a sweep over models x ctx x backends x graphs."""
+    from qbench.compare import CompareConfig, plan, probe_device, run_compare
     from qbench.report import aggregate, render
     from qbench.store import Store
 
-    config = CompareConfig(
-        model=model,
-        gpu=gpu,
-        backends=tuple(b.strip() for b in backends.split(",") if b.strip()),
-        ctx=_ints(ctx),
-        graphs=graphs,
-        sessions=sessions,
-        warmup=warmup,
-        steps=steps,
-        weights=weights,
-        group_size=group_size,
-        seed=seed,
-        timeout=timeout,
-        db=db,
-        resume=resume,
-    )
-    the_plan = plan(config)
-    click.echo(f"device: {the_plan.device.name} -> spec {the_plan.gpu.name}", err=True)
-    for name, reason in the_plan.skipped.items():
-        click.echo(f"skipping {name}: {reason}", err=True)
-    if not the_plan.backends:
-        raise UserError("no requested backend can run here", "see `qbench backends`")
-    run_id, cells = run_compare(the_plan, " ".join(["qbench", *sys.argv[1:]]))
+    device, cells, run_ids = None, [], []
+    for one_model in [m.strip() for m in model.split(",") if m.strip()]:
+        config = CompareConfig(
+            model=one_model,
+            gpu=gpu,
+            backends=tuple(b.strip() for b in backends.split(",") if b.strip()),
+            ctx=_ints(ctx),
+            graphs=graphs,
+            sessions=sessions,
+            warmup=warmup,
+            steps=steps,
+            weights=weights,
+            group_size=group_size,
+            seed=seed,
+            timeout=timeout,
+            db=db,
+            resume=resume,
+            rounds=rounds,
+        )
+        device = device or probe_device()
+        the_plan = plan(config, device)
+        click.echo(f"{one_model}: device {the_plan.device.name} -> spec {the_plan.gpu.name}", err=True)
+        for name, reason in the_plan.skipped.items():
+            click.echo(f"skipping {name}: {reason}", err=True)
+        if not the_plan.backends:
+            raise UserError("no requested backend can run here", "see `qbench backends`")
+        run_id, model_cells = run_compare(the_plan, " ".join(["qbench", *sys.argv[1:]]))
+        cells += model_cells
+        run_ids.append(run_id)
     store = Store(db)
     rows = aggregate(store.sessions(cell_hashes=cells))
     store.close()
-    click.echo(render(rows, fmt, title="" if fmt in ("json", "csv") else f"run {run_id} (stored in {db})"))
+    title = f"run {', '.join(run_ids)} (stored in {db})"
+    click.echo(render(rows, fmt, title="" if fmt in ("json", "csv") else title))
 
 
 @main.command()
@@ -120,9 +150,10 @@ def compare(
 @click.option("--steps", default=30, show_default=True)
 @click.option("--timeout", default=900.0, show_default=True)
 @click.option("--db", default="results/qbench.sqlite", show_default=True)
+@click.option("--rounds", default=1, show_default=True, help="Eager/graph blocks per session, interleaved.")
 @click.option("--fresh", is_flag=True, help="Measure again even where sessions are stored (default: resume).")
 @click.option("--format", "fmt", type=click.Choice(["table", "md", "json"]), default="table", show_default=True)
-def replicate(models, ctx, sessions, warmup, steps, timeout, db, fresh, fmt) -> None:
+def replicate(models, ctx, sessions, warmup, steps, timeout, db, rounds, fresh, fmt) -> None:
     """The research protocol on this GPU: bf16 SDPA, graphs A/B, fresh sessions, fraction of floor."""
     from qbench.compare import CompareConfig, plan, probe_device, run_compare
     from qbench.report import aggregate, render_replication, replication_rows
@@ -144,6 +175,7 @@ def replicate(models, ctx, sessions, warmup, steps, timeout, db, fresh, fmt) -> 
             timeout=timeout,
             db=db,
             resume=not fresh,
+            rounds=rounds,
         )
         _, model_cells = run_compare(plan(config, device), " ".join(["qbench", *sys.argv[1:]]))
         cells += model_cells

@@ -41,6 +41,7 @@ class CompareConfig:
     timeout: float = 900.0
     db: str = str(DEFAULT_DB)
     resume: bool = False
+    rounds: int = 1
 
     def __post_init__(self):
         def bad(name: str, allowed: str):
@@ -58,6 +59,8 @@ class CompareConfig:
             bad("group_size", "one of 32, 64, 128, 256 (or 0 for auto)")
         if self.timeout <= 0:
             bad("timeout", "a positive number of seconds")
+        if self.rounds < 1:
+            bad("rounds", "a positive integer")
 
 
 @dataclass
@@ -160,6 +163,7 @@ def session_config(
         "group_size": group_size,
         "seed": config.seed,
         "session_index": index,
+        "rounds": config.rounds,
     }
 
 

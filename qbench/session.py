@@ -43,6 +43,7 @@ class SessionConfig:
     group_size: int = 128
     seed: int = 0
     session_index: int = 0
+    rounds: int = 1  # blocks per graphs setting, interleaved in a random order (A/B drift control)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -141,7 +142,7 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
         ppl, tokens_scored = perplexity(runner.model, load_tokenizer(spec, config.weights), device)
         result["perplexity"] = {"value": ppl, "tokens": tokens_scored}
 
-    order = list(config.graphs)
+    order = list(config.graphs) * config.rounds
     random.Random(config.seed * 1000 + config.session_index).shuffle(order)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()

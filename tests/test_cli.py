@@ -115,3 +115,34 @@ def test_bundle_plans_platform_downloads_and_falls_back_to_sdists(tmp_path, monk
     assert first[first.index("--python-version") + 1] == "3.12" and "manylinux_2_28_x86_64" in first
     assert any("--no-deps" in c and c[-2] == "gptqmodel" for c in calls)  # the sdist fallback
     assert "gptqmodel has no wheel" in result.output
+
+
+def test_sweep_over_models_and_contexts_with_interleaved_rounds():
+    result = invoke(
+        "compare",
+        "--model",
+        "tiny,smollm2-135m",
+        "--ctx",
+        "16,32",
+        "--backends",
+        "bf16",
+        "--warmup",
+        "1",
+        "--steps",
+        "2",
+        "--rounds",
+        "2",
+        "--db",
+        "r.sqlite",
+        "--format",
+        "json",
+    )
+    assert result.exit_code == 0
+    rows = json.loads(result.stdout)
+    assert {(r["model"], r["ctx"]) for r in rows} == {(m, c) for m in ("tiny", "smollm2-135m") for c in (16, 32)}
+    assert all(r["status"] == "ok" for r in rows)
+
+
+def test_replicate_needs_a_gpu():
+    result = CliRunner().invoke(main, ["replicate", "--db", "r.sqlite"])
+    assert result.exit_code == 2 and "needs a CUDA GPU" in result.output

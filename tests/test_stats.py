@@ -91,3 +91,16 @@ def test_ratios_against_bf16_and_graphs():
     assert q4["realised_speedup"] == pytest.approx(10.1 / 5.05)
     assert q4["realisation"] == pytest.approx(q4["realised_speedup"] / 4)
     assert rows[("bf16", "on")]["graphs_speedup"] == pytest.approx(1.0)
+
+
+def test_replication_view_pairs_eager_and_graph():
+    from qbench.report import render_replication, replication_rows
+
+    sessions = [_session("bf16", m, graphs=(False, True)) for m in (10.0, 10.4, 9.8)]
+    for record, graph_ms in zip(sessions, (8.0, 8.2, 7.9), strict=True):
+        record["result"]["blocks"][1]["event_ms"] = [graph_ms] * 30
+    (cell,) = replication_rows(aggregate(sessions))
+    assert cell["eager_ms"] == pytest.approx(10.0) and cell["graph_ms"] == pytest.approx(8.0)
+    assert cell["graphs_speedup"] == pytest.approx(1.25)
+    assert cell["graphs_interval"].method == "t-log"
+    assert "1.25" in render_replication([cell], "table")
