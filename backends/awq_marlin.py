@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from qbench.backends import formats
 
-from qbench.backend import Backend
+from qbench.backend import PackedFormatBackend
 from qbench.quantlinear import QuantLinear
 
 
@@ -68,7 +68,7 @@ class AwqMarlinLinear(QuantLinear):
         return self.kernel(x)
 
 
-class AwqMarlinBackend(Backend):
+class AwqMarlinBackend(PackedFormatBackend):
     name = "awq-marlin"
     description = "AWQ 4-bit (group 128, zero points), Marlin kernel via gptqmodel, fp16"
     kernel = "gptqmodel AWQ Marlin (gptqmodel_marlin_fp16 ops)"
@@ -92,10 +92,8 @@ class AwqMarlinBackend(Backend):
 
             raise RuntimeError(f"gptqmodel Marlin kernel did not build: {marlin_runtime_error(torch.float16)}")
 
-    def quantize_linear(self, linear: torch.nn.Linear, group_size: int) -> AwqMarlinLinear:
-        tensors = formats.awq_quantize(linear.weight.detach(), group_size)
-        return AwqMarlinLinear(tensors, linear.in_features, linear.out_features, linear.bias, group_size)
+    def quantize_tensors(self, weight: torch.Tensor, group_size: int) -> dict[str, torch.Tensor]:
+        return formats.awq_quantize(weight, group_size)
 
-    def from_checkpoint_tensors(self, tensors, linear, group_size):
-        bias = tensors.pop("bias", None)
-        return AwqMarlinLinear(tensors, linear.in_features, linear.out_features, bias, group_size)
+    def make_linear(self, tensors, in_features, out_features, bias, group_size) -> AwqMarlinLinear:
+        return AwqMarlinLinear(tensors, in_features, out_features, bias, group_size)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from qbench.backends import formats
 
-from qbench.backend import Backend
+from qbench.backend import PackedFormatBackend
 from qbench.quantlinear import QuantLinear
 
 _NONE = torch.empty((1, 1), device="meta")  # exllamav2's stand-in for "no tensor"
@@ -93,7 +93,7 @@ class ExllamaV2Linear(QuantLinear):
         return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
 
-class GptqExllamaV2Backend(Backend):
+class GptqExllamaV2Backend(PackedFormatBackend):
     name = "gptq-exllamav2"
     description = "GPTQ 4-bit (v1 zeros, group 128, sym), ExLlamaV2 kernel, fp16"
     kernel = "exllamav2_ext gemm_half_q_half (GPTQ path)"
@@ -112,16 +112,17 @@ class GptqExllamaV2Backend(Backend):
     def prepare(self, device: str) -> None:
         exllamav2_ext()
 
-    def quantize_linear(self, linear: torch.nn.Linear, group_size: int) -> ExllamaV2Linear:
-        tensors = formats.gptq_quantize(linear.weight.detach(), group_size)
-        tensors.pop("g_idx")
-        return ExllamaV2Linear(tensors, linear.in_features, linear.out_features, linear.bias, group_size)
+    def quantize_tensors(self, weight: torch.Tensor, group_size: int) -> dict[str, torch.Tensor]:
+        tensors = formats.gptq_quantize(weight, group_size)
+        tensors.pop("g_idx")  # no act-order: the kernel does not read it
+        return tensors
+
+    def make_linear(self, tensors, in_features, out_features, bias, group_size) -> ExllamaV2Linear:
+        return ExllamaV2Linear(tensors, in_features, out_features, bias, group_size)
 
     def from_checkpoint_tensors(self, tensors, linear, group_size):
         g_idx = tensors.pop("g_idx", None)
-        if g_idx is not None and not torch.equal(
-            g_idx.long(), torch.arange(linear.in_features, device=g_idx.device) // group_size
-        ):
+        trivial = torch.arange(linear.in_features, device=None if g_idx is None else g_idx.device) // group_size
+        if g_idx is not None and not torch.equal(g_idx.long(), trivial):
             raise ValueError("act-order (desc_act) GPTQ checkpoints are not supported by this backend yet")
-        bias = tensors.pop("bias", None)
-        return ExllamaV2Linear(tensors, linear.in_features, linear.out_features, bias, group_size)
+        return super().from_checkpoint_tensors(tensors, linear, group_size)

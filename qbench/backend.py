@@ -106,3 +106,24 @@ class Backend:
         model, packed = build_model(spec, options, dtype=self.compute_dtype)
         quantize_decoder_linears(model, self, options.group_size, packed)
         return DecoderRunner(model, options.max_cache_len, options.device)
+
+
+class PackedFormatBackend(Backend):
+    """A 4-bit backend whose module is built from the tensors a published checkpoint holds
+    (qweight, qzeros, scales, ...): from our own quantisation of a float weight, or from a file."""
+
+    def quantize_tensors(self, weight: Any, group_size: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def make_linear(
+        self, tensors: dict[str, Any], in_features: int, out_features: int, bias: Any, group_size: int
+    ) -> Any:
+        raise NotImplementedError
+
+    def quantize_linear(self, linear: Any, group_size: int) -> Any:
+        tensors = self.quantize_tensors(linear.weight.detach(), group_size)
+        return self.make_linear(tensors, linear.in_features, linear.out_features, linear.bias, group_size)
+
+    def from_checkpoint_tensors(self, tensors: dict[str, Any], linear: Any, group_size: int) -> Any:
+        bias = tensors.pop("bias", None)
+        return self.make_linear(tensors, linear.in_features, linear.out_features, bias, group_size)

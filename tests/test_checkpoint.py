@@ -6,22 +6,25 @@ import torch
 from qbench.backends import formats
 from safetensors.torch import save_file
 
-from qbench.backend import Backend, LoadOptions
+from qbench.backend import LoadOptions, PackedFormatBackend
 from qbench.model import build_model, quantize_decoder_linears
 from qbench.specs import load_model_spec
 
 
-class AwqOnCpu(Backend):
+class AwqOnCpu(PackedFormatBackend):
     """Runs AWQ tensors by dequantising them: lets the loader be tested without a GPU kernel."""
 
     name = "awq-cpu-test"
     bits = 4
 
-    def from_checkpoint_tensors(self, tensors, linear, group_size):
-        module = torch.nn.Linear(linear.in_features, linear.out_features, bias="bias" in tensors)
-        module.weight.data = formats.awq_dequantize(tensors, group_size).to(linear.weight.dtype)
-        if "bias" in tensors:
-            module.bias.data = tensors["bias"].to(linear.weight.dtype)
+    def quantize_tensors(self, weight, group_size):
+        return formats.awq_quantize(weight, group_size)
+
+    def make_linear(self, tensors, in_features, out_features, bias, group_size):
+        module = torch.nn.Linear(in_features, out_features, bias=bias is not None)
+        module.weight.data = formats.awq_dequantize(tensors, group_size)
+        if bias is not None:
+            module.bias.data = bias
         return module
 
 
