@@ -44,7 +44,7 @@ class Nf4Linear(QuantLinear):
 class BnbNf4Backend(Backend):
     name = "bnb-nf4"
     description = "bitsandbytes NF4 (blocksize 64, double quant), bf16 compute"
-    kernel = "bitsandbytes gemv_4bit (fused 4-bit GEMV at batch 1)"
+    kernel = "bitsandbytes gemv_4bit at batch 1 (CUDA); on CPU, bitsandbytes' own CPU 4-bit path"
     kernel_pattern = "gemv_4bit|gemm_4bit"
     compute_dtype = "bfloat16"
     bits = 4
