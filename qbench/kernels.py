@@ -32,11 +32,11 @@ def _arch_list() -> str:
     return f"{major}.{minor}"
 
 
-def _key(sources: list[Path], flags: list[str]) -> str:
+def _key(files: list[Path], flags: list[str]) -> str:
     import torch
 
     digest = hashlib.sha256()
-    for source in sorted(sources):
+    for source in sorted(set(files)):
         digest.update(source.name.encode())
         digest.update(source.read_bytes())
     digest.update(" ".join([torch.__version__, str(torch.version.cuda), _arch_list(), *flags]).encode())
@@ -77,7 +77,8 @@ def build_extension(
     """Load `name` from the cache, building it first if this exact build is not there."""
     import torch  # noqa: F401  (the extension links against torch's libraries)
 
-    key = _key(sources + [p for d in include_dirs for p in d.glob("*.h")], cflags + cuda_cflags)
+    headers = [p for d in include_dirs for p in d.rglob("*") if p.suffix in (".h", ".cuh", ".hpp")]
+    key = _key(sources + headers, cflags + cuda_cflags)
     build_dir = cache_root() / f"{name}-{key}"
     library = build_dir / f"{name}.so"
     if not library.exists():
