@@ -122,7 +122,8 @@ class GptqExllamaV2Backend(PackedFormatBackend):
 
     def from_checkpoint_tensors(self, tensors, linear, group_size):
         g_idx = tensors.pop("g_idx", None)
-        trivial = torch.arange(linear.in_features, device=None if g_idx is None else g_idx.device) // group_size
-        if g_idx is not None and not torch.equal(g_idx.long(), trivial):
+        if g_idx is not None and not torch.equal(
+            g_idx.long(), torch.arange(linear.in_features, device=g_idx.device) // group_size
+        ):
             raise ValueError("act-order (desc_act) GPTQ checkpoints are not supported by this backend yet")
         return super().from_checkpoint_tensors(tensors, linear, group_size)

@@ -102,13 +102,11 @@ def compare(
     """Measure decode ms/step for each backend and compare with the memory floor.
 
     --model and --ctx take comma-separated lists: a sweep over models x ctx x backends x graphs."""
-    from qbench.compare import CompareConfig, plan, probe_device, run_compare
-    from qbench.report import aggregate, render
-    from qbench.store import Store
+    from qbench.compare import CompareConfig, probe_device, run_sweep
+    from qbench.report import render
 
-    device, cells, run_ids = None, [], []
-    for one_model in [m.strip() for m in model.split(",") if m.strip()]:
-        config = CompareConfig(
+    configs = [
+        CompareConfig(
             model=one_model,
             gpu=gpu,
             backends=tuple(b.strip() for b in backends.split(",") if b.strip()),
@@ -125,19 +123,15 @@ def compare(
             resume=resume,
             rounds=rounds,
         )
-        device = device or probe_device()
-        the_plan = plan(config, device)
-        click.echo(f"{one_model}: device {the_plan.device.name} -> spec {the_plan.gpu.name}", err=True)
+        for one_model in [m.strip() for m in model.split(",") if m.strip()]
+    ]
+
+    def announce(the_plan) -> None:
+        click.echo(f"{the_plan.config.model}: device {the_plan.device.name} -> spec {the_plan.gpu.name}", err=True)
         for name, reason in the_plan.skipped.items():
             click.echo(f"skipping {name}: {reason}", err=True)
-        if not the_plan.backends:
-            raise UserError("no requested backend can run here", "see `qbench backends`")
-        run_id, model_cells = run_compare(the_plan, " ".join(["qbench", *sys.argv[1:]]))
-        cells += model_cells
-        run_ids.append(run_id)
-    store = Store(db)
-    rows = aggregate(store.sessions(cell_hashes=cells))
-    store.close()
+
+    run_ids, rows = run_sweep(configs, probe_device(), " ".join(["qbench", *sys.argv[1:]]), announce)
     title = f"run {', '.join(run_ids)} (stored in {db})"
     click.echo(render(rows, fmt, title="" if fmt in ("json", "csv") else title))
 
@@ -155,16 +149,14 @@ def compare(
 @click.option("--format", "fmt", type=click.Choice(["table", "md", "json"]), default="table", show_default=True)
 def replicate(models, ctx, sessions, warmup, steps, timeout, db, rounds, fresh, fmt) -> None:
     """The research protocol on this GPU: bf16 SDPA, graphs A/B, fresh sessions, fraction of floor."""
-    from qbench.compare import CompareConfig, plan, probe_device, run_compare
-    from qbench.report import aggregate, render_replication, replication_rows
-    from qbench.store import Store
+    from qbench.compare import CompareConfig, probe_device, run_sweep
+    from qbench.report import render_replication, replication_rows
 
     device = probe_device()
     if device.kind != "cuda":
         raise UserError("replicate measures CUDA-graph A/B and needs a CUDA GPU", "run it on a GPU machine")
-    cells: list[str] = []
-    for model in [m.strip() for m in models.split(",") if m.strip()]:
-        config = CompareConfig(
+    configs = [
+        CompareConfig(
             model=model,
             backends=("bf16",),
             ctx=_ints(ctx),
@@ -177,11 +169,9 @@ def replicate(models, ctx, sessions, warmup, steps, timeout, db, rounds, fresh, 
             resume=not fresh,
             rounds=rounds,
         )
-        _, model_cells = run_compare(plan(config, device), " ".join(["qbench", *sys.argv[1:]]))
-        cells += model_cells
-    store = Store(db)
-    rows = aggregate(store.sessions(cell_hashes=cells))
-    store.close()
+        for model in [m.strip() for m in models.split(",") if m.strip()]
+    ]
+    _, rows = run_sweep(configs, device, " ".join(["qbench", *sys.argv[1:]]))
     click.echo(render_replication(replication_rows(rows), fmt))
 
 

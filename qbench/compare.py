@@ -209,3 +209,28 @@ def run_compare(
         )
     store.close()
     return run_id, cells
+
+
+def run_sweep(
+    configs: list[CompareConfig],
+    device: DeviceInfo,
+    command: str,
+    announce: Callable[[Plan], None] = lambda the_plan: None,
+) -> tuple[list[str], list[dict]]:
+    """Plan and run each config (one per model) in turn; returns the run ids and the table rows of
+    every cell they cover, read back from the store (earlier sessions of those cells included)."""
+    from qbench.report import aggregate
+
+    cells, run_ids = [], []
+    for config in configs:
+        the_plan = plan(config, device)
+        announce(the_plan)
+        if not the_plan.backends:
+            raise UserError("no requested backend can run here", "see `qbench backends`")
+        run_id, config_cells = run_compare(the_plan, command)
+        cells += config_cells
+        run_ids.append(run_id)
+    store = Store(configs[0].db)
+    rows = aggregate(store.sessions(cell_hashes=cells))
+    store.close()
+    return run_ids, rows

@@ -13,6 +13,8 @@ import inspect
 
 import torch
 
+CAPTURE_WARMUP_STEPS = 3  # eager steps on a side stream before graph capture
+
 
 class DecoderRunner:
     """Wraps a transformers causal LM with a StaticCache; `step(token)` returns float logits [vocab]."""
@@ -71,7 +73,7 @@ class DecoderRunner:
         return self._step_from_buffers()
 
     @torch.inference_mode()
-    def capture_graph(self, warmup_steps: int = 3) -> None:
+    def capture_graph(self, warmup_steps: int = CAPTURE_WARMUP_STEPS) -> None:
         """Capture one decode step as a CUDA graph; `step()` replays it while `use_graph` is set.
 
         The warm-up steps run on a side stream first, as CUDA graph capture requires (allocator

@@ -24,10 +24,11 @@ from qbench.floor import step_bytes
 from qbench.model import DTYPES, layer_bytes
 from qbench.provenance import collect, device_info, nvml_state
 from qbench.registry import load_backend
+from qbench.runner import CAPTURE_WARMUP_STEPS
 from qbench.specs import load_model_spec
 
-CAPTURE_WARMUP = 3  # eager steps before graph capture; also the spare positions after timing
-SPARE_POSITIONS = CAPTURE_WARMUP + 1  # + one profiled step
+# Cache positions beyond a block: the eager steps before graph capture, and one profiled step.
+SPARE_POSITIONS = CAPTURE_WARMUP_STEPS + 1
 
 
 @dataclass(frozen=True)
