@@ -132,7 +132,8 @@ def compare(
             click.echo(f"skipping {name}: {reason}", err=True)
 
     run_ids, rows = run_sweep(configs, probe_device(), " ".join(["qbench", *sys.argv[1:]]), announce)
-    title = f"run {', '.join(run_ids)} (stored in {db})"
+    ran = f"run {', '.join(run_ids)}" if run_ids else "no new sessions: every cell was already stored"
+    title = f"{ran} (stored in {db})"
     click.echo(render(rows, fmt, title="" if fmt in ("json", "csv") else title))
 
 
@@ -146,7 +147,7 @@ def compare(
 @click.option("--db", default="results/qbench.sqlite", show_default=True)
 @click.option("--rounds", default=1, show_default=True, help="Eager/graph blocks per session, interleaved.")
 @click.option("--fresh", is_flag=True, help="Measure again even where sessions are stored (default: resume).")
-@click.option("--format", "fmt", type=click.Choice(["table", "md", "json"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "md", "csv", "json"]), default="table", show_default=True)
 def replicate(models, ctx, sessions, warmup, steps, timeout, db, rounds, fresh, fmt) -> None:
     """The research protocol on this GPU: bf16 SDPA, graphs A/B, fresh sessions, fraction of floor."""
     from qbench.compare import CompareConfig, probe_device, run_sweep
@@ -349,9 +350,16 @@ def bundle(directory, backends, python_version, platforms) -> None:
 @click.option("--run", "run_id", default="latest", show_default=True, help="A run id, 'latest' or 'all'.")
 @click.option("--format", "fmt", type=click.Choice(["md", "csv", "json", "table"]), default="md", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write here, not stdout.")
-def export(db, run_id, fmt, out) -> None:
+@click.option(
+    "--view",
+    type=click.Choice(["compare", "replication"]),
+    default="compare",
+    show_default=True,
+    help="compare: one row per backend and graphs setting; replication: `qbench replicate`'s table (bf16 rows).",
+)
+def export(db, run_id, fmt, out, view) -> None:
     """Write a stored run's table as Markdown, CSV or JSON."""
-    from qbench.report import aggregate, render
+    from qbench.report import aggregate, render, render_replication, replication_rows
     from qbench.store import Store
 
     if not Path(db).exists():
@@ -372,7 +380,14 @@ def export(db, run_id, fmt, out) -> None:
     commands = store.commands(selected)
     store.close()
     title = "\n".join(f"run {run}: `{command}`" for run, command in commands)
-    text = render(rows, fmt, title="" if fmt in ("json", "csv") else title)
+    title = "" if fmt in ("json", "csv") else title
+    if view == "replication":
+        cells = replication_rows(rows)
+        if not cells:
+            raise UserError(f"the selected runs in {db} hold no bf16 rows", "replication tables come from bf16 runs")
+        text = render_replication(cells, fmt, title)
+    else:
+        text = render(rows, fmt, title)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n")

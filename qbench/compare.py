@@ -178,11 +178,12 @@ def run_compare(
     the_plan: Plan,
     command: str,
     progress: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
-) -> tuple[str, list[str]]:
-    """Run every session of the plan; returns (run id, the cell hashes it covers)."""
+) -> tuple[str | None, list[str]]:
+    """Run every session of the plan; returns (run id, or None where every session was already
+    stored, and the cell hashes it covers). The run is recorded when its first session is."""
     config = the_plan.config
     store = Store(config.db)
-    run_id = store.new_run(command, asdict(config))
+    run_id = None
     jobs = []
     for index in range(config.sessions):
         for ctx in config.ctx:
@@ -191,7 +192,7 @@ def run_compare(
                 jobs.append((session, cell_hash(session, the_plan.device.name)))
     cells = sorted({h for _, h in jobs})
     started = time.monotonic()
-    total = len(jobs)
+    total, ran = len(jobs), 0
     for number, (session, cell) in enumerate(jobs, 1):
         label = f"{session['backend']} ctx {session['ctx']} session {session['session_index'] + 1}/{config.sessions}"
         if config.resume and store.completed_sessions(cell) > session["session_index"]:
@@ -199,9 +200,10 @@ def run_compare(
             continue
         began = time.monotonic()
         result = run_worker(json.dumps(session), config.timeout)
+        run_id = run_id or store.new_run(command, asdict(config))
         store.add_session(run_id, cell, session, the_plan.gpu.name, result)
-        elapsed = time.monotonic() - started
-        eta = elapsed / number * (total - number)
+        ran += 1
+        eta = (time.monotonic() - started) / ran * (total - number)  # from sessions run, not skipped
         detail = f" - {result['reason']}" if result.get("reason") else ""
         progress(
             f"[{number}/{total}] {label}: {result['status']}{detail} "
@@ -229,7 +231,8 @@ def run_sweep(
             raise UserError("no requested backend can run here", "see `qbench backends`")
         run_id, config_cells = run_compare(the_plan, command)
         cells += config_cells
-        run_ids.append(run_id)
+        if run_id:
+            run_ids.append(run_id)
     store = Store(configs[0].db)
     rows = aggregate(store.sessions(cell_hashes=cells))
     store.close()

@@ -103,7 +103,9 @@ class Store:
         return [(run, command) for run, command in rows]
 
     def run_ids(self) -> list[str]:
-        return [r[0] for r in self.db.execute("SELECT run_id FROM runs ORDER BY created_at, run_id")]
+        """Runs that stored at least one session (a re-run that skipped every cell stored nothing)."""
+        query = "SELECT run_id FROM runs WHERE run_id IN (SELECT run_id FROM sessions) ORDER BY created_at, run_id"
+        return [r[0] for r in self.db.execute(query)]
 
     def sessions(self, run_ids: list[str] | None = None, cell_hashes: list[str] | None = None) -> list[dict]:
         query = "SELECT config_json, result_json, gpu, run_id, cell_hash FROM sessions"

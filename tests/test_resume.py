@@ -45,3 +45,8 @@ def test_resume_after_a_killed_sweep(tmp_path):
     assert len(keys) == len(set(keys)) == 2 * 2 * 2  # backends x ctx x sessions, each exactly once
     assert {s["cell_hash"] for s in sessions} == set(cells)
     store.close()
+
+    run_id, _ = run_compare(the_plan, "third", progress=lines.append)  # everything stored: no empty run
+    store = Store(config.db)
+    assert run_id is None and len(store.run_ids()) == 2
+    store.close()
