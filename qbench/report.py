@@ -346,7 +346,7 @@ def replication_rows(rows: list[dict]) -> list[dict]:
     return [cells[k] for k in sorted(cells)]
 
 
-def render_replication(cells: list[dict], fmt: str) -> str:
+def render_replication(cells: list[dict], fmt: str, title: str = "") -> str:
     if fmt == "json":
         return json.dumps([plain(c) for c in cells], indent=2)
 
@@ -385,8 +385,16 @@ def render_replication(cells: list[dict], fmt: str) -> str:
         ]
         for c in cells
     ]
+    if fmt == "csv":
+        buffer = io.StringIO()
+        csv.writer(buffer).writerows([headers, *body])
+        return buffer.getvalue()
     table = tabulate(body, headers=headers, tablefmt="github" if fmt == "md" else "simple")
-    return table + (
-        "\n\nbf16 + SDPA, batch 1; % floor = (weights + KV bytes) / datasheet peak bandwidth / ms per step; "
-        "graphs x = eager / graph ms per session (paired), interval over sessions."
+    return (
+        (f"{title}\n\n" if title else "")
+        + table
+        + (
+            "\n\nbf16 + SDPA, batch 1; % floor = (weights + KV bytes) / datasheet peak bandwidth / ms per step; "
+            "graphs x = eager / graph ms per session (paired), interval over sessions."
+        )
     )

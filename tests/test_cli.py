@@ -68,6 +68,9 @@ def test_compare_stores_and_exports(tmp_path):
         exported = invoke("export", "--db", "r.sqlite", "--format", fmt, "--out", f"out.{fmt}")
         assert exported.exit_code == 0
         assert "torch-int4" in (tmp_path / f"out.{fmt}").read_text()
+    replication = invoke("export", "--db", "r.sqlite", "--view", "replication", "--format", "csv")
+    header, row = replication.stdout.strip().splitlines()  # one (model, ctx) cell, from its bf16 row only
+    assert header.startswith("model,ctx,floor ms,eager ms") and row.startswith("tiny,32,")
 
 
 def test_a_third_party_backend_is_listed_and_run(plugin_dist):
