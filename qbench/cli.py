@@ -352,14 +352,15 @@ def bundle(directory, backends, python_version, platforms) -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write here, not stdout.")
 @click.option(
     "--view",
-    type=click.Choice(["compare", "replication"]),
+    type=click.Choice(["compare", "replication", "kernels"]),
     default="compare",
     show_default=True,
-    help="compare: one row per backend and graphs setting; replication: `qbench replicate`'s table (bf16 rows).",
+    help="compare: one row per backend and graphs setting; replication: `qbench replicate`'s table (bf16 rows); "
+    "kernels: the largest CUDA kernels of a profiled step per cell (GPU runs).",
 )
 def export(db, run_id, fmt, out, view) -> None:
     """Write a stored run's table as Markdown, CSV or JSON."""
-    from qbench.report import aggregate, render, render_replication, replication_rows
+    from qbench.report import aggregate, kernel_rows, render, render_kernels, render_replication, replication_rows
     from qbench.store import Store
 
     if not Path(db).exists():
@@ -376,7 +377,8 @@ def export(db, run_id, fmt, out, view) -> None:
         selected = [run_id]
     else:
         raise UserError(f"no run {run_id!r} in {db}", f"runs: {', '.join(runs[-5:])}")
-    rows = aggregate(store.sessions(run_ids=selected))
+    sessions = store.sessions(run_ids=selected)
+    rows = aggregate(sessions)
     commands = store.commands(selected)
     store.close()
     title = "\n".join(f"run {run}: `{command}`" for run, command in commands)
@@ -386,6 +388,11 @@ def export(db, run_id, fmt, out, view) -> None:
         if not cells:
             raise UserError(f"the selected runs in {db} hold no bf16 rows", "replication tables come from bf16 runs")
         text = render_replication(cells, fmt, title)
+    elif view == "kernels":
+        profiled = kernel_rows(sessions)
+        if not profiled:
+            raise UserError(f"the selected runs in {db} hold no kernel profiles", "kernels are profiled on CUDA GPUs")
+        text = render_kernels(profiled, fmt, title)
     else:
         text = render(rows, fmt, title)
     if out:

@@ -19,6 +19,7 @@ import io
 import json
 import math
 from collections import defaultdict
+from statistics import median
 from typing import Any
 
 from tabulate import tabulate
@@ -396,5 +397,99 @@ def render_replication(cells: list[dict], fmt: str, title: str = "") -> str:
         + (
             "\n\nbf16 + SDPA, batch 1; % floor = (weights + KV bytes) / datasheet peak bandwidth / ms per step; "
             "graphs x = eager / graph ms per session (paired), interval over sessions."
+        )
+    )
+
+
+def kernel_rows(sessions: list[dict], top: int = 8) -> list[dict[str, Any]]:
+    """Per cell (model, GPU, backend, ctx): the largest CUDA kernels of the one eager step each session
+    profiles after its timed blocks (median GPU time over the sessions that list the kernel), and each
+    kernel's share of that step's GPU time: all kernels where sessions stored the total, else the
+    12 largest kernels each session stored (older results), as the row says."""
+    cells: dict[tuple, list[dict]] = defaultdict(list)
+    for record in sessions:
+        kernels = record["result"].get("step_kernels")
+        if isinstance(kernels, list) and kernels:
+            config = record["config"]
+            cells[(config["model"], record["gpu"], config["backend"], config["ctx"])].append(record["result"])
+    rows = []
+    for (model, gpu, backend, ctx), results in sorted(cells.items()):
+        whole = all(r.get("step_gpu_us") is not None for r in results)
+        totals = [r["step_gpu_us"] if whole else sum(k["gpu_us"] for k in r["step_kernels"]) for r in results]
+        total = median(totals)
+        found: dict[str, list[dict]] = defaultdict(list)
+        for result in results:
+            for kernel in result["step_kernels"]:
+                found[kernel["name"]].append(kernel)
+        ranked = sorted(found.items(), key=lambda item: -median([k["gpu_us"] for k in item[1]]))
+        for name, seen in ranked[:top]:
+            gpu_us = median([k["gpu_us"] for k in seen])
+            rows.append(
+                {
+                    "model": model,
+                    "gpu": gpu,
+                    "backend": backend,
+                    "ctx": ctx,
+                    "kernel": name,
+                    "calls": median([k["count"] for k in seen]),
+                    "gpu_us": round(gpu_us, 1),
+                    "share_of_step": round(gpu_us / total, 4) if total else None,
+                    "step_gpu_ms": round(total / 1e3, 3),
+                    "step_basis": "all kernels" if whole else "12 largest kernels stored",
+                    "sessions": f"{len(seen)}/{len(results)}",
+                }
+            )
+    return rows
+
+
+def short_kernel_name(name: str, width: int = 80) -> str:
+    """Drop `void ` and the `at::native::` namespaces that hide what a PyTorch kernel does."""
+    name = name.removeprefix("void ").replace("at::native::", "")
+    return name if len(name) <= width else name[: width - 3] + "..."
+
+
+def render_kernels(rows: list[dict], fmt: str, title: str = "") -> str:
+    if fmt == "json":
+        return json.dumps(rows, indent=2)
+    headers = [
+        "model",
+        "gpu",
+        "backend",
+        "ctx",
+        "kernel",
+        "calls",
+        "GPU us",
+        "% of step",
+        "step GPU ms",
+        "of",
+        "sessions",
+    ]
+    body = [
+        [
+            r["model"],
+            r["gpu"],
+            r["backend"],
+            r["ctx"],
+            r["kernel"] if fmt == "csv" else short_kernel_name(r["kernel"]),
+            r["calls"],
+            r["gpu_us"],
+            "" if r["share_of_step"] is None else f"{100 * r['share_of_step']:.0f}%",
+            r["step_gpu_ms"],
+            r["step_basis"],
+            r["sessions"],
+        ]
+        for r in rows
+    ]
+    if fmt == "csv":
+        buffer = io.StringIO()
+        csv.writer(buffer).writerows([headers, *body])
+        return buffer.getvalue()
+    table = tabulate(body, headers=headers, tablefmt="github" if fmt == "md" else "simple")
+    return (
+        (f"{title}\n\n" if title else "")
+        + table
+        + (
+            "\n\nOne eager decode step per session, profiled (torch.profiler, CUDA activity) after the timed blocks; "
+            "GPU us = median over the sessions that list the kernel; % of step = GPU us / the step's GPU time."
         )
     )

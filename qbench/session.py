@@ -174,6 +174,7 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
             result["step_kernels"] = f"profiler unavailable: {error}"[:300]
         else:
             result["step_kernels"] = [dict(k, name=k["name"][:120]) for k in kernels[:12]]
+            result["step_gpu_us"] = round(sum(k["gpu_us"] for k in kernels), 1)  # every kernel of the step
             if backend.kernel_pattern:
                 result["kernel_seen"] = any(re.search(backend.kernel_pattern, k["name"]) for k in kernels)
         result["peak_memory_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)

@@ -104,3 +104,29 @@ def test_replication_view_pairs_eager_and_graph():
     assert cell["graphs_speedup"] == pytest.approx(1.25)
     assert cell["graphs_interval"].method == "t-log"
     assert "1.25" in render_replication([cell], "table")
+
+
+def test_kernel_view_medians_shares_and_basis():
+    from qbench.report import kernel_rows, render_kernels
+
+    copy = "void at::native::elementwise_kernel<128, 4, at::native::direct_copy_kernel_cuda>"
+    sessions = []
+    for gemv_us, copy_us in ((600.0, 300.0), (620.0, 310.0), (610.0, 290.0)):
+        record = _session("bf16", 5.0)
+        record["result"]["step_kernels"] = [
+            {"name": "gemv", "count": 7, "gpu_us": gemv_us},
+            {"name": copy, "count": 2, "gpu_us": copy_us},
+        ]
+        record["result"]["step_gpu_us"] = 1000.0
+        sessions.append(record)
+    cpu = _session("bf16", 5.0)
+    cpu["config"]["ctx"] = 64  # a CPU session stores no profile: no rows for its cell
+    rows = kernel_rows([*sessions, cpu])
+    assert [(r["kernel"], r["gpu_us"], r["share_of_step"]) for r in rows] == [("gemv", 610.0, 0.61), (copy, 300.0, 0.3)]
+    assert rows[0]["step_basis"] == "all kernels" and rows[0]["sessions"] == "3/3"
+    assert "elementwise_kernel<128, 4, direct_copy_kernel_cuda>" in render_kernels(rows, "md")
+    del sessions[0]["result"]["step_gpu_us"]  # older results: shares of the stored kernels' sum
+    older = kernel_rows(sessions)
+    assert older[0]["step_basis"] == "12 largest kernels stored" and older[0]["step_gpu_ms"] == pytest.approx(
+        0.9
+    )  # sums 900, 930, 900 us
