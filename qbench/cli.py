@@ -60,7 +60,12 @@ def main() -> None:
     show_default=True,
     help="CUDA graph replay; auto = both on a GPU, off on a CPU.",
 )
-@click.option("--sessions", default=1, show_default=True, help="Fresh worker processes per cell.")
+@click.option(
+    "--sessions",
+    default=0,
+    show_default=True,
+    help="Fresh worker processes per cell; 0 = auto: 10 where graphs are A/B-tested (on a GPU), else 1.",
+)
 @click.option("--warmup", default=5, show_default=True, help="Untimed steps before timing.")
 @click.option("--steps", default=30, show_default=True, help="Timed steps per block.")
 @click.option("--weights", default="synthetic", show_default=True, help="synthetic | gguf | PATH (folder or .gguf).")
@@ -127,7 +132,11 @@ def compare(
     ]
 
     def announce(the_plan) -> None:
-        click.echo(f"{the_plan.config.model}: device {the_plan.device.name} -> spec {the_plan.gpu.name}", err=True)
+        click.echo(
+            f"{the_plan.config.model}: device {the_plan.device.name} -> spec {the_plan.gpu.name}; "
+            f"{the_plan.sessions} session(s) per cell" + ("" if the_plan.config.sessions else " (--sessions auto)"),
+            err=True,
+        )
         for name, reason in the_plan.skipped.items():
             click.echo(f"skipping {name}: {reason}", err=True)
 

@@ -32,7 +32,7 @@ class CompareConfig:
     backends: tuple[str, ...] = ("available",)
     ctx: tuple[int, ...] = (512,)
     graphs: str = "auto"
-    sessions: int = 1
+    sessions: int = 0  # 0 = auto: AB_SESSIONS where a graphs A/B runs, else 1 (see sessions_for)
     warmup: int = 5
     steps: int = 30
     weights: str = "synthetic"
@@ -51,8 +51,8 @@ class CompareConfig:
             bad("graphs", " | ".join(GRAPHS_CHOICES))
         if not self.ctx or any(c < 1 for c in self.ctx):
             bad("ctx", "one or more positive integers")
-        if self.sessions < 1:
-            bad("sessions", "a positive integer")
+        if self.sessions < 0:
+            bad("sessions", "a positive integer (or 0 for auto)")
         if self.steps < 1 or self.warmup < 0:
             bad("steps" if self.steps < 1 else "warmup", "a positive integer (warmup may be 0)")
         if self.group_size not in (0, 32, 64, 128, 256):
@@ -71,6 +71,7 @@ class Plan:
     backends: list[str]
     group_size: int = 128
     skipped: dict[str, str] = field(default_factory=dict)  # backend -> why it does not run here
+    sessions: int = 1
 
 
 def resolve_group_size(requested: int, spec) -> int:
@@ -122,7 +123,7 @@ def plan(config: CompareConfig, device: DeviceInfo | None = None) -> Plan:
     device = device or probe_device()
     gpu = resolve_gpu(config.gpu, device)
     wanted = backend_names() if config.backends == ("available",) else list(config.backends)
-    result = Plan(config, device, gpu, [], group_size)
+    result = Plan(config, device, gpu, [], group_size, sessions=sessions_for(config, device))
     for name in wanted:
         backend = load_backend(name)  # unknown names fail here, before any session runs
         reason = backend.unavailable_reason(device)
@@ -131,6 +132,17 @@ def plan(config: CompareConfig, device: DeviceInfo | None = None) -> Plan:
         else:
             result.backends.append(name)
     return result
+
+
+# Sessions per cell when a run A/B-tests CUDA graphs and --sessions is left at auto: from 10 sessions
+# up the intervals are BCa bootstrap (the research's N = 10); below that they cover too little.
+AB_SESSIONS = 10
+
+
+def sessions_for(config: CompareConfig, device: DeviceInfo) -> int:
+    if config.sessions:
+        return config.sessions
+    return AB_SESSIONS if len(graphs_modes(config, device)) > 1 else 1
 
 
 def graphs_modes(config: CompareConfig, device: DeviceInfo) -> tuple[bool, ...]:
@@ -185,7 +197,7 @@ def run_compare(
     store = Store(config.db)
     run_id = None
     jobs = []
-    for index in range(config.sessions):
+    for index in range(the_plan.sessions):
         for ctx in config.ctx:
             for backend in the_plan.backends:
                 session = session_config(config, the_plan.device, backend, ctx, index, the_plan.group_size)
@@ -194,7 +206,7 @@ def run_compare(
     started = time.monotonic()
     total, ran = len(jobs), 0
     for number, (session, cell) in enumerate(jobs, 1):
-        label = f"{session['backend']} ctx {session['ctx']} session {session['session_index'] + 1}/{config.sessions}"
+        label = f"{session['backend']} ctx {session['ctx']} session {session['session_index'] + 1}/{the_plan.sessions}"
         if config.resume and store.completed_sessions(cell) > session["session_index"]:
             progress(f"[{number}/{total}] {label}: already stored, skipped (--resume)")
             continue

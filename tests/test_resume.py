@@ -50,3 +50,13 @@ def test_resume_after_a_killed_sweep(tmp_path):
     store = Store(config.db)
     assert run_id is None and len(store.run_ids()) == 2
     store.close()
+
+
+def test_sessions_default_to_ten_where_graphs_are_ab_tested():
+    h100 = DeviceInfo("cuda", "NVIDIA H100 80GB HBM3", (9, 0))
+    cpu = DeviceInfo("cpu", "cpu")
+    auto = CompareConfig(model="tiny", backends=("bf16",))
+    assert plan(auto, h100).sessions == 10  # graphs auto = both on a GPU: an A/B claim
+    assert plan(auto, cpu).sessions == 1  # graphs off: nothing to A/B
+    assert plan(CompareConfig(model="tiny", backends=("bf16",), graphs="on"), h100).sessions == 1
+    assert plan(CompareConfig(model="tiny", backends=("bf16",), sessions=3), h100).sessions == 3

@@ -1,4 +1,4 @@
-# Device side, bf16 only (no kernel builds): MODELS=m CTX=c[,c] [LIMIT=s] bash tools/device/replicate.sh   (device side; db carried in .devrep/db when the machine is fresh)
+# Device side, bf16 only (no kernel builds): MODELS=m CTX=c[,c] [LIMIT=s] bash tools/device/replicate.sh
 # Carry [".devrep"] holding nvidia_ml_py-*.whl and a qbench wheel (see README.md), plus db/replicate.sqlite
 # from the previous call when a fresh machine must resume into the same file.
 set -e
