@@ -186,6 +186,11 @@ def cell_hash(session: dict, device_name: str) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def bar(done: int, total: int, width: int = 20) -> str:
+    filled = round(width * done / total)
+    return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
+
+
 def run_compare(
     the_plan: Plan,
     command: str,
@@ -208,7 +213,7 @@ def run_compare(
     for number, (session, cell) in enumerate(jobs, 1):
         label = f"{session['backend']} ctx {session['ctx']} session {session['session_index'] + 1}/{the_plan.sessions}"
         if config.resume and store.completed_sessions(cell) > session["session_index"]:
-            progress(f"[{number}/{total}] {label}: already stored, skipped (--resume)")
+            progress(f"{bar(number, total)} {label}: already stored, skipped (--resume)")
             continue
         began = time.monotonic()
         result = run_worker(json.dumps(session), config.timeout)
@@ -218,7 +223,7 @@ def run_compare(
         eta = (time.monotonic() - started) / ran * (total - number)  # from sessions run, not skipped
         detail = f" - {result['reason']}" if result.get("reason") else ""
         progress(
-            f"[{number}/{total}] {label}: {result['status']}{detail} "
+            f"{bar(number, total)} {label}: {result['status']}{detail} "
             f"({time.monotonic() - began:.0f} s; ETA {eta:.0f} s)"
         )
     store.close()
