@@ -357,7 +357,13 @@ def bundle(directory, backends, python_version, platforms) -> None:
 @main.command()
 @click.option("--db", default="results/qbench.sqlite", show_default=True)
 @click.option("--run", "run_id", default="latest", show_default=True, help="A run id, 'latest' or 'all'.")
-@click.option("--format", "fmt", type=click.Choice(["md", "csv", "json", "table"]), default="md", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["md", "csv", "json", "table", "latex", "html"]),
+    default="md",
+    show_default=True,
+)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write here, not stdout.")
 @click.option(
     "--view",
@@ -368,7 +374,7 @@ def bundle(directory, backends, python_version, platforms) -> None:
     "kernels: the largest CUDA kernels of a profiled step per cell (GPU runs).",
 )
 def export(db, run_id, fmt, out, view) -> None:
-    """Write a stored run's table as Markdown, CSV or JSON."""
+    """Write a stored run's table as Markdown, CSV, JSON, LaTeX (booktabs) or HTML."""
     from qbench.report import aggregate, kernel_rows, render, render_kernels, render_replication, replication_rows
     from qbench.store import Store
 

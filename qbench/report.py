@@ -15,10 +15,13 @@ A cell whose correctness gate failed in any session shows `incorrect` and no tim
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import math
+import re
 from collections import defaultdict
+from dataclasses import dataclass, field
 from statistics import median
 from typing import Any
 
@@ -31,6 +34,67 @@ PERPLEXITY_BOUND = 1.75  # real weights: a 4-bit backend's perplexity may be at 
 NOISY_CV = 0.10  # coefficient of variation of steps inside a session above which a cell is noisy
 # NVML clock-event reasons that mean the clocks were held down (power, thermal, hardware slowdown)
 THROTTLE_MASK = 0x4 | 0x8 | 0x40 | 0x80 | 0x100
+
+
+# Table formats of the human-readable outputs (tabulate escapes cells for LaTeX and HTML).
+TABLE_FORMATS = {"table": "simple", "md": "github", "latex": "latex_booktabs", "html": "html"}
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+
+def _latex(text: str) -> str:
+    return re.sub(r"[\\&%$#_{}~^]", lambda m: _LATEX_SPECIAL[m.group()], text)
+
+
+def _prose(text: str, fmt: str) -> str:
+    if fmt == "html":
+        return f"<p>{html.escape(text)}</p>"
+    if fmt == "latex":
+        return _latex(text) + "\n"  # a blank line ends a LaTeX paragraph
+    return text
+
+
+def _heading(text: str, fmt: str) -> str:
+    if fmt == "md":
+        return f"### {text}"
+    if fmt == "html":
+        return f"<h3>{html.escape(text)}</h3>"
+    if fmt == "latex":
+        return f"\\subsection*{{{_latex(text)}}}"
+    return text
+
+
+@dataclass
+class Section:
+    heading: str
+    headers: list[str]
+    body: list[list]
+    before: list[str] = field(default_factory=list)  # prose lines above the table
+    after: list[str] = field(default_factory=list)  # and below it
+
+
+def document(fmt: str, title: str, sections: list[Section], legend: str) -> str:
+    """Title lines, then each section's heading, prose and table, then the legend, in one of
+    TABLE_FORMATS (CSV and JSON are written by the callers)."""
+    parts = [_prose(line, fmt) for line in title.splitlines() if line] + ([""] if title else [])
+    for section in sections:
+        if section.heading:
+            parts.append(_heading(section.heading, fmt))
+        parts += [_prose(line, fmt) for line in section.before] + ([""] if section.before else [])
+        parts.append(tabulate(section.body, headers=section.headers, tablefmt=TABLE_FORMATS[fmt]))
+        parts += [_prose(line, fmt) for line in section.after] + [""]
+    parts.append(_prose(legend, fmt))
+    return "\n".join(parts)
 
 
 def _session_steps(block: dict, device: str) -> list[float]:
@@ -297,19 +361,15 @@ def render(rows: list[dict], fmt: str, title: str = "") -> str:
     groups = defaultdict(list)
     for row, cells in zip(rows, body, strict=True):
         groups[(row["model"], row["gpu"], row["ctx"], row["weights"])].append((row, cells))
-    parts = []
+    sections = []
     for (model, gpu, ctx, weights), members in groups.items():
         bandwidth = members[0][0].get("measured_bandwidth_gbps")
         heading = f"{model} on {gpu}, ctx {ctx}, {weights} weights"
         if bandwidth:
             heading += f", measured copy bandwidth {bandwidth:.0f} GB/s"
-        parts.append(("### " if fmt == "md" else "") + heading)
-        if members[0][0].get("software"):
-            parts.append(members[0][0]["software"] + "\n")
-        parts.append(tabulate([c for _, c in members], headers=headers, tablefmt="github" if fmt == "md" else "simple"))
+        software = [members[0][0]["software"]] if members[0][0].get("software") else []
         notes = [f"- {row['label']} graphs={row['graphs']}: {row['reason']}" for row, _ in members if row["reason"]]
-        parts.extend(notes)
-        parts.append("")
+        sections.append(Section(heading, headers, [c for _, c in members], software, notes))
     legend = (
         "ms/step: median over sessions of per-session median step time (CUDA events on GPU, wall clock on CPU); "
         "95% CI over sessions (bca-bootstrap at >= 10 sessions, else t-interval on log ms); "
@@ -319,10 +379,7 @@ def render(rows: list[dict], fmt: str, title: str = "") -> str:
         "realised x = bf16 ms / backend ms (same graphs setting); realisation = realised / expected; "
         "graphs x = eager ms / graph ms."
     )
-    if title:
-        parts.insert(0, title + "\n")
-    parts.append(legend)
-    return "\n".join(parts)
+    return document(fmt, title, sections, legend)
 
 
 def replication_rows(rows: list[dict]) -> list[dict]:
@@ -390,15 +447,11 @@ def render_replication(cells: list[dict], fmt: str, title: str = "") -> str:
         buffer = io.StringIO()
         csv.writer(buffer).writerows([headers, *body])
         return buffer.getvalue()
-    table = tabulate(body, headers=headers, tablefmt="github" if fmt == "md" else "simple")
-    return (
-        (f"{title}\n\n" if title else "")
-        + table
-        + (
-            "\n\nbf16 + SDPA, batch 1; % floor = (weights + KV bytes) / datasheet peak bandwidth / ms per step; "
-            "graphs x = eager / graph ms per session (paired), interval over sessions."
-        )
+    legend = (
+        "bf16 + SDPA, batch 1; % floor = (weights + KV bytes) / datasheet peak bandwidth / ms per step; "
+        "graphs x = eager / graph ms per session (paired), interval over sessions."
     )
+    return document(fmt, title, [Section("", headers, body)], legend)
 
 
 def kernel_rows(sessions: list[dict], top: int = 8) -> list[dict[str, Any]]:
@@ -484,12 +537,8 @@ def render_kernels(rows: list[dict], fmt: str, title: str = "") -> str:
         buffer = io.StringIO()
         csv.writer(buffer).writerows([headers, *body])
         return buffer.getvalue()
-    table = tabulate(body, headers=headers, tablefmt="github" if fmt == "md" else "simple")
-    return (
-        (f"{title}\n\n" if title else "")
-        + table
-        + (
-            "\n\nOne eager decode step per session, profiled (torch.profiler, CUDA activity) after the timed blocks; "
-            "GPU us = median over the sessions that list the kernel; % of step = GPU us / the step's GPU time."
-        )
+    legend = (
+        "One eager decode step per session, profiled (torch.profiler, CUDA activity) after the timed blocks; "
+        "GPU us = median over the sessions that list the kernel; % of step = GPU us / the step's GPU time."
     )
+    return document(fmt, title, [Section("", headers, body)], legend)

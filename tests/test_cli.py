@@ -64,10 +64,13 @@ def test_compare_stores_and_exports(tmp_path):
     assert rows["bf16"]["status"] == "ok" and rows["bf16"]["sessions"] == "2/2"
     assert rows["torch-int4"]["expected_reduction"] > 1
     assert rows["torch-int4"]["realised_speedup"] > 0 and rows["bf16"]["ms_interval"]["method"] == "t-log"
-    for fmt in ("md", "csv", "json"):
+    for fmt in ("md", "csv", "json", "latex", "html"):
         exported = invoke("export", "--db", "r.sqlite", "--format", fmt, "--out", f"out.{fmt}")
         assert exported.exit_code == 0
         assert "torch-int4" in (tmp_path / f"out.{fmt}").read_text()
+    latex, page = (tmp_path / "out.latex").read_text(), (tmp_path / "out.html").read_text()
+    assert "\\begin{tabular}" in latex and "95\\% CI" in latex and "bca-bootstrap at >= 10" in latex
+    assert "<table>" in page and "bca-bootstrap at &gt;= 10" in page
     replication = invoke("export", "--db", "r.sqlite", "--view", "replication", "--format", "csv")
     header, row = replication.stdout.strip().splitlines()  # one (model, ctx) cell, from its bf16 row only
     assert header.startswith("model,ctx,floor ms,eager ms") and row.startswith("tiny,32,")
