@@ -354,6 +354,54 @@ def bundle(directory, backends, python_version, platforms) -> None:
         )
 
 
+def _stored_sessions(db: str, run_id: str) -> tuple[list[dict], list[tuple[str, str]]]:
+    """The sessions of the selected runs ('latest', 'all' or an id) and those runs' commands."""
+    from qbench.store import Store
+
+    if not Path(db).exists():
+        raise UserError(f"no results database at {db}", "run `qbench compare` first or pass --db")
+    store = Store(db)
+    runs = store.run_ids()
+    if not runs:
+        raise UserError(f"{db} holds no runs", "run `qbench compare` first")
+    if run_id == "latest":
+        selected = [runs[-1]]
+    elif run_id == "all":
+        selected = runs
+    elif run_id in runs:
+        selected = [run_id]
+    else:
+        raise UserError(f"no run {run_id!r} in {db}", f"runs: {', '.join(runs[-5:])}")
+    sessions, commands = store.sessions(run_ids=selected), store.commands(selected)
+    store.close()
+    return sessions, commands
+
+
+def _replication_cells(rows: list[dict], db: str) -> list[dict]:
+    from qbench.report import replication_rows
+
+    cells = replication_rows(rows)
+    if not cells:
+        raise UserError(f"the selected runs in {db} hold no bf16 rows", "replication views come from bf16 runs")
+    return cells
+
+
+@main.command()
+@click.option("--db", default="results/qbench.sqlite", show_default=True)
+@click.option("--run", "run_id", default="latest", show_default=True, help="A run id, 'latest' or 'all'.")
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Image file (.png, .svg, .pdf)."
+)
+def plot(db, run_id, out) -> None:
+    """Draw the replication view of stored runs: % of floor against context, and the graphs speedup."""
+    from qbench.plot import replication_figure
+    from qbench.report import aggregate
+
+    sessions, _ = _stored_sessions(db, run_id)
+    replication_figure(_replication_cells(aggregate(sessions), db), out)
+    click.echo(f"wrote {out}", err=True)
+
+
 @main.command()
 @click.option("--db", default="results/qbench.sqlite", show_default=True)
 @click.option("--run", "run_id", default="latest", show_default=True, help="A run id, 'latest' or 'all'.")
@@ -375,34 +423,14 @@ def bundle(directory, backends, python_version, platforms) -> None:
 )
 def export(db, run_id, fmt, out, view) -> None:
     """Write a stored run's table as Markdown, CSV, JSON, LaTeX (booktabs) or HTML."""
-    from qbench.report import aggregate, kernel_rows, render, render_kernels, render_replication, replication_rows
-    from qbench.store import Store
+    from qbench.report import aggregate, kernel_rows, render, render_kernels, render_replication
 
-    if not Path(db).exists():
-        raise UserError(f"no results database at {db}", "run `qbench compare` first or pass --db")
-    store = Store(db)
-    runs = store.run_ids()
-    if not runs:
-        raise UserError(f"{db} holds no runs", "run `qbench compare` first")
-    if run_id == "latest":
-        selected = [runs[-1]]
-    elif run_id == "all":
-        selected = runs
-    elif run_id in runs:
-        selected = [run_id]
-    else:
-        raise UserError(f"no run {run_id!r} in {db}", f"runs: {', '.join(runs[-5:])}")
-    sessions = store.sessions(run_ids=selected)
+    sessions, commands = _stored_sessions(db, run_id)
     rows = aggregate(sessions)
-    commands = store.commands(selected)
-    store.close()
     title = "\n".join(f"run {run}: `{command}`" for run, command in commands)
     title = "" if fmt in ("json", "csv") else title
     if view == "replication":
-        cells = replication_rows(rows)
-        if not cells:
-            raise UserError(f"the selected runs in {db} hold no bf16 rows", "replication tables come from bf16 runs")
-        text = render_replication(cells, fmt, title)
+        text = render_replication(_replication_cells(rows, db), fmt, title)
     elif view == "kernels":
         profiled = kernel_rows(sessions)
         if not profiled:

@@ -1,0 +1,66 @@
+"""Figures from stored results (matplotlib, the `plot` extra). Rendering only: every value drawn is a
+figure the tables print too."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qbench.errors import UserError
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise UserError("plots need matplotlib, which is not installed", "pip install 'qbench[plot]'") from None
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def replication_figure(cells: list[dict], path: Path, title: str = "") -> None:
+    """Left: % of the memory floor against context, eager (dashed) and CUDA graphs (solid), per model.
+    Right: the paired graphs speedup per context with its 95% interval."""
+    plt = _pyplot()
+    figure, (floor_axes, speedup_axes) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for model in sorted({c["model"] for c in cells}):
+        rows = sorted((c for c in cells if c["model"] == model), key=lambda c: c["ctx"])
+        color = None
+        for key, style, mode in (("graph_pct_of_floor", "-", "graphs"), ("eager_pct_of_floor", "--", "eager")):
+            drawn = [c for c in rows if c.get(key) is not None]
+            if drawn:
+                contexts, percents = [c["ctx"] for c in drawn], [c[key] for c in drawn]
+                (line,) = floor_axes.plot(contexts, percents, style, marker="o", color=color, label=f"{model}, {mode}")
+                color = line.get_color()
+        ratios = [c for c in rows if c.get("graphs_speedup") is not None]
+        if ratios:
+            low = [c["graphs_speedup"] - c["graphs_interval"].low if c.get("graphs_interval") else 0 for c in ratios]
+            high = [c["graphs_interval"].high - c["graphs_speedup"] if c.get("graphs_interval") else 0 for c in ratios]
+            speedup_axes.errorbar(
+                [c["ctx"] for c in ratios],
+                [c["graphs_speedup"] for c in ratios],
+                yerr=[low, high],
+                marker="o",
+                capsize=3,
+                color=color,
+                label=model,
+            )
+    contexts = sorted({c["ctx"] for c in cells})
+    for axes in (floor_axes, speedup_axes):
+        axes.set_xscale("log", base=2)
+        axes.set_xticks(contexts, [str(c) for c in contexts])
+        axes.minorticks_off()
+        axes.set_xlabel("context (tokens)")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=7)
+    floor_axes.set_ylabel("% of memory floor (datasheet bandwidth)")
+    floor_axes.set_ylim(bottom=0)
+    speedup_axes.set_ylabel("CUDA graphs speedup (eager / graph), 95% CI")
+    speedup_axes.axhline(1.0, color="grey", linewidth=0.8)
+    gpus = sorted({c["gpu"] for c in cells})
+    figure.suptitle(title or f"bf16 + SDPA, batch-1 decode on {', '.join(gpus)}", fontsize=10)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=130)
+    plt.close(figure)

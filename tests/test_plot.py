@@ -1,0 +1,37 @@
+"""The replication figure is drawn from the same cells the tables print; without matplotlib the
+command says how to get it."""
+
+import sys
+
+import pytest
+
+from qbench import stats
+from qbench.errors import UserError
+from qbench.plot import replication_figure
+
+
+def _cells():
+    return [
+        {
+            "model": "tiny",
+            "gpu": "l4",
+            "ctx": ctx,
+            "eager_pct_of_floor": 20.0,
+            "graph_pct_of_floor": 30.0,
+            "graphs_speedup": 1.5,
+            "graphs_interval": stats.Interval(1.4, 1.6, "t-log"),
+        }
+        for ctx in (2048, 4096)
+    ]
+
+
+def test_replication_figure_is_a_png(tmp_path):
+    out = tmp_path / "figures" / "replication.png"
+    replication_figure(_cells(), out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+def test_missing_matplotlib_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if not installed
+    with pytest.raises(UserError, match=r"qbench\[plot\]"):
+        replication_figure(_cells(), tmp_path / "x.png")
