@@ -85,7 +85,12 @@ class Section:
 
 def document(fmt: str, title: str, sections: list[Section], legend: str) -> str:
     """Title lines, then each section's heading, prose and table, then the legend, in one of
-    TABLE_FORMATS (CSV and JSON are written by the callers)."""
+    TABLE_FORMATS; as CSV, only the sections' header and body rows."""
+    if fmt == "csv":
+        buffer = io.StringIO()
+        for section in sections:
+            csv.writer(buffer).writerows([section.headers, *section.body])
+        return buffer.getvalue()
     parts = [_prose(line, fmt) for line in title.splitlines() if line] + ([""] if title else [])
     for section in sections:
         if section.heading:
@@ -443,10 +448,6 @@ def render_replication(cells: list[dict], fmt: str, title: str = "") -> str:
         ]
         for c in cells
     ]
-    if fmt == "csv":
-        buffer = io.StringIO()
-        csv.writer(buffer).writerows([headers, *body])
-        return buffer.getvalue()
     legend = (
         "bf16 + SDPA, batch 1; % floor = (weights + KV bytes) / datasheet peak bandwidth / ms per step; "
         "graphs x = eager / graph ms per session (paired), interval over sessions."
@@ -533,10 +534,6 @@ def render_kernels(rows: list[dict], fmt: str, title: str = "") -> str:
         ]
         for r in rows
     ]
-    if fmt == "csv":
-        buffer = io.StringIO()
-        csv.writer(buffer).writerows([headers, *body])
-        return buffer.getvalue()
     legend = (
         "One eager decode step per session, profiled (torch.profiler, CUDA activity) after the timed blocks; "
         "GPU us = median over the sessions that list the kernel; % of step = GPU us / the step's GPU time."
