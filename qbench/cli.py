@@ -15,6 +15,11 @@ from qbench.errors import UserError
 FORMATS = click.Choice(["table", "json"])
 
 
+def _names(text: str) -> list[str]:
+    """A comma-separated option (models, backends) as its stripped, non-empty parts."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def _ints(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.split(",") if part.strip())
@@ -114,7 +119,7 @@ def compare(
         CompareConfig(
             model=one_model,
             gpu=gpu,
-            backends=tuple(b.strip() for b in backends.split(",") if b.strip()),
+            backends=tuple(_names(backends)),
             ctx=_ints(ctx),
             graphs=graphs,
             sessions=sessions,
@@ -128,7 +133,7 @@ def compare(
             resume=resume,
             rounds=rounds,
         )
-        for one_model in [m.strip() for m in model.split(",") if m.strip()]
+        for one_model in _names(model)
     ]
 
     def announce(the_plan) -> None:
@@ -143,7 +148,7 @@ def compare(
     run_ids, rows = run_sweep(configs, probe_device(), " ".join(["qbench", *sys.argv[1:]]), announce)
     ran = f"run {', '.join(run_ids)}" if run_ids else "no new sessions: every cell was already stored"
     title = f"{ran} (stored in {db})"
-    click.echo(render(rows, fmt, title="" if fmt in ("json", "csv") else title))
+    click.echo(render(rows, fmt, title))  # CSV and JSON carry no title
 
 
 @main.command()
@@ -179,7 +184,7 @@ def replicate(models, ctx, sessions, warmup, steps, timeout, db, rounds, fresh, 
             resume=not fresh,
             rounds=rounds,
         )
-        for model in [m.strip() for m in models.split(",") if m.strip()]
+        for model in _names(models)
     ]
     _, rows = run_sweep(configs, device, " ".join(["qbench", *sys.argv[1:]]))
     click.echo(render_replication(replication_rows(rows), fmt))
@@ -340,7 +345,7 @@ def bundle(directory, backends, python_version, platforms) -> None:
     """Download the wheels chosen backends need into DIRECTORY, for an offline GPU host."""
     from qbench.bundle import bundle as download
 
-    names = [b.strip() for b in backends.split(",") if b.strip()]
+    names = _names(backends)
     try:
         sdist_only = download(names, directory, python_version, list(platforms), echo=lambda m: click.echo(m, err=True))
     except RuntimeError as error:
@@ -427,8 +432,7 @@ def export(db, run_id, fmt, out, view) -> None:
 
     sessions, commands = _stored_sessions(db, run_id)
     rows = aggregate(sessions)
-    title = "\n".join(f"run {run}: `{command}`" for run, command in commands)
-    title = "" if fmt in ("json", "csv") else title
+    title = "\n".join(f"run {run}: `{command}`" for run, command in commands)  # CSV and JSON carry none
     if view == "replication":
         text = render_replication(_replication_cells(rows, db), fmt, title)
     elif view == "kernels":

@@ -475,9 +475,11 @@ def kernel_rows(sessions: list[dict], top: int = 8) -> list[dict[str, Any]]:
         for result in results:
             for kernel in result["step_kernels"]:
                 found[kernel["name"]].append(kernel)
-        ranked = sorted(found.items(), key=lambda item: -median([k["gpu_us"] for k in item[1]]))
-        for name, seen in ranked[:top]:
-            gpu_us = median([k["gpu_us"] for k in seen])
+        ranked = sorted(
+            ((median([k["gpu_us"] for k in seen]), name, seen) for name, seen in found.items()),
+            key=lambda item: -item[0],
+        )
+        for gpu_us, name, seen in ranked[:top]:
             rows.append(
                 {
                     "model": model,
