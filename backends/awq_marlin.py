@@ -3,6 +3,8 @@
 AutoAWQ is archived and does not run on current torch/transformers; transformers 5 routes AWQ
 checkpoints through gptqmodel, whose AWQ Marlin kernel (ported from vLLM) is the maintained one.
 gptqmodel builds the kernel on first use (a few minutes) and caches it. Marlin runs fp16 here.
+Marlin zero-pads a weight whose shape does not fit its 64 x 128 tile (SmolLM2's K = 576 at group
+size 64 becomes 640): the padded tensors are what it stores and reads, and what the floor counts.
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ class AwqMarlinBackend(PackedFormatBackend):
     builds_kernel = True
 
     def linear_bytes(self, in_features: int, out_features: int, group_size: int) -> int:
-        return formats.awq_bytes(in_features, out_features, group_size)
+        return formats.awq_marlin_bytes(in_features, out_features, group_size)
 
     def prepare(self, device: str) -> None:
         from gptqmodel.utils.marlin import prewarm_marlin_extension

@@ -16,6 +16,8 @@ Layouts (K = in_features, N = out_features, g = group size):
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble i of a packed int32 holds column AWQ_ORDER[i]
@@ -98,6 +100,28 @@ def awq_dequantize(tensors: dict[str, torch.Tensor], group_size: int) -> torch.T
 def awq_bytes(in_features: int, out_features: int, group_size: int) -> int:
     groups = in_features // group_size
     return in_features * out_features // 2 + groups * out_features // 2 + groups * out_features * 2
+
+
+def marlin_padded_shape(in_features: int, out_features: int, group_size: int) -> tuple[int, int]:
+    """(K, N) that Marlin stores a weight at. Its thread tile is 64 x 128 in either orientation, so
+    gptqmodel (7.6, `utils/marlin.py: marlin_padded_nk`) zero-pads a misaligned weight to the smaller
+    of (N to 64, K to lcm(128, g)) and (N to 128, K to lcm(64, g)), ties to the first; the padded
+    rows and columns are stored and read like the rest. SmolLM2's K = 576 at g64 becomes 640."""
+
+    def round_up(value: int, multiple: int) -> int:
+        return -(-value // multiple) * multiple
+
+    candidates = (
+        (round_up(out_features, 64), round_up(in_features, math.lcm(128, group_size))),
+        (round_up(out_features, 128), round_up(in_features, math.lcm(64, group_size))),
+    )
+    padded_n, padded_k = min(candidates, key=lambda nk: (nk[0] * nk[1], nk[0] + nk[1]))
+    return padded_k, padded_n
+
+
+def awq_marlin_bytes(in_features: int, out_features: int, group_size: int) -> int:
+    """AWQ tensors as Marlin stores them: repacked (same size) at the tile-padded shape."""
+    return awq_bytes(*marlin_padded_shape(in_features, out_features, group_size), group_size)
 
 
 # ---- GPTQ v1 -----------------------------------------------------------------------------------

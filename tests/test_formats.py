@@ -79,3 +79,19 @@ def test_nf4_bytes_match_bitsandbytes_tensors():
     assert module.stored_bytes() == formats.nf4_bytes(512, 256)
     restored = module.dequantize()
     assert ((restored - linear.weight.float()).norm() / linear.weight.float().norm()).item() < 0.15
+
+
+def test_awq_marlin_bytes_are_what_marlin_stored_on_the_h100():
+    """Marlin pads a weight that misses its 64 x 128 tile; the floor counts the padded tensors it
+    reads. Pinned to what the Marlin module stored on the H100 (results/h100/trust/awq-marlin-bytes.sqlite):
+    SmolLM2-135M at g64 (K = 576 padded to 640 for q/k/v/o) and Qwen2.5-7B at g128 (no padding)."""
+    from qbench.floor import step_bytes
+    from qbench.specs import load_model_spec
+
+    smollm2 = step_bytes(load_model_spec("smollm2-135m"), 512, formats.awq_marlin_bytes, 64)
+    qwen = step_bytes(load_model_spec("qwen2.5-7b"), 2048, formats.awq_marlin_bytes, 128)
+    assert smollm2.linear_weights == 58_821_120  # the unpadded AWQ formula gives 57,231,360
+    assert qwen.linear_weights == 3_390_091_264
+    assert formats.marlin_padded_shape(576, 576, 64) == (640, 576)
+    assert formats.marlin_padded_shape(1536, 576, 64) == (1536, 576)
+    assert formats.marlin_padded_shape(3584, 512, 128) == (3584, 512)
