@@ -1,6 +1,9 @@
 """From stored sessions to table rows, and from rows to text, Markdown, CSV or JSON.
 
-Per cell (model, GPU, backend, ctx, graphs setting):
+A cell is one whole configuration (model, device, backend, ctx, weights, group size, warm-up, steps,
+rounds, seed, pinning: the stored cell hash); one row per cell and graphs setting. Sessions pool
+into a row only when their configurations are identical, and ratios compare rows whose
+configurations differ in the backend (and its group size) alone. Per row:
   ms/step         median over sessions of each session's median step (CUDA-event time on a GPU,
                   wall clock on a CPU); `wall_ms` is the synchronised wall clock on a GPU too.
   floor ms        bytes/step / bandwidth, at the datasheet peak and at the copy bandwidth measured
@@ -9,7 +12,10 @@ Per cell (model, GPU, backend, ctx, graphs setting):
   realised x      bf16 ms/step / backend ms/step, same model, GPU, ctx and graphs setting
   realisation     realised / expected
   graphs x        eager ms / graph ms, per session (paired), on the graphs=on row
+  launch us       host cost of one kernel launch, measured around each timed block (qbench.host):
+                  median over the sessions of each session's median probe
 A cell whose correctness gate failed in any session shows `incorrect` and no timing figures.
+Flags: impossible, noisy, throttled n/N, kernel-not-seen, host-variable (see FLAG_TEXT).
 """
 
 from __future__ import annotations
@@ -32,6 +38,9 @@ from qbench.specs import load_gpu_spec
 
 PERPLEXITY_BOUND = 1.75  # real weights: a 4-bit backend's perplexity may be at most this x bf16's
 NOISY_CV = 0.10  # coefficient of variation of steps inside a session above which a cell is noisy
+# A cell's host probes (launch cost, fixed workload; before and after every timed block of every
+# session) whose largest is more than this times their smallest: the host changed under the cell.
+HOST_VARIABLE_SPREAD = 1.25
 # NVML clock-event reasons that mean the clocks were held down (power, thermal, hardware slowdown)
 THROTTLE_MASK = 0x4 | 0x8 | 0x40 | 0x80 | 0x100
 
@@ -113,35 +122,94 @@ def _peak_bandwidth(gpu_name: str) -> float | None:
         return None  # a GPU without a spec: no datasheet figure
 
 
+# Configuration keys that may differ between rows that are compared with each other.
+COMPARED_ACROSS = ("backend", "group_size", "session_index")
+CONFIG_COLUMNS = ("steps", "warmup", "group_size", "rounds", "seed", "cpu")
+FLAG_TEXT = {
+    "impossible": "faster than the floor at datasheet bandwidth",
+    "noisy": f"step-time CV above {NOISY_CV:.0%} within sessions",
+    "throttled": "NVML reported a power, thermal or hardware slowdown after the timed steps, in n of N sessions",
+    "kernel-not-seen": "the profiled step never ran the backend's kernel",
+    "host-variable": f"eager: the host's launch cost or fixed workload varied more than {HOST_VARIABLE_SPREAD:.2f}x "
+    "across the cell's probes (before and after each timed block of each session)",
+}
+
+
+def comparison_key(config: dict, gpu: str) -> str:
+    """What rows must share to be compared (ratios, one table section): all but COMPARED_ACROSS."""
+    key = {k: v for k, v in config.items() if k not in COMPARED_ACROSS}
+    key["gpu"] = gpu
+    return json.dumps(key, sort_keys=True)
+
+
 def aggregate(sessions: list[dict]) -> list[dict[str, Any]]:
-    cells: dict[tuple, list[dict]] = defaultdict(list)
+    cells: dict[str, list[dict]] = defaultdict(list)
     for record in sessions:
-        config = record["config"]
-        cells[(config["model"], record["gpu"], config["backend"], config["ctx"], config["weights"])].append(record)
+        cells[record["cell_hash"]].append(record)
     rows = []
-    for (model, gpu, backend, ctx, weights), records in cells.items():
+    for cell, records in cells.items():
         modes = sorted({bool(g) for r in records for g in r["config"]["graphs"]})
         for graphs in modes:
-            rows.append(_cell_row(model, gpu, backend, ctx, weights, graphs, records))
+            rows.append(_cell_row(cell, graphs, records))
     _add_ratios(rows)
-    order = {"bf16": 0, "bnb-nf4": 1, "awq-marlin": 2, "gptq-exllamav2": 3, "torch-int4": 4}
-    rows.sort(key=lambda r: (r["model"], r["gpu"], r["ctx"], order.get(r["backend"], 9), r["backend"], r["graphs"]))
+    order = {name: i for i, name in enumerate(("bf16", "bnb-nf4", "awq-marlin", "gptq-exllamav2", "torch-int4"))}
+    rows.sort(
+        key=lambda r: (
+            r["model"],
+            r["gpu"],
+            r["ctx"],
+            r["comparison"],
+            order.get(r["backend"], 9),
+            r["backend"],
+            r["group_size"] or 0,
+            r["graphs"],
+        )
+    )
     return rows
 
 
-def _cell_row(model, gpu, backend, ctx, weights, graphs, records) -> dict[str, Any]:
+def _host_summary(row: dict, host_blocks: list[list[dict]]) -> None:
+    """Host columns from each session's probes (a list of probe dicts per session)."""
+    sessions = [probes for probes in host_blocks if probes]
+    if not sessions:
+        return
+    for key in ("launch_us", "op_us", "cpu_ms"):
+        measured = [[p[key] for p in probes if p.get(key)] for probes in sessions]
+        per_session = [stats.median(values) for values in measured if values]
+        if per_session:
+            row[key] = stats.median(per_session)
+    spreads = []
+    for key in ("launch_us", "cpu_ms"):
+        values = [p[key] for probes in sessions for p in probes if p.get(key)]
+        if values:
+            spreads.append(max(values) / min(values))
+    if spreads:
+        row["host_spread"] = max(spreads)
+        # A graph replay is one launch per step: the host's cost hardly enters it, so only eager is flagged.
+        if row["graphs"] == "off" and row["host_spread"] > HOST_VARIABLE_SPREAD:
+            row["flags"].append("host-variable")
+
+
+def _cell_row(cell: str, graphs: bool, records: list[dict]) -> dict[str, Any]:
+    config = records[0]["config"]
+    gpu = records[0]["gpu"]
+    model, backend = config["model"], config["backend"]
     row: dict[str, Any] = {
         "model": model.rsplit("/", 1)[-1],
         "gpu": gpu,
-        "ctx": ctx,
+        "ctx": config["ctx"],
         "backend": backend,
-        "weights": weights,
+        "weights": config["weights"],
         "graphs": "on" if graphs else "off",
+        **{key: config.get(key) for key in CONFIG_COLUMNS},
+        "run_ids": sorted({r["run_id"] for r in records}),
+        "cell_hash": cell,
+        "comparison": comparison_key(config, gpu),
         "status": "ok",
         "reason": "",
         "flags": [],
     }
-    medians, walls, cvs, bandwidths, peaks, reasons = [], [], [], [], [], []
+    medians, walls, cvs, bandwidths, peaks, reasons, host_blocks, steals, cores = [], [], [], [], [], [], [], [], []
     incorrect, throttled, kernel_missing = False, 0, 0
     total = len(records)
     for record in records:
@@ -157,6 +225,10 @@ def _cell_row(model, gpu, backend, ctx, weights, graphs, records) -> dict[str, A
         if provenance and "software" not in row:
             keys = ("device", "driver", "cuda", "torch", "transformers")
             row["software"] = ", ".join(f"{k} {provenance[k]}" for k in keys if provenance.get(k))
+        if result.get("host", {}).get("cpu_model") and "host_cpu" not in row:
+            row["host_cpu"] = result["host"]["cpu_model"]
+        if result.get("quality"):
+            reasons.append(result["quality"])
         if result["status"] == "incorrect":
             incorrect = True
             reasons.append(result["reason"])
@@ -174,6 +246,10 @@ def _cell_row(model, gpu, backend, ctx, weights, graphs, records) -> dict[str, A
         medians.append(stats.median(steps))
         walls.append(stats.median([ms for b in blocks for ms in b["wall_ms"]]))
         cvs.append(stats.median([stats.coefficient_of_variation(_session_steps(b, device)) for b in blocks]))
+        host_blocks.append([b["host"][when] for b in blocks if "host" in b for when in ("before", "after")])
+        steals += [b["host"]["steal_pct"] for b in blocks if b.get("host", {}).get("steal_pct") is not None]
+        if result.get("host", {}).get("pinned_core") is not None:
+            cores.append(result["host"]["pinned_core"])
         if result.get("peak_memory_mib"):
             peaks.append(result["peak_memory_mib"])
         if result.get("perplexity"):
@@ -187,6 +263,11 @@ def _cell_row(model, gpu, backend, ctx, weights, graphs, records) -> dict[str, A
     row["session_medians_ms"] = medians
     if bandwidths:
         row["measured_bandwidth_gbps"] = stats.median(bandwidths)
+    if steals:
+        row["steal_pct_max"] = max(steals)
+    if cores:
+        row["pinned_cores"] = sorted(set(cores))
+    _host_summary(row, host_blocks)
     bytes_per_step = row.get("bytes_per_step")
     peak = _peak_bandwidth(gpu)
     if bytes_per_step:
@@ -202,7 +283,8 @@ def _cell_row(model, gpu, backend, ctx, weights, graphs, records) -> dict[str, A
         row["reason"] = "; ".join(sorted(set(reasons)))[:300]
         return row
     if reasons:
-        row["status"] = f"ok ({len(medians)}/{total} sessions)"
+        if len(medians) < total:
+            row["status"] = f"ok ({len(medians)}/{total} sessions)"
         row["reason"] = "; ".join(sorted(set(reasons)))[:300]
     ms = stats.median(medians)
     row["ms_per_step"] = ms
@@ -255,9 +337,11 @@ def _quality_gate(row: dict, base: dict | None) -> None:
 
 
 def _add_ratios(rows: list[dict]) -> None:
-    by_key = {(r["model"], r["gpu"], r["ctx"], r["weights"], r["backend"], r["graphs"]): r for r in rows}
+    """Ratios against bf16 within one comparison group, and eager over graphs within one cell."""
+    by_key = {(r["comparison"], r["backend"], r["graphs"]): r for r in rows if r["backend"] == "bf16"}
+    by_cell = {(r["cell_hash"], r["graphs"]): r for r in rows}
     for row in rows:
-        base = by_key.get((row["model"], row["gpu"], row["ctx"], row["weights"], "bf16", row["graphs"]))
+        base = by_key.get((row["comparison"], "bf16", row["graphs"]))
         _quality_gate(row, base)
         if base and base.get("bytes_per_step") and row.get("bytes_per_step"):
             row["expected_reduction"] = base["bytes_per_step"] / row["bytes_per_step"]
@@ -269,13 +353,15 @@ def _add_ratios(rows: list[dict]) -> None:
             if row.get("expected_reduction"):
                 row["realisation"] = row["realised_speedup"] / row["expected_reduction"]
         if row["graphs"] == "on":
-            eager = by_key.get((row["model"], row["gpu"], row["ctx"], row["weights"], row["backend"], "off"))
+            eager = by_cell.get((row["cell_hash"], "off"))
             if eager and eager.get("ms_per_step") and row.get("ms_per_step"):
                 row["graphs_speedup"] = eager["ms_per_step"] / row["ms_per_step"]
                 paired = len(eager["session_medians_ms"]) == len(row["session_medians_ms"])
                 row["graphs_interval"] = stats.ratio_interval(
                     eager["session_medians_ms"], row["session_medians_ms"], paired=paired
                 )
+                if eager.get("launch_us"):
+                    row["eager_launch_us"] = eager["launch_us"]
 
 
 # ---- rendering --------------------------------------------------------------------------------
@@ -296,6 +382,7 @@ COLUMNS = [
     ("realised x", "realised_speedup", "{:.2f}"),
     ("realisation", "realisation", "{:.0%}"),
     ("graphs x", "graphs_speedup", "{:.2f}"),
+    ("launch us", "launch_us", "{:.1f}"),
     ("peak MiB", "peak_memory_mib", "{:.0f}"),
     ("ppl", "perplexity", "{:.2f}"),
     ("sessions", "sessions", None),
@@ -336,14 +423,32 @@ def table_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     return headers, body
 
 
+INTERNAL_KEYS = ("comparison", "session_medians_ms")  # in the rows for grouping and intervals; not exported
+
+
 def plain(row: dict) -> dict:
     """A JSON-safe copy of a row (intervals as dicts)."""
     out = {}
     for key, value in row.items():
+        if key == "comparison":
+            continue
         if isinstance(value, stats.Interval):
             value = None if value.method == "n/a" else {"low": value.low, "high": value.high, "method": value.method}
         out[key] = value
     return out
+
+
+def _section_heading(row: dict) -> str:
+    from qbench.weights import describe
+
+    rounds = f" x {row['rounds']} rounds" if (row.get("rounds") or 1) > 1 else ""
+    heading = (
+        f"{row['model']} on {row['gpu']}, ctx {row['ctx']}: {describe(row['weights'])}; "
+        f"{row.get('warmup')} warm-up + {row.get('steps')} timed steps{rounds}, seed {row.get('seed')}"
+    )
+    if row.get("measured_bandwidth_gbps"):
+        heading += f"; measured copy bandwidth {row['measured_bandwidth_gbps']:.0f} GB/s"
+    return heading
 
 
 def render(rows: list[dict], fmt: str, title: str = "") -> str:
@@ -351,7 +456,7 @@ def render(rows: list[dict], fmt: str, title: str = "") -> str:
         return json.dumps([plain(r) for r in rows], indent=2)
     if fmt == "csv":
         buffer = io.StringIO()
-        keys = sorted({k for r in rows for k in plain(r)} - {"session_medians_ms"})
+        keys = sorted({k for r in rows for k in plain(r)} - set(INTERNAL_KEYS))
         writer = csv.DictWriter(buffer, fieldnames=keys)
         writer.writeheader()
         for row in rows:
@@ -359,54 +464,65 @@ def render(rows: list[dict], fmt: str, title: str = "") -> str:
             for key in ("ms_interval", "speedup_interval", "graphs_interval"):
                 if flat.get(key):
                     flat[key] = f"{flat[key]['low']:.4g}-{flat[key]['high']:.4g} ({flat[key]['method']})"
-            flat["flags"] = ",".join(flat.get("flags", []))
+            for key in ("flags", "run_ids", "pinned_cores"):
+                flat[key] = ",".join(map(str, flat.get(key) or []))
             writer.writerow({k: flat.get(k) for k in keys})
         return buffer.getvalue()
     headers, body = table_rows(rows)
     groups = defaultdict(list)
     for row, cells in zip(rows, body, strict=True):
-        groups[(row["model"], row["gpu"], row["ctx"], row["weights"])].append((row, cells))
+        groups[row["comparison"]].append((row, cells))
     sections = []
-    for (model, gpu, ctx, weights), members in groups.items():
-        bandwidth = members[0][0].get("measured_bandwidth_gbps")
-        heading = f"{model} on {gpu}, ctx {ctx}, {weights} weights"
-        if bandwidth:
-            heading += f", measured copy bandwidth {bandwidth:.0f} GB/s"
-        software = [members[0][0]["software"]] if members[0][0].get("software") else []
+    for members in groups.values():
+        first = members[0][0]
+        runs = sorted({run for row, _ in members for run in row["run_ids"]})
+        before = [f"runs: {', '.join(runs)}"]
+        before += [first["software"]] if first.get("software") else []
+        if first.get("host_cpu"):
+            cores = sorted({c for row, _ in members for c in row.get("pinned_cores", [])})
+            pinned = f", decode loop pinned to core(s) {', '.join(map(str, cores))}" if cores else ", not pinned"
+            before.append(f"host: {first['host_cpu']}{pinned} (--cpu {first.get('cpu') or 'off'})")
         notes = [f"- {row['label']} graphs={row['graphs']}: {row['reason']}" for row, _ in members if row["reason"]]
-        sections.append(Section(heading, headers, [c for _, c in members], software, notes))
+        sections.append(Section(_section_heading(first), headers, [c for _, c in members], before, notes))
+    flags = sorted({flag.split()[0] for row in rows for flag in row["flags"]})
     legend = (
         "ms/step: median over sessions of per-session median step time (CUDA events on GPU, wall clock on CPU); "
         "95% CI over sessions (bca-bootstrap at >= 10 sessions, else t-interval on log ms); "
         "floor ms = bytes/step / datasheet peak bandwidth; % floor = floor ms / ms/step; "
         "floor ms (meas.) and % floor (meas.) use the measured copy bandwidth; "
         "expected x = bf16 bytes / backend bytes; "
-        "realised x = bf16 ms / backend ms (same graphs setting); realisation = realised / expected; "
-        "graphs x = eager ms / graph ms."
+        "realised x = bf16 ms / backend ms (same graphs setting and configuration); "
+        "realisation = realised / expected; graphs x = eager ms / graph ms; "
+        "launch us = host time of one empty CUDA kernel launch (CPU: one op dispatch), measured around "
+        "each timed block, median over sessions."
     )
+    if flags:
+        legend += " Flags: " + "; ".join(f"{flag} = {FLAG_TEXT[flag]}" for flag in flags if flag in FLAG_TEXT) + "."
     return document(fmt, title, sections, legend)
 
 
 def replication_rows(rows: list[dict]) -> list[dict]:
-    """The research protocol's view: one row per (model, ctx), eager and graph side by side."""
-    cells: dict[tuple, dict] = {}
+    """The research protocol's view: one row per bf16 cell (model, ctx, configuration), eager and
+    graph side by side."""
+    cells: dict[str, dict] = {}
     for row in rows:
         if row["backend"] != "bf16":
             continue
         cell = cells.setdefault(
-            (row["model"], row["ctx"]), {"model": row["model"], "gpu": row["gpu"], "ctx": row["ctx"]}
+            row["cell_hash"], {"model": row["model"], "gpu": row["gpu"], "ctx": row["ctx"], "run_ids": row["run_ids"]}
         )
         prefix = "graph" if row["graphs"] == "on" else "eager"
         cell[f"{prefix}_ms"] = row.get("ms_per_step")
         cell[f"{prefix}_interval"] = row.get("ms_interval")
         cell[f"{prefix}_pct_of_floor"] = row.get("pct_of_floor_peak")
+        cell[f"{prefix}_launch_us"] = row.get("launch_us")
         cell[f"{prefix}_status"] = _status(row)
         cell["sessions"] = row["sessions"]
         cell["floor_ms_peak"] = row.get("floor_ms_peak")
         if row["graphs"] == "on":
             cell["graphs_speedup"] = row.get("graphs_speedup")
             cell["graphs_interval"] = row.get("graphs_interval")
-    return [cells[k] for k in sorted(cells)]
+    return sorted(cells.values(), key=lambda c: (c["model"], c["ctx"], c["run_ids"]))
 
 
 def render_replication(cells: list[dict], fmt: str, title: str = "") -> str:
@@ -429,6 +545,7 @@ def render_replication(cells: list[dict], fmt: str, title: str = "") -> str:
         "graph % floor",
         "graphs x",
         "graphs x 95% CI",
+        "eager launch us",
         "sessions",
         "status (eager / graph)",
     ]
@@ -443,6 +560,7 @@ def render_replication(cells: list[dict], fmt: str, title: str = "") -> str:
             num(c.get("graph_pct_of_floor"), "{:.0f}%"),
             num(c.get("graphs_speedup"), "{:.3f}"),
             interval(c.get("graphs_interval")),
+            num(c.get("eager_launch_us"), "{:.1f}"),
             c.get("sessions", ""),
             f"{c.get('eager_status', '')} / {c.get('graph_status', '')}",
         ]
@@ -450,24 +568,27 @@ def render_replication(cells: list[dict], fmt: str, title: str = "") -> str:
     ]
     legend = (
         "bf16 + SDPA, batch 1; % floor = (weights + KV bytes) / datasheet peak bandwidth / ms per step; "
-        "graphs x = eager / graph ms per session (paired), interval over sessions."
+        "graphs x = eager / graph ms per session (paired), interval over sessions; "
+        "eager launch us = host time of one empty CUDA kernel launch around the eager blocks (blank: not measured)."
     )
     return document(fmt, title, [Section("", headers, body)], legend)
 
 
 def kernel_rows(sessions: list[dict], top: int = 8) -> list[dict[str, Any]]:
-    """Per cell (model, GPU, backend, ctx): the largest CUDA kernels of the one eager step each session
-    profiles after its timed blocks (median GPU time over the sessions that list the kernel), and each
-    kernel's share of that step's GPU time: all kernels where sessions stored the total, else the
-    12 largest kernels each session stored (older results), as the row says."""
+    """Per cell (model, GPU, backend, ctx and the rest of its configuration): the largest CUDA
+    kernels of the one eager step each session profiles after its timed blocks (median GPU time over
+    the sessions that list the kernel), and each kernel's share of that step's GPU time: all kernels
+    where sessions stored the total, else the 12 largest kernels each session stored (older
+    results), as the row says."""
     cells: dict[tuple, list[dict]] = defaultdict(list)
     for record in sessions:
         kernels = record["result"].get("step_kernels")
         if isinstance(kernels, list) and kernels:
             config = record["config"]
-            cells[(config["model"], record["gpu"], config["backend"], config["ctx"])].append(record["result"])
+            key = (config["model"], record["gpu"], config["backend"], config["ctx"], record["cell_hash"])
+            cells[key].append(record["result"])  # one cell: sessions of different configurations never pool
     rows = []
-    for (model, gpu, backend, ctx), results in sorted(cells.items()):
+    for (model, gpu, backend, ctx, cell), results in sorted(cells.items()):
         whole = all(r.get("step_gpu_us") is not None for r in results)
         totals = [r["step_gpu_us"] if whole else sum(k["gpu_us"] for k in r["step_kernels"]) for r in results]
         total = median(totals)
@@ -493,6 +614,7 @@ def kernel_rows(sessions: list[dict], top: int = 8) -> list[dict[str, Any]]:
                     "step_gpu_ms": round(total / 1e3, 3),
                     "step_basis": "all kernels" if whole else "12 largest kernels stored",
                     "sessions": f"{len(seen)}/{len(results)}",
+                    "cell_hash": cell,
                 }
             )
     return rows

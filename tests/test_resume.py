@@ -37,18 +37,21 @@ def test_resume_after_a_killed_sweep(tmp_path):
     store.close()
 
     lines = []
-    _, cells = run_compare(the_plan, "second", progress=lines.append)
+    second = run_compare(the_plan, "second", progress=lines.append)
     assert sum("already stored" in line for line in lines) == 3
+    assert (second.measured, second.reused) == (5, 3)
     store = Store(config.db)
     sessions = store.sessions()
     keys = [(s["cell_hash"], s["config"]["session_index"]) for s in sessions]
     assert len(keys) == len(set(keys)) == 2 * 2 * 2  # backends x ctx x sessions, each exactly once
-    assert {s["cell_hash"] for s in sessions} == set(cells)
+    # The resumed run counts the whole plan: its 5 new sessions and the 3 it found stored.
+    resumed = store.sessions(run_ids=[second.run_id])
+    assert sorted(s["id"] for s in resumed) == sorted(second.session_ids) == sorted(s["id"] for s in sessions)
     store.close()
 
-    run_id, _ = run_compare(the_plan, "third", progress=lines.append)  # everything stored: no empty run
+    third = run_compare(the_plan, "third", progress=lines.append)  # everything stored: no empty run
     store = Store(config.db)
-    assert run_id is None and len(store.run_ids()) == 2
+    assert third.run_id is None and third.reused == 8 and len(store.run_ids()) == 2
     store.close()
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from qbench import stats
-from qbench.report import aggregate
+from qbench.report import aggregate, render
 
 
 def _coverage(n_sessions: int, trials: int, paired: bool) -> float:
@@ -57,8 +57,16 @@ def _session(backend, medians_ms, graphs=(False,), status="ok", bytes_total=1_00
         "weights": "synthetic",
         "device": "cuda",
         "graphs": list(graphs),
+        "steps": 30,
+        "group_size": 128,
     }
-    return {"config": config, "result": result, "gpu": "l4"}
+    return _record(config, result)
+
+
+def _record(config: dict, result: dict, run_id: str = "r1") -> dict:
+    from qbench.compare import cell_hash
+
+    return {"config": config, "result": result, "gpu": "l4", "run_id": run_id, "cell_hash": cell_hash(config, "L4")}
 
 
 def test_impossible_noisy_and_throttled_flags():
@@ -130,3 +138,54 @@ def test_kernel_view_medians_shares_and_basis():
     assert older[0]["step_basis"] == "12 largest kernels stored" and older[0]["step_gpu_ms"] == pytest.approx(
         0.9
     )  # sums 900, 930, 900 us
+
+
+def test_different_configurations_never_pool():
+    """g128 and g32 of one backend, or 30 and 10 timed steps, are different cells: never one row,
+    and a ratio only compares rows whose configuration differs in the backend alone."""
+    g128 = [_session("q4", m, bytes_total=250_000) for m in (5.0, 5.2)]
+    g32 = [_session("q4", m, bytes_total=280_000) for m in (7.0, 7.1)]
+    for record in g32:
+        record["config"]["group_size"] = 32
+    short = [_session("bf16", 20.0)]
+    short[0]["config"]["steps"] = 10
+    sessions = [*(_record(r["config"], r["result"]) for r in g32), *g128, _session("bf16", 10.0), *short]
+    for record in sessions:  # recompute each cell's hash from its (edited) configuration
+        record.update(_record(record["config"], record["result"]))
+    rows = aggregate(sessions)
+    q4 = {r["group_size"]: r for r in rows if r["backend"] == "q4"}
+    assert q4[128]["sessions"] == "2/2" and q4[32]["sessions"] == "2/2"
+    assert q4[128]["ms_per_step"] == pytest.approx(5.1) and q4[32]["ms_per_step"] == pytest.approx(7.05)
+    assert q4[128]["realised_speedup"] == pytest.approx(10.0 / 5.1)  # against the bf16 with 30 steps
+    bf16 = {r["steps"]: r for r in rows if r["backend"] == "bf16"}
+    assert bf16[10]["ms_per_step"] == pytest.approx(20.0) and bf16[30]["ms_per_step"] == pytest.approx(10.0)
+    assert bf16[10]["comparison"] != bf16[30]["comparison"]
+    csv_text = render(rows, "csv")
+    header = csv_text.splitlines()[0].split(",")
+    assert {"run_ids", "steps", "warmup", "group_size"} <= set(header)
+
+
+def _with_host(record: dict, launch_us: list[float], cpu_ms: float = 20.0) -> dict:
+    for block in record["result"]["blocks"]:
+        block["host"] = {
+            "before": {"launch_us": launch_us[0], "cpu_ms": cpu_ms},
+            "after": {"launch_us": launch_us[1], "cpu_ms": cpu_ms},
+            "steal_pct": 0.0,
+        }
+    return record
+
+
+def test_host_variable_flag_and_launch_column():
+    from qbench.report import HOST_VARIABLE_SPREAD
+
+    steady = [_with_host(_session("bf16", m), [5.0, 5.2]) for m in (10.0, 10.1)]
+    rows = aggregate(steady)
+    assert rows[0]["flags"] == [] and rows[0]["launch_us"] == pytest.approx(5.1)
+    # One session's host launched kernels 1.6x slower: the cell is flagged, its figures kept.
+    shifted = [_with_host(_session("bf16", 10.0), [5.0, 5.1]), _with_host(_session("bf16", 16.0), [8.0, 8.2])]
+    row = aggregate(shifted)[0]
+    assert "host-variable" in row["flags"] and row["host_spread"] > HOST_VARIABLE_SPREAD
+    assert row["ms_per_step"] == pytest.approx(13.0)
+    just_under = [_with_host(_session("bf16", 10.0), [5.0, 5.0 * HOST_VARIABLE_SPREAD])]
+    assert "host-variable" not in aggregate(just_under)[0]["flags"]
+    assert "launch us" in render(rows, "table")
