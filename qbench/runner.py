@@ -13,7 +13,7 @@ import inspect
 
 import torch
 
-CAPTURE_WARMUP_STEPS = 3  # eager steps on a side stream before graph capture
+from qbench.positions import CAPTURE_WARMUP_STEPS
 
 
 class DecoderRunner:

@@ -17,18 +17,15 @@ from typing import Any
 
 import torch
 
-from qbench import gate
+from qbench import gate, host
 from qbench.backend import LoadOptions
 from qbench.decode import DecodeSettings, run_block, token_stream
 from qbench.floor import step_bytes
 from qbench.model import DTYPES, layer_bytes
+from qbench.positions import cache_positions
 from qbench.provenance import collect, device_info, nvml_state
 from qbench.registry import load_backend
-from qbench.runner import CAPTURE_WARMUP_STEPS
 from qbench.specs import load_model_spec
-
-# Cache positions beyond a block: the eager steps before graph capture, and one profiled step.
-SPARE_POSITIONS = CAPTURE_WARMUP_STEPS + 1
 
 
 @dataclass(frozen=True)
@@ -45,6 +42,7 @@ class SessionConfig:
     seed: int = 0
     session_index: int = 0
     rounds: int = 1  # blocks per graphs setting, interleaved in a random order (A/B drift control)
+    cpu: str = "off"  # pin the decode loop's thread: off | auto (the fastest core now) | a core number
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -76,6 +74,40 @@ def profile_step_kernels(runner, token: torch.Tensor) -> list[dict[str, Any]]:
     return sorted(kernels, key=lambda k: -k["gpu_us"])
 
 
+def timed_block(runner, settings, tokens, graphs: bool, device: str) -> tuple[Any, dict]:
+    """One timed block with the host measured right before and after it (see qbench.host)."""
+    before = host.probe(device)
+    stat_before = host.proc_stat()
+    started = time.time()
+    timed = run_block(runner, settings, tokens, graphs)
+    ended = time.time()
+    stat_after = host.proc_stat()
+    after = host.probe(device)
+    record = {
+        "before": before,
+        "after": after,
+        "steal_pct": host.steal_pct(stat_before, stat_after),
+        "procs_running": [stat_before.get("procs_running"), stat_after.get("procs_running")],
+    }
+    core = before.get("core")
+    if core is not None and core == after.get("core"):
+        record["core_steal_pct"] = host.steal_pct(stat_before, stat_after, f"cpu{core}")
+    return timed, {"host": record, "started_unix": round(started, 3), "ended_unix": round(ended, 3)}
+
+
+def decode_tokens(spec, config: SessionConfig, positions: int, tokenizer) -> tuple[torch.Tensor, str]:
+    """The token stream fed to every block. Real weights with a tokenizer read English text (the
+    quality text, repeated to length): peaked logits, so the gate's top-1 agreement measures the
+    kernel, not rounding on a flat distribution. Otherwise a seeded random stream."""
+    if tokenizer is not None:
+        from qbench.quality import text_tokens
+
+        ids = text_tokens(tokenizer)
+        ids = (ids * (positions // len(ids) + 1))[:positions]
+        return torch.tensor(ids, dtype=torch.long, device=config.device), "text"
+    return token_stream(spec.vocab_size, positions, config.seed, config.device), "random"
+
+
 def run_session(config: SessionConfig) -> dict[str, Any]:
     began = time.perf_counter()
     device = config.device
@@ -89,8 +121,13 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
         weights=config.weights,
         group_size=config.group_size,
         seed=config.seed,
-        max_cache_len=settings.positions + SPARE_POSITIONS,
+        max_cache_len=cache_positions(config.ctx, config.warmup, config.steps),
     )
+    if backend.builds_kernel:
+        from qbench.kernels import Ticker
+
+        with Ticker(f"{config.backend}: preparing its CUDA kernel (a first run builds it)", first_after=3):
+            backend.prepare(device)
     log(f"loading {config.model} with {config.backend} on {provenance['device']}")
     loaded = time.perf_counter()
     runner = backend.load(spec, options)
@@ -116,7 +153,14 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
         )
         return result
 
-    tokens = token_stream(spec.vocab_size, settings.positions, config.seed, device)
+    tokenizer = None
+    if config.weights != "synthetic":
+        from qbench.quality import load_tokenizer
+
+        tokenizer, missing = load_tokenizer(spec, config.weights)
+        if tokenizer is None:
+            result["quality"] = f"perplexity skipped: {missing}"
+    tokens, result["tokens"] = decode_tokens(spec, config, settings.positions, tokenizer)
     if gate.quant_layers(runner.model):
         log("correctness gate: layer check")
         layer_check = gate.check_layers(runner.model, DTYPES[backend.compute_dtype], config.seed)
@@ -136,22 +180,23 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
     if device == "cuda":
         torch.cuda.empty_cache()
 
-    if config.weights != "synthetic":
+    if tokenizer is not None:
         log("quality: perplexity on the built-in text")
-        from qbench.quality import load_tokenizer, perplexity
+        from qbench.quality import perplexity
 
-        ppl, tokens_scored = perplexity(runner.model, load_tokenizer(spec, config.weights), device)
+        ppl, tokens_scored = perplexity(runner.model, tokenizer, device)
         result["perplexity"] = {"value": ppl, "tokens": tokens_scored}
 
     order = list(config.graphs) * config.rounds
     random.Random(config.seed * 1000 + config.session_index).shuffle(order)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    result["host"] = host.session_host(device, config.cpu)  # this thread runs the decode loop
     for graphs in order:
         log(f"timing {'graph replay' if graphs else 'eager'}: ctx {config.ctx}, {config.steps} steps")
         block: dict[str, Any] = {"graphs": graphs}
         try:
-            timed = run_block(runner, settings, tokens, graphs)
+            timed, measured = timed_block(runner, settings, tokens, graphs, device)
         except torch.OutOfMemoryError:
             raise
         except Exception as error:  # a failed capture is this block's result, not the session's
@@ -165,6 +210,7 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
             wall_ms=timed.wall_ms,
             event_ms=timed.event_ms,
             logit_check=asdict(check),
+            **measured,
         )
         result["blocks"].append(block)
     if device == "cuda":

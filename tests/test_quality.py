@@ -12,6 +12,7 @@ import importlib.util
 
 import pytest
 
+from qbench.compare import cell_hash
 from qbench.report import PERPLEXITY_BOUND, aggregate
 from qbench.session import SessionConfig
 from qbench.worker import run_worker
@@ -32,7 +33,10 @@ def sessions():
             model="smollm2-135m", backend=backend, ctx=64, warmup=1, steps=10, weights="gguf", group_size=64
         )
         result = run_worker(config.to_json(), timeout_s=600)
-        records.append({"config": {**config.__dict__, "graphs": [False]}, "result": result, "gpu": "cpu"})
+        stored = {**config.__dict__, "graphs": [False]}
+        records.append(
+            {"config": stored, "result": result, "gpu": "cpu", "run_id": "test", "cell_hash": cell_hash(stored, "cpu")}
+        )
     return records
 
 
@@ -43,6 +47,9 @@ def test_every_cpu_backend_passes_the_real_weight_gate(sessions):
         (block,) = result["blocks"]
         assert block["status"] == "ok", block.get("reason")
         assert block["logit_check"]["top1_threshold"] == 0.90
+        assert result["tokens"] == "text"  # real weights read real text: peaked logits
+        check = block["logit_check"]
+        print(f"{record['config']['backend']}: top-1 {check['top1_matches']}/{check['steps']}")
 
 
 def test_perplexity_within_bound_of_bf16(sessions):
