@@ -43,28 +43,41 @@ def _key(files: list[Path], flags: list[str]) -> str:
     return digest.hexdigest()[:16]
 
 
-class _Progress:
-    """Prints elapsed time every 15 s while a build runs, so a long first run is not a silent hang."""
+class Ticker:
+    """Says what a long step is doing while it runs, so a first-run build is not a silent hang: a
+    line after `first_after` seconds (at once by default), then one every `every` seconds, and how it
+    ended. Lines go through the worker's progress channel, which the parent shows as they come."""
 
-    def __init__(self, what: str):
-        self.what = what
+    def __init__(self, what: str, first_after: float = 0.0, every: float = 15.0):
+        self.what, self.first_after, self.every = what, first_after, every
         self.stop = threading.Event()
         self.start = time.monotonic()
+        self.announced = False
         self.thread = threading.Thread(target=self._run, daemon=True)
 
+    def _say(self, text: str) -> None:
+        from qbench.worker import progress
+
+        progress(text)
+
     def _run(self) -> None:
-        while not self.stop.wait(15):
-            print(f"  ... building {self.what}: {time.monotonic() - self.start:.0f} s", file=sys.stderr, flush=True)
+        if self.first_after and self.stop.wait(self.first_after):
+            return
+        self.announced = True
+        self._say(f"{self.what} ...")
+        while not self.stop.wait(self.every):
+            self._say(f"{self.what}: {time.monotonic() - self.start:.0f} s")
 
     def __enter__(self):
-        print(f"building {self.what} (first run on this machine; cached afterwards)", file=sys.stderr, flush=True)
         self.thread.start()
         return self
 
     def __exit__(self, *exc):
         self.stop.set()
-        outcome = "failed" if exc[0] else "done"
-        print(f"building {self.what}: {outcome} in {time.monotonic() - self.start:.0f} s", file=sys.stderr, flush=True)
+        self.thread.join()
+        if self.announced:
+            outcome = "failed" if exc[0] else "done"
+            self._say(f"{self.what}: {outcome} in {time.monotonic() - self.start:.0f} s")
 
 
 def build_extension(
@@ -86,7 +99,7 @@ def build_extension(
 
         build_dir.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", _arch_list())
-        with _Progress(f"{name} for sm_{_arch_list().replace('.', '')}"):
+        with Ticker(f"building {name} for sm_{_arch_list().replace('.', '')} (first run; cached afterwards)"):
             module = load(
                 name=name,
                 sources=[str(s) for s in sources],

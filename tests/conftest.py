@@ -6,14 +6,25 @@ from pathlib import Path
 import pytest
 
 
-@pytest.fixture
-def plugin_dist(tmp_path, monkeypatch):
-    """A small third-party distribution that registers backends through the qbench.backends group."""
-    site = tmp_path / "site"
-    package = site / "qbench_fakeplugin"
+def install_plugin(site: Path, monkeypatch, dist: str, module: str, source: str, entries: dict[str, str]) -> Path:
+    """A third-party distribution `dist` whose module registers `entries` (name -> attribute) in the
+    qbench.backends group, importable here and in worker processes (PYTHONPATH)."""
+    package = site / module
     package.mkdir(parents=True)
-    (package / "__init__.py").write_text(
-        textwrap.dedent('''
+    (package / "__init__.py").write_text(textwrap.dedent(source))
+    info = site / f"{module}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[qbench.backends]\n" + "".join(f"{k} = {module}:{v}\n" for k, v in entries.items())
+    )
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    return site
+
+
+FAKE_BACKENDS = '''
         import os, signal, time
         import torch
         from qbench.backend import Backend
@@ -32,6 +43,13 @@ def plugin_dist(tmp_path, monkeypatch):
             name = "fake-hang"
             def load(self, spec, options):
                 time.sleep(3600)
+
+        class FakeSlowKernel(Bf16Backend):
+            """Its kernel takes a while to prepare, as a first-run build does."""
+            name = "fake-slow-kernel"
+            builds_kernel = True
+            def prepare(self, device):
+                time.sleep(5)
 
         class FakeOom(Backend):
             name = "fake-oom"
@@ -58,24 +76,21 @@ def plugin_dist(tmp_path, monkeypatch):
                 return Wrong(linear)
             def linear_bytes(self, in_features, out_features, group_size):
                 return in_features * out_features * 2
-    ''')
-    )
-    info = site / "qbench_fakeplugin-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: qbench-fakeplugin\nVersion: 0.1\n")
+    '''
+
+
+@pytest.fixture
+def plugin_dist(tmp_path, monkeypatch):
+    """A small third-party distribution that registers backends through the qbench.backends group."""
     names = {
         "fake-ok": "FakeOk",
         "fake-segv": "FakeSegv",
         "fake-hang": "FakeHang",
         "fake-oom": "FakeOom",
         "fake-wrong": "FakeWrong",
+        "fake-slow-kernel": "FakeSlowKernel",
     }
-    (info / "entry_points.txt").write_text(
-        "[qbench.backends]\n" + "".join(f"{k} = qbench_fakeplugin:{v}\n" for k, v in names.items())
-    )
-    monkeypatch.syspath_prepend(str(site))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
-    yield site
+    yield install_plugin(tmp_path / "site", monkeypatch, "qbench-fakeplugin", "qbench_fakeplugin", FAKE_BACKENDS, names)
     sys.modules.pop("qbench_fakeplugin", None)
 
 

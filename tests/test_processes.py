@@ -1,0 +1,136 @@
+"""Nothing left running, nothing timed over anything else: interrupts kill the worker and its scratch
+folder, a dead parent takes its worker with it, and two runs on one device take turns."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from qbench.store import Store
+from qbench.worker import OWNER_FILE, remove_stale_scratch
+
+FAST = ["--model", "tiny", "--ctx", "16", "--warmup", "1", "--steps", "3"]
+
+
+def qbench(args, tmp_path, **popen):
+    env = dict(os.environ, TMPDIR=str(tmp_path / "tmp"), QBENCH_LOCK_DIR=str(tmp_path / "locks"))
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    command = [sys.executable, "-m", "qbench.cli", *args]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def children(pid: int) -> list[int]:
+    """Processes whose parent is `pid`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_for(condition, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def running_worker(cli: subprocess.Popen) -> int:
+    """The pid of the worker the CLI started (once its session is under way)."""
+    found = []
+
+    def started():
+        found[:] = [pid for pid in children(cli.pid) if b"qbench.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        return bool(found)
+
+    assert wait_for(started), "the worker never started"
+    return found[0]
+
+
+@pytest.mark.parametrize("sent, exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_kills_the_worker_keeps_the_store_and_says_how_to_resume(plugin_dist, tmp_path, sent, exit_code):
+    db = tmp_path / "r.sqlite"
+    cli = qbench(["compare", *FAST, "--backends", "fake-hang", "--db", str(db)], tmp_path)
+    worker = running_worker(cli)
+    cli.send_signal(sent)  # what Ctrl-C delivers to the foreground process (the worker has its own session)
+    _, stderr = cli.communicate(timeout=60)
+    assert cli.returncode == exit_code, stderr
+    assert f"interrupted by {signal.Signals(sent).name}" in stderr and "--resume" in stderr
+    assert "Traceback" not in stderr
+    assert wait_for(lambda: not alive(worker), timeout=10), "the worker outlived its parent's interrupt"
+    assert list((tmp_path / "tmp").glob("qbench-*")) == []  # its scratch folder is gone too
+
+
+def test_a_killed_parent_takes_its_worker_and_scratch_with_it(plugin_dist, tmp_path):
+    cli = qbench(["compare", *FAST, "--backends", "fake-hang", "--db", str(tmp_path / "r.sqlite")], tmp_path)
+    worker = running_worker(cli)
+    assert len(list((tmp_path / "tmp").glob("qbench-*"))) == 1
+    cli.kill()  # SIGKILL: the parent can clean nothing up itself
+    cli.communicate(timeout=30)
+    assert wait_for(lambda: not alive(worker), timeout=15), "the worker ran on as an orphan"
+    assert wait_for(lambda: not list((tmp_path / "tmp").glob("qbench-*")), timeout=15)
+
+
+def test_stale_scratch_of_dead_processes_is_removed(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan, mine, foreign = tmp_path / "qbench-orphan", tmp_path / "qbench-mine", tmp_path / "qbench-foreign"
+    for folder, owner in ((orphan, dead.pid), (mine, os.getpid())):
+        folder.mkdir()
+        (folder / OWNER_FILE).write_text(str(owner))
+    foreign.mkdir()  # no owner file: not ours to judge
+    remove_stale_scratch()
+    assert not orphan.exists() and mine.exists() and foreign.exists()
+
+
+def test_two_runs_on_one_device_take_turns(tmp_path):
+    args = [*FAST, "--backends", "bf16", "--sessions", "2"]
+    first = qbench(["compare", *args, "--db", str(tmp_path / "a.sqlite")], tmp_path)
+    second = qbench(["compare", *args, "--db", str(tmp_path / "b.sqlite")], tmp_path)
+    outputs = [run.communicate(timeout=600) for run in (first, second)]
+    assert first.returncode == second.returncode == 0, outputs
+    assert any("waiting for cpu: in use by qbench pid" in stderr for _, stderr in outputs)
+    blocks = []
+    for name in ("a", "b"):
+        store = Store(tmp_path / f"{name}.sqlite", readonly=True)
+        for session in store.sessions():
+            assert session["result"]["status"] == "ok"
+            blocks += [(b["started_unix"], b["ended_unix"], name) for b in session["result"]["blocks"]]
+        store.close()
+    blocks.sort()
+    assert len(blocks) == 4
+    for (_, end, _), (start, _, _) in zip(blocks, blocks[1:], strict=False):
+        assert end <= start, f"timed blocks overlapped: {blocks}"
+
+
+def test_first_run_kernel_preparation_is_shown_while_it_runs(plugin_dist, tmp_path):
+    cli = qbench(["compare", *FAST, "--backends", "fake-slow-kernel", "--db", str(tmp_path / "r.sqlite")], tmp_path)
+    _, stderr = cli.communicate(timeout=300)
+    assert cli.returncode == 0, stderr
+    lines = stderr.splitlines()
+    preparing = next(i for i, line in enumerate(lines) if "fake-slow-kernel: preparing its CUDA kernel" in line)
+    finished = next(i for i, line in enumerate(lines) if "session 1/1: ok" in line)
+    assert preparing < finished  # said while the session ran, not after the fact
+    assert any("preparing its CUDA kernel (a first run builds it): done in" in line for line in lines)
