@@ -26,6 +26,7 @@ class DeviceInfo:
     kind: str  # "cuda" or "cpu"
     name: str
     capability: tuple[int, int] | None = None
+    uuid: str = ""  # the GPU's UUID (empty on CPU): names the device's lock
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import click
 from tabulate import tabulate
 
 from qbench import __version__
-from qbench.errors import UserError
+from qbench.errors import Interrupted, Stop, UserError
 
 FORMATS = click.Choice(["table", "json"])
 
@@ -34,8 +36,12 @@ def _emit(data, fmt: str, headers: list[str], rows: list[list]) -> None:
         click.echo(tabulate(rows, headers=headers, tablefmt="simple"))
 
 
+EXIT_ON_SIGNAL = {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}
+
+
 class _Group(click.Group):
-    """Turns a UserError anywhere below into one line on stderr and exit status 2."""
+    """Turns a UserError anywhere below into one line on stderr and exit status 2, and an
+    interrupted run into one line that says what was kept and how to resume."""
 
     def invoke(self, ctx):
         try:
@@ -43,6 +49,36 @@ class _Group(click.Group):
         except UserError as error:
             click.echo(f"qbench: error: {error}", err=True)
             sys.exit(2)
+        except Interrupted as stop:
+            kept = f"{stop.stored} session(s) of run {stop.run_id}" if stop.run_id else "no new session"
+            again = " ".join(["qbench", *sys.argv[1:]])
+            if sys.argv[1:2] == ["compare"] and "--resume" not in sys.argv:
+                again += " --resume"
+            click.echo(
+                f"qbench: interrupted by {stop.signal_name}: the running session's worker was killed and "
+                f"discarded; {kept} stored in {stop.db}; resume with: {again}",
+                err=True,
+            )
+            sys.exit(EXIT_ON_SIGNAL.get(stop.signal_name, 1))
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """SIGTERM and SIGHUP stop a run the way Ctrl-C does: the worker is killed, stored sessions stay."""
+
+    def stop(signum, frame):
+        raise Stop(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _command_line() -> str:
+    return " ".join(["qbench", *sys.argv[1:]])
 
 
 @click.group(cls=_Group)
@@ -73,7 +109,12 @@ def main() -> None:
 )
 @click.option("--warmup", default=5, show_default=True, help="Untimed steps before timing.")
 @click.option("--steps", default=30, show_default=True, help="Timed steps per block.")
-@click.option("--weights", default="synthetic", show_default=True, help="synthetic | gguf | PATH (folder or .gguf).")
+@click.option(
+    "--weights",
+    default="auto",
+    show_default=True,
+    help="auto (a checkpoint folder's own weights, else synthetic) | synthetic | gguf | PATH (folder or .gguf).",
+)
 @click.option(
     "--group-size",
     default=0,
@@ -90,6 +131,12 @@ def main() -> None:
     help="Blocks per graphs setting in each session, interleaved in a random order.",
 )
 @click.option("--resume", is_flag=True, help="Skip sessions already stored with the same configuration.")
+@click.option(
+    "--cpu",
+    default="off",
+    show_default=True,
+    help="Pin the decode loop's thread: off, auto (the fastest core by a fixed workload, now) or a core number.",
+)
 @click.option("--format", "fmt", type=click.Choice(["table", "md", "csv", "json"]), default="table", show_default=True)
 def compare(
     model,
@@ -107,6 +154,7 @@ def compare(
     db,
     rounds,
     resume,
+    cpu,
     fmt,
 ) -> None:
     """Measure decode ms/step for each backend and compare with the memory floor.
@@ -132,8 +180,9 @@ def compare(
             db=db,
             resume=resume,
             rounds=rounds,
+            cpu=cpu,
         )
-        for one_model in _names(model)
+        for one_model in _names(model) or [model]
     ]
 
     def announce(the_plan) -> None:
@@ -142,13 +191,25 @@ def compare(
             f"{the_plan.sessions} session(s) per cell" + ("" if the_plan.config.sessions else " (--sessions auto)"),
             err=True,
         )
+        for line in the_plan.notes:
+            click.echo(f"note: {line}", err=True)
         for name, reason in the_plan.skipped.items():
             click.echo(f"skipping {name}: {reason}", err=True)
 
-    run_ids, rows = run_sweep(configs, probe_device(), " ".join(["qbench", *sys.argv[1:]]), announce)
-    ran = f"run {', '.join(run_ids)}" if run_ids else "no new sessions: every cell was already stored"
-    title = f"{ran} (stored in {db})"
-    click.echo(render(rows, fmt, title))  # CSV and JSON carry no title
+    with _stop_on_signals():
+        outcomes, rows = run_sweep(configs, probe_device(), _command_line(), announce)
+    measured = sum(o.measured for o in outcomes)
+    reused = sum(o.reused for o in outcomes)
+    run_ids = [o.run_id for o in outcomes if o.run_id]
+    if measured:
+        title = f"run {', '.join(run_ids)}: {measured} session(s) measured"
+        title += f", {reused} stored earlier and counted (--resume)" if reused else ""
+    else:
+        title = f"no new sessions: the {reused} stored session(s) this command counts (--resume)"
+    click.echo(render(rows, fmt, f"{title}; stored in {db}"))  # CSV and JSON carry no title
+    if not any(row["status"].startswith("ok") for row in rows):
+        click.echo("qbench: no session succeeded; the status column says why", err=True)
+        sys.exit(1)
 
 
 @main.command()
@@ -161,8 +222,9 @@ def compare(
 @click.option("--db", default="results/qbench.sqlite", show_default=True)
 @click.option("--rounds", default=1, show_default=True, help="Eager/graph blocks per session, interleaved.")
 @click.option("--fresh", is_flag=True, help="Measure again even where sessions are stored (default: resume).")
+@click.option("--cpu", default="off", show_default=True, help="Pin the decode loop's thread: off, auto or a core.")
 @click.option("--format", "fmt", type=click.Choice(["table", "md", "csv", "json"]), default="table", show_default=True)
-def replicate(models, ctx, sessions, warmup, steps, timeout, db, rounds, fresh, fmt) -> None:
+def replicate(models, ctx, sessions, warmup, steps, timeout, db, rounds, fresh, cpu, fmt) -> None:
     """The research protocol on this GPU: bf16 SDPA, graphs A/B, fresh sessions, fraction of floor."""
     from qbench.compare import CompareConfig, probe_device, run_sweep
     from qbench.report import render_replication, replication_rows
@@ -183,35 +245,47 @@ def replicate(models, ctx, sessions, warmup, steps, timeout, db, rounds, fresh, 
             db=db,
             resume=not fresh,
             rounds=rounds,
+            cpu=cpu,
         )
-        for model in _names(models)
+        for model in _names(models) or [models]
     ]
-    _, rows = run_sweep(configs, device, " ".join(["qbench", *sys.argv[1:]]))
+    with _stop_on_signals():
+        _, rows = run_sweep(configs, device, _command_line())
     click.echo(render_replication(replication_rows(rows), fmt))
 
 
 @main.command()
 @click.option("--model", default="qwen2.5-7b", show_default=True)
-@click.option("--gpu", default="h100-sxm5", show_default=True)
+@click.option("--gpu", default="h100-sxm5", show_default=True, help="GPU spec name, or auto for this machine's.")
 @click.option("--ctx", default="2048", show_default=True, help="Context length(s), comma-separated.")
 @click.option("--backend", default="bf16", show_default=True, help="Format whose bytes to count.")
-@click.option("--group-size", default=128, show_default=True)
+@click.option(
+    "--group-size", default=0, show_default=True, help="Group size of 4-bit formats; 0 = auto, as in compare."
+)
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
 def floor(model, gpu, ctx, backend, group_size, fmt) -> None:
     """Bytes one decode step reads and the memory floor; needs no GPU."""
+    from qbench.compare import check_ctx, probe_device, resolve_gpu, resolve_group_size
     from qbench.floor import floor_ms, step_bytes
     from qbench.registry import load_backend
     from qbench.specs import load_gpu_spec, load_model_spec
 
-    spec, gpu_spec, fmt_backend = load_model_spec(model), load_gpu_spec(gpu), load_backend(backend)
+    spec, fmt_backend = load_model_spec(model), load_backend(backend)
+    contexts = _ints(ctx)
+    if not contexts:
+        raise UserError(f"--ctx must be one or more positive integers, got {ctx!r}")
+    check_ctx(spec, contexts)
+    group_size = resolve_group_size(group_size, spec)
+    gpu_spec = resolve_gpu(gpu, probe_device()) if gpu == "auto" else load_gpu_spec(gpu)
     records = []
-    for context in _ints(ctx):
+    for context in contexts:
         counted = step_bytes(spec, context, fmt_backend.linear_bytes, group_size)
         records.append(
             {
                 "model": spec.name,
                 "gpu": gpu_spec.name,
                 "backend": fmt_backend.name,
+                "group_size": group_size if fmt_backend.bits < 16 else None,
                 "ctx": context,
                 "linear_weights": counted.linear_weights,
                 "biases": counted.biases,
@@ -246,6 +320,8 @@ def floor(model, gpu, ctx, backend, group_size, fmt) -> None:
             f"KV = layers x 2 x kv_heads x head_dim x ctx x 2 bytes.\n"
             f"floor ms = total bytes / ({gpu_spec.peak_bandwidth_gbps} GB/s: {gpu_spec.bandwidth_source})"
         )
+        if gpu_spec.peak_bandwidth_gbps is None:
+            click.echo(f"{gpu_spec.name} has no datasheet bandwidth: name a GPU with --gpu to get a floor", err=True)
 
 
 @main.command()
@@ -305,9 +381,11 @@ def gpus(fmt) -> None:
 def backends(fmt) -> None:
     """List every installed backend, whether it can run here and why not."""
     from qbench.compare import probe_device
-    from qbench.registry import backend_names, load_backend
+    from qbench.registry import backend_names, load_backend, warnings
 
     device = probe_device()
+    for line in warnings():
+        click.echo(f"qbench: warning: {line}", err=True)
     data = []
     for name in backend_names():
         try:
@@ -363,11 +441,10 @@ def _stored_sessions(db: str, run_id: str) -> tuple[list[dict], list[tuple[str, 
     """The sessions of the selected runs ('latest', 'all' or an id) and those runs' commands."""
     from qbench.store import Store
 
-    if not Path(db).exists():
-        raise UserError(f"no results database at {db}", "run `qbench compare` first or pass --db")
-    store = Store(db)
+    store = Store(db, readonly=True)
     runs = store.run_ids()
     if not runs:
+        store.close()
         raise UserError(f"{db} holds no runs", "run `qbench compare` first")
     if run_id == "latest":
         selected = [runs[-1]]
@@ -376,6 +453,7 @@ def _stored_sessions(db: str, run_id: str) -> tuple[list[dict], list[tuple[str, 
     elif run_id in runs:
         selected = [run_id]
     else:
+        store.close()
         raise UserError(f"no run {run_id!r} in {db}", f"runs: {', '.join(runs[-5:])}")
     sessions, commands = store.sessions(run_ids=selected), store.commands(selected)
     store.close()
@@ -399,9 +477,10 @@ def _replication_cells(rows: list[dict], db: str) -> list[dict]:
 )
 def plot(db, run_id, out) -> None:
     """Draw the replication view of stored runs: % of floor against context, and the graphs speedup."""
-    from qbench.plot import replication_figure
+    from qbench.plot import check_output, replication_figure
     from qbench.report import aggregate
 
+    check_output(out)
     sessions, _ = _stored_sessions(db, run_id)
     replication_figure(_replication_cells(aggregate(sessions), db), out)
     click.echo(f"wrote {out}", err=True)

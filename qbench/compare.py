@@ -1,13 +1,17 @@
 """`qbench compare`: plan the sessions, run each in a fresh worker, store every result.
 
-Sessions run round-robin (session 1 of every backend, then session 2, ...) so slow drift of the
-machine spreads over all backends instead of landing on one.
+Everything a user can get wrong is checked while planning, before any worker starts and before
+anything is written. Sessions run round-robin (session 1 of every backend, then session 2, ...) so
+slow drift of the machine spreads over all backends instead of landing on one. Each session holds
+the device's lock (qbench.lock) while its worker runs, so two qbench processes never time blocks
+on one device at once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -16,13 +20,28 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from qbench.backend import DeviceInfo
-from qbench.errors import UserError
-from qbench.registry import backend_names, load_backend
-from qbench.specs import GpuSpec, gpu_for_device, load_gpu_spec, load_model_spec
+from qbench.errors import Interrupted, Stop, UserError
+from qbench.lock import device_lock
+from qbench.positions import cache_positions
+from qbench.registry import backend_names, load_backend, warnings
+from qbench.specs import GpuSpec, ModelSpec, gpu_for_device, load_gpu_spec, load_model_spec
 from qbench.store import DEFAULT_DB, Store
-from qbench.worker import run_worker
+from qbench.worker import remove_stale_scratch, run_worker
 
 GRAPHS_CHOICES = ("off", "on", "both", "auto")
+GROUP_SIZES = (32, 64, 128, 256)
+
+
+def check_cpu_option(value: str) -> None:
+    """--cpu is off, auto, or a core this process may run on."""
+    if value in ("auto", "off"):
+        return
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if not value.isdigit() or (allowed and int(value) not in allowed):
+        raise UserError(
+            f"--cpu must be off, auto or one of this process's cores {allowed}, got {value!r}",
+            "use --cpu off (no pinning) or auto (the fastest core now)",
+        )
 
 
 @dataclass(frozen=True)
@@ -35,13 +54,14 @@ class CompareConfig:
     sessions: int = 0  # 0 = auto: AB_SESSIONS where a graphs A/B runs, else 1 (see sessions_for)
     warmup: int = 5
     steps: int = 30
-    weights: str = "synthetic"
+    weights: str = "auto"  # auto = a checkpoint folder's own weights, else synthetic (qbench.weights)
     group_size: int = 0  # 0 = auto: 128 where the model's shapes allow it (see resolve_group_size)
     seed: int = 0
     timeout: float = 900.0
     db: str = str(DEFAULT_DB)
     resume: bool = False
     rounds: int = 1
+    cpu: str = "off"  # pin the decode loop's thread: off | auto | a core (qbench.host.session_host)
 
     def __post_init__(self):
         def bad(name: str, allowed: str):
@@ -51,16 +71,19 @@ class CompareConfig:
             bad("graphs", " | ".join(GRAPHS_CHOICES))
         if not self.ctx or any(c < 1 for c in self.ctx):
             bad("ctx", "one or more positive integers")
+        if not self.backends:
+            bad("backends", "one or more backend names, or 'available'")
         if self.sessions < 0:
             bad("sessions", "a positive integer (or 0 for auto)")
         if self.steps < 1 or self.warmup < 0:
             bad("steps" if self.steps < 1 else "warmup", "a positive integer (warmup may be 0)")
-        if self.group_size not in (0, 32, 64, 128, 256):
-            bad("group_size", "one of 32, 64, 128, 256 (or 0 for auto)")
+        if self.group_size and self.group_size not in GROUP_SIZES:
+            bad("group_size", f"one of {', '.join(map(str, GROUP_SIZES))} (or 0 for auto)")
         if self.timeout <= 0:
             bad("timeout", "a positive number of seconds")
         if self.rounds < 1:
             bad("rounds", "a positive integer")
+        check_cpu_option(self.cpu)
 
 
 @dataclass
@@ -70,7 +93,9 @@ class Plan:
     gpu: GpuSpec
     backends: list[str]
     group_size: int = 128
+    weights: str = "synthetic"  # resolved: synthetic, gguf or an absolute path
     skipped: dict[str, str] = field(default_factory=dict)  # backend -> why it does not run here
+    notes: list[str] = field(default_factory=list)  # what the user should know before it runs
     sessions: int = 1
 
 
@@ -78,6 +103,10 @@ def resolve_group_size(requested: int, spec) -> int:
     """128 (what published AWQ/GPTQ checkpoints use) unless some layer's in_features forbids it; then
     the largest of 64, 32 that divides them all. An explicit size that does not fit is an error."""
     in_features = {k for _, k, _, _ in spec.linear_shapes()}
+    if requested and requested not in GROUP_SIZES:
+        raise UserError(
+            f"--group-size must be one of {', '.join(map(str, GROUP_SIZES))} (or 0 for auto), got {requested}"
+        )
     if requested:
         misfit = sorted(k for k in in_features if k % requested)
         if misfit:
@@ -92,6 +121,23 @@ def resolve_group_size(requested: int, spec) -> int:
     raise UserError(f"no group size of 128, 64 or 32 divides the in_features of {spec.name}")
 
 
+def check_ctx(spec: ModelSpec, ctx: tuple[int, ...], warmup: int = 0, steps: int = 0) -> None:
+    """Every context, with the steps that follow it, must fit the model's positions."""
+    if any(c < 1 for c in ctx):
+        raise UserError(f"--ctx must be positive integers, got {','.join(map(str, ctx))}")
+    limit = spec.max_positions
+    if limit is None:
+        return
+    for context in ctx:
+        needed = cache_positions(context, warmup, steps) if steps else context
+        if needed > limit:
+            detail = f" (ctx {context} + {needed - context} warm-up, timed and spare steps)" if steps else ""
+            raise UserError(
+                f"--ctx {context} needs {needed} positions{detail}; {spec.name} has {limit} (max_position_embeddings)",
+                f"use --ctx {limit - (needed - context)} or less",
+            )
+
+
 def probe_device() -> DeviceInfo:
     """Ask a child process, so the parent never holds a CUDA context while workers run."""
     code = "import json; from qbench.provenance import device_info; print(json.dumps(device_info().__dict__))"
@@ -100,7 +146,7 @@ def probe_device() -> DeviceInfo:
         raise UserError("could not query the device: " + (out.stderr.strip().splitlines() or ["?"])[-1])
     data = json.loads(out.stdout.strip().splitlines()[-1])
     capability = tuple(data["capability"]) if data["capability"] else None
-    return DeviceInfo(data["kind"], data["name"], capability)
+    return DeviceInfo(data["kind"], data["name"], capability, data.get("uuid", ""))
 
 
 def resolve_gpu(requested: str, device: DeviceInfo) -> GpuSpec:
@@ -118,14 +164,32 @@ def resolve_gpu(requested: str, device: DeviceInfo) -> GpuSpec:
 
 
 def plan(config: CompareConfig, device: DeviceInfo | None = None) -> Plan:
-    spec = load_model_spec(config.model)  # fail early on an unknown model
+    """Check everything the config asks for against this machine; raises UserError, writes nothing."""
+    from qbench.weights import resolve_weights
+
+    spec = load_model_spec(config.model)
     group_size = resolve_group_size(config.group_size, spec)
+    check_ctx(spec, config.ctx, config.warmup, config.steps)
+    weights, weights_note = resolve_weights(config.weights, spec)
     device = device or probe_device()
     gpu = resolve_gpu(config.gpu, device)
-    wanted = backend_names() if config.backends == ("available",) else list(config.backends)
-    result = Plan(config, device, gpu, [], group_size, sessions=sessions_for(config, device))
-    for name in wanted:
-        backend = load_backend(name)  # unknown names fail here, before any session runs
+    result = Plan(config, device, gpu, [], group_size, weights, sessions=sessions_for(config, device))
+    result.notes += warnings() + ([weights_note] if weights_note else [])
+    if weights not in ("synthetic", "gguf"):
+        from qbench.quality import tokenizer_missing
+
+        missing = tokenizer_missing(weights)
+        if missing:
+            result.notes.append(f"perplexity will be skipped: {missing}")
+    asked_all = config.backends == ("available",)
+    for name in backend_names() if asked_all else list(config.backends):
+        try:
+            backend = load_backend(name)  # an unknown name fails here, before any session runs
+        except UserError as error:
+            if not asked_all:
+                raise
+            result.skipped[name] = str(error)  # a broken plugin costs its own row only
+            continue
         reason = backend.unavailable_reason(device)
         if reason:
             result.skipped[name] = reason
@@ -154,28 +218,26 @@ def graphs_modes(config: CompareConfig, device: DeviceInfo) -> tuple[bool, ...]:
     return {"off": (False,), "on": (True,), "both": (False, True)}[choice]
 
 
-def session_config(
-    config: CompareConfig, device: DeviceInfo, backend: str, ctx: int, index: int, group_size: int
-) -> dict:
+def session_config(the_plan: Plan, backend: str, ctx: int, index: int) -> dict:
+    """One session's whole configuration: what the worker runs, and (less the index) its cell's key."""
+    config = the_plan.config
     model = config.model
     if Path(model).expanduser().exists():
         model = str(Path(model).expanduser().resolve())
-    weights = config.weights
-    if weights not in ("synthetic", "gguf"):
-        weights = str(Path(weights).expanduser().resolve())
     return {
         "model": model,
         "backend": backend,
         "ctx": ctx,
-        "device": device.kind,
-        "graphs": list(graphs_modes(config, device)),
+        "device": the_plan.device.kind,
+        "graphs": list(graphs_modes(config, the_plan.device)),
         "warmup": config.warmup,
         "steps": config.steps,
-        "weights": weights,
-        "group_size": group_size,
+        "weights": the_plan.weights,
+        "group_size": the_plan.group_size,
         "seed": config.seed,
         "session_index": index,
         "rounds": config.rounds,
+        "cpu": config.cpu,
     }
 
 
@@ -191,43 +253,78 @@ def bar(done: int, total: int, width: int = 20) -> str:
     return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
 
 
+def device_key(device: DeviceInfo) -> str:
+    return device.uuid or (device.name if device.kind == "cuda" else "cpu")
+
+
+@dataclass
+class RunOutcome:
+    run_id: str | None  # None where every session was already stored (--resume)
+    session_ids: list[int]  # the sessions this command counts: measured now, and reused with --resume
+    measured: int = 0
+    reused: int = 0
+
+
 def run_compare(
     the_plan: Plan,
     command: str,
     progress: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
-) -> tuple[str | None, list[str]]:
-    """Run every session of the plan; returns (run id, or None where every session was already
-    stored, and the cell hashes it covers). The run is recorded when its first session is."""
+) -> RunOutcome:
+    """Run every session of the plan. The run is recorded when its first session is; with --resume,
+    stored sessions of the same configuration are counted (and linked to the run) instead of run.
+    Ctrl-C or a Stop kills the running worker and raises Interrupted; what was stored stays."""
     config = the_plan.config
     store = Store(config.db)
-    run_id = None
+    outcome = RunOutcome(None, [])
     jobs = []
     for index in range(the_plan.sessions):
         for ctx in config.ctx:
             for backend in the_plan.backends:
-                session = session_config(config, the_plan.device, backend, ctx, index, the_plan.group_size)
+                session = session_config(the_plan, backend, ctx, index)
                 jobs.append((session, cell_hash(session, the_plan.device.name)))
-    cells = sorted({h for _, h in jobs})
+    stored = {h: store.completed_session_ids(h) for h in {h for _, h in jobs}} if config.resume else {}
+    reused: list[int] = []
     started = time.monotonic()
-    total, ran = len(jobs), 0
-    for number, (session, cell) in enumerate(jobs, 1):
-        label = f"{session['backend']} ctx {session['ctx']} session {session['session_index'] + 1}/{the_plan.sessions}"
-        if config.resume and store.completed_sessions(cell) > session["session_index"]:
-            progress(f"{bar(number, total)} {label}: already stored, skipped (--resume)")
-            continue
-        began = time.monotonic()
-        result = run_worker(json.dumps(session), config.timeout)
-        run_id = run_id or store.new_run(command, asdict(config))
-        store.add_session(run_id, cell, session, the_plan.gpu.name, result)
-        ran += 1
-        eta = (time.monotonic() - started) / ran * (total - number)  # from sessions run, not skipped
-        detail = f" - {result['reason']}" if result.get("reason") else ""
-        progress(
-            f"{bar(number, total)} {label}: {result['status']}{detail} "
-            f"({time.monotonic() - began:.0f} s; ETA {eta:.0f} s)"
-        )
+    total = len(jobs)
+    holder = f"qbench pid {os.getpid()} ({command[:80]})"
+    try:
+        for number, (session, cell) in enumerate(jobs, 1):
+            label = (
+                f"{session['backend']} ctx {session['ctx']} session {session['session_index'] + 1}/{the_plan.sessions}"
+            )
+            earlier = stored.get(cell, [])
+            if session["session_index"] < len(earlier):
+                reused.append(earlier[session["session_index"]])
+                progress(f"{bar(number, total)} {label}: already stored, skipped (--resume)")
+                continue
+            began = time.monotonic()
+            with device_lock(device_key(the_plan.device), holder, on_wait=lambda line: progress(f"  {line}")):
+                result = run_worker(
+                    json.dumps(session),
+                    config.timeout,
+                    on_progress=lambda line, tag=label: progress(f"  {tag}: {line}"),
+                )
+            outcome.run_id = outcome.run_id or store.new_run(command, asdict(config))
+            outcome.session_ids.append(store.add_session(outcome.run_id, cell, session, the_plan.gpu.name, result))
+            outcome.measured += 1
+            eta = (time.monotonic() - started) / outcome.measured * (total - number)  # from sessions run
+            detail = f" - {result['reason']}" if result.get("reason") else ""
+            progress(
+                f"{bar(number, total)} {label}: {result['status']}{detail} "
+                f"({time.monotonic() - began:.0f} s; ETA {eta:.0f} s)"
+            )
+    except (KeyboardInterrupt, Stop) as stop:
+        name = stop.signal_name if isinstance(stop, Stop) else "SIGINT"
+        if outcome.run_id and reused:
+            store.add_reused(outcome.run_id, reused)
+        store.close()
+        raise Interrupted(name, outcome.measured, outcome.run_id, config.db) from None
+    if outcome.run_id and reused:
+        store.add_reused(outcome.run_id, reused)
     store.close()
-    return run_id, cells
+    outcome.session_ids += reused
+    outcome.reused = len(reused)
+    return outcome
 
 
 def run_sweep(
@@ -235,22 +332,24 @@ def run_sweep(
     device: DeviceInfo,
     command: str,
     announce: Callable[[Plan], None] = lambda the_plan: None,
-) -> tuple[list[str], list[dict]]:
-    """Plan and run each config (one per model) in turn; returns the run ids and the table rows of
-    every cell they cover, read back from the store (earlier sessions of those cells included)."""
+) -> tuple[list[RunOutcome], list[dict]]:
+    """Plan every config (one per model) first, so bad input stops the sweep before any worker
+    starts; then run each. Returns the outcomes and the table rows of exactly the sessions this
+    command measured or (with --resume) counted."""
     from qbench.report import aggregate
 
-    cells, run_ids = [], []
-    for config in configs:
-        the_plan = plan(config, device)
-        announce(the_plan)
+    plans = [plan(config, device) for config in configs]
+    for the_plan in plans:
         if not the_plan.backends:
-            raise UserError("no requested backend can run here", "see `qbench backends`")
-        run_id, config_cells = run_compare(the_plan, command)
-        cells += config_cells
-        if run_id:
-            run_ids.append(run_id)
-    store = Store(configs[0].db)
-    rows = aggregate(store.sessions(cell_hashes=cells))
+            reasons = "; ".join(f"{name}: {why}" for name, why in the_plan.skipped.items())
+            raise UserError(f"no requested backend can run here ({reasons})", "see `qbench backends`")
+    Store(configs[0].db).close()  # a --db that cannot be written fails here, before any session
+    remove_stale_scratch()
+    outcomes = []
+    for the_plan in plans:
+        announce(the_plan)
+        outcomes.append(run_compare(the_plan, command))
+    store = Store(configs[0].db, readonly=True)
+    rows = aggregate(store.sessions(session_ids=[i for o in outcomes for i in o.session_ids]))
     store.close()
-    return run_ids, rows
+    return outcomes, rows

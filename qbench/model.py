@@ -10,7 +10,6 @@ Weights sources:
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +109,9 @@ def build_model(spec: Any, options: Any, dtype: str):
         if path.suffix == ".gguf" and path.is_file():
             model, packed = _load_gguf(path, torch_dtype, options.device), None
         elif path.is_dir():
-            config = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
-            if "quantization_config" in config:
+            from qbench.weights import prequantised
+
+            if prequantised(path):
                 model, packed = _prequantised_folder(spec, path, torch_dtype, options.device, options.seed)
             else:
                 from transformers import AutoModelForCausalLM

@@ -19,6 +19,21 @@ def _pyplot():
     return plt
 
 
+def check_output(path: Path) -> None:
+    """An output name matplotlib can write, said before anything is read or drawn."""
+    plt = _pyplot()
+    figure = plt.figure()
+    supported = sorted(figure.canvas.get_supported_filetypes())
+    plt.close(figure)
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix not in supported:
+        got = f"{path.suffix!r}" if path.suffix else "no suffix"
+        raise UserError(
+            f"--out {path} has {got}: the format is taken from the suffix",
+            f"use one of {', '.join('.' + s for s in supported)}",
+        )
+
+
 def replication_figure(cells: list[dict], path: Path, title: str = "") -> None:
     """Left: % of the memory floor against context, eager (dashed) and CUDA graphs (solid), per model.
     Right: the paired graphs speedup per context with its 95% interval."""

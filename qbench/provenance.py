@@ -13,7 +13,9 @@ from qbench.backend import DeviceInfo
 
 def device_info() -> DeviceInfo:
     if torch.cuda.is_available():
-        return DeviceInfo("cuda", torch.cuda.get_device_name(), torch.cuda.get_device_capability())
+        properties = torch.cuda.get_device_properties(torch.cuda.current_device())
+        uuid = str(getattr(properties, "uuid", "") or "")
+        return DeviceInfo("cuda", properties.name, torch.cuda.get_device_capability(), uuid)
     return DeviceInfo("cpu", "cpu")
 
 

