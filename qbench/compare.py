@@ -26,7 +26,7 @@ from qbench.positions import cache_positions
 from qbench.registry import backend_names, load_backend, warnings
 from qbench.specs import GpuSpec, ModelSpec, gpu_for_device, load_gpu_spec, load_model_spec
 from qbench.store import DEFAULT_DB, Store
-from qbench.worker import remove_stale_scratch, run_worker
+from qbench.worker import Forkserver, remove_stale_scratch, run_worker
 
 GRAPHS_CHOICES = ("off", "on", "both", "auto")
 GROUP_SIZES = (32, 64, 128, 256)
@@ -62,6 +62,7 @@ class CompareConfig:
     resume: bool = False
     rounds: int = 1
     cpu: str = "off"  # pin the decode loop's thread: off | auto | a core (qbench.host.session_host)
+    quick: bool = False  # the no-option look: at most QUICK_SESSIONS sessions per cell when --sessions is auto
 
     def __post_init__(self):
         def bad(name: str, allowed: str):
@@ -201,12 +202,16 @@ def plan(config: CompareConfig, device: DeviceInfo | None = None) -> Plan:
 # Sessions per cell when a run A/B-tests CUDA graphs and --sessions is left at auto: from 10 sessions
 # up the intervals are BCa bootstrap (the research's N = 10); below that they cover too little.
 AB_SESSIONS = 10
+# `qbench compare` with neither --model nor --sessions is a first look that should take minutes on
+# any machine: at most this many sessions per cell (t-intervals), and it says how to get the full run.
+QUICK_SESSIONS = 3
 
 
 def sessions_for(config: CompareConfig, device: DeviceInfo) -> int:
     if config.sessions:
         return config.sessions
-    return AB_SESSIONS if len(graphs_modes(config, device)) > 1 else 1
+    auto = AB_SESSIONS if len(graphs_modes(config, device)) > 1 else 1
+    return min(auto, QUICK_SESSIONS) if config.quick else auto
 
 
 def graphs_modes(config: CompareConfig, device: DeviceInfo) -> tuple[bool, ...]:
@@ -257,6 +262,24 @@ def device_key(device: DeviceInfo) -> str:
     return device.uuid or (device.name if device.kind == "cuda" else "cpu")
 
 
+def start_forkserver(the_plan: Plan, progress: Callable[[str], None]) -> Forkserver | None:
+    """One preloaded process that forks each session (qbench.worker), or None where it cannot start
+    (then every session spawns a new interpreter, as the line printed says) or QBENCH_FORKSERVER=0."""
+    if os.environ.get("QBENCH_FORKSERVER", "1") == "0":
+        return None
+    model_type = load_model_spec(the_plan.config.model).hf_config["model_type"]
+    try:
+        server = Forkserver([model_type], the_plan.backends)
+    except (RuntimeError, OSError) as error:
+        progress(f"note: {error}; each session starts a new interpreter instead")
+        return None
+    imported = f"torch, transformers and the {model_type} model code imported once ({server.preload_s:.1f} s)"
+    progress(f"forkserver ready: {imported}")
+    for note in server.notes:
+        progress(f"note: forkserver: {note}; each session imports it itself")
+    return server
+
+
 @dataclass
 class RunOutcome:
     run_id: str | None  # None where every session was already stored (--resume)
@@ -287,6 +310,8 @@ def run_compare(
     started = time.monotonic()
     total = len(jobs)
     holder = f"qbench pid {os.getpid()} ({command[:80]})"
+    to_run = sum(1 for session, cell in jobs if session["session_index"] >= len(stored.get(cell, [])))
+    server = start_forkserver(the_plan, progress) if to_run > 1 else None
     try:
         for number, (session, cell) in enumerate(jobs, 1):
             label = (
@@ -298,8 +323,9 @@ def run_compare(
                 progress(f"{bar(number, total)} {label}: already stored, skipped (--resume)")
                 continue
             began = time.monotonic()
+            run = server.run if server is not None and server.alive() else run_worker
             with device_lock(device_key(the_plan.device), holder, on_wait=lambda line: progress(f"  {line}")):
-                result = run_worker(
+                result = run(
                     json.dumps(session),
                     config.timeout,
                     on_progress=lambda line, tag=label: progress(f"  {tag}: {line}"),
@@ -319,6 +345,9 @@ def run_compare(
             store.add_reused(outcome.run_id, reused)
         store.close()
         raise Interrupted(name, outcome.measured, outcome.run_id, config.db) from None
+    finally:
+        if server is not None:
+            server.close()
     if outcome.run_id and reused:
         store.add_reused(outcome.run_id, reused)
     store.close()

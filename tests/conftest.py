@@ -51,6 +51,17 @@ FAKE_BACKENDS = '''
             def prepare(self, device):
                 time.sleep(5)
 
+        class FakeParricide(Bf16Backend):
+            """Kills the forkserver that forked it (its session is lost), then loads as bf16."""
+            name = "fake-parricide"
+            def load(self, spec, options):
+                parent = os.getppid()
+                with open(f"/proc/{parent}/cmdline", "rb") as cmdline:
+                    if b"--serve" in cmdline.read():
+                        os.kill(parent, signal.SIGKILL)
+                        time.sleep(30)  # its own end comes with the parent's (PR_SET_PDEATHSIG)
+                return super().load(spec, options)
+
         class FakeOom(Backend):
             name = "fake-oom"
             def load(self, spec, options):
@@ -89,6 +100,7 @@ def plugin_dist(tmp_path, monkeypatch):
         "fake-oom": "FakeOom",
         "fake-wrong": "FakeWrong",
         "fake-slow-kernel": "FakeSlowKernel",
+        "fake-parricide": "FakeParricide",
     }
     yield install_plugin(tmp_path / "site", monkeypatch, "qbench-fakeplugin", "qbench_fakeplugin", FAKE_BACKENDS, names)
     sys.modules.pop("qbench_fakeplugin", None)
@@ -96,8 +108,11 @@ def plugin_dist(tmp_path, monkeypatch):
 
 @pytest.fixture(autouse=True)
 def in_tmp(tmp_path, monkeypatch):
-    """Every test runs in a fresh directory, so results/ of the checkout is never written."""
+    """Every test runs in a fresh directory, so results/ of the checkout is never written, with its
+    own weights cache and device locks."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("QBENCH_CACHE_DIR", str(tmp_path / "weights-cache"))
+    monkeypatch.setenv("QBENCH_LOCK_DIR", str(tmp_path / "locks"))
     return tmp_path
 
 

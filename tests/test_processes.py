@@ -23,16 +23,20 @@ def qbench(args, tmp_path, **popen):
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
-def children(pid: int) -> list[int]:
-    """Processes whose parent is `pid`."""
-    found = []
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (the forkserver and the session it forked, or the spawned worker)."""
+    parents = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        below = [child for child, parent in parents.items() if parent in frontier]
+        found += below
+        frontier = below
     return found
 
 
@@ -53,39 +57,50 @@ def wait_for(condition, timeout: float = 60.0) -> bool:
     return False
 
 
-def running_worker(cli: subprocess.Popen) -> int:
-    """The pid of the worker the CLI started (once its session is under way)."""
+def running_session(cli: subprocess.Popen, tmp_path: Path, processes: int) -> list[int]:
+    """The processes below the CLI once its session is under way (its scratch folder exists): the
+    spawned worker, or the forkserver and the session it forked."""
     found = []
 
     def started():
-        found[:] = [pid for pid in children(cli.pid) if b"qbench.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
-        return bool(found)
+        found[:] = descendants(cli.pid)
+        return len(found) >= processes and bool(list((tmp_path / "tmp").glob("qbench-*/worker.log")))
 
-    assert wait_for(started), "the worker never started"
-    return found[0]
+    assert wait_for(started), f"the session never started: {found}"
+    time.sleep(1.0)  # into the session's load (the fake backend sleeps there)
+    return descendants(cli.pid)
 
 
+# One session: the worker is spawned; two: the forkserver forks it.
+STARTS = {"spawned": ["--sessions", "1"], "forked": ["--sessions", "2"]}
+PROCESSES = {"spawned": 1, "forked": 2}
+
+
+@pytest.mark.parametrize("start", STARTS)
 @pytest.mark.parametrize("sent, exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_interrupt_kills_the_worker_keeps_the_store_and_says_how_to_resume(plugin_dist, tmp_path, sent, exit_code):
+def test_interrupt_kills_the_worker_keeps_the_store_and_says_how_to_resume(
+    plugin_dist, tmp_path, sent, exit_code, start
+):
     db = tmp_path / "r.sqlite"
-    cli = qbench(["compare", *FAST, "--backends", "fake-hang", "--db", str(db)], tmp_path)
-    worker = running_worker(cli)
+    cli = qbench(["compare", *FAST, *STARTS[start], "--backends", "fake-hang", "--db", str(db)], tmp_path)
+    below = running_session(cli, tmp_path, PROCESSES[start])
     cli.send_signal(sent)  # what Ctrl-C delivers to the foreground process (the worker has its own session)
     _, stderr = cli.communicate(timeout=60)
     assert cli.returncode == exit_code, stderr
     assert f"interrupted by {signal.Signals(sent).name}" in stderr and "--resume" in stderr
     assert "Traceback" not in stderr
-    assert wait_for(lambda: not alive(worker), timeout=10), "the worker outlived its parent's interrupt"
+    assert wait_for(lambda: not any(alive(pid) for pid in below), timeout=15), "a worker outlived the interrupt"
     assert list((tmp_path / "tmp").glob("qbench-*")) == []  # its scratch folder is gone too
 
 
-def test_a_killed_parent_takes_its_worker_and_scratch_with_it(plugin_dist, tmp_path):
-    cli = qbench(["compare", *FAST, "--backends", "fake-hang", "--db", str(tmp_path / "r.sqlite")], tmp_path)
-    worker = running_worker(cli)
-    assert len(list((tmp_path / "tmp").glob("qbench-*"))) == 1
+@pytest.mark.parametrize("start", STARTS)
+def test_a_killed_parent_takes_its_worker_and_scratch_with_it(plugin_dist, tmp_path, start):
+    args = ["compare", *FAST, *STARTS[start], "--backends", "fake-hang", "--db", str(tmp_path / "r.sqlite")]
+    cli = qbench(args, tmp_path)
+    below = running_session(cli, tmp_path, PROCESSES[start])
     cli.kill()  # SIGKILL: the parent can clean nothing up itself
     cli.communicate(timeout=30)
-    assert wait_for(lambda: not alive(worker), timeout=15), "the worker ran on as an orphan"
+    assert wait_for(lambda: not any(alive(pid) for pid in below), timeout=15), "a worker ran on as an orphan"
     assert wait_for(lambda: not list((tmp_path / "tmp").glob("qbench-*")), timeout=15)
 
 
@@ -134,3 +149,46 @@ def test_first_run_kernel_preparation_is_shown_while_it_runs(plugin_dist, tmp_pa
     finished = next(i for i, line in enumerate(lines) if "session 1/1: ok" in line)
     assert preparing < finished  # said while the session ran, not after the fact
     assert any("preparing its CUDA kernel (a first run builds it): done in" in line for line in lines)
+
+
+def test_the_forkserver_keeps_cuda_out_of_its_preload(tmp_path, monkeypatch):
+    """A backend module that initialises CUDA at import would keep every forked session from using
+    it: the forkserver's tripwire stops that import, says where it came from, and serves anyway."""
+    from conftest import install_plugin
+
+    source = """
+        import torch
+        from qbench.backends.bf16 import Bf16Backend
+        try:
+            torch.cuda._lazy_init()  # what a package that queries the GPU at import ends up calling
+        except (AssertionError, RuntimeError) as error:  # on a CPU machine: no CUDA to initialise
+            if "preload" in str(error):
+                raise
+        class Greedy(Bf16Backend):
+            name = "greedy"
+    """
+    install_plugin(tmp_path / "site", monkeypatch, "qbench-greedy", "qbench_greedy", source, {"greedy": "Greedy"})
+    cli = qbench(
+        ["compare", *FAST, "--backends", "bf16,greedy", "--sessions", "2", "--db", str(tmp_path / "r.sqlite")],
+        tmp_path,
+    )
+    _, stderr = cli.communicate(timeout=300)
+    assert cli.returncode == 0, stderr
+    assert "forkserver ready" in stderr
+    note = next(line for line in stderr.splitlines() if "not preloaded" in line)
+    assert "qbench_greedy/__init__.py" in note  # where CUDA would have been initialised
+    store = Store(tmp_path / "r.sqlite", readonly=True)
+    assert {s["result"]["worker_start"] for s in store.sessions()} == {"fork"}
+    store.close()
+
+
+def test_when_the_forkserver_dies_later_sessions_start_as_new_interpreters(plugin_dist, tmp_path):
+    db = tmp_path / "r.sqlite"
+    cli = qbench(["compare", *FAST, "--backends", "fake-parricide", "--sessions", "2", "--db", str(db)], tmp_path)
+    _, stderr = cli.communicate(timeout=300)
+    assert cli.returncode == 0, stderr  # one session succeeded
+    store = Store(db, readonly=True)
+    results = [s["result"] for s in store.sessions()]
+    store.close()
+    assert results[0]["status"] == "crashed" and "the forkserver" in results[0]["reason"]
+    assert results[1]["status"] == "ok" and results[1]["worker_start"] == "spawn"
