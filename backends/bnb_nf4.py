@@ -14,16 +14,20 @@ from qbench.quantlinear import QuantLinear
 
 
 class Nf4Linear(QuantLinear):
-    def __init__(self, linear: torch.nn.Linear, group_size: int):
+    def __init__(self, packed, quant_state, in_features, out_features, bias):
+        super().__init__(in_features, out_features, bias, formats.NF4_BLOCKSIZE)
+        self.register_buffer("packed", packed)
+        self.quant_state = quant_state
+
+    @classmethod
+    def quantize(cls, linear: torch.nn.Linear) -> Nf4Linear:
         import bitsandbytes.functional as bnbf
 
-        super().__init__(linear.in_features, linear.out_features, linear.bias, formats.NF4_BLOCKSIZE)
         weight = linear.weight.detach().to(torch.bfloat16).contiguous()
         packed, state = bnbf.quantize_4bit(
             weight, blocksize=formats.NF4_BLOCKSIZE, compress_statistics=True, quant_type="nf4"
         )
-        self.register_buffer("packed", packed)
-        self.quant_state = state
+        return cls(packed, state, linear.in_features, linear.out_features, linear.bias)
 
     def stored_tensors(self) -> list[torch.Tensor]:
         state = self.quant_state
@@ -58,4 +62,18 @@ class BnbNf4Backend(Backend):
         return formats.nf4_bytes(in_features, out_features)
 
     def quantize_linear(self, linear: torch.nn.Linear, group_size: int) -> Nf4Linear:
-        return Nf4Linear(linear, group_size)
+        return Nf4Linear.quantize(linear)
+
+    def cache_tensors(self, module: Nf4Linear) -> dict[str, torch.Tensor]:
+        """The packed weight and bitsandbytes' own serialisation of its quantisation state."""
+        state = {f"state.{k}": v for k, v in module.quant_state.as_dict(packed=True).items()}
+        tensors = {"packed": module.packed, **state}
+        return tensors if module.bias is None else {**tensors, "bias": module.bias}
+
+    def from_checkpoint_tensors(self, tensors, linear, group_size) -> Nf4Linear:
+        from bitsandbytes.functional import QuantState
+
+        packed = tensors["packed"]
+        state = {k.removeprefix("state."): v for k, v in tensors.items() if k.startswith("state.")}
+        quant_state = QuantState.from_dict(state, device=packed.device)
+        return Nf4Linear(packed, quant_state, linear.in_features, linear.out_features, tensors.get("bias"))

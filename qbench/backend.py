@@ -36,6 +36,7 @@ class LoadOptions:
     group_size: int = 128
     seed: int = 0
     max_cache_len: int = 4096
+    weights_cache: bool = False  # synthetic 4-bit weights: read from / write to qbench.cache
 
 
 class Backend:
@@ -52,6 +53,7 @@ class Backend:
     packages: ClassVar[dict[str, str]] = {}  # import name -> pip requirement
     extra: ClassVar[str | None] = None  # `pip install 'qbench[extra]'` brings the packages
     builds_kernel: ClassVar[bool] = False  # needs a CUDA compiler on first run
+    cache_format: ClassVar[int] = 1  # bump when what cache_tensors() returns changes (weights cache key)
 
     # ---- format -------------------------------------------------------------------------------
     def linear_bytes(self, in_features: int, out_features: int, group_size: int) -> int:
@@ -95,6 +97,11 @@ class Backend:
         """Build the module from a pre-quantised checkpoint's tensors (qweight, qzeros, scales...)."""
         raise NotImplementedError(f"{self.name} does not load pre-quantised checkpoints")
 
+    def cache_tensors(self, module: Any) -> dict[str, Any] | None:
+        """The tensors that rebuild `module` through `from_checkpoint_tensors` (what the weights
+        cache stores), as the format holds them before any kernel repacks them; None: not cached."""
+        return None
+
     def prepare(self, device: str) -> None:
         """Import the kernel and build it if needed, before any weight is touched."""
 
@@ -105,8 +112,16 @@ class Backend:
 
         self.prepare(options.device)
         model, packed = build_model(spec, options, dtype=self.compute_dtype)
-        quantize_decoder_linears(model, self, options.group_size, packed)
-        return DecoderRunner(model, options.max_cache_len, options.device)
+        cached = "off"
+        if options.weights_cache and options.weights == "synthetic" and self.bits < 16:
+            from qbench.model import quantize_with_cache
+
+            cached = quantize_with_cache(model, self, spec, options)
+        else:
+            quantize_decoder_linears(model, self, options.group_size, packed)
+        runner = DecoderRunner(model, options.max_cache_len, options.device)
+        runner.weights_cache = cached
+        return runner
 
 
 class PackedFormatBackend(Backend):
@@ -128,3 +143,10 @@ class PackedFormatBackend(Backend):
     def from_checkpoint_tensors(self, tensors: dict[str, Any], linear: Any, group_size: int) -> Any:
         bias = tensors.pop("bias", None)
         return self.make_linear(tensors, linear.in_features, linear.out_features, bias, group_size)
+
+    def cache_tensors(self, module: Any) -> dict[str, Any]:
+        """The checkpoint tensors the module keeps for the gate (before the kernel's repacking)."""
+        tensors = dict(module.checkpoint)
+        if "bias" not in tensors and getattr(module, "bias", None) is not None:
+            tensors["bias"] = module.bias
+        return tensors

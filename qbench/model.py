@@ -137,8 +137,12 @@ def decoder_linears(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module, 
     return found
 
 
-def quantize_decoder_linears(model: torch.nn.Module, backend: Any, group_size: int, packed: dict | None) -> None:
-    """Swap every decoder linear for the backend's module, one at a time to bound peak memory."""
+def quantize_decoder_linears(
+    model: torch.nn.Module, backend: Any, group_size: int, packed: dict | None, collect: bool = False
+) -> dict | None:
+    """Swap every decoder linear for the backend's module, one at a time to bound peak memory. With
+    `collect`, returns each new module's `cache_tensors()` by module name (None if any is None)."""
+    collected: dict | None = {} if collect else None
     for full_name, parent, attribute, linear in decoder_linears(model):
         if packed is not None and full_name in packed:
             module = backend.from_checkpoint_tensors(packed.pop(full_name), linear, group_size)
@@ -146,8 +150,37 @@ def quantize_decoder_linears(model: torch.nn.Module, backend: Any, group_size: i
             module = backend.quantize_linear(linear, group_size)
         setattr(parent, attribute, module)
         del linear
+        if collected is not None:
+            tensors = backend.cache_tensors(module)
+            if tensors is None:
+                collected = None
+            else:
+                collected[full_name] = tensors
     if packed:
         raise UserError(f"checkpoint has packed tensors for modules the model lacks: {list(packed)[:3]}")
+    return collected
+
+
+def device_name(device: str) -> str:
+    return torch.cuda.get_device_name() if device == "cuda" else "cpu"
+
+
+def quantize_with_cache(model: torch.nn.Module, backend: Any, spec: Any, options: Any) -> str:
+    """Swap the decoder linears of a synthetic model, reading the quantised tensors from the weights
+    cache where this exact configuration is there, else quantising and storing them; says which."""
+    from qbench.cache import Cache, flatten, unflatten, weights_key
+
+    key, about = weights_key(spec, backend, options.group_size, options.seed, device_name(options.device))
+    cache = Cache()
+    flat, why = cache.load(key, options.device)
+    if flat is not None:
+        quantize_decoder_linears(model, backend, options.group_size, unflatten(flat))
+        return "hit"
+    collected = quantize_decoder_linears(model, backend, options.group_size, None, collect=True)
+    if collected is None:
+        return "not cacheable"
+    not_stored = cache.store(key, flatten(collected), {**about, "what": "weights"})
+    return not_stored or ("stored" + (f"; {why}" if why != "not cached" else ""))
 
 
 def layer_bytes(model: torch.nn.Module) -> int:

@@ -75,7 +75,7 @@ def test_nf4_bytes_match_bitsandbytes_tensors():
     from qbench.backends.bnb_nf4 import Nf4Linear
 
     linear = torch.nn.Linear(512, 256, bias=False).to(torch.bfloat16)
-    module = Nf4Linear(linear, 64)
+    module = Nf4Linear.quantize(linear)
     assert module.stored_bytes() == formats.nf4_bytes(512, 256)
     restored = module.dequantize()
     assert ((restored - linear.weight.float()).norm() / linear.weight.float().norm()).item() < 0.15

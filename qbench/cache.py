@@ -1,0 +1,219 @@
+"""Local caches of what every session of a cell would otherwise make again: quantised synthetic
+weights, and the reference logits the correctness gate compares against.
+
+Synthetic weights are the same in every session of a cell (same seed), so quantising a 7B model
+round-to-nearest in each of them is waste. The first session quantises and stores each quantised
+layer's tensors as the format holds them before any kernel repacks them (what `from_checkpoint_
+tensors` reads, as for a pre-quantised checkpoint); later sessions read them straight to the device
+and build their modules from them. The first session also stores the reference logits (the model on
+the plain path with the dequantised weights, over the cell's token stream); later sessions compare
+their timed logits with those instead of recomputing them. What each session still checks for
+itself: the stored bytes against the format's formula, every layer's kernel against its dequantised
+weight, and every timed block's logits against the reference.
+
+Keys hash everything that decides the tensors: the model's config, the backend (name, class, its
+cache format), group size, seed, compute dtype, device, and the versions of torch, transformers,
+qbench and the backend's packages. Entries are written to a temporary file and renamed into place,
+so a reader sees a whole file or none, and two runs filling one entry at once each get a whole file;
+a file whose header promises more bytes than it has (torn by something else) is deleted and rebuilt,
+never loaded. The cache is bounded (QBENCH_CACHE_GB, default 40): the least recently used entries go
+first. Folder: $QBENCH_CACHE_DIR, default ~/.cache/qbench/weights. `qbench cache` lists and clears it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+CACHE_FORMAT = 1
+SEPARATOR = "::"  # module name SEPARATOR tensor name, in the flat safetensors file
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("QBENCH_CACHE_DIR") or Path.home() / ".cache" / "qbench" / "weights")
+
+
+def cache_limit_bytes() -> int:
+    return int(float(os.environ.get("QBENCH_CACHE_GB", "40")) * 1e9)
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def weights_key(spec: Any, backend: Any, group_size: int, seed: int, device_name: str) -> tuple[str, dict]:
+    """The key of a configuration's synthetic weights, and what it hashes (kept in the entry)."""
+    import torch
+    import transformers
+
+    import qbench
+
+    ingredients = {
+        "cache_format": CACHE_FORMAT,
+        "model": spec.hf_config,
+        "backend": backend.name,
+        "backend_class": f"{type(backend).__module__}.{type(backend).__qualname__}",
+        "backend_format": getattr(backend, "cache_format", 1),
+        "group_size": group_size,
+        "seed": seed,
+        "compute_dtype": backend.compute_dtype,
+        "device": device_name,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "qbench": qbench.__version__,
+        "packages": {requirement: _version(requirement) for requirement in sorted(backend.packages.values())},
+    }
+    digest = hashlib.sha256(json.dumps(ingredients, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return digest, ingredients
+
+
+def reference_key(weights: str, settings: dict) -> str:
+    return weights + "-ref-" + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass
+class Entry:
+    key: str
+    path: Path
+    bytes: int
+    last_used: float
+    about: dict
+
+
+class Cache:
+    def __init__(self, folder: Path | None = None, limit_bytes: int | None = None):
+        self.folder = folder or cache_dir()
+        self.limit = cache_limit_bytes() if limit_bytes is None else limit_bytes
+
+    def path(self, key: str) -> Path:
+        return self.folder / f"{key}.safetensors"
+
+    # ---- reading ----------------------------------------------------------------------------
+    def load(self, key: str, device: str) -> tuple[dict[str, Any] | None, str]:
+        """(flat tensors, '') on a hit; (None, why) on a miss. A damaged file is removed."""
+        from safetensors.torch import load_file
+
+        from qbench.errors import UserError
+        from qbench.weights import check_safetensors
+
+        path = self.path(key)
+        if not path.is_file():
+            return None, "not cached"
+        try:
+            check_safetensors(path)
+            tensors = load_file(str(path), device=device)
+        except (UserError, OSError, RuntimeError, ValueError) as error:
+            path.unlink(missing_ok=True)
+            return None, f"cached file was damaged and is rebuilt ({str(error)[:120]})"
+        os.utime(path)  # least recently used goes first
+        return tensors, ""
+
+    # ---- writing ----------------------------------------------------------------------------
+    def store(self, key: str, tensors: dict[str, Any], about: dict) -> str:
+        """Write an entry whole or not at all; returns '' or why it was not written."""
+        from safetensors.torch import save_file
+
+        size = sum(t.numel() * t.element_size() for t in tensors.values())
+        if size > self.limit:
+            return f"not cached: {size / 1e9:.1f} GB exceeds the cache's {self.limit / 1e9:.1f} GB (QBENCH_CACHE_GB)"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if shutil.disk_usage(self.folder).free < size * 1.1:
+            return f"not cached: {size / 1e9:.1f} GB does not fit the free disk under {self.folder}"
+        temporary = self.folder / f".{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            flat = {name: tensor.contiguous() for name, tensor in tensors.items()}
+            save_file(flat, str(temporary), metadata={"about": json.dumps(about, default=str)})
+            with open(temporary, "rb") as file:
+                os.fsync(file.fileno())
+            os.replace(temporary, self.path(key))  # atomic: readers see the old file, the new one, or none
+        except OSError as error:
+            temporary.unlink(missing_ok=True)
+            return f"not cached: {error}"
+        self.evict(keep=key)
+        return ""
+
+    def evict(self, keep: str = "") -> list[str]:
+        """Remove least recently used entries until the cache fits its limit."""
+        removed = []
+        entries = sorted(self.entries(), key=lambda e: e.last_used)
+        total = sum(e.bytes for e in entries)
+        for entry in entries:
+            if total <= self.limit:
+                break
+            if entry.key == keep:
+                continue
+            entry.path.unlink(missing_ok=True)
+            total -= entry.bytes
+            removed.append(entry.key)
+        self.remove_stale_temporaries()
+        return removed
+
+    def remove_stale_temporaries(self, older_than_s: float = 3600.0) -> None:
+        """Temporary files of writers that died an hour or more ago (a live writer renames its file)."""
+        for temporary in self.folder.glob(".*.tmp"):
+            try:
+                if time.time() - temporary.stat().st_mtime > older_than_s:
+                    temporary.unlink()
+            except OSError:
+                pass
+
+    # ---- listing ----------------------------------------------------------------------------
+    def entries(self) -> list[Entry]:
+        found = []
+        if not self.folder.is_dir():
+            return found
+        for path in self.folder.glob("*.safetensors"):
+            try:
+                stat = path.stat()
+                about = _about(path)
+            except OSError:
+                continue
+            found.append(Entry(path.stem, path, stat.st_size, stat.st_mtime, about))
+        return found
+
+    def clear(self) -> int:
+        removed = 0
+        for entry in self.entries():
+            entry.path.unlink(missing_ok=True)
+            removed += entry.bytes
+        for temporary in self.folder.glob(".*.tmp") if self.folder.is_dir() else []:
+            temporary.unlink(missing_ok=True)
+        return removed
+
+
+def _about(path: Path) -> dict:
+    """The entry's description from its safetensors header (no tensor is read)."""
+    with open(path, "rb") as file:
+        length = int.from_bytes(file.read(8), "little")
+        header = json.loads(file.read(length))
+    try:
+        return json.loads(header.get("__metadata__", {}).get("about", "{}"))
+    except ValueError:
+        return {}
+
+
+def flatten(by_module: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {
+        f"{module}{SEPARATOR}{name}": tensor
+        for module, tensors in by_module.items()
+        for name, tensor in tensors.items()
+    }
+
+
+def unflatten(flat: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    by_module: dict[str, dict[str, Any]] = {}
+    for key, tensor in flat.items():
+        module, _, name = key.partition(SEPARATOR)
+        by_module.setdefault(module, {})[name] = tensor
+    return by_module
