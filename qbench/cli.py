@@ -160,9 +160,12 @@ def compare(
     """Measure decode ms/step for each backend and compare with the memory floor.
 
     --model and --ctx take comma-separated lists: a sweep over models x ctx x backends x graphs."""
-    from qbench.compare import CompareConfig, probe_device, run_sweep
+    from qbench.compare import AB_SESSIONS, CompareConfig, probe_device, run_sweep
     from qbench.report import render
 
+    defaulted = click.core.ParameterSource.DEFAULT
+    context = click.get_current_context()
+    quick = all(context.get_parameter_source(name) == defaulted for name in ("model", "sessions"))
     configs = [
         CompareConfig(
             model=one_model,
@@ -181,14 +184,21 @@ def compare(
             resume=resume,
             rounds=rounds,
             cpu=cpu,
+            quick=quick,
         )
         for one_model in _names(model) or [model]
     ]
 
     def announce(the_plan) -> None:
+        how = "" if the_plan.config.sessions else " (--sessions auto)"
+        if quick and the_plan.sessions < AB_SESSIONS and the_plan.device.kind == "cuda":
+            how = (
+                f" (a quick first look; the full-rigour run, {AB_SESSIONS} sessions per cell with BCa intervals: "
+                f"qbench compare --model {the_plan.config.model} --sessions {AB_SESSIONS})"
+            )
         click.echo(
             f"{the_plan.config.model}: device {the_plan.device.name} -> spec {the_plan.gpu.name}; "
-            f"{the_plan.sessions} session(s) per cell" + ("" if the_plan.config.sessions else " (--sessions auto)"),
+            f"{the_plan.sessions} session(s) per cell{how}",
             err=True,
         )
         for line in the_plan.notes:
@@ -437,6 +447,65 @@ def bundle(directory, backends, python_version, platforms) -> None:
         )
 
 
+@main.group(invoke_without_command=True)
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@click.pass_context
+def cache(ctx, fmt) -> None:
+    """List the weights cache (quantised synthetic weights, reference logits) and the built kernels."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import time
+
+    from qbench.cache import Cache
+    from qbench.kernels import cache_root
+
+    store = Cache()
+    data = []
+    for entry in sorted(store.entries(), key=lambda e: -e.last_used):
+        about = entry.about
+        if about.get("what") == "weights":
+            model = about.get("model", {})
+            what = (
+                f"weights: {model.get('model_type', '?')} {model.get('hidden_size', '?')}x"
+                f"{model.get('num_hidden_layers', '?')}, {about.get('backend')} g{about.get('group_size')}, "
+                f"seed {about.get('seed')}, {about.get('device')}"
+            )
+        else:
+            what = about.get("what", "?")
+        data.append(
+            {
+                "key": entry.key,
+                "what": what,
+                "gb": round(entry.bytes / 1e9, 3),
+                "last_used": time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.last_used)),
+            }
+        )
+    kernels = [p for p in cache_root().glob("*") if p.is_dir()] if cache_root().is_dir() else []
+    total = sum(e.bytes for e in store.entries())
+    click.echo(
+        f"weights cache {store.folder}: {total / 1e9:.2f} GB of {store.limit / 1e9:.0f} GB (QBENCH_CACHE_GB); "
+        f"built kernels {cache_root()}: {len(kernels)}",
+        err=True,
+    )
+    _emit(data, fmt, ["key", "what", "GB", "last used"], [list(d.values()) for d in data])
+
+
+@cache.command("clear")
+@click.option("--kernels", is_flag=True, help="Also remove the built CUDA kernels (a rebuild takes minutes).")
+def cache_clear(kernels) -> None:
+    """Remove every weights cache entry (and, with --kernels, the built kernels)."""
+    import shutil
+
+    from qbench.cache import Cache
+    from qbench.kernels import cache_root
+
+    freed = Cache().clear()
+    click.echo(f"removed {freed / 1e9:.2f} GB of cached weights and references")
+    if kernels and cache_root().is_dir():
+        shutil.rmtree(cache_root())
+        click.echo(f"removed the built kernels under {cache_root()}")
+
+
 def _stored_sessions(db: str, run_id: str) -> tuple[list[dict], list[tuple[str, str]]]:
     """The sessions of the selected runs ('latest', 'all' or an id) and those runs' commands."""
     from qbench.store import Store
@@ -499,15 +568,24 @@ def plot(db, run_id, out) -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write here, not stdout.")
 @click.option(
     "--view",
-    type=click.Choice(["compare", "replication", "kernels"]),
+    type=click.Choice(["compare", "replication", "kernels", "sessions"]),
     default="compare",
     show_default=True,
     help="compare: one row per backend and graphs setting; replication: `qbench replicate`'s table (bf16 rows); "
-    "kernels: the largest CUDA kernels of a profiled step per cell (GPU runs).",
+    "kernels: the largest CUDA kernels of a profiled step per cell (GPU runs); "
+    "sessions: where each session's time went (start, imports, load, gate, timed blocks, profile).",
 )
 def export(db, run_id, fmt, out, view) -> None:
     """Write a stored run's table as Markdown, CSV, JSON, LaTeX (booktabs) or HTML."""
-    from qbench.report import aggregate, kernel_rows, render, render_kernels, render_replication
+    from qbench.report import (
+        aggregate,
+        kernel_rows,
+        render,
+        render_kernels,
+        render_replication,
+        render_sessions,
+        session_rows,
+    )
 
     sessions, commands = _stored_sessions(db, run_id)
     rows = aggregate(sessions)
@@ -519,6 +597,11 @@ def export(db, run_id, fmt, out, view) -> None:
         if not profiled:
             raise UserError(f"the selected runs in {db} hold no kernel profiles", "kernels are profiled on CUDA GPUs")
         text = render_kernels(profiled, fmt, title)
+    elif view == "sessions":
+        timed = session_rows(sessions)
+        if not timed:
+            raise UserError(f"the selected runs in {db} hold no per-session phases", "phases are stored since 0.2")
+        text = render_sessions(timed, fmt, title)
     else:
         text = render(rows, fmt, title)
     if out:

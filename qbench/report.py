@@ -261,6 +261,7 @@ def _cell_row(cell: str, graphs: bool, records: list[dict]) -> dict[str, Any]:
             kernel_missing += 1
     row["sessions"] = f"{len(medians)}/{total}"
     row["session_medians_ms"] = medians
+    row["worker_starts"] = sorted({r["result"].get("worker_start", "spawn") for r in records})
     if bandwidths:
         row["measured_bandwidth_gbps"] = stats.median(bandwidths)
     if steals:
@@ -464,7 +465,7 @@ def render(rows: list[dict], fmt: str, title: str = "") -> str:
             for key in ("ms_interval", "speedup_interval", "graphs_interval"):
                 if flat.get(key):
                     flat[key] = f"{flat[key]['low']:.4g}-{flat[key]['high']:.4g} ({flat[key]['method']})"
-            for key in ("flags", "run_ids", "pinned_cores"):
+            for key in ("flags", "run_ids", "pinned_cores", "worker_starts"):
                 flat[key] = ",".join(map(str, flat.get(key) or []))
             writer.writerow({k: flat.get(k) for k in keys})
         return buffer.getvalue()
@@ -663,3 +664,96 @@ def render_kernels(rows: list[dict], fmt: str, title: str = "") -> str:
         "GPU us = median over the sessions that list the kernel; % of step = GPU us / the step's GPU time."
     )
     return document(fmt, title, [Section("", headers, body)], legend)
+
+
+# ---- where a session's time goes --------------------------------------------------------------
+
+PHASES = (
+    ("start", "start_s"),  # the worker process starting, until its first line runs
+    ("imports", "imports_s"),  # torch, transformers, qbench's session module
+    ("provenance", "provenance_s"),  # device, NVML, copy bandwidth
+    ("prepare", "prepare_s"),  # the backend's kernel: loaded, or built on a first run
+    ("load", "load_s"),  # model built through the backend (weights made, quantised or read from the cache)
+    ("gate", "gate_s"),  # byte check, layer check, reference logits, perplexity
+    ("timed", "timed_s"),  # the timed blocks: prefill, warm-up, capture, timed steps, host probes
+    ("profile", "profile_s"),  # the profiled step, NVML after
+    ("rest", "rest_s"),  # what the parent saw beyond the phases above (result, exit)
+)
+
+
+def session_rows(sessions: list[dict]) -> list[dict[str, Any]]:
+    """One row per session that recorded its phases: seconds per phase, the whole session as the
+    parent saw it, and `beyond_timed_s` = total - timed (the cost a session adds to its measurement)."""
+    rows = []
+    for record in sessions:
+        phases = record["result"].get("phases")
+        if not phases or "total_s" not in phases:
+            continue
+        config = record["config"]
+        row = {
+            "model": config["model"].rsplit("/", 1)[-1],
+            "backend": config["backend"],
+            "ctx": config["ctx"],
+            "session": config.get("session_index", 0) + 1,
+            "run_id": record["run_id"],
+            "status": record["result"]["status"],
+            **{key: phases.get(key) for _, key in PHASES},
+            "total_s": phases["total_s"],
+        }
+        row["beyond_timed_s"] = round(phases["total_s"] - (phases.get("timed_s") or 0.0), 3)
+        row["weights_cache"] = record["result"].get("weights_cache", "")
+        rows.append(row)
+    return rows
+
+
+def render_sessions(rows: list[dict], fmt: str, title: str = "") -> str:
+    if fmt == "json":
+        return json.dumps(rows, indent=2)
+
+    def seconds(value):
+        return "" if value is None else f"{value:.1f}"
+
+    headers = ["model", "backend", "ctx", "session", *(name for name, _ in PHASES), "total", "beyond timed", "cache"]
+    body = [
+        [r["model"], r["backend"], r["ctx"], r["session"]]
+        + [seconds(r[key]) for _, key in PHASES]
+        + [seconds(r["total_s"]), seconds(r["beyond_timed_s"]), r["weights_cache"]]
+        for r in rows
+    ]
+    by_backend = defaultdict(list)
+    for row in rows:
+        by_backend[(row["model"], row["backend"])].append(row)
+    summary_headers = [
+        "model",
+        "backend",
+        "sessions",
+        "median total s",
+        "median beyond timed s",
+        "max beyond timed s",
+        "same, after each cell's first session",
+    ]
+    summary = []
+    for (model, backend), members in by_backend.items():
+        beyond = [r["beyond_timed_s"] for r in members]
+        later = [r["beyond_timed_s"] for r in members if r["session"] > 1]
+        summary.append(
+            [
+                model,
+                backend,
+                len(members),
+                seconds(median([r["total_s"] for r in members])),
+                seconds(median(beyond)),
+                seconds(max(beyond)),
+                f"median {median(later):.1f}, max {max(later):.1f}" if later else "",
+            ]
+        )
+    legend = (
+        "Seconds per phase of each session: start = the worker process until its first line; imports = torch, "
+        "transformers and qbench's session module; provenance = device, NVML, copy bandwidth; prepare = the "
+        "backend's kernel (built on a first run); load = the model through the backend; gate = byte and layer "
+        "checks, reference logits, perplexity; timed = the timed blocks (prefill, warm-up, graph capture, timed "
+        "steps, host probes); profile = the profiled step; rest = what the parent saw beyond these; beyond timed = "
+        "total - timed. cache = whether the session's synthetic weights came from the weights cache."
+    )
+    sections = [Section("per backend", summary_headers, summary), Section("per session", headers, body)]
+    return document(fmt, title, sections, legend)

@@ -8,6 +8,7 @@ favour one setting. It returns a plain dict; the parent process stores it.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import sys
@@ -52,6 +53,20 @@ class SessionConfig:
         data = json.loads(text)
         data["graphs"] = tuple(data["graphs"])
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+class Phases:
+    """Wall time of each phase of a session, for the per-session cost breakdown: the time since the
+    previous mark goes to the phase named now."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.mark = time.perf_counter()
+
+    def done(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self.mark, 3)
+        self.mark = now
 
 
 def log(message: str) -> None:
@@ -108,30 +123,63 @@ def decode_tokens(spec, config: SessionConfig, positions: int, tokenizer) -> tup
     return token_stream(spec.vocab_size, positions, config.seed, config.device), "random"
 
 
+def reference_logits(runner, backend, spec, config, settings, tokens, use_cache: bool) -> tuple[torch.Tensor, str]:
+    """The logits every timed block is checked against: the model on the plain path with the
+    dequantised weights, over the cell's token stream. With synthetic weights the cell's first session
+    computes and stores them (qbench.cache); later sessions, whose weights are the same tensors,
+    read them back. Returns them and where they came from."""
+    key = None
+    if use_cache:
+        from qbench.cache import Cache, reference_key, weights_key
+        from qbench.model import device_name
+
+        weights, _ = weights_key(spec, backend, config.group_size, config.seed, device_name(config.device))
+        settings_key = {"ctx": config.ctx, "warmup": config.warmup, "steps": config.steps, "seed": config.seed}
+        key = reference_key(weights, settings_key)
+        stored, _ = Cache().load(key, "cpu")
+        if stored is not None:
+            return stored["logits"], "stored by the cell's first session (same weights and tokens)"
+    log("correctness gate: reference logits (dequantised weights, plain path)")
+    gate.set_reference(runner.model, True)
+    reference = run_block(runner, settings, tokens, graphs=False).logits
+    gate.set_reference(runner.model, False)
+    if key is None:
+        return reference, "computed"
+    about = {"what": f"reference logits of weights {weights[:8]} (ctx {config.ctx}, {config.steps} steps)"}
+    not_stored = Cache().store(key, {"logits": reference}, about)
+    return reference, "computed" + (f" ({not_stored})" if not_stored else "; stored for the cell's later sessions")
+
+
 def run_session(config: SessionConfig) -> dict[str, Any]:
     began = time.perf_counter()
+    phases = Phases()
     device = config.device
     provenance = collect(device)
+    phases.done("provenance_s")
     spec = load_model_spec(config.model)
     backend = load_backend(config.backend)
     backend.check_available(device_info())
     settings = DecodeSettings(ctx=config.ctx, warmup=config.warmup, steps=config.steps, seed=config.seed)
+    use_cache = config.weights == "synthetic" and os.environ.get("QBENCH_WEIGHTS_CACHE", "1") != "0"
     options = LoadOptions(
         device=device,
         weights=config.weights,
         group_size=config.group_size,
         seed=config.seed,
         max_cache_len=cache_positions(config.ctx, config.warmup, config.steps),
+        weights_cache=use_cache,
     )
     if backend.builds_kernel:
         from qbench.kernels import Ticker
 
         with Ticker(f"{config.backend}: preparing its CUDA kernel (a first run builds it)", first_after=3):
             backend.prepare(device)
+    phases.done("prepare_s")
     log(f"loading {config.model} with {config.backend} on {provenance['device']}")
     loaded = time.perf_counter()
     runner = backend.load(spec, options)
     load_s = time.perf_counter() - loaded
+    phases.done("load_s")
     formula = step_bytes(spec, config.ctx, backend.linear_bytes, config.group_size)
     measured_linear = layer_bytes(runner.model)
     result: dict[str, Any] = {
@@ -145,6 +193,8 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
         "load_s": round(load_s, 2),
         "provenance": provenance,
         "blocks": [],
+        "phases": phases.seconds,
+        "weights_cache": getattr(runner, "weights_cache", "off"),
     }
     if measured_linear != formula.linear_weights:
         result["status"] = "incorrect"
@@ -172,10 +222,7 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
                 f"> {gate.LAYER_TOLERANCE}"
             )
             return result
-    log("correctness gate: reference logits (dequantised weights, plain path)")
-    gate.set_reference(runner.model, True)
-    reference = run_block(runner, settings, tokens, graphs=False).logits
-    gate.set_reference(runner.model, False)
+    reference, result["reference"] = reference_logits(runner, backend, spec, config, settings, tokens, use_cache)
     gate.release_reference(runner.model)
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -187,6 +234,7 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
         ppl, tokens_scored = perplexity(runner.model, tokenizer, device)
         result["perplexity"] = {"value": ppl, "tokens": tokens_scored}
 
+    phases.done("gate_s")
     order = list(config.graphs) * config.rounds
     random.Random(config.seed * 1000 + config.session_index).shuffle(order)
     if device == "cuda":
@@ -213,6 +261,7 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
             **measured,
         )
         result["blocks"].append(block)
+    phases.done("timed_s")
     if device == "cuda":
         try:
             kernels = profile_step_kernels(runner, tokens[-1:])
@@ -225,5 +274,6 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
                 result["kernel_seen"] = any(re.search(backend.kernel_pattern, k["name"]) for k in kernels)
         result["peak_memory_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         result["nvml_after"] = nvml_state()  # clocks and throttle reasons right after the timed steps
+    phases.done("profile_s")
     result["session_s"] = round(time.perf_counter() - began, 2)
     return result
