@@ -20,7 +20,17 @@ def qbench(args, tmp_path, **popen):
     env = dict(os.environ, TMPDIR=str(tmp_path / "tmp"), QBENCH_LOCK_DIR=str(tmp_path / "locks"))
     (tmp_path / "tmp").mkdir(exist_ok=True)
     command = [sys.executable, "-m", "qbench.cli", *args]
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    return subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A shell ignores SIGINT in commands it runs in the background (CI may run these tests so), and
+        # Python then installs no Ctrl-C handler: give the CLI the default, as a terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        **popen,
+    )
 
 
 def descendants(pid: int) -> list[int]:
