@@ -193,14 +193,15 @@ class Cache:
 
 
 def _about(path: Path) -> dict:
-    """The entry's description from its safetensors header (no tensor is read)."""
-    with open(path, "rb") as file:
-        length = int.from_bytes(file.read(8), "little")
-        header = json.loads(file.read(length))
+    """The entry's description from its safetensors header (no tensor is read); a damaged entry,
+    which the next session that needs it rebuilds, says so."""
+    from qbench.errors import UserError
+    from qbench.weights import check_safetensors
+
     try:
-        return json.loads(header.get("__metadata__", {}).get("about", "{}"))
-    except ValueError:
-        return {}
+        return json.loads(check_safetensors(path).get("__metadata__", {}).get("about", "{}"))
+    except (UserError, ValueError):
+        return {"what": "damaged: rebuilt by the next session that needs it"}
 
 
 def flatten(by_module: dict[str, dict[str, Any]]) -> dict[str, Any]:

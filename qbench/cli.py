@@ -51,7 +51,7 @@ class _Group(click.Group):
             sys.exit(2)
         except Interrupted as stop:
             kept = f"{stop.stored} session(s) of run {stop.run_id}" if stop.run_id else "no new session"
-            again = " ".join(["qbench", *sys.argv[1:]])
+            again = _command_line()
             if sys.argv[1:2] == ["compare"] and "--resume" not in sys.argv:
                 again += " --resume"
             click.echo(

@@ -32,6 +32,13 @@ GRAPHS_CHOICES = ("off", "on", "both", "auto")
 GROUP_SIZES = (32, 64, 128, 256)
 
 
+def check_group_size(value: int) -> None:
+    """--group-size is one of GROUP_SIZES, or 0 for auto."""
+    if value and value not in GROUP_SIZES:
+        sizes = ", ".join(map(str, GROUP_SIZES))
+        raise UserError(f"--group-size must be one of {sizes} (or 0 for auto), got {value!r}")
+
+
 def check_cpu_option(value: str) -> None:
     """--cpu is off, auto, or a core this process may run on."""
     if value in ("auto", "off"):
@@ -78,8 +85,7 @@ class CompareConfig:
             bad("sessions", "a positive integer (or 0 for auto)")
         if self.steps < 1 or self.warmup < 0:
             bad("steps" if self.steps < 1 else "warmup", "a positive integer (warmup may be 0)")
-        if self.group_size and self.group_size not in GROUP_SIZES:
-            bad("group_size", f"one of {', '.join(map(str, GROUP_SIZES))} (or 0 for auto)")
+        check_group_size(self.group_size)
         if self.timeout <= 0:
             bad("timeout", "a positive number of seconds")
         if self.rounds < 1:
@@ -104,10 +110,7 @@ def resolve_group_size(requested: int, spec) -> int:
     """128 (what published AWQ/GPTQ checkpoints use) unless some layer's in_features forbids it; then
     the largest of 64, 32 that divides them all. An explicit size that does not fit is an error."""
     in_features = {k for _, k, _, _ in spec.linear_shapes()}
-    if requested and requested not in GROUP_SIZES:
-        raise UserError(
-            f"--group-size must be one of {', '.join(map(str, GROUP_SIZES))} (or 0 for auto), got {requested}"
-        )
+    check_group_size(requested)
     if requested:
         misfit = sorted(k for k in in_features if k % requested)
         if misfit:
@@ -341,16 +344,13 @@ def run_compare(
             )
     except (KeyboardInterrupt, Stop) as stop:
         name = stop.signal_name if isinstance(stop, Stop) else "SIGINT"
+        raise Interrupted(name, outcome.measured, outcome.run_id, config.db) from None
+    finally:  # interrupted or not: the server goes, and the run keeps the stored sessions it counted
+        if server is not None:
+            server.close()
         if outcome.run_id and reused:
             store.add_reused(outcome.run_id, reused)
         store.close()
-        raise Interrupted(name, outcome.measured, outcome.run_id, config.db) from None
-    finally:
-        if server is not None:
-            server.close()
-    if outcome.run_id and reused:
-        store.add_reused(outcome.run_id, reused)
-    store.close()
     outcome.session_ids += reused
     outcome.reused = len(reused)
     return outcome

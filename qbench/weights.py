@@ -30,7 +30,8 @@ TRANSFORMERS_WEIGHT_NAMES = (
 )
 
 
-def check_safetensors(path: Path) -> None:
+def check_safetensors(path: Path) -> dict:
+    """A whole safetensors file's JSON header, or one line saying why the file is not one."""
     size = path.stat().st_size
     with open(path, "rb") as file:
         head = file.read(8)
@@ -53,6 +54,7 @@ def check_safetensors(path: Path) -> None:
             f"{path} is truncated: its header describes {8 + header_length + end} bytes, the file has {size}",
             "download it again",
         )
+    return header
 
 
 def check_gguf(path: Path) -> None:

@@ -46,6 +46,9 @@ def test_a_hit_builds_the_same_modules_and_a_torn_file_is_rebuilt_not_loaded():
     assert second.weights_cache == "hit" and quantised_digest(second.model) == fresh
     (entry,) = [e for e in Cache().entries() if e.about.get("what") == "weights"]
     entry.path.write_bytes(entry.path.read_bytes()[: entry.bytes // 2])  # torn: half the file
+    assert [e.about["what"] for e in Cache().entries() if e.key == entry.key] == [
+        "damaged: rebuilt by the next session that needs it"
+    ]  # listed, not a crash
     third = load()
     assert third.weights_cache.startswith("stored; cached file was damaged and is rebuilt")
     assert quantised_digest(third.model) == fresh
