@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -220,6 +221,7 @@ class Forkserver:
             why = (reply or {}).get("error") or (lines[-1] if lines else "no answer")
             raise RuntimeError(f"forkserver did not start: {why}")
         self.preload_s = reply.get("preload_s")
+        self.preloaded = reply.get("preloaded", [])
         self.notes = reply.get("notes", [])
 
     def _reply(self, seconds: float) -> dict | None:
@@ -362,18 +364,25 @@ def _exit_now(code: int = 0) -> None:
     os._exit(code)
 
 
-def _preload(model_types: list[str], backends: list[str]) -> list[str]:
-    """What every session imports, imported once: torch, transformers and each model's code, and
-    qbench's session modules and backend classes (their packages are imported in the child).
+def _preload(model_types: list[str], backends: list[str]) -> tuple[list[str], list[str]]:
+    """What every session imports, imported once: torch, transformers and each model's code,
+    qbench's session modules and each planned backend's class. The backends' packages are left to
+    each child: on the H100 host bitsandbytes, imported where CUDA may not be initialised, settles
+    on its CPU-only library; gptqmodel starts threads (a fork copies only the calling thread) and,
+    through torchao, initialises CUDA.
 
     A step whose import would initialise CUDA (which would keep every forked child from using it)
-    is stopped by a tripwire in torch's CUDA initialisation and left to the children; the returned
-    notes say which step and from where."""
+    is stopped by a tripwire in torch's CUDA initialisation and left to the children; the notes
+    say which step and from where. An import that swallows the tripwire's error and carries on
+    without CUDA would leave a wrong module in every child: the server then refuses to serve (the
+    run spawns its sessions). Returns (what was preloaded, notes). Environment variables an import
+    sets are put back, so every session runs with the environment it was given."""
     import traceback
 
     import torch
     import torch.profiler  # noqa: F401
 
+    preloaded: list[str] = []
     notes: list[str] = []
     culprit: list[str] = []
 
@@ -403,9 +412,10 @@ def _preload(model_types: list[str], backends: list[str]) -> list[str]:
             # otherwise the session says why it cannot load
 
     steps = [("transformers", lambda: __import__("transformers").StaticCache), ("qbench", qbench_modules)]
-    steps += [(f"backend {name}", lambda n=name: backend_module(n)) for name in backends]
     steps += [(f"{model_type} model code", lambda t=model_type: model_code(t)) for model_type in model_types]
-    original = torch.cuda._lazy_init
+    steps += [(f"backend {name}", lambda n=name: backend_module(n)) for name in backends]
+    environment = dict(os.environ)
+    original_init = torch.cuda._lazy_init
     torch.cuda._lazy_init = tripwire
     try:
         for what, step in steps:
@@ -413,11 +423,24 @@ def _preload(model_types: list[str], backends: list[str]) -> list[str]:
                 step()
             except Exception as error:  # left for each child to import, as a spawned worker would
                 where = f" (CUDA initialised from {culprit[0]})" if culprit else ""
-                notes.append(f"{what} not preloaded: {type(error).__name__}: {str(error)[:120]}{where}")
+                notes.append(
+                    f"{what} not preloaded: {type(error).__name__}: {str(error)[:120]}{where}; "
+                    "each session imports it itself"
+                )
                 culprit.clear()
+                continue
+            if culprit:  # the import caught the tripwire's error and went on without CUDA: its state is wrong
+                raise RuntimeError(f"{what} asked for CUDA at {culprit[0]} and carried on without it")
+            preloaded.append(what)
     finally:
-        torch.cuda._lazy_init = original
-    return notes
+        torch.cuda._lazy_init = original_init
+        changed = sorted(k for k in set(os.environ) | set(environment) if os.environ.get(k) != environment.get(k))
+        os.environ.clear()
+        os.environ.update(environment)
+        changed = [name for name in changed if not name.startswith("TORCHINDUCTOR_")]  # torch's own defaults
+        if changed:
+            notes.append(f"put back the environment variables set by preloaded imports: {', '.join(changed)}")
+    return preloaded, notes
 
 
 def _serve(model_types: list[str], backends: list[str]) -> None:
@@ -434,19 +457,26 @@ def _serve(model_types: list[str], backends: list[str]) -> None:
         _exit_now(0)
 
     signal.signal(signal.SIGTERM, on_term)
-    out = sys.stdout
+    # The replies travel on a copy of stdout; stdout itself becomes stderr, so that whatever a
+    # preloaded package prints (gptqmodel prints a banner) cannot corrupt them.
+    sys.stdout.flush()
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
     began = time.perf_counter()
     try:
-        notes = _preload(model_types, backends)
+        preloaded, notes = _preload(model_types, backends)
         import torch
 
         if torch.cuda.is_initialized():
             raise RuntimeError("CUDA was initialised while preloading; children could not use it")
+        threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+        if threads:  # a fork copies only this thread: a lock another one holds would never be released
+            raise RuntimeError(f"a preloaded import started threads ({', '.join(threads[:3])}); forking could deadlock")
     except Exception as error:
         out.write(json.dumps({"ready": False, "error": f"{type(error).__name__}: {error}"[:300]}) + "\n")
         out.flush()
         return
-    ready = {"ready": True, "preload_s": round(time.perf_counter() - began, 3), "notes": notes}
+    ready = {"ready": True, "preload_s": round(time.perf_counter() - began, 3), "preloaded": preloaded, "notes": notes}
     out.write(json.dumps(ready) + "\n")
     out.flush()
     for line in sys.stdin:
@@ -456,6 +486,7 @@ def _serve(model_types: list[str], backends: list[str]) -> None:
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:  # the session's process
+            out.close()  # the replies are the server's: a live child must not hold the pipe open
             os.setsid()
             os.chdir(request["cwd"])
             os.environ.update(request["env"], QBENCH_PARENT_PID=str(os.getppid()))

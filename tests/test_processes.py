@@ -202,3 +202,66 @@ def test_when_the_forkserver_dies_later_sessions_start_as_new_interpreters(plugi
     store.close()
     assert results[0]["status"] == "crashed" and "the forkserver" in results[0]["reason"]
     assert results[1]["status"] == "ok" and results[1]["worker_start"] == "spawn"
+
+
+def test_the_forkserver_preload_cannot_corrupt_its_replies_or_the_environment(tmp_path, monkeypatch):
+    """A backend module imported once by the forkserver prints on stdout and sets an environment
+    variable at import: the server's replies travel apart from stdout, and the variable is put back,
+    so the sessions run with the environment they were given."""
+    from conftest import install_plugin
+
+    source = """
+        import os, sys
+        print("A BANNER ON STDOUT", flush=True)
+        if "--serve" in sys.argv:  # what a heavy package does where it is first imported: the server
+            os.environ.setdefault("NOISY_ALLOC_CONF", "expandable")
+        from qbench.backends.bf16 import Bf16Backend
+        class Noisy(Bf16Backend):
+            name = "noisy"
+            def load(self, spec, options):  # forked: this module was imported by the server, not here
+                if "NOISY_ALLOC_CONF" in os.environ:
+                    raise RuntimeError("the preloaded module's environment leaked into the session")
+                return super().load(spec, options)
+    """
+    install_plugin(tmp_path / "site", monkeypatch, "qbench-noisy", "qbench_noisy", source, {"noisy": "Noisy"})
+    db = str(tmp_path / "r.sqlite")
+    cli = qbench(["compare", *FAST, "--backends", "noisy", "--sessions", "2", "--db", db], tmp_path)
+    _, stderr = cli.communicate(timeout=300)
+    assert cli.returncode == 0, stderr
+    assert "forkserver ready" in stderr and "backend noisy" in stderr  # preloaded, and the server served
+    assert "put back the environment variables set by preloaded imports: NOISY_ALLOC_CONF" in stderr
+    store = Store(tmp_path / "r.sqlite", readonly=True)
+    results = [s["result"] for s in store.sessions()]
+    store.close()
+    assert [r["status"] for r in results] == ["ok", "ok"], [r["reason"] for r in results]
+    assert {r["worker_start"] for r in results} == {"fork"}
+
+
+def test_an_import_that_swallows_the_tripwire_stops_the_forkserver(tmp_path, monkeypatch):
+    """bitsandbytes, imported without CUDA, catches the error and settles on its CPU library: a
+    preloaded copy would be wrong in every child. Such an import makes the server refuse to serve,
+    and every session starts a new interpreter."""
+    from conftest import install_plugin
+
+    source = """
+        import torch
+        try:
+            torch.cuda._lazy_init()
+            ON_GPU = True
+        except Exception:  # swallowed: carries on as if there were no GPU
+            ON_GPU = False
+        from qbench.backends.bf16 import Bf16Backend
+        class Degraded(Bf16Backend):
+            name = "degraded"
+    """
+    install_plugin(tmp_path / "site", monkeypatch, "qbench-deg", "qbench_degraded", source, {"degraded": "Degraded"})
+    db = str(tmp_path / "r.sqlite")
+    cli = qbench(["compare", *FAST, "--backends", "bf16,degraded", "--sessions", "2", "--db", db], tmp_path)
+    _, stderr = cli.communicate(timeout=300)
+    assert cli.returncode == 0, stderr
+    note = next(line for line in stderr.splitlines() if "forkserver did not start" in line)
+    assert "backend degraded asked for CUDA" in note and "qbench_degraded/__init__.py" in note
+    store = Store(tmp_path / "r.sqlite", readonly=True)
+    results = [s["result"] for s in store.sessions()]
+    store.close()
+    assert {r["status"] for r in results} == {"ok"} and {r["worker_start"] for r in results} == {"spawn"}
