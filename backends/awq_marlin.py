@@ -12,8 +12,7 @@ from __future__ import annotations
 import torch
 from qbench.backends import formats
 
-from qbench.backend import PackedFormatBackend
-from qbench.quantlinear import QuantLinear
+from qbench.api import PackedFormatBackend, QuantLinear
 
 
 class AwqMarlinLinear(QuantLinear):
@@ -56,6 +55,9 @@ class AwqMarlinLinear(QuantLinear):
 
     def stored_tensors(self) -> list[torch.Tensor]:
         return [self.kernel.qweight, self.kernel.qzeros, self.kernel.scales]
+
+    def bias_tensor(self) -> torch.Tensor | None:
+        return getattr(self.kernel, "bias", None)
 
     def dequantize(self) -> torch.Tensor:
         device = self.kernel.qweight.device

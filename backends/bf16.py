@@ -1,6 +1,6 @@
 """bf16 weights, transformers with PyTorch SDPA attention and a static KV cache: the baseline."""
 
-from qbench.backend import Backend
+from qbench.api import Backend
 
 
 class Bf16Backend(Backend):
@@ -9,3 +9,4 @@ class Bf16Backend(Backend):
     kernel = "cuBLAS GEMV via torch.nn.functional.linear (CPU: oneDNN/ATen)"
     compute_dtype = "bfloat16"
     bits = 16
+    lean_compile = True  # plain aten ops: torch.compile traces them

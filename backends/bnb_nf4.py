@@ -9,8 +9,7 @@ from __future__ import annotations
 import torch
 from qbench.backends import formats
 
-from qbench.backend import Backend
-from qbench.quantlinear import QuantLinear
+from qbench.api import Backend, QuantLinear
 
 
 class Nf4Linear(QuantLinear):

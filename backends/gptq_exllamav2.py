@@ -15,8 +15,7 @@ from pathlib import Path
 import torch
 from qbench.backends import formats
 
-from qbench.backend import PackedFormatBackend
-from qbench.quantlinear import QuantLinear
+from qbench.api import PackedFormatBackend, QuantLinear
 
 _NONE = torch.empty((1, 1), device="meta")  # exllamav2's stand-in for "no tensor"
 _scratch: dict[torch.device, torch.Tensor] = {}

@@ -9,8 +9,7 @@ from __future__ import annotations
 import torch
 from qbench.backends import formats
 
-from qbench.backend import Backend
-from qbench.quantlinear import QuantLinear
+from qbench.api import Backend, QuantLinear
 
 INNER_K_TILES = 8  # tinygemm tiles K by 16*inner_k_tiles; 8 is the fastest and needs K % 128 == 0
 
@@ -74,6 +73,7 @@ class TorchInt4Backend(Backend):
     kernel_pattern = "tinygemm"
     compute_dtype = "bfloat16"
     bits = 4
+    lean_compile = True  # plain aten ops: torch.compile traces them
 
     def linear_bytes(self, in_features: int, out_features: int, group_size: int) -> int:
         return formats.tinygemm_bytes(in_features, out_features, group_size)

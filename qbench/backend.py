@@ -4,9 +4,13 @@ A backend is a small class registered under the `qbench.backends` entry-point gr
 format and its requirements; it knows nothing of timing, statistics, storage or output. Heavy
 imports (bitsandbytes, gptqmodel, ...) happen inside `load()` or the kernel module, never at import.
 
-Most backends only say how to turn one `nn.Linear` into a quantised module (`quantize_linear`) and
-inherit `load()`, which builds the transformers model, swaps the decoder's linear layers and wraps
-the result in the shared static-cache `DecoderRunner`.
+Two kinds (README, "Adding a backend"):
+  a linear format  says how to turn one `nn.Linear` into a quantised module (`quantize_linear`) and
+                   inherits `load()`, which builds the transformers model, swaps the decoder's linear
+                   layers and hands back a runner of the requested runtime: `hf` (transformers around
+                   them) or `lean` (qbench's own decoder around the same modules);
+  a whole runtime  overrides `load()` and hands back its own object that follows the Runner protocol
+                   (qbench.api), and names its runtime in `runtimes`.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class LoadOptions:
     seed: int = 0
     max_cache_len: int = 4096
     weights_cache: bool = False  # synthetic 4-bit weights: read from / write to qbench.cache
+    runtime: str = "hf"  # which runtime a linear format runs under (qbench.runtimes)
 
 
 class Backend:
@@ -54,6 +59,8 @@ class Backend:
     extra: ClassVar[str | None] = None  # `pip install 'qbench[extra]'` brings the packages
     builds_kernel: ClassVar[bool] = False  # needs a CUDA compiler on first run
     cache_format: ClassVar[int] = 1  # bump when what cache_tensors() returns changes (weights cache key)
+    runtimes: ClassVar[tuple[str, ...]] = ("hf", "lean")  # a whole runtime names its own, e.g. ("llamacpp",)
+    lean_compile: ClassVar[bool] = False  # the kernel traces under torch.compile, so `lean` compiles its step
 
     # ---- format -------------------------------------------------------------------------------
     def linear_bytes(self, in_features: int, out_features: int, group_size: int) -> int:
@@ -106,10 +113,11 @@ class Backend:
         """Import the kernel and build it if needed, before any weight is touched."""
 
     def load(self, spec: Any, options: LoadOptions) -> Any:
-        """Build the model with this backend's linear layers; returns a DecoderRunner."""
+        """Build the model with this backend's linear layers; returns the runner of `options.runtime`."""
         from qbench.model import build_model, quantize_decoder_linears
-        from qbench.runner import DecoderRunner
 
+        if options.runtime not in self.runtimes:
+            raise ValueError(f"backend {self.name} runs under {', '.join(self.runtimes)}, not {options.runtime}")
         self.prepare(options.device)
         model, packed = build_model(spec, options, dtype=self.compute_dtype)
         cached = "off"
@@ -119,7 +127,24 @@ class Backend:
             cached = quantize_with_cache(model, self, spec, options)
         else:
             quantize_decoder_linears(model, self, options.group_size, packed)
-        runner = DecoderRunner(model, options.max_cache_len, options.device)
+        if options.runtime == "lean":
+            from qbench.runtimes.lean import LeanRunner
+
+            compile_step = self.lean_compile and options.device == "cuda"
+            runner = LeanRunner(model, options.max_cache_len, options.device, compile_step=compile_step)
+            if not compile_step:
+                runner.notes.append(
+                    "lean: step not compiled: "
+                    + (
+                        "torch.compile is used on CUDA only"
+                        if options.device != "cuda"
+                        else f"{self.name}'s kernel is not declared to trace under torch.compile (lean_compile)"
+                    )
+                )
+        else:
+            from qbench.runtimes.hf import DecoderRunner
+
+            runner = DecoderRunner(model, options.max_cache_len, options.device)
         runner.weights_cache = cached
         return runner
 

@@ -93,6 +93,12 @@ def main() -> None:
 )
 @click.option("--gpu", default="auto", show_default=True, help="GPU spec name; must match the detected device.")
 @click.option("--backends", default="available", show_default=True, help="Comma-separated names, or 'available'.")
+@click.option(
+    "--runtimes",
+    default="hf",
+    show_default=True,
+    help="Runtimes for the linear formats, comma-separated: hf (transformers), lean (qbench's own decoder).",
+)
 @click.option("--ctx", default="512", show_default=True, help="Context length(s), comma-separated.")
 @click.option(
     "--graphs",
@@ -142,6 +148,7 @@ def compare(
     model,
     gpu,
     backends,
+    runtimes,
     ctx,
     graphs,
     sessions,
@@ -171,6 +178,7 @@ def compare(
             model=one_model,
             gpu=gpu,
             backends=tuple(_names(backends)),
+            runtimes=tuple(_names(runtimes)),
             ctx=_ints(ctx),
             graphs=graphs,
             sessions=sessions,

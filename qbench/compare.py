@@ -24,6 +24,7 @@ from qbench.errors import Interrupted, Stop, UserError
 from qbench.lock import device_lock
 from qbench.positions import cache_positions
 from qbench.registry import backend_names, load_backend, warnings
+from qbench.runtimes import LINEAR_RUNTIMES
 from qbench.specs import GpuSpec, ModelSpec, gpu_for_device, load_gpu_spec, load_model_spec
 from qbench.store import DEFAULT_DB, Store
 from qbench.worker import Forkserver, remove_stale_scratch, run_worker
@@ -56,6 +57,7 @@ class CompareConfig:
     model: str = "smollm2-135m"
     gpu: str = "auto"
     backends: tuple[str, ...] = ("available",)
+    runtimes: tuple[str, ...] = ("hf",)  # runtimes each linear-format backend runs under (qbench.runtimes)
     ctx: tuple[int, ...] = (512,)
     graphs: str = "auto"
     sessions: int = 0  # 0 = auto: AB_SESSIONS where a graphs A/B runs, else 1 (see sessions_for)
@@ -81,6 +83,12 @@ class CompareConfig:
             bad("ctx", "one or more positive integers")
         if not self.backends:
             bad("backends", "one or more backend names, or 'available'")
+        if (
+            not self.runtimes
+            or any(r not in LINEAR_RUNTIMES for r in self.runtimes)
+            or len(set(self.runtimes)) < len(self.runtimes)
+        ):
+            bad("runtimes", f"one or more of {', '.join(LINEAR_RUNTIMES)} (a whole engine is chosen by its backend)")
         if self.sessions < 0:
             bad("sessions", "a positive integer (or 0 for auto)")
         if self.steps < 1 or self.warmup < 0:
@@ -104,6 +112,7 @@ class Plan:
     skipped: dict[str, str] = field(default_factory=dict)  # backend -> why it does not run here
     notes: list[str] = field(default_factory=list)  # what the user should know before it runs
     sessions: int = 1
+    runtimes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # backend -> the runtimes it runs under
 
 
 def resolve_group_size(requested: int, spec) -> int:
@@ -195,10 +204,15 @@ def plan(config: CompareConfig, device: DeviceInfo | None = None) -> Plan:
             result.skipped[name] = str(error)  # a broken plugin costs its own row only
             continue
         reason = backend.unavailable_reason(device)
+        own = tuple(r for r in backend.runtimes if r not in LINEAR_RUNTIMES)
+        runtimes = own[:1] if own else tuple(r for r in config.runtimes if r in backend.runtimes)
+        if not reason and not runtimes:
+            reason = f"runs under {', '.join(backend.runtimes)} only, not --runtimes {','.join(config.runtimes)}"
         if reason:
             result.skipped[name] = reason
         else:
             result.backends.append(name)
+            result.runtimes[name] = runtimes
     return result
 
 
@@ -226,7 +240,7 @@ def graphs_modes(config: CompareConfig, device: DeviceInfo) -> tuple[bool, ...]:
     return {"off": (False,), "on": (True,), "both": (False, True)}[choice]
 
 
-def session_config(the_plan: Plan, backend: str, ctx: int, index: int) -> dict:
+def session_config(the_plan: Plan, backend: str, ctx: int, index: int, runtime: str = "hf") -> dict:
     """One session's whole configuration: what the worker runs, and (less the index) its cell's key."""
     config = the_plan.config
     model = config.model
@@ -235,6 +249,7 @@ def session_config(the_plan: Plan, backend: str, ctx: int, index: int) -> dict:
     return {
         "model": model,
         "backend": backend,
+        "runtime": runtime,
         "ctx": ctx,
         "device": the_plan.device.kind,
         "graphs": list(graphs_modes(config, the_plan.device)),
@@ -276,10 +291,9 @@ def start_forkserver(the_plan: Plan, progress: Callable[[str], None]) -> Forkser
     except (RuntimeError, OSError) as error:
         progress(f"note: {error}; each session starts a new interpreter instead")
         return None
-    imported = f"torch, transformers and the {model_type} model code imported once ({server.preload_s:.1f} s)"
-    progress(f"forkserver ready: {imported}")
+    progress(f"forkserver ready: torch, {', '.join(server.preloaded)} imported once ({server.preload_s:.1f} s)")
     for note in server.notes:
-        progress(f"note: forkserver: {note}; each session imports it itself")
+        progress(f"note: forkserver: {note}")
     return server
 
 
@@ -303,11 +317,15 @@ def run_compare(
     store = Store(config.db)
     outcome = RunOutcome(None, [])
     jobs = []
+    runs_under = {name: the_plan.runtimes.get(name, ("hf",)) for name in the_plan.backends}
+    runtimes_in_order = list(dict.fromkeys(r for runtimes in runs_under.values() for r in runtimes))
     for index in range(the_plan.sessions):
         for ctx in config.ctx:
-            for backend in the_plan.backends:
-                session = session_config(the_plan, backend, ctx, index)
-                jobs.append((session, cell_hash(session, the_plan.device.name)))
+            for runtime in runtimes_in_order:
+                for backend in the_plan.backends:
+                    if runtime in runs_under[backend]:
+                        session = session_config(the_plan, backend, ctx, index, runtime)
+                        jobs.append((session, cell_hash(session, the_plan.device.name)))
     stored = {h: store.completed_session_ids(h) for h in {h for _, h in jobs}} if config.resume else {}
     reused: list[int] = []
     started = time.monotonic()
@@ -317,8 +335,10 @@ def run_compare(
     server = start_forkserver(the_plan, progress) if to_run > 1 else None
     try:
         for number, (session, cell) in enumerate(jobs, 1):
+            runtime = "" if session["runtime"] == "hf" else f" ({session['runtime']})"
             label = (
-                f"{session['backend']} ctx {session['ctx']} session {session['session_index'] + 1}/{the_plan.sessions}"
+                f"{session['backend']}{runtime} ctx {session['ctx']} "
+                f"session {session['session_index'] + 1}/{the_plan.sessions}"
             )
             earlier = stored.get(cell, [])
             if session["session_index"] < len(earlier):

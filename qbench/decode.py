@@ -2,7 +2,10 @@
 
 One block = prefill to `ctx`, `warmup` untimed steps, `steps` timed steps. Each timed step is
 bracketed by CUDA events (GPU time between the step's first and last kernel) and by a wall clock
-read before the call and after `synchronize()` (what a caller waiting on the token sees). The loop
+read before the call and after `synchronize()` (what a caller waiting on the token sees). A runner
+whose timer is "wall" (a whole engine that synchronises to hand back logits, on a stream qbench
+does not see) gets the wall clock alone. Graphs are qbench's to capture where the runner's
+`graphs` is "qbench", the runtime's own switch (`set_graphs`) where it is "runtime". The loop
 synchronises every step on purpose: batch-1 decode hands each token back before the next.
 Decode is timed directly, never as (generate - prefill). Tokens are a fixed seeded stream fed in
 (teacher forcing), so every backend sees the same inputs and the logits can be compared.
@@ -49,12 +52,24 @@ def token_stream(vocab_size: int, length: int, seed: int, device: str) -> torch.
     return torch.randint(0, vocab_size, (length,), generator=generator).to(device)
 
 
+def set_graphs(runner, graphs: bool) -> None:
+    """Switch CUDA graphs on or off for the next block, whoever owns them (Runner protocol)."""
+    owner = getattr(runner, "graphs", "qbench")
+    if owner == "runtime":
+        runner.set_graphs(graphs)
+    elif owner == "qbench":
+        if graphs and runner.graph is None:
+            runner.capture_graph()
+        runner.use_graph = graphs
+    elif graphs:
+        raise RuntimeError(f"runtime {getattr(runner, 'runtime', '?')} has no CUDA graph mode")
+
+
 def run_block(runner, settings: DecodeSettings, tokens: torch.Tensor, graphs: bool) -> BlockResult:
     """Prefill, warm up and time one block, eager or replaying a CUDA graph."""
     cuda = runner.device.type == "cuda"
-    if graphs and runner.graph is None:
-        runner.capture_graph()
-    runner.use_graph = graphs
+    events = cuda and getattr(runner, "timer", "cuda-events") == "cuda-events"
+    set_graphs(runner, graphs)
     runner.prefill(tokens[: settings.ctx])
     position = settings.ctx
     for _ in range(settings.warmup):
@@ -64,12 +79,12 @@ def run_block(runner, settings: DecodeSettings, tokens: torch.Tensor, graphs: bo
         torch.cuda.synchronize(runner.device)
     result = BlockResult(graphs=graphs, wall_ms=[])
     collected = []
-    start = torch.cuda.Event(enable_timing=True) if cuda else None
-    end = torch.cuda.Event(enable_timing=True) if cuda else None
+    start = torch.cuda.Event(enable_timing=True) if events else None
+    end = torch.cuda.Event(enable_timing=True) if events else None
     for _ in range(settings.steps):
         token = tokens[position : position + 1]
         position += 1
-        if cuda:
+        if events:
             start.record()
             began = time.perf_counter()
             logits = runner.step(token)
@@ -80,9 +95,12 @@ def run_block(runner, settings: DecodeSettings, tokens: torch.Tensor, graphs: bo
         else:
             began = time.perf_counter()
             logits = runner.step(token)
+            if cuda:
+                torch.cuda.synchronize(runner.device)  # a "wall" runner has synchronised already: no cost
             ended = time.perf_counter()
         result.wall_ms.append((ended - began) * 1e3)
         collected.append(logits.float().clone())  # outside the timed region
-    runner.use_graph = False
+    if graphs:
+        set_graphs(runner, False)
     result.logits = torch.stack(collected).cpu()
     return result

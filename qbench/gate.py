@@ -35,27 +35,12 @@ class LayerCheck:
     passed: bool
 
 
-def quant_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    from qbench.quantlinear import QuantLinear
-
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, QuantLinear)]
-
-
-def set_reference(model: torch.nn.Module, reference: bool) -> None:
-    for _, module in quant_layers(model):
-        module.reference = reference
-
-
-def release_reference(model: torch.nn.Module) -> None:
-    for _, module in quant_layers(model):
-        module.release_reference()
-
-
 @torch.inference_mode()
-def check_layers(model: torch.nn.Module, dtype: torch.dtype, seed: int = 0) -> LayerCheck:
+def check_layers(layers: list[tuple[str, torch.nn.Module]], dtype: torch.dtype, seed: int = 0) -> LayerCheck:
+    """`layers`: (name, QuantLinear) pairs, as a runner's `quant_layers()` lists them."""
     generator = torch.Generator().manual_seed(seed)
     worst, worst_name, count = 0.0, "", 0
-    for name, module in quant_layers(model):
+    for name, module in layers:
         device = next(iter(module.stored_tensors())).device
         for rows in (1, 16):
             x = torch.randn(rows, module.in_features, generator=generator).to(device, dtype)

@@ -59,9 +59,10 @@ def text_tokens(tokenizer) -> list[int]:
 
 
 @torch.inference_mode()
-def perplexity(model: torch.nn.Module, tokenizer, device: str) -> tuple[float, int]:
-    """exp(mean next-token negative log-likelihood) over the text's first MAX_TOKENS tokens."""
-    ids = torch.tensor([text_tokens(tokenizer)], device=device)
-    logits = model(input_ids=ids).logits.float()
-    loss = torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:])
-    return float(torch.exp(loss)), int(ids.shape[1])
+def perplexity(runner, tokenizer, device: str) -> tuple[float, int]:
+    """exp(mean next-token negative log-likelihood) over the text's first MAX_TOKENS tokens, from the
+    runner's `score(ids) -> logits [T, vocab]` (Runner protocol)."""
+    ids = torch.tensor(text_tokens(tokenizer), device=device)
+    logits = runner.score(ids).float()
+    loss = torch.nn.functional.cross_entropy(logits[:-1], ids[1:])
+    return float(torch.exp(loss)), int(ids.numel())

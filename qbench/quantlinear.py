@@ -25,6 +25,10 @@ class QuantLinear(torch.nn.Module):
         """Drop the copy kept for the reference path, so timing sees only the kernel's tensors."""
         self.checkpoint = None
 
+    def bias_tensor(self) -> torch.Tensor | None:
+        """The bias the kernel adds (a step reads it), wherever the module keeps it."""
+        return self.bias
+
     def dequantize(self) -> torch.Tensor:
         """The weight [out, in] that the kernel multiplies by, in float32."""
         raise NotImplementedError

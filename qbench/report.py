@@ -123,7 +123,7 @@ def _peak_bandwidth(gpu_name: str) -> float | None:
 
 
 # Configuration keys that may differ between rows that are compared with each other.
-COMPARED_ACROSS = ("backend", "group_size", "session_index")
+COMPARED_ACROSS = ("backend", "group_size", "session_index", "runtime")
 CONFIG_COLUMNS = ("steps", "warmup", "group_size", "rounds", "seed", "cpu")
 FLAG_TEXT = {
     "impossible": "faster than the floor at datasheet bandwidth",
@@ -159,6 +159,8 @@ def aggregate(sessions: list[dict]) -> list[dict[str, Any]]:
             r["gpu"],
             r["ctx"],
             r["comparison"],
+            RUNTIME_ORDER.get(r["runtime"], 9),
+            r["runtime"],
             order.get(r["backend"], 9),
             r["backend"],
             r["group_size"] or 0,
@@ -199,6 +201,7 @@ def _cell_row(cell: str, graphs: bool, records: list[dict]) -> dict[str, Any]:
         "gpu": gpu,
         "ctx": config["ctx"],
         "backend": backend,
+        "runtime": config.get("runtime", "hf"),  # sessions stored before runtimes existed ran under hf
         "weights": config["weights"],
         "graphs": "on" if graphs else "off",
         **{key: config.get(key) for key in CONFIG_COLUMNS},
@@ -219,6 +222,8 @@ def _cell_row(cell: str, graphs: bool, records: list[dict]) -> dict[str, Any]:
         if "bytes" in result:
             row["bytes_per_step"] = result["bytes"]["total"]
             row["kernel"] = result.get("kernel", "")
+        row.setdefault("runtime_notes", [])
+        row["runtime_notes"] += [n for n in result.get("runtime_notes", []) if n not in row["runtime_notes"]]
         provenance = result.get("provenance", {})
         if provenance.get("copy_bandwidth_gbps"):
             bandwidths.append(provenance["copy_bandwidth_gbps"])
@@ -338,11 +343,16 @@ def _quality_gate(row: dict, base: dict | None) -> None:
 
 
 def _add_ratios(rows: list[dict]) -> None:
-    """Ratios against bf16 within one comparison group, and eager over graphs within one cell."""
-    by_key = {(r["comparison"], r["backend"], r["graphs"]): r for r in rows if r["backend"] == "bf16"}
+    """Ratios against bf16 under the same runtime within one comparison group; a runtime's against
+    hf for the same backend; eager over graphs within one cell."""
+    by_key = {(r["comparison"], r["runtime"], r["graphs"]): r for r in rows if r["backend"] == "bf16"}
+    under_hf = {(r["comparison"], r["backend"], r["group_size"], r["graphs"]): r for r in rows if r["runtime"] == "hf"}
     by_cell = {(r["cell_hash"], r["graphs"]): r for r in rows}
     for row in rows:
-        base = by_key.get((row["comparison"], "bf16", row["graphs"]))
+        hf = under_hf.get((row["comparison"], row["backend"], row["group_size"], row["graphs"]))
+        if row["runtime"] != "hf" and hf and hf.get("ms_per_step") and row.get("ms_per_step"):
+            row["runtime_speedup"] = hf["ms_per_step"] / row["ms_per_step"]
+        base = by_key.get((row["comparison"], row["runtime"], row["graphs"]))
         _quality_gate(row, base)
         if base and base.get("bytes_per_step") and row.get("bytes_per_step"):
             row["expected_reduction"] = base["bytes_per_step"] / row["bytes_per_step"]
@@ -367,8 +377,11 @@ def _add_ratios(rows: list[dict]) -> None:
 
 # ---- rendering --------------------------------------------------------------------------------
 
+RUNTIME_ORDER = {"hf": 0, "lean": 1}
+
 COLUMNS = [
     ("backend", "label", None),
+    ("runtime", "runtime", None),
     ("graphs", "graphs", None),
     ("ms/step", "ms_per_step", "{:.2f}"),
     ("95% CI", "ms_interval", "interval"),
@@ -383,6 +396,7 @@ COLUMNS = [
     ("realised x", "realised_speedup", "{:.2f}"),
     ("realisation", "realisation", "{:.0%}"),
     ("graphs x", "graphs_speedup", "{:.2f}"),
+    ("vs hf x", "runtime_speedup", "{:.2f}"),
     ("launch us", "launch_us", "{:.1f}"),
     ("peak MiB", "peak_memory_mib", "{:.0f}"),
     ("ppl", "perplexity", "{:.2f}"),
@@ -483,7 +497,18 @@ def render(rows: list[dict], fmt: str, title: str = "") -> str:
             cores = sorted({c for row, _ in members for c in row.get("pinned_cores", [])})
             pinned = f", decode loop pinned to core(s) {', '.join(map(str, cores))}" if cores else ", not pinned"
             before.append(f"host: {first['host_cpu']}{pinned} (--cpu {first.get('cpu') or 'off'})")
-        notes = [f"- {row['label']} graphs={row['graphs']}: {row['reason']}" for row, _ in members if row["reason"]]
+        notes = [
+            f"- {row['label']} ({row['runtime']}) graphs={row['graphs']}: {row['reason']}"
+            for row, _ in members
+            if row["reason"]
+        ]
+        notes += sorted(
+            {
+                f"- {row['label']} ({row['runtime']}): {note}"
+                for row, _ in members
+                for note in row.get("runtime_notes", [])
+            }
+        )
         sections.append(Section(_section_heading(first), headers, [c for _, c in members], before, notes))
     flags = sorted({flag.split()[0] for row in rows for flag in row["flags"]})
     legend = (
@@ -492,8 +517,9 @@ def render(rows: list[dict], fmt: str, title: str = "") -> str:
         "floor ms = bytes/step / datasheet peak bandwidth; % floor = floor ms / ms/step; "
         "floor ms (meas.) and % floor (meas.) use the measured copy bandwidth; "
         "expected x = bf16 bytes / backend bytes; "
-        "realised x = bf16 ms / backend ms (same graphs setting and configuration); "
+        "realised x = bf16 ms / backend ms (same runtime, graphs setting and configuration); "
         "realisation = realised / expected; graphs x = eager ms / graph ms; "
+        "vs hf x = the same backend's ms under hf / under this runtime (same graphs setting); "
         "launch us = host time of one empty CUDA kernel launch (CPU: one op dispatch), measured around "
         "each timed block, median over sessions."
     )
@@ -586,10 +612,13 @@ def kernel_rows(sessions: list[dict], top: int = 8) -> list[dict[str, Any]]:
         kernels = record["result"].get("step_kernels")
         if isinstance(kernels, list) and kernels:
             config = record["config"]
-            key = (config["model"], record["gpu"], config["backend"], config["ctx"], record["cell_hash"])
+            runtime = config.get("runtime", "hf")
+            key = (config["model"], record["gpu"], config["backend"], runtime, config["ctx"], record["cell_hash"])
             cells[key].append(record["result"])  # one cell: sessions of different configurations never pool
     rows = []
-    for (model, gpu, backend, ctx, cell), results in sorted(cells.items()):
+    for (model, gpu, backend, runtime, ctx, cell), results in sorted(
+        cells.items(), key=lambda item: (item[0][:3], RUNTIME_ORDER.get(item[0][3], 9), item[0][3:])
+    ):
         whole = all(r.get("step_gpu_us") is not None for r in results)
         totals = [r["step_gpu_us"] if whole else sum(k["gpu_us"] for k in r["step_kernels"]) for r in results]
         total = median(totals)
@@ -607,6 +636,7 @@ def kernel_rows(sessions: list[dict], top: int = 8) -> list[dict[str, Any]]:
                     "model": model,
                     "gpu": gpu,
                     "backend": backend,
+                    "runtime": runtime,
                     "ctx": ctx,
                     "kernel": name,
                     "calls": median([k["count"] for k in seen]),
@@ -634,6 +664,7 @@ def render_kernels(rows: list[dict], fmt: str, title: str = "") -> str:
         "model",
         "gpu",
         "backend",
+        "runtime",
         "ctx",
         "kernel",
         "calls",
@@ -648,6 +679,7 @@ def render_kernels(rows: list[dict], fmt: str, title: str = "") -> str:
             r["model"],
             r["gpu"],
             r["backend"],
+            r["runtime"],
             r["ctx"],
             r["kernel"] if fmt == "csv" else short_kernel_name(r["kernel"]),
             r["calls"],

@@ -19,13 +19,15 @@ from typing import Any
 import torch
 
 from qbench import gate, host
+from qbench.api import protocol_gaps
 from qbench.backend import LoadOptions
 from qbench.decode import DecodeSettings, run_block, token_stream
 from qbench.floor import step_bytes
-from qbench.model import DTYPES, layer_bytes
+from qbench.model import DTYPES
 from qbench.positions import cache_positions
 from qbench.provenance import collect, device_info, nvml_state
 from qbench.registry import load_backend
+from qbench.runtimes import LINEAR_RUNTIMES
 from qbench.specs import load_model_spec
 
 
@@ -44,6 +46,7 @@ class SessionConfig:
     session_index: int = 0
     rounds: int = 1  # blocks per graphs setting, interleaved in a random order (A/B drift control)
     cpu: str = "off"  # pin the decode loop's thread: off | auto (the fastest core now) | a core number
+    runtime: str = "hf"  # hf | lean for a linear format; a whole runtime's own name (qbench.runtimes)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -124,8 +127,9 @@ def decode_tokens(spec, config: SessionConfig, positions: int, tokenizer) -> tup
 
 
 def reference_logits(runner, backend, spec, config, settings, tokens, use_cache: bool) -> tuple[torch.Tensor, str]:
-    """The logits every timed block is checked against: the model on the plain path with the
-    dequantised weights, over the cell's token stream. With synthetic weights the cell's first session
+    """The logits every timed block is checked against: the runner's reference mode (for the linear
+    runtimes: transformers on the plain path with the dequantised weights, so `lean` is checked
+    against `hf`), over the cell's token stream. With synthetic weights the cell's first session
     computes and stores them (qbench.cache); later sessions, whose weights are the same tensors,
     read them back. Returns them and where they came from."""
     key = None
@@ -140,9 +144,9 @@ def reference_logits(runner, backend, spec, config, settings, tokens, use_cache:
         if stored is not None:
             return stored["logits"], "stored by the cell's first session (same weights and tokens)"
     log("correctness gate: reference logits (dequantised weights, plain path)")
-    gate.set_reference(runner.model, True)
+    runner.reference(True)
     reference = run_block(runner, settings, tokens, graphs=False).logits
-    gate.set_reference(runner.model, False)
+    runner.reference(False)
     if key is None:
         return reference, "computed"
     about = {"what": f"reference logits of weights {weights[:8]} (ctx {config.ctx}, {config.steps} steps)"}
@@ -168,6 +172,7 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
         seed=config.seed,
         max_cache_len=cache_positions(config.ctx, config.warmup, config.steps),
         weights_cache=use_cache,
+        runtime=config.runtime,
     )
     if backend.builds_kernel:
         from qbench.kernels import Ticker
@@ -175,33 +180,43 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
         with Ticker(f"{config.backend}: preparing its CUDA kernel (a first run builds it)", first_after=3):
             backend.prepare(device)
     phases.done("prepare_s")
-    log(f"loading {config.model} with {config.backend} on {provenance['device']}")
+    log(f"loading {config.model} with {config.backend} ({config.runtime}) on {provenance['device']}")
     loaded = time.perf_counter()
     runner = backend.load(spec, options)
     load_s = time.perf_counter() - loaded
     phases.done("load_s")
-    formula = step_bytes(spec, config.ctx, backend.linear_bytes, config.group_size)
-    measured_linear = layer_bytes(runner.model)
+    gaps = protocol_gaps(runner)
+    if gaps:
+        raise RuntimeError(f"backend {config.backend}'s runner does not follow qbench.api.Runner: {', '.join(gaps)}")
+    measured = runner.step_bytes(config.ctx)  # what the runner stores, by class
+    linear_format = config.runtime in LINEAR_RUNTIMES
+    formula = step_bytes(spec, config.ctx, backend.linear_bytes, config.group_size) if linear_format else measured
     result: dict[str, Any] = {
         "status": "ok",
         "reason": "",
         "label": backend.label(config.group_size),
         "kernel": backend.kernel,
         "compute_dtype": backend.compute_dtype,
-        "bytes": {**asdict(formula), "weights": formula.weights, "total": formula.total},
-        "measured_linear_bytes": measured_linear,
+        "runtime": runner.runtime,
+        "timer": runner.timer,
+        "graph_owner": runner.graphs,
+        "bytes": {**asdict(measured), "weights": measured.weights, "total": measured.total},
+        "measured_linear_bytes": measured.linear_weights,
         "load_s": round(load_s, 2),
         "provenance": provenance,
         "blocks": [],
         "phases": phases.seconds,
         "weights_cache": getattr(runner, "weights_cache", "off"),
     }
-    if measured_linear != formula.linear_weights:
+    if measured.linear_weights != formula.linear_weights:
         result["status"] = "incorrect"
         result["reason"] = (
-            f"stored linear bytes {measured_linear} differ from the format's formula {formula.linear_weights}"
+            f"stored linear bytes {measured.linear_weights} differ from the format's formula {formula.linear_weights}"
         )
         return result
+    differ = [name for name, value in asdict(formula).items() if getattr(measured, name) != value]
+    if differ:  # counted as stored; the formula (qbench floor) says otherwise for these classes
+        result["bytes_note"] = "stored bytes differ from the formula in: " + ", ".join(differ)
 
     tokenizer = None
     if config.weights != "synthetic":
@@ -211,9 +226,10 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
         if tokenizer is None:
             result["quality"] = f"perplexity skipped: {missing}"
     tokens, result["tokens"] = decode_tokens(spec, config, settings.positions, tokenizer)
-    if gate.quant_layers(runner.model):
+    layers = runner.quant_layers() if hasattr(runner, "quant_layers") else []
+    if layers:
         log("correctness gate: layer check")
-        layer_check = gate.check_layers(runner.model, DTYPES[backend.compute_dtype], config.seed)
+        layer_check = gate.check_layers(layers, DTYPES[backend.compute_dtype], config.seed)
         result["layer_check"] = asdict(layer_check)
         if not layer_check.passed:
             result["status"] = "incorrect"
@@ -223,16 +239,18 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
             )
             return result
     reference, result["reference"] = reference_logits(runner, backend, spec, config, settings, tokens, use_cache)
-    gate.release_reference(runner.model)
+    runner.release_reference()
     if device == "cuda":
         torch.cuda.empty_cache()
 
-    if tokenizer is not None:
+    if tokenizer is not None and hasattr(runner, "score"):
         log("quality: perplexity on the built-in text")
         from qbench.quality import perplexity
 
-        ppl, tokens_scored = perplexity(runner.model, tokenizer, device)
+        ppl, tokens_scored = perplexity(runner, tokenizer, device)
         result["perplexity"] = {"value": ppl, "tokens": tokens_scored}
+    elif tokenizer is not None:
+        result["quality"] = f"perplexity skipped: runtime {runner.runtime} scores no tokens"
 
     phases.done("gate_s")
     order = list(config.graphs) * config.rounds
@@ -275,5 +293,6 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
         result["peak_memory_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         result["nvml_after"] = nvml_state()  # clocks and throttle reasons right after the timed steps
     phases.done("profile_s")
+    result["runtime_notes"] = list(getattr(runner, "notes", []))
     result["session_s"] = round(time.perf_counter() - began, 2)
     return result

@@ -1,4 +1,5 @@
-"""The one Runner every transformers-based backend hands back: one decode position per `step()`.
+"""The `hf` runtime: a transformers causal LM (linear layers swapped by the backend) behind the Runner
+protocol (qbench.api), one decode position per `step()`.
 
 A static KV cache and fixed-address input buffers make each step the same sequence of kernels with
 the same pointers, so the step can be captured once as a CUDA graph and replayed. The attention
@@ -14,15 +15,22 @@ import inspect
 import torch
 
 from qbench.positions import CAPTURE_WARMUP_STEPS
+from qbench.runtimes import modules
 
 
 class DecoderRunner:
     """Wraps a transformers causal LM with a StaticCache; `step(token)` returns float logits [vocab]."""
 
+    runtime = "hf"
+    timer = "cuda-events"  # qbench brackets step() with CUDA events and a synchronised wall clock
+    graphs = "qbench"  # qbench captures step() as a CUDA graph (capture_graph / use_graph)
+
     def __init__(self, model: torch.nn.Module, max_cache_len: int, device: torch.device):
         from transformers import StaticCache
 
         self.model = model
+        self.weights_cache = "off"  # set by the loader: whether the weights came from qbench.cache
+        self.notes: list[str] = []
         self.device = torch.device(device)
         self.max_cache_len = max_cache_len
         self.cache = StaticCache(config=model.config, max_cache_len=max_cache_len)
@@ -92,3 +100,22 @@ class DecoderRunner:
         with torch.cuda.graph(graph):
             self.graph_logits = self._step_from_buffers()
         self.graph = graph
+
+    # ---- the rest of the Runner protocol ---------------------------------------------------------
+    def step_bytes(self, ctx: int):
+        return modules.step_bytes(self.model, ctx)
+
+    def reference(self, on: bool) -> None:
+        """While on, every quantised layer multiplies by its dequantised weight (the plain path)."""
+        modules.set_reference(self.model, on)
+
+    def release_reference(self) -> None:
+        modules.release_reference(self.model)
+
+    def quant_layers(self):
+        return modules.quant_layers(self.model)
+
+    @torch.inference_mode()
+    def score(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits [T, vocab] of a whole sequence [T] from position 0 (perplexity), without the cache."""
+        return self.model(input_ids=ids.view(1, -1)).logits[0]

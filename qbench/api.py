@@ -1,0 +1,93 @@
+"""All a backend plugin imports: the Backend base classes, the Runner protocol, and the records they
+hand back. Two kinds of plugin (README, "Adding a backend"):
+
+  a linear format  subclass `Backend` (or `PackedFormatBackend`), say how one `nn.Linear` becomes a
+                   `QuantLinear` and how many bytes it stores; it runs under every linear runtime
+                   (`hf`: transformers around the modules; `lean`: qbench's own decoder around them);
+  a whole runtime  subclass `Backend`, set `runtimes = ("myengine",)` and override `load()` to return
+                   an object that follows `Runner`; qbench times, gates and floors it through the
+                   protocol alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from qbench.backend import Backend, DeviceInfo, LoadOptions, PackedFormatBackend
+from qbench.floor import StepBytes
+from qbench.gate import LayerCheck
+from qbench.quantlinear import QuantLinear
+
+Timer = Literal["cuda-events", "wall"]
+GraphOwner = Literal["qbench", "runtime", "none"]
+
+__all__ = [
+    "Backend",
+    "DeviceInfo",
+    "GraphOwner",
+    "LayerCheck",
+    "LoadOptions",
+    "PackedFormatBackend",
+    "QuantLinear",
+    "Runner",
+    "StepBytes",
+    "Timer",
+]
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """What turns weights into a token, one decode position per `step()`. Tensors live on `device`.
+
+    Required:
+      runtime    the runtime's name ("hf", "lean", or the engine's own), shown in every table
+      timer      "cuda-events": qbench brackets step() with CUDA events and a synchronised wall clock;
+                 "wall": step() returns only when the logits are ready (it synchronises), and qbench
+                 reads a wall clock around it
+      graphs     who captures CUDA graphs: "qbench" (implement `capture_graph()` and honour
+                 `use_graph` and `graph`), "runtime" (implement `set_graphs(on)`: the runtime's own
+                 switch), or "none" (a graphs block fails with that reason)
+      device     torch.device of the logits
+      notes      list of one-line facts a table should carry (e.g. "compiled with torch.compile")
+      prefill(tokens [n]) -> logits [vocab] of the last position; starts from position 0
+      step(token [1]) -> logits [vocab] of the next position
+      step_bytes(ctx) -> StepBytes: the bytes one step at `ctx` reads as the runtime stores them, by
+                 class (linear weights, biases, norms, one embedding row, lm_head, KV cache)
+      reference(on) -> None: while on, prefill/step give the logits the gate compares with (for a
+                 quantised format: the same model on a plain path with the dequantised weights)
+      release_reference() -> None: free whatever the reference needed, before timing
+    Optional:
+      quant_layers() -> [(name, QuantLinear)]: checked layer by layer against their dequantised weight
+      score(ids [T]) -> logits [T, vocab] from position 0: perplexity on real weights
+      weights_cache: str, where the weights came from ("hit", "stored", "off")
+    """
+
+    runtime: str
+    timer: Timer
+    graphs: GraphOwner
+    device: Any
+    notes: list[str]
+
+    def prefill(self, tokens: Any) -> Any: ...
+
+    def step(self, token: Any) -> Any: ...
+
+    def step_bytes(self, ctx: int) -> StepBytes: ...
+
+    def reference(self, on: bool) -> None: ...
+
+    def release_reference(self) -> None: ...
+
+
+REQUIRED = ("runtime", "timer", "graphs", "device", "notes", "prefill", "step", "step_bytes", "reference")
+REQUIRED += ("release_reference",)
+
+
+def protocol_gaps(runner: Any) -> list[str]:
+    """What a runner lacks or gets wrong against the protocol (empty when it follows it)."""
+    gaps = [name for name in REQUIRED if not hasattr(runner, name)]
+    if hasattr(runner, "timer") and runner.timer not in ("cuda-events", "wall"):
+        gaps.append(f"timer {runner.timer!r} (cuda-events | wall)")
+    if hasattr(runner, "graphs") and runner.graphs not in ("qbench", "runtime", "none"):
+        gaps.append(f"graphs {runner.graphs!r} (qbench | runtime | none)")
+    return gaps

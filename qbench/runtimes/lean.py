@@ -1,0 +1,229 @@
+"""`lean`: qbench's own static-cache decoder, in the spirit of gpt-fast: what a kernel can do when the
+runtime around it costs little.
+
+It runs the very model object the `hf` runtime builds, so the weights, the backend's quantised
+linear modules, the embedding, the RMSNorm and MLP modules are used unchanged; what it replaces is
+the loop around them:
+  - a static KV cache [layers, kv heads, positions, head dim] written in place at a position held
+    in a device tensor, so every step is the same kernels on the same pointers (a CUDA graph
+    captures it);
+  - grouped-query attention for the one new position with each kv head's group of query heads in
+    SDPA's query-length place: K and V are read once and never expanded to the query heads
+    (transformers' SDPA path copies them, `repeat_kv`, whenever a mask is passed, which a static
+    cache needs). What it costs on the H100 (results/h100/runtimes): the fused kernel SDPA picks
+    gets one block per kv head and takes 1.3 ms a step at 7B, ctx 2048, some 30x the KV cache's
+    read time; two batched matrix products instead were slower still (cuBLAS's batched GEMV).
+    A split-K decode kernel (flash-decoding) is the known cure and not written yet;
+  - rotary cos/sin tables computed once by the model's own rotary module (so Llama 3.1's rope
+    scaling and any attention scaling are the model's own);
+  - no cache object, mask builder or output records: a step is its tensors and nothing else.
+Where the backend's kernel compiles (`Backend.lean_compile`) the step also goes through
+torch.compile (the fusions of norms, rotary and residuals); qbench still captures the CUDA graph.
+If compiling fails the runner says so and steps uncompiled. Sliding-window attention is not
+implemented: a model that would use it within the cache is refused, not approximated.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+from qbench.positions import CAPTURE_WARMUP_STEPS
+from qbench.runtimes import modules
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _sliding_window(config) -> int | None:
+    window = getattr(config, "sliding_window", None)
+    if not window or getattr(config, "use_sliding_window", True) is False:
+        return None
+    return int(window)
+
+
+class LeanRunner:
+    runtime = "lean"
+    timer = "cuda-events"
+    graphs = "qbench"
+
+    def __init__(self, model: torch.nn.Module, max_cache_len: int, device: str, compile_step: bool = False):
+        config = model.config
+        window = _sliding_window(config)
+        if window is not None and window < max_cache_len:
+            raise RuntimeError(
+                f"lean does not implement sliding-window attention (window {window} < {max_cache_len} positions)"
+            )
+        self.model = model
+        self.device = torch.device(device)
+        self.max_cache_len = max_cache_len
+        self.weights_cache = "off"
+        self.notes: list[str] = []
+        base = model.get_decoder()
+        self.embed, self.layers, self.norm = base.embed_tokens, base.layers, base.norm
+        self.lm_head = model.get_output_embeddings()
+        self.heads = config.num_attention_heads
+        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.group = self.heads // self.kv_heads
+        self.scale = self.head_dim**-0.5
+        dtype = self.embed.weight.dtype
+        shape = (len(self.layers), self.kv_heads, max_cache_len, self.head_dim)
+        self.k_cache = torch.zeros(shape, dtype=dtype, device=self.device)
+        self.v_cache = torch.zeros(shape, dtype=dtype, device=self.device)
+        self.kv_positions = torch.arange(max_cache_len, device=self.device)
+        with torch.inference_mode():
+            probe = torch.zeros(1, dtype=dtype, device=self.device)
+            cos, sin = base.rotary_emb(probe, self.kv_positions[None])
+        self.cos, self.sin = cos[0].contiguous(), sin[0].contiguous()  # [positions, head_dim]
+        self.token = torch.zeros(1, 1, dtype=torch.long, device=self.device)
+        self.position = torch.zeros(1, dtype=torch.long, device=self.device)
+        self.next_position = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.graph_logits: torch.Tensor | None = None
+        self.use_graph = False
+        self._hf = None  # the hf runner that gives the gate's reference (same model, plain path)
+        self._reference = False
+        self._step_fn = self._decode
+        if compile_step and os.environ.get("QBENCH_LEAN_COMPILE", "1") != "0":
+            self._step_fn = torch.compile(self._decode, dynamic=False)
+            self.notes.append("lean: step compiled with torch.compile")
+        elif compile_step:
+            self.notes.append("lean: torch.compile off (QBENCH_LEAN_COMPILE=0)")
+
+    # ---- the model, one position or a whole prompt --------------------------------------------------
+    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        return x * cos + _rotate_half(x) * sin
+
+    def _decode(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """One position: token [1, 1], position [1] (device tensors); returns logits [vocab]."""
+        hidden = self.embed(token)
+        cos, sin = self.cos.index_select(0, position), self.sin.index_select(0, position)  # [1, head_dim]
+        visible = self.kv_positions <= position
+        for index, layer in enumerate(self.layers):
+            attention = layer.self_attn
+            x = layer.input_layernorm(hidden)
+            q = self._rope(attention.q_proj(x).view(self.heads, self.head_dim), cos, sin)
+            k = self._rope(attention.k_proj(x).view(self.kv_heads, 1, self.head_dim), cos, sin)
+            v = attention.v_proj(x).view(self.kv_heads, 1, self.head_dim)
+            k_cache, v_cache = self.k_cache[index], self.v_cache[index]  # [kv heads, positions, head_dim]
+            k_cache.index_copy_(1, position, k)
+            v_cache.index_copy_(1, position, v)
+            # Query head j attends with kv head j // group. The group's query heads stand in SDPA's
+            # query-length place ([1, kv heads, group, head_dim]) against [1, kv heads, positions,
+            # head_dim]: every kv head meets exactly its own queries, K and V are read once and never
+            # expanded, and the scores are accumulated in float32 inside the attention kernel.
+            grouped = q.view(1, self.kv_heads, self.group, self.head_dim)
+            out = F.scaled_dot_product_attention(
+                grouped, k_cache[None], v_cache[None], attn_mask=visible.view(1, 1, 1, -1), scale=self.scale
+            )
+            out = out.reshape(1, 1, self.heads * self.head_dim)
+            hidden = hidden + attention.o_proj(out)
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        return self.lm_head(self.norm(hidden))[0, -1]
+
+    def _forward_prompt(self, ids: torch.Tensor, every_position: bool) -> torch.Tensor:
+        """Positions 0..T-1 at once (causal), filling the cache; logits of the last or every position."""
+        length = ids.numel()
+        hidden = self.embed(ids.view(1, length))
+        cos, sin = self.cos[:length], self.sin[:length]
+        for index, layer in enumerate(self.layers):
+            attention = layer.self_attn
+            x = layer.input_layernorm(hidden)
+            q = self._rope(attention.q_proj(x).view(length, self.heads, self.head_dim).transpose(0, 1), cos, sin)
+            k = self._rope(attention.k_proj(x).view(length, self.kv_heads, self.head_dim).transpose(0, 1), cos, sin)
+            v = attention.v_proj(x).view(length, self.kv_heads, self.head_dim).transpose(0, 1)
+            self.k_cache[index, :, :length] = k
+            self.v_cache[index, :, :length] = v
+            out = F.scaled_dot_product_attention(
+                q[None], k[None], v[None], is_causal=True, scale=self.scale, enable_gqa=True
+            )
+            hidden = hidden + attention.o_proj(out[0].transpose(0, 1).reshape(1, length, self.heads * self.head_dim))
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        if not every_position:
+            hidden = hidden[:, -1:]
+        return self.lm_head(self.norm(hidden))[0]
+
+    # ---- the Runner protocol --------------------------------------------------------------------------
+    @torch.inference_mode()
+    def prefill(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self._reference:
+            return self._hf.prefill(tokens)
+        length = tokens.numel()
+        if length >= self.max_cache_len:
+            raise ValueError(f"prefill of {length} tokens does not fit a cache of {self.max_cache_len}")
+        logits = self._forward_prompt(tokens, every_position=False)
+        self.next_position = length
+        return logits[-1].float()
+
+    @torch.inference_mode()
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        if self._reference:
+            return self._hf.step(token)
+        if self.next_position >= self.max_cache_len:
+            raise RuntimeError(f"cache of {self.max_cache_len} positions is full")
+        self.token.copy_(token.view(1, 1), non_blocking=True)
+        self.position.fill_(self.next_position)
+        self.next_position += 1
+        if self.use_graph:
+            self.graph.replay()
+            return self.graph_logits
+        return self._call_step()
+
+    def _call_step(self) -> torch.Tensor:
+        try:
+            return self._step_fn(self.token, self.position)
+        except Exception as error:  # a backend whose kernel torch.compile cannot trace: say so, run uncompiled
+            if self._step_fn == self._decode:
+                raise
+            self._step_fn = self._decode
+            self.notes.append(
+                f"lean: torch.compile failed ({type(error).__name__}: {str(error)[:160]}); ran uncompiled"
+            )
+            return self._decode(self.token, self.position)
+
+    @torch.inference_mode()
+    def capture_graph(self, warmup_steps: int = CAPTURE_WARMUP_STEPS) -> None:
+        if self.device.type != "cuda":
+            raise RuntimeError("CUDA graphs need a CUDA device")
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(warmup_steps):
+                self.step(self.token)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        self.position.fill_(self.next_position)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.graph_logits = self._step_fn(self.token, self.position)
+        self.graph = graph
+
+    def step_bytes(self, ctx: int):
+        return modules.step_bytes(self.model, ctx)
+
+    def reference(self, on: bool) -> None:
+        """While on, prefill/step are the `hf` runtime's on the plain path (dequantised weights): the
+        gate checks lean's logits, kernel and runtime together, against transformers'."""
+        if on and self._hf is None:
+            from qbench.runtimes.hf import DecoderRunner
+
+            self._hf = DecoderRunner(self.model, self.max_cache_len, str(self.device))
+        modules.set_reference(self.model, on)
+        self._reference = on
+
+    def release_reference(self) -> None:
+        modules.release_reference(self.model)
+        self._hf = None  # and its cache
+
+    def quant_layers(self):
+        return modules.quant_layers(self.model)
+
+    @torch.inference_mode()
+    def score(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.numel() > self.max_cache_len:
+            raise ValueError(f"{ids.numel()} tokens do not fit a cache of {self.max_cache_len}")
+        return self._forward_prompt(ids, every_position=True)

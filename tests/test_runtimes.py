@@ -1,0 +1,166 @@
+"""Runtimes behind the Runner protocol: `lean` against `hf` on the same weights, and a whole-runtime
+plugin (its own engine, its own runtime name, a wall-clock timer) run by `qbench compare`."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from qbench.api import LoadOptions, Runner, protocol_gaps
+from qbench.cli import main
+from qbench.decode import token_stream
+from qbench.registry import load_backend
+from qbench.specs import load_model_spec
+from qbench.store import Store
+
+CPU_BACKENDS = ["bf16", "torch-int4", "bnb-nf4"]
+
+
+def _available(name: str) -> bool:
+    from qbench.backend import DeviceInfo
+
+    return load_backend(name).unavailable_reason(DeviceInfo("cpu", "cpu")) is None
+
+
+def _agreement(spec, name: str, weights: str, group_size: int, prompt: list[int] | None = None):
+    """(worst relative logit error, top-1 matches, steps) of lean against hf, same weights, 12 steps."""
+    from qbench.runtimes.lean import LeanRunner
+
+    backend = load_backend(name)
+    options = LoadOptions(device="cpu", weights=weights, seed=0, max_cache_len=96, group_size=group_size)
+    hf = backend.load(spec, options)
+    lean = LeanRunner(hf.model, 96, "cpu")  # the very same modules and weights, lean's loop around them
+    assert hf.runtime == "hf" and lean.runtime == "lean"
+    assert isinstance(lean, Runner) and protocol_gaps(lean) == [] and protocol_gaps(hf) == []
+    tokens = torch.tensor(prompt) if prompt else token_stream(spec.vocab_size, 72, 0, "cpu")
+    worst, matches = 0.0, 0
+    for got, want in [(lean.prefill(tokens[:60]), hf.prefill(tokens[:60]))] + [
+        (lean.step(tokens[p : p + 1]), hf.step(tokens[p : p + 1])) for p in range(60, 71)
+    ]:
+        got, want = got.float(), want.float()
+        worst = max(worst, ((got - want).norm() / want.norm()).item())
+        matches += int(got.argmax() == want.argmax())
+    assert lean.step_bytes(2048) == hf.step_bytes(2048)  # the same tensors, read by another loop
+    return worst, matches, 12
+
+
+@pytest.mark.parametrize("name", CPU_BACKENDS)
+def test_lean_matches_hf_on_the_tiny_spec(name):
+    if not _available(name):
+        pytest.skip(f"{name} unavailable here")
+    worst, matches, steps = _agreement(load_model_spec("tiny"), name, "synthetic", 128)
+    assert worst < 0.03, worst  # bf16 rounding of another order of operations, no more
+    assert matches >= steps - 1
+
+
+@pytest.mark.parametrize("name", CPU_BACKENDS)
+def test_lean_matches_hf_on_smollm2_real_weights(name):
+    if not _available(name):
+        pytest.skip(f"{name} unavailable here")
+    from qbench.model import packaged_gguf
+    from qbench.quality import load_tokenizer, text_tokens
+
+    spec = load_model_spec("smollm2-135m")
+    path = packaged_gguf(spec)
+    tokenizer, _ = load_tokenizer(spec, str(path))
+    worst, matches, steps = _agreement(spec, name, str(path), 64, prompt=text_tokens(tokenizer)[:72])
+    assert worst < 0.05, worst
+    assert matches == steps  # real text: peaked logits
+
+
+def test_lean_is_refused_where_a_sliding_window_would_apply():
+    from qbench.runtimes.lean import LeanRunner
+
+    spec = load_model_spec("tiny")
+    model = load_backend("bf16").load(spec, LoadOptions(device="cpu", max_cache_len=16)).model
+    model.config.sliding_window = 8
+    with pytest.raises(RuntimeError, match="sliding-window"):
+        LeanRunner(model, 16, "cpu")
+
+
+ENGINE = '''
+    import time
+    import torch
+    from qbench.api import Backend, StepBytes
+
+    class ToyRunner:
+        """A whole engine of its own: a bigram table, logits = table[token]; a step takes 20 ms."""
+        runtime = "toy"
+        timer = "wall"
+        graphs = "none"
+        device = torch.device("cpu")
+
+        def __init__(self, vocab):
+            self.notes = ["toy: a bigram table"]
+            self.table = torch.randn(vocab, vocab, generator=torch.Generator().manual_seed(0))
+            self.on_reference = False
+
+        def prefill(self, tokens):
+            return self.step(tokens[-1:])
+
+        def step(self, token):
+            time.sleep(0.02)
+            logits = self.table[int(token)]
+            return logits.double().float() if self.on_reference else logits.clone()
+
+        def step_bytes(self, ctx):
+            return StepBytes(self.table.numel() * 4, 0, 0, 0, 0, 0)
+
+        def reference(self, on):
+            self.on_reference = on
+
+        def release_reference(self):
+            pass
+
+    class ToyEngine(Backend):
+        name = "toy-engine"
+        description = "a whole runtime from a plugin"
+        runtimes = ("toy",)
+        bits = 32
+
+        def load(self, spec, options):
+            return ToyRunner(spec.vocab_size)
+'''
+
+
+@pytest.fixture
+def engine_dist(tmp_path, monkeypatch):
+    import sys
+
+    from conftest import install_plugin
+
+    yield install_plugin(
+        tmp_path / "site", monkeypatch, "qbench-toy", "qbench_toy", ENGINE, {"toy-engine": "ToyEngine"}
+    )
+    sys.modules.pop("qbench_toy", None)
+
+
+def test_a_whole_runtime_plugin_runs_through_the_protocol(engine_dist, tmp_path):
+    args = ["compare", "--model", "tiny", "--ctx", "16", "--warmup", "1", "--steps", "3", "--sessions", "1"]
+    args += ["--backends", "bf16,toy-engine", "--runtimes", "hf,lean", "--db", str(tmp_path / "r.sqlite")]
+    result = CliRunner().invoke(main, args + ["--format", "json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    by = {(r["backend"], r["runtime"]): r for r in rows}
+    assert set(by) == {("bf16", "hf"), ("bf16", "lean"), ("toy-engine", "toy")}  # the engine: its own runtime only
+    toy = by[("toy-engine", "toy")]
+    assert toy["status"] == "ok" and toy["bytes_per_step"] == 1024 * 1024 * 4  # the runner's own accounting
+    assert toy["runtime_notes"] == ["toy: a bigram table"]
+    store = Store(tmp_path / "r.sqlite", readonly=True)
+    (session,) = [s for s in store.sessions() if s["config"]["backend"] == "toy-engine"]
+    store.close()
+    assert session["config"]["runtime"] == "toy"
+    result = session["result"]
+    assert result["timer"] == "wall" and result["graph_owner"] == "none"
+    (block,) = result["blocks"]
+    assert block["event_ms"] == [] and all(ms >= 20 for ms in block["wall_ms"])  # the wall clock brackets step()
+    assert block["logit_check"]["top1_matches"] == 3
+    assert by[("bf16", "lean")]["runtime_speedup"] > 0  # lean's row says how it compares with hf's
+
+
+def test_runtimes_are_checked_before_anything_runs(tmp_path):
+    result = CliRunner().invoke(main, ["compare", "--model", "tiny", "--runtimes", "hf,vllm", "--db", "r.sqlite"])
+    assert result.exit_code == 2
+    assert "--runtimes must be one or more of hf, lean" in result.output
+    assert not (tmp_path / "r.sqlite").exists()
