@@ -409,7 +409,8 @@ def backends(fmt) -> None:
         try:
             backend = load_backend(name)
         except UserError as error:
-            data.append({"name": name, "available": False, "why_not": str(error), "kernel": "", "description": ""})
+            row = {"name": name, "available": False, "why_not": str(error), "runtimes": "", "kernel": ""}
+            data.append({**row, "description": ""})
             continue
         reason = backend.unavailable_reason(device)
         data.append(
@@ -417,12 +418,14 @@ def backends(fmt) -> None:
                 "name": name,
                 "available": reason is None,
                 "why_not": reason or "",
+                "runtimes": ",".join(backend.runtimes),
                 "kernel": backend.kernel,
                 "description": backend.description,
             }
         )
     click.echo(f"device: {device.name}", err=True)
-    _emit(data, fmt, ["name", "available", "why not", "kernel", "description"], [list(d.values()) for d in data])
+    headers = ["name", "available", "why not", "runtimes", "kernel", "description"]
+    _emit(data, fmt, headers, [list(d.values()) for d in data])
 
 
 @main.command()

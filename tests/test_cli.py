@@ -32,6 +32,7 @@ def test_backends_lists_every_backend_with_a_reason_when_unavailable():
     by_name = {d["name"]: d for d in data}
     assert set(by_name) >= {"bf16", "bnb-nf4", "awq-marlin", "gptq-exllamav2", "torch-int4"}
     assert by_name["bf16"]["available"]
+    assert by_name["bf16"]["runtimes"] == "hf,lean"  # a linear format runs under both linear runtimes
     for cuda_only in ("awq-marlin", "gptq-exllamav2"):
         assert not by_name[cuda_only]["available"]
         reason = by_name[cuda_only]["why_not"]

@@ -70,36 +70,12 @@ class DecoderRunner:
     @torch.inference_mode()
     def step(self, token: torch.Tensor) -> torch.Tensor:
         """Advance one position with `token` (a 1-element tensor on the device); returns logits."""
-        if self.next_position >= self.max_cache_len:
-            raise RuntimeError(f"cache of {self.max_cache_len} positions is full")
-        self.token.copy_(token.view(1, 1), non_blocking=True)
-        self.position.fill_(self.next_position)
-        self.next_position += 1
-        if self.use_graph:
-            self.graph.replay()
-            return self.graph_logits
-        return self._step_from_buffers()
+        return modules.step(self, token, self._step_from_buffers)
 
     @torch.inference_mode()
     def capture_graph(self, warmup_steps: int = CAPTURE_WARMUP_STEPS) -> None:
-        """Capture one decode step as a CUDA graph; `step()` replays it while `use_graph` is set.
-
-        The warm-up steps run on a side stream first, as CUDA graph capture requires (allocator
-        and library handles settle). They advance the cache; callers prefill again afterwards.
-        """
-        if self.device.type != "cuda":
-            raise RuntimeError("CUDA graphs need a CUDA device")
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(warmup_steps):
-                self.step(self.token)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        self.position.fill_(self.next_position)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.graph_logits = self._step_from_buffers()
-        self.graph = graph
+        """Capture one decode step as a CUDA graph (qbench.runtimes.modules.capture_graph)."""
+        modules.capture_graph(self, self._step_from_buffers, warmup_steps)
 
     # ---- the rest of the Runner protocol ---------------------------------------------------------
     def step_bytes(self, ctx: int):

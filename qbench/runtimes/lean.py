@@ -164,15 +164,7 @@ class LeanRunner:
     def step(self, token: torch.Tensor) -> torch.Tensor:
         if self._reference:
             return self._hf.step(token)
-        if self.next_position >= self.max_cache_len:
-            raise RuntimeError(f"cache of {self.max_cache_len} positions is full")
-        self.token.copy_(token.view(1, 1), non_blocking=True)
-        self.position.fill_(self.next_position)
-        self.next_position += 1
-        if self.use_graph:
-            self.graph.replay()
-            return self.graph_logits
-        return self._call_step()
+        return modules.step(self, token, self._call_step)
 
     def _call_step(self) -> torch.Tensor:
         try:
@@ -188,19 +180,7 @@ class LeanRunner:
 
     @torch.inference_mode()
     def capture_graph(self, warmup_steps: int = CAPTURE_WARMUP_STEPS) -> None:
-        if self.device.type != "cuda":
-            raise RuntimeError("CUDA graphs need a CUDA device")
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(warmup_steps):
-                self.step(self.token)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        self.position.fill_(self.next_position)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.graph_logits = self._step_fn(self.token, self.position)
-        self.graph = graph
+        modules.capture_graph(self, lambda: self._step_fn(self.token, self.position), warmup_steps)
 
     def step_bytes(self, ctx: int):
         return modules.step_bytes(self.model, ctx)

@@ -5,6 +5,8 @@ format's formula)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from qbench.floor import StepBytes
@@ -58,3 +60,39 @@ def step_bytes(model: torch.nn.Module, ctx: int) -> StepBytes:
         lm_head=_bytes(model.get_output_embeddings().weight),
         kv_cache=config.num_hidden_layers * 2 * kv_heads * head_dim * ctx * embedding.element_size(),
     )
+
+
+def step(runner, token: torch.Tensor, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """One decode position, as both linear runtimes take it: `token` into the fixed-address token
+    buffer, the position into its buffer, then the captured graph replayed or `compute()` run."""
+    if runner.next_position >= runner.max_cache_len:
+        raise RuntimeError(f"cache of {runner.max_cache_len} positions is full")
+    runner.token.copy_(token.view(1, 1), non_blocking=True)
+    runner.position.fill_(runner.next_position)
+    runner.next_position += 1
+    if runner.use_graph:
+        runner.graph.replay()
+        return runner.graph_logits
+    return compute()
+
+
+def capture_graph(runner, compute: Callable[[], torch.Tensor], warmup_steps: int) -> None:
+    """Capture `compute()` (one decode step from the runner's fixed-address token and position
+    buffers) as a CUDA graph; the runner's `step()` replays it while `use_graph` is set.
+
+    The warm-up steps run on a side stream first, as CUDA graph capture requires (allocator and
+    library handles settle; torch.compile compiles there). They advance the cache; callers prefill
+    again afterwards."""
+    if runner.device.type != "cuda":
+        raise RuntimeError("CUDA graphs need a CUDA device")
+    side = torch.cuda.Stream(runner.device)
+    side.wait_stream(torch.cuda.current_stream(runner.device))
+    with torch.cuda.stream(side):
+        for _ in range(warmup_steps):
+            runner.step(runner.token)
+    torch.cuda.current_stream(runner.device).wait_stream(side)
+    runner.position.fill_(runner.next_position)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        runner.graph_logits = compute()
+    runner.graph = graph
