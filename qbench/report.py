@@ -481,6 +481,7 @@ def render(rows: list[dict], fmt: str, title: str = "") -> str:
                     flat[key] = f"{flat[key]['low']:.4g}-{flat[key]['high']:.4g} ({flat[key]['method']})"
             for key in ("flags", "run_ids", "pinned_cores", "worker_starts"):
                 flat[key] = ",".join(map(str, flat.get(key) or []))
+            flat["runtime_notes"] = " | ".join(flat.get("runtime_notes") or [])  # notes hold commas
             writer.writerow({k: flat.get(k) for k in keys})
         return buffer.getvalue()
     headers, body = table_rows(rows)

@@ -1,6 +1,8 @@
 """Runtimes behind the Runner protocol: `lean` against `hf` on the same weights, and a whole-runtime
 plugin (its own engine, its own runtime name, a wall-clock timer) run by `qbench compare`."""
 
+import csv
+import io
 import json
 
 import pytest
@@ -157,6 +159,10 @@ def test_a_whole_runtime_plugin_runs_through_the_protocol(engine_dist, tmp_path)
     assert block["event_ms"] == [] and all(ms >= 20 for ms in block["wall_ms"])  # the wall clock brackets step()
     assert block["logit_check"]["top1_matches"] == 3
     assert by[("bf16", "lean")]["runtime_speedup"] > 0  # lean's row says how it compares with hf's
+    exported = CliRunner().invoke(main, ["export", "--db", str(tmp_path / "r.sqlite"), "--format", "csv"])
+    rows = {(r["backend"], r["runtime"]): r for r in csv.DictReader(io.StringIO(exported.stdout))}
+    assert rows[("toy-engine", "toy")]["runtime_notes"] == "toy: a bigram table"
+    assert rows[("bf16", "lean")]["runtime_notes"] == "lean: step not compiled: torch.compile is used on CUDA only"
 
 
 def test_runtimes_are_checked_before_anything_runs(tmp_path):
