@@ -726,8 +726,10 @@ def session_rows(sessions: list[dict]) -> list[dict[str, Any]]:
         row = {
             "model": config["model"].rsplit("/", 1)[-1],
             "backend": config["backend"],
+            "runtime": config.get("runtime", "hf"),
             "ctx": config["ctx"],
             "session": config.get("session_index", 0) + 1,
+            "cell_hash": record["cell_hash"],
             "run_id": record["run_id"],
             "status": record["result"]["status"],
             **{key: phases.get(key) for _, key in PHASES},
@@ -746,19 +748,22 @@ def render_sessions(rows: list[dict], fmt: str, title: str = "") -> str:
     def seconds(value):
         return "" if value is None else f"{value:.1f}"
 
-    headers = ["model", "backend", "ctx", "session", *(name for name, _ in PHASES), "total", "beyond timed", "cache"]
+    headers = ["model", "backend", "runtime", "ctx", "session", *(name for name, _ in PHASES)]
+    headers += ["total", "beyond timed", "cache"]
     body = [
-        [r["model"], r["backend"], r["ctx"], r["session"]]
+        [r["model"], r["backend"], r["runtime"], r["ctx"], r["session"]]
         + [seconds(r[key]) for _, key in PHASES]
         + [seconds(r["total_s"]), seconds(r["beyond_timed_s"]), r["weights_cache"]]
         for r in rows
     ]
-    by_backend = defaultdict(list)
+    by_cell = defaultdict(list)  # one configuration: hf and lean, or two contexts, never pool
     for row in rows:
-        by_backend[(row["model"], row["backend"])].append(row)
+        by_cell[(row["model"], row["backend"], row["runtime"], row["ctx"], row["cell_hash"])].append(row)
     summary_headers = [
         "model",
         "backend",
+        "runtime",
+        "ctx",
         "sessions",
         "median total s",
         "median beyond timed s",
@@ -766,13 +771,15 @@ def render_sessions(rows: list[dict], fmt: str, title: str = "") -> str:
         "same, after each cell's first session",
     ]
     summary = []
-    for (model, backend), members in by_backend.items():
+    for (model, backend, runtime, ctx, _), members in by_cell.items():
         beyond = [r["beyond_timed_s"] for r in members]
         later = [r["beyond_timed_s"] for r in members if r["session"] > 1]
         summary.append(
             [
                 model,
                 backend,
+                runtime,
+                ctx,
                 len(members),
                 seconds(median([r["total_s"] for r in members])),
                 seconds(median(beyond)),
@@ -788,5 +795,5 @@ def render_sessions(rows: list[dict], fmt: str, title: str = "") -> str:
         "steps, host probes); profile = the profiled step; rest = what the parent saw beyond these; beyond timed = "
         "total - timed. cache = whether the session's synthetic weights came from the weights cache."
     )
-    sections = [Section("per backend", summary_headers, summary), Section("per session", headers, body)]
+    sections = [Section("per cell", summary_headers, summary), Section("per session", headers, body)]
     return document(fmt, title, sections, legend)

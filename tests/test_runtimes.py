@@ -163,6 +163,12 @@ def test_a_whole_runtime_plugin_runs_through_the_protocol(engine_dist, tmp_path)
     rows = {(r["backend"], r["runtime"]): r for r in csv.DictReader(io.StringIO(exported.stdout))}
     assert rows[("toy-engine", "toy")]["runtime_notes"] == "toy: a bigram table"
     assert rows[("bf16", "lean")]["runtime_notes"] == "lean: step not compiled: torch.compile is used on CUDA only"
+    view = CliRunner().invoke(
+        main, ["export", "--db", str(tmp_path / "r.sqlite"), "--view", "sessions", "--format", "md"]
+    )
+    per_cell = view.stdout.split("### per session")[0].splitlines()
+    bf16_cells = [line.replace(" ", "") for line in per_cell if line.replace(" ", "").startswith("|tiny|bf16|")]
+    assert sorted(line.split("|")[3] for line in bf16_cells) == ["hf", "lean"]  # one summary row per runtime
 
 
 def test_runtimes_are_checked_before_anything_runs(tmp_path):
