@@ -79,8 +79,10 @@ class Runner(Protocol):
     def release_reference(self) -> None: ...
 
 
-REQUIRED = ("runtime", "timer", "graphs", "device", "notes", "prefill", "step", "step_bytes", "reference")
-REQUIRED += ("release_reference",)
+REQUIRED = (
+    *("runtime", "timer", "graphs", "device", "notes"),
+    *("prefill", "step", "step_bytes", "reference", "release_reference"),
+)
 
 
 def protocol_gaps(runner: Any) -> list[str]:

@@ -130,17 +130,7 @@ class Backend:
         if options.runtime == "lean":
             from qbench.runtimes.lean import LeanRunner
 
-            compile_step = self.lean_compile and options.device == "cuda"
-            runner = LeanRunner(model, options.max_cache_len, options.device, compile_step=compile_step)
-            if not compile_step:
-                runner.notes.append(
-                    "lean: step not compiled: "
-                    + (
-                        "torch.compile is used on CUDA only"
-                        if options.device != "cuda"
-                        else f"{self.name}'s kernel is not declared to trace under torch.compile (lean_compile)"
-                    )
-                )
+            runner = LeanRunner(model, options.max_cache_len, options.device, compile_step=self.lean_compile)
         else:
             from qbench.runtimes.hf import DecoderRunner
 

@@ -409,8 +409,8 @@ def backends(fmt) -> None:
         try:
             backend = load_backend(name)
         except UserError as error:
-            row = {"name": name, "available": False, "why_not": str(error), "runtimes": "", "kernel": ""}
-            data.append({**row, "description": ""})
+            blank = {"runtimes": "", "kernel": "", "description": ""}
+            data.append({"name": name, "available": False, "why_not": str(error), **blank})
             continue
         reason = backend.unavailable_reason(device)
         data.append(
@@ -471,8 +471,9 @@ def cache(ctx, fmt) -> None:
     from qbench.kernels import cache_root
 
     store = Cache()
+    entries = store.entries()  # reads every entry's header: once
     data = []
-    for entry in sorted(store.entries(), key=lambda e: -e.last_used):
+    for entry in sorted(entries, key=lambda e: -e.last_used):
         about = entry.about
         if about.get("what") == "weights":
             model = about.get("model", {})
@@ -492,7 +493,7 @@ def cache(ctx, fmt) -> None:
             }
         )
     kernels = [p for p in cache_root().glob("*") if p.is_dir()] if cache_root().is_dir() else []
-    total = sum(e.bytes for e in store.entries())
+    total = sum(e.bytes for e in entries)
     click.echo(
         f"weights cache {store.folder}: {total / 1e9:.2f} GB of {store.limit / 1e9:.0f} GB (QBENCH_CACHE_GB); "
         f"built kernels {cache_root()}: {len(kernels)}",

@@ -435,8 +435,11 @@ def _preload(model_types: list[str], backends: list[str]) -> tuple[list[str], li
     finally:
         torch.cuda._lazy_init = original_init
         changed = sorted(k for k in set(os.environ) | set(environment) if os.environ.get(k) != environment.get(k))
-        os.environ.clear()
-        os.environ.update(environment)
+        for name in changed:
+            if name in environment:
+                os.environ[name] = environment[name]
+            else:
+                del os.environ[name]
         changed = [name for name in changed if not name.startswith("TORCHINDUCTOR_")]  # torch's own defaults
         if changed:
             notes.append(f"put back the environment variables set by preloaded imports: {', '.join(changed)}")

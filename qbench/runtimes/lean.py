@@ -52,6 +52,8 @@ class LeanRunner:
     graphs = "qbench"
 
     def __init__(self, model: torch.nn.Module, max_cache_len: int, device: str, compile_step: bool = False):
+        """`compile_step`: the backend's kernel traces under torch.compile (`Backend.lean_compile`);
+        the step is compiled on CUDA only."""
         config = model.config
         window = _sliding_window(config)
         if window is not None and window < max_cache_len:
@@ -89,11 +91,18 @@ class LeanRunner:
         self._hf = None  # the hf runner that gives the gate's reference (same model, plain path)
         self._reference = False
         self._step_fn = self._decode
-        if compile_step and os.environ.get("QBENCH_LEAN_COMPILE", "1") != "0":
+        if self.device.type != "cuda":
+            self.notes.append("lean: step not compiled: torch.compile is used on CUDA only")
+        elif not compile_step:
+            self.notes.append(
+                "lean: step not compiled: the backend's kernel is not declared to trace under torch.compile "
+                "(lean_compile)"
+            )
+        elif os.environ.get("QBENCH_LEAN_COMPILE", "1") == "0":
+            self.notes.append("lean: torch.compile off (QBENCH_LEAN_COMPILE=0)")
+        else:
             self._step_fn = torch.compile(self._decode, dynamic=False)
             self.notes.append("lean: step compiled with torch.compile")
-        elif compile_step:
-            self.notes.append("lean: torch.compile off (QBENCH_LEAN_COMPILE=0)")
 
     # ---- the model, one position or a whole prompt --------------------------------------------------
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
