@@ -188,9 +188,9 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
     gaps = protocol_gaps(runner)
     if gaps:
         raise RuntimeError(f"backend {config.backend}'s runner does not follow qbench.api.Runner: {', '.join(gaps)}")
-    measured = runner.step_bytes(config.ctx)  # what the runner stores, by class
+    stored = runner.step_bytes(config.ctx)  # what the runner stores, by class
     linear_format = config.runtime in LINEAR_RUNTIMES
-    formula = step_bytes(spec, config.ctx, backend.linear_bytes, config.group_size) if linear_format else measured
+    formula = step_bytes(spec, config.ctx, backend.linear_bytes, config.group_size) if linear_format else stored
     result: dict[str, Any] = {
         "status": "ok",
         "reason": "",
@@ -200,21 +200,21 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
         "runtime": runner.runtime,
         "timer": runner.timer,
         "graph_owner": runner.graphs,
-        "bytes": {**asdict(measured), "weights": measured.weights, "total": measured.total},
-        "measured_linear_bytes": measured.linear_weights,
+        "bytes": {**asdict(stored), "weights": stored.weights, "total": stored.total},
+        "measured_linear_bytes": stored.linear_weights,
         "load_s": round(load_s, 2),
         "provenance": provenance,
         "blocks": [],
         "phases": phases.seconds,
         "weights_cache": getattr(runner, "weights_cache", "off"),
     }
-    if measured.linear_weights != formula.linear_weights:
+    if stored.linear_weights != formula.linear_weights:
         result["status"] = "incorrect"
         result["reason"] = (
-            f"stored linear bytes {measured.linear_weights} differ from the format's formula {formula.linear_weights}"
+            f"stored linear bytes {stored.linear_weights} differ from the format's formula {formula.linear_weights}"
         )
         return result
-    differ = [name for name, value in asdict(formula).items() if getattr(measured, name) != value]
+    differ = [name for name, value in asdict(formula).items() if getattr(stored, name) != value]
     if differ:  # counted as stored; the formula (qbench floor) says otherwise for these classes
         result["bytes_note"] = "stored bytes differ from the formula in: " + ", ".join(differ)
 
