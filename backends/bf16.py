@@ -9,4 +9,5 @@ class Bf16Backend(Backend):
     kernel = "cuBLAS GEMV via torch.nn.functional.linear (CPU: oneDNN/ATen)"
     compute_dtype = "bfloat16"
     bits = 16
+    baseline = True
     lean_compile = True  # plain aten ops: torch.compile traces them

@@ -18,7 +18,7 @@ from qbench.floor import StepBytes
 from qbench.gate import LayerCheck
 from qbench.quantlinear import QuantLinear
 
-Timer = Literal["cuda-events", "wall"]
+Timer = Literal["cuda-events", "wall", "runner"]
 GraphOwner = Literal["qbench", "runtime", "none"]
 
 __all__ = [
@@ -43,7 +43,10 @@ class Runner(Protocol):
       runtime    the runtime's name ("hf", "lean", or the engine's own), shown in every table
       timer      "cuda-events": qbench brackets step() with CUDA events and a synchronised wall clock;
                  "wall": step() returns only when the logits are ready (it synchronises), and qbench
-                 reads a wall clock around it
+                 reads a wall clock around it;
+                 "runner": the runner times each step itself, where qbench's clock cannot see it (an
+                 engine in its own process): a wall clock around the call that returns the logits,
+                 left in `last_step_ms` by step()
       graphs     who captures CUDA graphs: "qbench" (implement `capture_graph()` and honour
                  `use_graph` and `graph`), "runtime" (implement `set_graphs(on)`: the runtime's own
                  switch), or "none" (a graphs block fails with that reason)
@@ -60,6 +63,9 @@ class Runner(Protocol):
       quant_layers() -> [(name, QuantLinear)]: checked layer by layer against their dequantised weight
       score(ids [T]) -> logits [T, vocab] from position 0: perplexity on real weights
       weights_cache: str, where the weights came from ("hit", "stored", "off")
+      device_memory_mib: float, GPU memory the runtime holds where torch's allocator does not see it
+                 (reported instead of torch's peak for a whole runtime)
+      kernels_elsewhere: str, why qbench's profiler cannot see the step's kernels (another process)
     """
 
     runtime: str
@@ -88,8 +94,10 @@ REQUIRED = (
 def protocol_gaps(runner: Any) -> list[str]:
     """What a runner lacks or gets wrong against the protocol (empty when it follows it)."""
     gaps = [name for name in REQUIRED if not hasattr(runner, name)]
-    if hasattr(runner, "timer") and runner.timer not in ("cuda-events", "wall"):
-        gaps.append(f"timer {runner.timer!r} (cuda-events | wall)")
+    if hasattr(runner, "timer") and runner.timer not in ("cuda-events", "wall", "runner"):
+        gaps.append(f"timer {runner.timer!r} (cuda-events | wall | runner)")
+    if getattr(runner, "timer", None) == "runner" and not hasattr(runner, "last_step_ms"):
+        gaps.append("last_step_ms (timer runner)")
     if hasattr(runner, "graphs") and runner.graphs not in ("qbench", "runtime", "none"):
         gaps.append(f"graphs {runner.graphs!r} (qbench | runtime | none)")
     return gaps

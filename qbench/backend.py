@@ -42,6 +42,7 @@ class LoadOptions:
     max_cache_len: int = 4096
     weights_cache: bool = False  # synthetic 4-bit weights: read from / write to qbench.cache
     runtime: str = "hf"  # which runtime a linear format runs under (qbench.runtimes)
+    graphs: bool | None = None  # a runtime whose graphs switch is per process: this process's setting
 
 
 class Backend:
@@ -61,6 +62,11 @@ class Backend:
     cache_format: ClassVar[int] = 1  # bump when what cache_tensors() returns changes (weights cache key)
     runtimes: ClassVar[tuple[str, ...]] = ("hf", "lean")  # a whole runtime names its own, e.g. ("llamacpp",)
     lean_compile: ClassVar[bool] = False  # the kernel traces under torch.compile, so `lean` compiles its step
+    family: ClassVar[str] = ""  # backends listed together (`qbench backends`), e.g. "llama.cpp"
+    baseline: ClassVar[bool] = False  # its runtime's 16-bit reference: realised x of the others is against it
+    # The runtime reads its CUDA-graphs switch once per process (llama.cpp): each graphs setting then
+    # runs in its own session process, and the runner learns its setting from LoadOptions.graphs.
+    graphs_per_process: ClassVar[bool] = False
 
     # ---- format -------------------------------------------------------------------------------
     def linear_bytes(self, in_features: int, out_features: int, group_size: int) -> int:
@@ -88,6 +94,11 @@ class Backend:
                 "first run builds a CUDA kernel and no nvcc is on PATH: "
                 "install the CUDA toolkit (nvcc) or set CUDA_HOME"
             )
+        return None
+
+    def unsupported_reason(self, spec: Any, weights: str) -> str | None:
+        """None when this backend can run `spec` with `weights` ("synthetic", "gguf" or a path), else
+        one line saying why not (checked while planning, before any session)."""
         return None
 
     def check_available(self, device: DeviceInfo) -> None:

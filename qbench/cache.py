@@ -28,6 +28,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -119,6 +120,37 @@ class Cache:
         os.utime(path)  # least recently used goes first
         return tensors, ""
 
+    def file(
+        self, key: str, suffix: str, make: Callable[[Path], None], check: Callable[[Path], None], size_hint: int = 0
+    ) -> tuple[Path, str]:
+        """A whole-file entry (a GGUF, say): (its path, "hit") where a whole one is cached, else
+        `make(temporary path)` writes it and it is renamed into place: (its path, "stored"). `check`
+        raises on a damaged file, which is deleted and made again."""
+        path = self.folder / f"{key}{suffix}"
+        why = ""
+        if path.is_file():
+            try:
+                check(path)
+            except Exception as error:  # any failure of the check means the same: not whole
+                path.unlink(missing_ok=True)
+                why = f"; the cached file was damaged and is rebuilt ({str(error)[:120]})"
+            else:
+                os.utime(path)
+                return path, "hit"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if size_hint and shutil.disk_usage(self.folder).free < size_hint * 1.1:
+            raise OSError(f"{size_hint / 1e9:.1f} GB does not fit the free disk under {self.folder}")
+        temporary = self.folder / f".{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            make(temporary)
+            with open(temporary, "rb") as file:
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
+        self.evict(keep=key)
+        return path, "stored" + why
+
     # ---- writing ----------------------------------------------------------------------------
     def store(self, key: str, tensors: dict[str, Any], about: dict) -> str:
         """Write an entry whole or not at all; returns '' or why it was not written."""
@@ -173,10 +205,10 @@ class Cache:
         found = []
         if not self.folder.is_dir():
             return found
-        for path in self.folder.glob("*.safetensors"):
+        for path in [*self.folder.glob("*.safetensors"), *self.folder.glob("*.gguf")]:
             try:
                 stat = path.stat()
-                about = _about(path)
+                about = _about(path) if path.suffix == ".safetensors" else _gguf_about(path)
             except OSError:
                 continue
             found.append(Entry(path.stem, path, stat.st_size, stat.st_mtime, about))
@@ -201,6 +233,20 @@ def _about(path: Path) -> dict:
     try:
         return json.loads(check_safetensors(path).get("__metadata__", {}).get("about", "{}"))
     except (UserError, ValueError):
+        return {"what": "damaged: rebuilt by the next session that needs it"}
+
+
+def _gguf_about(path: Path) -> dict:
+    """A cached GGUF's description (its `qbench.about` field; metadata only is read)."""
+    try:
+        from gguf import GGUFReader, LlamaFileType
+
+        fields = GGUFReader(str(path)).fields
+        about = json.loads(fields["qbench.about"].contents()) if "qbench.about" in fields else {}
+        kind = LlamaFileType(int(fields["general.file_type"].contents())).name.removeprefix("MOSTLY_")
+        name = fields["general.name"].contents() if "general.name" in fields else "?"
+        return {**about, "what": f"GGUF {kind}: {about.get('what', name)}"}
+    except Exception:  # a torn file: the next session that needs it rebuilds it
         return {"what": "damaged: rebuilt by the next session that needs it"}
 
 

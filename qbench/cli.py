@@ -409,7 +409,7 @@ def backends(fmt) -> None:
         try:
             backend = load_backend(name)
         except UserError as error:
-            blank = {"runtimes": "", "kernel": "", "description": ""}
+            blank = {"family": "", "runtimes": "", "kernel": "", "description": ""}
             data.append({"name": name, "available": False, "why_not": str(error), **blank})
             continue
         reason = backend.unavailable_reason(device)
@@ -418,13 +418,14 @@ def backends(fmt) -> None:
                 "name": name,
                 "available": reason is None,
                 "why_not": reason or "",
+                "family": backend.family,
                 "runtimes": ",".join(backend.runtimes),
                 "kernel": backend.kernel,
                 "description": backend.description,
             }
         )
     click.echo(f"device: {device.name}", err=True)
-    headers = ["name", "available", "why not", "runtimes", "kernel", "description"]
+    headers = ["name", "available", "why not", "family", "runtimes", "kernel", "description"]
     _emit(data, fmt, headers, [list(d.values()) for d in data])
 
 

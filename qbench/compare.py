@@ -113,6 +113,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)  # what the user should know before it runs
     sessions: int = 1
     runtimes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # backend -> the runtimes it runs under
+    per_process: set[str] = field(default_factory=set)  # backends that run each graphs setting in its own session
 
 
 def resolve_group_size(requested: int, spec) -> int:
@@ -203,7 +204,7 @@ def plan(config: CompareConfig, device: DeviceInfo | None = None) -> Plan:
                 raise
             result.skipped[name] = str(error)  # a broken plugin costs its own row only
             continue
-        reason = backend.unavailable_reason(device)
+        reason = backend.unavailable_reason(device) or backend.unsupported_reason(spec, weights)
         own = tuple(r for r in backend.runtimes if r not in LINEAR_RUNTIMES)
         runtimes = own[:1] if own else tuple(r for r in config.runtimes if r in backend.runtimes)
         if not reason and not runtimes:
@@ -213,6 +214,8 @@ def plan(config: CompareConfig, device: DeviceInfo | None = None) -> Plan:
         else:
             result.backends.append(name)
             result.runtimes[name] = runtimes
+            if backend.graphs_per_process:
+                result.per_process.add(name)
     return result
 
 
@@ -240,8 +243,11 @@ def graphs_modes(config: CompareConfig, device: DeviceInfo) -> tuple[bool, ...]:
     return {"off": (False,), "on": (True,), "both": (False, True)}[choice]
 
 
-def session_config(the_plan: Plan, backend: str, ctx: int, index: int, runtime: str = "hf") -> dict:
-    """One session's whole configuration: what the worker runs, and (less the index) its cell's key."""
+def session_config(
+    the_plan: Plan, backend: str, ctx: int, index: int, runtime: str = "hf", graphs: tuple[bool, ...] | None = None
+) -> dict:
+    """One session's whole configuration: what the worker runs, and (less the index) its cell's key.
+    `graphs`: the settings this session times (default: every setting the run asks for)."""
     config = the_plan.config
     model = config.model
     if Path(model).expanduser().exists():
@@ -252,7 +258,7 @@ def session_config(the_plan: Plan, backend: str, ctx: int, index: int, runtime: 
         "runtime": runtime,
         "ctx": ctx,
         "device": the_plan.device.kind,
-        "graphs": list(graphs_modes(config, the_plan.device)),
+        "graphs": list(graphs if graphs is not None else graphs_modes(config, the_plan.device)),
         "warmup": config.warmup,
         "steps": config.steps,
         "weights": the_plan.weights,
@@ -305,6 +311,26 @@ class RunOutcome:
     reused: int = 0
 
 
+def session_jobs(the_plan: Plan) -> list[tuple[dict, str]]:
+    """Every session of the plan with its cell hash, round-robin: session 1 of every cell, then 2..."""
+    config = the_plan.config
+    jobs = []
+    runs_under = {name: the_plan.runtimes.get(name, ("hf",)) for name in the_plan.backends}
+    runtimes_in_order = list(dict.fromkeys(r for runtimes in runs_under.values() for r in runtimes))
+    modes = graphs_modes(config, the_plan.device)
+    for index in range(the_plan.sessions):
+        for ctx in config.ctx:
+            for runtime in runtimes_in_order:
+                for backend in the_plan.backends:
+                    if runtime not in runs_under[backend]:
+                        continue
+                    # one process per graphs setting where the runtime fixes it per process (llama.cpp)
+                    for graphs in [(m,) for m in modes] if backend in the_plan.per_process else [modes]:
+                        session = session_config(the_plan, backend, ctx, index, runtime, graphs)
+                        jobs.append((session, cell_hash(session, the_plan.device.name)))
+    return jobs
+
+
 def run_compare(
     the_plan: Plan,
     command: str,
@@ -316,16 +342,8 @@ def run_compare(
     config = the_plan.config
     store = Store(config.db)
     outcome = RunOutcome(None, [])
-    jobs = []
-    runs_under = {name: the_plan.runtimes.get(name, ("hf",)) for name in the_plan.backends}
-    runtimes_in_order = list(dict.fromkeys(r for runtimes in runs_under.values() for r in runtimes))
-    for index in range(the_plan.sessions):
-        for ctx in config.ctx:
-            for runtime in runtimes_in_order:
-                for backend in the_plan.backends:
-                    if runtime in runs_under[backend]:
-                        session = session_config(the_plan, backend, ctx, index, runtime)
-                        jobs.append((session, cell_hash(session, the_plan.device.name)))
+    jobs = session_jobs(the_plan)
+    modes = graphs_modes(config, the_plan.device)
     stored = {h: store.completed_session_ids(h) for h in {h for _, h in jobs}} if config.resume else {}
     reused: list[int] = []
     started = time.monotonic()
@@ -336,6 +354,8 @@ def run_compare(
     try:
         for number, (session, cell) in enumerate(jobs, 1):
             runtime = "" if session["runtime"] == "hf" else f" ({session['runtime']})"
+            if session["backend"] in the_plan.per_process and len(modes) > 1:
+                runtime += " graphs " + ("on" if session["graphs"][0] else "off")
             label = (
                 f"{session['backend']}{runtime} ctx {session['ctx']} "
                 f"session {session['session_index'] + 1}/{the_plan.sessions}"
@@ -358,8 +378,13 @@ def run_compare(
             outcome.measured += 1
             eta = (time.monotonic() - started) / outcome.measured * (total - number)  # from sessions run
             detail = f" - {result['reason']}" if result.get("reason") else ""
+            status = result["status"]
+            failed = sorted({b["status"] for b in result.get("blocks", []) if b.get("status") != "ok"})
+            if status == "ok" and failed:  # the session ran; a timed block failed or the gate refused it
+                status = "ok, blocks " + "/".join(failed)
+                detail = " - " + "; ".join(sorted({b.get("reason", "") for b in result["blocks"] if b.get("reason")}))
             progress(
-                f"{bar(number, total)} {label}: {result['status']}{detail} "
+                f"{bar(number, total)} {label}: {status}{detail} "
                 f"({time.monotonic() - began:.0f} s; ETA {eta:.0f} s)"
             )
     except (KeyboardInterrupt, Stop) as stop:

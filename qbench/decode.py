@@ -1,10 +1,12 @@
-"""The decode loop: the only place qbench times anything.
+"""The decode loop: where qbench times every step (or records an engine's own timing of it).
 
 One block = prefill to `ctx`, `warmup` untimed steps, `steps` timed steps. Each timed step is
 bracketed by CUDA events (GPU time between the step's first and last kernel) and by a wall clock
 read before the call and after `synchronize()` (what a caller waiting on the token sees). A runner
 whose timer is "wall" (a whole engine that synchronises to hand back logits, on a stream qbench
-does not see) gets the wall clock alone. Graphs are qbench's to capture where the runner's
+does not see) gets the wall clock alone; one whose timer is "runner" (an engine in its own
+process, where qbench's clock would add the hand-over) times each step itself with a wall clock
+around the call that returns the logits, and this loop records that. Graphs are qbench's to capture where the runner's
 `graphs` is "qbench", the runtime's own switch (`set_graphs`) where it is "runtime". The loop
 synchronises every step on purpose: batch-1 decode hands each token back before the next.
 Decode is timed directly, never as (generate - prefill). Tokens are a fixed seeded stream fed in
@@ -92,6 +94,11 @@ def run_block(runner, settings: DecodeSettings, tokens: torch.Tensor, graphs: bo
             end.synchronize()
             ended = time.perf_counter()
             result.event_ms.append(start.elapsed_time(end))
+        elif getattr(runner, "timer", None) == "runner":  # timed where the step ran (the engine's process)
+            logits = runner.step(token)
+            result.wall_ms.append(runner.last_step_ms)
+            collected.append(logits.float().clone())
+            continue
         else:
             began = time.perf_counter()
             logits = runner.step(token)

@@ -19,7 +19,10 @@ from qbench.errors import UserError
 from qbench.specs import did_you_mean
 
 GROUP = "qbench.backends"
-BUILT_IN_ORDER = ("bf16", "bnb-nf4", "awq-marlin", "gptq-exllamav2", "torch-int4")
+BUILT_IN_ORDER = (
+    *("bf16", "bnb-nf4", "awq-marlin", "gptq-exllamav2", "torch-int4"),
+    *("llamacpp-f16", "llamacpp-q8_0", "llamacpp-q4_0", "llamacpp-q4_k_m"),
+)
 BUILT_IN_MODULE = "qbench.backends."
 
 

@@ -34,6 +34,7 @@ from typing import Any
 from tabulate import tabulate
 
 from qbench import stats
+from qbench.registry import BUILT_IN_ORDER
 from qbench.specs import load_gpu_spec
 
 PERPLEXITY_BOUND = 1.75  # real weights: a 4-bit backend's perplexity may be at most this x bf16's
@@ -123,7 +124,7 @@ def _peak_bandwidth(gpu_name: str) -> float | None:
 
 
 # Configuration keys that may differ between rows that are compared with each other.
-COMPARED_ACROSS = ("backend", "group_size", "session_index", "runtime")
+COMPARED_ACROSS = ("backend", "group_size", "session_index", "runtime", "graphs")
 CONFIG_COLUMNS = ("steps", "warmup", "group_size", "rounds", "seed", "cpu")
 FLAG_TEXT = {
     "impossible": "faster than the floor at datasheet bandwidth",
@@ -152,7 +153,7 @@ def aggregate(sessions: list[dict]) -> list[dict[str, Any]]:
         for graphs in modes:
             rows.append(_cell_row(cell, graphs, records))
     _add_ratios(rows)
-    order = {name: i for i, name in enumerate(("bf16", "bnb-nf4", "awq-marlin", "gptq-exllamav2", "torch-int4"))}
+    order = {name: i for i, name in enumerate(BUILT_IN_ORDER)}
     rows.sort(
         key=lambda r: (
             r["model"],
@@ -208,6 +209,8 @@ def _cell_row(cell: str, graphs: bool, records: list[dict]) -> dict[str, Any]:
         "run_ids": sorted({r["run_id"] for r in records}),
         "cell_hash": cell,
         "comparison": comparison_key(config, gpu),
+        # the 16-bit reference of its runtime (bf16; llama.cpp's F16); stored before this existed: bf16
+        "baseline": bool(records[0]["result"].get("baseline", backend == "bf16")),
         "status": "ok",
         "reason": "",
         "flags": [],
@@ -345,15 +348,19 @@ def _quality_gate(row: dict, base: dict | None) -> None:
 def _add_ratios(rows: list[dict]) -> None:
     """Ratios against bf16 under the same runtime within one comparison group; a runtime's against
     hf for the same backend; eager over graphs within one cell."""
-    by_key = {(r["comparison"], r["runtime"], r["graphs"]): r for r in rows if r["backend"] == "bf16"}
+    by_key = {(r["comparison"], r["runtime"], r["graphs"]): r for r in rows if r["baseline"]}
     under_hf = {(r["comparison"], r["backend"], r["group_size"], r["graphs"]): r for r in rows if r["runtime"] == "hf"}
     by_cell = {(r["cell_hash"], r["graphs"]): r for r in rows}
+    # A runtime that fixes its graphs setting per process (llama.cpp) has its eager and graph
+    # sessions in two cells that differ only in `graphs`: their rows pair as one A/B, unpaired.
+    split = {(r["comparison"], r["backend"], r["runtime"], r["group_size"], r["graphs"]): r for r in rows}
     for row in rows:
         hf = under_hf.get((row["comparison"], row["backend"], row["group_size"], row["graphs"]))
         if row["runtime"] != "hf" and hf and hf.get("ms_per_step") and row.get("ms_per_step"):
             row["runtime_speedup"] = hf["ms_per_step"] / row["ms_per_step"]
         base = by_key.get((row["comparison"], row["runtime"], row["graphs"]))
-        _quality_gate(row, base)
+        # perplexity against the runtime's 16-bit baseline, else against bf16 under hf
+        _quality_gate(row, base or by_key.get((row["comparison"], "hf", row["graphs"])))
         if base and base.get("bytes_per_step") and row.get("bytes_per_step"):
             row["expected_reduction"] = base["bytes_per_step"] / row["bytes_per_step"]
         if base and base.get("ms_per_step") and row.get("ms_per_step"):
@@ -365,9 +372,12 @@ def _add_ratios(rows: list[dict]) -> None:
                 row["realisation"] = row["realised_speedup"] / row["expected_reduction"]
         if row["graphs"] == "on":
             eager = by_cell.get((row["cell_hash"], "off"))
+            same_cell = eager is not None
+            if eager is None:
+                eager = split.get((row["comparison"], row["backend"], row["runtime"], row["group_size"], "off"))
             if eager and eager.get("ms_per_step") and row.get("ms_per_step"):
                 row["graphs_speedup"] = eager["ms_per_step"] / row["ms_per_step"]
-                paired = len(eager["session_medians_ms"]) == len(row["session_medians_ms"])
+                paired = same_cell and len(eager["session_medians_ms"]) == len(row["session_medians_ms"])
                 row["graphs_interval"] = stats.ratio_interval(
                     eager["session_medians_ms"], row["session_medians_ms"], paired=paired
                 )
@@ -377,7 +387,7 @@ def _add_ratios(rows: list[dict]) -> None:
 
 # ---- rendering --------------------------------------------------------------------------------
 
-RUNTIME_ORDER = {"hf": 0, "lean": 1}
+RUNTIME_ORDER = {"hf": 0, "lean": 1, "llamacpp": 2}
 
 COLUMNS = [
     ("backend", "label", None),
@@ -517,8 +527,9 @@ def render(rows: list[dict], fmt: str, title: str = "") -> str:
         "95% CI over sessions (bca-bootstrap at >= 10 sessions, else t-interval on log ms); "
         "floor ms = bytes/step / datasheet peak bandwidth; % floor = floor ms / ms/step; "
         "floor ms (meas.) and % floor (meas.) use the measured copy bandwidth; "
-        "expected x = bf16 bytes / backend bytes; "
-        "realised x = bf16 ms / backend ms (same runtime, graphs setting and configuration); "
+        "expected x = baseline bytes / backend bytes, where the baseline is the runtime's 16-bit backend "
+        "(bf16 under hf and lean, llamacpp-f16 under llamacpp); "
+        "realised x = baseline ms / backend ms (same runtime, graphs setting and configuration); "
         "realisation = realised / expected; graphs x = eager ms / graph ms; "
         "vs hf x = the same backend's ms under hf / under this runtime (same graphs setting); "
         "launch us = host time of one empty CUDA kernel launch (CPU: one op dispatch), measured around "

@@ -165,6 +165,8 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
     backend.check_available(device_info())
     settings = DecodeSettings(ctx=config.ctx, warmup=config.warmup, steps=config.steps, seed=config.seed)
     use_cache = config.weights == "synthetic" and os.environ.get("QBENCH_WEIGHTS_CACHE", "1") != "0"
+    if backend.graphs_per_process and len(config.graphs) > 1:
+        raise RuntimeError(f"backend {config.backend} runs one graphs setting per process; this session asks for two")
     options = LoadOptions(
         device=device,
         weights=config.weights,
@@ -173,6 +175,7 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
         max_cache_len=cache_positions(config.ctx, config.warmup, config.steps),
         weights_cache=use_cache,
         runtime=config.runtime,
+        graphs=config.graphs[0] if backend.graphs_per_process else None,
     )
     if backend.builds_kernel:
         from qbench.kernels import Ticker
@@ -207,6 +210,7 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
         "blocks": [],
         "phases": phases.seconds,
         "weights_cache": getattr(runner, "weights_cache", "off"),
+        "baseline": backend.baseline,
     }
     if stored.linear_weights != formula.linear_weights:
         result["status"] = "incorrect"
@@ -226,6 +230,7 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
         if tokenizer is None:
             result["quality"] = f"perplexity skipped: {missing}"
     tokens, result["tokens"] = decode_tokens(spec, config, settings.positions, tokenizer)
+    tokens = tokens.to(runner.device)  # where the runner reads them (llama.cpp: host memory)
     layers = runner.quant_layers() if hasattr(runner, "quant_layers") else []
     if layers:
         log("correctness gate: layer check")
@@ -282,6 +287,8 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
     phases.done("timed_s")
     if device == "cuda":
         try:
+            if getattr(runner, "kernels_elsewhere", ""):  # e.g. an engine in its own process
+                raise RuntimeError(runner.kernels_elsewhere)
             kernels = profile_step_kernels(runner, tokens[-1:])
         except Exception as error:  # no CUPTI in some containers: say so, claim nothing
             result["step_kernels"] = f"profiler unavailable: {error}"[:300]
@@ -290,7 +297,10 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
             result["step_gpu_us"] = round(sum(k["gpu_us"] for k in kernels), 1)  # every kernel of the step
             if backend.kernel_pattern:
                 result["kernel_seen"] = any(re.search(backend.kernel_pattern, k["name"]) for k in kernels)
-        result["peak_memory_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        if linear_format:
+            result["peak_memory_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        elif getattr(runner, "device_memory_mib", None) is not None:  # memory torch's allocator does not see
+            result["peak_memory_mib"] = runner.device_memory_mib
         result["nvml_after"] = nvml_state()  # clocks and throttle reasons right after the timed steps
     phases.done("profile_s")
     result["runtime_notes"] = list(getattr(runner, "notes", []))
