@@ -343,6 +343,45 @@ def floor(model, gpu, ctx, backend, group_size, fmt) -> None:
 
 
 @main.command()
+@click.option("--model", default="qwen2.5-7b", show_default=True)
+@click.option("--gpu", required=True, help="The GPU spec to predict (qbench gpus lists them).")
+@click.option("--backends", default="bf16", show_default=True, help="Comma-separated backend names.")
+@click.option("--runtimes", default="hf", show_default=True, help="Runtimes of the linear backends: hf, lean.")
+@click.option("--ctx", default="2048", show_default=True, help="Context length(s), comma-separated.")
+@click.option("--graphs", type=click.Choice(["off", "on", "both"]), default="both", show_default=True)
+@click.option("--db", default="results/qbench.sqlite", show_default=True, help="Store whose measurements calibrate.")
+@click.option("--calibrate-on", default="auto", show_default=True, help="GPU spec whose measurements to use.")
+@click.option("--launch-us", type=float, default=None, help="The target host's kernel launch cost (eager).")
+@click.option("--format", "fmt", type=click.Choice(["table", "md", "json"]), default="table", show_default=True)
+def predict(model, gpu, backends, runtimes, ctx, graphs, db, calibrate_on, launch_us, fmt) -> None:
+    """PREDICT ms/step on a GPU you do not have, from measurements stored on one you had.
+
+    Every figure is labelled predicted and nothing is stored (README, 'Predicting a GPU you do not
+    have', spells out the model)."""
+    from qbench.predict import predict as run_prediction
+    from qbench.predict import render
+    from qbench.runtimes import LINEAR_RUNTIMES
+    from qbench.specs import load_gpu_spec
+    from qbench.store import Store
+
+    chosen = tuple(_names(runtimes))
+    if not chosen or any(r not in LINEAR_RUNTIMES for r in chosen):
+        raise UserError(f"--runtimes must be one or more of {', '.join(LINEAR_RUNTIMES)}, got {runtimes!r}")
+    if calibrate_on != "auto":
+        load_gpu_spec(calibrate_on)  # an unknown name is one line here
+    if not Path(db).is_file():
+        raise UserError(f"--db {db} does not exist", "point --db at a store `qbench compare` wrote on a GPU")
+    store = Store(db, readonly=True)
+    sessions = store.sessions()
+    store.close()
+    modes = {"off": (False,), "on": (True,), "both": (False, True)}[graphs]
+    rows, skipped = run_prediction(
+        model, gpu, _names(backends), chosen, _ints(ctx), modes, sessions, calibrate_on, launch_us
+    )
+    click.echo(render(rows, skipped, fmt))
+
+
+@main.command()
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
 def models(fmt) -> None:
     """List the built-in model specs."""

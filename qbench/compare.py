@@ -163,18 +163,32 @@ def probe_device() -> DeviceInfo:
     return DeviceInfo(data["kind"], data["name"], capability, data.get("uuid", ""))
 
 
-def resolve_gpu(requested: str, device: DeviceInfo) -> GpuSpec:
+def resolve_gpu(requested: str, device: DeviceInfo, predict_command: str = "") -> GpuSpec:
     detected = gpu_for_device(device.name if device.kind == "cuda" else "cpu")
     if requested == "auto":
         return detected
     wanted = load_gpu_spec(requested)
     if wanted.name != detected.name:
         seen = device.name if device.kind == "cuda" else "no CUDA GPU (cpu)"
+        other = f"; or predict it from stored measurements: {predict_command}" if predict_command else ""
         raise UserError(
-            f"--gpu {requested} does not match this machine: detected {seen}",
-            f"run on a {wanted.description} or use --gpu auto",
+            f"--gpu {requested} does not match this machine: detected {seen} (it never substitutes another GPU)",
+            f"measure on a {wanted.description}, or use --gpu auto{other}",
         )
     return wanted
+
+
+def predict_command(config: CompareConfig) -> str:
+    """The `qbench predict` line that answers a compare for a GPU this machine is not."""
+    parts = ["qbench predict", f"--model {config.model}", f"--gpu {config.gpu}"]
+    if config.backends != ("available",):
+        parts.append(f"--backends {','.join(config.backends)}")
+    if config.runtimes != ("hf",):
+        parts.append(f"--runtimes {','.join(config.runtimes)}")
+    parts.append(f"--ctx {','.join(map(str, config.ctx))}")
+    if config.db != str(DEFAULT_DB):
+        parts.append(f"--db {config.db}")
+    return " ".join(parts)
 
 
 def plan(config: CompareConfig, device: DeviceInfo | None = None) -> Plan:
@@ -186,7 +200,7 @@ def plan(config: CompareConfig, device: DeviceInfo | None = None) -> Plan:
     check_ctx(spec, config.ctx, config.warmup, config.steps)
     weights, weights_note = resolve_weights(config.weights, spec)
     device = device or probe_device()
-    gpu = resolve_gpu(config.gpu, device)
+    gpu = resolve_gpu(config.gpu, device, predict_command(config))
     result = Plan(config, device, gpu, [], group_size, weights, sessions=sessions_for(config, device))
     result.notes += warnings() + ([weights_note] if weights_note else [])
     if weights not in ("synthetic", "gguf"):

@@ -155,6 +155,12 @@ class GpuSpec:
     memory_gib: float | None
     bandwidth_source: str
     device_patterns: tuple[str, ...] = ()
+    # what `qbench predict` needs beyond the bandwidth (configs/gpus/gpus.json names each one's source)
+    boost_clock_mhz: float | None = None
+    sm_count: int | None = None
+    l2_mib: float | None = None
+    memory_type: str = ""
+    spec_source: str = ""
 
     def matches(self, device_name: str) -> bool:
         return any(re.search(pattern, device_name) for pattern in self.device_patterns)
@@ -179,6 +185,11 @@ def gpu_specs() -> dict[str, GpuSpec]:
             memory_gib=float(entry["memory_gib"]),
             bandwidth_source=entry["bandwidth_source"],
             device_patterns=tuple(entry["device_patterns"]),
+            boost_clock_mhz=entry.get("boost_clock_mhz"),
+            sm_count=entry.get("sm_count"),
+            l2_mib=entry.get("l2_mib"),
+            memory_type=entry.get("memory_type", ""),
+            spec_source=entry.get("spec_source", ""),
         )
         for name, entry in data.items()
     }

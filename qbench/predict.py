@@ -1,0 +1,355 @@
+"""`qbench predict`: ms/step on a GPU you do not have, from measurements stored on one you had.
+
+Every figure this module returns is a prediction and says so; nothing here is written to a store.
+The model, per calibration cell (a backend under a runtime, measured on GPU C with its step profiled):
+
+  kernel classes  weights    matrix kernels (GEMV/GEMM, quantised matmuls): they read the linear
+                             weights, their biases and the lm_head (W bytes)
+                  attention  attention kernels: they read the KV cache (K bytes)
+                  small      every other kernel, and whatever the stored profile does not name:
+                             norms, rotary, elementwise, copies; latency-bound
+  achieved        f_w = W / (t_w x peak_C)        f_a = K / (t_a x peak_C)
+  per layer       s = t_small / layers_C
+  on target G     gpu_G = W' / (f_w x peak_G) + K' / (f_a x peak_G) + s x layers' x clock_C / clock_G
+  graphs          graph_G = gpu_G x (graph ms measured on C / profiled step GPU ms on C)
+  eager           eager_G = max(graph_G, host_G), host_G = eager_C x layers' / layers_C x launch_G / launch_C
+                  (eager is the slower of the GPU's time and the host's time to launch the step; on C
+                  the eager step is taken as the host's time, an upper bound where C was GPU-bound)
+                  launch: the host's cost of one kernel launch (`launch us` of the calibration
+                  sessions; for the target, --launch-us, else the calibration host's, said so)
+
+W', K' and layers' are the predicted configuration's, from the stated byte formula (qbench floor).
+The interval is the calibration cell's session interval, relative, applied to the prediction: it
+carries the measurement's spread, not the model's error (the validation in results/ measures that).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from statistics import median
+from typing import Any
+
+from qbench.errors import UserError
+
+ATTENTION = re.compile(r"sdpa|flash|fmha|attention|attn|softmax", re.IGNORECASE)
+MATRIX = re.compile(
+    r"gemv|gemm|nvjet|cutlass|xmma|marlin|q_half|kgemm|int4pack|tinygemm|mul_mat|matmul|splitk", re.IGNORECASE
+)
+
+
+def kernel_class(name: str) -> str:
+    if ATTENTION.search(name):
+        return "attention"
+    if MATRIX.search(name):
+        return "weights"
+    return "small"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What one measured cell on GPU C gives the model."""
+
+    gpu: str
+    model: str
+    backend: str
+    runtime: str
+    ctx: int
+    layers: int
+    weight_bytes: int
+    kv_bytes: int
+    t_weights_us: float
+    t_attention_us: float
+    t_small_us: float
+    gpu_us: float  # the profiled step's GPU time (all kernels)
+    graph_ms: float | None
+    graph_interval: tuple[float, float] | None
+    eager_ms: float | None
+    eager_interval: tuple[float, float] | None
+    launch_us: float | None
+    sessions: int
+    run_ids: tuple[str, ...]
+
+    @property
+    def f_weights(self) -> float | None:
+        return None if not self.t_weights_us else self.weight_bytes / (self.t_weights_us * 1e-6)
+
+    @property
+    def f_attention(self) -> float | None:
+        return None if not self.t_attention_us else self.kv_bytes / (self.t_attention_us * 1e-6)
+
+
+def _class_times(results: list[dict]) -> tuple[float, float, float, float]:
+    """Median over sessions of the GPU time per kernel class and of the step's total, in us."""
+    per_session = []
+    for result in results:
+        kernels = result.get("step_kernels")
+        if not isinstance(kernels, list) or not kernels:
+            continue
+        times = {"weights": 0.0, "attention": 0.0, "small": 0.0}
+        for kernel in kernels:
+            times[kernel_class(kernel["name"])] += kernel["gpu_us"]
+        total = result.get("step_gpu_us") or sum(times.values())
+        times["small"] += max(0.0, total - sum(times.values()))  # kernels the profile does not name
+        per_session.append((times["weights"], times["attention"], times["small"], total))
+    if not per_session:
+        raise ValueError("no profiled step")
+    return tuple(median(column) for column in zip(*per_session, strict=True))  # type: ignore[return-value]
+
+
+def calibrations(sessions: list[dict]) -> list[Calibration]:
+    """One Calibration per stored cell that has a profiled step and a timed row."""
+    from collections import defaultdict
+
+    from qbench.report import aggregate
+    from qbench.specs import load_model_spec
+
+    rows = aggregate(sessions)
+    by_cell: dict[str, list[dict]] = defaultdict(list)
+    for record in sessions:
+        by_cell[record["cell_hash"]].append(record)
+    found = []
+    for cell, records in by_cell.items():
+        results = [r["result"] for r in records if r["result"].get("status") == "ok"]
+        try:
+            t_w, t_a, t_s, gpu_us = _class_times(results)
+        except ValueError:
+            continue
+        config = records[0]["config"]
+        stored = results[0].get("bytes", {})
+        try:
+            layers = load_model_spec(config["model"]).num_layers
+        except UserError:
+            continue
+        timed = {r["graphs"]: r for r in rows if r["cell_hash"] == cell and r.get("ms_per_step")}
+        graph, eager = timed.get("on"), timed.get("off")
+        found.append(
+            Calibration(
+                gpu=records[0]["gpu"],
+                model=config["model"].rsplit("/", 1)[-1],
+                backend=config["backend"],
+                runtime=config.get("runtime", "hf"),
+                ctx=config["ctx"],
+                layers=layers,
+                weight_bytes=stored.get("linear_weights", 0) + stored.get("lm_head", 0) + stored.get("biases", 0),
+                kv_bytes=stored.get("kv_cache", 0),
+                t_weights_us=t_w,
+                t_attention_us=t_a,
+                t_small_us=t_s,
+                gpu_us=gpu_us,
+                graph_ms=graph["ms_per_step"] if graph else None,
+                graph_interval=_interval(graph),
+                eager_ms=eager["ms_per_step"] if eager else None,
+                eager_interval=_interval(eager),
+                launch_us=(eager or graph or {}).get("launch_us"),
+                sessions=len(results),
+                run_ids=tuple(sorted({r["run_id"] for r in records})),
+            )
+        )
+    return found
+
+
+def _interval(row: dict | None) -> tuple[float, float] | None:
+    interval = (row or {}).get("ms_interval")
+    if interval is None or interval.method == "n/a":
+        return None
+    return interval.low, interval.high
+
+
+@dataclass(frozen=True)
+class Prediction:
+    gpu: str
+    model: str
+    backend: str
+    runtime: str
+    ctx: int
+    graphs: str
+    ms: float
+    low: float | None
+    high: float | None
+    floor_ms: float
+    pct_of_floor: float
+    calibrated_on: str
+    note: str
+    predicted: bool = True
+
+
+def predict_one(
+    calibration: Calibration,
+    target: Any,
+    source: Any,
+    weight_bytes: int,
+    kv_bytes: int,
+    layers: int,
+    graphs: bool,
+    launch_us: float | None,
+) -> tuple[float, float | None, float | None, str]:
+    """(ms, low, high, note) on `target` (a GpuSpec) from one calibration measured on `source`."""
+    peak_c = source.peak_bandwidth_gbps * 1e9
+    peak_g = target.peak_bandwidth_gbps * 1e9
+    gpu_us = calibration.t_small_us / calibration.layers * layers * source.boost_clock_mhz / target.boost_clock_mhz
+    if weight_bytes:
+        if not calibration.f_weights:
+            raise ValueError("the calibration profile names no matrix kernel")
+        gpu_us += weight_bytes / (calibration.f_weights / peak_c * peak_g) * 1e6
+    if kv_bytes and calibration.f_attention:
+        gpu_us += kv_bytes / (calibration.f_attention / peak_c * peak_g) * 1e6
+    gpu_ms = gpu_us / 1e3
+    note = ""
+    if graphs:
+        measured, interval = calibration.graph_ms, calibration.graph_interval
+        if measured is None:
+            raise ValueError("the calibration cell has no graph-mode timing")
+        ms = gpu_ms * measured / (calibration.gpu_us / 1e3)
+    else:
+        measured, interval = calibration.eager_ms, calibration.eager_interval
+        if measured is None:
+            raise ValueError("the calibration cell has no eager timing")
+        host_scale = 1.0
+        if launch_us and calibration.launch_us:
+            host_scale = launch_us / calibration.launch_us
+        else:
+            note = "eager assumes a host whose launch cost is the calibration host's (give --launch-us)"
+        # eager = max(the GPU's time, the host's time to launch the step): on C the eager step is
+        # taken as the host's time (an upper bound where C's eager step was GPU-bound)
+        replay_ratio = (calibration.graph_ms or measured) / (calibration.gpu_us / 1e3)
+        gpu_bound, host_bound = gpu_ms * replay_ratio, measured * layers / calibration.layers * host_scale
+        ms = max(gpu_bound, host_bound)
+        if gpu_bound > host_bound and calibration.graph_ms:  # the GPU's time: its spread is graph mode's
+            measured, interval = calibration.graph_ms, calibration.graph_interval
+            note = "eager predicted GPU-bound on the target: the GPU's time, not the host's"
+    low = high = None
+    if interval:
+        low, high = ms * interval[0] / measured, ms * interval[1] / measured
+    return ms, low, high, note
+
+
+def _choose(candidates: list[Calibration], model: str, ctx: int) -> Calibration:
+    """The calibration closest to what is predicted: the same model first, then the nearest context,
+    then the most sessions."""
+    return min(candidates, key=lambda c: (c.model != model, abs(c.ctx - ctx), -c.sessions, c.gpu))
+
+
+def predict(
+    model: str,
+    gpu: str,
+    backends: list[str],
+    runtimes: tuple[str, ...],
+    contexts: tuple[int, ...],
+    graphs: tuple[bool, ...],
+    sessions: list[dict],
+    calibrate_on: str = "auto",
+    launch_us: float | None = None,
+    group_size: int = 128,
+) -> tuple[list[Prediction], dict[str, str]]:
+    """Predictions for every (backend, runtime, ctx, graphs) it can calibrate, and why not for the rest."""
+    from qbench.floor import step_bytes
+    from qbench.registry import load_backend
+    from qbench.runtimes import LINEAR_RUNTIMES
+    from qbench.specs import load_gpu_spec, load_model_spec
+
+    spec = load_model_spec(model)
+    target = load_gpu_spec(gpu)
+    if not target.peak_bandwidth_gbps or not target.boost_clock_mhz:
+        raise UserError(f"GPU spec {gpu} lacks the peak bandwidth or clock the model needs")
+    found = [c for c in calibrations(sessions) if c.gpu != target.name]
+    if calibrate_on != "auto":
+        found = [c for c in found if c.gpu == calibrate_on]
+    if not found:
+        where = "" if calibrate_on == "auto" else f" on {calibrate_on}"
+        raise UserError(
+            f"no profiled, timed measurement{where} to calibrate on (a GPU other than {target.name})",
+            "run `qbench compare` on a GPU you have (it profiles each cell), then predict from its --db",
+        )
+    predictions: list[Prediction] = []
+    skipped: dict[str, str] = {}
+    for name in backends:
+        backend = load_backend(name)
+        own = tuple(r for r in backend.runtimes if r not in LINEAR_RUNTIMES)
+        for runtime in own[:1] or tuple(r for r in runtimes if r in backend.runtimes):
+            candidates = [c for c in found if c.backend == name and c.runtime == runtime]
+            if not candidates:
+                skipped[f"{name} ({runtime})"] = "no stored measurement of it to calibrate on"
+                continue
+            for ctx in contexts:
+                calibration = _choose(candidates, spec.name, ctx)
+                source = load_gpu_spec(calibration.gpu)
+                if runtime in LINEAR_RUNTIMES:
+                    counted = step_bytes(spec, ctx, backend.linear_bytes, group_size)
+                    weight_bytes = counted.linear_weights + counted.lm_head + counted.biases
+                    kv_bytes, total = counted.kv_cache, counted.total
+                elif calibration.model == spec.name:  # a whole engine's bytes are its own: same model only
+                    weight_bytes = calibration.weight_bytes
+                    kv_bytes = round(calibration.kv_bytes * ctx / calibration.ctx)
+                    total = weight_bytes + kv_bytes
+                else:
+                    skipped[f"{name} ({runtime})"] = f"its bytes are known for {calibration.model} only"
+                    continue
+                for mode in graphs:
+                    try:
+                        ms, low, high, note = predict_one(
+                            calibration, target, source, weight_bytes, kv_bytes, spec.num_layers, mode, launch_us
+                        )
+                    except ValueError as error:
+                        skipped[f"{name} ({runtime}) graphs {'on' if mode else 'off'}"] = str(error)
+                        continue
+                    floor = total / (target.peak_bandwidth_gbps * 1e9) * 1e3
+                    predictions.append(
+                        Prediction(
+                            gpu=target.name,
+                            model=spec.name,
+                            backend=name,
+                            runtime=runtime,
+                            ctx=ctx,
+                            graphs="on" if mode else "off",
+                            ms=ms,
+                            low=low,
+                            high=high,
+                            floor_ms=floor,
+                            pct_of_floor=100 * floor / ms,
+                            calibrated_on=(
+                                f"{calibration.gpu}: {calibration.model} ctx {calibration.ctx}, "
+                                f"{calibration.sessions} session(s), run {', '.join(calibration.run_ids)}"
+                            ),
+                            note=note,
+                        )
+                    )
+    return predictions, skipped
+
+
+def render(predictions: list[Prediction], skipped: dict[str, str], fmt: str) -> str:
+    import json
+    from dataclasses import asdict
+
+    from tabulate import tabulate
+
+    if fmt == "json":
+        return json.dumps({"predicted": [asdict(p) for p in predictions], "skipped": skipped}, indent=2)
+    headers = ["backend", "runtime", "ctx", "graphs", "PREDICTED ms/step", "interval", "% floor", "calibrated on"]
+    body = [
+        [
+            p.backend,
+            p.runtime,
+            p.ctx,
+            p.graphs,
+            f"{p.ms:.2f}",
+            f"{p.low:.2f}-{p.high:.2f}" if p.low is not None else "",
+            f"{p.pct_of_floor:.0f}%",
+            p.calibrated_on,
+        ]
+        for p in predictions
+    ]
+    first = predictions[0] if predictions else None
+    title = f"PREDICTED (not measured): {first.model} on {first.gpu}" if first else "nothing predicted"
+    lines = [title, "", tabulate(body, headers, tablefmt="github" if fmt == "md" else "simple")]
+    notes = sorted({p.note for p in predictions if p.note})
+    lines += [""] + [f"- {note}" for note in notes] if notes else []
+    lines += [""] + [f"- not predicted: {what}: {why}" for what, why in skipped.items()] if skipped else []
+    lines += [
+        "",
+        "Every figure above is predicted by the model in README 'Predicting a GPU you do not have', calibrated "
+        "on the stored measurements named; the interval is the calibration cell's session interval, scaled "
+        "(measurement spread, not model error); % floor = bytes/step / the target's datasheet bandwidth "
+        "/ predicted ms.",
+    ]
+    return "\n".join(lines)
