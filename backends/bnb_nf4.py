@@ -55,7 +55,7 @@ class BnbNf4Backend(Backend):
     extra = "bnb"
 
     def label(self, group_size: int) -> str:
-        return f"{self.name} (b{formats.NF4_BLOCKSIZE})"
+        return f"{self.name} (g{formats.NF4_BLOCKSIZE})"  # one convention: gN = N weights share a scale
 
     def linear_bytes(self, in_features: int, out_features: int, group_size: int) -> int:
         return formats.nf4_bytes(in_features, out_features)

@@ -144,6 +144,7 @@ def main() -> None:
     help="Pin the decode loop's thread: off, auto (the fastest core by a fixed workload, now) or a core number.",
 )
 @click.option("--format", "fmt", type=click.Choice(["table", "md", "csv", "json"]), default="table", show_default=True)
+@click.option("--wide", is_flag=True, help="Every column in the terminal table (default: what fits 120 columns).")
 def compare(
     model,
     gpu,
@@ -163,6 +164,7 @@ def compare(
     resume,
     cpu,
     fmt,
+    wide,
 ) -> None:
     """Measure decode ms/step for each backend and compare with the memory floor.
 
@@ -224,7 +226,7 @@ def compare(
         title += f", {reused} stored earlier and counted (--resume)" if reused else ""
     else:
         title = f"no new sessions: the {reused} stored session(s) this command counts (--resume)"
-    click.echo(render(rows, fmt, f"{title}; stored in {db}"))  # CSV and JSON carry no title
+    click.echo(render(rows, fmt, f"{title}; stored in {db}", wide=wide))  # CSV and JSON carry no title
     if not any(row["status"].startswith("ok") for row in rows):
         click.echo("qbench: no session succeeded; the status column says why", err=True)
         sys.exit(1)
@@ -603,7 +605,15 @@ def plot(db, run_id, out) -> None:
 
     check_output(out)
     sessions, _ = _stored_sessions(db, run_id)
-    replication_figure(_replication_cells(aggregate(sessions), db), out)
+    cells = _replication_cells(aggregate(sessions), db)
+    drawable = ("graph_pct_of_floor", "eager_pct_of_floor", "graphs_speedup")
+    if not any(cell.get(key) is not None for cell in cells for key in drawable):
+        raise UserError(
+            f"nothing to plot in the selected runs of {db}: no % of floor (a CPU has no datasheet bandwidth) "
+            "and no graphs A/B",
+            "plot runs measured on a GPU (qbench compare --graphs both, or qbench replicate)",
+        )
+    replication_figure(cells, out)
     click.echo(f"wrote {out}", err=True)
 
 
@@ -627,7 +637,8 @@ def plot(db, run_id, out) -> None:
     "kernels: the largest CUDA kernels of a profiled step per cell (GPU runs); "
     "sessions: where each session's time went (start, imports, load, gate, timed blocks, profile).",
 )
-def export(db, run_id, fmt, out, view) -> None:
+@click.option("--wide", is_flag=True, help="Every column in table and LaTeX output (default: the compact set).")
+def export(db, run_id, fmt, out, view, wide) -> None:
     """Write a stored run's table as Markdown, CSV, JSON, LaTeX (booktabs) or HTML."""
     from qbench.report import (
         aggregate,
@@ -655,7 +666,7 @@ def export(db, run_id, fmt, out, view) -> None:
             raise UserError(f"the selected runs in {db} hold no per-session phases", "phases are stored since 0.2")
         text = render_sessions(timed, fmt, title)
     else:
-        text = render(rows, fmt, title)
+        text = render(rows, fmt, title, wide=wide)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n")

@@ -10,7 +10,7 @@ configurations differ in the backend (and its group size) alone. Per row:
                   in the sessions (median); % of floor = floor ms / ms/step.
   expected x      bf16 bytes/step / backend bytes/step (the promised traffic cut)
   realised x      bf16 ms/step / backend ms/step, same model, GPU, ctx and graphs setting
-  realisation     realised / expected
+  realisation     realised / expected, in % (realisation_pct in exports; every percentage is 0-100)
   graphs x        eager ms / graph ms, per session (paired), on the graphs=on row
   launch us       host cost of one kernel launch, measured around each timed block (qbench.host):
                   median over the sessions of each session's median probe
@@ -26,6 +26,7 @@ import io
 import json
 import math
 import re
+import textwrap
 from collections import defaultdict
 from dataclasses import dataclass, field
 from statistics import median
@@ -67,8 +68,8 @@ def _latex(text: str) -> str:
 
 
 def _prose(text: str, fmt: str) -> str:
-    if fmt == "html":
-        return f"<p>{html.escape(text)}</p>"
+    if fmt == "html":  # `code` in the text becomes <code>code</code>
+        return "<p>" + re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text)) + "</p>"
     if fmt == "latex":
         return _latex(text) + "\n"  # a blank line ends a LaTeX paragraph
     return text
@@ -101,15 +102,51 @@ def document(fmt: str, title: str, sections: list[Section], legend: str) -> str:
         for section in sections:
             csv.writer(buffer).writerows([section.headers, *section.body])
         return buffer.getvalue()
-    parts = [_prose(line, fmt) for line in title.splitlines() if line] + ([""] if title else [])
+    if fmt == "table":  # the terminal: long title lines (the commands) wrapped at the table's width
+        lines = [wrapped for line in title.splitlines() if line for wrapped in _wrap(line, "    ")]
+        parts = lines + ([""] if title else [])
+    else:
+        parts = [_prose(line, fmt) for line in title.splitlines() if line] + ([""] if title else [])
     for section in sections:
-        if section.heading:
+        if section.heading and fmt == "table":  # the terminal: headings wrapped like the table's width
+            parts += _wrap(section.heading)
+        elif section.heading:
             parts.append(_heading(section.heading, fmt))
         parts += [_prose(line, fmt) for line in section.before] + ([""] if section.before else [])
         parts.append(tabulate(section.body, headers=section.headers, tablefmt=TABLE_FORMATS[fmt]))
-        parts += [_prose(line, fmt) for line in section.after] + [""]
-    parts.append(_prose(legend, fmt))
+        if fmt == "table":
+            parts += [wrapped for line in section.after for wrapped in _wrap(line, "    ")] + [""]
+        else:
+            parts += [_prose(line, fmt) for line in section.after] + [""]
+    if fmt in ("table", "md"):  # a legend people read: wrapped, not one long line
+        parts += textwrap.wrap(legend, LEGEND_WIDTH, break_on_hyphens=False)
+    else:
+        parts.append(_prose(legend, fmt))
+    if fmt == "html":
+        return html_document(title.splitlines()[0] if title else "qbench", "\n".join(parts))
     return "\n".join(parts)
+
+
+LEGEND_WIDTH = 100
+
+
+def _wrap(text: str, indent: str = "") -> list[str]:
+    return textwrap.wrap(text, 120, subsequent_indent=indent, break_on_hyphens=False, break_long_words=False)
+HTML_STYLE = (
+    "body{font-family:system-ui,sans-serif;margin:2em;max-width:110em;color:#222}"
+    "table{border-collapse:collapse;font-size:0.9em}th,td{border:1px solid #ccc;padding:0.2em 0.5em;text-align:right}"
+    "th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}code{background:#f3f3f3;padding:0 0.2em}"
+)
+
+
+def html_document(title: str, body: str) -> str:
+    """A whole, self-contained HTML document (inline style, nothing fetched)."""
+    plain_title = re.sub(r"`([^`]+)`", r"\1", title)
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<title>{html.escape(plain_title)}</title>\n<style>{HTML_STYLE}</style>\n</head>\n<body>\n"
+        f"{body}\n</body>\n</html>\n"
+    )
 
 
 def _session_steps(block: dict, device: str) -> list[float]:
@@ -369,7 +406,7 @@ def _add_ratios(rows: list[dict]) -> None:
                 base["session_medians_ms"], row["session_medians_ms"], paired=False
             )
             if row.get("expected_reduction"):
-                row["realisation"] = row["realised_speedup"] / row["expected_reduction"]
+                row["realisation_pct"] = 100 * row["realised_speedup"] / row["expected_reduction"]
         if row["graphs"] == "on":
             eager = by_cell.get((row["cell_hash"], "off"))
             same_cell = eager is not None
@@ -404,7 +441,7 @@ COLUMNS = [
     ("GB/step", "bytes_per_step", "gb"),
     ("expected x", "expected_reduction", "{:.2f}"),
     ("realised x", "realised_speedup", "{:.2f}"),
-    ("realisation", "realisation", "{:.0%}"),
+    ("realisation", "realisation_pct", "{:.0f}%"),
     ("graphs x", "graphs_speedup", "{:.2f}"),
     ("vs hf x", "runtime_speedup", "{:.2f}"),
     ("launch us", "launch_us", "{:.1f}"),
@@ -438,6 +475,17 @@ def _status(row: dict) -> str:
     return text
 
 
+# The terminal and LaTeX show these by default (--wide: every column); columns empty in every row
+# are left out in every human-readable format. Where the terminal table is still wider than
+# TERMINAL_WIDTH, columns go in DROP_ORDER until it fits.
+COMPACT = (
+    *("backend", "runtime", "graphs", "ms/step", "95% CI", "% floor", "% floor (meas.)"),
+    *("expected x", "realised x", "graphs x", "vs hf x", "ppl", "sessions", "status"),
+)
+DROP_ORDER = ("vs hf x", "sessions", "ppl", "expected x", "95% CI", "graphs x", "runtime")
+TERMINAL_WIDTH = 120
+
+
 def table_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     headers = [name for name, _, _ in COLUMNS]
     body = []
@@ -446,6 +494,31 @@ def table_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
         cells[-1] = _status(row)
         body.append(cells)
     return headers, body
+
+
+def keep_columns(headers: list[str], body: list[list[str]], names: list[str]) -> tuple[list[str], list[list[str]]]:
+    index = [headers.index(name) for name in names]
+    return names, [[cells[i] for i in index] for cells in body]
+
+
+def choose_columns(headers: list[str], body: list[list[str]], fmt: str, wide: bool) -> list[str]:
+    """The columns a human-readable table shows: never one that is empty in every row; in the
+    terminal and LaTeX, unless `wide`, the compact set, and in the terminal only as many as fit."""
+    filled = [h for i, h in enumerate(headers) if any(cells[i] for cells in body)]
+    if wide or fmt not in ("table", "latex"):
+        return filled
+    chosen = [h for h in filled if h in COMPACT]
+    if "% floor" in chosen and "% floor (meas.)" in chosen:  # one floor column: the datasheet's
+        chosen.remove("% floor (meas.)")
+    if fmt == "table":
+        droppable = [name for name in DROP_ORDER if name in chosen]
+        while droppable and _width(headers, body, chosen) > TERMINAL_WIDTH:
+            chosen.remove(droppable.pop(0))
+    return chosen
+
+
+def _width(headers: list[str], body: list[list[str]], names: list[str]) -> int:
+    return max(map(len, tabulate(keep_columns(headers, body, names)[1], names).splitlines()))
 
 
 INTERNAL_KEYS = ("comparison", "session_medians_ms")  # in the rows for grouping and intervals; not exported
@@ -463,6 +536,26 @@ def plain(row: dict) -> dict:
     return out
 
 
+INTERVALS = {"ms_interval": "ms", "speedup_interval": "realised_x", "graphs_interval": "graphs_x"}
+
+
+def csv_row(row: dict) -> dict:
+    """One flat, machine-friendly CSV row: an interval as numeric `<what>_low` and `<what>_high`
+    columns and its method; sessions as counts; lists joined."""
+    flat = {k: v for k, v in plain(row).items() if k not in INTERNAL_KEYS}
+    for key, stem in INTERVALS.items():
+        interval = flat.pop(key, None)
+        flat[f"{stem}_low"] = interval["low"] if interval else None
+        flat[f"{stem}_high"] = interval["high"] if interval else None
+        flat[f"{stem}_interval_method"] = interval["method"] if interval else None
+    ok, _, total = str(flat.pop("sessions", "")).partition("/")
+    flat["sessions_ok"], flat["sessions_total"] = (int(ok), int(total)) if total else (None, None)
+    for key in ("flags", "run_ids", "pinned_cores", "worker_starts"):
+        flat[key] = ",".join(map(str, flat.get(key) or []))
+    flat["runtime_notes"] = " | ".join(flat.get("runtime_notes") or [])  # notes hold commas
+    return flat
+
+
 def _section_heading(row: dict) -> str:
     from qbench.weights import describe
 
@@ -476,25 +569,20 @@ def _section_heading(row: dict) -> str:
     return heading
 
 
-def render(rows: list[dict], fmt: str, title: str = "") -> str:
+def render(rows: list[dict], fmt: str, title: str = "", wide: bool = False) -> str:
     if fmt == "json":
         return json.dumps([plain(r) for r in rows], indent=2)
     if fmt == "csv":
         buffer = io.StringIO()
-        keys = sorted({k for r in rows for k in plain(r)} - set(INTERNAL_KEYS))
+        flats = [csv_row(row) for row in rows]
+        keys = sorted({k for flat in flats for k in flat})
         writer = csv.DictWriter(buffer, fieldnames=keys)
         writer.writeheader()
-        for row in rows:
-            flat = plain(row)
-            for key in ("ms_interval", "speedup_interval", "graphs_interval"):
-                if flat.get(key):
-                    flat[key] = f"{flat[key]['low']:.4g}-{flat[key]['high']:.4g} ({flat[key]['method']})"
-            for key in ("flags", "run_ids", "pinned_cores", "worker_starts"):
-                flat[key] = ",".join(map(str, flat.get(key) or []))
-            flat["runtime_notes"] = " | ".join(flat.get("runtime_notes") or [])  # notes hold commas
+        for flat in flats:
             writer.writerow({k: flat.get(k) for k in keys})
         return buffer.getvalue()
     headers, body = table_rows(rows)
+    headers, body = keep_columns(headers, body, choose_columns(headers, body, fmt, wide))
     groups = defaultdict(list)
     for row, cells in zip(rows, body, strict=True):
         groups[row["comparison"]].append((row, cells))
@@ -530,7 +618,7 @@ def render(rows: list[dict], fmt: str, title: str = "") -> str:
         "expected x = baseline bytes / backend bytes, where the baseline is the runtime's 16-bit backend "
         "(bf16 under hf and lean, llamacpp-f16 under llamacpp); "
         "realised x = baseline ms / backend ms (same runtime, graphs setting and configuration); "
-        "realisation = realised / expected; graphs x = eager ms / graph ms; "
+        "realisation = realised / expected, in %; graphs x = eager ms / graph ms; "
         "vs hf x = the same backend's ms under hf / under this runtime (same graphs setting); "
         "launch us = host time of one empty CUDA kernel launch (CPU: one op dispatch), measured around "
         "each timed block, median over sessions."

@@ -1,7 +1,10 @@
 """The command line through click's CliRunner, on the CPU."""
 
+import csv
+import io
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from qbench.cli import main
@@ -72,6 +75,23 @@ def test_compare_stores_and_exports(tmp_path):
     latex, page = (tmp_path / "out.latex").read_text(), (tmp_path / "out.html").read_text()
     assert "\\begin{tabular}" in latex and "95\\% CI" in latex and "bca-bootstrap at >= 10" in latex
     assert "<table>" in page and "bca-bootstrap at &gt;= 10" in page
+    # a whole HTML document, the commands as code, no backticks left
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>") and "<code>qbench" in page
+    assert "`" not in page
+    # CSV: numeric interval bounds, session counts, percentages 0-100
+    exported = list(csv.DictReader(io.StringIO((tmp_path / "out.csv").read_text())))
+    bf16 = next(r for r in exported if r["backend"] == "bf16")
+    low, high, ms = float(bf16["ms_low"]), float(bf16["ms_high"]), float(bf16["ms_per_step"])
+    assert low <= ms <= high and bf16["ms_interval_method"] == "t-log"
+    assert (bf16["sessions_ok"], bf16["sessions_total"]) == ("2", "2") and "ms_interval" not in bf16
+    assert float(bf16["realisation_pct"]) == pytest.approx(100)
+    # the terminal table fits 120 columns and leaves out empty ones; --wide shows every filled column
+    table = invoke("export", "--db", "r.sqlite", "--format", "table").stdout
+    wide = invoke("export", "--db", "r.sqlite", "--format", "table", "--wide").stdout
+    assert max(len(line) for line in table.splitlines()) <= 120
+    header = next(line for line in table.splitlines() if line.startswith("backend"))
+    assert "floor ms (meas.)" not in header and "launch us" in wide and "launch us" not in header
+    assert "peak MiB" not in wide  # empty in every row on a CPU
     replication = invoke("export", "--db", "r.sqlite", "--view", "replication", "--format", "csv")
     header, row = replication.stdout.strip().splitlines()  # one (model, ctx) cell, from its bf16 row only
     assert header.startswith("model,ctx,floor ms,eager ms") and row.startswith("tiny,32,")

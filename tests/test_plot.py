@@ -35,3 +35,20 @@ def test_missing_matplotlib_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if not installed
     with pytest.raises(UserError, match=r"qbench\[plot\]"):
         replication_figure(_cells(), tmp_path / "x.png")
+
+
+def test_cpu_runs_have_nothing_to_plot_and_say_so():
+    """A CPU has no datasheet bandwidth (no % of floor) and no graphs A/B: one line, exit 2, no file."""
+    from click.testing import CliRunner
+
+    from qbench.cli import main
+
+    runner = CliRunner()
+    fast = ["--model", "tiny", "--ctx", "32", "--warmup", "1", "--steps", "3", "--backends", "bf16", "--db", "r.sqlite"]
+    assert runner.invoke(main, ["compare", *fast]).exit_code == 0
+    result = runner.invoke(main, ["plot", "--db", "r.sqlite", "--out", "figure.png"])
+    assert result.exit_code == 2 and "nothing to plot" in result.output
+    assert "Traceback" not in result.output
+    from pathlib import Path
+
+    assert not Path("figure.png").exists()
