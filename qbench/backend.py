@@ -20,6 +20,7 @@ import shutil
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from qbench import DISTRIBUTION
 from qbench.errors import BackendUnavailable
 
 
@@ -57,7 +58,7 @@ class Backend:
     requires_cuda: ClassVar[bool] = False
     min_capability: ClassVar[tuple[int, int] | None] = None
     packages: ClassVar[dict[str, str]] = {}  # import name -> pip requirement
-    extra: ClassVar[str | None] = None  # `pip install 'qbench[extra]'` brings the packages
+    extra: ClassVar[str | None] = None  # `pip install 'qbench-decode[extra]'` brings the packages
     builds_kernel: ClassVar[bool] = False  # needs a CUDA compiler on first run
     cache_format: ClassVar[int] = 1  # bump when what cache_tensors() returns changes (weights cache key)
     runtimes: ClassVar[tuple[str, ...]] = ("hf", "lean")  # a whole runtime names its own, e.g. ("llamacpp",)
@@ -81,7 +82,7 @@ class Backend:
         """None when this backend can run on `device`, else one line saying why not and the fix."""
         missing = [req for module, req in self.packages.items() if importlib.util.find_spec(module) is None]
         if missing:
-            fix = f"pip install 'qbench[{self.extra}]'" if self.extra else "pip install " + " ".join(missing)
+            fix = f"pip install '{DISTRIBUTION}[{self.extra}]'" if self.extra else "pip install " + " ".join(missing)
             return f"missing package {', '.join(missing)}: {fix}"
         if self.requires_cuda and device.kind != "cuda":
             return "needs a CUDA GPU (none detected)"

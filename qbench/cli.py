@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 from tabulate import tabulate
 
-from qbench import __version__
+from qbench import DISTRIBUTION, __version__
 from qbench.errors import Interrupted, Stop, UserError
 
 FORMATS = click.Choice(["table", "json"])
@@ -491,7 +491,8 @@ def bundle(directory, backends, python_version, platforms) -> None:
         sdist_only = download(names, directory, python_version, list(platforms), echo=lambda m: click.echo(m, err=True))
     except RuntimeError as error:
         raise UserError(str(error), "check the name, --python and --platform") from None
-    click.echo(f"bundle in {directory}; on the GPU host: pip install --no-index --find-links {directory} qbench")
+    host = f"pip install --no-index --find-links {directory} {DISTRIBUTION}"
+    click.echo(f"bundle in {directory}; on the GPU host: {host}")
     for requirement in sdist_only:
         click.echo(
             f"note: {requirement} has no wheel for this platform; its source was fetched without its "

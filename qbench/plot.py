@@ -12,7 +12,7 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise UserError("plots need matplotlib, which is not installed", "pip install 'qbench[plot]'") from None
+        raise UserError("plots need matplotlib, which is not installed", "pip install 'qbench-decode[plot]'") from None
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 

@@ -64,7 +64,7 @@ def check_gguf(path: Path) -> None:
     try:
         from gguf import GGUFReader
     except ImportError:
-        raise UserError("reading GGUF weights needs the gguf package", "pip install 'qbench[gguf]'") from None
+        raise UserError("reading GGUF weights needs the gguf package", "pip install 'qbench-decode[gguf]'") from None
     try:
         reader = GGUFReader(path)
         end = max((t.data_offset + t.n_bytes for t in reader.tensors), default=0)

@@ -39,7 +39,7 @@ def test_backends_lists_every_backend_with_a_reason_when_unavailable():
     for cuda_only in ("awq-marlin", "gptq-exllamav2"):
         assert not by_name[cuda_only]["available"]
         reason = by_name[cuda_only]["why_not"]
-        assert "needs a CUDA GPU" in reason or "pip install 'qbench[" in reason
+        assert "needs a CUDA GPU" in reason or "pip install 'qbench-decode[" in reason
 
 
 def test_user_errors_are_one_line_and_exit_2():

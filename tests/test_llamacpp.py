@@ -16,7 +16,8 @@ from qbench.compare import CompareConfig, plan, session_jobs
 from qbench.report import aggregate
 
 needs_llama_cpp = pytest.mark.skipif(
-    importlib.util.find_spec("llama_cpp") is None, reason="needs llama-cpp-python (pip install 'qbench[llamacpp]')"
+    importlib.util.find_spec("llama_cpp") is None,
+    reason="needs llama-cpp-python (pip install 'qbench-decode[llamacpp]')",
 )
 FAMILY = ("llamacpp-f16", "llamacpp-q8_0", "llamacpp-q4_0", "llamacpp-q4_k_m")
 
@@ -144,7 +145,7 @@ def test_backends_says_what_is_missing_without_llama_cpp(monkeypatch):
     listed = {row["name"]: row for row in json.loads(result.stdout)}
     for name in FAMILY:
         assert listed[name]["available"] is False
-        assert listed[name]["why_not"] == "missing package llama-cpp-python: pip install 'qbench[llamacpp]'"
+        assert listed[name]["why_not"] == "missing package llama-cpp-python: pip install 'qbench-decode[llamacpp]'"
         assert listed[name]["runtimes"] == "llamacpp"
 
 

@@ -17,6 +17,6 @@ for package in gptqmodel gptqmodel_ext device_smi tokenicer logbar defuser; do
 done
 cp tools/device/pcre_shim.py "$work/pack/pcre.py"
 tar czf .devsite/srcpack.tar.gz -C "$work/pack" .
-rm -f .devsite/qbench-*.whl
+rm -f .devsite/qbench*.whl
 python3 -m pip wheel -q --no-deps -w .devsite .
 du -sh .whl .devsite

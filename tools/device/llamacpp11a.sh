@@ -5,7 +5,7 @@
 REPO=$(pwd)
 set -e
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .devllama/*.whl
-rm -rf /tmp/qb && python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/qb .devllama/qbench-*.whl
+rm -rf /tmp/qb && python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/qb .devllama/qbench*.whl
 mkdir -p /tmp/lcpsrc && tar xzf .devllama/lcp-slim.tar.gz -C /tmp/lcpsrc
 set +e
 export PATH=/usr/local/cuda/bin:$PATH PYTHONUNBUFFERED=1

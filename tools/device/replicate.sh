@@ -3,7 +3,7 @@
 # from the previous call when a fresh machine must resume into the same file.
 set -e
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .devrep/nvidia_ml_py-*.whl 2>&1 | tail -1
-rm -rf /tmp/qb; python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/qb .devrep/qbench-*.whl
+rm -rf /tmp/qb; python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/qb .devrep/qbench*.whl
 export PYTHONPATH=/tmp/qb:/tmp/site PYTHONUNBUFFERED=1
 mkdir -p /tmp/res
 if [ ! -f /tmp/res/replicate.sqlite ] && [ -f .devrep/db/replicate.sqlite ]; then cp .devrep/db/replicate.sqlite /tmp/res/; echo "db from carry"; fi

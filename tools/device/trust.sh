@@ -1,5 +1,5 @@
 # Device side, bf16 only (no kernel builds): the trust issue's host evidence on the H100.
-# Carry [".devrep"] holding nvidia_ml_py-*.whl, a fresh qbench wheel (the change) and old/qbench-*.whl
+# Carry [".devrep"] holding nvidia_ml_py-*.whl, a fresh qbench wheel (the change) and old/qbench*.whl
 # (the commit before it): `bash tools/device/trust.sh` writes everything to $OUT as it goes.
 #  1. the same eager cell (qwen2.5-7b, bf16, ctx 2048, --graphs off --sessions 1) in three separate
 #     invocations of each qbench, interleaved old/new so that the host's drift hits both alike;
@@ -8,8 +8,8 @@ set -e
 repo=$(pwd)
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .devrep/nvidia_ml_py-*.whl 2>&1 | tail -1
 rm -rf /tmp/qb /tmp/qb_old
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/qb .devrep/qbench-*.whl
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/qb_old .devrep/old/qbench-*.whl
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/qb .devrep/qbench*.whl
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/qb_old .devrep/old/qbench*.whl
 export PYTHONUNBUFFERED=1
 mkdir -p /tmp/res && cd /tmp/res
 set +e
