@@ -23,12 +23,16 @@ FAMILY = ("llamacpp-f16", "llamacpp-q8_0", "llamacpp-q4_0", "llamacpp-q4_k_m")
 
 
 @needs_llama_cpp
-def test_synthetic_gguf_quantised_loaded_stepped_and_gated(tmp_path):
+def test_synthetic_gguf_quantised_loaded_stepped_and_gated(tmp_path, monkeypatch):
+    import uuid
+
     from gguf import GGUFReader
     from qbench.backends.gguf_bytes import step_bytes
 
     from qbench.cache import Cache
 
+    mark = uuid.uuid4().hex
+    monkeypatch.setenv("QBENCH_TEST_MARK", mark)
     args = ["--model", "tiny", "--backends", ",".join(FAMILY), "--ctx", "64", "--steps", "8", "--sessions", "1"]
     result = CliRunner().invoke(main, ["compare", *args, "--db", "r.sqlite", "--format", "json"])
     assert result.exit_code == 0, result.output
@@ -53,20 +57,23 @@ def test_synthetic_gguf_quantised_loaded_stepped_and_gated(tmp_path):
     by_type = {next(iter(t)): p for p, t in types.items()}
     assert f16["bytes_per_step"] == step_bytes(by_type["F16"], 64).total
     assert q4["bytes_per_step"] == step_bytes(by_type["Q4_0"], 64).total
-    assert not engines_running()  # llama.cpp's processes went with their sessions
+    assert not engines_running(mark)  # llama.cpp's processes went with their sessions
 
 
-def engines_running() -> list[str]:
+def engines_running(mark: str) -> list[str]:
+    """llama.cpp engine processes started under this test (they inherit its QBENCH_TEST_MARK),
+    orphans included; other engines on the machine are not ours."""
     from pathlib import Path
 
     found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+    for folder in Path("/proc").glob("[0-9]*"):
         try:
-            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            command = (folder / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environment = (folder / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if "llamacpp_engine.py" in text:
-            found.append(text)
+        if "llamacpp_engine.py" in command and f"QBENCH_TEST_MARK={mark}".encode() in environment:
+            found.append(command)
     return found
 
 

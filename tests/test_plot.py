@@ -33,7 +33,7 @@ def test_replication_figure_is_a_png(tmp_path):
 
 def test_missing_matplotlib_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if not installed
-    with pytest.raises(UserError, match=r"qbench\[plot\]"):
+    with pytest.raises(UserError, match=r"qbench-decode\[plot\]"):
         replication_figure(_cells(), tmp_path / "x.png")
 
 
