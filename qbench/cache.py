@@ -140,6 +140,13 @@ class Cache:
         self.folder.mkdir(parents=True, exist_ok=True)
         if size_hint and shutil.disk_usage(self.folder).free < size_hint * 1.1:
             raise OSError(f"{size_hint / 1e9:.1f} GB does not fit the free disk under {self.folder}")
+        self._write(key, path, make)
+        return path, "stored" + why
+
+    # ---- writing ----------------------------------------------------------------------------
+    def _write(self, key: str, path: Path, make: Callable[[Path], None]) -> None:
+        """`make(temporary path)` writes the entry beside its place; it is synced and renamed into
+        place (atomic: readers see the old file, the new one, or none), then the cache is bounded."""
         temporary = self.folder / f".{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
         try:
             make(temporary)
@@ -149,9 +156,7 @@ class Cache:
         finally:
             temporary.unlink(missing_ok=True)
         self.evict(keep=key)
-        return path, "stored" + why
 
-    # ---- writing ----------------------------------------------------------------------------
     def store(self, key: str, tensors: dict[str, Any], about: dict) -> str:
         """Write an entry whole or not at all; returns '' or why it was not written."""
         from safetensors.torch import save_file
@@ -162,17 +167,12 @@ class Cache:
         self.folder.mkdir(parents=True, exist_ok=True)
         if shutil.disk_usage(self.folder).free < size * 1.1:
             return f"not cached: {size / 1e9:.1f} GB does not fit the free disk under {self.folder}"
-        temporary = self.folder / f".{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+        flat = {name: tensor.contiguous() for name, tensor in tensors.items()}
+        metadata = {"about": json.dumps(about, default=str)}
         try:
-            flat = {name: tensor.contiguous() for name, tensor in tensors.items()}
-            save_file(flat, str(temporary), metadata={"about": json.dumps(about, default=str)})
-            with open(temporary, "rb") as file:
-                os.fsync(file.fileno())
-            os.replace(temporary, self.path(key))  # atomic: readers see the old file, the new one, or none
+            self._write(key, self.path(key), lambda out: save_file(flat, str(out), metadata=metadata))
         except OSError as error:
-            temporary.unlink(missing_ok=True)
             return f"not cached: {error}"
-        self.evict(keep=key)
         return ""
 
     def evict(self, keep: str = "") -> list[str]:
