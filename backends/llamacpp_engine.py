@@ -58,7 +58,6 @@ class Engine:
         self._callback = llama_cpp.llama_log_callback(self._keep_log)  # referenced: ctypes must not free it
         llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
         llama_cpp.llama_backend_init()
-        self.ctx = None
 
     def _keep_log(self, level, text, user_data) -> None:
         line = text.decode(errors="replace").rstrip()
@@ -153,8 +152,6 @@ def serve() -> None:
                 reply = ("ok", *engine.step(args[0]))
             elif command == "score":
                 reply = ("ok", engine.score(args[0]))
-            elif command == "log":
-                reply = ("ok", list(engine.log))
             else:
                 reply = ("error", f"unknown command {command!r}")
         except Exception as error:  # the session reports it; the engine stays up for the next request

@@ -94,18 +94,17 @@ def run_block(runner, settings: DecodeSettings, tokens: torch.Tensor, graphs: bo
             end.synchronize()
             ended = time.perf_counter()
             result.event_ms.append(start.elapsed_time(end))
+            result.wall_ms.append((ended - began) * 1e3)
         elif getattr(runner, "timer", None) == "runner":  # timed where the step ran (the engine's process)
             logits = runner.step(token)
             result.wall_ms.append(runner.last_step_ms)
-            collected.append(logits.float().clone())
-            continue
         else:
             began = time.perf_counter()
             logits = runner.step(token)
             if cuda:
                 torch.cuda.synchronize(runner.device)  # a "wall" runner has synchronised already: no cost
             ended = time.perf_counter()
-        result.wall_ms.append((ended - began) * 1e3)
+            result.wall_ms.append((ended - began) * 1e3)
         collected.append(logits.float().clone())  # outside the timed region
     if graphs:
         set_graphs(runner, False)

@@ -102,22 +102,13 @@ def document(fmt: str, title: str, sections: list[Section], legend: str) -> str:
         for section in sections:
             csv.writer(buffer).writerows([section.headers, *section.body])
         return buffer.getvalue()
-    if fmt == "table":  # the terminal: long title lines (the commands) wrapped at the table's width
-        lines = [wrapped for line in title.splitlines() if line for wrapped in _wrap(line, "    ")]
-        parts = lines + ([""] if title else [])
-    else:
-        parts = [_prose(line, fmt) for line in title.splitlines() if line] + ([""] if title else [])
+    parts = [out for line in title.splitlines() if line for out in _lines(line, fmt)] + ([""] if title else [])
     for section in sections:
-        if section.heading and fmt == "table":  # the terminal: headings wrapped like the table's width
-            parts += _wrap(section.heading)
-        elif section.heading:
-            parts.append(_heading(section.heading, fmt))
-        parts += [_prose(line, fmt) for line in section.before] + ([""] if section.before else [])
+        if section.heading:  # in the terminal, wrapped at the table's width like all prose
+            parts += _wrap(section.heading) if fmt == "table" else [_heading(section.heading, fmt)]
+        parts += [out for line in section.before for out in _lines(line, fmt)] + ([""] if section.before else [])
         parts.append(tabulate(section.body, headers=section.headers, tablefmt=TABLE_FORMATS[fmt]))
-        if fmt == "table":
-            parts += [wrapped for line in section.after for wrapped in _wrap(line, "    ")] + [""]
-        else:
-            parts += [_prose(line, fmt) for line in section.after] + [""]
+        parts += [out for line in section.after for out in _lines(line, fmt)] + [""]
     if fmt in ("table", "md"):  # a legend people read: wrapped, not one long line
         parts += textwrap.wrap(legend, LEGEND_WIDTH, break_on_hyphens=False)
     else:
@@ -131,7 +122,15 @@ LEGEND_WIDTH = 100
 
 
 def _wrap(text: str, indent: str = "") -> list[str]:
-    return textwrap.wrap(text, 120, subsequent_indent=indent, break_on_hyphens=False, break_long_words=False)
+    return textwrap.wrap(
+        text, TERMINAL_WIDTH, subsequent_indent=indent, break_on_hyphens=False, break_long_words=False
+    )
+
+
+def _lines(text: str, fmt: str) -> list[str]:
+    """A line of prose as output lines: in the terminal wrapped at the table's width (long commands
+    included), else one line of the format's markup."""
+    return _wrap(text, "    ") if fmt == "table" else [_prose(text, fmt)]
 HTML_STYLE = (
     "body{font-family:system-ui,sans-serif;margin:2em;max-width:110em;color:#222}"
     "table{border-collapse:collapse;font-size:0.9em}th,td{border:1px solid #ccc;padding:0.2em 0.5em;text-align:right}"

@@ -286,17 +286,19 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
         result["blocks"].append(block)
     phases.done("timed_s")
     if device == "cuda":
-        try:
-            if getattr(runner, "kernels_elsewhere", ""):  # e.g. an engine in its own process
-                raise RuntimeError(runner.kernels_elsewhere)
-            kernels = profile_step_kernels(runner, tokens[-1:])
-        except Exception as error:  # no CUPTI in some containers: say so, claim nothing
-            result["step_kernels"] = f"profiler unavailable: {error}"[:300]
+        elsewhere = getattr(runner, "kernels_elsewhere", "")  # e.g. an engine in its own process
+        if elsewhere:
+            result["step_kernels"] = elsewhere[:300]
         else:
-            result["step_kernels"] = [dict(k, name=k["name"][:120]) for k in kernels[:12]]
-            result["step_gpu_us"] = round(sum(k["gpu_us"] for k in kernels), 1)  # every kernel of the step
-            if backend.kernel_pattern:
-                result["kernel_seen"] = any(re.search(backend.kernel_pattern, k["name"]) for k in kernels)
+            try:
+                kernels = profile_step_kernels(runner, tokens[-1:])
+            except Exception as error:  # no CUPTI in some containers: say so, claim nothing
+                result["step_kernels"] = f"profiler unavailable: {error}"[:300]
+            else:
+                result["step_kernels"] = [dict(k, name=k["name"][:120]) for k in kernels[:12]]
+                result["step_gpu_us"] = round(sum(k["gpu_us"] for k in kernels), 1)  # every kernel of the step
+                if backend.kernel_pattern:
+                    result["kernel_seen"] = any(re.search(backend.kernel_pattern, k["name"]) for k in kernels)
         if linear_format:
             result["peak_memory_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         elif getattr(runner, "device_memory_mib", None) is not None:  # memory torch's allocator does not see
