@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from qbench import DISTRIBUTION
 from qbench.errors import UserError
 
 
@@ -12,7 +13,8 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise UserError("plots need matplotlib, which is not installed", "pip install 'qbench-decode[plot]'") from None
+        fix = f"pip install '{DISTRIBUTION}[plot]'"
+        raise UserError("plots need matplotlib, which is not installed", fix) from None
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 

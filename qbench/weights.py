@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from qbench import DISTRIBUTION
 from qbench.errors import UserError
 from qbench.specs import did_you_mean
 
@@ -64,7 +65,7 @@ def check_gguf(path: Path) -> None:
     try:
         from gguf import GGUFReader
     except ImportError:
-        raise UserError("reading GGUF weights needs the gguf package", "pip install 'qbench-decode[gguf]'") from None
+        raise UserError("reading GGUF weights needs the gguf package", f"pip install '{DISTRIBUTION}[gguf]'") from None
     try:
         reader = GGUFReader(path)
         end = max((t.data_offset + t.n_bytes for t in reader.tensors), default=0)
