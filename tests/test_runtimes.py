@@ -162,7 +162,10 @@ def test_a_whole_runtime_plugin_runs_through_the_protocol(engine_dist, tmp_path)
     exported = CliRunner().invoke(main, ["export", "--db", str(tmp_path / "r.sqlite"), "--format", "csv"])
     rows = {(r["backend"], r["runtime"]): r for r in csv.DictReader(io.StringIO(exported.stdout))}
     assert rows[("toy-engine", "toy")]["runtime_notes"] == "toy: a bigram table"
-    assert rows[("bf16", "lean")]["runtime_notes"] == "lean: step not compiled: torch.compile is used on CUDA only"
+    assert rows[("bf16", "lean")]["runtime_notes"] == (
+        "lean: decode attention: SDPA (the split-K kernel runs on CUDA) | "
+        "lean: step not compiled: torch.compile is used on CUDA only"
+    )
     view = CliRunner().invoke(
         main, ["export", "--db", str(tmp_path / "r.sqlite"), "--view", "sessions", "--format", "md"]
     )

@@ -7,13 +7,14 @@ the loop around them:
   - a static KV cache [layers, kv heads, positions, head dim] written in place at a position held
     in a device tensor, so every step is the same kernels on the same pointers (a CUDA graph
     captures it);
-  - grouped-query attention for the one new position with each kv head's group of query heads in
-    SDPA's query-length place: K and V are read once and never expanded to the query heads
-    (transformers' SDPA path copies them, `repeat_kv`, whenever a mask is passed, which a static
-    cache needs). What it costs on the H100 (results/h100/runtimes): the fused kernel SDPA picks
-    gets one block per kv head and takes 1.3 ms a step at 7B, ctx 2048, some 30x the KV cache's
-    read time; two batched matrix products instead were slower still (cuBLAS's batched GEMV).
-    A split-K decode kernel (flash-decoding) is the known cure and not written yet;
+  - grouped-query attention for the one new position, K and V read once and never expanded to the
+    query heads (transformers' SDPA path copies them, `repeat_kv`, whenever a mask is passed, which
+    a static cache needs). On CUDA with Triton: qbench's split-K decode kernel
+    (`decode_attention.py`, flash-decoding: one program per kv head and chunk of positions). Else,
+    or with QBENCH_LEAN_ATTENTION=sdpa, SDPA with each kv head's group of query heads in the
+    query-length place: correct everywhere, but on the H100 the fused kernel SDPA picks gets one
+    block per kv head and took 1.3 ms a step at 7B, ctx 2048 (results/h100/runtimes). The runner's
+    notes say which ran;
   - rotary cos/sin tables computed once by the model's own rotary module (so Llama 3.1's rope
     scaling and any attention scaling are the model's own);
   - no cache object, mask builder or output records: a step is its tensors and nothing else.
@@ -31,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from qbench.positions import CAPTURE_WARMUP_STEPS
-from qbench.runtimes import modules
+from qbench.runtimes import decode_attention, modules
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -90,6 +91,7 @@ class LeanRunner:
         self.use_graph = False
         self._hf = None  # the hf runner that gives the gate's reference (same model, plain path)
         self._reference = False
+        self.split_programs = self._choose_attention()
         self._step_fn = self._decode
         if self.device.type != "cuda":
             self.notes.append("lean: step not compiled: torch.compile is used on CUDA only")
@@ -103,6 +105,29 @@ class LeanRunner:
         else:
             self._step_fn = torch.compile(self._decode, dynamic=False)
             self.notes.append("lean: step compiled with torch.compile")
+
+    def _choose_attention(self) -> int:
+        """How many (kv head, chunk) programs the split-K decode attention launches, 0 for SDPA; the
+        choice goes into the notes. QBENCH_LEAN_ATTENTION: auto (split-K on CUDA where Triton loads),
+        sdpa, or split-k (also on the CPU under TRITON_INTERPRET=1, for tests)."""
+        choice = os.environ.get("QBENCH_LEAN_ATTENTION", "auto")
+        if choice not in ("auto", "sdpa", "split-k"):
+            raise ValueError(f"QBENCH_LEAN_ATTENTION must be auto, sdpa or split-k, got {choice!r}")
+        reason = decode_attention.available()
+        if choice == "sdpa" or (choice == "auto" and (self.device.type != "cuda" or reason)):
+            why = "QBENCH_LEAN_ATTENTION=sdpa" if choice == "sdpa" else reason or "the split-K kernel runs on CUDA"
+            self.notes.append(f"lean: decode attention: SDPA ({why})")
+            return 0
+        if reason:
+            raise RuntimeError(f"QBENCH_LEAN_ATTENTION=split-k, but {reason}")
+        sms = torch.cuda.get_device_properties(self.device).multi_processor_count if self.device.type == "cuda" else 8
+        programs = 2 * sms  # two programs per SM: enough chunks in flight to read the cache at full rate
+        chunk, splits = decode_attention.plan_splits(self.max_cache_len, self.kv_heads, programs)
+        self.notes.append(
+            f"lean: decode attention: qbench's split-K Triton kernel ({self.kv_heads} kv heads x {splits} "
+            f"chunks of {chunk} positions)"
+        )
+        return programs
 
     # ---- the model, one position or a whole prompt --------------------------------------------------
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -122,15 +147,20 @@ class LeanRunner:
             k_cache, v_cache = self.k_cache[index], self.v_cache[index]  # [kv heads, positions, head_dim]
             k_cache.index_copy_(1, position, k)
             v_cache.index_copy_(1, position, v)
-            # Query head j attends with kv head j // group. The group's query heads stand in SDPA's
-            # query-length place ([1, kv heads, group, head_dim]) against [1, kv heads, positions,
-            # head_dim]: every kv head meets exactly its own queries, K and V are read once and never
-            # expanded, and the scores are accumulated in float32 inside the attention kernel.
-            grouped = q.view(1, self.kv_heads, self.group, self.head_dim)
-            out = F.scaled_dot_product_attention(
-                grouped, k_cache[None], v_cache[None], attn_mask=visible.view(1, 1, 1, -1), scale=self.scale
-            )
-            out = out.reshape(1, 1, self.heads * self.head_dim)
+            # Query head j attends with kv head j // group; K and V are read once and never expanded,
+            # and the scores are accumulated in float32 inside the attention kernel. The split-K kernel
+            # takes each kv head's group of query heads per chunk of positions; SDPA takes them in its
+            # query-length place ([1, kv heads, group, head_dim] against [1, kv heads, positions, head_dim]).
+            if self.split_programs:
+                out = decode_attention.decode_attention(
+                    q, k_cache, v_cache, position, self.scale, self.split_programs
+                ).view(1, 1, self.heads * self.head_dim)
+            else:
+                grouped = q.view(1, self.kv_heads, self.group, self.head_dim)
+                out = F.scaled_dot_product_attention(
+                    grouped, k_cache[None], v_cache[None], attn_mask=visible.view(1, 1, 1, -1), scale=self.scale
+                )
+                out = out.reshape(1, 1, self.heads * self.head_dim)
             hidden = hidden + attention.o_proj(out)
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         return self.lm_head(self.norm(hidden))[0, -1]

@@ -1,0 +1,194 @@
+"""Split-K decode attention (flash-decoding) for `lean`: one new position's query heads against a
+static KV cache, grouped-query, in two small Triton kernels.
+
+Why: for one query position SDPA's fused kernels parallelise over (batch, heads, query blocks); with
+each kv head's group of query heads in the query-length place that is one block per kv head (4 on
+Qwen2.5-7B), so one SM reads a whole head's cache while the others idle: 1.3 ms a step on the H100
+at ctx 2048, some 30x the cache's read time (results/h100/runtimes). Here the cache positions are
+split into chunks instead, one program per (kv head, chunk):
+
+  1. `decode_attention_partial`: a program loads its kv head's group of query heads ([group, head_dim], padded to
+     16 rows for the tensor-core dot), walks its chunk of K and V up to the current position (later
+     positions are neither read nor counted), and keeps the online-softmax state in float32: the
+     running maximum m, the sum l of exp(score - m) and the unnormalised output acc;
+  2. `decode_attention_combine`: one program per kv head rescales the chunks' states to their common maximum and
+     writes sum(acc_i * w_i) / sum(l_i * w_i), w_i = exp(m_i - max m), in the cache's dtype.
+
+Every kv head's K and V are read once and never expanded to the query heads. The position is a
+device tensor, so a captured CUDA graph replays the same launches at every step; chunks wholly past
+the position return at once. The result is registered as the custom op `qbench::decode_attention`
+so torch.compile treats it as one opaque call inside a compiled step.
+
+Triton is imported lazily: `available()` says whether this path can run here and, if not, why; the
+runner then uses SDPA and records that in its notes.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+BLOCK_N = 32  # cache positions per inner iteration of a program
+MIN_ROWS = 16  # tl.dot needs at least 16 rows: the group of query heads is padded to this
+
+
+@functools.lru_cache(maxsize=1)
+def available() -> str | None:
+    """None when the Triton path can run on CUDA here, else the reason it cannot."""
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception as error:  # ImportError, or a Triton that cannot load its backend
+        return f"Triton not importable ({type(error).__name__}: {error})"
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _kernels():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def decode_attention_partial(
+        Q, K, V, POS, ACC, M, L,
+        stride_kh, stride_kn,
+        scale,
+        GROUP: tl.constexpr, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, DIM: tl.constexpr,
+        CHUNK: tl.constexpr, BLOCK: tl.constexpr, SPLITS: tl.constexpr,
+    ):
+        head = tl.program_id(0)
+        split = tl.program_id(1)
+        position = tl.load(POS)
+        rows = tl.arange(0, ROWS)
+        dims = tl.arange(0, DIM)
+        row_ok = rows < GROUP
+        dim_ok = dims < HEAD_DIM
+        q = tl.load(
+            Q + (head * GROUP + rows)[:, None] * HEAD_DIM + dims[None, :],
+            mask=row_ok[:, None] & dim_ok[None, :], other=0.0,
+        )
+        m = tl.full([ROWS], float("-inf"), tl.float32)
+        l_sum = tl.zeros([ROWS], tl.float32)
+        acc = tl.zeros([ROWS, DIM], tl.float32)
+        start = split * CHUNK
+        end = tl.minimum(start + CHUNK, position + 1)  # the positions written so far, this chunk's part
+        k_base = K + head * stride_kh
+        v_base = V + head * stride_kh
+        for first in range(start, end, BLOCK):
+            positions = first + tl.arange(0, BLOCK)
+            seen = positions < end
+            offsets = positions[:, None] * stride_kn + dims[None, :]
+            k = tl.load(k_base + offsets, mask=seen[:, None] & dim_ok[None, :], other=0.0)
+            scores = tl.dot(q, tl.trans(k)) * scale  # [ROWS, BLOCK], float32
+            scores = tl.where(seen[None, :], scores, float("-inf"))
+            m_new = tl.maximum(m, tl.max(scores, 1))
+            alpha = tl.exp(m - m_new)
+            p = tl.exp(scores - m_new[:, None])
+            l_sum = l_sum * alpha + tl.sum(p, 1)
+            v = tl.load(v_base + offsets, mask=seen[:, None] & dim_ok[None, :], other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m = m_new
+        state = (head * SPLITS + split) * ROWS + rows
+        tl.store(M + state, m)
+        tl.store(L + state, l_sum)
+        tl.store(ACC + state[:, None] * DIM + dims[None, :], acc)
+
+    @triton.jit
+    def decode_attention_combine(
+        ACC, M, L, OUT,
+        GROUP: tl.constexpr, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, DIM: tl.constexpr,
+        SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr,
+    ):
+        head = tl.program_id(0)
+        splits = tl.arange(0, SPLITS_P2)
+        rows = tl.arange(0, ROWS)
+        dims = tl.arange(0, DIM)
+        split_ok = splits < SPLITS
+        state = (head * SPLITS + splits)[:, None] * ROWS + rows[None, :]  # [SPLITS_P2, ROWS]
+        m = tl.load(M + state, mask=split_ok[:, None], other=float("-inf"))
+        l_sum = tl.load(L + state, mask=split_ok[:, None], other=0.0)
+        top = tl.max(m, 0)  # [ROWS]; finite: chunk 0 always holds position 0
+        weight = tl.where(split_ok[:, None], tl.exp(m - top[None, :]), 0.0)
+        total = tl.sum(l_sum * weight, 0)  # [ROWS]
+        acc = tl.load(
+            ACC + state[:, :, None] * DIM + dims[None, None, :], mask=split_ok[:, None, None], other=0.0
+        )  # [SPLITS_P2, ROWS, DIM]
+        out = tl.sum(acc * weight[:, :, None], 0) / total[:, None]
+        keep = (rows < GROUP)[:, None] & (dims < HEAD_DIM)[None, :]
+        where = OUT + (head * GROUP + rows)[:, None] * HEAD_DIM + dims[None, :]
+        tl.store(where, out.to(OUT.dtype.element_ty), mask=keep)
+
+    return decode_attention_partial, decode_attention_combine
+
+
+def _next_power_of_2(n: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(1, n))))
+
+
+def plan_splits(positions: int, kv_heads: int, programs: int) -> tuple[int, int]:
+    """(chunk, splits): chunks of a multiple of BLOCK_N positions, as many as give about `programs`
+    programs over the kv heads (at least one chunk, at most one per BLOCK_N positions)."""
+    blocks = math.ceil(positions / BLOCK_N)
+    splits = max(1, min(blocks, math.ceil(programs / kv_heads)))
+    chunk = math.ceil(blocks / splits) * BLOCK_N
+    return chunk, math.ceil(positions / chunk)
+
+
+def decode_attention_reference(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, position: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """What the kernels compute, in float32 with torch ops: q [heads, head_dim]; caches [kv heads,
+    positions, head_dim]; positions 0..position attended; returns [heads, head_dim] in q's dtype."""
+    kv_heads, _, head_dim = k_cache.shape
+    group = q.shape[0] // kv_heads
+    last = int(position.reshape(-1)[0]) + 1
+    k, v = k_cache[:, :last].float(), v_cache[:, :last].float()
+    grouped = q.float().view(kv_heads, group, head_dim)
+    weights = torch.softmax(grouped @ k.transpose(1, 2) * scale, dim=-1)
+    return (weights @ v).reshape(-1, head_dim).to(q.dtype)
+
+
+def _launch(q, k_cache, v_cache, position, scale: float, programs: int) -> torch.Tensor:
+    partial, combine = _kernels()
+    kv_heads, positions, head_dim = k_cache.shape
+    heads = q.shape[0]
+    group = heads // kv_heads
+    rows = max(MIN_ROWS, _next_power_of_2(group))
+    dim = max(16, _next_power_of_2(head_dim))
+    chunk, splits = plan_splits(positions, kv_heads, programs)
+    states = kv_heads * splits * rows
+    acc = torch.empty(states, dim, dtype=torch.float32, device=q.device)
+    m = torch.empty(states, dtype=torch.float32, device=q.device)
+    l_sum = torch.empty(states, dtype=torch.float32, device=q.device)
+    out = torch.empty(heads, head_dim, dtype=q.dtype, device=q.device)
+    partial[(kv_heads, splits)](
+        q, k_cache, v_cache, position, acc, m, l_sum,
+        k_cache.stride(0), k_cache.stride(1),
+        scale,
+        GROUP=group, ROWS=rows, HEAD_DIM=head_dim, DIM=dim, CHUNK=chunk, BLOCK=BLOCK_N, SPLITS=splits,
+    )
+    combine[(kv_heads,)](
+        acc, m, l_sum, out,
+        GROUP=group, ROWS=rows, HEAD_DIM=head_dim, DIM=dim, SPLITS=splits, SPLITS_P2=_next_power_of_2(splits),
+    )
+    return out
+
+
+@torch.library.custom_op("qbench::decode_attention", mutates_args=())
+def decode_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, position: torch.Tensor, scale: float, programs: int
+) -> torch.Tensor:
+    """q [heads, head_dim] (contiguous); k_cache, v_cache [kv heads, positions, head_dim] with the
+    head dim contiguous; position [1] int64 on the device: positions 0..position are attended.
+    `programs`: about how many (kv head, chunk) programs to launch (twice the SM count is a good
+    start). Returns [heads, head_dim] in q's dtype."""
+    if k_cache.stride(2) != 1 or v_cache.stride() != k_cache.stride():
+        raise ValueError("decode_attention needs K and V caches of one layout with the head dim contiguous")
+    return _launch(q.contiguous(), k_cache, v_cache, position, scale, programs)
+
+
+@decode_attention.register_fake
+def _(q, k_cache, v_cache, position, scale, programs):
+    return torch.empty_like(q)

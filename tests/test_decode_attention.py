@@ -1,0 +1,116 @@
+"""lean's split-K decode attention (qbench/runtimes/decode_attention.py), run by Triton's interpreter
+on the CPU: against the float32 reference, and inside lean against lean's SDPA path.
+
+The interpreter is switched on per process (TRITON_INTERPRET is read when a kernel is defined), so
+each check runs in a child Python. Its tl.dot is wrong for bfloat16 inputs (numpy has no bfloat16
+matmul), so the checks use float16 and float32; the kernel is the same for every dtype, and on the
+GPU every lean session's gate checks the bfloat16 logits against transformers'.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("triton", reason="Triton not installed (the test extra installs it on Linux x86-64)")
+
+
+def _interpret(code: str) -> str:
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_split_k_attention_matches_the_reference_and_never_reads_past_the_position():
+    out = _interpret(
+        """
+        import torch
+        from qbench.runtimes.decode_attention import decode_attention, decode_attention_reference
+        torch.manual_seed(0)
+        cases = [  # heads, kv heads, head dim, cache positions, position, programs
+            (28, 4, 128, 300, 299, 16),  # Qwen2.5-7B's grouping, last position, chunks of 96
+            (28, 4, 128, 300, 130, 64),  # mid-cache: later chunks return at once
+            (9, 3, 64, 100, 0, 64),  # only position 0
+            (4, 4, 48, 70, 33, 4),  # no grouping; a head dim padded to 64
+            (12, 1, 16, 50, 49, 1),  # one kv head, one chunk
+        ]
+        for dtype in (torch.float32, torch.float16):
+            for heads, kv_heads, dim, positions, position, programs in cases:
+                q = torch.randn(heads, dim, dtype=dtype)
+                k = torch.randn(kv_heads, positions, dim, dtype=dtype)
+                v = torch.randn(kv_heads, positions, dim, dtype=dtype)
+                k[:, position + 1 :] = float("nan")  # never written: reading or counting them poisons the output
+                v[:, position + 1 :] = float("nan")
+                at = torch.tensor([position])
+                got = decode_attention(q, k, v, at, dim**-0.5, programs).float()
+                want = decode_attention_reference(q, k, v, at, dim**-0.5).float()
+                assert torch.isfinite(got).all(), (dtype, heads, position)
+                err = ((got - want).abs().max() / want.abs().max()).item()
+                assert err < (1e-5 if dtype == torch.float32 else 2e-3), (dtype, heads, position, err)
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"
+
+
+def test_plan_splits_covers_the_cache_in_whole_blocks():
+    from qbench.runtimes.decode_attention import BLOCK_N, plan_splits
+
+    for positions, kv_heads, programs in [(2087, 4, 264), (96, 2, 16), (50, 1, 1), (31, 8, 1000)]:
+        chunk, splits = plan_splits(positions, kv_heads, programs)
+        assert chunk % BLOCK_N == 0 and chunk * splits >= positions > chunk * (splits - 1)
+    assert plan_splits(2087, 4, 264)[1] == 66  # Qwen2.5-7B on 132 SMs: about two programs per SM
+
+
+def test_lean_with_split_k_attention_matches_lean_with_sdpa():
+    out = _interpret(
+        """
+        import os, torch
+        from qbench.api import LoadOptions
+        from qbench.decode import token_stream
+        from qbench.registry import load_backend
+        from qbench.runtimes.lean import LeanRunner
+        from qbench.specs import load_model_spec
+        spec = load_model_spec("tiny")
+        options = LoadOptions(device="cpu", weights="synthetic", seed=0, max_cache_len=96, group_size=128)
+        model = load_backend("bf16").load(spec, options).model.to(torch.float16)
+        runners = {}
+        for choice in ("split-k", "sdpa"):
+            os.environ["QBENCH_LEAN_ATTENTION"] = choice
+            runners[choice] = LeanRunner(model, 96, "cpu")
+        assert "split-K Triton kernel" in runners["split-k"].notes[0], runners["split-k"].notes
+        assert runners["sdpa"].notes[0] == "lean: decode attention: SDPA (QBENCH_LEAN_ATTENTION=sdpa)"
+        tokens = token_stream(spec.vocab_size, 72, 0, "cpu")
+        split, sdpa = runners["split-k"], runners["sdpa"]
+        split.prefill(tokens[:60]), sdpa.prefill(tokens[:60])
+        for p in range(60, 70):
+            got, want = split.step(tokens[p : p + 1]).float(), sdpa.step(tokens[p : p + 1]).float()
+            assert ((got - want).norm() / want.norm()).item() < 5e-3 and got.argmax() == want.argmax(), p
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"
+
+
+def test_lean_attention_choice_is_checked_and_said(monkeypatch):
+    import torch
+
+    from qbench.api import LoadOptions
+    from qbench.registry import load_backend
+    from qbench.runtimes.lean import LeanRunner
+    from qbench.specs import load_model_spec
+
+    options = LoadOptions(device="cpu", weights="synthetic", seed=0, max_cache_len=32, group_size=128)
+    model = load_backend("bf16").load(load_model_spec("tiny"), options).model
+    monkeypatch.setenv("QBENCH_LEAN_ATTENTION", "flash")
+    with pytest.raises(ValueError, match="auto, sdpa or split-k"):
+        LeanRunner(model, 32, "cpu")
+    monkeypatch.delenv("QBENCH_LEAN_ATTENTION")
+    runner = LeanRunner(model, 32, "cpu")
+    assert runner.notes[0] == "lean: decode attention: SDPA (the split-K kernel runs on CUDA)"
+    assert isinstance(runner.step(torch.tensor([1])), torch.Tensor)
