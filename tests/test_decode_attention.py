@@ -38,6 +38,7 @@ def test_split_k_attention_matches_the_reference_and_never_reads_past_the_positi
             (9, 3, 64, 100, 0, 64),  # only position 0
             (4, 4, 48, 70, 33, 4),  # no grouping; a head dim padded to 64
             (12, 1, 16, 50, 49, 1),  # one kv head, one chunk
+            (8, 2, 64, 700, 690, 64),  # 22 chunks: the combine walks them 16 at a time
         ]
         for dtype in (torch.float32, torch.float16):
             for heads, kv_heads, dim, positions, position, programs in cases:

@@ -11,7 +11,7 @@ split into chunks instead, one program per (kv head, chunk):
      16 rows for the tensor-core dot), walks its chunk of K and V up to the current position (later
      positions are neither read nor counted), and keeps the online-softmax state in float32: the
      running maximum m, the sum l of exp(score - m) and the unnormalised output acc;
-  2. `decode_attention_combine`: one program per kv head rescales the chunks' states to their common maximum and
+  2. `decode_attention_combine`: one program per query head rescales the chunks' states to their common maximum and
      writes sum(acc_i * w_i) / sum(l_i * w_i), w_i = exp(m_i - max m), in the cache's dtype.
 
 Every kv head's K and V are read once and never expanded to the query heads. The position is a
@@ -99,26 +99,31 @@ def _kernels():
     def decode_attention_combine(
         ACC, M, L, OUT,
         GROUP: tl.constexpr, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, DIM: tl.constexpr,
-        SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr,
+        SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr, SPLIT_BLOCK: tl.constexpr,
     ):
-        head = tl.program_id(0)
+        # One program per query head: its row of every chunk's state, SPLIT_BLOCK chunks at a time (a
+        # whole kv head's [chunks, group, head_dim] in one program spilled its registers: 100 us a layer).
+        query = tl.program_id(0)
+        head = query // GROUP
+        row = query % GROUP
         splits = tl.arange(0, SPLITS_P2)
-        rows = tl.arange(0, ROWS)
-        dims = tl.arange(0, DIM)
         split_ok = splits < SPLITS
-        state = (head * SPLITS + splits)[:, None] * ROWS + rows[None, :]  # [SPLITS_P2, ROWS]
-        m = tl.load(M + state, mask=split_ok[:, None], other=float("-inf"))
-        l_sum = tl.load(L + state, mask=split_ok[:, None], other=0.0)
-        top = tl.max(m, 0)  # [ROWS]; finite: chunk 0 always holds position 0
-        weight = tl.where(split_ok[:, None], tl.exp(m - top[None, :]), 0.0)
-        total = tl.sum(l_sum * weight, 0)  # [ROWS]
-        acc = tl.load(
-            ACC + state[:, :, None] * DIM + dims[None, None, :], mask=split_ok[:, None, None], other=0.0
-        )  # [SPLITS_P2, ROWS, DIM]
-        out = tl.sum(acc * weight[:, :, None], 0) / total[:, None]
-        keep = (rows < GROUP)[:, None] & (dims < HEAD_DIM)[None, :]
-        where = OUT + (head * GROUP + rows)[:, None] * HEAD_DIM + dims[None, :]
-        tl.store(where, out.to(OUT.dtype.element_ty), mask=keep)
+        state = (head * SPLITS + splits) * ROWS + row
+        m = tl.load(M + state, mask=split_ok, other=float("-inf"))
+        top = tl.max(m, 0)  # finite: chunk 0 always holds position 0
+        weight = tl.where(split_ok, tl.exp(m - top), 0.0)
+        total = tl.sum(tl.load(L + state, mask=split_ok, other=0.0) * weight, 0)
+        dims = tl.arange(0, DIM)
+        out = tl.zeros([DIM], tl.float32)
+        for first in range(0, SPLITS, SPLIT_BLOCK):
+            block = first + tl.arange(0, SPLIT_BLOCK)
+            block_ok = block < SPLITS
+            block_state = (head * SPLITS + block) * ROWS + row
+            block_m = tl.load(M + block_state, mask=block_ok, other=float("-inf"))
+            block_weight = tl.where(block_ok, tl.exp(block_m - top), 0.0)
+            acc = tl.load(ACC + block_state[:, None] * DIM + dims[None, :], mask=block_ok[:, None], other=0.0)
+            out += tl.sum(acc * block_weight[:, None], 0)
+        tl.store(OUT + query * HEAD_DIM + dims, (out / total).to(OUT.dtype.element_ty), mask=dims < HEAD_DIM)
 
     return decode_attention_partial, decode_attention_combine
 
@@ -169,9 +174,10 @@ def _launch(q, k_cache, v_cache, position, scale: float, programs: int) -> torch
         scale,
         GROUP=group, ROWS=rows, HEAD_DIM=head_dim, DIM=dim, CHUNK=chunk, BLOCK=BLOCK_N, SPLITS=splits,
     )
-    combine[(kv_heads,)](
+    combine[(heads,)](
         acc, m, l_sum, out,
         GROUP=group, ROWS=rows, HEAD_DIM=head_dim, DIM=dim, SPLITS=splits, SPLITS_P2=_next_power_of_2(splits),
+        SPLIT_BLOCK=16,
     )
     return out
 
