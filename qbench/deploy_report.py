@@ -822,7 +822,7 @@ def render_html(report: Report) -> str:
         parts.append("<h3>Recommendations" + MEASURED + "</h3>")
         if group.recommendations:
             headers, body = glance_rows(group.recommendations)
-            parts.append(tabulate(body, headers=headers, tablefmt="html"))
+            parts.append(tabulate(body, headers=headers, tablefmt="html", disable_numparse=True))
         else:
             parts.append("<p>No correct cell: nothing to recommend (the table of incorrect cells says why).</p>")
         for recs in merge(group.recommendations):
@@ -846,7 +846,7 @@ def render_html(report: Report) -> str:
             parts += _html_table(table)
     parts.append("<h2>Provenance" + MEASURED + "</h2>")
     headers, body = provenance_rows(report.sources)
-    parts.append(tabulate(body, headers=headers, tablefmt="html"))
+    parts.append(tabulate(body, headers=headers, tablefmt="html", disable_numparse=True))
     parts.append(f"<p>This report: <code>{html.escape(report.command)}</code> (qbench {__version__}).</p>")
     return _page(report.title, "\n".join(parts))
 
@@ -854,7 +854,7 @@ def render_html(report: Report) -> str:
 def _html_table(table: Table) -> list[str]:
     out = [f"<h3>{html.escape(table.heading)}{MEASURED}</h3>"]
     if table.body:
-        out.append(tabulate(table.body, headers=table.headers, tablefmt="html"))
+        out.append(tabulate(table.body, headers=table.headers, tablefmt="html", disable_numparse=True))
     else:
         out.append("<p>None.</p>")
     if table.note:
@@ -876,7 +876,7 @@ def render_markdown(report: Report) -> str:
         parts += [f"## {_group_title(group.key)}", "", "### Recommendations **[measured]**", ""]
         if group.recommendations:
             headers, body = glance_rows(group.recommendations)
-            parts += [tabulate(body, headers=headers, tablefmt="github"), ""]
+            parts += [tabulate(body, headers=headers, tablefmt="github", disable_numparse=True), ""]
         else:
             parts += ["No correct cell: nothing to recommend (the table of incorrect cells says why).", ""]
         for recs in merge(group.recommendations):
@@ -889,13 +889,23 @@ def render_markdown(report: Report) -> str:
             parts += ["### Pareto figure, as a table **[measured]**", ""]
             parts += ["The HTML report draws these points (ms/step against memory); Pareto-optimal = no other "
                       "correct cell is both faster and smaller.", ""]  # fmt: skip
-            parts += [tabulate(body, headers=headers, tablefmt="github"), ""]
+            parts += [tabulate(body, headers=headers, tablefmt="github", disable_numparse=True), ""]
         for table in group.tables:
             parts += [f"### {table.heading} **[measured]**", ""]
-            parts += [tabulate(table.body, headers=table.headers, tablefmt="github") if table.body else "None.", ""]
+            parts += [
+                tabulate(table.body, headers=table.headers, tablefmt="github", disable_numparse=True)
+                if table.body
+                else "None.",
+                "",
+            ]
             parts += [table.note, ""] if table.note else []
     headers, body = provenance_rows(report.sources)
-    parts += ["## Provenance **[measured]**", "", tabulate(body, headers=headers, tablefmt="github"), ""]
+    parts += [
+        "## Provenance **[measured]**",
+        "",
+        tabulate(body, headers=headers, tablefmt="github", disable_numparse=True),
+        "",
+    ]
     parts += [f"This report: `{report.command}` (qbench {__version__}).", ""]
     return "\n".join(parts)
 
