@@ -805,6 +805,28 @@ def _group_title(key: GroupKey) -> str:
     return f"{model} on {gpu}, context {ctx}"
 
 
+RUNTIME_TEXT = {
+    "hf": "hf = transformers with the decoder's linear layers swapped",
+    "lean": "lean = qbench's own static-cache decoder (`qbench/runtimes/lean.py`)",
+    "llamacpp": "llamacpp = llama.cpp's engine in its own process",
+}
+QUALITY_CAVEAT = (
+    "No cell here ran real weights, so no quantised backend's quality was measured: check it on your "
+    "checkpoint (`qbench compare --weights PATH`) before deploying a 4-bit backend."
+)
+
+
+def group_notes(cells: list[Cell]) -> list[str]:
+    """What a reader needs beside the recommendations: what the memory figure is, what the runtimes
+    are, and whether quality was measured at all."""
+    notes = [MEMORY_NOTE.format(basis=_memory_bases(cells))]
+    runtimes = sorted({c.row["runtime"] for c in cells})
+    notes.append("Runtimes: " + "; ".join(RUNTIME_TEXT.get(r, f"{r} = a plugin's runtime") for r in runtimes) + ".")
+    if not any(quality_measured(c.row) for c in cells):
+        notes.append(QUALITY_CAVEAT)
+    return notes
+
+
 def _memory_bases(cells: list[Cell]) -> str:
     bases = sorted({c.memory_basis for c in cells if c.eligible and c.memory_mib is not None})
     return "; ".join(f"{base} = {MEMORY_BASIS[base]}" for base in bases) or "not recorded"
@@ -832,7 +854,7 @@ def render_html(report: Report) -> str:
             parts.append(f'<div class="{css}"><h4>{_code(headline)}</h4><ul>{items}</ul></div>')
         if excluded_text(group.cells):
             parts.append(f"<p>{_code(excluded_text(group.cells))}</p>")
-        parts.append(f'<p class="note">{_code(MEMORY_NOTE.format(basis=_memory_bases(group.cells)))}</p>')
+        parts += [f'<p class="note">{_code(note)}</p>' for note in group_notes(group.cells)]
         if any(c.eligible and c.memory_mib is not None for c in group.cells):
             title = f"ms/step against memory, {_group_title(group.key)}"
             svg = pareto_svg(group.cells, f"pareto-{number}", title)
@@ -883,7 +905,7 @@ def render_markdown(report: Report) -> str:
             headline, reasons = recommendation_text(recs)
             parts += [f"**{headline}**", ""] + [f"- {reason}" for reason in reasons] + [""]
         parts += [excluded_text(group.cells), ""] if excluded_text(group.cells) else []
-        parts += [MEMORY_NOTE.format(basis=_memory_bases(group.cells)), ""]
+        parts += [line for note in group_notes(group.cells) for line in (note, "")]
         headers, body = figure_rows(group.cells)
         if body:
             parts += ["### Pareto figure, as a table **[measured]**", ""]
