@@ -64,7 +64,7 @@ class Budget:
 
     def text(self) -> str:
         if self.kind == "mib":
-            return f"{self.value:,.0f} MiB ({self.value / 1024:.1f} GiB) of GPU memory"
+            return f"{self.value:,.0f} MiB ({self.value / 1024:.1f} GiB) of memory"
         if self.kind == "hz":
             return f"a {self.value:g} Hz control loop ({self.ms:.3g} ms/token)"
         return f"{self.value:g} ms/token ({1e3 / self.value:.3g} Hz)"
@@ -295,8 +295,8 @@ def default_budgets(cells: list[Cell]) -> list[Budget]:
             tiers[-1].append(memory)
         else:
             tiers.append([memory])
-    budgets += [Budget("mib", math.ceil(max(tier) / 1024) * 1024, given=False) for tier in tiers]
-    return budgets
+    ceilings = sorted({math.ceil(max(tier) / 1024) * 1024 for tier in tiers})  # two small tiers may share one
+    return budgets + [Budget("mib", ceiling, given=False) for ceiling in ceilings]
 
 
 # ---- the report as data -----------------------------------------------------------------------
@@ -455,7 +455,7 @@ def _budgets_text(recs: list[Recommendation]) -> str:
         joined = texts[0] if len(texts) == 1 else ", ".join(texts[:-1]) + f" or {texts[-1]}"
     if all(b.given for b in budgets):
         return joined
-    return joined + (" (a standard budget taken from the data)" if len(budgets) == 1 else " (standard budgets)")
+    return joined + (", a standard budget taken from the data" if len(budgets) == 1 else ", standard budgets")
 
 
 def recommendation_text(recs: list[Recommendation]) -> tuple[str, list[str]]:
@@ -652,6 +652,12 @@ WIDTH, HEIGHT = 880, 470
 PLOT = (70, 20, 640, 400)  # left, top, right, bottom of the plotting area
 
 
+def _tick_step(high: float) -> float:
+    """The smallest 1-2-5 step that puts at most 8 ticks between 0 and `high`."""
+    decade = 10 ** math.floor(math.log10(high / 8)) if high > 0 else 1
+    return next(m * decade for m in (1, 2, 5, 10) if high / (m * decade) <= 8)
+
+
 def _log_ticks(low: float, high: float) -> list[float]:
     ticks = []
     for decade in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1):
@@ -667,13 +673,18 @@ def pareto_svg(cells: list[Cell], figure_id: str, title: str) -> str:
     left, top, right, bottom = PLOT
     lows = [c.row["ms_interval"].low if _has_interval(c) else c.ms for c in points]
     highs = [c.ms_high for c in points]
-    y_low, y_high = min(lows) / 1.15, max(highs) * 1.15
+    # An interval from two noisy sessions can span decades (or reach 0): the axis keeps to within
+    # 100x of the medians and the interval lines are clipped to it.
+    medians = [c.ms for c in points]
+    y_low = max(min(lows), min(medians) / 100) / 1.15
+    y_high = min(max(highs), max(medians) * 100) * 1.15
     x_high = max(c.memory_mib for c in points) * 1.1
 
     def x(mib: float) -> float:
         return left + (right - left) * mib / x_high
 
     def y(ms: float) -> float:
+        ms = min(max(ms, y_low), y_high)
         span = math.log(y_high) - math.log(y_low)
         return bottom - (bottom - top) * (math.log(ms) - math.log(y_low)) / span
 
@@ -686,12 +697,15 @@ def pareto_svg(cells: list[Cell], figure_id: str, title: str) -> str:
     for tick in _log_ticks(y_low, y_high):
         out.append(f'<line x1="{left}" x2="{right}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" stroke="#eee"/>')
         out.append(f'<text x="{left - 6}" y="{y(tick) + 4:.1f}" text-anchor="end" font-size="11">{tick:g}</text>')
-    step = next(s for s in (1, 2, 4, 8, 16, 32, 64) if x_high / 1024 / s <= 8)
-    for gib in range(0, int(x_high / 1024) + 1, step):
-        out.append(f'<line x1="{x(gib * 1024):.1f}" x2="{x(gib * 1024):.1f}" y1="{top}" y2="{bottom}" stroke="#eee"/>')
-        out.append(f'<text x="{x(gib * 1024):.1f}" y="{bottom + 16}" text-anchor="middle" font-size="11">{gib}</text>')
+    unit, per_unit = ("GiB", 1024) if x_high >= 2048 else ("MiB", 1)  # a tiny model's bytes are MiB
+    step = _tick_step(x_high / per_unit)
+    for index in range(int(x_high / per_unit / step) + 1):
+        value = index * step
+        at = x(value * per_unit)
+        out.append(f'<line x1="{at:.1f}" x2="{at:.1f}" y1="{top}" y2="{bottom}" stroke="#eee"/>')
+        out.append(f'<text x="{at:.1f}" y="{bottom + 16}" text-anchor="middle" font-size="11">{value:g}</text>')
     basis = points[0].memory_basis if points else "allocator"
-    x_label = "weights + KV bytes per step (GiB)" if basis == "bytes" else "GPU memory (GiB)"
+    x_label = f"weights + KV bytes per step ({unit})" if basis == "bytes" else f"GPU memory ({unit})"
     out.append(f'<text x="{(left + right) / 2}" y="{bottom + 36}" text-anchor="middle" font-size="12">{x_label}</text>')
     out.append(
         f'<text transform="translate(18 {(top + bottom) / 2}) rotate(-90)" text-anchor="middle" font-size="12">'
@@ -816,10 +830,14 @@ QUALITY_CAVEAT = (
 )
 
 
-def group_notes(cells: list[Cell]) -> list[str]:
+def group_notes(group: Group) -> list[str]:
     """What a reader needs beside the recommendations: what the memory figure is, what the runtimes
-    are, and whether quality was measured at all."""
+    are, whether quality was measured at all, and why there is no latency budget where there is none."""
+    cells = group.cells
     notes = [MEMORY_NOTE.format(basis=_memory_bases(cells))]
+    if any(c.eligible for c in cells) and all(r.budget.kind == "mib" for r in group.recommendations):
+        rates = f"{STANDARD_RATES_HZ[0]} to {STANDARD_RATES_HZ[-1]} Hz"
+        notes.append(f"No latency budget: no correct cell's 95% interval ends within any standard rate ({rates}).")
     runtimes = sorted({c.row["runtime"] for c in cells})
     notes.append("Runtimes: " + "; ".join(RUNTIME_TEXT.get(r, f"{r} = a plugin's runtime") for r in runtimes) + ".")
     if not any(quality_measured(c.row) for c in cells):
@@ -854,7 +872,7 @@ def render_html(report: Report) -> str:
             parts.append(f'<div class="{css}"><h4>{_code(headline)}</h4><ul>{items}</ul></div>')
         if excluded_text(group.cells):
             parts.append(f"<p>{_code(excluded_text(group.cells))}</p>")
-        parts += [f'<p class="note">{_code(note)}</p>' for note in group_notes(group.cells)]
+        parts += [f'<p class="note">{_code(note)}</p>' for note in group_notes(group)]
         if any(c.eligible and c.memory_mib is not None for c in group.cells):
             title = f"ms/step against memory, {_group_title(group.key)}"
             svg = pareto_svg(group.cells, f"pareto-{number}", title)
@@ -905,7 +923,7 @@ def render_markdown(report: Report) -> str:
             headline, reasons = recommendation_text(recs)
             parts += [f"**{headline}**", ""] + [f"- {reason}" for reason in reasons] + [""]
         parts += [excluded_text(group.cells), ""] if excluded_text(group.cells) else []
-        parts += [line for note in group_notes(group.cells) for line in (note, "")]
+        parts += [line for note in group_notes(group) for line in (note, "")]
         headers, body = figure_rows(group.cells)
         if body:
             parts += ["### Pareto figure, as a table **[measured]**", ""]

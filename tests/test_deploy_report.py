@@ -133,13 +133,16 @@ def test_recommendations_follow_the_stated_rules(tmp_path):
 
 def test_default_budgets_and_the_report_in_both_formats(tmp_path):
     make_store(tmp_path / "r.sqlite")
+    before = {path.name: path.stat().st_mtime_ns for path in tmp_path.iterdir()}
     for out in ("report.html", "report.md"):
         result = invoke("--db", "r.sqlite", "--out", out)
         assert result.exit_code == 0, result.output
+    after = {path.name: path.stat().st_mtime_ns for path in tmp_path.iterdir()}
+    assert after == {**before, "report.html": after["report.html"], "report.md": after["report.md"]}  # read only
     page, text = (tmp_path / "report.html").read_text(), (tmp_path / "report.md").read_text()
     # derived budgets: control-loop rates from the first some cell meets (200 Hz: 5 ms, gptq) on
     assert (
-        "Within a 200 Hz control loop (5 ms/token) (a standard budget taken from the data): deploy gptq-exllamav2"
+        "Within a 200 Hz control loop (5 ms/token), a standard budget taken from the data: deploy gptq-exllamav2"
         in text
     )
     assert "deploy torch-int4 under lean, CUDA graphs on" in text  # 100 Hz and looser: the small memory tier
