@@ -1,0 +1,962 @@
+"""The deployment report: which backend, in which runtime, for this model on this GPU, and why.
+
+One self-contained HTML file (inline style and figure, nothing fetched) or a Markdown version with
+the same content, for someone who will not read a 19-column table. It adds no measurement of its
+own: every figure is a row of `qbench.report.aggregate` (what `qbench export` prints, store by store)
+or a stated formula over such rows. What it adds is a choice, made by rules the report states:
+
+  latency budget B (ms/token, or a control-loop rate R Hz: B = 1000 / R, one token per tick):
+      a correct cell meets B when the upper end of its ms/step 95% interval (its median where it has
+      one session) is within B; of those, the smallest memory tier (within MEMORY_TIER of the least
+      memory), and in it the fastest. Latency met, memory is what is left for everything else.
+  memory budget M (MiB): of the correct cells whose memory fits M, the fastest.
+
+Only cells that passed the correctness gate (and, with real weights, the perplexity bound) are
+eligible; incorrect and failed cells are listed with their reason, never recommended.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tabulate import tabulate
+
+from qbench import __version__
+from qbench.errors import UserError
+from qbench.report import HTML_STYLE, PERPLEXITY_BOUND, aggregate, keep_columns, kernel_rows, short_kernel_name
+from qbench.report import table_rows as export_table_rows
+from qbench.runtimes import LINEAR_RUNTIMES
+from qbench.store import Store
+
+MEMORY_TIER = 0.05  # memory within 5% of the least counts as the same tier: speed decides inside it
+STANDARD_RATES_HZ = (1000, 500, 200, 100, 50, 30, 20, 10, 5, 1)  # control-loop rates tried by default
+TOP_CELLS = 3  # cells whose largest kernels the report lists
+TOP_KERNELS = 5
+MIB = 2**20
+FORMATS = {".html": "html", ".htm": "html", ".md": "md"}
+
+# What a cell's memory figure is, by how the session measured it (qbench.session).
+MEMORY_BASIS = {
+    "allocator": "peak GPU memory torch allocated over the timed steps and the profiled step "
+    "(weights, KV cache, activations; not the CUDA context)",
+    "engine": "GPU memory the engine's process took at load (its CUDA context included)",
+    "bytes": "weights + KV cache bytes one step reads (no GPU memory was recorded: a CPU run, or an older store)",
+}
+
+
+# ---- configuration ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Budget:
+    kind: str  # "ms", "hz" or "mib"
+    value: float
+    given: bool = True  # named on the command line (else derived from the data)
+
+    @property
+    def ms(self) -> float:
+        return self.value if self.kind == "ms" else 1e3 / self.value
+
+    def text(self) -> str:
+        if self.kind == "mib":
+            return f"{self.value:,.0f} MiB ({self.value / 1024:.1f} GiB) of memory"
+        if self.kind == "hz":
+            return f"a {self.value:g} Hz control loop ({self.ms:.3g} ms/token)"
+        return f"{self.value:g} ms/token ({1e3 / self.value:.3g} Hz)"
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    dbs: tuple[str, ...]
+    out: Path
+    run: str = "all"
+    budgets: tuple[Budget, ...] = ()
+    command: str = ""
+
+    def __post_init__(self) -> None:
+        if self.fmt is None:
+            got = f"{self.out.suffix!r}" if self.out.suffix else "no suffix"
+            raise UserError(
+                f"--out {self.out} has {got}: the report's format is taken from the suffix",
+                "use .html (one self-contained page) or .md",
+            )
+        if not self.dbs:
+            raise UserError("no --db given", "pass --db FILE (repeat it for several stores)")
+        for budget in self.budgets:
+            if not (budget.value > 0 and math.isfinite(budget.value)):
+                raise UserError(f"--budget-{budget.kind} must be positive, got {budget.value:g}", "pass e.g. 10")
+
+    @property
+    def fmt(self) -> str | None:
+        return FORMATS.get(self.out.suffix.lower())
+
+
+def parse_budgets(kind: str, text: str) -> tuple[Budget, ...]:
+    """A comma-separated budget option (`--budget-ms 10,20`) as budgets; one line where it is not numbers."""
+    try:
+        return tuple(Budget(kind, float(part)) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UserError(f"--budget-{kind} takes numbers separated by commas, got {text!r}", "e.g. 10,20") from None
+
+
+# ---- what the stores hold ---------------------------------------------------------------------
+
+
+@dataclass
+class Source:
+    """One store, aggregated on its own exactly as `qbench export --db PATH --run ...` aggregates it."""
+
+    tag: str  # A, B, ...: how tables name the store
+    path: str
+    commands: list[tuple[str, str]]  # (run id, command)
+    rows: list[dict]
+    kernels: list[dict]
+    sessions: int
+
+
+@dataclass
+class Cell:
+    """One row (a cell and graphs setting) of one store, with the memory figure the report uses."""
+
+    source: str
+    row: dict
+    memory_mib: float | None = None
+    memory_basis: str = ""
+    pareto: bool = False
+    predicted: bool = False  # nothing stored is predicted (qbench predict never stores); drawn apart if so
+
+    @property
+    def name(self) -> str:
+        return f"{self.row['label']} · {self.row['runtime']} · graphs {self.row['graphs']}"
+
+    @property
+    def ms(self) -> float | None:
+        return self.row.get("ms_per_step")
+
+    @property
+    def ms_high(self) -> float | None:
+        """The upper end of the 95% interval; the median itself where there is no interval (one session)."""
+        interval = self.row.get("ms_interval")
+        if interval is None or interval.method == "n/a":
+            return self.ms
+        return interval.high
+
+    @property
+    def eligible(self) -> bool:
+        status = self.row["status"]
+        return status.startswith("ok") and self.ms is not None and "impossible" not in self.row["flags"]
+
+    @property
+    def sixteen_bit(self) -> bool:
+        return bool(self.row.get("baseline"))
+
+
+def _select_runs(store: Store, path: str, run: str) -> list[str] | None:
+    """The run ids `--run` names in this store: None where it names a run only another store holds."""
+    runs = store.run_ids()
+    if not runs:
+        raise UserError(f"{path} holds no runs", "run `qbench compare` first, or pass another --db")
+    if run == "all":
+        return runs
+    if run == "latest":
+        return [runs[-1]]
+    return [run] if run in runs else None
+
+
+def load_sources(dbs: tuple[str, ...], run: str) -> list[Source]:
+    sources, known = [], []
+    for index, path in enumerate(dbs):
+        store = Store(path, readonly=True)
+        try:
+            selected = _select_runs(store, path, run)
+            known += store.run_ids()
+            if selected is None:
+                continue
+            sessions = store.sessions(run_ids=selected)
+            commands = store.commands(selected)
+        finally:
+            store.close()
+        tag = chr(ord("A") + index) if index < 26 else str(index + 1)
+        sources.append(
+            Source(tag, path, commands, aggregate(sessions), kernel_rows(sessions, TOP_KERNELS), len(sessions))
+        )
+    if not sources:
+        raise UserError(f"no run {run!r} in {', '.join(dbs)}", f"runs: {', '.join(known[-5:])}, or 'all' / 'latest'")
+    return sources
+
+
+# ---- the choice -------------------------------------------------------------------------------
+
+GroupKey = tuple[str, str, int]  # model, GPU, ctx: one question ("this model on this GPU")
+
+
+def _memory(cell: Cell, basis: str) -> None:
+    row = cell.row
+    if basis == "bytes":
+        cell.memory_mib = row["bytes_per_step"] / MIB if row.get("bytes_per_step") else None
+        cell.memory_basis = "bytes"
+    else:
+        cell.memory_mib = row.get("peak_memory_mib")
+        cell.memory_basis = "allocator" if row["runtime"] in LINEAR_RUNTIMES else "engine"
+
+
+def group_cells(sources: list[Source]) -> dict[GroupKey, list[Cell]]:
+    """Cells per (model, GPU, ctx). Memory is the recorded GPU memory where every correct cell of the
+    group has one, else weights + KV bytes per step for all of them (one basis per figure)."""
+    groups: dict[GroupKey, list[Cell]] = defaultdict(list)
+    for source in sources:
+        for row in source.rows:
+            groups[(row["model"], row["gpu"], row["ctx"])].append(Cell(source.tag, row))
+    for cells in groups.values():
+        recorded = all(c.row.get("peak_memory_mib") for c in cells if c.eligible)
+        for cell in cells:
+            _memory(cell, "peak" if recorded else "bytes")
+        _mark_pareto([c for c in cells if c.eligible and c.memory_mib is not None])
+    return dict(sorted(groups.items()))
+
+
+def _mark_pareto(cells: list[Cell]) -> None:
+    """Pareto-optimal: no other cell is at least as fast and as small, and better in one."""
+    for cell in cells:
+        cell.pareto = not any(
+            other.ms <= cell.ms
+            and other.memory_mib <= cell.memory_mib
+            and (other.ms < cell.ms or other.memory_mib < cell.memory_mib)
+            for other in cells
+        )
+
+
+@dataclass
+class Recommendation:
+    budget: Budget
+    chosen: Cell | None
+    candidates: list[Cell]  # the correct cells that meet the budget, fastest first
+    rule: str
+    alternatives: list[tuple[str, Cell]] = field(default_factory=list)  # (why named, cell)
+
+
+def _speed_order(cells: list[Cell]) -> list[Cell]:
+    return sorted(cells, key=lambda c: (c.ms, c.memory_mib if c.memory_mib is not None else math.inf, c.name))
+
+
+def recommend(cells: list[Cell], budget: Budget) -> Recommendation:
+    correct = [c for c in cells if c.eligible and c.memory_mib is not None]
+    alternatives: list[tuple[str, Cell]] = []
+    if budget.kind == "mib":
+        fits = _speed_order([c for c in correct if c.memory_mib <= budget.value])
+        rule = "the fastest correct cell whose memory fits the budget"
+        chosen = fits[0] if fits else None
+        if len(fits) > 1:
+            alternatives.append(("the runner-up", fits[1]))
+    else:
+        fits = _speed_order([c for c in correct if c.ms_high <= budget.ms])
+        rule = (
+            "of the correct cells whose ms/step (upper end of the 95% interval) meets the budget, the fastest "
+            f"in the smallest memory tier (within {MEMORY_TIER:.0%} of the least memory)"
+        )
+        smallest = min((c.memory_mib for c in fits), default=0.0)
+        tier = [c for c in fits if c.memory_mib <= smallest * (1 + MEMORY_TIER)]
+        chosen = tier[0] if tier else None
+        if len(tier) > 1:
+            alternatives.append(("the next in its memory tier", tier[1]))
+        if fits and chosen is not None and fits[0].ms < chosen.ms:
+            alternatives.append(("faster, in a larger memory tier", fits[0]))
+    if chosen is not None and not chosen.sixteen_bit:
+        sixteen = next((c for c in fits if c.sixteen_bit), None)
+        if sixteen is not None and all(sixteen is not c for _, c in alternatives):
+            alternatives.append(("the fastest 16-bit cell, no quantisation", sixteen))
+    return Recommendation(budget, chosen, fits, rule, alternatives)
+
+
+def default_budgets(cells: list[Cell]) -> list[Budget]:
+    """Budgets from the data when none is named: the standard control-loop rates from the first that
+    some correct cell meets to the first that every correct cell meets, and one memory budget per
+    memory tier (its largest cell, rounded up to a whole GiB)."""
+    correct = [c for c in cells if c.eligible and c.memory_mib is not None]
+    if not correct:
+        return []
+    budgets = []
+    slowest = max(c.ms_high for c in correct)
+    fastest = min(c.ms_high for c in correct)
+    for rate in STANDARD_RATES_HZ:
+        if 1e3 / rate < fastest:
+            continue
+        budgets.append(Budget("hz", rate, given=False))
+        if 1e3 / rate >= slowest:
+            break
+    tiers: list[list[float]] = []
+    for memory in sorted(c.memory_mib for c in correct):
+        if tiers and memory <= tiers[-1][0] * (1 + MEMORY_TIER):
+            tiers[-1].append(memory)
+        else:
+            tiers.append([memory])
+    ceilings = sorted({math.ceil(max(tier) / 1024) * 1024 for tier in tiers})  # two small tiers may share one
+    return budgets + [Budget("mib", ceiling, given=False) for ceiling in ceilings]
+
+
+# ---- the report as data -----------------------------------------------------------------------
+
+
+@dataclass
+class Table:
+    heading: str
+    headers: list[str]
+    body: list[list]
+    note: str = ""
+
+
+@dataclass
+class Group:
+    key: GroupKey
+    cells: list[Cell]
+    recommendations: list[Recommendation]
+    tables: list[Table]
+
+
+@dataclass
+class Report:
+    title: str
+    sources: list[Source]
+    groups: list[Group]
+    command: str
+
+
+def build(config: ReportConfig) -> Report:
+    sources = load_sources(config.dbs, config.run)
+    groups = []
+    for key, cells in group_cells(sources).items():
+        budgets = list(config.budgets) or default_budgets(cells)
+        recommendations = [recommend(cells, budget) for budget in budgets]
+        groups.append(Group(key, cells, recommendations, _tables(cells, sources)))
+    for budget in config.budgets:
+        if not any(r.chosen for g in groups for r in g.recommendations if r.budget == budget):
+            raise UserError(_unmet(budget, groups), "raise the budget, or measure a faster or smaller backend")
+    models = sorted({g.key[0] for g in groups})
+    gpus = sorted({g.key[1] for g in groups})
+    title = f"Which backend to deploy: {', '.join(models)} on {', '.join(gpus)}"
+    return Report(title, sources, groups, config.command)
+
+
+def _unmet(budget: Budget, groups: list[Group]) -> str:
+    correct = [c for g in groups for c in g.cells if c.eligible and c.memory_mib is not None]
+    if not correct:
+        return f"no correct cell in the selected runs, so none meets {budget.text()}"
+    if budget.kind == "mib":
+        best = min(correct, key=lambda c: c.memory_mib)
+        return f"no correct cell fits {budget.text()}: the smallest is {best.name} at {best.memory_mib:,.0f} MiB"
+    best = min(correct, key=lambda c: c.ms_high)
+    return (
+        f"no correct cell meets {budget.text()}: the fastest is {best.name} at {best.ms:.2f} ms/step "
+        f"(95% interval up to {best.ms_high:.2f})"
+    )
+
+
+# ---- words ------------------------------------------------------------------------------------
+
+
+def interval_text(cell: Cell) -> str:
+    interval = cell.row.get("ms_interval")
+    sessions = cell.row["sessions"].split("/")[0]
+    if interval is None or interval.method == "n/a":
+        return f"{sessions} session, no interval"
+    return f"95% CI {interval.low:.2f}-{interval.high:.2f}, {interval.method}, {sessions} sessions"
+
+
+def memory_text(cell: Cell) -> str:
+    if cell.memory_mib is None:
+        return "memory not recorded"
+    what = {"allocator": "peak, torch allocator", "engine": "engine process", "bytes": "weights + KV bytes/step"}
+    return f"{cell.memory_mib:,.0f} MiB ({what[cell.memory_basis]})"
+
+
+def quality_text(row: dict) -> str:
+    """The quality verdict: measured only where real weights were (perplexity on the built-in text)."""
+    if row["status"] == "incorrect":
+        return f"incorrect: {row['reason']}"
+    if row["weights"] == "synthetic":
+        return "not measured (synthetic weights: the gate checked the kernels compute their format, not accuracy)"
+    if row.get("perplexity_ratio") is not None:
+        return (
+            f"perplexity {row['perplexity']:.2f}, {row['perplexity_ratio']:.2f}x bf16's "
+            f"(bound {PERPLEXITY_BOUND}x): passed"
+        )
+    if row.get("perplexity") is not None:
+        return (
+            f"perplexity {row['perplexity']:.2f} (the 16-bit reference)"
+            if row.get("baseline")
+            else (f"perplexity {row['perplexity']:.2f} (no 16-bit row to compare with)")
+        )
+    return "real weights: logits passed the gate; perplexity not scored"
+
+
+def quality_measured(row: dict) -> bool:
+    return row["weights"] != "synthetic" and row.get("perplexity") is not None
+
+
+def cell_facts(cell: Cell) -> str:
+    """One cell's figures in a sentence: every one a column of `qbench export`."""
+    row = cell.row
+    parts = [f"{cell.ms:.2f} ms/step ({interval_text(cell)})", memory_text(cell)]
+    if row.get("pct_of_floor_peak") is not None:
+        floor = f"{row['pct_of_floor_peak']:.0f}% of the memory floor at datasheet bandwidth"
+        if row.get("pct_of_floor_measured") is not None:
+            floor += f" ({row['pct_of_floor_measured']:.0f}% at measured)"
+        parts.append(floor)
+    if row.get("realisation_pct") is not None and not row.get("baseline"):
+        parts.append(
+            f"realised {row['realised_speedup']:.2f}x of an expected {row['expected_reduction']:.2f}x "
+            f"traffic cut ({row['realisation_pct']:.0f}%)"
+        )
+    if row["flags"]:
+        parts.append("flags: " + ", ".join(row["flags"]))
+    return "; ".join(parts)
+
+
+def compared_text(chosen: Cell, other: Cell) -> str:
+    """Whether two cells' ms/step are told apart at 95% (their intervals do not overlap)."""
+    a, b = chosen.row.get("ms_interval"), other.row.get("ms_interval")
+    if a is None or b is None or "n/a" in (a.method, b.method):
+        return "no interval on one of them"
+    overlap = a.low <= b.high and b.low <= a.high
+    return "intervals overlap: not told apart at 95%" if overlap else "intervals do not overlap"
+
+
+def merge(recommendations: list[Recommendation]) -> list[list[Recommendation]]:
+    """Consecutive budgets of one kind (latency, memory) that pick the same cell for the same reasons
+    are told once, not once per budget."""
+    merged: list[list[Recommendation]] = []
+    for rec in recommendations:
+        last = merged[-1][-1] if merged else None
+        if (
+            last is not None
+            and (last.budget.kind == "mib") == (rec.budget.kind == "mib")
+            and last.chosen is rec.chosen
+            and [id(c) for _, c in last.alternatives] == [id(c) for _, c in rec.alternatives]
+        ):
+            merged[-1].append(rec)
+        else:
+            merged.append([rec])
+    return merged
+
+
+def _budgets_text(recs: list[Recommendation]) -> str:
+    budgets = [rec.budget for rec in recs]
+    if len(budgets) > 1 and all(b.kind == "hz" for b in budgets):  # one control loop, several rates
+        rates = [f"{b.value:g}" for b in budgets]
+        low, high = min(b.ms for b in budgets), max(b.ms for b in budgets)
+        joined = f"a {', '.join(rates[:-1])} or {rates[-1]} Hz control loop ({low:.3g} to {high:.3g} ms/token)"
+    else:
+        texts = [b.text() for b in budgets]
+        joined = texts[0] if len(texts) == 1 else ", ".join(texts[:-1]) + f" or {texts[-1]}"
+    if all(b.given for b in budgets):
+        return joined
+    return joined + (", a standard budget taken from the data" if len(budgets) == 1 else ", standard budgets")
+
+
+def recommendation_text(recs: list[Recommendation]) -> tuple[str, list[str]]:
+    """The headline (what to deploy within these budgets) and the reasons (its figures, the rule,
+    what it beat): one list of budgets that chose the same cell."""
+    first = recs[0]
+    if first.chosen is None:
+        return f"Within {_budgets_text(recs)}: no correct cell meets it.", []
+    chosen = first.chosen
+    headline = (
+        f"Within {_budgets_text(recs)}: deploy {chosen.row['label']} under {chosen.row['runtime']}, "
+        f"CUDA graphs {chosen.row['graphs']} [store {chosen.source}]."
+    )
+    counts = sorted({len(rec.candidates) for rec in recs})
+    count = str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+    reasons = [
+        f"Measured: {cell_facts(chosen)}.",
+        f"Quality: {quality_text(chosen.row)}.",
+        f"Rule: {first.rule}; {count} correct cell(s) meet {'it' if len(recs) == 1 else 'these budgets'}.",
+    ]
+    for why, other in first.alternatives:
+        reasons.append(
+            f"It beat {why}, {other.name} [store {other.source}]: {other.ms:.2f} ms/step ({interval_text(other)}), "
+            f"{memory_text(other)}; {compared_text(chosen, other)}."
+        )
+    return headline, reasons
+
+
+def glance_rows(recommendations: list[Recommendation]) -> tuple[list[str], list[list]]:
+    """One line per budget: the answer without the reasons."""
+    headers = ["budget", "deploy", "runtime", "graphs", "ms/step", "memory", "quality", "store"]
+    body = []
+    for rec in recommendations:
+        chosen = rec.chosen
+        if chosen is None:
+            body.append([rec.budget.text(), "nothing correct meets it", "", "", "", "", "", ""])
+            continue
+        quality = "measured" if quality_measured(chosen.row) else "not measured"
+        body.append([rec.budget.text(), chosen.row["label"], chosen.row["runtime"], chosen.row["graphs"],
+                     f"{chosen.ms:.2f}", memory_text(chosen), quality, chosen.source])  # fmt: skip
+    return headers, body
+
+
+def excluded_text(cells: list[Cell]) -> str:
+    excluded = [c for c in cells if not c.eligible]
+    if not excluded:
+        return ""
+    names = ", ".join(f"{c.name} [store {c.source}] ({c.row['status']})" for c in excluded)
+    return f"Never eligible, whatever the budget: {names}; the last table says why."
+
+
+# ---- tables -----------------------------------------------------------------------------------
+
+FLOOR_COLUMNS = [
+    "backend", "runtime", "graphs", "ms/step", "95% CI", "% floor", "% floor (meas.)", "GB/step",
+    "expected x", "realised x", "realisation", "vs hf x", "peak MiB", "sessions", "status",
+]  # fmt: skip
+
+
+def _tables(cells: list[Cell], sources: list[Source]) -> list[Table]:
+    return [
+        _floor_table(cells),
+        _graphs_table(cells),
+        _kernel_table(cells, sources),
+        _excluded_table(cells),
+    ]
+
+
+def _floor_table(cells: list[Cell]) -> Table:
+    """% of floor and realisation per backend and runtime: `qbench export`'s own cells, unchanged."""
+    headers, body = export_table_rows([c.row for c in cells])
+    headers, body = keep_columns(headers, body, FLOOR_COLUMNS)
+    body = [[cell.source, *cells_text] for cell, cells_text in zip(cells, body, strict=True)]
+    note = (
+        "% floor = (bytes/step / datasheet bandwidth) / ms/step; (meas.) uses the copy bandwidth measured in the "
+        "sessions; expected x = 16-bit bytes / backend bytes; realised x = 16-bit ms / backend ms (same runtime "
+        "and graphs setting); realisation = realised / expected; vs hf x = this backend's ms under hf / here."
+    )
+    return Table("% of the memory floor and realisation, per backend and runtime", ["store", *headers], body, note)
+
+
+def _graphs_table(cells: list[Cell]) -> Table:
+    """Graphs A/B per backend and runtime, beside the host's launch cost measured around the blocks."""
+    by = {(c.source, c.row["comparison"], c.row["backend"], c.row["runtime"], c.row["group_size"], c.row["graphs"]): c
+          for c in cells}  # fmt: skip
+    body = []
+    for cell in cells:
+        row = cell.row
+        if row["graphs"] != "on" or row.get("graphs_speedup") is None:
+            continue
+        eager = by.get((cell.source, row["comparison"], row["backend"], row["runtime"], row["group_size"], "off"))
+        interval = row.get("graphs_interval")
+        body.append(
+            [
+                cell.source,
+                row["label"],
+                row["runtime"],
+                _num(eager.ms if eager else None, "{:.2f}"),
+                _num(cell.ms, "{:.2f}"),
+                f"{row['graphs_speedup']:.2f}",
+                "" if interval is None or interval.method == "n/a" else f"{interval.low:.2f}-{interval.high:.2f}",
+                _num(row.get("eager_launch_us"), "{:.1f}"),
+                _num(row.get("launch_us"), "{:.1f}"),
+                _num(eager.row.get("host_spread") if eager else None, "{:.2f}x"),
+                ", ".join(eager.row["flags"]) if eager else "",
+            ]
+        )
+    headers = ["store", "backend", "runtime", "eager ms", "graph ms", "graphs x", "graphs x 95% CI"]
+    headers += ["eager launch us", "graph launch us", "eager host spread", "eager flags"]
+    note = (
+        "graphs x = eager ms / graph ms, paired per session where both ran in the same sessions; launch us = host "
+        "time of one empty CUDA kernel launch, measured before and after every timed block (median over sessions); "
+        "host spread = the largest / smallest host probe across the eager blocks (host-variable above 1.25x)."
+    )
+    return Table("CUDA graphs A/B and the host's launch cost", headers, body, note)
+
+
+def top_cells(cells: list[Cell]) -> list[Cell]:
+    """The fastest Pareto-optimal cells: the ones a reader is choosing between."""
+    return _speed_order([c for c in cells if c.pareto])[:TOP_CELLS]
+
+
+def _kernel_table(cells: list[Cell], sources: list[Source]) -> Table:
+    kernels = {source.tag: source.kernels for source in sources}
+    body = []
+    for cell in top_cells(cells):
+        found = [k for k in kernels[cell.source] if k["cell_hash"] == cell.row["cell_hash"]]
+        if not found:
+            why = "no kernel profile stored (an engine in its own process, or not a CUDA run)"
+            body.append([cell.source, cell.name, why, "", "", "", ""])
+        for kernel in found:
+            share = "" if kernel["share_of_step"] is None else f"{100 * kernel['share_of_step']:.0f}%"
+            body.append(
+                [cell.source, cell.name, short_kernel_name(kernel["kernel"], 70), kernel["calls"],
+                 kernel["gpu_us"], share, kernel["step_gpu_ms"]]
+            )  # fmt: skip
+    headers = ["store", "cell", "kernel", "calls", "GPU us", "% of step", "step GPU ms"]
+    note = (
+        "One eager decode step per session, profiled after the timed blocks (the same kernels run in a graph "
+        "replay); GPU us = median over the sessions; the top cells are the fastest Pareto-optimal ones."
+    )
+    return Table("The largest kernels of the top cells", headers, body, note)
+
+
+def _excluded_table(cells: list[Cell]) -> Table:
+    body = [[c.source, c.name, c.row["status"], c.row["reason"] or ", ".join(c.row["flags"])]
+            for c in cells if not c.eligible]  # fmt: skip
+    note = "Never recommended: a cell is eligible only when every session passed the correctness gate."
+    return Table("Incorrect or failed: not eligible", ["store", "cell", "status", "why"], body, note)
+
+
+def _num(value, pattern: str) -> str:
+    return "" if value is None else pattern.format(value)
+
+
+def figure_rows(cells: list[Cell]) -> tuple[list[str], list[list]]:
+    """The figure's data as a table (the Markdown report's figure)."""
+    headers = ["store", "cell", "ms/step", "95% CI", "memory MiB", "Pareto-optimal", "quality", "figure"]
+    body = [
+        [
+            c.source,
+            c.name,
+            f"{c.ms:.2f}",
+            interval_text(c),
+            _num(c.memory_mib, "{:,.0f}"),
+            "yes" if c.pareto else "",
+            "measured" if quality_measured(c.row) else "not measured",
+            "predicted" if c.predicted else "measured",
+        ]
+        for c in _speed_order([c for c in cells if c.eligible and c.memory_mib is not None])
+    ]
+    return headers, body
+
+
+def provenance_rows(sources: list[Source]) -> tuple[list[str], list[list]]:
+    headers = ["store", "file", "run", "command", "sessions", "machine"]
+    body = []
+    for source in sources:
+        machines = sorted({r.get("software", "") for r in source.rows} - {""})
+        cpus = sorted({r.get("host_cpu", "") for r in source.rows} - {""})
+        machine = "; ".join(machines + [f"host CPU {c}" for c in cpus])
+        for index, (run, command) in enumerate(source.commands):
+            first = index == 0
+            body.append([source.tag if first else "", source.path if first else "", run, command,
+                         source.sessions if first else "", machine if first else ""])  # fmt: skip
+    return headers, body
+
+
+# ---- the figure (SVG by hand: nothing to install, nothing fetched) -----------------------------
+
+RUNTIME_COLOURS = {"hf": "#1f77b4", "lean": "#d62728", "llamacpp": "#2ca02c"}
+OTHER_COLOUR = "#7f7f7f"
+WIDTH, HEIGHT = 880, 470
+PLOT = (70, 20, 640, 400)  # left, top, right, bottom of the plotting area
+
+
+def _tick_step(high: float) -> float:
+    """The smallest 1-2-5 step that puts at most 8 ticks between 0 and `high`."""
+    decade = 10 ** math.floor(math.log10(high / 8)) if high > 0 else 1
+    return next(m * decade for m in (1, 2, 5, 10) if high / (m * decade) <= 8)
+
+
+def _log_ticks(low: float, high: float) -> list[float]:
+    ticks = []
+    for decade in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1):
+        ticks += [m * 10**decade for m in (1, 2, 5) if low <= m * 10**decade <= high]
+    return ticks
+
+
+def pareto_svg(cells: list[Cell], figure_id: str, title: str) -> str:
+    """ms/step (log scale) against memory, one point per correct cell with its 95% interval: colour =
+    runtime, circle = graphs on, triangle = eager, filled = real-weights quality measured, hollow = not
+    measured, black ring and label = Pareto-optimal, dashed outline = predicted."""
+    points = [c for c in cells if c.eligible and c.memory_mib is not None]
+    left, top, right, bottom = PLOT
+    lows = [c.row["ms_interval"].low if _has_interval(c) else c.ms for c in points]
+    highs = [c.ms_high for c in points]
+    # An interval from two noisy sessions can span decades (or reach 0): the axis keeps to within
+    # 100x of the medians and the interval lines are clipped to it.
+    medians = [c.ms for c in points]
+    y_low = max(min(lows), min(medians) / 100) / 1.15
+    y_high = min(max(highs), max(medians) * 100) * 1.15
+    x_high = max(c.memory_mib for c in points) * 1.1
+
+    def x(mib: float) -> float:
+        return left + (right - left) * mib / x_high
+
+    def y(ms: float) -> float:
+        ms = min(max(ms, y_low), y_high)
+        span = math.log(y_high) - math.log(y_low)
+        return bottom - (bottom - top) * (math.log(ms) - math.log(y_low)) / span
+
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" id="{figure_id}" class="pareto" role="img" '
+        f'viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" aria-labelledby="{figure_id}-title">',
+        f'<title id="{figure_id}-title">{html.escape(title)}</title>',
+        f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" fill="none" stroke="#999"/>',
+    ]
+    for tick in _log_ticks(y_low, y_high):
+        out.append(f'<line x1="{left}" x2="{right}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" stroke="#eee"/>')
+        out.append(f'<text x="{left - 6}" y="{y(tick) + 4:.1f}" text-anchor="end" font-size="11">{tick:g}</text>')
+    unit, per_unit = ("GiB", 1024) if x_high >= 2048 else ("MiB", 1)  # a tiny model's bytes are MiB
+    step = _tick_step(x_high / per_unit)
+    for index in range(int(x_high / per_unit / step) + 1):
+        value = index * step
+        at = x(value * per_unit)
+        out.append(f'<line x1="{at:.1f}" x2="{at:.1f}" y1="{top}" y2="{bottom}" stroke="#eee"/>')
+        out.append(f'<text x="{at:.1f}" y="{bottom + 16}" text-anchor="middle" font-size="11">{value:g}</text>')
+    basis = points[0].memory_basis if points else "allocator"
+    x_label = f"weights + KV bytes per step ({unit})" if basis == "bytes" else f"GPU memory ({unit})"
+    out.append(f'<text x="{(left + right) / 2}" y="{bottom + 36}" text-anchor="middle" font-size="12">{x_label}</text>')
+    out.append(
+        f'<text transform="translate(18 {(top + bottom) / 2}) rotate(-90)" text-anchor="middle" font-size="12">'
+        "ms per decode step (log scale), 95% interval</text>"
+    )
+    frontier = sorted((c for c in points if c.pareto), key=lambda c: c.memory_mib)
+    if len(frontier) > 1:
+        path = " ".join(f"{x(c.memory_mib):.1f},{y(c.ms):.1f}" for c in frontier)
+        out.append(f'<polyline points="{path}" fill="none" stroke="#555" stroke-dasharray="4 3"/>')
+    for cell in sorted(points, key=lambda c: c.pareto):  # Pareto points drawn last, on top
+        out += _point(cell, x(cell.memory_mib), y, y(cell.ms))
+    out += _labels([(c, x(c.memory_mib), y(c.ms)) for c in frontier])
+    out += _legend(right + 16, top)
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _has_interval(cell: Cell) -> bool:
+    interval = cell.row.get("ms_interval")
+    return interval is not None and interval.method != "n/a"
+
+
+def _point(cell: Cell, px: float, y, py: float) -> list[str]:
+    colour = RUNTIME_COLOURS.get(cell.row["runtime"], OTHER_COLOUR)
+    fill = colour if quality_measured(cell.row) else "#fff"
+    dash = ' stroke-dasharray="2 2"' if cell.predicted else ""
+    kind = "predicted" if cell.predicted else "measured"
+    tip = html.escape(f"{cell.name} [store {cell.source}], {kind}: {cell.ms:.2f} ms/step, {memory_text(cell)}")
+    out = [f'<g class="point {kind}{" pareto-optimal" if cell.pareto else ""}"><title>{tip}</title>']
+    if _has_interval(cell):
+        interval = cell.row["ms_interval"]
+        out.append(f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{y(interval.low):.1f}" y2="{y(interval.high):.1f}" '
+                   f'stroke="{colour}" stroke-width="1"/>')  # fmt: skip
+    if cell.row["graphs"] == "on":
+        out.append(
+            f'<circle cx="{px:.1f}" cy="{py:.1f}" r="5" fill="{fill}" stroke="{colour}" stroke-width="2"{dash}/>'
+        )
+    else:
+        corners = f"{px:.1f},{py - 6:.1f} {px - 5.5:.1f},{py + 4:.1f} {px + 5.5:.1f},{py + 4:.1f}"
+        out.append(f'<polygon points="{corners}" fill="{fill}" stroke="{colour}" stroke-width="2"{dash}/>')
+    if cell.pareto:
+        out.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="9" fill="none" stroke="#000" stroke-width="1.2"/>')
+    out.append("</g>")
+    return out
+
+
+LABEL_GAP = 14  # px between two labels' baselines
+
+
+def _labels(placed: list[tuple[Cell, float, float]]) -> list[str]:
+    """Names beside the Pareto-optimal points. Cells of one memory tier sit almost on one x, so labels
+    are stacked upwards from the fastest (lowest), each at least LABEL_GAP above the last, with a
+    leader line where a label had to move off its point."""
+    out, last_y = [], math.inf
+    for cell, px, py in sorted(placed, key=lambda item: -item[2]):
+        label_y = min(py, last_y - LABEL_GAP)
+        last_y = label_y
+        if py - label_y > 2:
+            out.append(
+                f'<line x1="{px + 9:.1f}" y1="{py:.1f}" x2="{px + 22:.1f}" y2="{label_y - 4:.1f}" stroke="#999"/>'
+            )
+        name = html.escape(f"{cell.row['label']} {cell.row['runtime']} [{cell.source}]")
+        out.append(f'<text x="{px + 24:.1f}" y="{label_y:.1f}" font-size="11" class="label">{name}</text>')
+    return out
+
+
+def _legend(left: float, top: float) -> list[str]:
+    out, line = [], top + 10
+    for runtime, colour in [*RUNTIME_COLOURS.items(), ("other", OTHER_COLOUR)]:
+        out.append(f'<circle cx="{left + 6}" cy="{line}" r="5" fill="{colour}" stroke="{colour}"/>')
+        out.append(f'<text x="{left + 18}" y="{line + 4}" font-size="11">runtime {runtime}</text>')
+        line += 18
+    entries = [
+        ('<circle cx="{x}" cy="{y}" r="5" fill="#fff" stroke="#333" stroke-width="2"/>', "CUDA graphs on"),
+        ('<polygon points="{x},{t} {l},{b} {r},{b}" fill="#fff" stroke="#333" stroke-width="2"/>', "eager"),
+        ('<circle cx="{x}" cy="{y}" r="5" fill="#333" stroke="#333"/>', "quality measured (real weights)"),
+        ('<circle cx="{x}" cy="{y}" r="5" fill="#fff" stroke="#333" stroke-width="2"/>', "quality not measured"),
+        ('<circle cx="{x}" cy="{y}" r="8" fill="none" stroke="#000"/>', "Pareto-optimal"),
+        ('<circle cx="{x}" cy="{y}" r="5" fill="#fff" stroke="#333" stroke-dasharray="2 2"/>', "predicted (none)"),
+    ]
+    for shape, text in entries:
+        mark = shape.format(x=left + 6, y=line, t=line - 6, b=line + 4, l=left + 0.5, r=left + 11.5)
+        out.append(mark)
+        out.append(f'<text x="{left + 18}" y="{line + 4}" font-size="11">{text}</text>')
+        line += 18
+    return out
+
+
+# ---- rendering --------------------------------------------------------------------------------
+
+LEGEND = (
+    "Every figure here is measured: a row of `qbench export` for the store named in brackets, aggregated "
+    "store by store (nothing is pooled across stores). ms/step is the median over sessions of each session's "
+    "median step (CUDA events on a GPU), with its 95% interval over sessions. Predicted figures "
+    "(`qbench predict`) are never stored, so none appear."
+)
+MEMORY_NOTE = "Memory: {basis}. Budgets in Hz assume one token per control-loop tick (budget ms = 1000 / Hz)."
+REPORT_STYLE = HTML_STYLE + (
+    ".badge{display:inline-block;font-size:0.75em;padding:0.05em 0.5em;border-radius:0.8em;margin-left:0.5em;"
+    "vertical-align:middle;font-weight:600}.measured{background:#e3f4e6;color:#17612c;border:1px solid #9fd1aa}"
+    ".predicted{background:#fdeaea;color:#8a1c1c;border:1px dashed #d99}"
+    ".rec{border-left:4px solid #17612c;background:#f6fbf7;padding:0.4em 1em;margin:0.8em 0}"
+    ".rec.none{border-color:#8a1c1c;background:#fdf6f6}.rec h4{margin:0.2em 0}.rec ul{margin:0.3em 0}"
+    "figure{margin:1em 0}figcaption{font-size:0.9em;color:#444;max-width:60em}.note{font-size:0.85em;color:#444}"
+)
+MEASURED = '<span class="badge measured">measured</span>'
+
+
+def _group_title(key: GroupKey) -> str:
+    model, gpu, ctx = key
+    return f"{model} on {gpu}, context {ctx}"
+
+
+RUNTIME_TEXT = {
+    "hf": "hf = transformers with the decoder's linear layers swapped",
+    "lean": "lean = qbench's own static-cache decoder (`qbench/runtimes/lean.py`)",
+    "llamacpp": "llamacpp = llama.cpp's engine in its own process",
+}
+QUALITY_CAVEAT = (
+    "No cell here ran real weights, so no quantised backend's quality was measured: check it on your "
+    "checkpoint (`qbench compare --weights PATH`) before deploying a 4-bit backend."
+)
+
+
+def group_notes(group: Group) -> list[str]:
+    """What a reader needs beside the recommendations: what the memory figure is, what the runtimes
+    are, whether quality was measured at all, and why there is no latency budget where there is none."""
+    cells = group.cells
+    notes = [MEMORY_NOTE.format(basis=_memory_bases(cells))]
+    if any(c.eligible for c in cells) and all(r.budget.kind == "mib" for r in group.recommendations):
+        rates = f"{STANDARD_RATES_HZ[0]} to {STANDARD_RATES_HZ[-1]} Hz"
+        notes.append(f"No latency budget: no correct cell's 95% interval ends within any standard rate ({rates}).")
+    runtimes = sorted({c.row["runtime"] for c in cells})
+    notes.append("Runtimes: " + "; ".join(RUNTIME_TEXT.get(r, f"{r} = a plugin's runtime") for r in runtimes) + ".")
+    if not any(quality_measured(c.row) for c in cells):
+        notes.append(QUALITY_CAVEAT)
+    return notes
+
+
+def _memory_bases(cells: list[Cell]) -> str:
+    bases = sorted({c.memory_basis for c in cells if c.eligible and c.memory_mib is not None})
+    return "; ".join(f"{base} = {MEMORY_BASIS[base]}" for base in bases) or "not recorded"
+
+
+def _code(text: str) -> str:
+    """Prose to HTML: escaped, `code` as <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
+def render_html(report: Report) -> str:
+    parts = [f"<h1>{html.escape(report.title)}</h1>", f"<p>{_code(LEGEND)} {MEASURED}</p>"]
+    for number, group in enumerate(report.groups, 1):
+        parts.append(f"<h2>{html.escape(_group_title(group.key))}</h2>")
+        parts.append("<h3>Recommendations" + MEASURED + "</h3>")
+        if group.recommendations:
+            headers, body = glance_rows(group.recommendations)
+            parts.append(tabulate(body, headers=headers, tablefmt="html", disable_numparse=True))
+        else:
+            parts.append("<p>No correct cell: nothing to recommend (the table of incorrect cells says why).</p>")
+        for recs in merge(group.recommendations):
+            headline, reasons = recommendation_text(recs)
+            css = "rec" if recs[0].chosen else "rec none"
+            items = "".join(f"<li>{_code(reason)}</li>" for reason in reasons)
+            parts.append(f'<div class="{css}"><h4>{_code(headline)}</h4><ul>{items}</ul></div>')
+        if excluded_text(group.cells):
+            parts.append(f"<p>{_code(excluded_text(group.cells))}</p>")
+        parts += [f'<p class="note">{_code(note)}</p>' for note in group_notes(group)]
+        if any(c.eligible and c.memory_mib is not None for c in group.cells):
+            title = f"ms/step against memory, {_group_title(group.key)}"
+            svg = pareto_svg(group.cells, f"pareto-{number}", title)
+            caption = (
+                "Pareto figure: one point per correct cell (backend, runtime, graphs setting, store), its 95% "
+                "interval as a vertical line; the dashed line joins the Pareto-optimal cells (none both faster "
+                "and smaller). Incorrect cells have no ms/step and are listed below."
+            )
+            parts.append(f"<figure>{svg}<figcaption>{html.escape(caption)}{MEASURED}</figcaption></figure>")
+        for table in group.tables:
+            parts += _html_table(table)
+    parts.append("<h2>Provenance" + MEASURED + "</h2>")
+    headers, body = provenance_rows(report.sources)
+    parts.append(tabulate(body, headers=headers, tablefmt="html", disable_numparse=True))
+    parts.append(f"<p>This report: <code>{html.escape(report.command)}</code> (qbench {__version__}).</p>")
+    return _page(report.title, "\n".join(parts))
+
+
+def _html_table(table: Table) -> list[str]:
+    out = [f"<h3>{html.escape(table.heading)}{MEASURED}</h3>"]
+    if table.body:
+        out.append(tabulate(table.body, headers=table.headers, tablefmt="html", disable_numparse=True))
+    else:
+        out.append("<p>None.</p>")
+    if table.note:
+        out.append(f'<p class="note">{_code(table.note)}</p>')
+    return out
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{html.escape(title)}</title>\n<style>{REPORT_STYLE}</style>\n</head>\n<body>\n"
+        f"{body}\n</body>\n</html>\n"
+    )
+
+
+def render_markdown(report: Report) -> str:
+    parts = [f"# {report.title}", "", f"**[measured]** {LEGEND}", ""]
+    for group in report.groups:
+        parts += [f"## {_group_title(group.key)}", "", "### Recommendations **[measured]**", ""]
+        if group.recommendations:
+            headers, body = glance_rows(group.recommendations)
+            parts += [tabulate(body, headers=headers, tablefmt="github", disable_numparse=True), ""]
+        else:
+            parts += ["No correct cell: nothing to recommend (the table of incorrect cells says why).", ""]
+        for recs in merge(group.recommendations):
+            headline, reasons = recommendation_text(recs)
+            parts += [f"**{headline}**", ""] + [f"- {reason}" for reason in reasons] + [""]
+        parts += [excluded_text(group.cells), ""] if excluded_text(group.cells) else []
+        parts += [line for note in group_notes(group) for line in (note, "")]
+        headers, body = figure_rows(group.cells)
+        if body:
+            parts += ["### Pareto figure, as a table **[measured]**", ""]
+            parts += ["The HTML report draws these points (ms/step against memory); Pareto-optimal = no other "
+                      "correct cell is both faster and smaller.", ""]  # fmt: skip
+            parts += [tabulate(body, headers=headers, tablefmt="github", disable_numparse=True), ""]
+        for table in group.tables:
+            parts += [f"### {table.heading} **[measured]**", ""]
+            parts += [
+                tabulate(table.body, headers=table.headers, tablefmt="github", disable_numparse=True)
+                if table.body
+                else "None.",
+                "",
+            ]
+            parts += [table.note, ""] if table.note else []
+    headers, body = provenance_rows(report.sources)
+    parts += [
+        "## Provenance **[measured]**",
+        "",
+        tabulate(body, headers=headers, tablefmt="github", disable_numparse=True),
+        "",
+    ]
+    parts += [f"This report: `{report.command}` (qbench {__version__}).", ""]
+    return "\n".join(parts)
+
+
+def write(config: ReportConfig) -> Path:
+    """Build the report from the stores and write it to `config.out`; the stores are only read."""
+    report = build(config)
+    text = render_html(report) if config.fmt == "html" else render_markdown(report)
+    try:
+        config.out.parent.mkdir(parents=True, exist_ok=True)
+        config.out.write_text(text)
+    except OSError as error:
+        raise UserError(f"cannot write {config.out}: {error.strerror}", "pass a writable --out path") from None
+    return config.out
