@@ -91,7 +91,12 @@ def main() -> None:
 @click.option(
     "--model", default="smollm2-135m", show_default=True, help="Built-in name, config.json or checkpoint folder."
 )
-@click.option("--gpu", default="auto", show_default=True, help="GPU spec name; must match the detected device.")
+@click.option(
+    "--gpu",
+    default="auto",
+    show_default=True,
+    help="GPU spec name; must match the detected device. With --executor ray: the types to run on, comma-separated.",
+)
 @click.option("--backends", default="available", show_default=True, help="Comma-separated names, or 'available'.")
 @click.option(
     "--runtimes",
@@ -143,6 +148,17 @@ def main() -> None:
     show_default=True,
     help="Pin the decode loop's thread: off, auto (the fastest core by a fixed workload, now) or a core number.",
 )
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: sessions on this machine; ray: each session a Ray task on a node with the named GPU "
+    f"(pip install '{DISTRIBUTION}[ray]').",
+)
+@click.option(
+    "--address", default=None, help="With --executor ray: the cluster's head (host:port); default a local one."
+)
 @click.option("--format", "fmt", type=click.Choice(["table", "md", "csv", "json"]), default="table", show_default=True)
 @click.option("--wide", is_flag=True, help="Every column in the terminal table (default: what fits 120 columns).")
 def compare(
@@ -163,22 +179,32 @@ def compare(
     rounds,
     resume,
     cpu,
+    executor,
+    address,
     fmt,
     wide,
 ) -> None:
     """Measure decode ms/step for each backend and compare with the memory floor.
 
-    --model and --ctx take comma-separated lists: a sweep over models x ctx x backends x graphs."""
+    --model and --ctx take comma-separated lists: a sweep over models x ctx x backends x graphs; with
+    --executor ray, --gpu too."""
     from qbench.compare import AB_SESSIONS, CompareConfig, probe_device, run_sweep
     from qbench.report import render
 
+    gpu_types = _names(gpu) or [gpu]
+    if executor == "local" and len(gpu_types) > 1:
+        raise UserError(
+            f"--gpu {gpu}: one machine measures its own GPU only", "sweep several GPU types with --executor ray"
+        )
+    if executor == "local" and address is not None:
+        raise UserError("--address names a Ray cluster", "add --executor ray, or leave --address out")
     defaulted = click.core.ParameterSource.DEFAULT
     context = click.get_current_context()
     quick = all(context.get_parameter_source(name) == defaulted for name in ("model", "sessions"))
     configs = [
         CompareConfig(
             model=one_model,
-            gpu=gpu,
+            gpu=one_gpu,
             backends=tuple(_names(backends)),
             runtimes=tuple(_names(runtimes)),
             ctx=_ints(ctx),
@@ -197,6 +223,7 @@ def compare(
             quick=quick,
         )
         for one_model in _names(model) or [model]
+        for one_gpu in gpu_types
     ]
 
     def announce(the_plan) -> None:
@@ -217,7 +244,12 @@ def compare(
             click.echo(f"skipping {name}: {reason}", err=True)
 
     with _stop_on_signals():
-        outcomes, rows = run_sweep(configs, probe_device(), _command_line(), announce)
+        if executor == "ray":
+            from qbench.ray_executor import run_ray_sweep
+
+            outcomes, rows = run_ray_sweep(configs, address, _command_line(), announce)
+        else:
+            outcomes, rows = run_sweep(configs, probe_device(), _command_line(), announce)
     measured = sum(o.measured for o in outcomes)
     reused = sum(o.reused for o in outcomes)
     run_ids = [o.run_id for o in outcomes if o.run_id]

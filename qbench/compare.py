@@ -25,7 +25,7 @@ from qbench.lock import device_lock
 from qbench.positions import cache_positions
 from qbench.registry import backend_names, load_backend, warnings
 from qbench.runtimes import LINEAR_RUNTIMES
-from qbench.specs import GpuSpec, ModelSpec, gpu_for_device, load_gpu_spec, load_model_spec
+from qbench.specs import GpuSpec, ModelSpec, gpu_for_device, is_cpu_name, load_gpu_spec, load_model_spec
 from qbench.store import DEFAULT_DB, Store
 from qbench.worker import Forkserver, remove_stale_scratch, run_worker
 
@@ -163,13 +163,18 @@ def probe_device() -> DeviceInfo:
     return DeviceInfo(data["kind"], data["name"], capability, data.get("uuid", ""))
 
 
+def detected_gpu(device: DeviceInfo) -> GpuSpec:
+    """The spec of the device itself: its CUDA name's, or its CPU's (`cpu`, or `cpu-<label>`)."""
+    return gpu_for_device(device.name if device.kind == "cuda" or is_cpu_name(device.name) else "cpu")
+
+
 def resolve_gpu(requested: str, device: DeviceInfo, predict_command: str = "") -> GpuSpec:
-    detected = gpu_for_device(device.name if device.kind == "cuda" else "cpu")
+    detected = detected_gpu(device)
     if requested == "auto":
         return detected
     wanted = load_gpu_spec(requested)
     if wanted.name != detected.name:
-        seen = device.name if device.kind == "cuda" else "no CUDA GPU (cpu)"
+        seen = device.name if device.kind == "cuda" else f"no CUDA GPU ({detected.name})"
         other = f"; or predict it from stored measurements: {predict_command}" if predict_command else ""
         raise UserError(
             f"--gpu {requested} does not match this machine: detected {seen} (it never substitutes another GPU)",
@@ -191,14 +196,22 @@ def predict_command(config: CompareConfig) -> str:
     return " ".join(parts)
 
 
-def plan(config: CompareConfig, device: DeviceInfo | None = None) -> Plan:
-    """Check everything the config asks for against this machine; raises UserError, writes nothing."""
+def check_inputs(config: CompareConfig) -> tuple[ModelSpec, int, str, str]:
+    """What needs no device: the model, group size, contexts and weights. Returns the spec, the group
+    size, the resolved weights and a note about them ('' if none)."""
     from qbench.weights import resolve_weights
 
     spec = load_model_spec(config.model)
     group_size = resolve_group_size(config.group_size, spec)
     check_ctx(spec, config.ctx, config.warmup, config.steps)
     weights, weights_note = resolve_weights(config.weights, spec)
+    return spec, group_size, weights, weights_note
+
+
+def plan(config: CompareConfig, device: DeviceInfo | None = None) -> Plan:
+    """Check everything the config asks for against this machine (or `device`, where the sessions run
+    elsewhere); raises UserError, writes nothing."""
+    spec, group_size, weights, weights_note = check_inputs(config)
     device = device or probe_device()
     gpu = resolve_gpu(config.gpu, device, predict_command(config))
     result = Plan(config, device, gpu, [], group_size, weights, sessions=sessions_for(config, device))
@@ -345,6 +358,27 @@ def session_jobs(the_plan: Plan) -> list[tuple[dict, str]]:
     return jobs
 
 
+def session_label(the_plan: Plan, session: dict) -> str:
+    """How progress lines name a session: backend, runtime, graphs where it has its own process, ctx, index."""
+    runtime = "" if session["runtime"] == "hf" else f" ({session['runtime']})"
+    if session["backend"] in the_plan.per_process and len(graphs_modes(the_plan.config, the_plan.device)) > 1:
+        runtime += " graphs " + ("on" if session["graphs"][0] else "off")
+    return (
+        f"{session['backend']}{runtime} ctx {session['ctx']} session {session['session_index'] + 1}/{the_plan.sessions}"
+    )
+
+
+def result_status(result: dict) -> str:
+    """A stored result as a progress line says it: its status, and why where it is not plainly ok."""
+    detail = f" - {result['reason']}" if result.get("reason") else ""
+    status = result["status"]
+    failed = sorted({b["status"] for b in result.get("blocks", []) if b.get("status") != "ok"})
+    if status == "ok" and failed:  # the session ran; a timed block failed or the gate refused it
+        status = "ok, blocks " + "/".join(failed)
+        detail = " - " + "; ".join(sorted({b.get("reason", "") for b in result["blocks"] if b.get("reason")}))
+    return status + detail
+
+
 def run_compare(
     the_plan: Plan,
     command: str,
@@ -357,7 +391,6 @@ def run_compare(
     store = Store(config.db)
     outcome = RunOutcome(None, [])
     jobs = session_jobs(the_plan)
-    modes = graphs_modes(config, the_plan.device)
     stored = {h: store.completed_session_ids(h) for h in {h for _, h in jobs}} if config.resume else {}
     reused: list[int] = []
     started = time.monotonic()
@@ -367,13 +400,7 @@ def run_compare(
     server = start_forkserver(the_plan, progress) if to_run > 1 else None
     try:
         for number, (session, cell) in enumerate(jobs, 1):
-            runtime = "" if session["runtime"] == "hf" else f" ({session['runtime']})"
-            if session["backend"] in the_plan.per_process and len(modes) > 1:
-                runtime += " graphs " + ("on" if session["graphs"][0] else "off")
-            label = (
-                f"{session['backend']}{runtime} ctx {session['ctx']} "
-                f"session {session['session_index'] + 1}/{the_plan.sessions}"
-            )
+            label = session_label(the_plan, session)
             earlier = stored.get(cell, [])
             if session["session_index"] < len(earlier):
                 reused.append(earlier[session["session_index"]])
@@ -391,14 +418,8 @@ def run_compare(
             outcome.session_ids.append(store.add_session(outcome.run_id, cell, session, the_plan.gpu.name, result))
             outcome.measured += 1
             eta = (time.monotonic() - started) / outcome.measured * (total - number)  # from sessions run
-            detail = f" - {result['reason']}" if result.get("reason") else ""
-            status = result["status"]
-            failed = sorted({b["status"] for b in result.get("blocks", []) if b.get("status") != "ok"})
-            if status == "ok" and failed:  # the session ran; a timed block failed or the gate refused it
-                status = "ok, blocks " + "/".join(failed)
-                detail = " - " + "; ".join(sorted({b.get("reason", "") for b in result["blocks"] if b.get("reason")}))
             progress(
-                f"{bar(number, total)} {label}: {status}{detail} "
+                f"{bar(number, total)} {label}: {result_status(result)} "
                 f"({time.monotonic() - began:.0f} s; ETA {eta:.0f} s)"
             )
     except (KeyboardInterrupt, Stop) as stop:
@@ -424,20 +445,30 @@ def run_sweep(
     """Plan every config (one per model) first, so bad input stops the sweep before any worker
     starts; then run each. Returns the outcomes and the table rows of exactly the sessions this
     command measured or (with --resume) counted."""
-    from qbench.report import aggregate
-
     plans = [plan(config, device) for config in configs]
-    for the_plan in plans:
-        if not the_plan.backends:
-            reasons = "; ".join(f"{name}: {why}" for name, why in the_plan.skipped.items())
-            raise UserError(f"no requested backend can run here ({reasons})", "see `qbench backends`")
-    Store(configs[0].db).close()  # a --db that cannot be written fails here, before any session
+    check_runnable(plans)
     remove_stale_scratch()
     outcomes = []
     for the_plan in plans:
         announce(the_plan)
         outcomes.append(run_compare(the_plan, command))
-    store = Store(configs[0].db, readonly=True)
+    return outcomes, counted_rows(configs[0].db, outcomes)
+
+
+def check_runnable(plans: list[Plan]) -> None:
+    """Every plan has a backend to run, and the store can be written: checked before any session."""
+    for the_plan in plans:
+        if not the_plan.backends:
+            reasons = "; ".join(f"{name}: {why}" for name, why in the_plan.skipped.items())
+            raise UserError(f"no requested backend can run here ({reasons})", "see `qbench backends`")
+    Store(plans[0].config.db).close()  # a --db that cannot be written fails here, before any session
+
+
+def counted_rows(db: str, outcomes: list[RunOutcome]) -> list[dict]:
+    """The table rows of exactly the sessions these outcomes measured or (with --resume) counted."""
+    from qbench.report import aggregate
+
+    store = Store(db, readonly=True)
     rows = aggregate(store.sessions(session_ids=[i for o in outcomes for i in o.session_ids]))
     store.close()
-    return outcomes, rows
+    return rows

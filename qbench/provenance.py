@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from qbench.backend import DeviceInfo
+from qbench.specs import cpu_device_name
 
 
 def device_info() -> DeviceInfo:
@@ -16,7 +17,7 @@ def device_info() -> DeviceInfo:
         properties = torch.cuda.get_device_properties(torch.cuda.current_device())
         uuid = str(getattr(properties, "uuid", "") or "")
         return DeviceInfo("cuda", properties.name, torch.cuda.get_device_capability(), uuid)
-    return DeviceInfo("cpu", "cpu")
+    return DeviceInfo("cpu", cpu_device_name())
 
 
 def copy_bandwidth_gbps(device: str, megabytes: int | None = None, repeats: int = 10) -> float:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,9 @@ class GpuSpec:
     l2_mib: float | None = None
     memory_type: str = ""
     spec_source: str = ""
+    # Ray's label for nodes with this GPU (ray.util.accelerators): how `--executor ray` finds them where
+    # no node advertises the qbench-gpu:<name> resource. Empty where Ray has none.
+    ray_accelerator_type: str = ""
 
     def matches(self, device_name: str) -> bool:
         return any(re.search(pattern, device_name) for pattern in self.device_patterns)
@@ -173,6 +177,31 @@ CPU_SPEC = GpuSpec(
     memory_gib=None,
     bandwidth_source="no datasheet figure; the floor uses the copy bandwidth measured in each session",
 )
+# Names a host's CPU `cpu-<label>` instead of `cpu`, so that CPU nodes of a Ray cluster (the tests'
+# simulated GPU types among them) can be told apart and asked for by name. A label only ever names
+# a CPU: no setting lets a host claim a GPU it does not have.
+CPU_LABEL_ENV = "QBENCH_CPU_LABEL"
+CPU_LABEL = re.compile(r"[a-z0-9][a-z0-9-]*")
+
+
+def cpu_device_name() -> str:
+    """This host's CPU as a device name: `cpu`, or `cpu-<label>` where $QBENCH_CPU_LABEL is set."""
+    label = os.environ.get(CPU_LABEL_ENV, "").strip().lower()
+    if label and not CPU_LABEL.fullmatch(label):
+        raise UserError(f"${CPU_LABEL_ENV} must be letters, digits and '-', got {label!r}")
+    return f"cpu-{label}" if label else "cpu"
+
+
+def cpu_spec(name: str) -> GpuSpec:
+    """The spec of a CPU named `cpu` or `cpu-<label>`: no datasheet bandwidth, whatever the label."""
+    if name == "cpu":
+        return CPU_SPEC
+    label = name.removeprefix("cpu-")
+    return replace(CPU_SPEC, name=name, description=f"no CUDA GPU: a host CPU labelled {label} (${CPU_LABEL_ENV})")
+
+
+def is_cpu_name(name: str) -> bool:
+    return name == "cpu" or (name.startswith("cpu-") and bool(CPU_LABEL.fullmatch(name[4:])))
 
 
 def gpu_specs() -> dict[str, GpuSpec]:
@@ -190,24 +219,28 @@ def gpu_specs() -> dict[str, GpuSpec]:
             l2_mib=entry.get("l2_mib"),
             memory_type=entry.get("memory_type", ""),
             spec_source=entry.get("spec_source", ""),
+            ray_accelerator_type=entry.get("ray_accelerator_type", ""),
         )
         for name, entry in data.items()
     }
 
 
 def load_gpu_spec(name: str) -> GpuSpec:
-    if name == "cpu":
-        return CPU_SPEC
+    if is_cpu_name(name):
+        return cpu_spec(name)
     specs = gpu_specs()
     if name not in specs:
-        raise UserError(f"unknown GPU {name!r}", f"{did_you_mean(name, list(specs))}known: {', '.join(specs)}, cpu")
+        raise UserError(
+            f"unknown GPU {name!r}", f"{did_you_mean(name, list(specs))}known: {', '.join(specs)}, cpu, cpu-<label>"
+        )
     return specs[name]
 
 
 def gpu_for_device(device_name: str) -> GpuSpec:
-    """The spec whose patterns match a CUDA device name; an unlisted GPU gets a spec with no peak."""
-    if device_name == "cpu":
-        return CPU_SPEC
+    """The spec whose patterns match a CUDA device name (or a CPU's, `cpu` or `cpu-<label>`); an
+    unlisted GPU gets a spec with no peak."""
+    if is_cpu_name(device_name):
+        return cpu_spec(device_name)
     for spec in gpu_specs().values():
         if spec.matches(device_name):
             return spec
