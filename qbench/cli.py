@@ -386,8 +386,13 @@ def floor(model, gpu, ctx, backend, group_size, fmt) -> None:
 @click.option("--db", default="results/qbench.sqlite", show_default=True, help="Store whose measurements calibrate.")
 @click.option("--calibrate-on", default="auto", show_default=True, help="GPU spec whose measurements to use.")
 @click.option("--launch-us", type=float, default=None, help="The target host's kernel launch cost (eager).")
+@click.option(
+    "--against",
+    default=None,
+    help="A store measured on the target GPU: each prediction beside that measurement, with its error (validation).",
+)
 @click.option("--format", "fmt", type=click.Choice(["table", "md", "json"]), default="table", show_default=True)
-def predict(model, gpu, backends, runtimes, ctx, graphs, db, calibrate_on, launch_us, fmt) -> None:
+def predict(model, gpu, backends, runtimes, ctx, graphs, db, calibrate_on, launch_us, against, fmt) -> None:
     """PREDICT ms/step on a GPU you do not have, from measurements stored on one you had.
 
     Every figure is labelled predicted and nothing is stored (README, 'Predicting a GPU you do not
@@ -396,7 +401,6 @@ def predict(model, gpu, backends, runtimes, ctx, graphs, db, calibrate_on, launc
     from qbench.predict import render
     from qbench.runtimes import LINEAR_RUNTIMES
     from qbench.specs import load_gpu_spec
-    from qbench.store import Store
 
     chosen = tuple(_names(runtimes))
     if not chosen or any(r not in LINEAR_RUNTIMES for r in chosen):
@@ -405,14 +409,27 @@ def predict(model, gpu, backends, runtimes, ctx, graphs, db, calibrate_on, launc
         load_gpu_spec(calibrate_on)  # an unknown name is one line here
     if not Path(db).is_file():
         raise UserError(f"--db {db} does not exist", "point --db at a store `qbench compare` wrote on a GPU")
-    store = Store(db, readonly=True)
-    sessions = store.sessions()
-    store.close()
+    sessions = _read_sessions(db)
+    measured = None
+    if against is not None:
+        if not Path(against).is_file():
+            raise UserError(f"--against {against} does not exist", f"point --against at a store measured on {gpu}")
+        measured = _read_sessions(against)
     modes = {"off": (False,), "on": (True,), "both": (False, True)}[graphs]
     rows, skipped = run_prediction(
-        model, gpu, _names(backends), chosen, _ints(ctx), modes, sessions, calibrate_on, launch_us
+        model, gpu, _names(backends), chosen, _ints(ctx), modes, sessions, calibrate_on, launch_us, against=measured
     )
     click.echo(render(rows, skipped, fmt))
+
+
+def _read_sessions(db: str) -> list[dict]:
+    from qbench.store import Store
+
+    store = Store(db, readonly=True)
+    try:
+        return store.sessions()
+    finally:
+        store.close()
 
 
 @main.command()

@@ -172,6 +172,11 @@ class Prediction:
     calibrated_on: str
     note: str
     predicted: bool = True
+    # with --against: the same cell measured on the target (a validation), and the prediction's error
+    measured_ms: float | None = None
+    measured_low: float | None = None
+    measured_high: float | None = None
+    error_pct: float | None = None
 
 
 def predict_one(
@@ -241,8 +246,14 @@ def predict(
     calibrate_on: str = "auto",
     launch_us: float | None = None,
     group_size: int = 128,
+    against: list[dict] | None = None,
 ) -> tuple[list[Prediction], dict[str, str]]:
-    """Predictions for every (backend, runtime, ctx, graphs) it can calibrate, and why not for the rest."""
+    """Predictions for every (backend, runtime, ctx, graphs) it can calibrate, and why not for the rest.
+
+    `against`: sessions measured on the target GPU (another store). Each prediction is then put beside
+    the same cell's measurement there, with its error; an eager prediction without --launch-us takes
+    that cell's measured host launch cost (the validation gives the model the target host's launch
+    cost, not its timings). Those sessions never calibrate."""
     from qbench.floor import step_bytes
     from qbench.registry import load_backend
     from qbench.runtimes import LINEAR_RUNTIMES
@@ -260,6 +271,12 @@ def predict(
         raise UserError(
             f"no profiled, timed measurement{where} to calibrate on (a GPU other than {target.name})",
             "run `qbench compare` on a GPU you have (it profiles each cell), then predict from its --db",
+        )
+    measured = _measured_cells(against, target.name) if against is not None else {}
+    if against is not None and not measured:
+        raise UserError(
+            f"--against holds no timed measurement on {target.name}",
+            f"point --against at a store `qbench compare` wrote on a {target.name}",
         )
     predictions: list[Prediction] = []
     skipped: dict[str, str] = {}
@@ -286,9 +303,13 @@ def predict(
                     skipped[f"{name} ({runtime})"] = f"its bytes are known for {calibration.model} only"
                     continue
                 for mode in graphs:
+                    truth = measured.get((spec.name, name, runtime, ctx, "on" if mode else "off"))
+                    host_launch = launch_us
+                    if host_launch is None and truth is not None and not mode:
+                        host_launch = truth.get("launch_us")
                     try:
                         ms, low, high, note = predict_one(
-                            calibration, target, source, weight_bytes, kv_bytes, spec.num_layers, mode, launch_us
+                            calibration, target, source, weight_bytes, kv_bytes, spec.num_layers, mode, host_launch
                         )
                     except ValueError as error:
                         skipped[f"{name} ({runtime}) graphs {'on' if mode else 'off'}"] = str(error)
@@ -312,9 +333,37 @@ def predict(
                                 f"{calibration.sessions} session(s), run {', '.join(calibration.run_ids)}"
                             ),
                             note=note,
+                            **_beside(truth, ms),
                         )
                     )
     return predictions, skipped
+
+
+def _measured_cells(sessions: list[dict], gpu: str) -> dict[tuple, dict]:
+    """Timed rows of `gpu` by (model, backend, runtime, ctx, graphs); the cell with the most sessions
+    where a store holds several of one key (other group sizes, weights)."""
+    from qbench.report import aggregate
+
+    cells: dict[tuple, dict] = {}
+    for row in aggregate([s for s in sessions if s["gpu"] == gpu]):
+        if not row.get("ms_per_step"):
+            continue
+        key = (row["model"], row["backend"], row["runtime"], row["ctx"], row["graphs"])
+        if key not in cells or row.get("sessions_ok", 0) > cells[key].get("sessions_ok", 0):
+            cells[key] = row
+    return cells
+
+
+def _beside(truth: dict | None, ms: float) -> dict[str, float | None]:
+    if truth is None:
+        return {}
+    interval = _interval(truth)
+    return {
+        "measured_ms": truth["ms_per_step"],
+        "measured_low": interval[0] if interval else None,
+        "measured_high": interval[1] if interval else None,
+        "error_pct": 100 * (ms - truth["ms_per_step"]) / truth["ms_per_step"],
+    }
 
 
 def render(predictions: list[Prediction], skipped: dict[str, str], fmt: str) -> str:
@@ -325,9 +374,14 @@ def render(predictions: list[Prediction], skipped: dict[str, str], fmt: str) -> 
 
     if fmt == "json":
         return json.dumps({"predicted": [asdict(p) for p in predictions], "skipped": skipped}, indent=2)
-    headers = ["backend", "runtime", "ctx", "graphs", "PREDICTED ms/step", "interval", "% floor", "calibrated on"]
-    body = [
-        [
+    validated = any(p.measured_ms is not None for p in predictions)
+    headers = ["backend", "runtime", "ctx", "graphs", "PREDICTED ms/step", "interval", "% floor"]
+    if validated:
+        headers += ["MEASURED ms/step (--against)", "error"]
+    headers.append("calibrated on")
+    body = []
+    for p in predictions:
+        line = [
             p.backend,
             p.runtime,
             p.ctx,
@@ -335,16 +389,18 @@ def render(predictions: list[Prediction], skipped: dict[str, str], fmt: str) -> 
             f"{p.ms:.2f}",
             f"{p.low:.2f}-{p.high:.2f}" if p.low is not None else "",
             f"{p.pct_of_floor:.0f}%",
-            p.calibrated_on,
         ]
-        for p in predictions
-    ]
+        if validated:
+            line += [_measured_text(p), f"{p.error_pct:+.0f}%" if p.error_pct is not None else "not measured"]
+        body.append(line + [p.calibrated_on])
     first = predictions[0] if predictions else None
     title = f"PREDICTED (not measured): {first.model} on {first.gpu}" if first else "nothing predicted"
     lines = [title, "", tabulate(body, headers, tablefmt="github" if fmt == "md" else "simple")]
     notes = sorted({p.note for p in predictions if p.note})
     lines += [""] + [f"- {note}" for note in notes] if notes else []
     lines += [""] + [f"- not predicted: {what}: {why}" for what, why in skipped.items()] if skipped else []
+    if validated:
+        lines += [""] + [_worst_error(predictions, graphs) for graphs in ("on", "off")]
     lines += [
         "",
         "Every figure above is predicted by the model in README 'Predicting a GPU you do not have', calibrated "
@@ -353,3 +409,20 @@ def render(predictions: list[Prediction], skipped: dict[str, str], fmt: str) -> 
         "/ predicted ms.",
     ]
     return "\n".join(lines)
+
+
+def _measured_text(p: Prediction) -> str:
+    if p.measured_ms is None:
+        return ""
+    spread = f" ({p.measured_low:.2f}-{p.measured_high:.2f})" if p.measured_low is not None else ""
+    return f"{p.measured_ms:.2f}{spread}"
+
+
+def _worst_error(predictions: list[Prediction], graphs: str) -> str:
+    errors = [p.error_pct for p in predictions if p.graphs == graphs and p.error_pct is not None]
+    label = "graphs on" if graphs == "on" else "graphs off (eager)"
+    if not errors:
+        return f"- {label}: no measured cell to compare with"
+    worst = max(errors, key=abs)
+    typical = median(abs(error) for error in errors)
+    return f"- {label}: {len(errors)} cell(s) measured; worst error {worst:+.0f}%, median |error| {typical:.0f}%"

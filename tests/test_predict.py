@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from qbench.cli import main
 from qbench.compare import cell_hash
+from qbench.errors import UserError
 from qbench.predict import kernel_class, predict
 from qbench.specs import gpu_specs, load_gpu_spec
 
@@ -136,3 +137,39 @@ def test_a_prediction_is_never_stored(tmp_path):
     assert result.exit_code == 0, result.output
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.sqlite"]
+
+
+def test_against_puts_each_prediction_beside_the_targets_measurement(tmp_path):
+    """--against: the target's measured cell beside the prediction, its error, and for eager the
+    target host's measured launch cost instead of the calibration host's."""
+    calibration = [session(i, eager_ms=20.0, graph_ms=6.6, launch_us=10.0) for i in range(3)]
+    on_a100 = []
+    for i in range(3):  # measured on the target: the host launches twice as fast as the H100's did
+        record = session(i, eager_ms=10.0, graph_ms=8.0, launch_us=5.0)
+        record.update(gpu="a100-80gb-sxm4", cell_hash=cell_hash(record["config"], "A100"), run_id="r2")
+        on_a100.append(record)
+    plain, _ = predict("qwen2.5-7b", "a100-80gb-sxm4", ["bf16"], ("hf",), (2048,), (True, False), calibration)
+    rows, skipped = predict(
+        "qwen2.5-7b", "a100-80gb-sxm4", ["bf16"], ("hf",), (2048,), (True, False), calibration, against=on_a100
+    )
+    assert not skipped
+    by_graphs, plain_by = {r.graphs: r for r in rows}, {r.graphs: r for r in plain}
+    graph = by_graphs["on"]
+    assert graph.ms == pytest.approx(plain_by["on"].ms)  # measurements on the target never calibrate
+    assert graph.measured_ms == pytest.approx(8.0)
+    assert graph.error_pct == pytest.approx(100 * (graph.ms - 8.0) / 8.0)
+    eager = by_graphs["off"]  # host-bound: 20 ms at 10 us a launch, so 10 ms at the target's 5 us
+    assert eager.ms == pytest.approx(max(10.0, graph.ms)) and eager.measured_ms == pytest.approx(10.0)
+    assert plain_by["off"].ms == pytest.approx(20.0)
+    with pytest.raises(UserError, match="no timed measurement on a100-80gb-sxm4"):
+        predict("qwen2.5-7b", "a100-80gb-sxm4", ["bf16"], ("hf",), (2048,), (True,), calibration, against=calibration)
+
+
+@pytest.mark.skipif(not H100_RUNTIMES.is_file(), reason="needs the committed H100 results")
+def test_predict_against_on_the_command_line(tmp_path):
+    args = ["predict", "--gpu", "a100-80gb-sxm4", "--db", str(H100_RUNTIMES), "--against", str(tmp_path / "no.sqlite")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "--against" in result.output and "does not exist" in result.output
+    args[-1] = str(H100_RUNTIMES)  # measured on an H100, not on the A100 predicted
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "no timed measurement on a100-80gb-sxm4" in result.output
