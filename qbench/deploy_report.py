@@ -28,6 +28,7 @@ from tabulate import tabulate
 
 from qbench import __version__
 from qbench.errors import UserError
+from qbench.gate_limits import LOGIT_TOLERANCE
 from qbench.report import HTML_STYLE, PERPLEXITY_BOUND, aggregate, keep_columns, kernel_rows, short_kernel_name
 from qbench.report import table_rows as export_table_rows
 from qbench.runtimes import LINEAR_RUNTIMES
@@ -379,7 +380,10 @@ def quality_text(row: dict) -> str:
     if row["status"] == "incorrect":
         return f"incorrect: {row['reason']}"
     if row["weights"] == "synthetic":
-        return "not measured (synthetic weights: the gate checked the kernels compute their format, not accuracy)"
+        return (
+            "not measured (synthetic weights: the gate checked the kernels compute their format, not accuracy)"
+            + _gate_text(row)
+        )
     if row.get("perplexity_ratio") is not None:
         return (
             f"perplexity {row['perplexity']:.2f}, {row['perplexity_ratio']:.2f}x bf16's "
@@ -392,6 +396,18 @@ def quality_text(row: dict) -> str:
             else (f"perplexity {row['perplexity']:.2f} (no 16-bit row to compare with)")
         )
     return "real weights: logits passed the gate; perplexity not scored"
+
+
+def _gate_text(row: dict) -> str:
+    """The gate's margin where a cell passed close to a limit (the `gate-edge` flag)."""
+    if "gate-edge" not in row["flags"] or row.get("gate_worst_error_pct") is None:
+        return ""
+    threshold = row.get("gate_top1_threshold_pct")
+    top1 = f"top-1 agreement {row['gate_top1_pct']:.0f}%" + (f" (threshold {threshold:.0f}%)" if threshold else "")
+    return (
+        f"; it passed the gate close to a limit: worst logit error {row['gate_worst_error_pct']:.1f}% "
+        f"(limit {100 * LOGIT_TOLERANCE:.0f}%), {top1}: check it on real weights before relying on it"
+    )
 
 
 def quality_measured(row: dict) -> bool:

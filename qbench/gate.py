@@ -15,16 +15,9 @@ from fractions import Fraction
 
 import torch
 
+from qbench.gate_limits import LOGIT_TOLERANCE, TOP1_THRESHOLD
+
 LAYER_TOLERANCE = 0.02  # relative error of a quantised layer vs its dequantised reference
-LOGIT_TOLERANCE = 0.25  # relative L2 error of the logits vs the reference (a wrong kernel gives ~1)
-# Fraction of timed steps whose argmax matches the reference. Real weights give peaked logits, so
-# rounding differences rarely flip the argmax. Random (synthetic) weights give a flat 150k-way
-# distribution in a network that amplifies rounding: on an H100, bf16 against itself (eager vs a
-# graph replay that picks other cuBLAS algorithms) already showed 2.4% logit error and 97% top-1
-# agreement, and NF4 against its own dequantised weights 8% and 73%. A wrong kernel agrees ~0%.
-# Kept as fractions and compared with whole counts: 27 of 30 steps is exactly 90%, which a float32
-# mean (0.89999998) would call a failure.
-TOP1_THRESHOLD = {"real": Fraction(9, 10), "synthetic": Fraction(1, 2)}
 
 
 @dataclass(frozen=True)

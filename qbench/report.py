@@ -15,7 +15,7 @@ configurations differ in the backend (and its group size) alone. Per row:
   launch us       host cost of one kernel launch, measured around each timed block (qbench.host):
                   median over the sessions of each session's median probe
 A cell whose correctness gate failed in any session shows `incorrect` and no timing figures.
-Flags: impossible, noisy, throttled n/N, kernel-not-seen, host-variable (see FLAG_TEXT).
+Flags: impossible, noisy, throttled n/N, kernel-not-seen, host-variable, gate-edge (see FLAG_TEXT).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from typing import Any
 from tabulate import tabulate
 
 from qbench import stats
+from qbench.gate_limits import EDGE_ERROR, EDGE_TOP1
 from qbench.registry import BUILT_IN_ORDER
 from qbench.specs import load_gpu_spec
 
@@ -169,6 +170,8 @@ FLAG_TEXT = {
     "kernel-not-seen": "the profiled step never ran the backend's kernel",
     "host-variable": f"eager: the host's launch cost or fixed workload varied more than {HOST_VARIABLE_SPREAD:.2f}x "
     "across the cell's probes (before and after each timed block of each session)",
+    "gate-edge": f"passed the correctness gate close to a limit: worst logit error at least {EDGE_ERROR:.0%}, or "
+    f"top-1 agreement less than {float(EDGE_TOP1):.0%} above its threshold (gate_* columns)",
 }
 
 
@@ -253,6 +256,7 @@ def _cell_row(cell: str, graphs: bool, records: list[dict]) -> dict[str, Any]:
     }
     medians, walls, cvs, bandwidths, peaks, reasons, host_blocks, steals, cores = [], [], [], [], [], [], [], [], []
     incorrect, throttled, kernel_missing = False, 0, 0
+    checks: list[dict] = []  # the gate's logit checks of the cell's timed blocks
     total = len(records)
     for record in records:
         result = record["result"]
@@ -285,6 +289,7 @@ def _cell_row(cell: str, graphs: bool, records: list[dict]) -> dict[str, Any]:
                 incorrect = True
             reasons.append(f"{(bad or result)['status']}: {reason}")
             continue
+        checks += [b["logit_check"] for b in blocks if b.get("logit_check")]
         # Several rounds of the same setting in one session pool into that session's figure.
         steps = [ms for b in blocks for ms in _session_steps(b, device)]
         medians.append(stats.median(steps))
@@ -357,7 +362,25 @@ def _cell_row(cell: str, graphs: bool, records: list[dict]) -> dict[str, Any]:
         row["flags"].append(f"throttled {throttled}/{len(medians)}")
     if kernel_missing:  # the profiled step never ran the kernel the backend claims
         row["flags"].append("kernel-not-seen")
+    _gate_margin(row, checks)
     return row
+
+
+def _gate_margin(row: dict, checks: list[dict]) -> None:
+    """How close the cell's passing gate came to its limits: the worst logit error and the lowest
+    top-1 agreement over its sessions, in %, and the `gate-edge` flag near either limit."""
+    checks = [c for c in checks if c.get("worst_relative_error") is not None and c.get("top1_agreement") is not None]
+    if not checks:
+        return
+    worst = max(c["worst_relative_error"] for c in checks)
+    lowest = min(checks, key=lambda c: c["top1_agreement"])
+    row["gate_worst_error_pct"] = 100 * worst
+    row["gate_top1_pct"] = 100 * lowest["top1_agreement"]
+    threshold = lowest.get("top1_threshold")
+    if threshold is not None:
+        row["gate_top1_threshold_pct"] = 100 * threshold
+    if worst >= EDGE_ERROR or (threshold is not None and lowest["top1_agreement"] < threshold + float(EDGE_TOP1)):
+        row["flags"].append("gate-edge")
 
 
 def _quality_gate(row: dict, base: dict | None) -> None:
