@@ -349,7 +349,7 @@ def _measured_cells(sessions: list[dict], gpu: str) -> dict[tuple, dict]:
         if not row.get("ms_per_step"):
             continue
         key = (row["model"], row["backend"], row["runtime"], row["ctx"], row["graphs"])
-        if key not in cells or row.get("sessions_ok", 0) > cells[key].get("sessions_ok", 0):
+        if key not in cells or len(row["session_medians_ms"]) > len(cells[key]["session_medians_ms"]):
             cells[key] = row
     return cells
 

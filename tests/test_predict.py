@@ -173,3 +173,20 @@ def test_predict_against_on_the_command_line(tmp_path):
     args[-1] = str(H100_RUNTIMES)  # measured on an H100, not on the A100 predicted
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and "no timed measurement on a100-80gb-sxm4" in result.output
+
+
+def test_against_takes_the_targets_cell_with_the_most_sessions():
+    """Two measured cells share a key (another group size): the one with more sessions is compared."""
+    calibration = [session(i, eager_ms=20.0, graph_ms=6.6, launch_us=10.0) for i in range(3)]
+    on_a100 = []
+    for group_size, graph_ms, count in ((64, 9.0, 2), (128, 8.0, 3)):
+        for i in range(count):
+            record = session(i, eager_ms=10.0, graph_ms=graph_ms, launch_us=5.0)
+            record["config"]["group_size"] = group_size
+            record.update(gpu="a100-80gb-sxm4", cell_hash=cell_hash(record["config"], "A100"), run_id="r2")
+            on_a100.append(record)
+    for ordered in (on_a100, on_a100[::-1]):
+        rows, _ = predict(
+            "qwen2.5-7b", "a100-80gb-sxm4", ["bf16"], ("hf",), (2048,), (True,), calibration, against=ordered
+        )
+        assert rows[0].measured_ms == pytest.approx(8.0)
