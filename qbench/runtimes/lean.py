@@ -137,7 +137,7 @@ class LeanRunner:
         """One position: token [1, 1], position [1] (device tensors); returns logits [vocab]."""
         hidden = self.embed(token)
         cos, sin = self.cos.index_select(0, position), self.sin.index_select(0, position)  # [1, head_dim]
-        visible = self.kv_positions <= position
+        visible = None if self.split_programs else self.kv_positions <= position  # SDPA's mask
         for index, layer in enumerate(self.layers):
             attention = layer.self_attn
             x = layer.input_layernorm(hidden)
