@@ -615,22 +615,16 @@ def _stored_sessions(db: str, run_id: str) -> tuple[list[dict], list[tuple[str, 
     from qbench.store import Store
 
     store = Store(db, readonly=True)
-    runs = store.run_ids()
-    if not runs:
+    try:
+        runs = store.run_ids()
+        if not runs:
+            raise UserError(f"{db} holds no runs", "run `qbench compare` first")
+        selected = store.select_runs(run_id)
+        if selected is None:
+            raise UserError(f"no run {run_id!r} in {db}", f"runs: {', '.join(runs[-5:])}")
+        return store.sessions(run_ids=selected), store.commands(selected)
+    finally:
         store.close()
-        raise UserError(f"{db} holds no runs", "run `qbench compare` first")
-    if run_id == "latest":
-        selected = [runs[-1]]
-    elif run_id == "all":
-        selected = runs
-    elif run_id in runs:
-        selected = [run_id]
-    else:
-        store.close()
-        raise UserError(f"no run {run_id!r} in {db}", f"runs: {', '.join(runs[-5:])}")
-    sessions, commands = store.sessions(run_ids=selected), store.commands(selected)
-    store.close()
-    return sessions, commands
 
 
 def _replication_cells(rows: list[dict], db: str) -> list[dict]:

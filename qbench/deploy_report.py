@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import html
 import math
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,16 @@ from tabulate import tabulate
 from qbench import __version__
 from qbench.errors import UserError
 from qbench.gate_limits import LOGIT_TOLERANCE
-from qbench.report import HTML_STYLE, PERPLEXITY_BOUND, aggregate, keep_columns, kernel_rows, short_kernel_name
+from qbench.report import (
+    HTML_STYLE,
+    PERPLEXITY_BOUND,
+    aggregate,
+    html_document,
+    html_prose,
+    keep_columns,
+    kernel_rows,
+    short_kernel_name,
+)
 from qbench.report import table_rows as export_table_rows
 from qbench.runtimes import LINEAR_RUNTIMES
 from qbench.store import Store
@@ -157,25 +165,16 @@ class Cell:
         return bool(self.row.get("baseline"))
 
 
-def _select_runs(store: Store, path: str, run: str) -> list[str] | None:
-    """The run ids `--run` names in this store: None where it names a run only another store holds."""
-    runs = store.run_ids()
-    if not runs:
-        raise UserError(f"{path} holds no runs", "run `qbench compare` first, or pass another --db")
-    if run == "all":
-        return runs
-    if run == "latest":
-        return [runs[-1]]
-    return [run] if run in runs else None
-
-
 def load_sources(dbs: tuple[str, ...], run: str) -> list[Source]:
     sources, known = [], []
     for index, path in enumerate(dbs):
         store = Store(path, readonly=True)
         try:
-            selected = _select_runs(store, path, run)
-            known += store.run_ids()
+            known_here = store.run_ids()
+            if not known_here:
+                raise UserError(f"{path} holds no runs", "run `qbench compare` first, or pass another --db")
+            known += known_here
+            selected = store.select_runs(run)  # None: a run only another store holds
             if selected is None:
                 continue
             sessions = store.sessions(run_ids=selected)
@@ -866,13 +865,8 @@ def _memory_bases(cells: list[Cell]) -> str:
     return "; ".join(f"{base} = {MEMORY_BASIS[base]}" for base in bases) or "not recorded"
 
 
-def _code(text: str) -> str:
-    """Prose to HTML: escaped, `code` as <code>."""
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
-
-
 def render_html(report: Report) -> str:
-    parts = [f"<h1>{html.escape(report.title)}</h1>", f"<p>{_code(LEGEND)} {MEASURED}</p>"]
+    parts = [f"<h1>{html.escape(report.title)}</h1>", f"<p>{html_prose(LEGEND)} {MEASURED}</p>"]
     for number, group in enumerate(report.groups, 1):
         parts.append(f"<h2>{html.escape(_group_title(group.key))}</h2>")
         parts.append("<h3>Recommendations" + MEASURED + "</h3>")
@@ -884,11 +878,11 @@ def render_html(report: Report) -> str:
         for recs in merge(group.recommendations):
             headline, reasons = recommendation_text(recs)
             css = "rec" if recs[0].chosen else "rec none"
-            items = "".join(f"<li>{_code(reason)}</li>" for reason in reasons)
-            parts.append(f'<div class="{css}"><h4>{_code(headline)}</h4><ul>{items}</ul></div>')
+            items = "".join(f"<li>{html_prose(reason)}</li>" for reason in reasons)
+            parts.append(f'<div class="{css}"><h4>{html_prose(headline)}</h4><ul>{items}</ul></div>')
         if excluded_text(group.cells):
-            parts.append(f"<p>{_code(excluded_text(group.cells))}</p>")
-        parts += [f'<p class="note">{_code(note)}</p>' for note in group_notes(group)]
+            parts.append(f"<p>{html_prose(excluded_text(group.cells))}</p>")
+        parts += [f'<p class="note">{html_prose(note)}</p>' for note in group_notes(group)]
         if any(c.eligible and c.memory_mib is not None for c in group.cells):
             title = f"ms/step against memory, {_group_title(group.key)}"
             svg = pareto_svg(group.cells, f"pareto-{number}", title)
@@ -904,7 +898,7 @@ def render_html(report: Report) -> str:
     headers, body = provenance_rows(report.sources)
     parts.append(tabulate(body, headers=headers, tablefmt="html", disable_numparse=True))
     parts.append(f"<p>This report: <code>{html.escape(report.command)}</code> (qbench {__version__}).</p>")
-    return _page(report.title, "\n".join(parts))
+    return html_document(report.title, "\n".join(parts), REPORT_STYLE)
 
 
 def _html_table(table: Table) -> list[str]:
@@ -914,16 +908,8 @@ def _html_table(table: Table) -> list[str]:
     else:
         out.append("<p>None.</p>")
     if table.note:
-        out.append(f'<p class="note">{_code(table.note)}</p>')
+        out.append(f'<p class="note">{html_prose(table.note)}</p>')
     return out
-
-
-def _page(title: str, body: str) -> str:
-    return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{html.escape(title)}</title>\n<style>{REPORT_STYLE}</style>\n</head>\n<body>\n"
-        f"{body}\n</body>\n</html>\n"
-    )
 
 
 def render_markdown(report: Report) -> str:

@@ -203,6 +203,16 @@ class Store:
         query = "SELECT run_id FROM runs WHERE run_id IN (SELECT run_id FROM sessions) ORDER BY created_at, run_id"
         return [r[0] for r in self.db.execute(query)]
 
+    def select_runs(self, run: str) -> list[str] | None:
+        """The runs `run` names: 'all', 'latest' or one run id; None where this store holds no run of
+        that id (an empty list where it holds no runs at all)."""
+        runs = self.run_ids()
+        if run == "all":
+            return runs
+        if run == "latest":
+            return runs[-1:]
+        return [run] if run in runs else None
+
     def _has_reused_table(self) -> bool:
         return "run_reused" in self._tables()
 
