@@ -358,6 +358,17 @@ def session_jobs(the_plan: Plan) -> list[tuple[dict, str]]:
     return jobs
 
 
+def stored_for_resume(store: Store, jobs: list[tuple[dict, str]], resume: bool) -> dict[str, list[int]]:
+    """With --resume, the completed sessions already stored for each cell of `jobs`, in order."""
+    return {h: store.completed_session_ids(h) for h in {h for _, h in jobs}} if resume else {}
+
+
+def stored_session(stored: dict[str, list[int]], session: dict, cell: str) -> int | None:
+    """The stored session --resume counts in place of this one, or None where it must run."""
+    earlier = stored.get(cell, [])
+    return earlier[session["session_index"]] if session["session_index"] < len(earlier) else None
+
+
 def session_label(the_plan: Plan, session: dict) -> str:
     """How progress lines name a session: backend, runtime, graphs where it has its own process, ctx, index."""
     runtime = "" if session["runtime"] == "hf" else f" ({session['runtime']})"
@@ -391,19 +402,19 @@ def run_compare(
     store = Store(config.db)
     outcome = RunOutcome(None, [])
     jobs = session_jobs(the_plan)
-    stored = {h: store.completed_session_ids(h) for h in {h for _, h in jobs}} if config.resume else {}
+    stored = stored_for_resume(store, jobs, config.resume)
     reused: list[int] = []
     started = time.monotonic()
     total = len(jobs)
     holder = f"qbench pid {os.getpid()} ({command[:80]})"
-    to_run = sum(1 for session, cell in jobs if session["session_index"] >= len(stored.get(cell, [])))
+    to_run = sum(1 for session, cell in jobs if stored_session(stored, session, cell) is None)
     server = start_forkserver(the_plan, progress) if to_run > 1 else None
     try:
         for number, (session, cell) in enumerate(jobs, 1):
             label = session_label(the_plan, session)
-            earlier = stored.get(cell, [])
-            if session["session_index"] < len(earlier):
-                reused.append(earlier[session["session_index"]])
+            earlier = stored_session(stored, session, cell)
+            if earlier is not None:
+                reused.append(earlier)
                 progress(f"{bar(number, total)} {label}: already stored, skipped (--resume)")
                 continue
             began = time.monotonic()

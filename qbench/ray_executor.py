@@ -53,6 +53,8 @@ from qbench.compare import (
     result_status,
     session_jobs,
     session_label,
+    stored_for_resume,
+    stored_session,
 )
 from qbench.errors import Interrupted, Stop, UserError
 from qbench.lock import device_lock
@@ -310,12 +312,12 @@ class RaySweep:
             task = remote.options(**placement.options, max_retries=0)
             jobs = session_jobs(the_plan)
             self.total += len(jobs)
-            stored = {h: self.store.completed_session_ids(h) for h in {h for _, h in jobs}} if config.resume else {}
+            stored = stored_for_resume(self.store, jobs, config.resume)
             for session, cell in jobs:
                 label = f"{config.gpu}: {session_label(the_plan, session)}"
-                earlier = stored.get(cell, [])
-                if session["session_index"] < len(earlier):
-                    self.reused[index].append(earlier[session["session_index"]])
+                earlier = stored_session(stored, session, cell)
+                if earlier is not None:
+                    self.reused[index].append(earlier)
                     self.done += 1
                     self.progress(f"{bar(self.done, self.total)} {label}: already stored, skipped (--resume)")
                     continue
