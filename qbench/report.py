@@ -69,8 +69,8 @@ def _latex(text: str) -> str:
 
 
 def _prose(text: str, fmt: str) -> str:
-    if fmt == "html":  # `code` in the text becomes <code>code</code>
-        return "<p>" + re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text)) + "</p>"
+    if fmt == "html":
+        return "<p>" + html_prose(text) + "</p>"
     if fmt == "latex":
         return _latex(text) + "\n"  # a blank line ends a LaTeX paragraph
     return text
@@ -139,12 +139,17 @@ HTML_STYLE = (
 )
 
 
-def html_document(title: str, body: str) -> str:
+def html_prose(text: str) -> str:
+    """Prose as HTML: escaped, with `code` in the text as <code>code</code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
+def html_document(title: str, body: str, style: str = HTML_STYLE) -> str:
     """A whole, self-contained HTML document (inline style, nothing fetched)."""
     plain_title = re.sub(r"`([^`]+)`", r"\1", title)
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        f"<title>{html.escape(plain_title)}</title>\n<style>{HTML_STYLE}</style>\n</head>\n<body>\n"
+        f"<title>{html.escape(plain_title)}</title>\n<style>{style}</style>\n</head>\n<body>\n"
         f"{body}\n</body>\n</html>\n"
     )
 
