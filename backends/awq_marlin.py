@@ -2,7 +2,9 @@
 
 AutoAWQ is archived and does not run on current torch/transformers; transformers 5 routes AWQ
 checkpoints through gptqmodel, whose AWQ Marlin kernel (ported from vLLM) is the maintained one.
-gptqmodel builds the kernel on first use (a few minutes) and caches it. Marlin runs fp16 here.
+gptqmodel builds the kernel on first use (a few minutes); qbench keeps a copy of the built library
+and calls its ops with gptqmodel's own repacking, without importing gptqmodel again
+(`marlin_direct.py` says how and why). Marlin runs fp16 here.
 Marlin zero-pads a weight whose shape does not fit its 64 x 128 tile (SmolLM2's K = 576 at group
 size 64 becomes 640): the padded tensors are what it stores and reads, and what the floor counts.
 """
@@ -10,7 +12,7 @@ size 64 becomes 640): the padded tensors are what it stores and reads, and what 
 from __future__ import annotations
 
 import torch
-from qbench.backends import formats
+from qbench.backends import formats, marlin_direct
 
 from qbench.api import PackedFormatBackend, QuantLinear
 
@@ -24,43 +26,21 @@ class AwqMarlinLinear(QuantLinear):
         bias: torch.Tensor | None,
         group_size: int,
     ):
-        from gptqmodel.nn_modules.qlinear.marlin_awq import AwqMarlinLinear as Kernel
-        from gptqmodel.utils.backend import BACKEND
-
         super().__init__(in_features, out_features, None, group_size)
-        device = tensors["qweight"].device
         # The reference keeps a copy of the checkpoint's tensors (Marlin repacks them) until the gate ends.
         self.checkpoint = {name: t.detach().clone() for name, t in tensors.items()}
-        with torch.device(device):
-            kernel = Kernel(
-                bits=4,
-                group_size=group_size,
-                desc_act=False,
-                sym=False,
-                in_features=in_features,
-                out_features=out_features,
-                bias=bias is not None,
-                register_buffers=True,
-                dtype=torch.float16,
-                backend=BACKEND.AWQ_MARLIN,
-            )
-        kernel.qweight.data = tensors["qweight"].to(device)
-        kernel.qzeros.data = tensors["qzeros"].to(device)
-        kernel.scales.data = tensors["scales"].to(device, torch.float16)
         if bias is not None:
-            kernel.bias.data = bias.detach().to(device, torch.float16)
             self.checkpoint["bias"] = bias.detach().clone()
-        kernel.post_init()
-        self.kernel = kernel
+        self.marlin = marlin_direct.MarlinAwqWeights(tensors, in_features, out_features, bias, group_size)
 
     def stored_tensors(self) -> list[torch.Tensor]:
-        return [self.kernel.qweight, self.kernel.qzeros, self.kernel.scales]
+        return self.marlin.tensors()
 
     def bias_tensor(self) -> torch.Tensor | None:
-        return getattr(self.kernel, "bias", None)
+        return self.marlin.bias
 
     def dequantize(self) -> torch.Tensor:
-        device = self.kernel.qweight.device
+        device = self.marlin.qweight.device
         tensors = {k: v.to(device) for k, v in self.checkpoint.items() if k != "bias"}
         return formats.awq_dequantize(tensors, self.group_size)
 
@@ -69,7 +49,7 @@ class AwqMarlinLinear(QuantLinear):
             bias = self.checkpoint.get("bias")
             bias = None if bias is None else bias.to(x.device, x.dtype)
             return torch.nn.functional.linear(x, self.dequantize().to(x.dtype), bias)
-        return self.kernel(x)
+        return self.marlin.matmul(x)
 
 
 class AwqMarlinBackend(PackedFormatBackend):
@@ -84,17 +64,18 @@ class AwqMarlinBackend(PackedFormatBackend):
     packages = {"gptqmodel": "gptqmodel"}
     extra = "awq"
     builds_kernel = True
+    # lean compiles its step around this kernel: tried on the H100 with QBENCH_LEAN_COMPILE=all, the
+    # gate passed and the step got faster (results/h100/lean-gemv)
+    lean_compile = True
 
     def linear_bytes(self, in_features: int, out_features: int, group_size: int) -> int:
         return formats.awq_marlin_bytes(in_features, out_features, group_size)
 
     def prepare(self, device: str) -> None:
-        from gptqmodel.utils.marlin import prewarm_marlin_extension
+        self.prepared = marlin_direct.ensure_library()
 
-        if not prewarm_marlin_extension(torch.float16):
-            from gptqmodel.utils.marlin import marlin_runtime_error
-
-            raise RuntimeError(f"gptqmodel Marlin kernel did not build: {marlin_runtime_error(torch.float16)}")
+    def load_notes(self) -> list[str]:
+        return [self.prepared] if getattr(self, "prepared", "") else []
 
     def quantize_tensors(self, weight: torch.Tensor, group_size: int) -> dict[str, torch.Tensor]:
         return formats.awq_quantize(weight, group_size)

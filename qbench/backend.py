@@ -124,6 +124,10 @@ class Backend:
     def prepare(self, device: str) -> None:
         """Import the kernel and build it if needed, before any weight is touched."""
 
+    def load_notes(self) -> list[str]:
+        """One-line facts from prepare() or loading that the runner's notes should carry."""
+        return []
+
     def load(self, spec: Any, options: LoadOptions) -> Any:
         """Build the model with this backend's linear layers; returns the runner of `options.runtime`."""
         from qbench.model import build_model, quantize_decoder_linears
@@ -148,6 +152,7 @@ class Backend:
 
             runner = DecoderRunner(model, options.max_cache_len, options.device)
         runner.weights_cache = cached
+        runner.notes.extend(self.load_notes())
         return runner
 
 
