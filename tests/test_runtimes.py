@@ -164,6 +164,7 @@ def test_a_whole_runtime_plugin_runs_through_the_protocol(engine_dist, tmp_path)
     assert rows[("toy-engine", "toy")]["runtime_notes"] == "toy: a bigram table"
     assert rows[("bf16", "lean")]["runtime_notes"] == (
         "lean: decode attention: SDPA (the split-K kernel runs on CUDA) | "
+        "lean: 16-bit linear layers: F.linear (the Triton GEMV runs on CUDA) | "
         "lean: step not compiled: torch.compile is used on CUDA only"
     )
     view = CliRunner().invoke(

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from qbench.positions import CAPTURE_WARMUP_STEPS
-from qbench.runtimes import decode_attention, modules
+from qbench.runtimes import decode_attention, gemv, modules
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -45,6 +45,59 @@ def _sliding_window(config) -> int | None:
     if not window or getattr(config, "use_sliding_window", True) is False:
         return None
     return int(window)
+
+
+@torch.library.custom_op("qbench::write_kv", mutates_args=("kv_cache",))
+def write_kv(kv_cache: torch.Tensor, layer: int, position: torch.Tensor, kv: torch.Tensor) -> None:
+    """kv_cache[layer, :, :, position] = kv ([2, kv heads, 1, head_dim]), in place, one launch. An
+    opaque op because torch.compile, given the in-place index_copy_ into a slice of the cache, wrote
+    whole cache tensors back in every step: about 0.7 ms a step at 7B, ctx 2048, on the H100
+    (results/h100/lean-gemv: the `triton_poi_fused_copy_` kernels of lean-triton-kernels)."""
+    kv_cache[layer].index_copy_(2, position, kv)
+
+
+@write_kv.register_fake
+def _(kv_cache, layer, position, kv):
+    return None
+
+
+class Gemv:
+    """One GEMV launch over the concatenated weight of `modules` (plain 16-bit nn.Linear sharing
+    their input); each module's weight and bias become views into the concatenation."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, sizes: list[int], sms: int):
+        self.weight, self.bias, self.sizes = weight, bias, sizes
+        self.blocks = gemv.choose_blocks(weight.shape[0], weight.shape[1], sms)
+
+    @staticmethod
+    def fusable(modules: list) -> bool:
+        if not modules or any(type(m) is not torch.nn.Linear for m in modules):
+            return False
+        first = modules[0].weight
+        return (
+            first.dtype in (torch.bfloat16, torch.float16)
+            and all(m.weight.dtype == first.dtype and m.in_features == modules[0].in_features for m in modules)
+            and len({m.bias is None for m in modules}) == 1
+        )
+
+    @classmethod
+    def fuse(cls, modules: list, sms: int) -> Gemv:
+        with torch.no_grad():
+            weights = [m.weight.detach() for m in modules]
+            weight = (weights[0] if len(weights) == 1 else torch.cat(weights)).contiguous()
+            biases = [m.bias for m in modules]
+            bias = None if biases[0] is None else torch.cat([b.detach() for b in biases]).contiguous()
+            sizes = [m.out_features for m in modules]
+            start = 0
+            for module, size in zip(modules, sizes, strict=True):
+                module.weight = torch.nn.Parameter(weight[start : start + size], requires_grad=False)
+                if bias is not None:
+                    module.bias = torch.nn.Parameter(bias[start : start + size], requires_grad=False)
+                start += size
+        return cls(weight, bias, sizes, sms)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return gemv.gemv(x.reshape(-1), self.weight, self.bias, *self.blocks)
 
 
 class LeanRunner:
@@ -75,9 +128,11 @@ class LeanRunner:
         self.group = self.heads // self.kv_heads
         self.scale = self.head_dim**-0.5
         dtype = self.embed.weight.dtype
-        shape = (len(self.layers), self.kv_heads, max_cache_len, self.head_dim)
-        self.k_cache = torch.zeros(shape, dtype=dtype, device=self.device)
-        self.v_cache = torch.zeros(shape, dtype=dtype, device=self.device)
+        # K and V of a layer side by side, [layers, 2, kv heads, positions, head_dim], so one launch
+        # writes both (`write_kv`); k_cache and v_cache are views of it
+        shape = (len(self.layers), 2, self.kv_heads, max_cache_len, self.head_dim)
+        self.kv_cache = torch.zeros(shape, dtype=dtype, device=self.device)
+        self.k_cache, self.v_cache = self.kv_cache[:, 0], self.kv_cache[:, 1]
         self.kv_positions = torch.arange(max_cache_len, device=self.device)
         with torch.inference_mode():
             probe = torch.zeros(1, dtype=dtype, device=self.device)
@@ -92,19 +147,28 @@ class LeanRunner:
         self._hf = None  # the hf runner that gives the gate's reference (same model, plain path)
         self._reference = False
         self.split_programs = self._choose_attention()
+        self.linear16 = self._plan_gemv()
         self._step_fn = self._decode
+        # QBENCH_LEAN_COMPILE: 1 (default: where the backend declares lean_compile), 0 (never), all
+        # (also where it does not: to try a kernel; a failure is said and the step runs uncompiled)
+        setting = os.environ.get("QBENCH_LEAN_COMPILE", "1")
+        if setting not in ("0", "1", "all"):
+            raise ValueError(f"QBENCH_LEAN_COMPILE must be 0, 1 or all, got {setting!r}")
         if self.device.type != "cuda":
             self.notes.append("lean: step not compiled: torch.compile is used on CUDA only")
-        elif not compile_step:
+        elif setting == "0":
+            self.notes.append("lean: torch.compile off (QBENCH_LEAN_COMPILE=0)")
+        elif not compile_step and setting != "all":
             self.notes.append(
                 "lean: step not compiled: the backend's kernel is not declared to trace under torch.compile "
                 "(lean_compile)"
             )
-        elif os.environ.get("QBENCH_LEAN_COMPILE", "1") == "0":
-            self.notes.append("lean: torch.compile off (QBENCH_LEAN_COMPILE=0)")
         else:
             self._step_fn = torch.compile(self._decode, dynamic=False)
-            self.notes.append("lean: step compiled with torch.compile")
+            self.notes.append(
+                "lean: step compiled with torch.compile"
+                + ("" if compile_step else " (QBENCH_LEAN_COMPILE=all: the backend does not declare lean_compile)")
+            )
 
     def _choose_attention(self) -> int:
         """How many (kv head, chunk) programs the split-K decode attention launches, 0 for SDPA; the
@@ -129,6 +193,50 @@ class LeanRunner:
         )
         return programs
 
+    def _plan_gemv(self) -> dict[int, Gemv]:
+        """Where qbench's Triton GEMV (`gemv.py`) replaces F.linear in a step: every plain 16-bit
+        nn.Linear (the bf16 backend's layers; every backend's lm_head), with q, k and v of a layer as
+        one launch over their concatenated weight and gate and up as another. The concatenated
+        weight is the storage: the layers' own weights become views into it, so nothing is held
+        twice and the `hf` runtime reads the same tensors. QBENCH_LEAN_GEMV: auto (on CUDA where
+        Triton loads), cublas (F.linear everywhere), or triton (also on the CPU under
+        TRITON_INTERPRET=1, for tests). Keyed by id() of the module the step would have called."""
+        choice = os.environ.get("QBENCH_LEAN_GEMV", "auto")
+        if choice not in ("auto", "cublas", "triton"):
+            raise ValueError(f"QBENCH_LEAN_GEMV must be auto, cublas or triton, got {choice!r}")
+        reason = decode_attention.available()
+        if choice == "cublas" or (choice == "auto" and (self.device.type != "cuda" or reason)):
+            why = "QBENCH_LEAN_GEMV=cublas" if choice == "cublas" else reason or "the Triton GEMV runs on CUDA"
+            self.notes.append(f"lean: 16-bit linear layers: F.linear ({why})")
+            return {}
+        if reason:
+            raise RuntimeError(f"QBENCH_LEAN_GEMV=triton, but {reason}")
+        sms = torch.cuda.get_device_properties(self.device).multi_processor_count if self.device.type == "cuda" else 8
+        plan: dict[int, Gemv] = {}
+        fused = 0
+        for layer in self.layers:
+            attention, mlp = layer.self_attn, layer.mlp
+            qkv = [attention.q_proj, attention.k_proj, attention.v_proj]
+            if Gemv.fusable(qkv):
+                plan[id(attention.q_proj)] = Gemv.fuse(qkv, sms)
+                fused += 1
+            gate_up = [getattr(mlp, "gate_proj", None), getattr(mlp, "up_proj", None)]
+            if hasattr(mlp, "act_fn") and Gemv.fusable(gate_up):
+                plan[id(mlp.gate_proj)] = Gemv.fuse(gate_up, sms)
+            for module in (attention.o_proj, getattr(mlp, "down_proj", None)):
+                if Gemv.fusable([module]):
+                    plan[id(module)] = Gemv.fuse([module], sms)
+        if Gemv.fusable([self.lm_head]):
+            plan[id(self.lm_head)] = Gemv.fuse([self.lm_head], sms)
+        if plan:
+            what = "q, k, v as one launch and gate, up as another" if fused else "each layer alone"
+            self.notes.append(f"lean: 16-bit linear layers: qbench's Triton GEMV ({len(plan)} weights; {what})")
+        return plan
+
+    def _linear(self, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        planned = self.linear16.get(id(module))
+        return module(x) if planned is None else planned(x).view(1, 1, -1)
+
     # ---- the model, one position or a whole prompt --------------------------------------------------
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         return x * cos + _rotate_half(x) * sin
@@ -141,12 +249,16 @@ class LeanRunner:
         for index, layer in enumerate(self.layers):
             attention = layer.self_attn
             x = layer.input_layernorm(hidden)
-            q = self._rope(attention.q_proj(x).view(self.heads, self.head_dim), cos, sin)
-            k = self._rope(attention.k_proj(x).view(self.kv_heads, 1, self.head_dim), cos, sin)
-            v = attention.v_proj(x).view(self.kv_heads, 1, self.head_dim)
+            qkv = self.linear16.get(id(attention.q_proj))
+            if qkv is not None:
+                q, k, v = qkv(x).split(qkv.sizes)
+            else:
+                q, k, v = attention.q_proj(x), attention.k_proj(x), attention.v_proj(x)
+            q = self._rope(q.view(self.heads, self.head_dim), cos, sin)
+            k = self._rope(k.view(self.kv_heads, 1, self.head_dim), cos, sin)
+            v = v.view(self.kv_heads, 1, self.head_dim)
+            write_kv(self.kv_cache, index, position, torch.stack((k, v)).to(self.kv_cache.dtype))
             k_cache, v_cache = self.k_cache[index], self.v_cache[index]  # [kv heads, positions, head_dim]
-            k_cache.index_copy_(1, position, k)
-            v_cache.index_copy_(1, position, v)
             # Query head j attends with kv head j // group; K and V are read once and never expanded,
             # and the scores are accumulated in float32 inside the attention kernel. The split-K kernel
             # takes each kv head's group of query heads per chunk of positions; SDPA takes them in its
@@ -161,9 +273,16 @@ class LeanRunner:
                     grouped, k_cache[None], v_cache[None], attn_mask=visible.view(1, 1, 1, -1), scale=self.scale
                 )
                 out = out.reshape(1, 1, self.heads * self.head_dim)
-            hidden = hidden + attention.o_proj(out)
-            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-        return self.lm_head(self.norm(hidden))[0, -1]
+            hidden = hidden + self._linear(attention.o_proj, out)
+            hidden = hidden + self._mlp(layer.mlp, layer.post_attention_layernorm(hidden))
+        return self._linear(self.lm_head, self.norm(hidden))[0, -1]
+
+    def _mlp(self, mlp: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        gate_up = self.linear16.get(id(getattr(mlp, "gate_proj", None)))
+        if gate_up is None:
+            return mlp(x)
+        gate, up = gate_up(x).split(gate_up.sizes)
+        return self._linear(mlp.down_proj, (mlp.act_fn(gate) * up).view(1, 1, -1))
 
     def _forward_prompt(self, ids: torch.Tensor, every_position: bool) -> torch.Tensor:
         """Positions 0..T-1 at once (causal), filling the cache; logits of the last or every position."""
