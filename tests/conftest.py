@@ -132,3 +132,19 @@ def pytest_collection_modifyitems(config, items):
 
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_interpreted(code: str) -> str:
+    """Run `code` in a child Python with Triton's interpreter on (TRITON_INTERPRET is read when a
+    kernel is defined, so each check needs its own process); returns its stdout."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout

@@ -7,27 +7,14 @@ matmul), so the checks use float16 and float32; the kernel is the same for every
 GPU every lean session's gate checks the bfloat16 logits against transformers'.
 """
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
+from conftest import run_interpreted
 
 pytest.importorskip("triton", reason="Triton not installed (the test extra installs it on Linux x86-64)")
 
 
-def _interpret(code: str) -> str:
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
-
-
 def test_split_k_attention_matches_the_reference_and_never_reads_past_the_position():
-    out = _interpret(
+    out = run_interpreted(
         """
         import torch
         from qbench.runtimes.decode_attention import decode_attention, decode_attention_reference
@@ -69,7 +56,7 @@ def test_plan_splits_covers_the_cache_in_whole_blocks():
 
 
 def test_lean_with_split_k_attention_matches_lean_with_sdpa():
-    out = _interpret(
+    out = run_interpreted(
         """
         import os, torch
         from qbench.api import LoadOptions
@@ -98,7 +85,16 @@ def test_lean_with_split_k_attention_matches_lean_with_sdpa():
     assert out.strip() == "ok"
 
 
-def test_lean_attention_choice_is_checked_and_said(monkeypatch):
+@pytest.mark.parametrize(
+    "variable, bad, allowed, note",
+    [
+        ("QBENCH_LEAN_ATTENTION", "flash", "auto, sdpa or split-k",
+         "lean: decode attention: SDPA (the split-K kernel runs on CUDA)"),
+        ("QBENCH_LEAN_GEMV", "cutlass", "auto, cublas or triton",
+         "lean: 16-bit linear layers: F.linear (the Triton GEMV runs on CUDA)"),
+    ],
+)
+def test_lean_triton_path_choices_are_checked_and_said(monkeypatch, variable, bad, allowed, note):
     import torch
 
     from qbench.api import LoadOptions
@@ -108,10 +104,10 @@ def test_lean_attention_choice_is_checked_and_said(monkeypatch):
 
     options = LoadOptions(device="cpu", weights="synthetic", seed=0, max_cache_len=32, group_size=128)
     model = load_backend("bf16").load(load_model_spec("tiny"), options).model
-    monkeypatch.setenv("QBENCH_LEAN_ATTENTION", "flash")
-    with pytest.raises(ValueError, match="auto, sdpa or split-k"):
+    monkeypatch.setenv(variable, bad)
+    with pytest.raises(ValueError, match=allowed):
         LeanRunner(model, 32, "cpu")
-    monkeypatch.delenv("QBENCH_LEAN_ATTENTION")
+    monkeypatch.delenv(variable)
     runner = LeanRunner(model, 32, "cpu")
-    assert runner.notes[0] == "lean: decode attention: SDPA (the split-K kernel runs on CUDA)"
+    assert note in runner.notes
     assert isinstance(runner.step(torch.tensor([1])), torch.Tensor)

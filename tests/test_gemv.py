@@ -2,27 +2,14 @@
 process (as in test_decode_attention.py): against F.linear, and inside lean (q, k, v and gate, up
 fused) against lean with F.linear and against the `hf` runtime on the same model."""
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
+from conftest import run_interpreted
 
 pytest.importorskip("triton", reason="Triton not installed (the test extra installs it on Linux x86-64)")
 
 
-def _interpret(code: str) -> str:
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
-
-
 def test_gemv_matches_f_linear_for_ragged_shapes_with_and_without_bias():
-    out = _interpret(
+    out = run_interpreted(
         """
         import torch
         from qbench.runtimes import gemv
@@ -54,7 +41,7 @@ def test_choose_blocks_gives_every_sm_several_programs():
 
 
 def test_lean_with_the_gemv_matches_f_linear_and_hf_and_shares_the_weights():
-    out = _interpret(
+    out = run_interpreted(
         """
         import os, torch
         from qbench.api import LoadOptions
@@ -98,19 +85,3 @@ def test_lean_with_the_gemv_matches_f_linear_and_hf_and_shares_the_weights():
         """
     )
     assert out.strip() == "ok"
-
-
-def test_lean_gemv_choice_is_checked_and_said(monkeypatch):
-    from qbench.api import LoadOptions
-    from qbench.registry import load_backend
-    from qbench.runtimes.lean import LeanRunner
-    from qbench.specs import load_model_spec
-
-    options = LoadOptions(device="cpu", weights="synthetic", seed=0, max_cache_len=32, group_size=128)
-    model = load_backend("bf16").load(load_model_spec("tiny"), options).model
-    monkeypatch.setenv("QBENCH_LEAN_GEMV", "cutlass")
-    with pytest.raises(ValueError, match="auto, cublas or triton"):
-        LeanRunner(model, 32, "cpu")
-    monkeypatch.delenv("QBENCH_LEAN_GEMV")
-    runner = LeanRunner(model, 32, "cpu")
-    assert "lean: 16-bit linear layers: F.linear (the Triton GEMV runs on CUDA)" in runner.notes

@@ -170,21 +170,33 @@ class LeanRunner:
                 + ("" if compile_step else " (QBENCH_LEAN_COMPILE=all: the backend does not declare lean_compile)")
             )
 
+    def _sms(self) -> int:
+        return torch.cuda.get_device_properties(self.device).multi_processor_count if self.device.type == "cuda" else 8
+
+    def _use_triton(self, variable: str, triton: str, other: str, what: str, other_name: str, on_cuda: str) -> bool:
+        """Whether one of lean's Triton paths runs. `variable` is auto (on CUDA where Triton loads),
+        `other` (the torch path), or `triton` (also on the CPU under TRITON_INTERPRET=1, for tests);
+        where the torch path runs, the notes say "lean: {what}: {other_name} (why)"."""
+        choice = os.environ.get(variable, "auto")
+        if choice not in ("auto", other, triton):
+            raise ValueError(f"{variable} must be auto, {other} or {triton}, got {choice!r}")
+        reason = decode_attention.available()
+        if choice == other or (choice == "auto" and (self.device.type != "cuda" or reason)):
+            why = f"{variable}={other}" if choice == other else reason or on_cuda
+            self.notes.append(f"lean: {what}: {other_name} ({why})")
+            return False
+        if reason:
+            raise RuntimeError(f"{variable}={triton}, but {reason}")
+        return True
+
     def _choose_attention(self) -> int:
         """How many (kv head, chunk) programs the split-K decode attention launches, 0 for SDPA; the
         choice goes into the notes. QBENCH_LEAN_ATTENTION: auto (split-K on CUDA where Triton loads),
         sdpa, or split-k (also on the CPU under TRITON_INTERPRET=1, for tests)."""
-        choice = os.environ.get("QBENCH_LEAN_ATTENTION", "auto")
-        if choice not in ("auto", "sdpa", "split-k"):
-            raise ValueError(f"QBENCH_LEAN_ATTENTION must be auto, sdpa or split-k, got {choice!r}")
-        reason = decode_attention.available()
-        if choice == "sdpa" or (choice == "auto" and (self.device.type != "cuda" or reason)):
-            why = "QBENCH_LEAN_ATTENTION=sdpa" if choice == "sdpa" else reason or "the split-K kernel runs on CUDA"
-            self.notes.append(f"lean: decode attention: SDPA ({why})")
+        if not self._use_triton("QBENCH_LEAN_ATTENTION", "split-k", "sdpa", "decode attention", "SDPA",
+                                "the split-K kernel runs on CUDA"):
             return 0
-        if reason:
-            raise RuntimeError(f"QBENCH_LEAN_ATTENTION=split-k, but {reason}")
-        sms = torch.cuda.get_device_properties(self.device).multi_processor_count if self.device.type == "cuda" else 8
+        sms = self._sms()
         programs = 2 * sms  # two programs per SM: enough chunks in flight to read the cache at full rate
         chunk, splits = decode_attention.plan_splits(self.max_cache_len, self.kv_heads, programs)
         self.notes.append(
@@ -201,17 +213,10 @@ class LeanRunner:
         twice and the `hf` runtime reads the same tensors. QBENCH_LEAN_GEMV: auto (on CUDA where
         Triton loads), cublas (F.linear everywhere), or triton (also on the CPU under
         TRITON_INTERPRET=1, for tests). Keyed by id() of the module the step would have called."""
-        choice = os.environ.get("QBENCH_LEAN_GEMV", "auto")
-        if choice not in ("auto", "cublas", "triton"):
-            raise ValueError(f"QBENCH_LEAN_GEMV must be auto, cublas or triton, got {choice!r}")
-        reason = decode_attention.available()
-        if choice == "cublas" or (choice == "auto" and (self.device.type != "cuda" or reason)):
-            why = "QBENCH_LEAN_GEMV=cublas" if choice == "cublas" else reason or "the Triton GEMV runs on CUDA"
-            self.notes.append(f"lean: 16-bit linear layers: F.linear ({why})")
+        if not self._use_triton("QBENCH_LEAN_GEMV", "triton", "cublas", "16-bit linear layers", "F.linear",
+                                "the Triton GEMV runs on CUDA"):
             return {}
-        if reason:
-            raise RuntimeError(f"QBENCH_LEAN_GEMV=triton, but {reason}")
-        sms = torch.cuda.get_device_properties(self.device).multi_processor_count if self.device.type == "cuda" else 8
+        sms = self._sms()
         plan: dict[int, Gemv] = {}
         fused = 0
         for layer in self.layers:
