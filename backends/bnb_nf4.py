@@ -53,6 +53,7 @@ class BnbNf4Backend(Backend):
     bits = 4
     packages = {"bitsandbytes": "bitsandbytes"}
     extra = "bnb"
+    imports_compiler = True  # bitsandbytes.backends.default.ops imports torch._dynamo and inductor
     # lean compiles its step around this kernel: tried on the H100 with QBENCH_LEAN_COMPILE=all, the
     # gate passed and the step got faster (results/h100/lean-gemv)
     lean_compile = True

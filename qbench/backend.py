@@ -63,6 +63,9 @@ class Backend:
     cache_format: ClassVar[int] = 1  # bump when what cache_tensors() returns changes (weights cache key)
     runtimes: ClassVar[tuple[str, ...]] = ("hf", "lean")  # a whole runtime names its own, e.g. ("llamacpp",)
     lean_compile: ClassVar[bool] = False  # the kernel traces under torch.compile, so `lean` compiles its step
+    # its package imports torch.compile's modules (torch._dynamo, inductor) at import: the forkserver
+    # imports those once for every session (bitsandbytes: 1.5-4.6 s a session otherwise)
+    imports_compiler: ClassVar[bool] = False
     family: ClassVar[str] = ""  # backends listed together (`qbench backends`), e.g. "llama.cpp"
     baseline: ClassVar[bool] = False  # its runtime's 16-bit reference: realised x of the others is against it
     # The runtime reads its CUDA-graphs switch once per process (llama.cpp): each graphs setting then

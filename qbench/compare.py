@@ -313,6 +313,13 @@ def device_key(device: DeviceInfo) -> str:
     return device.uuid or (device.name if device.kind == "cuda" else "cpu")
 
 
+def needs_compiler(the_plan: Plan) -> bool:
+    """Whether the sessions import torch.compile's modules: lean compiles its step on CUDA, and some
+    backends' packages import them (`Backend.imports_compiler`)."""
+    compiles = the_plan.device.kind == "cuda" and any("lean" in r for r in the_plan.runtimes.values())
+    return compiles or any(load_backend(name).imports_compiler for name in the_plan.backends)
+
+
 def start_forkserver(the_plan: Plan, progress: Callable[[str], None]) -> Forkserver | None:
     """One preloaded process that forks each session (qbench.worker), or None where it cannot start
     (then every session spawns a new interpreter, as the line printed says) or QBENCH_FORKSERVER=0."""
@@ -320,7 +327,7 @@ def start_forkserver(the_plan: Plan, progress: Callable[[str], None]) -> Forkser
         return None
     model_type = load_model_spec(the_plan.config.model).hf_config["model_type"]
     try:
-        server = Forkserver([model_type], the_plan.backends)
+        server = Forkserver([model_type], the_plan.backends, needs_compiler(the_plan))
     except (RuntimeError, OSError) as error:
         progress(f"note: {error}; each session starts a new interpreter instead")
         return None

@@ -197,14 +197,15 @@ class ForkFailed(RuntimeError):
 class Forkserver:
     """A preloaded process that forks one child per session (see the module's docstring)."""
 
-    def __init__(self, model_types: list[str], backends: list[str]):
+    def __init__(self, model_types: list[str], backends: list[str], compiler: bool = False):
         env = dict(os.environ, QBENCH_PARENT_PID=str(os.getpid()))
         # torch.cuda.is_available() through NVML, not cuInit: a CUDA-initialised parent cannot fork
         # children that use CUDA, so the server must never initialise it.
         env["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
         self.errors = tempfile.TemporaryFile("w+")  # the server's own stderr, read back if it fails
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "qbench.worker", "--serve", ",".join(model_types), ",".join(backends)],
+            [sys.executable, "-m", "qbench.worker", "--serve", ",".join(model_types), ",".join(backends),
+             "compiler" if compiler else ""],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.errors,
@@ -364,9 +365,11 @@ def _exit_now(code: int = 0) -> None:
     os._exit(code)
 
 
-def _preload(model_types: list[str], backends: list[str]) -> tuple[list[str], list[str]]:
+def _preload(model_types: list[str], backends: list[str], compiler: bool = False) -> tuple[list[str], list[str]]:
     """What every session imports, imported once: torch, transformers and each model's code,
-    qbench's session modules and each planned backend's class. The backends' packages are left to
+    qbench's session modules and each planned backend's class; with `compiler`, torch.compile's
+    modules (torch._dynamo, inductor), which lean's compiled step and bitsandbytes' import need in
+    every session (1.5-4.6 s of imports each otherwise). The backends' packages are left to
     each child: on the H100 host bitsandbytes, imported where CUDA may not be initialised, settles
     on its CPU-only library; gptqmodel starts threads (a fork copies only the calling thread) and,
     through torchao, initialises CUDA.
@@ -412,6 +415,8 @@ def _preload(model_types: list[str], backends: list[str]) -> tuple[list[str], li
             # otherwise the session says why it cannot load
 
     steps = [("transformers", lambda: __import__("transformers").StaticCache), ("qbench", qbench_modules)]
+    if compiler:
+        steps.append(("torch.compile's modules", lambda: __import__("torch._inductor.compile_fx")))
     steps += [(f"{model_type} model code", lambda t=model_type: model_code(t)) for model_type in model_types]
     steps += [(f"backend {name}", lambda n=name: backend_module(n)) for name in backends]
     environment = dict(os.environ)
@@ -446,7 +451,7 @@ def _preload(model_types: list[str], backends: list[str]) -> tuple[list[str], li
     return preloaded, notes
 
 
-def _serve(model_types: list[str], backends: list[str]) -> None:
+def _serve(model_types: list[str], backends: list[str], compiler: bool = False) -> None:
     """The forkserver: preload, then fork one child per request read from stdin, one at a time."""
     _set_pdeathsig()
     current: list[int] = []
@@ -467,7 +472,7 @@ def _serve(model_types: list[str], backends: list[str]) -> None:
     os.dup2(2, 1)
     began = time.perf_counter()
     try:
-        preloaded, notes = _preload(model_types, backends)
+        preloaded, notes = _preload(model_types, backends, compiler)
         import torch
 
         if torch.cuda.is_initialized():
@@ -514,7 +519,8 @@ def _serve(model_types: list[str], backends: list[str]) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1] == "--serve":
-        _serve([t for t in sys.argv[2].split(",") if t], [b for b in sys.argv[3].split(",") if b])
+        compiler = len(sys.argv) > 4 and sys.argv[4] == "compiler"
+        _serve([t for t in sys.argv[2].split(",") if t], [b for b in sys.argv[3].split(",") if b], compiler)
     else:
         _child(sys.argv[1], sys.argv[2])
         _exit_now(0)

@@ -265,3 +265,31 @@ def test_an_import_that_swallows_the_tripwire_stops_the_forkserver(tmp_path, mon
     results = [s["result"] for s in store.sessions()]
     store.close()
     assert {r["status"] for r in results} == {"ok"} and {r["worker_start"] for r in results} == {"spawn"}
+
+
+def test_the_forkserver_imports_torch_compile_once_where_sessions_need_it():
+    """lean on CUDA compiles, and bitsandbytes imports torch._dynamo and inductor: the forkserver then
+    imports them once (CUDA kept out, no thread started), not every session."""
+    from types import SimpleNamespace
+
+    from qbench.compare import needs_compiler
+
+    def plan(kind, runtimes):
+        return SimpleNamespace(device=SimpleNamespace(kind=kind), runtimes=runtimes, backends=list(runtimes))
+
+    assert not needs_compiler(plan("cpu", {"bf16": ("hf", "lean"), "torch-int4": ("hf",)}))
+    assert not needs_compiler(plan("cuda", {"bf16": ("hf",)}))
+    assert needs_compiler(plan("cuda", {"bf16": ("hf", "lean")}))
+    assert needs_compiler(plan("cpu", {"bnb-nf4": ("hf",)}))
+    code = (
+        "import sys, threading\n"
+        "from qbench.worker import _preload\n"
+        "preloaded, notes = _preload(['llama'], ['bf16'], compiler=True)\n"
+        "assert \"torch.compile's modules\" in preloaded, (preloaded, notes)\n"
+        "assert 'torch._inductor.compile_fx' in sys.modules and threading.active_count() == 1\n"
+        "preloaded, notes = _preload(['llama'], ['bf16'])\n"
+        "assert \"torch.compile's modules\" not in preloaded\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
