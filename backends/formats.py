@@ -56,7 +56,7 @@ def rtn_symmetric(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, 
     return q.reshape(weight.shape).to(torch.uint8), scales, zeros
 
 
-def _pack_columns(values: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor:
+def pack_columns(values: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor:
     """Pack 4-bit values [R, C] into int32 [R, C/8] along columns, nibble i <- column order[i]."""
     rows, cols = values.shape
     values = values.to(torch.int32).reshape(rows, cols // 8, 8)
@@ -66,7 +66,7 @@ def _pack_columns(values: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor:
     return packed
 
 
-def _unpack_columns(packed: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor:
+def unpack_columns(packed: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor:
     rows, packed_cols = packed.shape
     values = torch.empty(rows, packed_cols, 8, dtype=torch.int32, device=packed.device)
     for nibble, column in enumerate(order):
@@ -83,16 +83,16 @@ SEQUENTIAL = tuple(range(8))
 def awq_quantize(weight: torch.Tensor, group_size: int = 128) -> dict[str, torch.Tensor]:
     q, scales, zeros = rtn_asymmetric(weight, group_size)
     return {
-        "qweight": _pack_columns(q.t().contiguous(), AWQ_ORDER),  # [K, N/8]
-        "qzeros": _pack_columns(zeros.t().contiguous(), AWQ_ORDER),  # [K/g, N/8]
+        "qweight": pack_columns(q.t().contiguous(), AWQ_ORDER),  # [K, N/8]
+        "qzeros": pack_columns(zeros.t().contiguous(), AWQ_ORDER),  # [K/g, N/8]
         "scales": scales.t().contiguous().to(torch.float16),  # [K/g, N]
     }
 
 
 def awq_dequantize(tensors: dict[str, torch.Tensor], group_size: int) -> torch.Tensor:
     """Back to a float weight [N, K] (float32)."""
-    q = _unpack_columns(tensors["qweight"], AWQ_ORDER)  # [K, N]
-    zeros = _unpack_columns(tensors["qzeros"], AWQ_ORDER).repeat_interleave(group_size, dim=0)
+    q = unpack_columns(tensors["qweight"], AWQ_ORDER)  # [K, N]
+    zeros = unpack_columns(tensors["qzeros"], AWQ_ORDER).repeat_interleave(group_size, dim=0)
     scales = tensors["scales"].float().repeat_interleave(group_size, dim=0)
     return ((q - zeros).float() * scales).t().contiguous()
 
@@ -106,7 +106,8 @@ def marlin_padded_shape(in_features: int, out_features: int, group_size: int) ->
     """(K, N) that Marlin stores a weight at. Its thread tile is 64 x 128 in either orientation, so
     gptqmodel (7.6, `utils/marlin.py: marlin_padded_nk`) zero-pads a misaligned weight to the smaller
     of (N to 64, K to lcm(128, g)) and (N to 128, K to lcm(64, g)), ties to the first; the padded
-    rows and columns are stored and read like the rest. SmolLM2's K = 576 at g64 becomes 640."""
+    rows and columns are stored and read like the rest. SmolLM2's K = 576 at g64 becomes 640.
+    A group size of -1 (one group over K, as Marlin calls it) pads K to the tile alone."""
 
     def round_up(value: int, multiple: int) -> int:
         return -(-value // multiple) * multiple
@@ -131,18 +132,18 @@ def gptq_quantize(weight: torch.Tensor, group_size: int = 128) -> dict[str, torc
     q, scales, zeros = rtn_symmetric(weight, group_size)
     out_features, in_features = weight.shape
     # qweight packs 8 consecutive input rows into one int32: transpose, pack "columns", transpose.
-    qweight = _pack_columns(q.contiguous(), SEQUENTIAL).t().contiguous()  # [K/8, N]
+    qweight = pack_columns(q.contiguous(), SEQUENTIAL).t().contiguous()  # [K/8, N]
     return {
         "qweight": qweight,
-        "qzeros": _pack_columns((zeros - 1).t().contiguous() & 0xF, SEQUENTIAL),  # v1: zero-1
+        "qzeros": pack_columns((zeros - 1).t().contiguous() & 0xF, SEQUENTIAL),  # v1: zero-1
         "scales": scales.t().contiguous().to(torch.float16),
         "g_idx": (torch.arange(in_features, device=weight.device) // group_size).to(torch.int32),
     }
 
 
 def gptq_dequantize(tensors: dict[str, torch.Tensor], group_size: int) -> torch.Tensor:
-    q = _unpack_columns(tensors["qweight"].t().contiguous(), SEQUENTIAL).t()  # [K, N]
-    zeros = _unpack_columns(tensors["qzeros"], SEQUENTIAL) + 1  # v1 stores zero-1
+    q = unpack_columns(tensors["qweight"].t().contiguous(), SEQUENTIAL).t()  # [K, N]
+    zeros = unpack_columns(tensors["qzeros"], SEQUENTIAL) + 1  # v1 stores zero-1
     in_features = tensors["qweight"].shape[0] * 8
     g_idx = tensors.get("g_idx")
     g_idx = torch.arange(in_features, device=q.device) // group_size if g_idx is None else g_idx.long()

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
+from qbench.backends import formats
 
 NAMESPACE = "gptqmodel_marlin_fp16"
 LIBRARY = "gptqmodel_marlin_fp16_ops"
@@ -92,9 +92,10 @@ def loaded_library_path() -> Path | None:
     except OSError:
         return None
     for line in maps.splitlines():
-        path = line.split(maxsplit=5)[-1] if len(line.split(maxsplit=5)) == 6 else ""
-        if Path(path).name.startswith(LIBRARY) and path.endswith(".so") and Path(path).is_file():
-            return Path(path)
+        fields = line.split(maxsplit=5)  # address, perms, offset, dev, inode[, path]
+        path = Path(fields[5]) if len(fields) == 6 else None
+        if path and path.name.startswith(LIBRARY) and path.suffix == ".so" and path.is_file():
+            return path
     return None
 
 
@@ -156,18 +157,6 @@ def ops():
 
 
 # ---- AWQ tensors to Marlin's layout (gptqmodel 7.6 utils/marlin.py, from vLLM) ------------------------
-def padded_nk(out_features: int, in_features: int, group_size: int) -> tuple[int, int]:
-    """(N, K) Marlin runs the weight at: its 64 x 128 tile in either orientation, the least padding."""
-    group = group_size if group_size > 0 else 1
-
-    def up(value: int, multiple: int) -> int:
-        return -(-value // multiple) * multiple
-
-    candidates = ((up(out_features, 64), up(in_features, math.lcm(128, group))),
-                  (up(out_features, 128), up(in_features, math.lcm(64, group))))
-    return min(candidates, key=lambda nk: (nk[0] * nk[1], nk[0] + nk[1]))
-
-
 def scale_perms() -> tuple[list[int], list[int]]:
     grouped = [i + 8 * j for i in range(8) for j in range(8)]
     single = [2 * i + j for i in range(4) for j in (0, 1, 8, 9, 16, 17, 24, 25)]
@@ -187,34 +176,14 @@ def permute_bias(bias: torch.Tensor) -> torch.Tensor:
     return bias.reshape(-1, len(single)).index_select(1, index).reshape(bias.shape).contiguous()
 
 
-def unpack_cols(packed: torch.Tensor) -> torch.Tensor:
-    """int32 [R, C/8] -> values [R, C]: nibble i of packed column c is column 8c + i."""
-    rows, cols = packed.shape
-    values = torch.stack([(packed >> (4 * i)) & 0xF for i in range(PACK)], dim=-1)
-    return values.reshape(rows, cols * PACK)
-
-
-def pack_cols(values: torch.Tensor) -> torch.Tensor:
-    rows, cols = values.shape
-    grouped = values.to(torch.int32).reshape(rows, cols // PACK, PACK)
-    packed = torch.zeros(rows, cols // PACK, dtype=torch.int32, device=values.device)
-    for i in range(PACK):
-        packed |= grouped[:, :, i] << (4 * i)
-    return packed
-
-
-AWQ_INTERLEAVE = (0, 2, 4, 6, 1, 3, 5, 7)
-
-
 def awq_to_marlin_zero_points(qzeros: torch.Tensor, groups: int, size_n: int) -> torch.Tensor:
-    """Undo AWQ's nibble interleave, apply Marlin's scale permutation and its own interleave, repack."""
-    values = unpack_cols(qzeros)  # [groups, N] in AWQ's packed order
-    undo = [AWQ_INTERLEAVE.index(i) for i in range(PACK)]  # argsort of the interleave
-    values = values.reshape(-1, PACK)[:, undo].reshape(-1, size_n)
+    """AWQ's packed zero points in Marlin's layout: unpacked in column order (undoing AWQ's nibble
+    interleave), permuted as Marlin permutes grouped scales, and packed again in AWQ's interleave
+    (gptqmodel's `awq_to_marlin_zero_points`, which unpacks, undoes, permutes and re-interleaves)."""
+    values = formats.unpack_columns(qzeros, formats.AWQ_ORDER)  # [groups, N]
     grouped, _ = scale_perms()
-    values = values.reshape(-1, len(grouped))[:, grouped]
-    values = values.reshape(-1, PACK)[:, list(AWQ_INTERLEAVE)].reshape(groups, size_n)
-    return pack_cols(values)
+    values = values.reshape(-1, len(grouped))[:, grouped].reshape(groups, size_n)
+    return formats.pack_columns(values, formats.AWQ_ORDER)
 
 
 def pad_last(x: torch.Tensor, size: int, padded: int) -> torch.Tensor:
@@ -235,7 +204,7 @@ class MarlinAwqWeights:
         device = tensors["qweight"].device
         self.n, self.k = out_features, in_features
         group = -1 if group_size == in_features else group_size  # one group over K is Marlin's "-1"
-        self.pn, self.pk = padded_nk(out_features, in_features, group)
+        self.pk, self.pn = formats.marlin_padded_shape(in_features, out_features, group)
         dn, dk = self.pn - self.n, self.pk - self.k
         groups, padded_groups = (in_features // group_size, self.pk // group) if group > 0 else (1, 1)
         qweight = tensors["qweight"].to(device).contiguous()

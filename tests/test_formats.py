@@ -37,10 +37,10 @@ def test_awq_layout_and_nibble_order():
     assert tensors["qweight"].shape == (128, 1) and tensors["qweight"].dtype == torch.int32
     assert tensors["qzeros"].shape == (1, 1) and tensors["scales"].shape == (1, 8)
     # Columns 0..7 holding values 0..7 pack in AWQ's interleaved order 0,2,4,6,1,3,5,7.
-    packed = formats._pack_columns(torch.arange(8).reshape(1, 8), formats.AWQ_ORDER)
+    packed = formats.pack_columns(torch.arange(8).reshape(1, 8), formats.AWQ_ORDER)
     nibbles = [(int(packed) >> (4 * i)) & 0xF for i in range(8)]
     assert nibbles == [0, 2, 4, 6, 1, 3, 5, 7]
-    assert torch.equal(formats._unpack_columns(packed, formats.AWQ_ORDER), torch.arange(8).reshape(1, 8))
+    assert torch.equal(formats.unpack_columns(packed, formats.AWQ_ORDER), torch.arange(8).reshape(1, 8))
 
 
 def test_gptq_v1_stores_zero_minus_one(weight):

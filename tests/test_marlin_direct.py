@@ -11,6 +11,7 @@ import types
 
 import pytest
 import torch
+from qbench.backends import formats
 from qbench.backends import marlin_direct as md
 
 
@@ -20,7 +21,7 @@ def _digest(t: torch.Tensor) -> str:
 
 def _inputs(n: int, k: int, group: int):
     """Deterministic AWQ-layout qzeros, scales and a bias at Marlin's padded shape."""
-    pn, pk = md.padded_nk(n, k, group)
+    pk, pn = formats.marlin_padded_shape(k, n, group)
     groups = pk // group
     qz = torch.arange(groups * pn // 8, dtype=torch.int64).reshape(groups, pn // 8) * 2654435761 % (2**32)
     qz = torch.where(qz >= 2**31, qz - 2**32, qz).to(torch.int32)
@@ -53,14 +54,16 @@ def test_repacking_matches_gptqmodel(shape):
 def test_zero_points_are_only_moved():
     """Each group's zero points come out as a rearrangement of the same values (none made or lost)."""
     _, _, groups, qz, _, _ = _inputs(256, 512, 128)
-    out = md.unpack_cols(md.awq_to_marlin_zero_points(qz, groups, 256))
-    assert torch.equal(out.sort(dim=1).values, md.unpack_cols(qz).sort(dim=1).values)
-    assert not torch.equal(out, md.unpack_cols(qz))
+    out = formats.unpack_columns(md.awq_to_marlin_zero_points(qz, groups, 256), formats.SEQUENTIAL)
+    unpacked = formats.unpack_columns(qz, formats.SEQUENTIAL)
+    assert torch.equal(out.sort(dim=1).values, unpacked.sort(dim=1).values)
+    assert not torch.equal(out, unpacked)
 
 
 def test_pack_round_trip():
     values = (torch.arange(4 * 64) * 7 % 16).reshape(4, 64)
-    assert torch.equal(md.unpack_cols(md.pack_cols(values)), values)
+    packed = formats.pack_columns(values, formats.SEQUENTIAL)
+    assert torch.equal(formats.unpack_columns(packed, formats.SEQUENTIAL), values)
 
 
 def test_uint4_type_id():
