@@ -72,10 +72,10 @@ class AwqMarlinBackend(PackedFormatBackend):
         return formats.awq_marlin_bytes(in_features, out_features, group_size)
 
     def prepare(self, device: str) -> None:
-        self.prepared = marlin_direct.ensure_library()
+        marlin_direct.ensure_library()
 
     def load_notes(self) -> list[str]:
-        return [self.prepared] if getattr(self, "prepared", "") else []
+        return [marlin_direct.ensure_library()]  # once per process: the line prepare() left
 
     def quantize_tensors(self, weight: torch.Tensor, group_size: int) -> dict[str, torch.Tensor]:
         return formats.awq_quantize(weight, group_size)
