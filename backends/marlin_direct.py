@@ -19,7 +19,6 @@ Where the cached file cannot be loaded, the session goes back through gptqmodel 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -66,15 +65,14 @@ def _gptqmodel_root() -> Path | None:
 
 
 def cache_dir() -> Path:
-    """Where this torch, CUDA, target list and gptqmodel keep their copy of the library."""
-    from qbench.kernels import _arch_list, cache_root
+    """Where this torch, CUDA, target list and gptqmodel keep their copy of the library: keyed as
+    qbench's own kernel builds are (`qbench.kernels.build_key`), with gptqmodel's `version.py` as
+    the source."""
+    from qbench.kernels import build_key, cache_root
 
     root = _gptqmodel_root()
-    version = (root / "version.py").read_bytes() if root and (root / "version.py").exists() else b"?"
-    digest = hashlib.sha256(b"\0".join([
-        torch.__version__.encode(), str(torch.version.cuda).encode(), _arch_list().encode(), version,
-    ])).hexdigest()[:16]
-    return cache_root() / f"marlin-fp16-{digest}"
+    version = root / "version.py" if root else None
+    return cache_root() / f"marlin-fp16-{build_key([version] if version and version.exists() else [], [])}"
 
 
 def _ops_loaded() -> bool:

@@ -32,7 +32,7 @@ def _arch_list() -> str:
     return f"{major}.{minor}"
 
 
-def _key(files: list[Path], flags: list[str]) -> str:
+def build_key(files: list[Path], flags: list[str]) -> str:
     import torch
 
     digest = hashlib.sha256()
@@ -91,7 +91,7 @@ def build_extension(
     import torch  # noqa: F401  (the extension links against torch's libraries)
 
     headers = [p for d in include_dirs for p in d.rglob("*") if p.suffix in (".h", ".cuh", ".hpp")]
-    key = _key(sources + headers, cflags + cuda_cflags)
+    key = build_key(sources + headers, cflags + cuda_cflags)
     build_dir = cache_root() / f"{name}-{key}"
     library = build_dir / f"{name}.so"
     if not library.exists():

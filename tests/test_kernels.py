@@ -11,14 +11,14 @@ def test_cache_key_follows_sources_headers_and_flags(tmp_path, monkeypatch):
     header.parent.mkdir()
     source.write_text("kernel")
     header.write_text("v1")
-    first = kernels._key([source, header], ["-O3"])
-    assert kernels._key([header, source], ["-O3"]) == first  # order does not matter
-    assert kernels._key([source, header], ["-O2"]) != first
+    first = kernels.build_key([source, header], ["-O3"])
+    assert kernels.build_key([header, source], ["-O3"]) == first  # order does not matter
+    assert kernels.build_key([source, header], ["-O2"]) != first
     header.write_text("v2")
-    assert kernels._key([source, header], ["-O3"]) != first
-    with_v2 = kernels._key([source, header], ["-O3"])
+    assert kernels.build_key([source, header], ["-O3"]) != first
+    with_v2 = kernels.build_key([source, header], ["-O3"])
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0")
-    assert kernels._key([source, header], ["-O3"]) != with_v2  # another GPU architecture
+    assert kernels.build_key([source, header], ["-O3"]) != with_v2  # another GPU architecture
 
 
 def test_cache_root_is_configurable(monkeypatch, tmp_path):
