@@ -20,9 +20,7 @@ Where the cached file cannot be loaded, the session goes back through gptqmodel 
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -98,20 +96,13 @@ def loaded_library_path() -> Path | None:
 
 
 def store_copy(source: Path, folder: Path) -> Path:
-    """Copy the built library into `folder` under a temporary name, then rename: a reader sees the
-    whole file or none, and two sessions storing at once both end with a whole file."""
+    """Copy the built library into `folder` whole or not at all (`qbench.cache.write_whole`): a
+    reader sees the whole file or none, and two sessions storing at once both end with a whole file."""
+    from qbench.cache import write_whole
+
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{LIBRARY}.so"
-    handle, temporary = tempfile.mkstemp(prefix=f".{LIBRARY}-", suffix=".part", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as out, open(source, "rb") as src:
-            shutil.copyfileobj(src, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_whole(target, lambda out: shutil.copyfile(source, out))
     return target
 
 

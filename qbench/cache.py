@@ -38,6 +38,20 @@ CACHE_FORMAT = 1
 SEPARATOR = "::"  # module name SEPARATOR tensor name, in the flat safetensors file
 
 
+def write_whole(path: Path, make: Callable[[Path], None]) -> None:
+    """`make(temporary path)` writes the file beside `path` (a `.*.tmp` name unique to this writer);
+    it is synced and renamed into place, atomic: readers see the old file, the new one or none, and
+    two writers at once each leave a whole file. A failed writer leaves no temporary behind."""
+    temporary = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        make(temporary)
+        with open(temporary, "rb") as file:
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("QBENCH_CACHE_DIR") or Path.home() / ".cache" / "qbench" / "weights")
 
@@ -145,16 +159,8 @@ class Cache:
 
     # ---- writing ----------------------------------------------------------------------------
     def _write(self, key: str, path: Path, make: Callable[[Path], None]) -> None:
-        """`make(temporary path)` writes the entry beside its place; it is synced and renamed into
-        place (atomic: readers see the old file, the new one, or none), then the cache is bounded."""
-        temporary = self.folder / f".{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-        try:
-            make(temporary)
-            with open(temporary, "rb") as file:
-                os.fsync(file.fileno())
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
+        """Write the entry whole (`write_whole`), then bound the cache."""
+        write_whole(path, make)
         self.evict(keep=key)
 
     def store(self, key: str, tensors: dict[str, Any], about: dict) -> str:
