@@ -224,6 +224,7 @@ class LlamaCppRunner:
         self.process = subprocess.Popen(
             [sys.executable, str(engine)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
         )
+        self.step_pids = [self.process.pid]  # the engine's process holds the model (qbench.energy)
         threads = _threads()
         info = self._call("load", str(self.path), max(options.max_cache_len, MAX_BATCH), MAX_BATCH, self.cuda, threads)
         self.vocab_size = info["vocab"]

@@ -11,6 +11,11 @@ around the call that returns the logits, and this loop records that. Graphs are 
 synchronises every step on purpose: batch-1 decode hands each token back before the next.
 Decode is timed directly, never as (generate - prefill). Tokens are a fixed seeded stream fed in
 (teacher forcing), so every backend sees the same inputs and the logits can be compared.
+
+The prefill that opens every block is timed too (time to first token at this context): CUDA events
+and a synchronised wall clock around the call, as for a step; an engine that times its own steps
+gets the wall clock. An energy meter (qbench.energy), where given, is read right before the first
+timed step and right after the last: the block's J/token and mean W.
 """
 
 from __future__ import annotations
@@ -47,6 +52,9 @@ class BlockResult:
     wall_ms: list[float]
     event_ms: list[float] = field(default_factory=list)  # empty on CPU
     logits: torch.Tensor | None = None  # [steps, vocab] float32 on the host, for the correctness gate
+    prefill_ms: float | None = None  # the prefill to ctx: CUDA-event time where steps have it, else wall
+    prefill_wall_ms: float | None = None
+    energy: dict = field(default_factory=dict)  # qbench.energy.block_energy's fields, or why not measured
 
 
 def token_stream(vocab_size: int, length: int, seed: int, device: str) -> torch.Tensor:
@@ -67,22 +75,45 @@ def set_graphs(runner, graphs: bool) -> None:
         raise RuntimeError(f"runtime {getattr(runner, 'runtime', '?')} has no CUDA graph mode")
 
 
-def run_block(runner, settings: DecodeSettings, tokens: torch.Tensor, graphs: bool) -> BlockResult:
-    """Prefill, warm up and time one block, eager or replaying a CUDA graph."""
+def _timed_prefill(runner, prompt: torch.Tensor, cuda: bool, events: bool) -> tuple[float | None, float]:
+    """(CUDA-event ms or None, wall ms) of one prefill, the device idle before and after."""
+    if cuda:
+        torch.cuda.synchronize(runner.device)
+    start = torch.cuda.Event(enable_timing=True) if events else None
+    end = torch.cuda.Event(enable_timing=True) if events else None
+    if events:
+        start.record()
+    began = time.perf_counter()
+    runner.prefill(prompt)
+    if events:
+        end.record()
+    if cuda:
+        torch.cuda.synchronize(runner.device)
+    wall = (time.perf_counter() - began) * 1e3
+    return (start.elapsed_time(end) if events else None), wall
+
+
+def run_block(
+    runner, settings: DecodeSettings, tokens: torch.Tensor, graphs: bool, meter=None
+) -> BlockResult:
+    """Prefill, warm up and time one block, eager or replaying a CUDA graph. `meter`: an
+    qbench.energy.EnergyMeter read around the timed steps (None: energy is not read)."""
     cuda = runner.device.type == "cuda"
     events = cuda and getattr(runner, "timer", "cuda-events") == "cuda-events"
     set_graphs(runner, graphs)
-    runner.prefill(tokens[: settings.ctx])
+    prefill_event_ms, prefill_wall_ms = _timed_prefill(runner, tokens[: settings.ctx], cuda, events)
     position = settings.ctx
     for _ in range(settings.warmup):
         runner.step(tokens[position : position + 1])
         position += 1
     if cuda:
         torch.cuda.synchronize(runner.device)
-    result = BlockResult(graphs=graphs, wall_ms=[])
+    result = BlockResult(graphs=graphs, wall_ms=[], prefill_wall_ms=prefill_wall_ms)
+    result.prefill_ms = prefill_event_ms if prefill_event_ms is not None else prefill_wall_ms
     collected = []
     start = torch.cuda.Event(enable_timing=True) if events else None
     end = torch.cuda.Event(enable_timing=True) if events else None
+    energy_began = meter.start() if meter is not None else None
     for _ in range(settings.steps):
         token = tokens[position : position + 1]
         position += 1
@@ -106,6 +137,13 @@ def run_block(runner, settings: DecodeSettings, tokens: torch.Tensor, graphs: bo
             ended = time.perf_counter()
             result.wall_ms.append((ended - began) * 1e3)
         collected.append(logits.float().clone())  # outside the timed region
+    if meter is not None:
+        from qbench.energy import block_energy
+
+        if cuda:
+            torch.cuda.synchronize(runner.device)
+        seconds = time.perf_counter() - energy_began.at
+        result.energy = block_energy(meter.joules_since(energy_began), settings.steps, seconds, meter)
     if graphs:
         set_graphs(runner, False)
     result.logits = torch.stack(collected).cpu()

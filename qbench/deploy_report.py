@@ -7,9 +7,14 @@ or a stated formula over such rows. What it adds is a choice, made by rules the 
 
   latency budget B (ms/token, or a control-loop rate R Hz: B = 1000 / R, one token per tick):
       a correct cell meets B when the upper end of its ms/step 95% interval (its median where it has
-      one session) is within B; of those, the smallest memory tier (within MEMORY_TIER of the least
-      memory), and in it the fastest. Latency met, memory is what is left for everything else.
-  memory budget M (MiB): of the correct cells whose memory fits M, the fastest.
+      one session) is within B; of those, the fastest. Cells whose intervals overlap the fastest's
+      are tied with it (the measurement cannot order them): among those, the least memory wins,
+      then the better quality (lower KL divergence, or gate error where no KL was measured).
+  memory budget M (MiB): of the correct cells whose memory fits M, the fastest (ties as above).
+
+Memory is one figure for every cell: the GPU memory the step's processes hold after the timed
+steps, CUDA context included (NVML, qbench.energy). Where some eligible cell of a group lacks it
+(an older store, a CPU run) the whole group compares weights + KV bytes per step instead.
 
 Only cells that passed the correctness gate (and, with real weights, the perplexity bound) are
 eligible; incorrect and failed cells are listed with their reason, never recommended.
@@ -39,10 +44,9 @@ from qbench.report import (
     short_kernel_name,
 )
 from qbench.report import table_rows as export_table_rows
-from qbench.runtimes import LINEAR_RUNTIMES
 from qbench.store import Store
 
-MEMORY_TIER = 0.05  # memory within 5% of the least counts as the same tier: speed decides inside it
+MEMORY_TIER = 0.05  # memory within 5% of the least counts as one tier (the default memory budgets)
 STANDARD_RATES_HZ = (1000, 500, 200, 100, 50, 30, 20, 10, 5, 1)  # control-loop rates tried by default
 TOP_CELLS = 3  # cells whose largest kernels the report lists
 TOP_KERNELS = 5
@@ -51,9 +55,7 @@ FORMATS = {".html": "html", ".htm": "html", ".md": "md"}
 
 # What a cell's memory figure is, by how the session measured it (qbench.session).
 MEMORY_BASIS = {
-    "allocator": "peak GPU memory torch allocated over the timed steps and the profiled step "
-    "(weights, KV cache, activations; not the CUDA context)",
-    "engine": "GPU memory the engine's process took at load (its CUDA context included)",
+    "nvml": "GPU memory the step's processes held after the timed steps, CUDA context included (NVML)",
     "bytes": "weights + KV cache bytes one step reads (no GPU memory was recorded: a CPU run, or an older store)",
 }
 
@@ -201,19 +203,19 @@ def _memory(cell: Cell, basis: str) -> None:
         cell.memory_mib = row["bytes_per_step"] / MIB if row.get("bytes_per_step") else None
         cell.memory_basis = "bytes"
     else:
-        cell.memory_mib = row.get("peak_memory_mib")
-        cell.memory_basis = "allocator" if row["runtime"] in LINEAR_RUNTIMES else "engine"
+        cell.memory_mib = row.get("gpu_memory_mib")
+        cell.memory_basis = "nvml"
 
 
 def group_cells(sources: list[Source]) -> dict[GroupKey, list[Cell]]:
-    """Cells per (model, GPU, ctx). Memory is the recorded GPU memory where every correct cell of the
-    group has one, else weights + KV bytes per step for all of them (one basis per figure)."""
+    """Cells per (model, GPU, ctx). Memory is the NVML figure where every correct cell of the group
+    has one, else weights + KV bytes per step for all of them (one basis per figure, never mixed)."""
     groups: dict[GroupKey, list[Cell]] = defaultdict(list)
     for source in sources:
         for row in source.rows:
             groups[(row["model"], row["gpu"], row["ctx"])].append(Cell(source.tag, row))
     for cells in groups.values():
-        recorded = all(c.row.get("peak_memory_mib") for c in cells if c.eligible)
+        recorded = all(c.row.get("gpu_memory_mib") for c in cells if c.eligible)
         for cell in cells:
             _memory(cell, "peak" if recorded else "bytes")
         _mark_pareto([c for c in cells if c.eligible and c.memory_mib is not None])
@@ -244,28 +246,64 @@ def _speed_order(cells: list[Cell]) -> list[Cell]:
     return sorted(cells, key=lambda c: (c.ms, c.memory_mib if c.memory_mib is not None else math.inf, c.name))
 
 
+def tick_text(value: float) -> str:
+    """An axis label people read: 1,000 not 1e+03; 0.5 not 5e-01."""
+    if value >= 1 and value == int(value):
+        return f"{value:,.0f}"
+    return f"{value:,.3f}".rstrip("0").rstrip(".")
+
+
+def ms_low(cell: Cell) -> float:
+    """The lower end of the 95% interval; the median itself where there is no interval (one session)."""
+    interval = cell.row.get("ms_interval")
+    if interval is None or interval.method == "n/a":
+        return cell.ms
+    return interval.low
+
+
+def tied_with_fastest(fits: list[Cell]) -> list[Cell]:
+    """The cells (fastest first) the measurement cannot tell from the fastest: their intervals overlap."""
+    if not fits:
+        return []
+    fastest = fits[0]
+    return [c for c in fits if ms_low(c) <= fastest.ms_high]
+
+
+def _quality_badness(cell: Cell) -> float:
+    """Lower is better: the mean KL divergence against the 16-bit reference where measured, else the
+    gate's worst logit error; unknown quality ranks last among tied cells."""
+    row = cell.row
+    for key in ("kl_mean", "gate_worst_error_pct"):
+        if row.get(key) is not None:
+            return float(row[key])
+    return math.inf
+
+
+def _tie_break(cell: Cell) -> tuple:
+    return (cell.memory_mib, _quality_badness(cell), cell.ms, cell.name)
+
+
 def recommend(cells: list[Cell], budget: Budget) -> Recommendation:
     correct = [c for c in cells if c.eligible and c.memory_mib is not None]
     alternatives: list[tuple[str, Cell]] = []
+    tie_rule = (
+        "; cells whose 95% intervals overlap the fastest's are tied with it, and the least memory, then the "
+        "better quality, breaks the tie"
+    )
     if budget.kind == "mib":
         fits = _speed_order([c for c in correct if c.memory_mib <= budget.value])
-        rule = "the fastest correct cell whose memory fits the budget"
-        chosen = fits[0] if fits else None
-        if len(fits) > 1:
-            alternatives.append(("the runner-up", fits[1]))
+        rule = "the fastest correct cell whose memory fits the budget" + tie_rule
     else:
         fits = _speed_order([c for c in correct if c.ms_high <= budget.ms])
-        rule = (
-            "of the correct cells whose ms/step (upper end of the 95% interval) meets the budget, the fastest "
-            f"in the smallest memory tier (within {MEMORY_TIER:.0%} of the least memory)"
-        )
-        smallest = min((c.memory_mib for c in fits), default=0.0)
-        tier = [c for c in fits if c.memory_mib <= smallest * (1 + MEMORY_TIER)]
-        chosen = tier[0] if tier else None
-        if len(tier) > 1:
-            alternatives.append(("the next in its memory tier", tier[1]))
-        if fits and chosen is not None and fits[0].ms < chosen.ms:
-            alternatives.append(("faster, in a larger memory tier", fits[0]))
+        rule = "of the correct cells whose ms/step (upper end of the 95% interval) meets the budget, the fastest"
+        rule += tie_rule
+    tied = tied_with_fastest(fits)
+    chosen = min(tied, key=_tie_break) if tied else None
+    if chosen is not None and fits[0] is not chosen:
+        alternatives.append(("the fastest, tied within its interval", fits[0]))
+    runner_up = next((c for c in fits if c is not chosen and all(c is not a for _, a in alternatives)), None)
+    if runner_up is not None:
+        alternatives.append(("the runner-up", runner_up))
     if chosen is not None and not chosen.sixteen_bit:
         sixteen = next((c for c in fits if c.sixteen_bit), None)
         if sixteen is not None and all(sixteen is not c for _, c in alternatives):
@@ -370,7 +408,7 @@ def interval_text(cell: Cell) -> str:
 def memory_text(cell: Cell) -> str:
     if cell.memory_mib is None:
         return "memory not recorded"
-    what = {"allocator": "peak, torch allocator", "engine": "engine process", "bytes": "weights + KV bytes/step"}
+    what = {"nvml": "held by the step's processes, NVML", "bytes": "weights + KV bytes/step"}
     return f"{cell.memory_mib:,.0f} MiB ({what[cell.memory_basis]})"
 
 
@@ -383,16 +421,22 @@ def quality_text(row: dict) -> str:
             "not measured (synthetic weights: the gate checked the kernels compute their format, not accuracy)"
             + _gate_text(row)
         )
+    kl = ""
+    if row.get("kl_mean") is not None:
+        kl = (
+            f"; KL divergence against the 16-bit reference {row['kl_mean']:.4f} nats mean, {row['kl_p99']:.4f} "
+            f"p99, top-1 agreement {row['kl_top1_pct']:.1f}%"
+        )
     if row.get("perplexity_ratio") is not None:
         return (
             f"perplexity {row['perplexity']:.2f}, {row['perplexity_ratio']:.2f}x bf16's "
-            f"(bound {PERPLEXITY_BOUND}x): passed"
+            f"(bound {PERPLEXITY_BOUND}x): passed{kl}"
         )
     if row.get("perplexity") is not None:
         return (
-            f"perplexity {row['perplexity']:.2f} (the 16-bit reference)"
+            f"perplexity {row['perplexity']:.2f} (the 16-bit reference){kl}"
             if row.get("baseline")
-            else (f"perplexity {row['perplexity']:.2f} (no 16-bit row to compare with)")
+            else (f"perplexity {row['perplexity']:.2f} (no 16-bit row to compare with){kl}")
         )
     return "real weights: logits passed the gate; perplexity not scored"
 
@@ -711,15 +755,17 @@ def pareto_svg(cells: list[Cell], figure_id: str, title: str) -> str:
     ]
     for tick in _log_ticks(y_low, y_high):
         out.append(f'<line x1="{left}" x2="{right}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" stroke="#eee"/>')
-        out.append(f'<text x="{left - 6}" y="{y(tick) + 4:.1f}" text-anchor="end" font-size="11">{tick:g}</text>')
+        label = tick_text(tick)
+        out.append(f'<text x="{left - 6}" y="{y(tick) + 4:.1f}" text-anchor="end" font-size="11">{label}</text>')
     unit, per_unit = ("GiB", 1024) if x_high >= 2048 else ("MiB", 1)  # a tiny model's bytes are MiB
     step = _tick_step(x_high / per_unit)
     for index in range(int(x_high / per_unit / step) + 1):
         value = index * step
         at = x(value * per_unit)
         out.append(f'<line x1="{at:.1f}" x2="{at:.1f}" y1="{top}" y2="{bottom}" stroke="#eee"/>')
-        out.append(f'<text x="{at:.1f}" y="{bottom + 16}" text-anchor="middle" font-size="11">{value:g}</text>')
-    basis = points[0].memory_basis if points else "allocator"
+        label = tick_text(value)
+        out.append(f'<text x="{at:.1f}" y="{bottom + 16}" text-anchor="middle" font-size="11">{label}</text>')
+    basis = points[0].memory_basis if points else "nvml"
     x_label = f"weights + KV bytes per step ({unit})" if basis == "bytes" else f"GPU memory ({unit})"
     out.append(f'<text x="{(left + right) / 2}" y="{bottom + 36}" text-anchor="middle" font-size="12">{x_label}</text>')
     out.append(
@@ -883,13 +929,17 @@ def render_html(report: Report) -> str:
         if excluded_text(group.cells):
             parts.append(f"<p>{html_prose(excluded_text(group.cells))}</p>")
         parts += [f'<p class="note">{html_prose(note)}</p>' for note in group_notes(group)]
-        if any(c.eligible and c.memory_mib is not None for c in group.cells):
-            title = f"ms/step against memory, {_group_title(group.key)}"
-            svg = pareto_svg(group.cells, f"pareto-{number}", title)
+        for graphs, mode in (("on", "graph replay (graphs on)"), ("off", "eager (graphs off)")):
+            # one panel per graphs setting: an eager cell's host-bound time is another question
+            panel = [c for c in group.cells if c.row["graphs"] == graphs]
+            if not any(c.eligible and c.memory_mib is not None for c in panel):
+                continue
+            title = f"ms/step against memory, {_group_title(group.key)}: {mode}"
+            svg = pareto_svg(panel, f"pareto-{number}-{graphs}", title)
             caption = (
-                "Pareto figure: one point per correct cell (backend, runtime, graphs setting, store), its 95% "
+                f"Pareto figure, {mode}: one point per correct cell (backend, runtime, store), its 95% "
                 "interval as a vertical line; the dashed line joins the Pareto-optimal cells (none both faster "
-                "and smaller). Incorrect cells have no ms/step and are listed below."
+                "and smaller, over both panels). Incorrect cells have no ms/step and are listed below."
             )
             parts.append(f"<figure>{svg}<figcaption>{html.escape(caption)}{MEASURED}</figcaption></figure>")
         for table in group.tables:

@@ -1,7 +1,15 @@
-"""Perplexity on a fixed English text (qbench/data/quality.txt), for real-weight quality checks.
+"""Quality on a fixed English text (qbench/data/quality.txt), for real-weight quality checks.
 
 Random weights have no quality to lose, so this runs only where the weights are real (a GGUF or a
-checkpoint folder with a tokenizer). The comparison with bf16 happens in the report.
+checkpoint folder with a tokenizer). Each session measures, over the text's first MAX_TOKENS tokens:
+  perplexity   exp(mean next-token negative log-likelihood) of the backend's own logits;
+  KL           KL(P_16 || P_backend) per position against the 16-bit reference, the same weights
+               loaded by the bf16 backend under hf (mean and 99th percentile, in nats, as llama.cpp's
+               `llama-perplexity --kl-divergence` reports them), and top-1 agreement with it.
+The reference is computed once per weights file, text and software and kept in the weights cache.
+Where the real weights are themselves already 4-bit (the GGUFs the tests use), their dequantised
+tensors are the reference: the figures then measure re-quantisation error on real weight
+statistics, not the original model's loss, and the report says so.
 """
 
 from __future__ import annotations
@@ -59,10 +67,76 @@ def text_tokens(tokenizer) -> list[int]:
 
 
 @torch.inference_mode()
-def perplexity(runner, tokenizer, device: str) -> tuple[float, int]:
+def perplexity(runner, tokenizer, device: str) -> tuple[float, int, torch.Tensor]:
     """exp(mean next-token negative log-likelihood) over the text's first MAX_TOKENS tokens, from the
-    runner's `score(ids) -> logits [T, vocab]` (Runner protocol)."""
+    runner's `score(ids) -> logits [T, vocab]` (Runner protocol); with the token count and the logits."""
     ids = torch.tensor(text_tokens(tokenizer), device=device)
     logits = runner.score(ids).float()
-    loss = torch.nn.functional.cross_entropy(logits[:-1], ids[1:])
-    return float(torch.exp(loss)), int(ids.numel())
+    loss = torch.nn.functional.cross_entropy(logits[:-1], ids.to(logits.device)[1:])
+    return float(torch.exp(loss)), int(ids.numel()), logits
+
+
+def kl_divergence(reference_logits: torch.Tensor, logits: torch.Tensor) -> dict:
+    """KL(P_ref || P) per position (nats) from two [T, vocab] logit tensors: mean and 99th percentile,
+    with the fraction of positions whose most likely token agrees."""
+    reference = torch.log_softmax(reference_logits.float(), dim=-1)
+    measured = torch.log_softmax(logits.float(), dim=-1)
+    per_position = (reference.exp() * (reference - measured)).sum(dim=-1).clamp_min(0.0)
+    agree = (reference.argmax(dim=-1) == measured.argmax(dim=-1)).float().mean()
+    return {
+        "kl_mean": float(per_position.mean()),
+        "kl_p99": float(torch.quantile(per_position, 0.99)),
+        "top1_agreement": float(agree),
+        "positions": int(per_position.numel()),
+    }
+
+
+def reference_key(weights: str, ids: list[int], device: str) -> str:
+    """The cache key of the 16-bit reference scores of `weights` on `ids`: the file's identity (path,
+    size, modification time), the tokens and the software that computes them."""
+    import hashlib
+    import json
+    import os
+
+    import transformers
+
+    import qbench
+
+    path = Path(weights) if weights != "gguf" else None
+    stat = os.stat(path) if path is not None and path.is_file() else None
+    ingredients = {
+        "what": "quality reference",
+        "weights": str(path.resolve()) if path is not None else "gguf",
+        "size": stat.st_size if stat else None,
+        "mtime": stat.st_mtime_ns if stat else None,
+        "ids": hashlib.sha256(json.dumps(ids).encode()).hexdigest(),
+        "device": device,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "qbench": qbench.__version__,
+    }
+    return "quality-" + hashlib.sha256(json.dumps(ingredients, sort_keys=True).encode()).hexdigest()[:24]
+
+
+@torch.inference_mode()
+def reference_scores(spec, options, tokenizer) -> tuple[torch.Tensor, str]:
+    """Logits [T, vocab] (float32, host) of the 16-bit reference on the quality text, and where they
+    came from: the weights cache, or the bf16 backend under hf loaded for this (then cached)."""
+    from dataclasses import replace
+
+    from qbench.cache import Cache
+    from qbench.registry import load_backend
+
+    ids = text_tokens(tokenizer)
+    key = reference_key(options.weights, ids, options.device)
+    cache = Cache()
+    stored, _ = cache.load(key, "cpu")
+    if stored is not None:
+        return stored["logits"], "16-bit reference read from the weights cache"
+    runner = load_backend("bf16").load(spec, replace(options, runtime="hf", weights_cache=False))
+    logits = runner.score(torch.tensor(ids, device=options.device)).float().cpu()
+    del runner
+    if options.device == "cuda":
+        torch.cuda.empty_cache()
+    not_stored = cache.store(key, {"logits": logits}, {"what": "16-bit quality reference logits"})
+    return logits, "16-bit reference computed (bf16 under hf)" + (f"; {not_stored}" if not_stored else "")

@@ -14,6 +14,13 @@ configurations differ in the backend (and its group size) alone. Per row:
   graphs x        eager ms / graph ms, per session (paired), on the graphs=on row
   launch us       host cost of one kernel launch, measured around each timed block (qbench.host):
                   median over the sessions of each session's median probe
+  TTFT ms         the prefill to ctx that opens every block (time to first token): median over
+                  sessions of each session's median block (CUDA events where steps have them)
+  J/tok, W        energy of the timed steps / steps, and / their wall time (qbench.energy): median
+                  over sessions; `energy_source` names the counter, "not measured" where none
+  GPU MiB         GPU memory the step's processes hold after the timed steps, CUDA context included
+                  (NVML; `gpu_memory_source` says how): the one memory figure cells compare;
+                  `peak_memory_mib` is torch's allocator peak, where the runtime has one
 A cell whose correctness gate failed in any session shows `incorrect` and no timing figures.
 Flags: impossible, noisy, throttled n/N, kernel-not-seen, host-variable, gate-edge (see FLAG_TEXT).
 """
@@ -175,6 +182,8 @@ FLAG_TEXT = {
     "kernel-not-seen": "the profiled step never ran the backend's kernel",
     "host-variable": f"eager: the host's launch cost or fixed workload varied more than {HOST_VARIABLE_SPREAD:.2f}x "
     "across the cell's probes (before and after each timed block of each session)",
+    "energy-coarse": "the timed steps lasted fewer than 10 refreshes of the energy counter, in n of N sessions: "
+    "J/token is coarse (more --steps make it finer)",
     "gate-edge": f"passed the correctness gate close to a limit: worst logit error at least {EDGE_ERROR:.0%}, or "
     f"top-1 agreement less than {float(EDGE_TOP1):.0%} above its threshold (gate_* columns)",
 }
@@ -260,6 +269,10 @@ def _cell_row(cell: str, graphs: bool, records: list[dict]) -> dict[str, Any]:
         "flags": [],
     }
     medians, walls, cvs, bandwidths, peaks, reasons, host_blocks, steals, cores = [], [], [], [], [], [], [], [], []
+    prefills, joules, watts, held, coarse = [], [], [], [], 0
+    row.update(prefill_ms=None, j_per_token=None, mean_w=None, energy_source="not measured", gpu_memory_mib=None)
+    row.update(kl_mean=None, kl_p99=None, kl_top1_pct=None)
+    row["gpu_memory_source"] = "not measured"
     incorrect, throttled, kernel_missing = False, 0, 0
     checks: list[dict] = []  # the gate's logit checks of the cell's timed blocks
     total = len(records)
@@ -306,6 +319,8 @@ def _cell_row(cell: str, graphs: bool, records: list[dict]) -> dict[str, Any]:
             cores.append(result["host"]["pinned_core"])
         if result.get("peak_memory_mib"):
             peaks.append(result["peak_memory_mib"])
+        _session_evidence(row, result, blocks, prefills, joules, watts, held)
+        coarse += any(b.get("energy_coarse") for b in blocks)
         if result.get("perplexity"):
             row["perplexity"] = result["perplexity"]["value"]
         after = result.get("nvml_after", {})
@@ -359,6 +374,15 @@ def _cell_row(cell: str, graphs: bool, records: list[dict]) -> dict[str, Any]:
             row[key.replace("floor_ms", "pct_of_floor")] = 100 * row[key] / ms
     if peaks:
         row["peak_memory_mib"] = max(peaks)
+    if prefills:
+        row["prefill_ms"] = stats.median(prefills)
+    if joules:
+        row["j_per_token"] = stats.median(joules)
+        row["mean_w"] = stats.median(watts) if watts else None
+    if held:
+        row["gpu_memory_mib"] = max(held)
+    if coarse:
+        row["flags"].append(f"energy-coarse {coarse}/{len(medians)}")
     if row.get("floor_ms_peak") and ms < row["floor_ms_peak"]:
         row["flags"].append("impossible")
     if stats.median(cvs) > NOISY_CV:
@@ -369,6 +393,33 @@ def _cell_row(cell: str, graphs: bool, records: list[dict]) -> dict[str, Any]:
         row["flags"].append("kernel-not-seen")
     _gate_margin(row, checks)
     return row
+
+
+def _session_evidence(row: dict, result: dict, blocks: list[dict], prefills, joules, watts, held) -> None:
+    """One session's prefill, energy and memory into the cell's lists (and their sources into the row)."""
+    timed = [b["prefill_ms"] for b in blocks if b.get("prefill_ms") is not None]
+    if timed:
+        prefills.append(stats.median(timed))
+    energy = [b for b in blocks if b.get("j_per_token") is not None]
+    meter = result.get("energy_meter", {})
+    if energy:
+        joules.append(stats.median([b["j_per_token"] for b in energy]))
+        measured_w = [b["mean_w"] for b in energy if b.get("mean_w") is not None]
+        if measured_w:
+            watts.append(stats.median(measured_w))
+        row["energy_source"] = f"{meter.get('source', '?')}; {meter.get('resolution', '')}".strip("; ")
+    elif meter.get("why_not") and not joules:
+        row["energy_source"] = meter["why_not"]
+    kl = result.get("kl")
+    if kl:  # the same weights, text and reference in every session: the cell keeps the worst
+        for key, worst in (("kl_mean", max), ("kl_p99", max), ("top1_agreement", min)):
+            value = 100 * kl[key] if key == "top1_agreement" else kl[key]
+            name = "kl_top1_pct" if key == "top1_agreement" else key
+            row[name] = value if row.get(name) is None else worst(row[name], value)
+    if result.get("gpu_memory_mib") is not None:
+        held.append(result["gpu_memory_mib"])
+    if result.get("gpu_memory_source"):
+        row["gpu_memory_source"] = result["gpu_memory_source"]
 
 
 def _gate_margin(row: dict, checks: list[dict]) -> None:
@@ -472,8 +523,15 @@ COLUMNS = [
     ("graphs x", "graphs_speedup", "{:.2f}"),
     ("vs hf x", "runtime_speedup", "{:.2f}"),
     ("launch us", "launch_us", "{:.1f}"),
+    ("TTFT ms", "prefill_ms", "{:.1f}"),
+    ("J/tok", "j_per_token", "{:.3f}"),
+    ("W", "mean_w", "{:.0f}"),
+    ("GPU MiB", "gpu_memory_mib", "{:.0f}"),
     ("peak MiB", "peak_memory_mib", "{:.0f}"),
     ("ppl", "perplexity", "{:.2f}"),
+    ("KL mean", "kl_mean", "{:.4f}"),
+    ("KL p99", "kl_p99", "{:.4f}"),
+    ("top-1 %", "kl_top1_pct", "{:.1f}"),
     ("sessions", "sessions", None),
     ("status", "status", None),
 ]
@@ -507,9 +565,13 @@ def _status(row: dict) -> str:
 # TERMINAL_WIDTH, columns go in DROP_ORDER until it fits.
 COMPACT = (
     *("backend", "runtime", "graphs", "ms/step", "95% CI", "% floor", "% floor (meas.)"),
-    *("expected x", "realised x", "graphs x", "vs hf x", "ppl", "sessions", "status"),
+    *("expected x", "realised x", "graphs x", "vs hf x", "TTFT ms", "J/tok", "GPU MiB", "ppl", "KL mean"),
+    *("sessions", "status"),
 )
-DROP_ORDER = ("vs hf x", "sessions", "ppl", "expected x", "95% CI", "graphs x", "runtime")
+DROP_ORDER = (
+    *("vs hf x", "TTFT ms", "J/tok", "GPU MiB", "KL mean", "sessions", "ppl"),
+    *("expected x", "95% CI", "graphs x", "runtime"),
+)
 TERMINAL_WIDTH = 120
 
 
@@ -648,7 +710,13 @@ def render(rows: list[dict], fmt: str, title: str = "", wide: bool = False) -> s
         "realisation = realised / expected, in %; graphs x = eager ms / graph ms; "
         "vs hf x = the same backend's ms under hf / under this runtime (same graphs setting); "
         "launch us = host time of one empty CUDA kernel launch (CPU: one op dispatch), measured around "
-        "each timed block, median over sessions."
+        "each timed block, median over sessions; TTFT ms = the prefill to ctx (time to first token); "
+        "J/tok and W = energy of the timed steps per token and its mean power (energy_source in exports says "
+        "which counter; blank = not measured); GPU MiB = GPU memory held by the step's processes after the "
+        "timed steps, CUDA context included (NVML; gpu_memory_source), the one memory figure compared across "
+        "runtimes; peak MiB = torch's allocator peak, where there is one; with real weights, ppl = perplexity "
+        "on the built-in text, KL mean / p99 = KL divergence (nats) per position against the 16-bit reference "
+        "(bf16 under hf) on the same tokens, top-1 % = positions whose most likely token agrees with it."
     )
     if flags:
         legend += " Flags: " + "; ".join(f"{flag} = {FLAG_TEXT[flag]}" for flag in flags if flag in FLAG_TEXT) + "."

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from qbench import gate, host
+from qbench import energy, gate, host
 from qbench.api import protocol_gaps
 from qbench.backend import LoadOptions
 from qbench.decode import DecodeSettings, run_block, token_stream
@@ -92,12 +92,13 @@ def profile_step_kernels(runner, token: torch.Tensor) -> list[dict[str, Any]]:
     return sorted(kernels, key=lambda k: -k["gpu_us"])
 
 
-def timed_block(runner, settings, tokens, graphs: bool, device: str) -> tuple[Any, dict]:
-    """One timed block with the host measured right before and after it (see qbench.host)."""
+def timed_block(runner, settings, tokens, graphs: bool, device: str, meter=None) -> tuple[Any, dict]:
+    """One timed block with the host measured right before and after it (see qbench.host), and its
+    energy where `meter` reads it (qbench.energy)."""
     before = host.probe(device)
     stat_before = host.proc_stat()
     started = time.time()
-    timed = run_block(runner, settings, tokens, graphs)
+    timed = run_block(runner, settings, tokens, graphs, meter)
     ended = time.time()
     stat_after = host.proc_stat()
     after = host.probe(device)
@@ -110,7 +111,9 @@ def timed_block(runner, settings, tokens, graphs: bool, device: str) -> tuple[An
     core = before.get("core")
     if core is not None and core == after.get("core"):
         record["core_steal_pct"] = host.steal_pct(stat_before, stat_after, f"cpu{core}")
-    return timed, {"host": record, "started_unix": round(started, 3), "ended_unix": round(ended, 3)}
+    measured = {"host": record, "started_unix": round(started, 3), "ended_unix": round(ended, 3)}
+    measured.update(prefill_ms=timed.prefill_ms, prefill_wall_ms=timed.prefill_wall_ms, **timed.energy)
+    return timed, measured
 
 
 def decode_tokens(spec, config: SessionConfig, positions: int, tokenizer) -> tuple[torch.Tensor, str]:
@@ -158,6 +161,8 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
     began = time.perf_counter()
     phases = Phases()
     device = config.device
+    # the device's used memory before this process made a CUDA context: the fallback memory baseline
+    used_before = energy.device_used_mib() if device == "cuda" else None
     provenance = collect(device)
     phases.done("provenance_s")
     spec = load_model_spec(config.model)
@@ -183,6 +188,21 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
         with Ticker(f"{config.backend}: preparing its CUDA kernel (a first run builds it)", first_after=3):
             backend.prepare(device)
     phases.done("prepare_s")
+    tokenizer, quality_reference, quality_note = None, None, ""
+    if config.weights != "synthetic":
+        from qbench.quality import load_tokenizer, reference_scores
+
+        tokenizer, missing = load_tokenizer(spec, config.weights)
+        if tokenizer is None:
+            quality_note = f"perplexity skipped: {missing}"
+        else:  # before the backend loads, so two models never share the device
+            log("quality: the 16-bit reference on the built-in text")
+            try:
+                quality_reference, quality_note = reference_scores(spec, options, tokenizer)
+            except Exception as error:  # the reference costs the KL figures, not the session
+                quality_note = f"KL divergence skipped: the 16-bit reference failed ({type(error).__name__}: {error})"
+                quality_note = quality_note[:300]
+        phases.done("quality_reference_s")
     log(f"loading {config.model} with {config.backend} ({config.runtime}) on {provenance['device']}")
     loaded = time.perf_counter()
     runner = backend.load(spec, options)
@@ -222,13 +242,10 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
     if differ:  # counted as stored; the formula (qbench floor) says otherwise for these classes
         result["bytes_note"] = "stored bytes differ from the formula in: " + ", ".join(differ)
 
-    tokenizer = None
-    if config.weights != "synthetic":
-        from qbench.quality import load_tokenizer
-
-        tokenizer, missing = load_tokenizer(spec, config.weights)
-        if tokenizer is None:
-            result["quality"] = f"perplexity skipped: {missing}"
+    if tokenizer is None and quality_note:
+        result["quality"] = quality_note
+    elif quality_note:
+        result["quality_reference"] = quality_note
     tokens, result["tokens"] = decode_tokens(spec, config, settings.positions, tokenizer)
     tokens = tokens.to(runner.device)  # where the runner reads them (llama.cpp: host memory)
     layers = runner.quant_layers() if hasattr(runner, "quant_layers") else []
@@ -252,8 +269,12 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
         log("quality: perplexity on the built-in text")
         from qbench.quality import perplexity
 
-        ppl, tokens_scored = perplexity(runner, tokenizer, device)
+        ppl, tokens_scored, scored = perplexity(runner, tokenizer, device)
         result["perplexity"] = {"value": ppl, "tokens": tokens_scored}
+        if quality_reference is not None:
+            from qbench.quality import kl_divergence
+
+            result["kl"] = kl_divergence(quality_reference, scored.cpu())
     elif tokenizer is not None:
         result["quality"] = f"perplexity skipped: runtime {runner.runtime} scores no tokens"
 
@@ -263,11 +284,15 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     result["host"] = host.session_host(device, config.cpu)  # this thread runs the decode loop
+    meter, not_metered = energy.energy_meter(device)
+    result["energy_meter"] = {"source": meter.source, "resolution": meter.resolution, "why_not": not_metered}
+    if meter.counter_update_ms:
+        result["energy_meter"]["counter_update_ms"] = round(meter.counter_update_ms, 2)
     for graphs in order:
         log(f"timing {'graph replay' if graphs else 'eager'}: ctx {config.ctx}, {config.steps} steps")
         block: dict[str, Any] = {"graphs": graphs}
         try:
-            timed, measured = timed_block(runner, settings, tokens, graphs, device)
+            timed, measured = timed_block(runner, settings, tokens, graphs, device, meter if meter.available else None)
         except torch.OutOfMemoryError:
             raise
         except Exception as error:  # a failed capture is this block's result, not the session's
@@ -285,7 +310,8 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
         )
         result["blocks"].append(block)
     phases.done("timed_s")
-    if device == "cuda":
+    if device == "cuda":  # the memory the step's processes hold right after the timed steps, one way for all
+        result.update(energy.process_memory(energy.step_pids(runner), used_before))
         elsewhere = getattr(runner, "kernels_elsewhere", "")  # e.g. an engine in its own process
         if elsewhere:
             result["step_kernels"] = elsewhere[:300]

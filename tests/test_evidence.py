@@ -1,0 +1,220 @@
+"""Energy per token, prefill (time to first token), memory measured one way, KL divergence, and the
+deployment report's rule: each read or decided as qbench.energy, qbench.decode, qbench.quality and
+qbench.deploy_report say, on fakes where the real counter needs a GPU."""
+
+import csv
+import io
+import json
+import math
+import types
+
+import pytest
+import torch
+
+from qbench import energy
+from qbench.decode import DecodeSettings, run_block, token_stream
+from qbench.deploy_report import Budget, Cell, recommend, tick_text
+from qbench.quality import kl_divergence
+from qbench.report import aggregate, render
+from qbench.stats import Interval
+
+# ---- energy ------------------------------------------------------------------------------------
+
+
+def fake_nvml(energy_mj, power_mw=None, processes=(), used_bytes=0):
+    """A pynvml stand-in: `energy_mj()` gives the counter's next reading."""
+    module = types.SimpleNamespace()
+    module.nvmlInit = lambda: None
+    module.nvmlDeviceGetHandleByIndex = lambda index: "handle"
+    module.nvmlDeviceGetTotalEnergyConsumption = lambda handle: energy_mj()
+    if power_mw is not None:
+        module.nvmlDeviceGetPowerUsage = lambda handle: power_mw
+    module.nvmlDeviceGetComputeRunningProcesses = lambda handle: list(processes)
+    module.nvmlDeviceGetMemoryInfo = lambda handle: types.SimpleNamespace(used=used_bytes)
+    return module
+
+
+def test_the_nvml_counter_gives_joules_and_measures_its_refresh():
+    readings = iter([1000, 1000, 1010, 1010, 1020, 1030, 1040, 1050, 5000, 8000])
+    meter = energy.NvmlCounter(fake_nvml(lambda: next(readings)), "handle")
+    assert meter.counter_update_ms is not None and meter.counter_update_ms >= 0
+    began = meter.start()  # 5000 mJ
+    assert meter.joules_since(began) == pytest.approx(3.0)  # 8000 - 5000 mJ
+    assert "mJ" in meter.resolution and "NVML" in meter.source
+
+
+def test_a_block_shorter_than_ten_counter_refreshes_is_coarse():
+    meter = energy.EnergyMeter()
+    meter.available, meter.counter_update_ms = True, 20.0
+    coarse = energy.block_energy(0.6, steps=30, seconds=0.15, meter=meter)
+    assert coarse["j_per_token"] == pytest.approx(0.02) and coarse["mean_w"] == pytest.approx(4.0)
+    assert coarse["energy_coarse"] is True
+    assert "energy_coarse" not in energy.block_energy(6.0, steps=300, seconds=1.5, meter=meter)
+
+
+def test_no_meter_says_not_measured():
+    assert energy.block_energy(None, 30, 0.1, energy.EnergyMeter()) == {"energy": "not measured"}
+
+
+def test_power_samples_integrate_by_trapezoids():
+    assert energy.integrate([(0.0, 100.0), (1.0, 200.0), (3.0, 200.0)]) == pytest.approx(150 + 400)
+    assert energy.integrate([(0.0, 100.0)]) is None
+
+
+def test_rapl_counter_wraps_at_its_range(tmp_path):
+    (tmp_path / "max_energy_range_uj").write_text("1000000\n")
+    (tmp_path / "energy_uj").write_text("999000\n")
+    meter = energy.RaplCounter(tmp_path)
+    began = meter.start()
+    (tmp_path / "energy_uj").write_text("4000\n")  # wrapped: 1000 + 4000 uJ later
+    assert meter.joules_since(began) == pytest.approx(0.005)
+
+
+def test_a_cpu_without_rapl_is_not_measured(monkeypatch, tmp_path):
+    monkeypatch.setattr(energy, "RAPL", tmp_path / "absent")
+    meter, why = energy.energy_meter("cpu")
+    assert not meter.available and why.startswith("not measured")
+
+
+def test_memory_is_nvml_per_process_or_the_device_less_its_baseline(monkeypatch):
+    import os
+
+    mine = types.SimpleNamespace(pid=os.getpid(), usedGpuMemory=3 * 2**30)
+    listed = fake_nvml(lambda: 0, processes=[mine], used_bytes=10 * 2**30)
+    monkeypatch.setattr(energy, "_nvml_handle", lambda index: (listed, "handle"))
+    held = energy.process_memory([os.getpid()], baseline_used_mib=1024.0)
+    assert held == {"gpu_memory_mib": 3072.0, "gpu_memory_source": "NVML per process (CUDA context included)"}
+    hidden = fake_nvml(lambda: 0, processes=[], used_bytes=10 * 2**30)
+    monkeypatch.setattr(energy, "_nvml_handle", lambda index: (hidden, "handle"))
+    held = energy.process_memory([os.getpid()], baseline_used_mib=1024.0)
+    assert held["gpu_memory_mib"] == 9216.0 and "less before the session" in held["gpu_memory_source"]
+
+
+# ---- prefill and energy in the decode loop -----------------------------------------------------
+
+
+class CountingRunner:
+    device = torch.device("cpu")
+    graph = None
+    use_graph = False
+
+    def prefill(self, tokens):
+        self.prefilled = tokens.numel()
+
+    def step(self, token):
+        return torch.nn.functional.one_hot(token.view(()), 16).float()
+
+
+class FakeMeter(energy.EnergyMeter):
+    available = True
+    source = "fake counter"
+    resolution = "1 mJ"
+
+    def __init__(self):
+        self.calls = 0
+
+    def start(self):
+        self.calls += 1
+        return energy.Reading(0.0, __import__("time").perf_counter())
+
+    def joules_since(self, begin):
+        return 0.3
+
+
+def test_a_block_times_its_prefill_and_reads_energy_around_the_timed_steps():
+    meter = FakeMeter()
+    settings = DecodeSettings(ctx=8, warmup=2, steps=5)
+    tokens = token_stream(16, settings.positions, seed=1, device="cpu")
+    result = run_block(CountingRunner(), settings, tokens, graphs=False, meter=meter)
+    assert result.prefill_ms is not None and result.prefill_ms >= 0
+    assert result.prefill_wall_ms == result.prefill_ms  # CPU: the wall clock
+    assert meter.calls == 1
+    assert result.energy["j_per_token"] == pytest.approx(0.06)
+    assert result.energy["mean_w"] > 0
+
+
+# ---- the fields in every export ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_rows():
+    from qbench.compare import cell_hash
+    from qbench.session import SessionConfig, run_session
+
+    original = energy.energy_meter
+    energy.energy_meter = lambda device, index=0: (FakeMeter(), "")
+    try:
+        config = SessionConfig(model="tiny", backend="bf16", ctx=16, warmup=1, steps=4)
+        result = run_session(config)
+    finally:
+        energy.energy_meter = original
+    stored = {**config.__dict__, "graphs": [False]}
+    record = {"config": stored, "result": result, "gpu": "cpu", "run_id": "r", "cell_hash": cell_hash(stored, "cpu")}
+    return aggregate([record])
+
+
+def test_prefill_energy_and_memory_fields_are_in_every_export(tiny_rows):
+    (row,) = json.loads(render(tiny_rows, "json"))
+    assert isinstance(row["prefill_ms"], float) and row["prefill_ms"] > 0
+    assert row["j_per_token"] == pytest.approx(0.3 / 4) and isinstance(row["mean_w"], float)
+    assert row["energy_source"].startswith("fake counter")
+    assert row["gpu_memory_mib"] is None and row["gpu_memory_source"] == "not measured"  # a CPU has no NVML
+    (flat,) = list(csv.DictReader(io.StringIO(render(tiny_rows, "csv"))))
+    for key in ("prefill_ms", "j_per_token", "mean_w", "energy_source", "gpu_memory_mib", "gpu_memory_source"):
+        assert key in flat
+    assert float(flat["j_per_token"]) == pytest.approx(0.075)
+    for fmt in ("table", "md", "latex", "html"):
+        text = render(tiny_rows, fmt, wide=True)
+        assert "TTFT ms" in text and "J/tok" in text, fmt
+
+
+# ---- quality -----------------------------------------------------------------------------------
+
+
+def test_kl_divergence_against_a_hand_computed_case():
+    reference = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.9, 0.05, 0.05]]))
+    measured = torch.log(torch.tensor([[0.25, 0.5, 0.25], [0.9, 0.05, 0.05]]))
+    # position 0: 0.5 ln(0.5/0.25) + 0.25 ln(0.25/0.5) + 0 = 0.25 ln 2; position 1: 0
+    kl = kl_divergence(reference, measured)
+    assert kl["kl_mean"] == pytest.approx(0.25 * math.log(2) / 2, rel=1e-5)
+    assert kl["kl_p99"] == pytest.approx(0.99 * 0.25 * math.log(2), rel=1e-4)  # linear between the two
+    assert kl["top1_agreement"] == 0.5 and kl["positions"] == 2
+
+
+# ---- the report's rule -------------------------------------------------------------------------
+
+
+def cell(name, ms, low, high, memory, kl=None):
+    row = {
+        "label": name, "runtime": "lean", "graphs": "on", "status": "ok", "flags": [], "ms_per_step": ms,
+        "ms_interval": Interval(low, high, "t"), "baseline": name == "bf16", "kl_mean": kl,
+    }  # fmt: skip
+    return Cell("A", row, memory_mib=memory)
+
+
+def test_the_fastest_within_the_budget_wins_even_when_it_needs_more_memory():
+    fast_big = cell("fast", 3.0, 2.9, 3.1, 9000)
+    slow_small = cell("small", 4.0, 3.9, 4.1, 5000)
+    chosen = recommend([slow_small, fast_big], Budget("ms", 10.0)).chosen
+    assert chosen is fast_big  # memory no longer outranks speed
+
+
+def test_memory_breaks_a_tie_the_intervals_cannot_then_quality():
+    fast_big = cell("fast", 3.00, 2.80, 3.20, 9000)
+    tied_small = cell("small", 3.10, 2.95, 3.30, 5000)  # its interval overlaps the fastest's
+    clearly_slower = cell("slow", 3.60, 3.50, 3.70, 1000)
+    recommendation = recommend([fast_big, tied_small, clearly_slower], Budget("ms", 10.0))
+    assert recommendation.chosen is tied_small
+    assert ("the fastest, tied within its interval", fast_big) in recommendation.alternatives
+    better = cell("better", 3.05, 2.9, 3.2, 5000, kl=0.01)
+    worse = cell("worse", 3.02, 2.9, 3.2, 5000, kl=0.05)
+    assert recommend([worse, better], Budget("ms", 10.0)).chosen is better
+
+
+def test_a_memory_budget_takes_the_fastest_that_fits():
+    cells = [cell("a", 3.0, 2.9, 3.1, 9000), cell("b", 4.0, 3.9, 4.1, 5000), cell("c", 5.0, 4.9, 5.1, 4000)]
+    assert recommend(cells, Budget("mib", 6000)).chosen.row["label"] == "b"
+
+
+def test_axis_labels_read_as_numbers():
+    assert [tick_text(v) for v in (1000.0, 20000.0, 5.0, 0.5, 0.02)] == ["1,000", "20,000", "5", "0.5", "0.02"]
