@@ -95,6 +95,7 @@ class GemliteBackend(Backend):
     # gemlite's forward is a torch.library custom op with a fake: torch.compile keeps it opaque
     # (an FP8 plugin through the same op ran compiled with graphs on the H100: RESEARCH.md)
     lean_compile = True
+    imports_compiler = True  # gemlite applies torch.compile to its torch fallbacks at import (quant_utils)
     imported_version: ClassVar[str] = ""
     loaded_notes: ClassVar[list[str]] = []
 
