@@ -1,4 +1,4 @@
-"""4-bit weight formats exactly as published checkpoints store them, in pure torch.
+"""Weight formats as published checkpoints (4-bit) or gemlite (8-bit, 4-bit) store them, in pure torch.
 
 Every function here runs on CPU or GPU and is the reference the kernels are checked against:
 quantise a float weight [out, in] to the format's tensors, and dequantise those tensors back.
@@ -194,3 +194,109 @@ def nf4_bytes(in_features: int, out_features: int, blocksize: int = NF4_BLOCKSIZ
     blocks = -(-elements // blocksize)
     nested_blocks = -(-blocks // NESTED_BLOCKSIZE)
     return elements // 2 + blocks + nested_blocks * 4 + 4 + 16 * 4 + 256 * 4
+
+
+# ---- 8-bit per channel, and gemlite's grouped 4-bit ---------------------------------------------
+# Round-to-nearest, in plain torch, on CPU or GPU. These are the tensors qbench hands gemlite
+# (backends/gemlite_formats.py); gemlite stores them as they are (8-bit: a transposed view of the
+# same [N, K] tensor; scales [1, N]) or packs them (4-bit: eight values along K to an int32).
+#   FP8 e4m3 (fp8-wo, fp8-dyn): q float8_e4m3fn [N, K], scales float32 [N, 1] = max|w| / 448 per
+#                                output channel; w = q * scale. The cast to e4m3 rounds to nearest even.
+#   INT8 (int8-wo):              q int8 [N, K] in -127..127, scales float32 [N, 1] = max|w| / 127;
+#                                w = q * scale (symmetric, no zero point).
+#   gemlite int4 (gemlite-int4): q uint8 [N, K] in 0..15, scales bf16 [N, K/g], zeros bf16 [N, K/g]
+#                                (integers 0..15); gemlite keeps shift = bf16(-zeros * scales) in place
+#                                of zeros and its kernel computes w = q * scale + shift (one fma).
+# A row (or group) of zeros gets scale 1 and quantises to zeros.
+
+FP8_E4M3_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
+INT8_MAX = 127
+FP32_SCALE = 4  # bytes of one float32 per-channel scale
+
+
+def _channel_scales(weight: torch.Tensor, largest: float) -> torch.Tensor:
+    """float32 [N, 1]: max|w| of each output row / the format's largest value (1 for a zero row)."""
+    amax = weight.float().abs().amax(dim=1, keepdim=True)
+    return torch.where(amax > 0, amax / largest, torch.ones_like(amax))
+
+
+def fp8_quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """FP8 e4m3 per output channel: (q float8_e4m3fn [N, K], scales float32 [N, 1])."""
+    scales = _channel_scales(weight, FP8_E4M3_MAX)
+    q = (weight.float() / scales).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
+    return q, scales
+
+
+def int8_quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric INT8 per output channel: (q int8 [N, K] in -127..127, scales float32 [N, 1])."""
+    scales = _channel_scales(weight, INT8_MAX)
+    q = torch.round(weight.float() / scales).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return q, scales
+
+
+def channel_dequantize(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """FP8 or INT8 per-channel back to a float32 weight [N, K]."""
+    return q.float() * scales.float()
+
+
+def channel8_bytes(in_features: int, out_features: int, group_size: int = 0) -> int:
+    """FP8 or INT8 per channel as gemlite reads it: one byte a weight, one float32 scale a row
+    (`group_size` is not used: one scale spans the whole input dimension)."""
+    return in_features * out_features + out_features * FP32_SCALE
+
+
+def fp8_per_token(x: torch.Tensor) -> torch.Tensor:
+    """Activations as fp8-dyn's kernel sees them, back in float32: each row (token) scaled by
+    max|x| / 448, cast to e4m3 and scaled back (gemlite's `scale_activations_per_token`)."""
+    rows = x.float()
+    scales = rows.abs().amax(dim=-1, keepdim=True) / FP8_E4M3_MAX
+    scales = scales.clamp(min=1e-6)  # gemlite's floor: an all-zero token stays zero
+    return (rows / scales).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn).float() * scales
+
+
+def gemlite_int4_quantize(
+    weight: torch.Tensor, group_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric 4-bit RTN with a bf16 scale and an integer zero per group of `group_size` inputs:
+    (q uint8 [N, K], scales bf16 [N, K/g], zeros bf16 [N, K/g]). The scale is rounded to bf16 before
+    q is computed, so q fits the scale the kernel multiplies by."""
+    out_features, in_features = weight.shape
+    if in_features % group_size:
+        raise ValueError(f"in_features {in_features} is not a multiple of group size {group_size}")
+    grouped = weight.float().reshape(out_features, in_features // group_size, group_size)
+    wmin = grouped.amin(dim=-1).clamp(max=0)
+    wmax = grouped.amax(dim=-1).clamp(min=0)
+    spread = wmax - wmin
+    scales = torch.where(spread > 0, spread / 15, torch.ones_like(spread)).to(torch.bfloat16).float()
+    zeros = torch.round(-wmin / scales).clamp(0, 15)
+    q = torch.clamp(torch.round(grouped / scales[..., None]) + zeros[..., None], 0, 15)
+    return q.reshape(weight.shape).to(torch.uint8), scales.to(torch.bfloat16), zeros.to(torch.bfloat16)
+
+
+def gemlite_int4_shift(scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
+    """What gemlite stores in place of the zeros (its fma mode): bf16(-zeros * scales)."""
+    return (-zeros.float() * scales.float()).to(torch.bfloat16)
+
+
+def gemlite_int4_dequantize(
+    q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int
+) -> torch.Tensor:
+    """Back to a float32 weight [N, K] as the kernel computes it: q * scale + bf16(-zeros * scale)."""
+    shift = gemlite_int4_shift(scales, zeros).float().repeat_interleave(group_size, dim=1)
+    return q.float() * scales.float().repeat_interleave(group_size, dim=1) + shift
+
+
+def gemlite_int4_bytes(in_features: int, out_features: int, group_size: int) -> int:
+    """Packed 4-bit weights (int32 [K/8, N]) + bf16 scale and bf16 shift per group."""
+    groups = in_features // group_size
+    return in_features * out_features // 2 + groups * out_features * 2 * 2
+
+
+def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
+    """4-bit values [N, K] -> uint8 [N, K/2], high nibble first (the reference's compact copy)."""
+    return (q[:, ::2] << 4 | q[:, 1::2]).contiguous()
+
+
+def unpack_nibbles(nibbles: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, K/2] -> 4-bit values [N, K], high nibble first."""
+    return torch.stack([nibbles >> 4, nibbles & 0xF], dim=-1).reshape(nibbles.shape[0], -1)

@@ -21,6 +21,7 @@ from qbench.specs import did_you_mean
 GROUP = "qbench.backends"
 BUILT_IN_ORDER = (
     *("bf16", "bnb-nf4", "awq-marlin", "gptq-exllamav2", "torch-int4"),
+    *("fp8-wo", "fp8-dyn", "int8-wo", "gemlite-int4"),
     *("llamacpp-f16", "llamacpp-q8_0", "llamacpp-q4_0", "llamacpp-q4_k_m"),
 )
 BUILT_IN_MODULE = "qbench.backends."

@@ -1,0 +1,232 @@
+"""FP8, INT8 and 4-bit weights run by gemlite's Triton GEMV kernels (PyPI `gemlite`, pure Python + Triton).
+
+Four backends, one format each; qbench quantises the weight itself (round-to-nearest, the formulas in
+`formats.py`) and hands gemlite the quantised tensors through its helper classes:
+  fp8-wo        FP8 e4m3 weights, float32 scale per output channel, bf16 activations (A16W8_FP8)
+  fp8-dyn       the same weights; each token's activations cast to FP8 e4m3 with their own scale
+                inside gemlite's op, FP8 x FP8 products (A8W8_fp8_dynamic)
+  int8-wo       INT8 symmetric weights, float32 scale per output channel, bf16 activations (A16W8_INT8)
+  gemlite-int4  4-bit asymmetric weights, bf16 scale and zero per group of --group-size inputs (A16Wn)
+They live in one module because they share everything but the quantiser, the gemlite helper and the
+byte formula (four files would each hold a dozen lines around the same linear class), as the
+llama.cpp family shares `llamacpp.py`.
+
+Bytes: the kernel reads W_q (8-bit: one byte a weight; 4-bit: int32 [K/8, N]), the scales and, for
+4-bit, the shifts; `stored_tensors()` lists exactly those. gemlite also keeps 60 bytes of metadata on
+the device per layer (`metadata` int32 [12], `orig_shape` int32 [2], `meta_scale` float32) that its
+kernels never read (their arguments come from Python ints), so neither the floor nor the byte check
+counts them (11.8 KB over Qwen2.5-7B's 196 layers). fp8-dyn's per-token activation scales are
+computed each call (a few bytes) and not counted either.
+
+gemlite reads the GPU at import (its autotune config for the card, e.g. configs/h100.json), so it is
+imported only on a CUDA machine, inside prepare(). Its forward is one `torch.library.custom_op`
+(`gemlite::forward_functional`) with a registered fake, so torch.compile keeps it as one opaque op:
+`lean` compiles its step around it.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from qbench.backends import formats
+
+from qbench import DISTRIBUTION
+from qbench.api import Backend, DeviceInfo, QuantLinear
+
+MIN_GEMLITE = (0, 6)  # the custom op, the pre-quantised helpers and the shipped H100 config
+MIN_IN_FEATURES_MULTIPLE = 32  # GemLiteLinearTriton.MIN_SIZE: in_features must be a multiple of it
+
+
+def _release(version: str) -> tuple[int, ...]:
+    numbers = []
+    for part in version.split(".")[:2]:
+        digits = "".join(c for c in part if c.isdigit()) or "0"
+        numbers.append(int(digits))
+    return tuple(numbers)
+
+
+class GemliteLinear(QuantLinear):
+    """One gemlite layer. `checkpoint` keeps the format's own tensors (what `formats.py` produced:
+    the gate's reference dequantises them, not gemlite's copy) until the gate ends; the bias stays
+    here and is added after the kernel, as the reference adds it."""
+
+    def __init__(self, layer: Any, checkpoint: dict[str, torch.Tensor], in_features, out_features, bias, group_size):
+        super().__init__(in_features, out_features, bias, group_size)
+        self.gemlite = layer
+        self.checkpoint = checkpoint
+        self.format = ""  # "channel" (8-bit) or "int4"
+        self.dynamic_activations = False  # fp8-dyn: the kernel quantises each token to FP8
+
+    def stored_tensors(self) -> list[torch.Tensor]:
+        tensors = [self.gemlite.W_q, self.gemlite.scales, self.gemlite.zeros]
+        return [t for t in tensors if t.numel()]  # 8-bit formats have no zeros: gemlite keeps an empty one
+
+    def dequantize(self) -> torch.Tensor:
+        held = self.checkpoint
+        if self.format == "int4":
+            q = formats.unpack_nibbles(held["nibbles"])
+            return formats.gemlite_int4_dequantize(q, held["scales"], held["zeros"], self.group_size)
+        return formats.channel_dequantize(held["q"], held["scales"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.reference:  # the same numbers on the plain path; fp8-dyn's tokens rounded as its kernel does
+            inputs = formats.fp8_per_token(x).to(x.dtype) if self.dynamic_activations else x
+            return F.linear(inputs, self.dequantize().to(x.dtype), self.bias)
+        return self.kernel_forward(x)
+
+    def kernel_forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.gemlite(x)
+        return out if self.bias is None else out + self.bias
+
+
+class GemliteBackend(Backend):
+    """What the four share. Subclasses set the format and `_gemlite_layer`."""
+
+    compute_dtype = "bfloat16"
+    requires_cuda = True
+    min_capability: ClassVar[tuple[int, int] | None] = (8, 0)  # bf16 Triton kernels
+    packages = {"gemlite": "gemlite"}
+    extra = "gemlite"
+    family = "gemlite"
+    # gemlite's forward is a torch.library custom op with a fake: torch.compile keeps it opaque
+    # (an FP8 plugin through the same op ran compiled with graphs on the H100: RESEARCH.md)
+    lean_compile = True
+    imports_compiler = True  # gemlite applies torch.compile to its torch fallbacks at import (quant_utils)
+    imported_version: ClassVar[str] = ""
+    loaded_notes: ClassVar[list[str]] = []
+
+    def label(self, group_size: int) -> str:
+        return self.name if self.bits == 8 else f"{self.name} (g{group_size})"
+
+    def unavailable_reason(self, device: DeviceInfo) -> str | None:
+        """The machine first (no package fixes a CPU or an old GPU), then the package; never imports it."""
+        if device.kind != "cuda":
+            return "needs a CUDA GPU (none detected)"
+        if self.min_capability and device.capability and device.capability < self.min_capability:
+            need = ".".join(map(str, self.min_capability))
+            have = ".".join(map(str, device.capability))
+            why = " (FP8 tensor types: Ada or Hopper)" if self.min_capability >= (8, 9) else ""
+            return f"needs compute capability >= {need}{why}, {device.name} has {have}"
+        fix = f"pip install '{DISTRIBUTION}[{self.extra}]'"
+        if importlib.util.find_spec("gemlite") is None:
+            return f"missing package gemlite: {fix}"
+        try:
+            version = importlib.metadata.version("gemlite")
+        except importlib.metadata.PackageNotFoundError:
+            version = "0"
+        if _release(version) < MIN_GEMLITE:
+            need = ".".join(map(str, MIN_GEMLITE))
+            return f"gemlite {version} is installed, {self.name} needs >= {need}: pip install -U 'gemlite>={need}'"
+        return None
+
+    def unsupported_reason(self, spec: Any, weights: str) -> str | None:
+        misfit = sorted({k for _, k, _, _ in spec.linear_shapes() if k % MIN_IN_FEATURES_MULTIPLE})
+        if misfit:
+            need = MIN_IN_FEATURES_MULTIPLE
+            return f"gemlite needs in_features that are multiples of {need}; {spec.name} has {misfit}"
+        return None
+
+    def prepare(self, device: str) -> None:
+        if device != "cuda" or GemliteBackend.imported_version:
+            return
+        import gemlite
+        from gemlite import core
+
+        GemliteBackend.imported_version = gemlite.__version__
+        config = core.selected_tag  # the autotune config gemlite loaded for this card, if any
+        shipped = config.rsplit("/", 1)[-1] if config else "none for this card (autotunes on first use)"
+        GemliteBackend.loaded_notes = [f"gemlite {gemlite.__version__}, autotune config {shipped}"]
+
+    def load_notes(self) -> list[str]:
+        return list(GemliteBackend.loaded_notes)
+
+    def quantize_linear(self, linear: torch.nn.Linear, group_size: int) -> GemliteLinear:
+        self.prepare(linear.weight.device.type)
+        weight = linear.weight.detach()
+        layer, checkpoint = self._gemlite_layer(weight, group_size)
+        module = GemliteLinear(layer, checkpoint, linear.in_features, linear.out_features, linear.bias, group_size)
+        module.format = "int4" if self.bits == 4 else "channel"
+        module.dynamic_activations = self.name == "fp8-dyn"
+        return module
+
+    def _gemlite_layer(self, weight: torch.Tensor, group_size: int) -> tuple[Any, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+
+class Fp8WeightOnlyBackend(GemliteBackend):
+    name = "fp8-wo"
+    description = "FP8 e4m3 weights, per-channel float32 scales, bf16 activations (gemlite A16W8_FP8)"
+    kernel = "gemlite Triton gemv_INT_splitK_kernel (A16W8 FP8) at batch 1"
+    kernel_pattern = "gemv_INT_splitK_kernel"
+    bits = 8
+    min_capability = (8, 9)
+
+    def linear_bytes(self, in_features: int, out_features: int, group_size: int) -> int:
+        return formats.channel8_bytes(in_features, out_features)
+
+    def _gemlite_layer(self, weight, group_size):
+        from gemlite.helper import A16W8_FP8
+
+        q, scales = formats.fp8_quantize(weight)
+        helper = A16W8_FP8(device=weight.device, dtype=torch.bfloat16)
+        return helper.from_weights(q, bias=None, scales=scales), {"q": q, "scales": scales}
+
+
+class Fp8DynamicBackend(GemliteBackend):
+    name = "fp8-dyn"
+    description = "FP8 e4m3 weights, per-channel scales, activations cast to FP8 per token (gemlite A8W8)"
+    kernel = "gemlite Triton scale_activations_per_token + gemv_INT_splitK_kernel (A8W8 FP8 dynamic)"
+    kernel_pattern = "gemv_INT_splitK_kernel"
+    bits = 8
+    min_capability = (8, 9)
+
+    def linear_bytes(self, in_features: int, out_features: int, group_size: int) -> int:
+        return formats.channel8_bytes(in_features, out_features)
+
+    def _gemlite_layer(self, weight, group_size):
+        from gemlite.helper import A8W8_fp8_dynamic
+
+        q, scales = formats.fp8_quantize(weight)
+        helper = A8W8_fp8_dynamic(device=weight.device, dtype=torch.bfloat16)
+        return helper.from_weights(q, bias=None, scales=scales), {"q": q, "scales": scales}
+
+
+class Int8WeightOnlyBackend(GemliteBackend):
+    name = "int8-wo"
+    description = "INT8 symmetric weights, per-channel float32 scales, bf16 activations (gemlite A16W8_INT8)"
+    kernel = "gemlite Triton gemv_INT_splitK_kernel (A16W8 INT8) at batch 1"
+    kernel_pattern = "gemv_INT_splitK_kernel"
+    bits = 8
+
+    def linear_bytes(self, in_features: int, out_features: int, group_size: int) -> int:
+        return formats.channel8_bytes(in_features, out_features)
+
+    def _gemlite_layer(self, weight, group_size):
+        from gemlite.helper import A16W8_INT8
+
+        q, scales = formats.int8_quantize(weight)
+        helper = A16W8_INT8(device=weight.device, dtype=torch.bfloat16)
+        return helper.from_weights(q, bias=None, scales=scales), {"q": q, "scales": scales}
+
+
+class GemliteInt4Backend(GemliteBackend):
+    name = "gemlite-int4"
+    description = "4-bit asymmetric weights, bf16 scale and zero per group, bf16 activations (gemlite A16W4)"
+    kernel = "gemlite Triton gemv_INT_revsplitK_kernel (A16W4) at batch 1"
+    kernel_pattern = "gemv_INT_revsplitK_kernel"
+    bits = 4
+
+    def linear_bytes(self, in_features: int, out_features: int, group_size: int) -> int:
+        return formats.gemlite_int4_bytes(in_features, out_features, group_size)
+
+    def _gemlite_layer(self, weight, group_size):
+        from gemlite.helper import A16Wn
+
+        q, scales, zeros = formats.gemlite_int4_quantize(weight, group_size)
+        helper = A16Wn(device=weight.device, dtype=torch.bfloat16)
+        layer = helper.from_weights(q, scales, zeros, W_nbits=4, group_size=group_size, bias=None)
+        return layer, {"nibbles": formats.pack_nibbles(q), "scales": scales, "zeros": zeros}
