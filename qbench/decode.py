@@ -14,8 +14,13 @@ Decode is timed directly, never as (generate - prefill). Tokens are a fixed seed
 
 The prefill that opens every block is timed too (time to first token at this context): CUDA events
 and a synchronised wall clock around the call, as for a step; an engine that times its own steps
-gets the wall clock. An energy meter (qbench.energy), where given, is read right before the first
-timed step and right after the last: the block's J/token and mean W.
+gets the wall clock. The session's first block runs one untimed prefill before the timed one, so
+first-call work (a Triton kernel compiled or autotuned for the prompt's shape) is not counted as
+time to first token. An energy meter (qbench.energy), where given, is read right before the first
+timed step and right after the last: the block's J/token and mean W, where that window spans at
+least qbench.energy.COARSE_UPDATES refreshes of the counter. A graph block whose timed steps are too
+short for that is measured over replays of its captured step instead (the same kernels at the same
+position, as many as the window needs); an eager one is then "not measured", with why.
 """
 
 from __future__ import annotations
@@ -94,13 +99,16 @@ def _timed_prefill(runner, prompt: torch.Tensor, cuda: bool, events: bool) -> tu
 
 
 def run_block(
-    runner, settings: DecodeSettings, tokens: torch.Tensor, graphs: bool, meter=None
+    runner, settings: DecodeSettings, tokens: torch.Tensor, graphs: bool, meter=None, prefill_warmup: bool = False
 ) -> BlockResult:
     """Prefill, warm up and time one block, eager or replaying a CUDA graph. `meter`: an
-    qbench.energy.EnergyMeter read around the timed steps (None: energy is not read)."""
+    qbench.energy.EnergyMeter read around the timed steps (None: energy is not read);
+    `prefill_warmup`: one untimed prefill first (the session's first block)."""
     cuda = runner.device.type == "cuda"
     events = cuda and getattr(runner, "timer", "cuda-events") == "cuda-events"
     set_graphs(runner, graphs)
+    if prefill_warmup:
+        runner.prefill(tokens[: settings.ctx])
     prefill_event_ms, prefill_wall_ms = _timed_prefill(runner, tokens[: settings.ctx], cuda, events)
     position = settings.ctx
     for _ in range(settings.warmup):
@@ -138,12 +146,17 @@ def run_block(
             result.wall_ms.append((ended - began) * 1e3)
         collected.append(logits.float().clone())  # outside the timed region
     if meter is not None:
-        from qbench.energy import block_energy
+        from qbench.energy import block_energy, replay_energy
 
         if cuda:
             torch.cuda.synchronize(runner.device)
         seconds = time.perf_counter() - energy_began.at
-        result.energy = block_energy(meter.joules_since(energy_began), settings.steps, seconds, meter)
+        joules = meter.joules_since(energy_began)
+        result.energy = block_energy(joules, settings.steps, seconds, meter, f"the {settings.steps} timed steps")
+        replayable = graphs and getattr(runner, "graphs", "qbench") == "qbench" and runner.graph is not None
+        if "j_per_token" not in result.energy and replayable:
+            step_ms = sorted(result.event_ms or result.wall_ms)[len(result.wall_ms) // 2]
+            result.energy = replay_energy(runner, meter, step_ms)
     if graphs:
         set_graphs(runner, False)
     result.logits = torch.stack(collected).cpu()

@@ -4,10 +4,11 @@ every runtime, with its source named, so cells compare.
 Energy. On an NVIDIA GPU, NVML's total-energy counter (millijoules since the driver loaded; Volta
 and later) is read before the first timed step and after the last; J/token = the difference / the
 timed steps, mean W = the difference / the block's wall time. The counter counts in mJ but the
-driver refreshes it only every so often: `counter_update_ms` measures that interval once per
-session (the counter is polled until it has moved a few times), and a block shorter than
-COARSE_UPDATES refreshes is flagged `energy-coarse`. Where the counter is missing, the board's
-power is sampled every POWER_SAMPLE_S in a thread and integrated (trapezoids). On a CPU, Linux's
+driver refreshes it only every so often (every 100 ms on the H100s measured): `counter_update_ms`
+measures that interval once per session (the counter is polled until it has moved a few times).
+A window shorter than COARSE_UPDATES refreshes gives no figure ("not measured", with why): a graph
+block then measures over replays of its captured step (qbench.decode says how). Where the counter
+is missing, the board's power is sampled every POWER_SAMPLE_S in a thread and integrated. On a CPU, Linux's
 RAPL package counter (microjoules) where it can be read, else nothing: "not measured".
 
 Memory. The common figure is the GPU memory NVML lists for the processes that run the step (the
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-COARSE_UPDATES = 10  # a block shorter than this many counter refreshes gets the energy-coarse flag
+COARSE_UPDATES = 10  # a window shorter than this many counter refreshes gives no energy figure
 POWER_SAMPLE_S = 0.005
 RAPL = Path("/sys/class/powercap/intel-rapl:0")
 
@@ -174,19 +175,47 @@ def energy_meter(device: str, index: int = 0) -> tuple[EnergyMeter, str]:
         return EnergyMeter(), f"not measured: RAPL not readable here ({type(error).__name__})"
 
 
-def block_energy(joules: float | None, steps: int, seconds: float, meter: EnergyMeter) -> dict[str, Any]:
-    """A timed block's energy fields: J/token and mean W, or why not measured."""
+def block_energy(joules: float | None, tokens: int, seconds: float, meter: EnergyMeter, over: str) -> dict[str, Any]:
+    """Energy fields of a window of `tokens` decode steps: J/token and mean W, or why not measured.
+    A window shorter than COARSE_UPDATES refreshes of the counter gives no figure: its error would
+    be as large as the figure."""
     if joules is None or not meter.available:
         return {"energy": meter.source if not meter.available else "not measured: too few power samples"}
-    record: dict[str, Any] = {
+    window_ms = seconds * 1e3
+    if meter.counter_update_ms and window_ms < COARSE_UPDATES * meter.counter_update_ms:
+        return {
+            "energy": f"not measured: {over} took {window_ms:.0f} ms, fewer than {COARSE_UPDATES} refreshes of "
+            f"the counter (every {meter.counter_update_ms:.0f} ms)",
+            "energy_window_ms": round(window_ms, 2),
+        }
+    return {
         "energy_j": round(joules, 4),
-        "j_per_token": joules / steps,
+        "j_per_token": joules / tokens,
         "mean_w": joules / seconds if seconds > 0 else None,
-        "energy_window_ms": round(seconds * 1e3, 2),
+        "energy_window_ms": round(window_ms, 2),
+        "energy_over": over,
     }
-    if meter.counter_update_ms and seconds * 1e3 < COARSE_UPDATES * meter.counter_update_ms:
-        record["energy_coarse"] = True
-    return record
+
+
+REPLAYS_MAX = 100_000
+
+
+def replay_energy(runner, meter: EnergyMeter, step_ms: float) -> dict[str, Any]:
+    """J/token of a graph block over replays of its captured step (the last position again: the same
+    kernels, reading the same bytes), as many as COARSE_UPDATES refreshes of the counter take."""
+    import math
+
+    import torch
+
+    window_ms = COARSE_UPDATES * (meter.counter_update_ms or 0) * 1.2
+    replays = min(REPLAYS_MAX, max(1, math.ceil(window_ms / max(step_ms, 1e-3))))
+    torch.cuda.synchronize(runner.device)
+    began = meter.start()
+    for _ in range(replays):
+        runner.graph.replay()
+    torch.cuda.synchronize(runner.device)
+    seconds = time.perf_counter() - began.at
+    return block_energy(meter.joules_since(began), replays, seconds, meter, f"{replays} replays of the captured step")
 
 
 # ---- memory -------------------------------------------------------------------------------------

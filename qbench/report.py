@@ -182,8 +182,6 @@ FLAG_TEXT = {
     "kernel-not-seen": "the profiled step never ran the backend's kernel",
     "host-variable": f"eager: the host's launch cost or fixed workload varied more than {HOST_VARIABLE_SPREAD:.2f}x "
     "across the cell's probes (before and after each timed block of each session)",
-    "energy-coarse": "the timed steps lasted fewer than 10 refreshes of the energy counter, in n of N sessions: "
-    "J/token is coarse (more --steps make it finer)",
     "gate-edge": f"passed the correctness gate close to a limit: worst logit error at least {EDGE_ERROR:.0%}, or "
     f"top-1 agreement less than {float(EDGE_TOP1):.0%} above its threshold (gate_* columns)",
 }
@@ -269,7 +267,7 @@ def _cell_row(cell: str, graphs: bool, records: list[dict]) -> dict[str, Any]:
         "flags": [],
     }
     medians, walls, cvs, bandwidths, peaks, reasons, host_blocks, steals, cores = [], [], [], [], [], [], [], [], []
-    prefills, joules, watts, held, coarse = [], [], [], [], 0
+    prefills, joules, watts, held = [], [], [], []
     row.update(prefill_ms=None, j_per_token=None, mean_w=None, energy_source="not measured", gpu_memory_mib=None)
     row.update(kl_mean=None, kl_p99=None, kl_top1_pct=None)
     row["gpu_memory_source"] = "not measured"
@@ -320,7 +318,6 @@ def _cell_row(cell: str, graphs: bool, records: list[dict]) -> dict[str, Any]:
         if result.get("peak_memory_mib"):
             peaks.append(result["peak_memory_mib"])
         _session_evidence(row, result, blocks, prefills, joules, watts, held)
-        coarse += any(b.get("energy_coarse") for b in blocks)
         if result.get("perplexity"):
             row["perplexity"] = result["perplexity"]["value"]
         after = result.get("nvml_after", {})
@@ -381,8 +378,6 @@ def _cell_row(cell: str, graphs: bool, records: list[dict]) -> dict[str, Any]:
         row["mean_w"] = stats.median(watts) if watts else None
     if held:
         row["gpu_memory_mib"] = max(held)
-    if coarse:
-        row["flags"].append(f"energy-coarse {coarse}/{len(medians)}")
     if row.get("floor_ms_peak") and ms < row["floor_ms_peak"]:
         row["flags"].append("impossible")
     if stats.median(cvs) > NOISY_CV:
@@ -397,10 +392,15 @@ def _cell_row(cell: str, graphs: bool, records: list[dict]) -> dict[str, Any]:
 
 def _session_evidence(row: dict, result: dict, blocks: list[dict], prefills, joules, watts, held) -> None:
     """One session's prefill, energy and memory into the cell's lists (and their sources into the row)."""
-    timed = [b["prefill_ms"] for b in blocks if b.get("prefill_ms") is not None]
+    # only prefills timed after a warm one: a first call may compile or autotune for the prompt's shape
+    timed = [b["prefill_ms"] for b in blocks if b.get("prefill_ms") is not None and b.get("prefill_warm")]
     if timed:
         prefills.append(stats.median(timed))
-    energy = [b for b in blocks if b.get("j_per_token") is not None]
+    # a block stored with energy_coarse (a window of one or two counter refreshes, before such
+    # windows gave no figure) has an error as large as its figure: not counted
+    energy = [b for b in blocks if b.get("j_per_token") is not None and not b.get("energy_coarse")]
+    if not energy and any(b.get("energy_coarse") for b in blocks):
+        blocks = [{"energy": "not measured: the timed steps spanned fewer than 10 refreshes of the counter"}]
     meter = result.get("energy_meter", {})
     if energy:
         joules.append(stats.median([b["j_per_token"] for b in energy]))
@@ -408,8 +408,9 @@ def _session_evidence(row: dict, result: dict, blocks: list[dict], prefills, jou
         if measured_w:
             watts.append(stats.median(measured_w))
         row["energy_source"] = f"{meter.get('source', '?')}; {meter.get('resolution', '')}".strip("; ")
-    elif meter.get("why_not") and not joules:
-        row["energy_source"] = meter["why_not"]
+    elif not joules:  # why not, in the session's words (no counter, or windows too short for it)
+        why = meter.get("why_not") or next((b["energy"] for b in blocks if b.get("energy")), "")
+        row["energy_source"] = why or row["energy_source"]
     kl = result.get("kl")
     if kl:  # the same weights, text and reference in every session: the cell keeps the worst
         for key, worst in (("kl_mean", max), ("kl_p99", max), ("top1_agreement", min)):

@@ -92,13 +92,15 @@ def profile_step_kernels(runner, token: torch.Tensor) -> list[dict[str, Any]]:
     return sorted(kernels, key=lambda k: -k["gpu_us"])
 
 
-def timed_block(runner, settings, tokens, graphs: bool, device: str, meter=None) -> tuple[Any, dict]:
+def timed_block(
+    runner, settings, tokens, graphs: bool, device: str, meter=None, prefill_warmup: bool = False
+) -> tuple[Any, dict]:
     """One timed block with the host measured right before and after it (see qbench.host), and its
     energy where `meter` reads it (qbench.energy)."""
     before = host.probe(device)
     stat_before = host.proc_stat()
     started = time.time()
-    timed = run_block(runner, settings, tokens, graphs, meter)
+    timed = run_block(runner, settings, tokens, graphs, meter, prefill_warmup)
     ended = time.time()
     stat_after = host.proc_stat()
     after = host.probe(device)
@@ -113,6 +115,7 @@ def timed_block(runner, settings, tokens, graphs: bool, device: str, meter=None)
         record["core_steal_pct"] = host.steal_pct(stat_before, stat_after, f"cpu{core}")
     measured = {"host": record, "started_unix": round(started, 3), "ended_unix": round(ended, 3)}
     measured.update(prefill_ms=timed.prefill_ms, prefill_wall_ms=timed.prefill_wall_ms, **timed.energy)
+    measured["prefill_warm"] = True  # the session's first prefill ran untimed (qbench.decode)
     return timed, measured
 
 
@@ -292,7 +295,9 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
         log(f"timing {'graph replay' if graphs else 'eager'}: ctx {config.ctx}, {config.steps} steps")
         block: dict[str, Any] = {"graphs": graphs}
         try:
-            timed, measured = timed_block(runner, settings, tokens, graphs, device, meter if meter.available else None)
+            metered = meter if meter.available else None
+            first = not result["blocks"]  # the session's first block warms the prefill's kernels up first
+            timed, measured = timed_block(runner, settings, tokens, graphs, device, metered, prefill_warmup=first)
         except torch.OutOfMemoryError:
             raise
         except Exception as error:  # a failed capture is this block's result, not the session's

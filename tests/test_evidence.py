@@ -43,17 +43,59 @@ def test_the_nvml_counter_gives_joules_and_measures_its_refresh():
     assert "mJ" in meter.resolution and "NVML" in meter.source
 
 
-def test_a_block_shorter_than_ten_counter_refreshes_is_coarse():
+def test_a_window_shorter_than_ten_counter_refreshes_gives_no_figure():
     meter = energy.EnergyMeter()
-    meter.available, meter.counter_update_ms = True, 20.0
-    coarse = energy.block_energy(0.6, steps=30, seconds=0.15, meter=meter)
-    assert coarse["j_per_token"] == pytest.approx(0.02) and coarse["mean_w"] == pytest.approx(4.0)
-    assert coarse["energy_coarse"] is True
-    assert "energy_coarse" not in energy.block_energy(6.0, steps=300, seconds=1.5, meter=meter)
+    meter.available, meter.counter_update_ms = True, 100.0
+    short = energy.block_energy(0.6, 30, 0.15, meter, "the 30 timed steps")
+    assert "j_per_token" not in short and short["energy"].startswith("not measured: the 30 timed steps took 150 ms")
+    long = energy.block_energy(6.0, 300, 1.5, meter, "300 replays")
+    assert long["j_per_token"] == pytest.approx(0.02) and long["mean_w"] == pytest.approx(4.0)
+    assert long["energy_over"] == "300 replays"
+
+
+class ReplayRunner:
+    """A graph-mode runner whose `graph.replay()` counts; the meter adds 0.01 J per replay."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, meter):
+        self.replays = 0
+        self.graph = types.SimpleNamespace(replay=self._replay)
+        self.meter = meter
+
+    def _replay(self):
+        self.replays += 1
+        self.meter.total += 0.01
+        self.meter.clock += 0.005  # 5 ms a replay
+
+
+class CountingMeter(energy.EnergyMeter):
+    available = True
+    counter_update_ms = 100.0
+
+    def __init__(self):
+        self.total, self.clock = 0.0, 0.0
+
+    def start(self):
+        return energy.Reading(self.total, self.clock)
+
+    def joules_since(self, begin):
+        return self.total - begin.joules
+
+
+def test_a_graph_block_too_short_for_the_counter_is_measured_over_replays(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    meter = CountingMeter()
+    runner = ReplayRunner(meter)
+    monkeypatch.setattr(energy, "time", types.SimpleNamespace(perf_counter=lambda: meter.clock))
+    measured = energy.replay_energy(runner, meter, step_ms=5.0)
+    # 10 refreshes of 100 ms, with 20% to spare, at 5 ms a step: 240 replays of the captured step
+    assert runner.replays == 240 and measured["j_per_token"] == pytest.approx(0.01)
+    assert measured["energy_over"] == "240 replays of the captured step" and measured["mean_w"] == pytest.approx(2.0)
 
 
 def test_no_meter_says_not_measured():
-    assert energy.block_energy(None, 30, 0.1, energy.EnergyMeter()) == {"energy": "not measured"}
+    assert energy.block_energy(None, 30, 0.1, energy.EnergyMeter(), "x") == {"energy": "not measured"}
 
 
 def test_power_samples_integrate_by_trapezoids():
@@ -98,8 +140,11 @@ class CountingRunner:
     graph = None
     use_graph = False
 
+    def __init__(self):
+        self.prefills = 0
+
     def prefill(self, tokens):
-        self.prefilled = tokens.numel()
+        self.prefills += 1
 
     def step(self, token):
         return torch.nn.functional.one_hot(token.view(()), 16).float()
@@ -125,12 +170,21 @@ def test_a_block_times_its_prefill_and_reads_energy_around_the_timed_steps():
     meter = FakeMeter()
     settings = DecodeSettings(ctx=8, warmup=2, steps=5)
     tokens = token_stream(16, settings.positions, seed=1, device="cpu")
-    result = run_block(CountingRunner(), settings, tokens, graphs=False, meter=meter)
-    assert result.prefill_ms is not None and result.prefill_ms >= 0
+    runner = CountingRunner()
+    result = run_block(runner, settings, tokens, graphs=False, meter=meter)
+    assert runner.prefills == 1 and result.prefill_ms is not None and result.prefill_ms >= 0
     assert result.prefill_wall_ms == result.prefill_ms  # CPU: the wall clock
     assert meter.calls == 1
     assert result.energy["j_per_token"] == pytest.approx(0.06)
     assert result.energy["mean_w"] > 0
+
+
+def test_the_sessions_first_block_warms_its_prefill_up_untimed():
+    settings = DecodeSettings(ctx=8, warmup=0, steps=2)
+    tokens = token_stream(16, settings.positions, seed=1, device="cpu")
+    runner = CountingRunner()
+    run_block(runner, settings, tokens, graphs=False, prefill_warmup=True)
+    assert runner.prefills == 2  # one untimed, then the timed one
 
 
 # ---- the fields in every export ----------------------------------------------------------------
