@@ -396,11 +396,13 @@ class Store:
 
 # ---- output files: never a store, always whole --------------------------------------------------
 def is_store(path: Path) -> bool:
-    """Whether `path` is a regular SQLite file with qbench's tables (or one too damaged to tell);
-    read without writing anything."""
+    """Whether `path` is a regular SQLite file with qbench's tables (or one too damaged to tell, or one
+    whose rows may still be in a -wal beside it); read without writing anything."""
     try:
         if not path.is_file():
             return False
+        if Path(f"{path}-wal").exists():
+            return True
         with open(path, "rb") as file:
             if file.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
                 return False
@@ -419,14 +421,18 @@ def is_store(path: Path) -> bool:
 def _same_file(path: Path, other: Path) -> bool:
     try:
         return path.resolve() == other.resolve() or os.path.samefile(path, other)
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: a loop of links
         return False
 
 
 def check_output(out: Path, reading: Iterable[str | Path] = ()) -> None:
     """Refuse, before anything is read or written, an output path that is a store being read
     (`reading`), any qbench store, or a store's -wal/-shm/-journal (through a link too)."""
-    for path in dict.fromkeys((out, out.resolve())):
+    try:
+        resolved = out.resolve()
+    except (OSError, RuntimeError):  # a loop of links: the name itself is all there is to check
+        resolved = out
+    for path in dict.fromkeys((out, resolved)):
         for side in ("", *SIDE_FILES):
             if not path.name.endswith(side) or path.name == side:
                 continue
