@@ -412,12 +412,12 @@ def store_result(
         raise UserError(
             f"could not store {label} in {config.db} ({cause}) nor keep its result ({error.strerror}); "
             f"{outcome.measured} earlier session(s) of this run are stored",
-            f"free space, then run again: {again} (that session runs again)",
+            f"once it can be written (a full disk: free space), run: {again} (that session runs again)",
         ) from None
     raise UserError(
         f"could not store {label} in {config.db} ({cause}); its result is kept in {kept} "
         f"({outcome.measured} earlier session(s) of this run are stored)",
-        f"free space, then: {again} (stores the kept result instead of measuring it again)",
+        f"once it can be written (a full disk: free space), run: {again} (stores the kept result, not measured again)",
     ) from None
 
 

@@ -191,7 +191,7 @@ def test_a_full_store_keeps_the_session_and_resume_stores_it(tmp_path, monkeypat
         and "could not store bf16 ctx 16 session 1/2 in r.sqlite (database or disk is full)" in result.output
     )
     assert f"its result is kept in r.sqlite.pending/{kept[0].name}" in result.output
-    assert f"free space, then: qbench {' '.join(args)} --resume (stores the kept result" in result.output
+    assert f"free space), run: qbench {' '.join(args)} --resume (stores the kept result, not" in result.output
 
     monkeypatch.setattr(sys, "argv", ["qbench", *args, "--resume"])
     resumed = invoke(*args, "--resume")
