@@ -647,7 +647,7 @@ def plot(db, run_id, out) -> None:
     from qbench.plot import check_output, replication_figure
     from qbench.report import aggregate
 
-    check_output(out)
+    check_output(out, [db])
     sessions, _ = _stored_sessions(db, run_id)
     cells = _replication_cells(aggregate(sessions), db)
     drawable = ("graph_pct_of_floor", "eager_pct_of_floor", "graphs_speedup")
@@ -693,7 +693,10 @@ def export(db, run_id, fmt, out, view, wide) -> None:
         render_sessions,
         session_rows,
     )
+    from qbench.store import check_output, write_output
 
+    if out:
+        check_output(out, [db])  # before anything is read: never onto a store
     sessions, commands = _stored_sessions(db, run_id)
     rows = aggregate(sessions)
     title = "\n".join(f"run {run}: `{command}`" for run, command in commands)  # CSV and JSON carry none
@@ -712,8 +715,7 @@ def export(db, run_id, fmt, out, view, wide) -> None:
     else:
         text = render(rows, fmt, title, wide=wide)
     if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text + "\n")
+        write_output(out, lambda path: path.write_text(text + "\n"))
         click.echo(f"wrote {out}", err=True)
     else:
         click.echo(text)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -26,7 +27,7 @@ from qbench.positions import cache_positions
 from qbench.registry import backend_names, load_backend, warnings
 from qbench.runtimes import LINEAR_RUNTIMES
 from qbench.specs import GpuSpec, ModelSpec, gpu_for_device, is_cpu_name, load_gpu_spec, load_model_spec
-from qbench.store import DEFAULT_DB, Store
+from qbench.store import DEFAULT_DB, Store, new_run_id, now
 from qbench.worker import Forkserver, remove_stale_scratch, run_worker
 
 GRAPHS_CHOICES = ("off", "on", "both", "auto")
@@ -365,9 +366,59 @@ def session_jobs(the_plan: Plan) -> list[tuple[dict, str]]:
     return jobs
 
 
-def stored_for_resume(store: Store, jobs: list[tuple[dict, str]], resume: bool) -> dict[str, list[int]]:
-    """With --resume, the completed sessions already stored for each cell of `jobs`, in order."""
-    return {h: store.completed_session_ids(h) for h in {h for _, h in jobs}} if resume else {}
+def stored_for_resume(
+    store: Store, jobs: list[tuple[dict, str]], resume: bool, progress: Callable[[str], None] = lambda line: None
+) -> dict[str, list[int]]:
+    """With --resume, the sessions already stored done (store.COMPLETED: ok or incorrect) for each cell
+    of `jobs`, in order, after storing the results a full disk kept aside (store.keep_pending)."""
+    if not resume:
+        return {}
+    kept = store.store_pending()
+    if kept:
+        progress(f"stored {kept} session result(s) kept in {store.pending_dir} when the store was full (--resume)")
+    return {h: store.completed_session_ids(h) for h in {h for _, h in jobs}}
+
+
+def resume_command(command: str) -> str:
+    """The command line that picks a stopped run up (replicate resumes unless --fresh)."""
+    words = command.split(" ")
+    if "--fresh" in words:
+        return " ".join(w for w in words if w != "--fresh")
+    return command if "--resume" in words or words[1:2] == ["replicate"] else command + " --resume"
+
+
+def store_result(
+    store: Store, outcome: RunOutcome, command: str, the_plan: Plan, cell: str, session: dict, result: dict
+) -> None:
+    """Store one session's result, recording the run with its first. Where the store cannot take it (a
+    full disk), the result is kept in `<store>.pending/` for --resume to store, and the run stops with
+    one line that says what was kept and how to resume."""
+    config, gpu = the_plan.config, the_plan.gpu.name
+    try:
+        outcome.run_id = outcome.run_id or store.new_run(command, asdict(config))
+        outcome.session_ids.append(store.add_session(outcome.run_id, cell, session, gpu, result))
+        return
+    except sqlite3.OperationalError as error:
+        cause = str(error)
+    try:
+        store.db.rollback()
+    except sqlite3.Error:
+        pass
+    again, label = resume_command(command), session_label(the_plan, session)
+    run = {"run_id": outcome.run_id or new_run_id(), "created_at": now(), "command": command, "config": asdict(config)}
+    try:
+        kept = store.keep_pending(run, cell, session, gpu, result)
+    except OSError as error:
+        raise UserError(
+            f"could not store {label} in {config.db} ({cause}) nor keep its result ({error.strerror}); "
+            f"{outcome.measured} earlier session(s) of this run are stored",
+            f"once it can be written (a full disk: free space), run: {again} (that session runs again)",
+        ) from None
+    raise UserError(
+        f"could not store {label} in {config.db} ({cause}); its result is kept in {kept} "
+        f"({outcome.measured} earlier session(s) of this run are stored)",
+        f"once it can be written (a full disk: free space), run: {again} (stores the kept result, not measured again)",
+    ) from None
 
 
 def stored_session(stored: dict[str, list[int]], session: dict, cell: str) -> int | None:
@@ -409,7 +460,7 @@ def run_compare(
     store = Store(config.db)
     outcome = RunOutcome(None, [])
     jobs = session_jobs(the_plan)
-    stored = stored_for_resume(store, jobs, config.resume)
+    stored = stored_for_resume(store, jobs, config.resume, progress)
     reused: list[int] = []
     started = time.monotonic()
     total = len(jobs)
@@ -432,8 +483,7 @@ def run_compare(
                     config.timeout,
                     on_progress=lambda line, tag=label: progress(f"  {tag}: {line}"),
                 )
-            outcome.run_id = outcome.run_id or store.new_run(command, asdict(config))
-            outcome.session_ids.append(store.add_session(outcome.run_id, cell, session, the_plan.gpu.name, result))
+            store_result(store, outcome, command, the_plan, cell, session, result)
             outcome.measured += 1
             eta = (time.monotonic() - started) / outcome.measured * (total - number)  # from sessions run
             progress(
@@ -447,7 +497,10 @@ def run_compare(
         if server is not None:
             server.close()
         if outcome.run_id and reused:
-            store.add_reused(outcome.run_id, reused)
+            try:
+                store.add_reused(outcome.run_id, reused)
+            except sqlite3.OperationalError as error:  # a full disk: the run's own sessions stay stored
+                progress(f"note: the {len(reused)} stored session(s) this run counted are not linked to it ({error})")
         store.close()
     outcome.session_ids += reused
     outcome.reused = len(reused)

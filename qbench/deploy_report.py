@@ -44,7 +44,7 @@ from qbench.report import (
     short_kernel_name,
 )
 from qbench.report import table_rows as export_table_rows
-from qbench.store import Store
+from qbench.store import Store, check_output, write_output
 
 MEMORY_TIER = 0.05  # memory within 5% of the least counts as one tier (the default memory budgets)
 STANDARD_RATES_HZ = (1000, 500, 200, 100, 50, 30, 20, 10, 5, 1)  # control-loop rates tried by default
@@ -1003,12 +1003,10 @@ def render_markdown(report: Report) -> str:
 
 
 def write(config: ReportConfig) -> Path:
-    """Build the report from the stores and write it to `config.out`; the stores are only read."""
+    """Build the report from the stores and write it whole to `config.out` (never onto a store:
+    qbench.store.check_output); the stores are only read."""
+    check_output(config.out, config.dbs)
     report = build(config)
     text = render_html(report) if config.fmt == "html" else render_markdown(report)
-    try:
-        config.out.parent.mkdir(parents=True, exist_ok=True)
-        config.out.write_text(text)
-    except OSError as error:
-        raise UserError(f"cannot write {config.out}: {error.strerror}", "pass a writable --out path") from None
+    write_output(config.out, lambda path: path.write_text(text))
     return config.out

@@ -3,10 +3,13 @@ figure the tables print too."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from qbench import DISTRIBUTION
 from qbench.errors import UserError
+from qbench.store import check_output as store_check_output
+from qbench.store import write_output
 
 
 def _pyplot():
@@ -21,8 +24,10 @@ def _pyplot():
     return plt
 
 
-def check_output(path: Path) -> None:
-    """An output name matplotlib can write, said before anything is read or drawn."""
+def check_output(path: Path, reading: Iterable[str | Path] = ()) -> None:
+    """An output name matplotlib can write and that is no store (qbench.store.check_output), said
+    before anything is read or drawn."""
+    store_check_output(path, reading)
     plt = _pyplot()
     figure = plt.figure()
     supported = sorted(figure.canvas.get_supported_filetypes())
@@ -78,6 +83,7 @@ def replication_figure(cells: list[dict], path: Path, title: str = "") -> None:
     gpus = sorted({c["gpu"] for c in cells})
     figure.suptitle(title or f"bf16 + SDPA, batch-1 decode on {', '.join(gpus)}", fontsize=10)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=130)
-    plt.close(figure)
+    try:
+        write_output(path, lambda temporary: figure.savefig(temporary, format=path.suffix.lower()[1:], dpi=130))
+    finally:
+        plt.close(figure)

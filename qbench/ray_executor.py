@@ -34,7 +34,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from qbench import DISTRIBUTION, __version__
 from qbench.backend import DeviceInfo
@@ -53,6 +53,7 @@ from qbench.compare import (
     result_status,
     session_jobs,
     session_label,
+    store_result,
     stored_for_resume,
     stored_session,
 )
@@ -312,7 +313,7 @@ class RaySweep:
             task = remote.options(**placement.options, max_retries=0)
             jobs = session_jobs(the_plan)
             self.total += len(jobs)
-            stored = stored_for_resume(self.store, jobs, config.resume)
+            stored = stored_for_resume(self.store, jobs, config.resume, self.progress)
             for session, cell in jobs:
                 label = f"{config.gpu}: {session_label(the_plan, session)}"
                 earlier = stored_session(stored, session, cell)
@@ -336,10 +337,7 @@ class RaySweep:
                 return
         the_plan = self.plans[job.plan_index]
         outcome = self.outcomes[job.plan_index]
-        outcome.run_id = outcome.run_id or self.store.new_run(self.command, asdict(the_plan.config))
-        outcome.session_ids.append(
-            self.store.add_session(outcome.run_id, job.cell, job.session, the_plan.gpu.name, result)
-        )
+        store_result(self.store, outcome, self.command, the_plan, job.cell, job.session, result)
         outcome.measured += 1
         self.done += 1
         measured = sum(o.measured for o in self.outcomes)

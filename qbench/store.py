@@ -7,13 +7,24 @@ later qbench can refuse, or migrate, a database it does not understand. A store 
 A run is one command. Its sessions are the ones it measured, plus, with `--resume`, the stored
 sessions it counted instead of measuring again (table `run_reused`): exporting a resumed run shows
 the whole plan, not only the sessions that happened to run last.
+
+A row that cannot be read back (a flipped byte: text that is not UTF-8, JSON that does not parse) is
+left out of every reader with a note naming its session, never the end of the whole store. A session
+whose result could not be stored (a full disk) is kept as a file in `<store>.pending/` until
+`--resume` stores it. No output file is ever written onto a store (`check_output`), and every output
+file is written whole (`write_output`).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sqlite3
+import sys
+import tempfile
 import uuid
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -47,12 +58,43 @@ CREATE TABLE IF NOT EXISTS run_reused (
 );
 """
 QBENCH_TABLES = {"meta", "runs", "sessions", "run_reused", "sqlite_sequence"}
-# Sessions that produced a result (a timeout or crash is kept, but does not count as done).
-COMPLETED = "status NOT IN ('timeout', 'crashed', 'interrupted')"
+# Sessions --resume counts as done: a measurement (ok) or the gate's verdict on one (incorrect). Every
+# other status says what the machine did at the time (failed, crashed, timeout, interrupted, oom,
+# unavailable: a missing package, another process's memory, a full or read-only disk) and runs again.
+COMPLETED = "status IN ('ok', 'incorrect')"
+SIDE_FILES = ("-wal", "-shm", "-journal")  # files SQLite keeps beside a store
+# A session row as every reader takes it: text columns as bytes, decoded (and checked) in Python, so
+# that one damaged row is left out instead of ending the whole query.
+SESSION_COLUMNS = (
+    "id, CAST(config_json AS BLOB), CAST(result_json AS BLOB), CAST(gpu AS BLOB), CAST(run_id AS BLOB),"
+    " CAST(cell_hash AS BLOB)"
+)
+ROW_TEXTS = ("config_json", "result_json", "gpu", "run_id", "cell_hash")
 
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def _text(name: str, column: Any) -> str:
+    try:
+        return bytes(column).decode("utf-8")
+    except (TypeError, UnicodeDecodeError):
+        raise ValueError(f"its {name} is not UTF-8 text") from None
+
+
+def _json_object(name: str, text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"its {name} does not parse ({error})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"its {name} is not a JSON object")
+    return value
 
 
 def _check_is_sqlite(path: Path) -> None:
@@ -72,6 +114,7 @@ class Store:
     def __init__(self, path: Path | str = DEFAULT_DB, readonly: bool = False):
         self.path = Path(path)
         self.readonly = readonly
+        self.noted: set[int] = set()  # damaged sessions already named on stderr
         if readonly:
             self._open_readonly()
         else:
@@ -89,22 +132,51 @@ class Store:
         # immutable file, which creates no -shm/-wal files (and works on a read-only mount). With one
         # (a run is writing right now), read through the WAL so its latest sessions are seen.
         live = Path(f"{self.path}-wal").exists()
+        self._copy: str | None = None
+        if live and not Path(f"{self.path}-shm").exists():
+            # A -wal with no -shm: a writer that never closed (killed) left sessions in the -wal only.
+            # SQLite would create the -shm beside the store to read them: read a private copy instead.
+            uri = self._private_copy()
         try:
             try:
-                self.db = sqlite3.connect(f"{uri}?mode=ro" + ("" if live else "&immutable=1"), uri=True)
+                self.db = sqlite3.connect(
+                    uri if self._copy else f"{uri}?mode=ro" + ("" if live else "&immutable=1"), uri=True
+                )
                 tables = self._tables()
             except sqlite3.OperationalError:
-                if not live:
+                if not live or self._copy:
                     raise
                 # A WAL database on a read-only mount cannot create its -shm file: read the file as it is.
                 self.db = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True)
                 tables = self._tables()
         except sqlite3.DatabaseError as error:
+            self._drop_copy()
             raise UserError(f"{self.path} is not a readable SQLite database ({error})", "pass another --db") from None
         if "meta" not in tables or "sessions" not in tables:
-            self.db.close()
+            self.close()
             raise UserError(f"{self.path} is a SQLite database but not a qbench results store", "pass another --db")
-        self._check_version(self._version())
+        try:
+            self._check_version(self._version())
+        except UserError:
+            self.close()
+            raise
+
+    def _private_copy(self) -> str:
+        """The URI of a copy of the store and its -wal in a folder of qbench's own (removed on close)."""
+        self._copy = tempfile.mkdtemp(prefix="qbench-read-")
+        copy = Path(self._copy) / "store.sqlite"
+        try:
+            shutil.copyfile(self.path, copy)
+            shutil.copyfile(f"{self.path}-wal", f"{copy}-wal")
+        except OSError as error:
+            self._drop_copy()
+            raise UserError(f"cannot read {self.path} and its -wal: {error.strerror}", "pass another --db") from None
+        return copy.as_uri() + "?mode=ro"
+
+    def _drop_copy(self) -> None:
+        if getattr(self, "_copy", None):
+            shutil.rmtree(self._copy, ignore_errors=True)
+            self._copy = None
 
     def _open_for_writing(self) -> None:
         if self.path.exists():
@@ -122,9 +194,12 @@ class Store:
                     f"{self.path} is another program's SQLite database (tables: {', '.join(sorted(tables)[:5])})",
                     "pass --db a new file or a qbench results file",
                 )
-            version = self._version() if "meta" in tables else None
-            if version is not None and version > SCHEMA_VERSION:
-                self._check_version(version)
+            if "meta" in tables:  # a store already: one this qbench reads, never one re-stamped blindly
+                try:
+                    self._check_version(self._version())
+                except UserError:
+                    self.db.close()
+                    raise
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.executescript(SCHEMA)  # also brings a version-1 store up to version 2 (one new table)
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -138,10 +213,19 @@ class Store:
         return {row[0] for row in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
     def _version(self) -> int | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        return None if row is None else int(row[0])
+        """The stored schema version; None where the meta table has none (or not a number)."""
+        row = self.db.execute("SELECT CAST(value AS BLOB) FROM meta WHERE key = 'schema_version'").fetchone()
+        try:
+            return None if row is None else int(bytes(row[0]).decode())
+        except (TypeError, ValueError):
+            return None
 
     def _check_version(self, version: int | None) -> None:
+        if version is None:
+            raise UserError(
+                f"{self.path} has no schema version (its meta table does not say which qbench wrote it)",
+                "pass --db a new file; qbench never guesses what an unversioned store holds",
+            )
         if version not in (1, SCHEMA_VERSION):
             raise UserError(
                 f"{self.path} has schema version {version}, this qbench reads 1 and {SCHEMA_VERSION}",
@@ -150,15 +234,18 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+        self._drop_copy()
 
     # ---- writing ----------------------------------------------------------------------------
     def new_run(self, command: str, config: dict[str, Any]) -> str:
-        run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        run_id = new_run_id()
         self.db.execute("INSERT INTO runs VALUES (?, ?, ?, ?)", (run_id, now(), command, json.dumps(config)))
         self.db.commit()
         return run_id
 
-    def add_session(self, run_id: str, cell_hash: str, config: dict, gpu: str, result: dict) -> int:
+    def add_session(
+        self, run_id: str, cell_hash: str, config: dict, gpu: str, result: dict, created_at: str | None = None
+    ) -> int:
         cursor = self.db.execute(
             "INSERT INTO sessions (run_id, cell_hash, model, gpu, backend, ctx, session_index, status, reason,"
             " config_json, result_json, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -174,7 +261,7 @@ class Store:
                 result.get("reason", ""),
                 json.dumps(config),
                 json.dumps(result),
-                now(),
+                created_at or now(),
             ),
         )
         self.db.commit()
@@ -185,18 +272,88 @@ class Store:
         self.db.executemany("INSERT OR IGNORE INTO run_reused VALUES (?, ?)", [(run_id, i) for i in session_ids])
         self.db.commit()
 
+    # ---- a session kept while the store could not take it ---------------------------------------
+    @property
+    def pending_dir(self) -> Path:
+        return Path(f"{self.path}.pending")
+
+    def keep_pending(self, run: dict, cell_hash: str, config: dict, gpu: str, result: dict) -> Path:
+        """Write a session this store could not take (a full disk) to `<store>.pending/`, whole, for
+        `store_pending` to store later. `run`: run_id, created_at, command and config of its run.
+        Raises OSError where that cannot be written either."""
+        self.pending_dir.mkdir(exist_ok=True)
+        record = {"run": run, "cell_hash": cell_hash, "config": config, "gpu": gpu, "result": result}
+        record["created_at"] = now()
+        path = self.pending_dir / f"session-{uuid.uuid4().hex[:12]}.json"
+        from qbench.cache import write_whole
+
+        write_whole(path, lambda temporary: temporary.write_text(json.dumps(record)))
+        return path
+
+    def store_pending(self) -> int:
+        """Store the sessions kept in `<store>.pending/` (each once) and remove their files; returns how
+        many. A file that does not read back is named on stderr and left where it is."""
+        folder = self.pending_dir
+        if folder.is_symlink() or not folder.is_dir():
+            return 0
+        stored = 0
+        for path in sorted(folder.glob("session-*.json")):
+            if path.is_symlink() or not path.is_file():
+                continue
+            try:
+                record = json.loads(path.read_text())
+                run, config = record["run"], record["config"]
+                key = (run["run_id"], record["cell_hash"], config["session_index"], record["created_at"])
+                self.db.execute(
+                    "INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?)",
+                    (run["run_id"], run["created_at"], run["command"], json.dumps(run["config"])),
+                )
+                same = "run_id = ? AND cell_hash = ? AND session_index = ? AND created_at = ?"
+                there = self.db.execute(f"SELECT 1 FROM sessions WHERE {same}", key).fetchone()
+                if there is None:  # not stored already by a --resume that stopped before removing the file
+                    self.add_session(
+                        run["run_id"], record["cell_hash"], config, record["gpu"], record["result"], key[3]
+                    )
+                self.db.commit()
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                self.db.rollback()
+                print(f"note: {path} could not be stored ({error}); it stays there", file=sys.stderr)
+                continue
+            path.unlink()
+            stored += 1
+        try:
+            folder.rmdir()  # only where it is empty now
+        except OSError:
+            pass
+        return stored
+
     # ---- reading ----------------------------------------------------------------------------
+    def _record(self, row: tuple) -> dict | None:
+        """A session row (SESSION_COLUMNS) as a dict; None, named once on stderr, where it is damaged."""
+        session_id, *columns = row
+        try:
+            config, result, gpu, run_id, cell = (_text(n, c) for n, c in zip(ROW_TEXTS, columns, strict=True))
+            config, result = _json_object("config_json", config), _json_object("result_json", result)
+        except ValueError as why:
+            if session_id not in self.noted:
+                self.noted.add(session_id)
+                print(f"note: {self.path}: session {session_id} is damaged ({why}); left out", file=sys.stderr)
+            return None
+        return {"id": session_id, "config": config, "result": result, "gpu": gpu, "run_id": run_id, "cell_hash": cell}
+
     def completed_session_ids(self, cell_hash: str) -> list[int]:
-        """Ids of the sessions of this exact configuration stored with a result, oldest first."""
-        rows = self.db.execute(f"SELECT id FROM sessions WHERE cell_hash = ? AND {COMPLETED} ORDER BY id", (cell_hash,))
-        return [int(r[0]) for r in rows]
+        """Ids of the sessions of this exact configuration stored done (COMPLETED) and readable, oldest
+        first: a damaged row runs again."""
+        query = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE cell_hash = ? AND {COMPLETED} ORDER BY id"
+        return [int(row[0]) for row in self.db.execute(query, (cell_hash,)) if self._record(row) is not None]
 
     def commands(self, run_ids: list[str]) -> list[tuple[str, str]]:
         rows = self.db.execute(
-            f"SELECT run_id, command FROM runs WHERE run_id IN ({','.join('?' * len(run_ids))}) ORDER BY created_at",
+            f"SELECT run_id, CAST(command AS BLOB) FROM runs WHERE run_id IN ({','.join('?' * len(run_ids))})"
+            " ORDER BY created_at",
             run_ids,
         )
-        return [(run, command) for run, command in rows]
+        return [(run, bytes(command).decode("utf-8", "replace")) for run, command in rows]  # a title only
 
     def run_ids(self) -> list[str]:
         """Runs that stored at least one session (a re-run that skipped every cell stored nothing)."""
@@ -218,7 +375,7 @@ class Store:
 
     def sessions(self, run_ids: list[str] | None = None, session_ids: list[int] | None = None) -> list[dict]:
         """Sessions of the given runs (measured by them, or reused by them with --resume), or by id."""
-        query = "SELECT id, config_json, result_json, gpu, run_id, cell_hash FROM sessions"
+        query = f"SELECT {SESSION_COLUMNS} FROM sessions"
         clauses, args = [], []
         if run_ids is not None:
             marks = ",".join("?" * len(run_ids))
@@ -234,7 +391,73 @@ class Store:
         if clauses:
             query += " WHERE " + " AND ".join(clauses)
         rows = self.db.execute(query + " ORDER BY id", args).fetchall()
-        return [
-            {"id": i, "config": json.loads(c), "result": json.loads(r), "gpu": g, "run_id": run, "cell_hash": h}
-            for i, c, r, g, run, h in rows
-        ]
+        return [record for record in map(self._record, rows) if record is not None]
+
+
+# ---- output files: never a store, always whole --------------------------------------------------
+def is_store(path: Path) -> bool:
+    """Whether `path` is a regular SQLite file with qbench's tables (or one too damaged to tell, or one
+    whose rows may still be in a -wal beside it); read without writing anything."""
+    try:
+        if not path.is_file():
+            return False
+        if Path(f"{path}-wal").exists():
+            return True
+        with open(path, "rb") as file:
+            if file.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
+                return False
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
+        try:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            db.close()
+    except sqlite3.DatabaseError:
+        return True  # a SQLite file that does not open may still be someone's results: never overwrite it
+    except OSError:
+        return False
+    return {"meta", "sessions"} <= tables
+
+
+def _same_file(path: Path, other: Path) -> bool:
+    try:
+        return path.resolve() == other.resolve() or os.path.samefile(path, other)
+    except (OSError, RuntimeError):  # RuntimeError: a loop of links
+        return False
+
+
+def check_output(out: Path, reading: Iterable[str | Path] = ()) -> None:
+    """Refuse, before anything is read or written, an output path that is a store being read
+    (`reading`), any qbench store, or a store's -wal/-shm/-journal (through a link too)."""
+    try:
+        resolved = out.resolve()
+    except (OSError, RuntimeError):  # a loop of links: the name itself is all there is to check
+        resolved = out
+    for path in dict.fromkeys((out, resolved)):
+        for side in ("", *SIDE_FILES):
+            if not path.name.endswith(side) or path.name == side:
+                continue
+            store = path.with_name(path.name[: len(path.name) - len(side)]) if side else path
+            read = any(_same_file(store, Path(db)) for db in reading)
+            if read or is_store(store):
+                what = "the results store" if read else "a qbench results store"
+                what = f"the {side[1:]} file of {what} {store}" if side else f"{what} {store}"
+                raise UserError(f"--out {out} is {what}: writing it would destroy results", "pass --out a new file")
+
+
+def write_output(out: Path, make: Callable[[Path], None]) -> None:
+    """Write an output file whole: `make(path)` writes it beside `out` and it is renamed into place, so
+    a failed write leaves no half file and the old one as it was. A device or pipe (`/dev/stdout`) is
+    written in place, never replaced. Every failure is one line."""
+    from qbench.cache import write_whole
+
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise UserError(f"cannot write --out {out}: {parent} is a file, not a folder", "pass another --out")
+    try:
+        if out.exists() and not out.is_file():
+            make(out)
+        else:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_whole(out, make)
+    except OSError as error:
+        raise UserError(f"cannot write --out {out}: {error.strerror or error}", "pass a writable --out path") from None
