@@ -19,9 +19,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from qbench import settings
 from qbench.backend import DeviceInfo
 from qbench.errors import Interrupted, Stop, UserError
-from qbench.lock import device_lock
+from qbench.lock import device_lock, lock_dir
 from qbench.positions import cache_positions
 from qbench.registry import backend_names, load_backend, warnings
 from qbench.runtimes import LINEAR_RUNTIMES
@@ -465,6 +466,7 @@ def run_sweep(
     command measured or (with --resume) counted."""
     plans = [plan(config, device) for config in configs]
     check_runnable(plans)
+    lock_dir()  # the device locks' folder is usable here (created, not a link, ours): else one line now
     remove_stale_scratch()
     outcomes = []
     for the_plan in plans:
@@ -474,7 +476,10 @@ def run_sweep(
 
 
 def check_runnable(plans: list[Plan]) -> None:
-    """Every plan has a backend to run, and the store can be written: checked before any session."""
+    """Every plan has a backend to run, the QBENCH_* folders and cache size are valid, and the store
+    can be written: checked before any session (a worker runs in a scratch folder, so a relative
+    folder there would be written into scratch and lost)."""
+    settings.check()
     for the_plan in plans:
         if not the_plan.backends:
             reasons = "; ".join(f"{name}: {why}" for name, why in the_plan.skipped.items())
