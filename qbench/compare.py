@@ -465,8 +465,8 @@ def run_sweep(
     starts; then run each. Returns the outcomes and the table rows of exactly the sessions this
     command measured or (with --resume) counted."""
     plans = [plan(config, device) for config in configs]
-    check_runnable(plans)
     lock_dir()  # the device locks' folder is usable here (created, not a link, ours): else one line now
+    check_runnable(plans)
     remove_stale_scratch()
     outcomes = []
     for the_plan in plans:

@@ -45,9 +45,9 @@ def _open_folder(folder: Path) -> int:
     try:
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as error:
-        why = {errno.ELOOP: "is a symbolic link", errno.ENOTDIR: "is not a folder"}.get(
-            error.errno, f"cannot be opened ({error.strerror})"
-        )
+        why = f"cannot be opened ({error.strerror})"
+        if error.errno in (errno.ELOOP, errno.ENOTDIR):  # O_NOFOLLOW | O_DIRECTORY on a link: either
+            why = "is a symbolic link" if folder.is_symlink() else "is not a folder"
         raise UserError(f"lock folder {folder} {why}; qbench does not use it", _FIX) from None
     info = os.fstat(fd)
     problem = ""
