@@ -141,3 +141,18 @@ def test_cache_key_follows_gptqmodel_version(monkeypatch, tmp_path):
     assert md.cache_dir() != first
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0")
     assert len({first, md.cache_dir()}) == 2
+
+
+def test_a_damaged_copy_is_removed_and_copied_again_from_gptqmodel(fake_gptqmodel, monkeypatch, tmp_path):
+    source = tmp_path / "built.so"
+    source.write_bytes(bytes(range(256)) * 64)
+    monkeypatch.setattr(md, "loaded_library_path", lambda: source)
+    assert "copied into qbench's kernel cache" in md.ensure_library()
+    cached = md.cache_dir() / f"{md.LIBRARY}.so"
+    data = bytearray(cached.read_bytes())
+    data[100] ^= 0xFF  # the same length: only its sha256 tells
+    cached.write_bytes(bytes(data))
+    monkeypatch.setattr(md, "_state", {})
+    how = md.ensure_library()
+    assert "sha256 differs" in how and "through gptqmodel" in how and "copied into qbench's kernel cache" in how
+    assert cached.read_bytes() == source.read_bytes() and len(fake_gptqmodel) == 2
