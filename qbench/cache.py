@@ -381,7 +381,7 @@ def _scratch() -> Path | None:
 
 
 def _gguf_about(path: Path) -> dict:
-    """A cached GGUF's description (its `qbench.about` field; metadata only is read)."""
+    """A cached GGUF's description for its manifest (its `qbench.about` field; metadata only is read)."""
     try:
         from gguf import GGUFReader, LlamaFileType
 
@@ -390,8 +390,8 @@ def _gguf_about(path: Path) -> dict:
         kind = LlamaFileType(int(fields["general.file_type"].contents())).name.removeprefix("MOSTLY_")
         name = fields["general.name"].contents() if "general.name" in fields else "?"
         return {**about, "what": f"GGUF {kind}: {about.get('what', name)}"}
-    except Exception:  # a torn file: the next session that needs it rebuilds it
-        return {"what": "damaged: rebuilt by the next session that needs it"}
+    except Exception:  # read when the entry is written: its digest, not this, says whether it is whole
+        return {"what": "GGUF (its metadata could not be read)"}
 
 
 def flatten(by_module: dict[str, dict[str, Any]]) -> dict[str, Any]:

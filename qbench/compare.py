@@ -22,7 +22,8 @@ from pathlib import Path
 from qbench import settings
 from qbench.backend import DeviceInfo
 from qbench.errors import Interrupted, Stop, UserError
-from qbench.lock import device_lock, lock_dir
+from qbench.lock import check as check_lock
+from qbench.lock import device_lock
 from qbench.positions import cache_positions
 from qbench.registry import backend_names, load_backend, warnings
 from qbench.runtimes import LINEAR_RUNTIMES
@@ -465,7 +466,7 @@ def run_sweep(
     starts; then run each. Returns the outcomes and the table rows of exactly the sessions this
     command measured or (with --resume) counted."""
     plans = [plan(config, device) for config in configs]
-    lock_dir()  # the device locks' folder is usable here (created, not a link, ours): else one line now
+    check_lock(device_key(device))  # the lock folder and file are usable (not links, ours): else one line now
     check_runnable(plans)
     remove_stale_scratch()
     outcomes = []

@@ -121,7 +121,9 @@ def test_a_planted_lock_file_link_is_refused_and_its_target_unchanged(in_tmp, mo
     with pytest.raises(UserError, match="symbolic link"):
         with device_lock("cpu", "test"):
             pass
-    assert precious.read_text() == "root:x:0:0"
+    result = CliRunner().invoke(main, ["compare", *TINY, "--backends", "bf16", "--db", "r.sqlite"])
+    one_line_error(result, "lock file", "cpu.lock", "symbolic link")
+    assert precious.read_text() == "root:x:0:0" and not (in_tmp / "r.sqlite").exists()
 
 
 def test_a_lock_folder_that_is_a_file_is_one_line_before_any_worker(in_tmp, monkeypatch):
