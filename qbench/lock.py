@@ -7,10 +7,13 @@ run waits, and says for whom. The kernel drops a lock held by a process that die
 
 The default folder is fixed, not under $TMPDIR: two runs with different TMPDIRs (or two users) must
 find the same lock. It sits in a folder anyone can write to, so nothing there is trusted: the lock
-folder must be a real directory (not a link) owned by root or by this user, sticky where it is
-world-writable; qbench sets its mode only on a folder it has just created. Lock files are opened
-without following links and never truncated on open; anything else (a link, a FIFO, a hard link to
-another file) is refused with one line.
+folder must be a real directory (not a link), sticky where it is world-writable, and owned by root
+or by this user unless it is shared like /tmp (mode 1777: the first user's qbench made it, and the
+others' runs must share it); qbench sets its mode only on a folder it has just created. Lock files
+are opened without following links and never truncated on open, and every later step works on the
+open file, never the path again; anything else (a link, a FIFO, a hard link to another file) is
+refused with one line. The folder's owner can still swap lock files and so break the mutual
+exclusion (a timing hazard, as any job of theirs is), never make qbench write through a link.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ def _open_folder(folder: Path) -> int:
     user shares the lock) where it does not exist; refuses a folder qbench must not trust."""
     created = False
     try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
         os.mkdir(folder, 0o700)  # 1777 below, once it is known to be the folder this call made
         created = True
     except FileExistsError:
@@ -50,13 +54,14 @@ def _open_folder(folder: Path) -> int:
             why = "is a symbolic link" if folder.is_symlink() else "is not a folder"
         raise UserError(f"lock folder {folder} {why}; qbench does not use it", _FIX) from None
     info = os.fstat(fd)
+    shared = info.st_mode & stat.S_IWOTH and info.st_mode & stat.S_ISVTX  # like /tmp
     problem = ""
-    if info.st_uid not in (0, os.geteuid()):
-        problem = f"owned by uid {info.st_uid}, neither root nor this user"
-    elif created:
+    if created:
         os.fchmod(fd, 0o1777)
     elif info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX:
         problem = "world-writable without the sticky bit"
+    elif info.st_uid not in (0, os.geteuid()) and not shared:
+        problem = f"owned by uid {info.st_uid} (neither root nor this user) and not shared like /tmp (mode 1777)"
     if not problem and not os.access(folder, os.W_OK | os.X_OK):
         problem = "not writable"
     if problem:

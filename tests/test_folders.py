@@ -144,6 +144,21 @@ def test_a_world_writable_lock_folder_without_sticky_bit_is_refused(in_tmp, monk
             pass
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_a_lock_folder_of_another_user_is_used_only_if_shared_like_tmp(in_tmp, monkeypatch):
+    locks = in_tmp / "their-locks"
+    locks.mkdir()
+    os.chown(locks, 12345, 12345)
+    locks.chmod(0o755)
+    monkeypatch.setenv("QBENCH_LOCK_DIR", str(locks))
+    with pytest.raises(UserError, match="owned by uid 12345"):
+        with device_lock("cpu", "test"):
+            pass
+    locks.chmod(0o1777)  # as the first user's qbench leaves it: every user's runs share it
+    with device_lock("cpu", "root's run"):
+        assert "root's run" in (locks / "cpu.lock").read_text()
+
+
 def test_runs_with_different_tmpdirs_share_one_lock(in_tmp):
     paths = []
     for tmpdir in ("a", "b"):
