@@ -590,6 +590,7 @@ def cache(ctx, fmt) -> None:
     click.echo(
         f"weights cache {store.folder}: {total / 1e9:.2f} GB of {store.limit / 1e9:.0f} GB (QBENCH_CACHE_GB)"
         + (f", {others} other file(s) there are not qbench's and are left alone" if others else "")
+        + (" (not a folder: sessions run uncached)" if store.folder.exists() and not store.folder.is_dir() else "")
         + f"; built kernels {cache_root()}: {len(kernels)}",
         err=True,
     )
