@@ -7,8 +7,8 @@ torch.ops library that needs nothing from gptqmodel's Python once built. So:
   - the first session on a machine builds (or loads) it through gptqmodel as before, then copies the
     library file into qbench's kernel cache, in a folder keyed by torch's version, its CUDA version,
     the target architectures and the text of gptqmodel's `version.py` (a new gptqmodel, torch or
-    target builds afresh); the copy is written under a temporary name and renamed, so a torn copy is
-    never loaded;
+    target builds afresh); the copy is written under a temporary name and renamed, and its sha256 goes
+    into the folder's qbench marker (qbench.kernels), so a torn or altered copy is never loaded;
   - every session, the first included, then runs the same Python below: the AWQ-to-Marlin repacking
     and the GEMM call of gptqmodel 7.6's `AwqMarlinLinear` (adapted from vLLM, Apache-2.0), op for
     op, on the library's ops `torch.ops.gptqmodel_marlin_fp16.*`;
@@ -97,13 +97,28 @@ def loaded_library_path() -> Path | None:
 
 def store_copy(source: Path, folder: Path) -> Path:
     """Copy the built library into `folder` whole or not at all (`qbench.cache.write_whole`): a
-    reader sees the whole file or none, and two sessions storing at once both end with a whole file."""
-    from qbench.cache import write_whole
+    reader sees the whole file or none, and two sessions storing at once both end with a whole file.
+    The folder's marker records the copy's sha256 (and makes the folder qbench's: `cache clear
+    --kernels` removes it)."""
+    from qbench.cache import file_digest, write_whole
+    from qbench.kernels import mark
 
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{LIBRARY}.so"
     write_whole(target, lambda out: shutil.copyfile(source, out))
+    mark(folder, {target.name: file_digest(target)})
     return target
+
+
+def _damaged(cached: Path) -> str:
+    """Why the cached copy is not the one qbench wrote ('' where it is): its sha256 against the marker's."""
+    from qbench.cache import file_digest
+    from qbench.kernels import marked_files
+
+    recorded = marked_files(cached.parent).get(cached.name)
+    if recorded is None:
+        return "no sha256 recorded with it"
+    return "" if file_digest(cached) == recorded else "its sha256 differs from the one recorded when it was copied"
 
 
 def ensure_library() -> str:
@@ -112,12 +127,17 @@ def ensure_library() -> str:
         return _state["how"]
     folder = cache_dir()
     cached = folder / f"{LIBRARY}.so"
-    failure = ""
+    failure = damaged = ""
     if cached.is_file():
-        try:
-            torch.ops.load_library(str(cached))
-        except (OSError, RuntimeError) as error:
-            failure = f"{type(error).__name__}: {str(error)[:120]}"
+        damaged = _damaged(cached)
+        if damaged:
+            cached.unlink(missing_ok=True)
+            failure = f"removed: {damaged}"
+        else:
+            try:
+                torch.ops.load_library(str(cached))
+            except (OSError, RuntimeError) as error:
+                failure = f"{type(error).__name__}: {str(error)[:120]}"
         if not failure and _ops_loaded():
             _state["how"] = "Marlin: gptqmodel's library from qbench's kernel cache (gptqmodel not imported)"
             return _state["how"]
@@ -134,7 +154,7 @@ def ensure_library() -> str:
     source = loaded_library_path()
     if source is None:
         how += "; its file was not found in /proc/self/maps, so later sessions import gptqmodel too"
-    elif not failure:
+    elif not failure or damaged:  # a copy that did not load would not load again; a damaged one is made anew
         store_copy(source, folder)
         how += "; copied into qbench's kernel cache for later sessions"
     _state["how"] = how

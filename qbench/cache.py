@@ -14,14 +14,18 @@ weight, and every timed block's logits against the reference.
 Keys hash everything that decides the tensors: the model's config, the backend (name, class, its
 cache format), group size, seed, compute dtype, device, and the versions of torch, transformers,
 qbench and the backend's packages. Entries are written to a temporary file and renamed into place,
-so a reader sees a whole file or none, and two runs filling one entry at once each get a whole file;
-a file whose header promises more bytes than it has (torn by something else) is deleted and rebuilt,
-never loaded. The cache is bounded (QBENCH_CACHE_GB, default 40): the least recently used entries go
-first. Folder: $QBENCH_CACHE_DIR, default ~/.cache/qbench/weights. `qbench cache` lists and clears it.
+so a reader sees a whole file or none, and two runs filling one entry at once each get a whole file.
+Each entry is `qbench-<key>.<suffix>` with a manifest beside it holding its size and sha256, checked
+on every read: a file damaged afterwards (torn, or bytes flipped) is deleted and rebuilt, never
+loaded, and the session's note says so. Files without a manifest are not qbench's: never read,
+listed, evicted or cleared. The cache is bounded (QBENCH_CACHE_GB, default 40): the least recently
+used entries go first. Folder: $QBENCH_CACHE_DIR, default ~/.cache/qbench/weights. `qbench cache`
+lists and clears it. A cache that cannot be written means "not cached" and why, never a failure.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -29,12 +33,17 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: entries carry qbench's prefix and a manifest with their digest
+PREFIX = "qbench-"  # every file the cache writes starts with it (temporaries with "." before it)
+MANIFEST = ".entry.json"  # qbench-<key>.entry.json: the entry's file, bytes, digest and description
+SUFFIXES = (".safetensors", ".gguf")
+CHUNK_BYTES = 64 << 20  # the digest's chunk: chunks are hashed in parallel
 SEPARATOR = "::"  # module name SEPARATOR tensor name, in the flat safetensors file
 
 
@@ -53,11 +62,43 @@ def write_whole(path: Path, make: Callable[[Path], None]) -> None:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("QBENCH_CACHE_DIR") or Path.home() / ".cache" / "qbench" / "weights")
+    from qbench import settings
+
+    return settings.cache_dir()
 
 
 def cache_limit_bytes() -> int:
-    return int(float(os.environ.get("QBENCH_CACHE_GB", "40")) * 1e9)
+    from qbench import settings
+
+    return settings.cache_limit_bytes()
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of the file, chunk by chunk (CHUNK_BYTES) on up to 8 threads (hashlib and reads let go of
+    the GIL), then of the chunks' digests: about 1 GB/s a core, so a 4 GB entry costs about half a
+    second on 8 cores instead of 4 s on one."""
+    size = path.stat().st_size
+
+    def chunk(offset: int) -> bytes:
+        digest = hashlib.sha256()
+        with open(path, "rb") as file:
+            file.seek(offset)
+            left = min(CHUNK_BYTES, size - offset)
+            while left > 0:
+                block = file.read(min(left, 8 << 20))
+                if not block:
+                    break
+                digest.update(block)
+                left -= len(block)
+        return digest.digest()
+
+    offsets = list(range(0, size, CHUNK_BYTES)) or [0]
+    if len(offsets) == 1:
+        parts = [chunk(0)]
+    else:
+        with ThreadPoolExecutor(max_workers=min(8, len(offsets), os.cpu_count() or 1)) as pool:
+            parts = list(pool.map(chunk, offsets))
+    return f"sha256-chunks-{CHUNK_BYTES >> 20}m:" + hashlib.sha256(b"".join(parts)).hexdigest()
 
 
 def _version(package: str) -> str:
@@ -100,38 +141,77 @@ def reference_key(weights: str, settings: dict) -> str:
 @dataclass
 class Entry:
     key: str
-    path: Path
+    path: Path  # the entry's file (it may be missing: a damaged entry)
     bytes: int
     last_used: float
     about: dict
+    manifest: Path
+
+    @property
+    def files(self) -> list[Path]:
+        """What removing the entry removes: its manifest and its file under either suffix."""
+        return [self.path.with_name(f"{PREFIX}{self.key}{suffix}") for suffix in SUFFIXES] + [self.manifest]
+
+
+DAMAGED = {"what": "damaged: rebuilt by the next session that needs it"}
 
 
 class Cache:
+    """Entries are the files qbench wrote: `qbench-<key>.safetensors` or `.gguf`, each with its
+    manifest `qbench-<key>.entry.json` (written after the file), which records the file's size and
+    sha256. Only an entry with a manifest is read, listed, evicted or cleared; any other file in the
+    folder is not qbench's and is never touched. Every read checks the file against its digest; a
+    damaged entry is removed and rebuilt, and the caller's note says so. A folder that cannot be
+    written (read-only, a file, no home) means `not cached` with the reason, never a failed session."""
+
     def __init__(self, folder: Path | None = None, limit_bytes: int | None = None):
         self.folder = folder or cache_dir()
         self.limit = cache_limit_bytes() if limit_bytes is None else limit_bytes
 
-    def path(self, key: str) -> Path:
-        return self.folder / f"{key}.safetensors"
+    def path(self, key: str, suffix: str = ".safetensors") -> Path:
+        return self.folder / f"{PREFIX}{key}{suffix}"
+
+    def manifest(self, key: str) -> Path:
+        return self.folder / f"{PREFIX}{key}{MANIFEST}"
 
     # ---- reading ----------------------------------------------------------------------------
+    def _verified(self, key: str, suffix: str) -> tuple[Path | None, str]:
+        """(the entry's file, "") where its manifest is there and the file matches its digest;
+        (None, why) otherwise. A damaged entry is removed (both files)."""
+        path, manifest = self.path(key, suffix), self.manifest(key)
+        try:
+            if not manifest.is_file():
+                return None, "not cached"
+            record = json.loads(manifest.read_text())
+            if not path.is_file():
+                raise ValueError("its file is missing")
+            if path.stat().st_size != record["bytes"]:
+                raise ValueError(f"{path.stat().st_size} bytes, {record['bytes']} written")
+            if file_digest(path) != record["digest"]:
+                raise ValueError("its sha256 differs from the one written with it")
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            self._remove(path, manifest)
+            return None, f"cached file was damaged and is rebuilt ({str(error)[:120]})"
+        with contextlib.suppress(OSError):  # least recently used goes first; a read-only cache still reads
+            os.utime(path)
+        return path, ""
+
     def load(self, key: str, device: str) -> tuple[dict[str, Any] | None, str]:
-        """(flat tensors, '') on a hit; (None, why) on a miss. A damaged file is removed."""
+        """(flat tensors, '') on a hit; (None, why) on a miss. A damaged entry is removed."""
         from safetensors.torch import load_file
 
         from qbench.errors import UserError
         from qbench.weights import check_safetensors
 
-        path = self.path(key)
-        if not path.is_file():
-            return None, "not cached"
+        path, why = self._verified(key, ".safetensors")
+        if path is None:
+            return None, why
         try:
             check_safetensors(path)
             tensors = load_file(str(path), device=device)
         except (UserError, OSError, RuntimeError, ValueError) as error:
-            path.unlink(missing_ok=True)
+            self._remove(path, self.manifest(key))
             return None, f"cached file was damaged and is rebuilt ({str(error)[:120]})"
-        os.utime(path)  # least recently used goes first
         return tensors, ""
 
     def file(
@@ -139,28 +219,46 @@ class Cache:
     ) -> tuple[Path, str]:
         """A whole-file entry (a GGUF, say): (its path, "hit") where a whole one is cached, else
         `make(temporary path)` writes it and it is renamed into place: (its path, "stored"). `check`
-        raises on a damaged file, which is deleted and made again."""
-        path = self.folder / f"{key}{suffix}"
-        why = ""
-        if path.is_file():
+        raises on a damaged file, which is deleted and made again. Where the cache cannot be written
+        and this is a session's worker, the file is made in the session's scratch folder instead:
+        (that path, "not cached: why")."""
+        path, why = self._verified(key, suffix)
+        if path is not None:
             try:
                 check(path)
             except Exception as error:  # any failure of the check means the same: not whole
-                path.unlink(missing_ok=True)
-                why = f"; the cached file was damaged and is rebuilt ({str(error)[:120]})"
+                self._remove(path, self.manifest(key))
+                why = f"cached file was damaged and is rebuilt ({str(error)[:120]})"
             else:
-                os.utime(path)
                 return path, "hit"
-        self.folder.mkdir(parents=True, exist_ok=True)
-        if size_hint and shutil.disk_usage(self.folder).free < size_hint * 1.1:
-            raise OSError(f"{size_hint / 1e9:.1f} GB does not fit the free disk under {self.folder}")
-        self._write(key, path, make)
-        return path, "stored" + why
+        why = "" if why == "not cached" else f"; {why}"
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            if size_hint and shutil.disk_usage(self.folder).free < size_hint * 1.1:
+                raise OSError(f"{size_hint / 1e9:.1f} GB does not fit the free disk under {self.folder}")
+            self._write(key, suffix, make, {})
+        except OSError as error:
+            scratch = _scratch()
+            if scratch is None:
+                raise
+            uncached = scratch / f"uncached-{key}{suffix}"
+            make(uncached)
+            return uncached, f"not cached ({_why(error)}): made in the session's scratch folder"
+        return self.path(key, suffix), "stored" + why
 
     # ---- writing ----------------------------------------------------------------------------
-    def _write(self, key: str, path: Path, make: Callable[[Path], None]) -> None:
-        """Write the entry whole (`write_whole`), then bound the cache."""
-        write_whole(path, make)
+    def _write(self, key: str, suffix: str, make: Callable[[Path], None], about: dict) -> None:
+        """Write the entry's file whole (`write_whole`), hashing it before it is renamed into place,
+        then its manifest; then bound the cache."""
+        record: dict[str, Any] = {"cache_format": CACHE_FORMAT, "key": key, "file": self.path(key, suffix).name}
+
+        def make_and_hash(out: Path) -> None:
+            make(out)
+            described = about or (_gguf_about(out) if suffix == ".gguf" else {})
+            record.update(bytes=out.stat().st_size, digest=file_digest(out), about=described)
+
+        write_whole(self.path(key, suffix), make_and_hash)
+        write_whole(self.manifest(key), lambda out: out.write_text(json.dumps(record, default=str)))
         self.evict(keep=key)
 
     def store(self, key: str, tensors: dict[str, Any], about: dict) -> str:
@@ -170,19 +268,19 @@ class Cache:
         size = sum(t.numel() * t.element_size() for t in tensors.values())
         if size > self.limit:
             return f"not cached: {size / 1e9:.1f} GB exceeds the cache's {self.limit / 1e9:.1f} GB (QBENCH_CACHE_GB)"
-        self.folder.mkdir(parents=True, exist_ok=True)
-        if shutil.disk_usage(self.folder).free < size * 1.1:
-            return f"not cached: {size / 1e9:.1f} GB does not fit the free disk under {self.folder}"
-        flat = {name: tensor.contiguous() for name, tensor in tensors.items()}
-        metadata = {"about": json.dumps(about, default=str)}
         try:
-            self._write(key, self.path(key), lambda out: save_file(flat, str(out), metadata=metadata))
+            self.folder.mkdir(parents=True, exist_ok=True)
+            if shutil.disk_usage(self.folder).free < size * 1.1:
+                return f"not cached: {size / 1e9:.1f} GB does not fit the free disk under {self.folder}"
+            flat = {name: tensor.contiguous() for name, tensor in tensors.items()}
+            metadata = {"about": json.dumps(about, default=str)}
+            self._write(key, ".safetensors", lambda out: save_file(flat, str(out), metadata=metadata), about)
         except OSError as error:
-            return f"not cached: {error}"
+            return f"not cached: {_why(error)}"
         return ""
 
     def evict(self, keep: str = "") -> list[str]:
-        """Remove least recently used entries until the cache fits its limit."""
+        """Remove least recently used entries until the cache fits its limit (qbench's entries only)."""
         removed = []
         entries = sorted(self.entries(), key=lambda e: e.last_used)
         total = sum(e.bytes for e in entries)
@@ -191,59 +289,99 @@ class Cache:
                 break
             if entry.key == keep:
                 continue
-            entry.path.unlink(missing_ok=True)
+            self._remove(*entry.files)
             total -= entry.bytes
             removed.append(entry.key)
         self.remove_stale_temporaries()
         return removed
 
+    def _temporaries(self) -> list[Path]:
+        """write_whole's temporary files of qbench's entries: `.qbench-....tmp`."""
+        try:
+            return list(self.folder.glob(f".{PREFIX}*.tmp"))
+        except OSError:
+            return []
+
     def remove_stale_temporaries(self, older_than_s: float = 3600.0) -> None:
         """Temporary files of writers that died an hour or more ago (a live writer renames its file)."""
-        for temporary in self.folder.glob(".*.tmp"):
+        for temporary in self._temporaries():
             try:
                 if time.time() - temporary.stat().st_mtime > older_than_s:
                     temporary.unlink()
             except OSError:
                 pass
 
+    @staticmethod
+    def _remove(*paths: Path) -> None:
+        for path in paths:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+
     # ---- listing ----------------------------------------------------------------------------
     def entries(self) -> list[Entry]:
+        """qbench's entries: the files named by a manifest (`qbench-<key>.entry.json`); nothing else
+        in the folder. No file is read beyond the manifests; a damaged entry says so."""
         found = []
-        if not self.folder.is_dir():
+        try:
+            manifests = sorted(self.folder.glob(f"{PREFIX}*{MANIFEST}")) if self.folder.is_dir() else []
+        except OSError:
             return found
-        for path in [*self.folder.glob("*.safetensors"), *self.folder.glob("*.gguf")]:
+        for manifest in manifests:
+            key = manifest.name[len(PREFIX) : -len(MANIFEST)]
+            try:
+                record = json.loads(manifest.read_text())
+                path = self.folder / record["file"]
+                if path.name not in (f"{PREFIX}{key}{suffix}" for suffix in SUFFIXES):
+                    continue  # names a file that is not this entry's: never touched
+                about = record.get("about") or {}
+                size = record["bytes"]
+            except (OSError, ValueError, KeyError, TypeError):
+                path, about, size = self.path(key), DAMAGED, 0
             try:
                 stat = path.stat()
-                about = _about(path) if path.suffix == ".safetensors" else _gguf_about(path)
+                last_used = stat.st_mtime
+                if stat.st_size != size:
+                    about = DAMAGED
             except OSError:
-                continue
-            found.append(Entry(path.stem, path, stat.st_size, stat.st_mtime, about))
+                last_used, about = manifest.stat().st_mtime, DAMAGED
+            found.append(Entry(key, path, size, last_used, about, manifest))
         return found
 
-    def clear(self) -> int:
-        removed = 0
-        for entry in self.entries():
-            entry.path.unlink(missing_ok=True)
-            removed += entry.bytes
-        for temporary in self.folder.glob(".*.tmp") if self.folder.is_dir() else []:
-            temporary.unlink(missing_ok=True)
-        return removed
+    def clear(self) -> tuple[int, int]:
+        """Remove every qbench entry (and qbench's temporaries); returns (entries, bytes) removed."""
+        entries = self.entries()
+        for entry in entries:
+            self._remove(*entry.files)
+        self._remove(*self._temporaries())
+        return len(entries), sum(e.bytes for e in entries)
+
+    def others(self) -> int:
+        """How many files in the folder are not qbench's (left alone)."""
+        ours = {p for e in self.entries() for p in e.files} | set(self._temporaries())
+        try:
+            return sum(1 for p in self.folder.iterdir() if p not in ours) if self.folder.is_dir() else 0
+        except OSError:
+            return 0
 
 
-def _about(path: Path) -> dict:
-    """The entry's description from its safetensors header (no tensor is read); a damaged entry,
-    which the next session that needs it rebuilds, says so."""
-    from qbench.errors import UserError
-    from qbench.weights import check_safetensors
+def _why(error: OSError) -> str:
+    return f"{error.strerror}: {error.filename}" if error.strerror and error.filename else str(error)
+
+
+def _scratch() -> Path | None:
+    """The session's scratch folder where this process is a session's worker (its working folder,
+    made by qbench.worker and removed with the session), else None."""
+    from qbench.worker import OWNER_FILE, SCRATCH_PREFIX
 
     try:
-        return json.loads(check_safetensors(path).get("__metadata__", {}).get("about", "{}"))
-    except (UserError, ValueError):
-        return {"what": "damaged: rebuilt by the next session that needs it"}
+        here = Path.cwd()
+    except OSError:
+        return None
+    return here if here.name.startswith(SCRATCH_PREFIX) and (here / OWNER_FILE).is_file() else None
 
 
 def _gguf_about(path: Path) -> dict:
-    """A cached GGUF's description (its `qbench.about` field; metadata only is read)."""
+    """A cached GGUF's description for its manifest (its `qbench.about` field; metadata only is read)."""
     try:
         from gguf import GGUFReader, LlamaFileType
 
@@ -252,8 +390,8 @@ def _gguf_about(path: Path) -> dict:
         kind = LlamaFileType(int(fields["general.file_type"].contents())).name.removeprefix("MOSTLY_")
         name = fields["general.name"].contents() if "general.name" in fields else "?"
         return {**about, "what": f"GGUF {kind}: {about.get('what', name)}"}
-    except Exception:  # a torn file: the next session that needs it rebuilds it
-        return {"what": "damaged: rebuilt by the next session that needs it"}
+    except Exception:  # read when the entry is written: its digest, not this, says whether it is whole
+        return {"what": "GGUF (its metadata could not be read)"}
 
 
 def flatten(by_module: dict[str, dict[str, Any]]) -> dict[str, Any]:

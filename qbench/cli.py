@@ -560,10 +560,10 @@ def cache(ctx, fmt) -> None:
     import time
 
     from qbench.cache import Cache
-    from qbench.kernels import cache_root
+    from qbench.kernels import builds, cache_root
 
     store = Cache()
-    entries = store.entries()  # reads every entry's header: once
+    entries = store.entries()  # qbench's entries only: reads their manifests, once
     data = []
     for entry in sorted(entries, key=lambda e: -e.last_used):
         about = entry.about
@@ -584,11 +584,14 @@ def cache(ctx, fmt) -> None:
                 "last_used": time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.last_used)),
             }
         )
-    kernels = [p for p in cache_root().glob("*") if p.is_dir()] if cache_root().is_dir() else []
+    kernels = builds()
     total = sum(e.bytes for e in entries)
+    others = store.others()
     click.echo(
-        f"weights cache {store.folder}: {total / 1e9:.2f} GB of {store.limit / 1e9:.0f} GB (QBENCH_CACHE_GB); "
-        f"built kernels {cache_root()}: {len(kernels)}",
+        f"weights cache {store.folder}: {total / 1e9:.2f} GB of {store.limit / 1e9:.0f} GB (QBENCH_CACHE_GB)"
+        + (f", {others} other file(s) there are not qbench's and are left alone" if others else "")
+        + (" (not a folder: sessions run uncached)" if store.folder.exists() and not store.folder.is_dir() else "")
+        + f"; built kernels {cache_root()}: {len(kernels)}",
         err=True,
     )
     _emit(data, fmt, ["key", "what", "GB", "last used"], [list(d.values()) for d in data])
@@ -597,17 +600,25 @@ def cache(ctx, fmt) -> None:
 @cache.command("clear")
 @click.option("--kernels", is_flag=True, help="Also remove the built CUDA kernels (a rebuild takes minutes).")
 def cache_clear(kernels) -> None:
-    """Remove every weights cache entry (and, with --kernels, the built kernels)."""
-    import shutil
-
+    """Remove every weights cache entry qbench wrote (and, with --kernels, the kernels it built);
+    nothing else in those folders."""
     from qbench.cache import Cache
-    from qbench.kernels import cache_root
+    from qbench.kernels import cache_root, clear_builds
 
-    freed = Cache().clear()
-    click.echo(f"removed {freed / 1e9:.2f} GB of cached weights and references")
-    if kernels and cache_root().is_dir():
-        shutil.rmtree(cache_root())
-        click.echo(f"removed the built kernels under {cache_root()}")
+    store = Cache()
+    root = cache_root() if kernels else None  # a bad QBENCH_KERNEL_CACHE stops here, before anything is removed
+    count, freed = store.clear()
+    others = store.others()
+    click.echo(
+        f"removed {count} weights cache entr{'y' if count == 1 else 'ies'} ({freed / 1e9:.2f} GB) from {store.folder}"
+        + (f"; left {others} other file(s) there, not qbench's" if others else "")
+    )
+    if root is not None:
+        removed = clear_builds()
+        click.echo(
+            f"removed {len(removed)} kernel build(s) qbench made under {root}"
+            + (": " + ", ".join(p.name for p in removed) if removed else "")
+        )
 
 
 def _stored_sessions(db: str, run_id: str) -> tuple[list[dict], list[tuple[str, str]]]:

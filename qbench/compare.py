@@ -20,8 +20,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from qbench import settings
 from qbench.backend import DeviceInfo
 from qbench.errors import Interrupted, Stop, UserError
+from qbench.lock import check as check_lock
 from qbench.lock import device_lock
 from qbench.positions import cache_positions
 from qbench.registry import backend_names, load_backend, warnings
@@ -517,6 +519,7 @@ def run_sweep(
     starts; then run each. Returns the outcomes and the table rows of exactly the sessions this
     command measured or (with --resume) counted."""
     plans = [plan(config, device) for config in configs]
+    check_lock(device_key(device))  # the lock folder and file are usable (not links, ours): else one line now
     check_runnable(plans)
     remove_stale_scratch()
     outcomes = []
@@ -527,7 +530,10 @@ def run_sweep(
 
 
 def check_runnable(plans: list[Plan]) -> None:
-    """Every plan has a backend to run, and the store can be written: checked before any session."""
+    """Every plan has a backend to run, the QBENCH_* folders and cache size are valid, and the store
+    can be written: checked before any session (a worker runs in a scratch folder, so a relative
+    folder there would be written into scratch and lost)."""
+    settings.check()
     for the_plan in plans:
         if not the_plan.backends:
             reasons = "; ".join(f"{name}: {why}" for name, why in the_plan.skipped.items())

@@ -4,6 +4,10 @@ The cache key hashes the sources, torch's version, its CUDA version and the targ
 so a cached build is reused only where it was built for the same thing; a different one builds
 afresh. The cache lives in $QBENCH_KERNEL_CACHE (default ~/.cache/qbench/kernels) and can be copied
 to an offline machine of the same software. Progress goes to stderr while the compiler runs.
+
+Each build folder qbench makes carries a marker file (MARKER) that qbench alone writes; `qbench
+cache` lists and `cache clear --kernels` removes only folders with it, never anything else that
+sits under the cache's root (the root may be a folder the user also keeps other things in).
 """
 
 from __future__ import annotations
@@ -11,16 +15,74 @@ from __future__ import annotations
 import hashlib
 import importlib.machinery
 import importlib.util
+import json
 import os
+import shutil
+import stat
 import sys
 import threading
 import time
 from pathlib import Path
 from types import ModuleType
 
+MARKER = ".qbench-build"
+
 
 def cache_root() -> Path:
-    return Path(os.environ.get("QBENCH_KERNEL_CACHE", Path.home() / ".cache" / "qbench" / "kernels"))
+    from qbench import settings
+
+    return settings.kernel_cache()
+
+
+def mark(folder: Path, files: dict[str, str] | None = None) -> None:
+    """Write qbench's marker into the build folder it made: what it is, and `files` (name -> sha256)
+    that a later session checks before it uses them."""
+    from qbench.cache import write_whole
+
+    about = {"made_by": "qbench", "folder": folder.name, "files": files or {}}
+    write_whole(folder / MARKER, lambda out: out.write_text(json.dumps(about)))
+
+
+def build_folder(name: str) -> Path:
+    """The build folder `name` under the cache's root, created where missing, with qbench's marker."""
+    folder = cache_root() / name
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / MARKER).is_file():
+        mark(folder)
+    return folder
+
+
+def marked_files(folder: Path) -> dict[str, str]:
+    """The files (name -> sha256) qbench's marker in `folder` records; {} where it has none."""
+    try:
+        return dict(json.loads((folder / MARKER).read_text()).get("files", {}))
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def builds() -> list[Path]:
+    """The build folders qbench made: real folders (not links) right under the root with its marker."""
+    root = cache_root()
+    found = []
+    try:
+        children = list(root.iterdir()) if root.is_dir() else []
+    except OSError:
+        return []
+    for child in children:
+        try:
+            if stat.S_ISDIR(child.lstat().st_mode) and stat.S_ISREG((child / MARKER).lstat().st_mode):
+                found.append(child)
+        except OSError:
+            continue
+    return sorted(found)
+
+
+def clear_builds() -> list[Path]:
+    """Remove the build folders qbench made (and only those); returns them."""
+    removed = builds()
+    for folder in removed:
+        shutil.rmtree(folder)
+    return removed
 
 
 def _arch_list() -> str:
@@ -92,12 +154,11 @@ def build_extension(
 
     headers = [p for d in include_dirs for p in d.rglob("*") if p.suffix in (".h", ".cuh", ".hpp")]
     key = build_key(sources + headers, cflags + cuda_cflags)
-    build_dir = cache_root() / f"{name}-{key}"
+    build_dir = build_folder(f"{name}-{key}")  # a build of an older qbench gets its marker here
     library = build_dir / f"{name}.so"
     if not library.exists():
         from torch.utils.cpp_extension import load
 
-        build_dir.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", _arch_list())
         with Ticker(f"building {name} for sm_{_arch_list().replace('.', '')} (first run; cached afterwards)"):
             module = load(

@@ -138,7 +138,7 @@ def reference_logits(runner, backend, spec, config, settings, tokens, use_cache:
     against `hf`), over the cell's token stream. With synthetic weights the cell's first session
     computes and stores them (qbench.cache); later sessions, whose weights are the same tensors,
     read them back. Returns them and where they came from."""
-    key = None
+    key, why = None, ""
     if use_cache:
         from qbench.cache import Cache, reference_key, weights_key
         from qbench.model import device_name
@@ -146,7 +146,7 @@ def reference_logits(runner, backend, spec, config, settings, tokens, use_cache:
         weights, _ = weights_key(spec, backend, config.group_size, config.seed, device_name(config.device))
         settings_key = {"ctx": config.ctx, "warmup": config.warmup, "steps": config.steps, "seed": config.seed}
         key = reference_key(weights, settings_key)
-        stored, _ = Cache().load(key, "cpu")
+        stored, why = Cache().load(key, "cpu")  # why: a damaged entry, removed and rebuilt below
         if stored is not None:
             return stored["logits"], "stored by the cell's first session (same weights and tokens)"
     log("correctness gate: reference logits (dequantised weights, plain path)")
@@ -157,7 +157,8 @@ def reference_logits(runner, backend, spec, config, settings, tokens, use_cache:
         return reference, "computed"
     about = {"what": f"reference logits of weights {weights[:8]} (ctx {config.ctx}, {config.steps} steps)"}
     not_stored = Cache().store(key, {"logits": reference}, about)
-    return reference, "computed" + (f" ({not_stored})" if not_stored else "; stored for the cell's later sessions")
+    stored_note = f" ({not_stored})" if not_stored else "; stored for the cell's later sessions"
+    return reference, "computed" + stored_note + (f"; {why}" if why != "not cached" else "")
 
 
 def run_session(config: SessionConfig) -> dict[str, Any]:

@@ -82,7 +82,7 @@ def test_copy_is_whole_when_two_sessions_store_at_once(tmp_path):
     for t in threads:
         t.join()
     assert (folder / f"{md.LIBRARY}.so").read_bytes() == source.read_bytes()
-    assert [p.name for p in folder.iterdir()] == [f"{md.LIBRARY}.so"]  # no temporary left
+    assert sorted(p.name for p in folder.iterdir()) == [".qbench-build", f"{md.LIBRARY}.so"]  # no temporary left
 
 
 @pytest.fixture
@@ -141,3 +141,18 @@ def test_cache_key_follows_gptqmodel_version(monkeypatch, tmp_path):
     assert md.cache_dir() != first
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0")
     assert len({first, md.cache_dir()}) == 2
+
+
+def test_a_damaged_copy_is_removed_and_copied_again_from_gptqmodel(fake_gptqmodel, monkeypatch, tmp_path):
+    source = tmp_path / "built.so"
+    source.write_bytes(bytes(range(256)) * 64)
+    monkeypatch.setattr(md, "loaded_library_path", lambda: source)
+    assert "copied into qbench's kernel cache" in md.ensure_library()
+    cached = md.cache_dir() / f"{md.LIBRARY}.so"
+    data = bytearray(cached.read_bytes())
+    data[100] ^= 0xFF  # the same length: only its sha256 tells
+    cached.write_bytes(bytes(data))
+    monkeypatch.setattr(md, "_state", {})
+    how = md.ensure_library()
+    assert "sha256 differs" in how and "through gptqmodel" in how and "copied into qbench's kernel cache" in how
+    assert cached.read_bytes() == source.read_bytes() and len(fake_gptqmodel) == 2

@@ -1,0 +1,100 @@
+"""Every QBENCH_* variable that names a folder, and the weights cache's size, read in one place.
+
+qbench runs as root on shared hosts and deletes what it finds in its caches, so where they are is
+never guessed: a folder variable that is set must be an absolute path (after `~`). An empty value or
+a relative one is an error that names the variable, never "here": a worker runs in a scratch folder
+that is deleted afterwards, and `QBENCH_KERNEL_CACHE=` once made `cache clear --kernels` empty the
+working directory. The defaults hang off the home folder, which must be absolute too.
+`compare` calls `check()` before any worker starts, so a bad value is one line, exit 2.
+
+  QBENCH_CACHE_DIR     the weights cache (default ~/.cache/qbench/weights)
+  QBENCH_KERNEL_CACHE  built CUDA kernels (default ~/.cache/qbench/kernels)
+  QBENCH_LOCK_DIR      the device locks (default /tmp/qbench-locks; qbench/lock.py says why)
+  QBENCH_CACHE_GB      the weights cache's bound in GB (default 40; a finite number >= 0)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pwd
+from collections.abc import Callable
+from pathlib import Path
+
+from qbench.errors import UserError
+
+# Fixed, not under $TMPDIR: one lock per device must hold for every user and every TMPDIR.
+DEFAULT_LOCK_DIR = Path("/tmp/qbench-locks")
+DEFAULT_CACHE_GB = 40.0
+
+
+def _home() -> Path:
+    """The home folder, absolute: $HOME, else the password database's entry for this user."""
+    for candidate in (os.environ.get("HOME", ""), _passwd_home()):
+        if candidate and Path(candidate).is_absolute():
+            return Path(candidate)
+    raise UserError(
+        "no absolute home folder for qbench's caches (HOME is empty or relative)",
+        "set HOME to an absolute path, or QBENCH_CACHE_DIR and QBENCH_KERNEL_CACHE",
+    )
+
+
+def _passwd_home() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:
+        return ""
+
+
+def folder(variable: str, default: Callable[[], Path]) -> Path:
+    """The folder `variable` names, or `default()` where it is unset; set but empty or relative is an
+    error (qbench never resolves a folder it may delete from against the current directory)."""
+    value = os.environ.get(variable)
+    if value is None:
+        path = default()
+        assert path.is_absolute(), path
+        return path
+    fix = f"give an absolute path, or unset {variable} for the default"
+    if not value.strip():
+        raise UserError(f"{variable} is set but empty (an empty folder would mean the current directory)", fix)
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        raise UserError(f"{variable} must be an absolute path, got {value!r}", fix)
+    return path
+
+
+def cache_dir() -> Path:
+    return folder("QBENCH_CACHE_DIR", lambda: _home() / ".cache" / "qbench" / "weights")
+
+
+def kernel_cache() -> Path:
+    return folder("QBENCH_KERNEL_CACHE", lambda: _home() / ".cache" / "qbench" / "kernels")
+
+
+def lock_dir() -> Path:
+    return folder("QBENCH_LOCK_DIR", lambda: DEFAULT_LOCK_DIR)
+
+
+def cache_limit_bytes() -> int:
+    value = os.environ.get("QBENCH_CACHE_GB")
+    if value is None:
+        return int(DEFAULT_CACHE_GB * 1e9)
+    try:
+        gigabytes = float(value)
+    except ValueError:
+        gigabytes = math.nan
+    if not math.isfinite(gigabytes) or gigabytes < 0:
+        raise UserError(
+            f"QBENCH_CACHE_GB must be a number of GB, finite and >= 0, got {value!r}",
+            f"give e.g. QBENCH_CACHE_GB=20, or unset it for the default {DEFAULT_CACHE_GB:.0f}",
+        )
+    return int(gigabytes * 1e9)
+
+
+def check() -> None:
+    """Read every variable above once, raising the first UserError: for the parent, before any
+    worker starts (a worker would otherwise fail every session, or write into its scratch)."""
+    cache_dir()
+    kernel_cache()
+    lock_dir()
+    cache_limit_bytes()
