@@ -9,6 +9,7 @@ Every renderer calls these where a cell or a line becomes text in its format, an
             format escapes its cells itself
   LaTeX     for_latex; tabulate's latex_booktabs format escapes its cells' special characters itself
   CSV       for_csv: a leading ' before a cell a spreadsheet would run as a formula, controls out
+  figures   for_plot: matplotlib's mathtext `$` escaped
 JSON needs nothing: json.dumps escapes what JSON must.
 """
 
@@ -84,6 +85,12 @@ def for_latex(text: object) -> str:
     """Text LaTeX typesets as it is: its special characters escaped, control characters (which
     stop pdflatex) shown as escapes, line breaks (a blank line ends a paragraph) as spaces."""
     return re.sub(r"[\\&%$#_{}~^]", lambda m: _LATEX[m.group()], for_terminal(text))
+
+
+def for_plot(text: object) -> str:
+    """A label matplotlib draws as it is: a `$` would start mathtext (and a bad formula stops the
+    figure), so it is escaped; control characters as for_terminal."""
+    return for_terminal(text).replace("$", r"\$")
 
 
 # OWASP, CSV injection: a cell starting with one of these is a formula to a spreadsheet.

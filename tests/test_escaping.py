@@ -378,3 +378,14 @@ def test_the_default_progress_lines_show_names_as_text(capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and not CONTROL.search(err) and "\\x1b[2J" in err
 
+
+def test_a_figure_draws_a_name_with_dollars(tmp_path):
+    """matplotlib reads `$...$` in a label as mathtext: a model named so stopped `qbench plot`."""
+    pytest.importorskip("matplotlib")
+    from qbench import stats
+    from qbench.plot import replication_figure
+
+    cell = {"model": "a$\\frac{$b" + MODEL, "gpu": "h100-sxm5", "ctx": 2048, "graph_pct_of_floor": 50.0}
+    cell.update(eager_pct_of_floor=30.0, graphs_speedup=1.5, graphs_interval=stats.Interval(1.4, 1.6, "t-log"))
+    replication_figure([cell], tmp_path / "f.png")
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
