@@ -13,6 +13,7 @@ from tabulate import tabulate
 
 from qbench import DISTRIBUTION, __version__
 from qbench.errors import Interrupted, Stop, UserError
+from qbench.escape import for_terminal, table_body
 
 FORMATS = click.Choice(["table", "json"])
 
@@ -33,7 +34,7 @@ def _emit(data, fmt: str, headers: list[str], rows: list[list]) -> None:
     if fmt == "json":
         click.echo(json.dumps(data, indent=2))
     else:
-        click.echo(tabulate(rows, headers=headers, tablefmt="simple"))
+        click.echo(tabulate(table_body(rows, "table"), headers=headers, tablefmt="simple"))
 
 
 EXIT_ON_SIGNAL = {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}
@@ -47,7 +48,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except UserError as error:
-            click.echo(f"qbench: error: {error}", err=True)
+            click.echo(f"qbench: error: {for_terminal(error)}", err=True)
             sys.exit(2)
         except Interrupted as stop:
             kept = f"{stop.stored} session(s) of run {stop.run_id}" if stop.run_id else "no new session"
@@ -234,14 +235,16 @@ def compare(
                 f"qbench compare --model {the_plan.config.model} --sessions {AB_SESSIONS})"
             )
         click.echo(
-            f"{the_plan.config.model}: device {the_plan.device.name} -> spec {the_plan.gpu.name}; "
-            f"{the_plan.sessions} session(s) per cell{how}",
+            for_terminal(
+                f"{the_plan.config.model}: device {the_plan.device.name} -> spec {the_plan.gpu.name}; "
+                f"{the_plan.sessions} session(s) per cell{how}"
+            ),
             err=True,
         )
         for line in the_plan.notes:
-            click.echo(f"note: {line}", err=True)
+            click.echo(for_terminal(f"note: {line}"), err=True)
         for name, reason in the_plan.skipped.items():
-            click.echo(f"skipping {name}: {reason}", err=True)
+            click.echo(for_terminal(f"skipping {name}: {reason}"), err=True)
 
     with _stop_on_signals():
         if executor == "ray":
@@ -493,7 +496,7 @@ def backends(fmt) -> None:
 
     device = probe_device()
     for line in warnings():
-        click.echo(f"qbench: warning: {line}", err=True)
+        click.echo(f"qbench: warning: {for_terminal(line)}", err=True)
     data = []
     for name in backend_names():
         try:

@@ -23,6 +23,7 @@ from pathlib import Path
 from qbench import settings
 from qbench.backend import DeviceInfo
 from qbench.errors import Interrupted, Stop, UserError
+from qbench.escape import for_terminal
 from qbench.lock import check as check_lock
 from qbench.lock import device_lock
 from qbench.positions import cache_positions
@@ -453,7 +454,7 @@ def result_status(result: dict) -> str:
 def run_compare(
     the_plan: Plan,
     command: str,
-    progress: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+    progress: Callable[[str], None] = lambda line: print(for_terminal(line), file=sys.stderr, flush=True),
 ) -> RunOutcome:
     """Run every session of the plan. The run is recorded when its first session is; with --resume,
     stored sessions of the same configuration are counted (and linked to the run) instead of run.

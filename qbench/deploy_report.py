@@ -22,7 +22,6 @@ eligible; incorrect and failed cells are listed with their reason, never recomme
 
 from __future__ import annotations
 
-import html
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -32,13 +31,13 @@ from tabulate import tabulate
 
 from qbench import __version__
 from qbench.errors import UserError
+from qbench.escape import for_html, html_prose, markdown_prose, table_body
 from qbench.gate_limits import LOGIT_TOLERANCE
 from qbench.report import (
     HTML_STYLE,
     PERPLEXITY_BOUND,
     aggregate,
     html_document,
-    html_prose,
     keep_columns,
     kernel_rows,
     short_kernel_name,
@@ -750,7 +749,7 @@ def pareto_svg(cells: list[Cell], figure_id: str, title: str) -> str:
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" id="{figure_id}" class="pareto" role="img" '
         f'viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" aria-labelledby="{figure_id}-title">',
-        f'<title id="{figure_id}-title">{html.escape(title)}</title>',
+        f'<title id="{figure_id}-title">{for_html(title)}</title>',
         f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" fill="none" stroke="#999"/>',
     ]
     for tick in _log_ticks(y_low, y_high):
@@ -794,7 +793,7 @@ def _point(cell: Cell, px: float, y, py: float) -> list[str]:
     fill = colour if quality_measured(cell.row) else "#fff"
     dash = ' stroke-dasharray="2 2"' if cell.predicted else ""
     kind = "predicted" if cell.predicted else "measured"
-    tip = html.escape(f"{cell.name} [store {cell.source}], {kind}: {cell.ms:.2f} ms/step, {memory_text(cell)}")
+    tip = for_html(f"{cell.name} [store {cell.source}], {kind}: {cell.ms:.2f} ms/step, {memory_text(cell)}")
     out = [f'<g class="point {kind}{" pareto-optimal" if cell.pareto else ""}"><title>{tip}</title>']
     if _has_interval(cell):
         interval = cell.row["ms_interval"]
@@ -828,7 +827,7 @@ def _labels(placed: list[tuple[Cell, float, float]]) -> list[str]:
             out.append(
                 f'<line x1="{px + 9:.1f}" y1="{py:.1f}" x2="{px + 22:.1f}" y2="{label_y - 4:.1f}" stroke="#999"/>'
             )
-        name = html.escape(f"{cell.row['label']} {cell.row['runtime']} [{cell.source}]")
+        name = for_html(f"{cell.row['label']} {cell.row['runtime']} [{cell.source}]")
         out.append(f'<text x="{px + 24:.1f}" y="{label_y:.1f}" font-size="11" class="label">{name}</text>')
     return out
 
@@ -912,13 +911,13 @@ def _memory_bases(cells: list[Cell]) -> str:
 
 
 def render_html(report: Report) -> str:
-    parts = [f"<h1>{html.escape(report.title)}</h1>", f"<p>{html_prose(LEGEND)} {MEASURED}</p>"]
+    parts = [f"<h1>{for_html(report.title)}</h1>", f"<p>{html_prose(LEGEND)} {MEASURED}</p>"]
     for number, group in enumerate(report.groups, 1):
-        parts.append(f"<h2>{html.escape(_group_title(group.key))}</h2>")
+        parts.append(f"<h2>{for_html(_group_title(group.key))}</h2>")
         parts.append("<h3>Recommendations" + MEASURED + "</h3>")
         if group.recommendations:
             headers, body = glance_rows(group.recommendations)
-            parts.append(tabulate(body, headers=headers, tablefmt="html", disable_numparse=True))
+            parts.append(tabulate(table_body(body, "html"), headers=headers, tablefmt="html", disable_numparse=True))
         else:
             parts.append("<p>No correct cell: nothing to recommend (the table of incorrect cells says why).</p>")
         for recs in merge(group.recommendations):
@@ -941,20 +940,21 @@ def render_html(report: Report) -> str:
                 "interval as a vertical line; the dashed line joins the Pareto-optimal cells (none both faster "
                 "and smaller, over both panels). Incorrect cells have no ms/step and are listed below."
             )
-            parts.append(f"<figure>{svg}<figcaption>{html.escape(caption)}{MEASURED}</figcaption></figure>")
+            parts.append(f"<figure>{svg}<figcaption>{for_html(caption)}{MEASURED}</figcaption></figure>")
         for table in group.tables:
             parts += _html_table(table)
     parts.append("<h2>Provenance" + MEASURED + "</h2>")
     headers, body = provenance_rows(report.sources)
-    parts.append(tabulate(body, headers=headers, tablefmt="html", disable_numparse=True))
-    parts.append(f"<p>This report: <code>{html.escape(report.command)}</code> (qbench {__version__}).</p>")
+    parts.append(tabulate(table_body(body, "html"), headers=headers, tablefmt="html", disable_numparse=True))
+    parts.append(f"<p>This report: <code>{for_html(report.command)}</code> (qbench {__version__}).</p>")
     return html_document(report.title, "\n".join(parts), REPORT_STYLE)
 
 
 def _html_table(table: Table) -> list[str]:
-    out = [f"<h3>{html.escape(table.heading)}{MEASURED}</h3>"]
+    out = [f"<h3>{for_html(table.heading)}{MEASURED}</h3>"]
     if table.body:
-        out.append(tabulate(table.body, headers=table.headers, tablefmt="html", disable_numparse=True))
+        body = table_body(table.body, "html")
+        out.append(tabulate(body, headers=table.headers, tablefmt="html", disable_numparse=True))
     else:
         out.append("<p>None.</p>")
     if table.note:
@@ -962,43 +962,38 @@ def _html_table(table: Table) -> list[str]:
     return out
 
 
+def _md_table(headers: list[str], body: list[list]) -> str:
+    return tabulate(table_body(body, "md"), headers=headers, tablefmt="github", disable_numparse=True)
+
+
 def render_markdown(report: Report) -> str:
-    parts = [f"# {report.title}", "", f"**[measured]** {LEGEND}", ""]
+    """The HTML report's content as Markdown: every line that may hold a name through markdown_prose,
+    every table cell through for_markdown (qbench.escape)."""
+    parts = [f"# {markdown_prose(report.title)}", "", f"**[measured]** {LEGEND}", ""]
     for group in report.groups:
-        parts += [f"## {_group_title(group.key)}", "", "### Recommendations **[measured]**", ""]
+        parts += [f"## {markdown_prose(_group_title(group.key))}", "", "### Recommendations **[measured]**", ""]
         if group.recommendations:
-            headers, body = glance_rows(group.recommendations)
-            parts += [tabulate(body, headers=headers, tablefmt="github", disable_numparse=True), ""]
+            parts += [_md_table(*glance_rows(group.recommendations)), ""]
         else:
             parts += ["No correct cell: nothing to recommend (the table of incorrect cells says why).", ""]
         for recs in merge(group.recommendations):
             headline, reasons = recommendation_text(recs)
-            parts += [f"**{headline}**", ""] + [f"- {reason}" for reason in reasons] + [""]
-        parts += [excluded_text(group.cells), ""] if excluded_text(group.cells) else []
-        parts += [line for note in group_notes(group) for line in (note, "")]
+            parts += [f"**{markdown_prose(headline)}**", ""] + [f"- {markdown_prose(reason)}" for reason in reasons]
+            parts += [""]
+        parts += [markdown_prose(excluded_text(group.cells)), ""] if excluded_text(group.cells) else []
+        parts += [line for note in group_notes(group) for line in (markdown_prose(note), "")]
         headers, body = figure_rows(group.cells)
         if body:
             parts += ["### Pareto figure, as a table **[measured]**", ""]
             parts += ["The HTML report draws these points (ms/step against memory); Pareto-optimal = no other "
                       "correct cell is both faster and smaller.", ""]  # fmt: skip
-            parts += [tabulate(body, headers=headers, tablefmt="github", disable_numparse=True), ""]
+            parts += [_md_table(headers, body), ""]
         for table in group.tables:
             parts += [f"### {table.heading} **[measured]**", ""]
-            parts += [
-                tabulate(table.body, headers=table.headers, tablefmt="github", disable_numparse=True)
-                if table.body
-                else "None.",
-                "",
-            ]
-            parts += [table.note, ""] if table.note else []
-    headers, body = provenance_rows(report.sources)
-    parts += [
-        "## Provenance **[measured]**",
-        "",
-        tabulate(body, headers=headers, tablefmt="github", disable_numparse=True),
-        "",
-    ]
-    parts += [f"This report: `{report.command}` (qbench {__version__}).", ""]
+            parts += [_md_table(table.headers, table.body) if table.body else "None.", ""]
+            parts += [markdown_prose(table.note), ""] if table.note else []
+    parts += ["## Provenance **[measured]**", "", _md_table(*provenance_rows(report.sources)), ""]
+    parts += [markdown_prose(f"This report: `{report.command}` (qbench {__version__})."), ""]
     return "\n".join(parts)
 
 

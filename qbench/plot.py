@@ -8,6 +8,7 @@ from pathlib import Path
 
 from qbench import DISTRIBUTION
 from qbench.errors import UserError
+from qbench.escape import for_plot
 from qbench.store import check_output as store_check_output
 from qbench.store import write_output
 
@@ -53,7 +54,8 @@ def replication_figure(cells: list[dict], path: Path, title: str = "") -> None:
             drawn = [c for c in rows if c.get(key) is not None]
             if drawn:
                 contexts, percents = [c["ctx"] for c in drawn], [c[key] for c in drawn]
-                (line,) = floor_axes.plot(contexts, percents, style, marker="o", color=color, label=f"{model}, {mode}")
+                label = for_plot(f"{model}, {mode}")
+                (line,) = floor_axes.plot(contexts, percents, style, marker="o", color=color, label=label)
                 color = line.get_color()
         ratios = [c for c in rows if c.get("graphs_speedup") is not None]
         if ratios:
@@ -66,7 +68,7 @@ def replication_figure(cells: list[dict], path: Path, title: str = "") -> None:
                 marker="o",
                 capsize=3,
                 color=color,
-                label=model,
+                label=for_plot(model),
             )
     contexts = sorted({c["ctx"] for c in cells})
     for axes in (floor_axes, speedup_axes):
@@ -81,7 +83,7 @@ def replication_figure(cells: list[dict], path: Path, title: str = "") -> None:
     speedup_axes.set_ylabel("CUDA graphs speedup (eager / graph), 95% CI")
     speedup_axes.axhline(1.0, color="grey", linewidth=0.8)
     gpus = sorted({c["gpu"] for c in cells})
-    figure.suptitle(title or f"bf16 + SDPA, batch-1 decode on {', '.join(gpus)}", fontsize=10)
+    figure.suptitle(for_plot(title or f"bf16 + SDPA, batch-1 decode on {', '.join(gpus)}"), fontsize=10)
     figure.tight_layout()
     try:
         write_output(path, lambda temporary: figure.savefig(temporary, format=path.suffix.lower()[1:], dpi=130))

@@ -372,8 +372,11 @@ def render(predictions: list[Prediction], skipped: dict[str, str], fmt: str) -> 
 
     from tabulate import tabulate
 
+    from qbench.escape import for_terminal, markdown_prose, table_body
+
     if fmt == "json":
         return json.dumps({"predicted": [asdict(p) for p in predictions], "skipped": skipped}, indent=2)
+    prose = markdown_prose if fmt == "md" else for_terminal  # names (model, GPU, notes) are data
     validated = any(p.measured_ms is not None for p in predictions)
     headers = ["backend", "runtime", "ctx", "graphs", "PREDICTED ms/step", "interval", "% floor"]
     if validated:
@@ -395,10 +398,10 @@ def render(predictions: list[Prediction], skipped: dict[str, str], fmt: str) -> 
         body.append(line + [p.calibrated_on])
     first = predictions[0] if predictions else None
     title = f"PREDICTED (not measured): {first.model} on {first.gpu}" if first else "nothing predicted"
-    lines = [title, "", tabulate(body, headers, tablefmt="github" if fmt == "md" else "simple")]
+    lines = [prose(title), "", tabulate(table_body(body, fmt), headers, tablefmt="github" if fmt == "md" else "simple")]
     notes = sorted({p.note for p in predictions if p.note})
-    lines += [""] + [f"- {note}" for note in notes] if notes else []
-    lines += [""] + [f"- not predicted: {what}: {why}" for what, why in skipped.items()] if skipped else []
+    lines += [""] + [prose(f"- {note}") for note in notes] if notes else []
+    lines += [""] + [prose(f"- not predicted: {what}: {why}") for what, why in skipped.items()] if skipped else []
     if validated:
         lines += [""] + [_worst_error(predictions, graphs) for graphs in ("on", "off")]
     lines += [

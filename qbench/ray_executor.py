@@ -58,6 +58,7 @@ from qbench.compare import (
     stored_session,
 )
 from qbench.errors import Interrupted, Stop, UserError
+from qbench.escape import for_terminal
 from qbench.lock import device_lock
 from qbench.specs import GpuSpec, is_cpu_name, load_gpu_spec
 from qbench.store import Store
@@ -384,7 +385,7 @@ def run_ray_sweep(
     address: str | None,
     command: str,
     announce: Callable[[Plan], None] = lambda the_plan: None,
-    progress: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+    progress: Callable[[str], None] = lambda line: print(for_terminal(line), file=sys.stderr, flush=True),
 ) -> tuple[list[RunOutcome], list[dict]]:
     """`run_sweep` on a Ray cluster: one config per (model, GPU type). Everything that needs no node
     is checked before connecting; each type's device is probed on one of its nodes before planning."""

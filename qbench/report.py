@@ -28,7 +28,6 @@ Flags: impossible, noisy, throttled n/N, kernel-not-seen, host-variable, gate-ed
 from __future__ import annotations
 
 import csv
-import html
 import io
 import json
 import math
@@ -42,6 +41,7 @@ from typing import Any
 from tabulate import tabulate
 
 from qbench import stats
+from qbench.escape import for_csv, for_html, for_latex, for_terminal, html_prose, markdown_prose, table_body
 from qbench.gate_limits import EDGE_ERROR, EDGE_TOP1
 from qbench.registry import BUILT_IN_ORDER
 from qbench.specs import load_gpu_spec
@@ -55,41 +55,26 @@ HOST_VARIABLE_SPREAD = 1.25
 THROTTLE_MASK = 0x4 | 0x8 | 0x40 | 0x80 | 0x100
 
 
-# Table formats of the human-readable outputs (tabulate escapes cells for LaTeX and HTML).
+# Table formats of the human-readable outputs (tabulate escapes cells for LaTeX and HTML; names in
+# every format go through qbench.escape).
 TABLE_FORMATS = {"table": "simple", "md": "github", "latex": "latex_booktabs", "html": "html"}
-_LATEX_SPECIAL = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-}
-
-
-def _latex(text: str) -> str:
-    return re.sub(r"[\\&%$#_{}~^]", lambda m: _LATEX_SPECIAL[m.group()], text)
 
 
 def _prose(text: str, fmt: str) -> str:
     if fmt == "html":
         return "<p>" + html_prose(text) + "</p>"
     if fmt == "latex":
-        return _latex(text) + "\n"  # a blank line ends a LaTeX paragraph
-    return text
+        return for_latex(text) + "\n"  # a blank line ends a LaTeX paragraph
+    return markdown_prose(text)
 
 
 def _heading(text: str, fmt: str) -> str:
     if fmt == "md":
-        return f"### {text}"
+        return f"### {markdown_prose(text)}"
     if fmt == "html":
-        return f"<h3>{html.escape(text)}</h3>"
+        return f"<h3>{for_html(text)}</h3>"
     if fmt == "latex":
-        return f"\\subsection*{{{_latex(text)}}}"
+        return f"\\subsection*{{{for_latex(text)}}}"
     return text
 
 
@@ -108,14 +93,14 @@ def document(fmt: str, title: str, sections: list[Section], legend: str) -> str:
     if fmt == "csv":
         buffer = io.StringIO()
         for section in sections:
-            csv.writer(buffer).writerows([section.headers, *section.body])
+            csv.writer(buffer).writerows([section.headers, *table_body(section.body, fmt)])
         return buffer.getvalue()
     parts = [out for line in title.splitlines() if line for out in _lines(line, fmt)] + ([""] if title else [])
     for section in sections:
         if section.heading:  # in the terminal, wrapped at the table's width like all prose
             parts += _wrap(section.heading) if fmt == "table" else [_heading(section.heading, fmt)]
         parts += [out for line in section.before for out in _lines(line, fmt)] + ([""] if section.before else [])
-        parts.append(tabulate(section.body, headers=section.headers, tablefmt=TABLE_FORMATS[fmt]))
+        parts.append(tabulate(table_body(section.body, fmt), headers=section.headers, tablefmt=TABLE_FORMATS[fmt]))
         parts += [out for line in section.after for out in _lines(line, fmt)] + [""]
     if fmt in ("table", "md"):  # a legend people read: wrapped, not one long line
         parts += textwrap.wrap(legend, LEGEND_WIDTH, break_on_hyphens=False)
@@ -131,7 +116,7 @@ LEGEND_WIDTH = 100
 
 def _wrap(text: str, indent: str = "") -> list[str]:
     return textwrap.wrap(
-        text, TERMINAL_WIDTH, subsequent_indent=indent, break_on_hyphens=False, break_long_words=False
+        for_terminal(text), TERMINAL_WIDTH, subsequent_indent=indent, break_on_hyphens=False, break_long_words=False
     )
 
 
@@ -146,17 +131,12 @@ HTML_STYLE = (
 )
 
 
-def html_prose(text: str) -> str:
-    """Prose as HTML: escaped, with `code` in the text as <code>code</code>."""
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
-
-
 def html_document(title: str, body: str, style: str = HTML_STYLE) -> str:
     """A whole, self-contained HTML document (inline style, nothing fetched)."""
     plain_title = re.sub(r"`([^`]+)`", r"\1", title)
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        f"<title>{html.escape(plain_title)}</title>\n<style>{style}</style>\n</head>\n<body>\n"
+        f"<title>{for_html(plain_title)}</title>\n<style>{style}</style>\n</head>\n<body>\n"
         f"{body}\n</body>\n</html>\n"
     )
 
@@ -669,7 +649,7 @@ def render(rows: list[dict], fmt: str, title: str = "", wide: bool = False) -> s
         writer = csv.DictWriter(buffer, fieldnames=keys)
         writer.writeheader()
         for flat in flats:
-            writer.writerow({k: flat.get(k) for k in keys})
+            writer.writerow({k: for_csv(flat.get(k)) for k in keys})
         return buffer.getvalue()
     headers, body = table_rows(rows)
     headers, body = keep_columns(headers, body, choose_columns(headers, body, fmt, wide))
