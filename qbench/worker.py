@@ -214,7 +214,11 @@ class Forkserver:
             cwd=tempfile.gettempdir(),
         )
         self.pending = b""
-        reply = self._reply(SERVER_START_S)
+        try:
+            reply = self._reply(SERVER_START_S)
+        except BaseException:  # interrupted while it starts: it goes too
+            self.kill()
+            raise
         if not reply or not reply.get("ready"):
             self.close()
             self.errors.seek(0)
@@ -295,8 +299,15 @@ class Forkserver:
                 self.process.stdin.close()
                 self.process.wait(timeout=10)
             except (OSError, subprocess.TimeoutExpired):
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+                self.kill()
+
+    def kill(self) -> None:
+        """The server's whole process group, now."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
 
 
 def _with_total(result: dict, total_s: float) -> dict:
