@@ -48,6 +48,7 @@ BUILT_IN_MODULE = "qbench.backends."
 PLUGIN_IMPORT_S = 120.0  # one plugin's import in the probe, torch and its own packages included, on a cold disk
 probe_plugins = True  # import third-party plugins in a child first (off in worker processes)
 _probed: dict[str, str] = {}  # entry point value -> "" (imports cleanly) or why it cannot be imported
+_probed_on: list[str] = []  # the sys.path those verdicts hold for
 
 
 def _distribution(entry: EntryPoint) -> str:
@@ -114,6 +115,9 @@ def load_backend(name: str) -> Backend:
     entry = found.entries[name]
     broken = f"backend {name} ({entry.value}, from {_distribution(entry)}) failed to import: "
     if probe_plugins and not _is_built_in(entry):
+        if _probed_on != sys.path:
+            _probed.clear()
+            _probed_on[:] = sys.path
         unprobed = [e.value for e in found.entries.values() if not _is_built_in(e) and e.value not in _probed]
         _probed.update(_probe(unprobed) if unprobed else {})
         if _probed[entry.value]:
