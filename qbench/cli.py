@@ -46,7 +46,12 @@ class _Group(click.Group):
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            with _stop_on_signals():  # from the start: imports, planning and the forkserver's start included
+                return super().invoke(ctx)
+        except (KeyboardInterrupt, Stop) as stop:  # before a run had anything to keep (else: Interrupted)
+            name = stop.signal_name if isinstance(stop, Stop) else "SIGINT"
+            click.echo(f"qbench: interrupted by {name}", err=True)
+            sys.exit(EXIT_ON_SIGNAL[name])
         except UserError as error:
             click.echo(f"qbench: error: {for_terminal(error)}", err=True)
             sys.exit(2)

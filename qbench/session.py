@@ -8,6 +8,8 @@ favour one setting. It returns a plain dict; the parent process stores it.
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 import random
 import re
@@ -20,9 +22,9 @@ import torch
 
 from qbench import energy, gate, host
 from qbench.api import protocol_gaps
-from qbench.backend import LoadOptions
+from qbench.backend import Backend, LoadOptions
 from qbench.decode import DecodeSettings, run_block, token_stream
-from qbench.floor import step_bytes
+from qbench.floor import StepBytes, step_bytes
 from qbench.model import DTYPES
 from qbench.positions import cache_positions
 from qbench.provenance import collect, device_info, nvml_state
@@ -161,6 +163,25 @@ def reference_logits(runner, backend, spec, config, settings, tokens, use_cache:
     return reference, "computed" + stored_note + (f"; {why}" if why != "not cached" else "")
 
 
+def checked_step_bytes(counted: Any) -> tuple[StepBytes, str]:
+    """A runner's byte counts, rebuilt from their six fields, and what is wrong with them ('' if
+    nothing): each class a finite whole number of bytes >= 0, and the weights more than 0. Whatever
+    is wrong makes the session `incorrect`: a floor, a speedup or a memory budget computed from
+    such counts would be a number nobody can defend."""
+    names = [f.name for f in fields(StepBytes)]
+    if not isinstance(counted, StepBytes):
+        return StepBytes(*[0] * len(names)), f"returned {type(counted).__name__}, not a qbench.api.StepBytes"
+    values = {name: getattr(counted, name) for name in names}
+    for name, value in values.items():
+        number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if not number or not math.isfinite(value) or value != int(value) or value < 0:
+            return StepBytes(*[0] * len(names)), f"gives {name} {value!r}: byte counts are whole numbers >= 0"
+    stored = StepBytes(**{name: int(value) for name, value in values.items()})  # its own properties are not ours
+    if stored.weights <= 0:
+        return stored, f"gives {stored.weights} bytes of weights: a step reads more than 0"
+    return stored, ""
+
+
 def run_session(config: SessionConfig) -> dict[str, Any]:
     began = time.perf_counter()
     phases = Phases()
@@ -215,9 +236,11 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
     gaps = protocol_gaps(runner)
     if gaps:
         raise RuntimeError(f"backend {config.backend}'s runner does not follow qbench.api.Runner: {', '.join(gaps)}")
-    stored = runner.step_bytes(config.ctx)  # what the runner stores, by class
+    stored, wrong = checked_step_bytes(runner.step_bytes(config.ctx))  # what the runner stores, by class
     linear_format = config.runtime in LINEAR_RUNTIMES
-    formula = step_bytes(spec, config.ctx, backend.linear_bytes, config.group_size) if linear_format else stored
+    # the format's formula: a linear format's always; a whole runtime's where its backend declares one
+    has_formula = linear_format or type(backend).linear_bytes is not Backend.linear_bytes
+    formula = step_bytes(spec, config.ctx, backend.linear_bytes, config.group_size) if has_formula else stored
     result: dict[str, Any] = {
         "status": "ok",
         "reason": "",
@@ -236,6 +259,10 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
         "weights_cache": getattr(runner, "weights_cache", "off"),
         "baseline": backend.baseline,
     }
+    if wrong:
+        result["status"] = "incorrect"
+        result["reason"] = f"runner.step_bytes({config.ctx}) {wrong}"
+        return result
     if stored.linear_weights != formula.linear_weights:
         result["status"] = "incorrect"
         result["reason"] = (

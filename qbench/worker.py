@@ -214,7 +214,11 @@ class Forkserver:
             cwd=tempfile.gettempdir(),
         )
         self.pending = b""
-        reply = self._reply(SERVER_START_S)
+        try:
+            reply = self._reply(SERVER_START_S)
+        except BaseException:  # interrupted while it starts: it goes too
+            self.kill()
+            raise
         if not reply or not reply.get("ready"):
             self.close()
             self.errors.seek(0)
@@ -295,8 +299,15 @@ class Forkserver:
                 self.process.stdin.close()
                 self.process.wait(timeout=10)
             except (OSError, subprocess.TimeoutExpired):
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+                self.kill()
+
+    def kill(self) -> None:
+        """The server's whole process group, now."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
 
 
 def _with_total(result: dict, total_s: float) -> dict:
@@ -351,10 +362,25 @@ def _child(config_path: str, result_path: str) -> None:
         else:
             traceback.print_exc()
             result = failed("failed", f"{type(error).__name__}: {error}"[:500])
+    except BaseException as error:  # SystemExit, KeyboardInterrupt: a backend's (no terminal signal reaches us)
+        traceback.print_exc()
+        result = failed("failed", f"{error!r} raised in {_raised_where(error)}"[:500])
     spawned = float(os.environ.get("QBENCH_SPAWNED_AT", entered))
     phases = result.setdefault("phases", {})
     phases.update(start_s=round(entered - spawned, 3), imports_s=round(imported - entered, 3))
     Path(result_path).write_text(json.dumps(result))
+
+
+def _raised_where(error: BaseException) -> str:
+    """The first function outside qbench's core that the error came through, e.g. `load()
+    (mypkg/backend.py:12)`: the backend's call the session made."""
+    core = Path(__file__).resolve().parent
+    frames = traceback.extract_tb(error.__traceback__)
+    outside = [f for f in frames if core not in Path(f.filename).resolve().parents] or frames[-1:]
+    if not outside:
+        return "the session"
+    frame = outside[0]
+    return f"{frame.name}() ({'/'.join(Path(frame.filename).parts[-2:])}:{frame.lineno})"
 
 
 def _exit_now(code: int = 0) -> None:
@@ -518,6 +544,9 @@ def _serve(model_types: list[str], backends: list[str], compiler: bool = False) 
 
 
 if __name__ == "__main__":
+    import qbench.registry
+
+    qbench.registry.probe_plugins = False  # the run probed them; a broken one costs this process only
     if sys.argv[1] == "--serve":
         compiler = len(sys.argv) > 4 and sys.argv[4] == "compiler"
         _serve([t for t in sys.argv[2].split(",") if t], [b for b in sys.argv[3].split(",") if b], compiler)

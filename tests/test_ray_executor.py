@@ -3,12 +3,15 @@
 The nodes are labelled CPUs (QBENCH_CPU_LABEL: cpu-a and cpu-b, qbench.specs), each advertising
 its type's custom resource (qbench-gpu:cpu-a, qbench-gpu:cpu-b), with its own lock folder, so the
 test can tell when a node is running a session. One cluster serves the whole module: Ray takes
-seconds to start.
+seconds to start. The nodes and the driver see a plugin, `gate-wait`, whose session writes a marker
+when it starts loading and then waits for a release file: a test acts on the marker, never on a
+guess of how long a session takes.
 """
 
 import _thread
 import fcntl
 import json
+import os
 import socket
 import sys
 import threading
@@ -35,6 +38,9 @@ class TwoTypes:
         from ray.cluster_utils import Cluster
 
         self.folder = folder
+        self.site, self.gate = folder / "site", folder / "gate"
+        install_gate_wait(self.site)
+        self.gate.mkdir()
         # a node that stops answering is declared dead after about 2 s rather than Ray's 15 or more
         health = {"health_check_period_ms": 500, "health_check_failure_threshold": 4}
         self.cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": health})
@@ -46,6 +52,8 @@ class TwoTypes:
             "QBENCH_CPU_LABEL": label,
             "QBENCH_LOCK_DIR": str(self.locks(label)),
             "QBENCH_CACHE_DIR": str(self.folder / "weights-cache"),
+            "QBENCH_TEST_GATE": str(self.gate),
+            "PYTHONPATH": os.pathsep.join([str(self.site), os.environ.get("PYTHONPATH", "")]),
         }
         return self.cluster.add_node(num_cpus=1, resources={f"qbench-gpu:cpu-{label}": 1}, env_vars=env)
 
@@ -64,6 +72,10 @@ class TwoTypes:
                 return True
             fcntl.flock(file, fcntl.LOCK_UN)
             return False
+
+    def waiting(self, label: str) -> bool:
+        """A gate-wait session on the node has started loading and waits for its release."""
+        return any(self.gate.glob(f"{label}-*"))
 
     def replace(self, label: str) -> None:
         self.cluster.remove_node(self.nodes[label], allow_graceful=False)
@@ -88,6 +100,34 @@ class TwoTypes:
         while self.session_processes() and time.monotonic() < deadline:
             time.sleep(0.2)
         return not self.session_processes()
+
+
+GATE_WAIT = """
+import os, time
+from pathlib import Path
+from qbench.backends.bf16 import Bf16Backend
+
+class GateWait(Bf16Backend):
+    name = "gate-wait"
+
+    def load(self, spec, options):
+        gate = Path(os.environ["QBENCH_TEST_GATE"])
+        (gate / f"{os.environ['QBENCH_CPU_LABEL']}-{os.getpid()}").touch()
+        deadline = time.monotonic() + 600  # the test releases it or interrupts the run long before
+        while not (gate / "release").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return super().load(spec, options)
+"""
+
+
+def install_gate_wait(site: Path) -> None:
+    """The gate-wait plugin as an installed distribution in `site` (on the nodes' PYTHONPATH)."""
+    (site / "qbench_gate_wait").mkdir(parents=True)
+    (site / "qbench_gate_wait" / "__init__.py").write_text(GATE_WAIT)
+    info = site / "qbench_gate_wait-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: qbench-gate-wait\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[qbench.backends]\ngate-wait = qbench_gate_wait:GateWait\n")
 
 
 @pytest.fixture(scope="module")
@@ -164,10 +204,13 @@ def test_a_lost_node_costs_its_sessions_and_resume_runs_them(cluster, monkeypatc
     assert {s["result"]["node"]["ray_node_id"] for s in new} == {cluster.nodes["b"].node_id}
 
 
-def test_ctrl_c_cancels_every_task_and_leaves_nothing_running(cluster):
+def test_ctrl_c_cancels_every_task_and_leaves_nothing_running(cluster, monkeypatch):
+    monkeypatch.syspath_prepend(str(cluster.site))  # the driver plans gate-wait too
     command = ["compare", "--executor", "ray", "--address", cluster.cluster.address, "--gpu", "cpu-a,cpu-b"]
-    interrupt = when(lambda: cluster.running("a") and cluster.running("b"), _thread.interrupt_main)
-    result = invoke(*command, *FAST, "--sessions", "3")
+    # Ctrl-C once a session waits on each node: both are held until it comes, however busy the machine
+    interrupt = when(lambda: cluster.waiting("a") and cluster.waiting("b"), _thread.interrupt_main, timeout_s=300)
+    gated = ["gate-wait" if arg == "bf16" else arg for arg in FAST]
+    result = invoke(*command, *gated, "--sessions", "3", "--timeout", "300")
     interrupt.join()
     assert result.exit_code == 130, result.output
     assert "interrupted by SIGINT" in result.output and "resume with" in result.output
