@@ -23,11 +23,15 @@ def _names(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _ints(text: str) -> tuple[int, ...]:
+def _ints(text: str, option: str = "--ctx") -> tuple[int, ...]:
+    """A comma-separated list of integers (ASCII digits: int() also takes other scripts' digits)."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
     try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected integers separated by commas, got {text!r}") from None
+        if all(part.lstrip("+-").isascii() and part.lstrip("+-").isdigit() for part in parts):
+            return tuple(int(part) for part in parts)
+    except ValueError:  # more digits than int() reads
+        pass
+    raise UserError(f"{option} must be integers separated by commas, got {text[:80]!r}", "e.g. 512,2048")
 
 
 def _emit(data, fmt: str, headers: list[str], rows: list[list]) -> None:
@@ -194,7 +198,7 @@ def compare(
 
     --model and --ctx take comma-separated lists: a sweep over models x ctx x backends x graphs; with
     --executor ray, --gpu too."""
-    from qbench.compare import AB_SESSIONS, CompareConfig, probe_device, run_sweep
+    from qbench.compare import AB_SESSIONS, CompareConfig, run_sweep
     from qbench.report import render
 
     gpu_types = _names(gpu) or [gpu]
@@ -257,7 +261,7 @@ def compare(
 
             outcomes, rows = run_ray_sweep(configs, address, _command_line(), announce)
         else:
-            outcomes, rows = run_sweep(configs, probe_device(), _command_line(), announce)
+            outcomes, rows = run_sweep(configs, None, _command_line(), announce)  # None: probed after checks
     measured = sum(o.measured for o in outcomes)
     reused = sum(o.reused for o in outcomes)
     run_ids = [o.run_id for o in outcomes if o.run_id]
@@ -289,9 +293,6 @@ def replicate(models, ctx, sessions, warmup, steps, timeout, db, rounds, fresh, 
     from qbench.compare import CompareConfig, probe_device, run_sweep
     from qbench.report import render_replication, replication_rows
 
-    device = probe_device()
-    if device.kind != "cuda":
-        raise UserError("replicate measures CUDA-graph A/B and needs a CUDA GPU", "run it on a GPU machine")
     configs = [
         CompareConfig(
             model=model,
@@ -309,6 +310,9 @@ def replicate(models, ctx, sessions, warmup, steps, timeout, db, rounds, fresh, 
         )
         for model in _names(models) or [models]
     ]
+    device = probe_device()  # after the options are checked, so a bad one is named on any machine
+    if device.kind != "cuda":
+        raise UserError("replicate measures CUDA-graph A/B and needs a CUDA GPU", "run it on a GPU machine")
     with _stop_on_signals():
         _, rows = run_sweep(configs, device, _command_line())
     click.echo(render_replication(replication_rows(rows), fmt))
@@ -408,19 +412,19 @@ def predict(model, gpu, backends, runtimes, ctx, graphs, db, calibrate_on, launc
     from qbench.predict import predict as run_prediction
     from qbench.predict import render
     from qbench.runtimes import LINEAR_RUNTIMES
-    from qbench.specs import load_gpu_spec
+    from qbench.specs import check_path, load_gpu_spec
 
     chosen = tuple(_names(runtimes))
     if not chosen or any(r not in LINEAR_RUNTIMES for r in chosen):
         raise UserError(f"--runtimes must be one or more of {', '.join(LINEAR_RUNTIMES)}, got {runtimes!r}")
     if calibrate_on != "auto":
         load_gpu_spec(calibrate_on)  # an unknown name is one line here
-    if not Path(db).is_file():
+    if not check_path("--db", db).is_file():
         raise UserError(f"--db {db} does not exist", "point --db at a store `qbench compare` wrote on a GPU")
     sessions = _read_sessions(db)
     measured = None
     if against is not None:
-        if not Path(against).is_file():
+        if not check_path("--against", against).is_file():
             raise UserError(f"--against {against} does not exist", f"point --against at a store measured on {gpu}")
         measured = _read_sessions(against)
     modes = {"off": (False,), "on": (True,), "both": (False, True)}[graphs]

@@ -29,12 +29,34 @@ from qbench.lock import device_lock
 from qbench.positions import cache_positions
 from qbench.registry import backend_names, load_backend, warnings
 from qbench.runtimes import LINEAR_RUNTIMES
-from qbench.specs import GpuSpec, ModelSpec, gpu_for_device, is_cpu_name, load_gpu_spec, load_model_spec
+from qbench.specs import (
+    GpuSpec,
+    ModelSpec,
+    check_path,
+    gpu_for_device,
+    is_cpu_name,
+    load_gpu_spec,
+    load_model_spec,
+    shown,
+)
 from qbench.store import DEFAULT_DB, Store, new_run_id, now
 from qbench.worker import Forkserver, remove_stale_scratch, run_worker
 
 GRAPHS_CHOICES = ("off", "on", "both", "auto")
 GROUP_SIZES = (32, 64, 128, 256)
+# Upper bounds on what one command may ask for. Each is far beyond any useful run; each turns a
+# mistyped number (--sessions 100000000: a job list that filled 2.5 GB before a MemoryError) into one
+# line while planning, before any worker starts.
+MAX_SESSIONS = 1_000  # per cell: BCa intervals need 10; 1,000 fresh processes of even the tiny model take hours
+MAX_PLAN_SESSIONS = 10_000  # in one command, every model, ctx, backend and runtime together: 14 h at 5 s each
+MAX_STEPS = 100_000  # timed steps per block (default 30); each is also a position of the KV cache
+MAX_WARMUP = 100_000  # untimed steps before the timed ones (default 5)
+MAX_ROUNDS = 100  # blocks per graphs setting in a session (default 1)
+MAX_CTX = 1 << 24  # 16,777,216 positions: longer than any published model's context
+MAX_TIMEOUT_S = 7 * 24 * 3600.0  # a session still running after a week is hung
+# torch's generators take 0 .. 2**64-1; the seed is also stored, and a signed 64-bit integer
+# (SQLite's, JSON readers') holds 0 .. 2**63-1 exactly.
+MAX_SEED = 2**63 - 1
 
 
 def check_group_size(value: int) -> None:
@@ -49,9 +71,10 @@ def check_cpu_option(value: str) -> None:
     if value in ("auto", "off"):
         return
     allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if not value.isdigit() or (allowed and int(value) not in allowed):
+    # ASCII digits only: str.isdigit() also accepts '²' and other scripts' digits, which int() refuses
+    if not (value.isascii() and value.isdigit()) or (allowed and int(value) not in allowed):
         raise UserError(
-            f"--cpu must be off, auto or one of this process's cores {allowed}, got {value!r}",
+            f"--cpu must be off, auto or one of this process's cores {allowed}, got {shown(value)}",
             "use --cpu off (no pinning) or auto (the fastest core now)",
         )
 
@@ -78,13 +101,19 @@ class CompareConfig:
     quick: bool = False  # the no-option look: at most QUICK_SESSIONS sessions per cell when --sessions is auto
 
     def __post_init__(self):
-        def bad(name: str, allowed: str):
-            raise UserError(f"--{name.replace('_', '-')} must be {allowed}, got {getattr(self, name)!r}")
+        def bad(name: str, allowed: str, fix: str = ""):
+            given = getattr(self, name)
+            given = ",".join(map(str, given)) if isinstance(given, tuple) else given
+            raise UserError(f"--{name.replace('_', '-')} must be {allowed}, got {given!r}", fix)
+
+        def count(name: str, low: int, high: int, what: str, fix: str) -> None:
+            if not low <= getattr(self, name) <= high:
+                bad(name, f"{what} from {low} to {high}", fix)
 
         if self.graphs not in GRAPHS_CHOICES:
             bad("graphs", " | ".join(GRAPHS_CHOICES))
-        if not self.ctx or any(c < 1 for c in self.ctx):
-            bad("ctx", "one or more positive integers")
+        if not self.ctx or any(not 1 <= c <= MAX_CTX for c in self.ctx):
+            bad("ctx", f"one or more positive integers, at most {MAX_CTX}", "e.g. --ctx 512,2048")
         if not self.backends:
             bad("backends", "one or more backend names, or 'available'")
         if (
@@ -93,16 +122,18 @@ class CompareConfig:
             or len(set(self.runtimes)) < len(self.runtimes)
         ):
             bad("runtimes", f"one or more of {', '.join(LINEAR_RUNTIMES)} (a whole engine is chosen by its backend)")
-        if self.sessions < 0:
-            bad("sessions", "a positive integer (or 0 for auto)")
-        if self.steps < 1 or self.warmup < 0:
-            bad("steps" if self.steps < 1 else "warmup", "a positive integer (warmup may be 0)")
+        count("sessions", 0, MAX_SESSIONS, "0 (auto) or per cell", f"--sessions {AB_SESSIONS} gives BCa intervals")
+        count("steps", 1, MAX_STEPS, "timed steps per block", "the default is 30")
+        count("warmup", 0, MAX_WARMUP, "untimed steps", "the default is 5")
         check_group_size(self.group_size)
-        if self.timeout <= 0:
-            bad("timeout", "a positive number of seconds")
-        if self.rounds < 1:
-            bad("rounds", "a positive integer")
+        if not 0 < self.timeout <= MAX_TIMEOUT_S:  # NaN fails every comparison, so it is refused too
+            bad("timeout", f"seconds above 0, at most {MAX_TIMEOUT_S:.0f} (a week)", "the default is 900")
+        count("seed", 0, MAX_SEED, "an integer", "the default is 0")
+        count("rounds", 1, MAX_ROUNDS, "blocks per graphs setting", "the default is 1")
         check_cpu_option(self.cpu)
+        if not self.db.strip():
+            bad("db", "a file path", "e.g. --db results/qbench.sqlite")
+        check_path("--db", self.db)
 
 
 @dataclass
@@ -141,8 +172,11 @@ def resolve_group_size(requested: int, spec) -> int:
 
 def check_ctx(spec: ModelSpec, ctx: tuple[int, ...], warmup: int = 0, steps: int = 0) -> None:
     """Every context, with the steps that follow it, must fit the model's positions."""
-    if any(c < 1 for c in ctx):
-        raise UserError(f"--ctx must be positive integers, got {','.join(map(str, ctx))}")
+    if not ctx or any(not 1 <= c <= MAX_CTX for c in ctx):
+        raise UserError(
+            f"--ctx must be positive integers, at most {MAX_CTX}, got {','.join(map(str, ctx))!r}",
+            "e.g. --ctx 512,2048",
+        )
     limit = spec.max_positions
     if limit is None:
         return
@@ -512,13 +546,18 @@ def run_compare(
 
 def run_sweep(
     configs: list[CompareConfig],
-    device: DeviceInfo,
+    device: DeviceInfo | None,
     command: str,
     announce: Callable[[Plan], None] = lambda the_plan: None,
 ) -> tuple[list[RunOutcome], list[dict]]:
     """Plan every config (one per model) first, so bad input stops the sweep before any worker
     starts; then run each. Returns the outcomes and the table rows of exactly the sessions this
-    command measured or (with --resume) counted."""
+    command measured or (with --resume) counted. `device` None: probed once, after every config's
+    model and weights are checked (a bad config.json is named without waiting for the probe)."""
+    if device is None:
+        for config in configs:
+            check_inputs(config)
+        device = probe_device()
     plans = [plan(config, device) for config in configs]
     check_lock(device_key(device))  # the lock folder and file are usable (not links, ours): else one line now
     check_runnable(plans)
@@ -530,15 +569,33 @@ def run_sweep(
     return outcomes, counted_rows(configs[0].db, outcomes)
 
 
+def planned_sessions(the_plan: Plan) -> int:
+    """How many sessions session_jobs(the_plan) holds, counted without building it."""
+    modes = len(graphs_modes(the_plan.config, the_plan.device))
+    per_ctx = sum(
+        len(the_plan.runtimes.get(name, ("hf",))) * (modes if name in the_plan.per_process else 1)
+        for name in the_plan.backends
+    )
+    return the_plan.sessions * len(the_plan.config.ctx) * per_ctx
+
+
 def check_runnable(plans: list[Plan]) -> None:
-    """Every plan has a backend to run, the QBENCH_* folders and cache size are valid, and the store
-    can be written: checked before any session (a worker runs in a scratch folder, so a relative
-    folder there would be written into scratch and lost)."""
+    """Every plan has a backend to run, the plans are not too many sessions, the QBENCH_* folders and
+    cache size are valid, and the store can be written: checked before any session and before any
+    job list is built (a worker runs in a scratch folder, so a relative folder there would be
+    written into scratch and lost)."""
     settings.check()
     for the_plan in plans:
         if not the_plan.backends:
             reasons = "; ".join(f"{name}: {why}" for name, why in the_plan.skipped.items())
             raise UserError(f"no requested backend can run here ({reasons})", "see `qbench backends`")
+    total = sum(planned_sessions(the_plan) for the_plan in plans)
+    if total > MAX_PLAN_SESSIONS:
+        raise UserError(
+            f"this command plans {total:,} sessions, more than {MAX_PLAN_SESSIONS:,} (sessions per cell x models "
+            "x contexts x backends x runtimes)",
+            "ask for fewer, or split the study into several commands on one --db",
+        )
     Store(plans[0].config.db).close()  # a --db that cannot be written fails here, before any session
 
 

@@ -25,6 +25,7 @@ carries the measurement's spread, not the model's error (the validation in resul
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from statistics import median
@@ -254,12 +255,19 @@ def predict(
     the same cell's measurement there, with its error; an eager prediction without --launch-us takes
     that cell's measured host launch cost (the validation gives the model the target host's launch
     cost, not its timings). Those sessions never calibrate."""
+    from qbench.compare import check_ctx
     from qbench.floor import step_bytes
     from qbench.registry import load_backend
     from qbench.runtimes import LINEAR_RUNTIMES
     from qbench.specs import load_gpu_spec, load_model_spec
 
+    if launch_us is not None and not 0 < launch_us < math.inf:  # NaN fails both comparisons
+        raise UserError(
+            f"--launch-us must be a finite number of microseconds above 0, got {launch_us!r}",
+            "e.g. --launch-us 5, or leave it out to use the calibration host's",
+        )
     spec = load_model_spec(model)
+    check_ctx(spec, contexts)
     target = load_gpu_spec(gpu)
     if not target.peak_bandwidth_gbps or not target.boost_clock_mhz:
         raise UserError(f"GPU spec {gpu} lacks the peak bandwidth or clock the model needs")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -58,39 +59,114 @@ class ModelSpec:
         ]
 
 
-def model_spec_from_config(name: str, config: dict[str, Any], **extra: Any) -> ModelSpec:
-    fix = "give a decoder-only causal LM config.json"
-    if not isinstance(config, dict):
-        raise UserError(f"model config {name!r} is not a JSON object", fix)
-    if not config.get("model_type"):
-        raise UserError(f"model config {name!r} lacks 'model_type'", fix)
+# The model types whose decoder qbench's byte count, linear swap and GGUF writer are written for: the
+# Llama layout (q/k/v/o and gate/up/down projections, RMSNorm, rotary positions). Another type's
+# bytes would be counted wrong (fused or extra projections, experts) or its sessions fail in a worker.
+MODEL_TYPES = ("llama", "mistral", "qwen2")
+# Sizes read from a config.json, each a positive integer; the optional ones fall back as noted.
+REQUIRED_SIZES = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+OPTIONAL_SIZES = ("num_key_value_heads", "head_dim", "max_position_embeddings")  # heads, hidden/heads, unbounded
+OPTIONAL_FLAGS = ("tie_word_embeddings", "attention_bias")
+OPTIONAL_NUMBERS = ("rope_theta", "rms_norm_eps")  # finite and positive where given
+
+
+def shown(text: str, limit: int = 80) -> str:
+    """A string a user gave, as an error line quotes it: repr'd, and cut where it is long."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def check_path(option: str, text: str | Path) -> Path:
+    """`text` as a path the system can look up; one line where it cannot (a name longer than the file
+    system allows, a folder it may not search), instead of an OSError from whatever touches it first."""
+    path = Path(text).expanduser()
     try:
-        heads = int(config["num_attention_heads"])
-        hidden = int(config["hidden_size"])
-        model_type = config.get("model_type", "")
-        qkv_bias = bool(config.get("attention_bias", model_type == "qwen2"))
-        spec = ModelSpec(
-            name=name,
-            hidden_size=hidden,
-            intermediate_size=int(config["intermediate_size"]),
-            num_layers=int(config["num_hidden_layers"]),
-            num_heads=heads,
-            num_kv_heads=int(config.get("num_key_value_heads") or heads),
-            head_dim=int(config.get("head_dim") or hidden // heads),
-            vocab_size=int(config["vocab_size"]),
-            tie_embeddings=bool(config.get("tie_word_embeddings", False)),
-            qkv_bias=qkv_bias,
-            hf_config=dict(config),
-            **extra,
+        path.exists()
+    except (OSError, ValueError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise UserError(
+            f"{option} {shown(str(text))} is not a usable path ({reason})",
+            f"give {option} a path this system accepts (each name at most 255 bytes)",
+        ) from None
+    return path
+
+
+def _as_json(value: Any, limit: int = 80) -> str:
+    """A value read from a config.json as the file spells it (NaN, Infinity, "256"), cut where it is long."""
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _bad_field(source: str, field: str, given: Any, allowed: str) -> UserError:
+    return UserError(
+        f"{source}: {field} is {_as_json(given)}, must be {allowed}", "fix the config.json or point --model at another"
+    )
+
+
+def _check_config(source: str, config: dict[str, Any]) -> None:
+    """Every field ModelSpec and the worker read, checked: the type and range each must have, and the
+    sizes' relations (heads divisible by kv heads; hidden by heads where head_dim is not given)."""
+    model_type = config.get("model_type")
+    if model_type not in MODEL_TYPES:
+        what = "lacks model_type" if model_type is None else f"model_type is {_as_json(model_type)}"
+        raise UserError(
+            f"{source}: {what}, must be one of {', '.join(MODEL_TYPES)} (the Llama layout qbench counts)",
+            "give the config.json of a Llama, Mistral or Qwen2 decoder",
         )
-    except KeyError as missing:
-        raise UserError(f"model config {name!r} lacks {missing}", fix) from None
-    except (TypeError, ValueError, ZeroDivisionError) as error:
-        raise UserError(f"model config {name!r} has a value that is not a positive integer: {error}", fix) from None
-    sizes = (spec.hidden_size, spec.intermediate_size, spec.num_layers, spec.num_heads, spec.vocab_size)
-    if min(sizes) < 1:
-        raise UserError(f"model config {name!r} has a size below 1", fix)
-    return spec
+    for field_name in REQUIRED_SIZES + OPTIONAL_SIZES:
+        value = config.get(field_name)
+        if value is None:
+            if field_name in REQUIRED_SIZES:
+                raise UserError(f"{source}: lacks {field_name}, a positive integer", "give a complete config.json")
+            continue
+        # bool is an int to Python; 256.0, "256", Infinity, NaN and nested objects are not integers
+        if type(value) is not int or value < 1:
+            raise _bad_field(source, field_name, value, "a positive integer")
+    for field_name in OPTIONAL_FLAGS:
+        value = config.get(field_name)
+        if value is not None and not isinstance(value, bool):
+            raise _bad_field(source, field_name, value, "true or false")
+    for field_name in OPTIONAL_NUMBERS:
+        value = config.get(field_name)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf)
+        ):
+            raise _bad_field(source, field_name, value, "a finite positive number")
+    heads, hidden = config["num_attention_heads"], config["hidden_size"]
+    kv_heads = config.get("num_key_value_heads") or heads
+    if heads % kv_heads:
+        raise UserError(
+            f"{source}: num_key_value_heads {kv_heads} does not divide num_attention_heads {heads}",
+            "fix the config.json: each key/value head serves a whole number of query heads",
+        )
+    if not config.get("head_dim") and hidden % heads:
+        raise UserError(
+            f"{source}: hidden_size {hidden} is not divisible by num_attention_heads {heads} and no head_dim is given",
+            "fix the config.json (or give head_dim)",
+        )
+
+
+def model_spec_from_config(name: str, config: dict[str, Any], source: str = "", **extra: Any) -> ModelSpec:
+    """A spec from a config.json dict; `source` (the file, or the built-in name) is what errors name."""
+    source = source or f"model config {name!r}"
+    if not isinstance(config, dict):
+        raise UserError(f"{source} is not a JSON object", "give a decoder-only causal LM config.json")
+    _check_config(source, config)
+    heads = config["num_attention_heads"]
+    hidden = config["hidden_size"]
+    return ModelSpec(
+        name=name,
+        hidden_size=hidden,
+        intermediate_size=config["intermediate_size"],
+        num_layers=config["num_hidden_layers"],
+        num_heads=heads,
+        num_kv_heads=config.get("num_key_value_heads") or heads,
+        head_dim=config.get("head_dim") or hidden // heads,
+        vocab_size=config["vocab_size"],
+        tie_embeddings=bool(config.get("tie_word_embeddings", False)),
+        qkv_bias=bool(config.get("attention_bias", config["model_type"] == "qwen2")),
+        hf_config=dict(config),
+        **extra,
+    )
 
 
 def read_json(path: Path, what: str) -> Any:
@@ -123,18 +199,19 @@ def load_model_spec(name_or_path: str) -> ModelSpec:
     """A built-in name (`qwen2.5-7b`), a `config.json` path, or a checkpoint folder holding one."""
     if not name_or_path.strip():
         raise UserError("--model is empty", f"give a built-in name ({', '.join(model_names())}) or a path")
-    path = Path(name_or_path).expanduser()
+    path = check_path("--model", name_or_path)
     if path.exists():
         config_path = path / "config.json" if path.is_dir() else path
         if not config_path.is_file():
             raise UserError(f"{path} has no config.json", "point --model at a Hugging Face checkpoint folder")
         config = read_json(config_path, "--model")
         checkpoint = str(path.resolve()) if path.is_dir() else None
-        return model_spec_from_config(path.name if path.is_dir() else path.stem, config, checkpoint=checkpoint)
+        name = path.name if path.is_dir() else path.stem
+        return model_spec_from_config(name, config, source=f"model config {config_path}", checkpoint=checkpoint)
     known = model_names()
     if name_or_path not in known:
         raise UserError(
-            f"unknown model {name_or_path!r}",
+            f"unknown model {shown(name_or_path)}",
             f"{did_you_mean(name_or_path, known)}known: {', '.join(known)}; "
             "or give a path to a config.json or checkpoint folder",
         )

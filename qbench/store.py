@@ -112,6 +112,9 @@ class Store:
     """A qbench results database. `readonly=True` opens an existing store without writing anything."""
 
     def __init__(self, path: Path | str = DEFAULT_DB, readonly: bool = False):
+        from qbench.specs import check_path
+
+        check_path("--db", path)  # a name the system refuses (too long) is one line, not an OSError
         self.path = Path(path)
         self.readonly = readonly
         self.noted: set[int] = set()  # damaged sessions already named on stderr

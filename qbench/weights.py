@@ -19,7 +19,7 @@ from typing import Any
 
 from qbench import DISTRIBUTION
 from qbench.errors import UserError
-from qbench.specs import did_you_mean
+from qbench.specs import check_path, did_you_mean, shown
 
 KEYWORDS = ("auto", "synthetic", "gguf")
 MAX_SAFETENSORS_HEADER = 100 * 2**20  # the format's own limit on the JSON header
@@ -98,11 +98,11 @@ def resolve_weights(weights: str, spec: Any) -> tuple[str, str]:
 
         check_gguf(packaged_gguf(spec))
         return weights, ""
-    path = Path(weights).expanduser()
+    path = check_path("--weights", weights)
     if not path.exists():
         hint = did_you_mean(weights, list(KEYWORDS))
         raise UserError(
-            f"--weights {weights!r} is neither {', '.join(KEYWORDS)} nor an existing path",
+            f"--weights {shown(weights)} is neither {', '.join(KEYWORDS)} nor an existing path",
             f"{hint}give one of those or a checkpoint folder or .gguf file",
         )
     if path.is_file():
