@@ -15,7 +15,7 @@ from qbench.cli import main
 from qbench.compare import CompareConfig, cell_hash, plan, session_jobs
 from qbench.errors import UserError
 from qbench.report import aggregate, render
-from qbench.session import SessionConfig, apply_measure_settings
+from qbench.session import SessionConfig
 from qbench.specs import load_gpu_spec
 from qbench.store import Store
 
@@ -26,7 +26,7 @@ TINY = CompareConfig(model="tiny", backends=("bf16",), runtimes=("lean",), ctx=(
 
 @pytest.fixture(autouse=True)
 def default_switches(monkeypatch):
-    for variable in settings.MEASURE_VARIABLES:
+    for variable in ("QBENCH_LEAN_GEMV", "QBENCH_LEAN_ATTENTION", "QBENCH_LEAN_COMPILE"):
         monkeypatch.delenv(variable, raising=False)
 
 
@@ -100,15 +100,15 @@ def test_a_stored_floor_does_not_move_when_the_spec_is_edited(tmp_path, monkeypa
     stored = store.sessions()
     store.close()
     old = _record({k: v for k, v in session.items() if k not in ("measure_settings", "qbench_version")}, 2.0)
-    before = {r["qbench_version"]: r for r in aggregate(stored + [old])}
+    before = {tuple(r["run_ids"]): r for r in aggregate(stored + [old])}
     edited = replace(load_gpu_spec("h100-sxm5"), peak_bandwidth_gbps=1675.0, bandwidth_source="edited")
     monkeypatch.setattr(report, "load_gpu_spec", lambda name: edited)
-    after = {r["qbench_version"]: r for r in aggregate(stored + [old])}
-    new = session["qbench_version"]
+    after = {tuple(r["run_ids"]): r for r in aggregate(stored + [old])}
+    new = (stored[0]["run_id"],)
     assert before[new]["floor_ms_peak"] == after[new]["floor_ms_peak"] == pytest.approx(2.0)
     assert after[new]["peak_bandwidth_gbps"] == 3350 and "datasheet" in after[new]["bandwidth_source"]
     # a row stored before the bandwidth was: today's spec, and it says so
-    old_row = after[report.NOT_STORED]
+    old_row = after[("r1",)]
     assert old_row["floor_ms_peak"] == pytest.approx(4.0)
     assert old_row["bandwidth_source"].startswith("spec at export")
 
@@ -127,6 +127,8 @@ def test_rows_stored_before_the_key_held_settings_still_aggregate():
 
 
 def test_the_worker_runs_under_the_switches_it_was_keyed_under(monkeypatch):
+    from qbench.session import apply_measure_settings
+
     monkeypatch.setenv("QBENCH_LEAN_GEMV", "auto")
     config = SessionConfig.from_json(json.dumps(_config(measure_settings={"QBENCH_LEAN_GEMV": "cublas"})))
     apply_measure_settings(config)
