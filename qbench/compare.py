@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from qbench import settings
+from qbench import __version__, settings
 from qbench.backend import DeviceInfo
 from qbench.errors import Interrupted, Stop, UserError
 from qbench.escape import for_terminal
@@ -149,6 +149,9 @@ class Plan:
     sessions: int = 1
     runtimes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # backend -> the runtimes it runs under
     per_process: set[str] = field(default_factory=set)  # backends that run each graphs setting in its own session
+    # what the sessions measure under, read once while planning (qbench.settings): in every cell key
+    measure_settings: dict[str, str] = field(default_factory=lambda: dict(settings.DEFAULT_MEASURE_SETTINGS))
+    measured_code: str = ""  # settings.measured_code_digest() of the planning qbench
 
 
 def resolve_group_size(requested: int, spec) -> int:
@@ -250,9 +253,11 @@ def plan(config: CompareConfig, device: DeviceInfo | None = None) -> Plan:
     """Check everything the config asks for against this machine (or `device`, where the sessions run
     elsewhere); raises UserError, writes nothing."""
     spec, group_size, weights, weights_note = check_inputs(config)
+    measure_settings = dict(settings.measure_settings())  # a bad lean switch: one line, before the device probe
     device = device or probe_device()
     gpu = resolve_gpu(config.gpu, device, predict_command(config))
     result = Plan(config, device, gpu, [], group_size, weights, sessions=sessions_for(config, device))
+    result.measure_settings, result.measured_code = measure_settings, settings.measured_code_digest()
     result.notes += warnings() + ([weights_note] if weights_note else [])
     if weights not in ("synthetic", "gguf"):
         from qbench.quality import tokenizer_missing
@@ -312,7 +317,9 @@ def session_config(
     the_plan: Plan, backend: str, ctx: int, index: int, runtime: str = "hf", graphs: tuple[bool, ...] | None = None
 ) -> dict:
     """One session's whole configuration: what the worker runs, and (less the index) its cell's key.
-    `graphs`: the settings this session times (default: every setting the run asks for)."""
+    `graphs`: the settings this session times (default: every setting the run asks for). The key holds
+    every measuring setting (qbench.settings.measure_settings) and qbench's version with the digest of
+    its measured code, so sessions measured under other switches or other code never pool."""
     config = the_plan.config
     model = config.model
     if Path(model).expanduser().exists():
@@ -332,6 +339,9 @@ def session_config(
         "session_index": index,
         "rounds": config.rounds,
         "cpu": config.cpu,
+        "measure_settings": dict(the_plan.measure_settings),
+        "qbench_version": __version__,
+        "measured_code": the_plan.measured_code,
     }
 
 
@@ -431,6 +441,9 @@ def store_result(
     full disk), the result is kept in `<store>.pending/` for --resume to store, and the run stops with
     one line that says what was kept and how to resume."""
     config, gpu = the_plan.config, the_plan.gpu.name
+    # the datasheet bandwidth this session's floor uses, decided now: editing gpus.json later moves no stored floor
+    result["peak_bandwidth_gbps"] = the_plan.gpu.peak_bandwidth_gbps
+    result["bandwidth_source"] = the_plan.gpu.bandwidth_source
     try:
         outcome.run_id = outcome.run_id or store.new_run(command, asdict(config))
         outcome.session_ids.append(store.add_session(outcome.run_id, cell, session, gpu, result))

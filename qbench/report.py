@@ -152,6 +152,29 @@ def _peak_bandwidth(gpu_name: str) -> float | None:
         return None  # a GPU without a spec: no datasheet figure
 
 
+SPEC_AT_EXPORT = "spec at export (stored before qbench kept the bandwidth with each session)"
+
+
+def _stored_peak(records: list[dict], gpu_name: str) -> tuple[float | None, str]:
+    """The datasheet bandwidth of a cell's floor and its source: the one its first session stored
+    (decided when it was measured, so editing gpus.json moves no stored floor); for sessions stored
+    before that, today's spec, and the source says so."""
+    for record in records:
+        if "peak_bandwidth_gbps" in record["result"]:
+            result = record["result"]
+            return result["peak_bandwidth_gbps"], result.get("bandwidth_source", "")
+    return _peak_bandwidth(gpu_name), SPEC_AT_EXPORT
+
+
+NOT_STORED = "not stored (measured before qbench kept it)"
+
+
+def measure_settings_text(config: dict) -> str:
+    """A session's measuring switches as one line: `QBENCH_LEAN_GEMV=auto, ...`."""
+    chosen = config.get("measure_settings")
+    return ", ".join(f"{k}={v}" for k, v in chosen.items()) if chosen is not None else NOT_STORED
+
+
 # Configuration keys that may differ between rows that are compared with each other.
 COMPARED_ACROSS = ("backend", "group_size", "session_index", "runtime", "graphs")
 CONFIG_COLUMNS = ("steps", "warmup", "group_size", "rounds", "seed", "cpu")
@@ -239,6 +262,10 @@ def _cell_row(cell: str, graphs: bool, records: list[dict]) -> dict[str, Any]:
         **{key: config.get(key) for key in CONFIG_COLUMNS},
         "run_ids": sorted({r["run_id"] for r in records}),
         "cell_hash": cell,
+        # what the cell's key holds beyond the columns above: its switches and the measuring qbench
+        "measure_settings": measure_settings_text(config),
+        "qbench_version": config.get("qbench_version") or NOT_STORED,
+        "measured_code": config.get("measured_code") or NOT_STORED,
         "comparison": comparison_key(config, gpu),
         # the 16-bit reference of its runtime (bf16; llama.cpp's F16); stored before this existed: bf16
         "baseline": bool(records[0]["result"].get("baseline", backend == "bf16")),
@@ -316,7 +343,8 @@ def _cell_row(cell: str, graphs: bool, records: list[dict]) -> dict[str, Any]:
         row["pinned_cores"] = sorted(set(cores))
     _host_summary(row, host_blocks)
     bytes_per_step = row.get("bytes_per_step")
-    peak = _peak_bandwidth(gpu)
+    peak, row["bandwidth_source"] = _stored_peak(records, gpu)
+    row["peak_bandwidth_gbps"] = peak
     if bytes_per_step:
         row["floor_ms_peak"] = bytes_per_step / (peak * 1e9) * 1e3 if peak else None
         measured = row.get("measured_bandwidth_gbps")
@@ -639,6 +667,14 @@ def _section_heading(row: dict) -> str:
     return heading
 
 
+def _measured_by(row: dict) -> str:
+    """The section's line on what measured it: every row of a section shares it (comparison_key)."""
+    if row.get("qbench_version", NOT_STORED) == NOT_STORED:
+        return "qbench version and measuring settings: " + NOT_STORED.replace("kept it", "kept them")
+    code = f" (measured code {row['measured_code']})" if row.get("measured_code") != NOT_STORED else ""
+    return f"measured by qbench {row['qbench_version']}{code} under {row.get('measure_settings', NOT_STORED)}"
+
+
 def render(rows: list[dict], fmt: str, title: str = "", wide: bool = False) -> str:
     if fmt == "json":
         return json.dumps([plain(r) for r in rows], indent=2)
@@ -662,6 +698,7 @@ def render(rows: list[dict], fmt: str, title: str = "", wide: bool = False) -> s
         runs = sorted({run for row, _ in members for run in row["run_ids"]})
         before = [f"runs: {', '.join(runs)}"]
         before += [first["software"]] if first.get("software") else []
+        before.append(_measured_by(first))
         if first.get("host_cpu"):
             cores = sorted({c for row, _ in members for c in row.get("pinned_cores", [])})
             pinned = f", decode loop pinned to core(s) {', '.join(map(str, cores))}" if cores else ", not pinned"

@@ -15,7 +15,7 @@ import random
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -24,12 +24,14 @@ from qbench import energy, gate, host
 from qbench.api import protocol_gaps
 from qbench.backend import Backend, LoadOptions
 from qbench.decode import DecodeSettings, run_block, token_stream
+from qbench.errors import UserError
 from qbench.floor import StepBytes, step_bytes
 from qbench.model import DTYPES
 from qbench.positions import cache_positions
 from qbench.provenance import collect, device_info, nvml_state
 from qbench.registry import load_backend
 from qbench.runtimes import LINEAR_RUNTIMES
+from qbench.settings import DEFAULT_MEASURE_SETTINGS, measured_code_digest
 from qbench.specs import load_model_spec
 
 
@@ -49,6 +51,11 @@ class SessionConfig:
     rounds: int = 1  # blocks per graphs setting, interleaved in a random order (A/B drift control)
     cpu: str = "off"  # pin the decode loop's thread: off | auto (the fastest core now) | a core number
     runtime: str = "hf"  # hf | lean for a linear format; a whole runtime's own name (qbench.runtimes)
+    # the QBENCH_* switches this session measures under (qbench.settings.measure_settings), applied by
+    # run_session whatever this process's environment says; a config stored before them: the defaults
+    measure_settings: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_MEASURE_SETTINGS))
+    qbench_version: str = ""  # the planning qbench's; with measured_code, part of the cell key
+    measured_code: str = ""  # settings.measured_code_digest() of the planning qbench ('' = not checked)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -182,7 +189,21 @@ def checked_step_bytes(counted: Any) -> tuple[StepBytes, str]:
     return stored, ""
 
 
+def apply_measure_settings(config: SessionConfig) -> None:
+    """Make what the session was keyed under what runs: its switches go into this (the worker's)
+    environment, where the runtimes read them; measured code other than the planning qbench's is
+    refused (a node with another qbench installed)."""
+    if config.measured_code and config.measured_code != measured_code_digest():
+        raise UserError(
+            f"this qbench's measured code (digest {measured_code_digest()}) is not the planning qbench's "
+            f"({config.measured_code}, qbench {config.qbench_version})",
+            "install the same qbench where the sessions run as where they are planned",
+        )
+    os.environ.update({**DEFAULT_MEASURE_SETTINGS, **config.measure_settings})
+
+
 def run_session(config: SessionConfig) -> dict[str, Any]:
+    apply_measure_settings(config)
     began = time.perf_counter()
     phases = Phases()
     device = config.device

@@ -11,15 +11,29 @@ working directory. The defaults hang off the home folder, which must be absolute
   QBENCH_KERNEL_CACHE  built CUDA kernels (default ~/.cache/qbench/kernels)
   QBENCH_LOCK_DIR      the device locks (default /tmp/qbench-locks; qbench/lock.py says why)
   QBENCH_CACHE_GB      the weights cache's bound in GB (default 40; a finite number >= 0)
+
+And the variables that change what a session measures (`measure_settings()`): the parent reads them
+once while planning and puts them into every session's configuration, so they are part of the cell
+key (sessions measured under different switches never pool) and the worker runs under exactly them:
+
+  QBENCH_LEAN_GEMV       lean's 16-bit linear layers: auto | cublas | triton (qbench/runtimes/lean.py)
+  QBENCH_LEAN_ATTENTION  lean's decode attention: auto | sdpa | split-k
+  QBENCH_LEAN_COMPILE    lean's torch.compile: 1 (where the backend declares it) | 0 | all
+
+QBENCH_WEIGHTS_CACHE and QBENCH_FORKSERVER are not among them: they change what a session costs
+(loading its weights, starting its process), not the steps it times.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import pwd
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from functools import cache
 from pathlib import Path
+from types import MappingProxyType
 
 from qbench.errors import UserError
 
@@ -91,6 +105,60 @@ def cache_limit_bytes() -> int:
     return int(gigabytes * 1e9)
 
 
+# variable -> its allowed values, the default first (qbench/runtimes/lean.py reads them in the worker)
+MEASURE_VARIABLES: dict[str, tuple[str, ...]] = {
+    "QBENCH_LEAN_GEMV": ("auto", "cublas", "triton"),
+    "QBENCH_LEAN_ATTENTION": ("auto", "sdpa", "split-k"),
+    "QBENCH_LEAN_COMPILE": ("1", "0", "all"),
+}
+DEFAULT_MEASURE_SETTINGS: Mapping[str, str] = MappingProxyType({k: v[0] for k, v in MEASURE_VARIABLES.items()})
+
+
+def measure_settings(environ: Mapping[str, str] | None = None) -> Mapping[str, str]:
+    """Every QBENCH_* variable that changes what a session measures, validated: variable -> value
+    (the default where unset). A value outside its choices is one line (UserError)."""
+    environ = os.environ if environ is None else environ
+    chosen = {}
+    for variable, allowed in MEASURE_VARIABLES.items():
+        value = environ.get(variable, allowed[0])
+        if value not in allowed:
+            raise UserError(
+                f"{variable} must be one of {', '.join(allowed)}, got {value!r}",
+                f"set one of them, or unset {variable} for the default {allowed[0]}",
+            )
+        chosen[variable] = value
+    return MappingProxyType(chosen)
+
+
+# The code whose change changes what a session times: the decode loop and its positions, the session's
+# order of blocks and prefills, the runtimes and their kernels, building the model, the backends and
+# their formats. Its digest is part of the
+# cell key beside qbench's version, so a resumed run never pools sessions from before and after a
+# kernel change made without a version bump. Orchestration, storage and reporting are left out:
+# changing them changes no measured step.
+MEASURED_CODE = (
+    "decode.py", "positions.py", "session.py", "backend.py", "model.py", "quantlinear.py", "runtimes/*.py"
+)
+
+
+@cache
+def measured_code_digest() -> str:
+    """sha256 (16 hex digits) of the measured code's sources, as installed (MEASURED_CODE and every
+    module of qbench.backends)."""
+    import qbench
+    import qbench.backends
+
+    root = Path(qbench.__file__).parent
+    found = {path for pattern in MEASURED_CODE for path in root.glob(pattern)}
+    files = sorted((path.relative_to(root).as_posix(), path) for path in found)
+    for folder in qbench.backends.__path__:
+        files += sorted((f"backends/{path.name}", path) for path in Path(folder).glob("*.py"))
+    digest = hashlib.sha256()
+    for name, path in files:
+        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def check() -> None:
     """Read every variable above once, raising the first UserError: for the parent, before any
     worker starts (a worker would otherwise fail every session, or write into its scratch)."""
@@ -98,3 +166,4 @@ def check() -> None:
     kernel_cache()
     lock_dir()
     cache_limit_bytes()
+    measure_settings()

@@ -1,0 +1,173 @@
+"""The cell key holds everything that changes a measurement: the lean switches and qbench's version
+(with its measured code); a stored session keeps the datasheet bandwidth its floor used."""
+
+import csv
+import io
+import json
+from dataclasses import replace
+
+import pytest
+from click.testing import CliRunner
+
+from qbench import compare, report, settings
+from qbench.backend import DeviceInfo
+from qbench.cli import main
+from qbench.compare import CompareConfig, cell_hash, plan, session_jobs
+from qbench.errors import UserError
+from qbench.report import aggregate, render
+from qbench.session import SessionConfig
+from qbench.specs import load_gpu_spec
+from qbench.store import Store
+
+CPU = DeviceInfo("cpu", "cpu")
+H100 = DeviceInfo("cuda", "NVIDIA H100 80GB HBM3", (9, 0))
+TINY = CompareConfig(model="tiny", backends=("bf16",), runtimes=("lean",), ctx=(16,), sessions=1, warmup=1, steps=2)
+
+
+@pytest.fixture(autouse=True)
+def default_switches(monkeypatch):
+    for variable in ("QBENCH_LEAN_GEMV", "QBENCH_LEAN_ATTENTION", "QBENCH_LEAN_COMPILE"):
+        monkeypatch.delenv(variable, raising=False)
+
+
+def hashes(config=TINY, device=CPU) -> list[str]:
+    return [cell for _, cell in session_jobs(plan(config, device))]
+
+
+def test_a_lean_switch_and_the_version_are_part_of_the_cell_key(monkeypatch):
+    default = hashes()
+    monkeypatch.setenv("QBENCH_LEAN_GEMV", "cublas")
+    switched = hashes()
+    (session, _), *_ = session_jobs(plan(TINY, CPU))
+    assert session["measure_settings"]["QBENCH_LEAN_GEMV"] == "cublas"
+    assert session["qbench_version"] and len(session["measured_code"]) == 16
+    monkeypatch.delenv("QBENCH_LEAN_GEMV")
+    monkeypatch.setattr(compare, "__version__", "99.0")
+    other_version = hashes()
+    monkeypatch.undo()
+    monkeypatch.setattr(settings, "measured_code_digest", lambda: "0" * 16)
+    other_code = hashes()
+    assert len({tuple(default), tuple(switched), tuple(other_version), tuple(other_code)}) == 4
+
+
+def _record(config: dict, ms: float, run_id: str = "r1", peak: dict | None = None) -> dict:
+    steps = [ms] * 5
+    result = {
+        "status": "ok",
+        "reason": "",
+        "label": config["backend"],
+        "kernel": "k",
+        "bytes": {"total": 6_700_000_000},  # 2 ms at the H100 SXM5's 3350 GB/s
+        "provenance": {},
+        "blocks": [{"graphs": config["graphs"][0], "status": "ok", "reason": "", "event_ms": steps, "wall_ms": steps}],
+        **(peak or {}),
+    }
+    gpu = "h100-sxm5"
+    return {"config": config, "result": result, "gpu": gpu, "run_id": run_id, "cell_hash": cell_hash(config, gpu)}
+
+
+def _config(**changes) -> dict:
+    the_plan = plan(replace(TINY, graphs="on"), H100)
+    session = compare.session_config(the_plan, "bf16", 16, 0, "lean")
+    session.update(changes)
+    return session
+
+
+def test_sessions_under_other_switches_or_versions_never_pool():
+    base = _config()
+    gemv = _config(measure_settings={**base["measure_settings"], "QBENCH_LEAN_GEMV": "cublas"})
+    version = _config(qbench_version="99.0")
+    rows = aggregate([_record(base, 1.0), _record(gemv, 2.0), _record(version, 3.0)])
+    assert sorted(r["ms_per_step"] for r in rows) == [1.0, 2.0, 3.0]
+    assert all(r["sessions"] == "1/1" for r in rows)
+    by_ms = {r["ms_per_step"]: r for r in rows}
+    assert "QBENCH_LEAN_GEMV=cublas" in by_ms[2.0]["measure_settings"]
+    assert "QBENCH_LEAN_GEMV=auto" in by_ms[1.0]["measure_settings"]
+    assert by_ms[3.0]["qbench_version"] == "99.0"
+    exported = {float(r["ms_per_step"]): r for r in csv.DictReader(io.StringIO(render(rows, "csv")))}
+    assert exported[2.0]["measure_settings"].startswith("QBENCH_LEAN_GEMV=cublas")
+    assert exported[3.0]["qbench_version"] == "99.0"
+    assert json.loads(render(rows, "json"))[0]["measured_code"] == base["measured_code"]
+    assert "measured by qbench 99.0" in render(rows, "md")
+
+
+def test_a_stored_floor_does_not_move_when_the_spec_is_edited(tmp_path, monkeypatch):
+    the_plan = plan(replace(TINY, graphs="on", db=str(tmp_path / "f.sqlite")), H100)
+    (session, cell), *_ = session_jobs(the_plan)
+    store = Store(the_plan.config.db)
+    result = _record(session, 2.0)["result"]
+    compare.store_result(store, compare.RunOutcome(None, []), "qbench compare", the_plan, cell, session, result)
+    stored = store.sessions()
+    store.close()
+    old = _record({k: v for k, v in session.items() if k not in ("measure_settings", "qbench_version")}, 2.0)
+    before = {tuple(r["run_ids"]): r for r in aggregate(stored + [old])}
+    edited = replace(load_gpu_spec("h100-sxm5"), peak_bandwidth_gbps=1675.0, bandwidth_source="edited")
+    monkeypatch.setattr(report, "load_gpu_spec", lambda name: edited)
+    after = {tuple(r["run_ids"]): r for r in aggregate(stored + [old])}
+    new = (stored[0]["run_id"],)
+    assert before[new]["floor_ms_peak"] == after[new]["floor_ms_peak"] == pytest.approx(2.0)
+    assert after[new]["peak_bandwidth_gbps"] == 3350 and "datasheet" in after[new]["bandwidth_source"]
+    # a row stored before the bandwidth was: today's spec, and it says so
+    old_row = after[("r1",)]
+    assert old_row["floor_ms_peak"] == pytest.approx(4.0)
+    assert old_row["bandwidth_source"].startswith("spec at export")
+
+
+def test_rows_stored_before_the_key_held_settings_still_aggregate():
+    config = {k: v for k, v in _config().items() if k not in ("measure_settings", "qbench_version", "measured_code")}
+    (row,) = aggregate([_record(config, 2.0), _record(config, 2.2, run_id="r2")])
+    assert row["sessions"] == "2/2" and row["ms_per_step"] == pytest.approx(2.1)
+    assert row["qbench_version"] == row["measure_settings"] == report.NOT_STORED
+    assert row["floor_ms_peak"] == pytest.approx(2.0) and row["bandwidth_source"].startswith("spec at export")
+    for fmt in ("md", "csv", "json"):
+        assert "not stored" in render([row], fmt)
+    # the worker reads such a config as the defaults
+    old = SessionConfig.from_json(json.dumps(config))
+    assert old.measure_settings == dict(settings.DEFAULT_MEASURE_SETTINGS) and old.measured_code == ""
+
+
+def test_the_worker_runs_under_the_switches_it_was_keyed_under(monkeypatch):
+    from qbench.session import apply_measure_settings
+
+    monkeypatch.setenv("QBENCH_LEAN_GEMV", "auto")
+    config = SessionConfig.from_json(json.dumps(_config(measure_settings={"QBENCH_LEAN_GEMV": "cublas"})))
+    apply_measure_settings(config)
+    import os
+
+    assert os.environ["QBENCH_LEAN_GEMV"] == "cublas" and os.environ["QBENCH_LEAN_COMPILE"] == "1"
+    with pytest.raises(UserError, match="not the planning qbench's"):
+        apply_measure_settings(replace(config, measured_code="0" * 16))
+
+
+def compare_args(db) -> list[str]:
+    return ["compare", "--model", "tiny", "--backends", "bf16", "--runtimes", "lean", "--ctx", "16"]  + [
+        "--warmup", "1", "--steps", "2", "--sessions", "1", "--db", str(db), "--resume", "--format", "json"
+    ]
+
+
+def test_resume_after_changing_a_lean_switch_measures_again(tmp_path, monkeypatch):
+    db = tmp_path / "r.sqlite"
+    monkeypatch.setenv("QBENCH_FORKSERVER", "0")
+    first = CliRunner().invoke(main, compare_args(db), catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(main, compare_args(db), catch_exceptions=False)
+    assert "already stored" in again.stderr
+    switched = CliRunner().invoke(main, compare_args(db), env={"QBENCH_LEAN_GEMV": "cublas"}, catch_exceptions=False)
+    assert switched.exit_code == 0, switched.output
+    assert "already stored" not in switched.stderr
+    store = Store(db, readonly=True)
+    sessions = store.sessions()
+    store.close()
+    assert len(sessions) == 2 and len({s["cell_hash"] for s in sessions}) == 2
+    ran = next(s for s in sessions if s["config"]["measure_settings"]["QBENCH_LEAN_GEMV"] == "cublas")
+    assert "lean: 16-bit linear layers: F.linear (QBENCH_LEAN_GEMV=cublas)" in ran["result"]["runtime_notes"]
+    (row,) = json.loads(switched.stdout)
+    assert "QBENCH_LEAN_GEMV=cublas" in row["measure_settings"]
+
+
+def test_a_bad_lean_switch_is_one_line(tmp_path):
+    result = CliRunner().invoke(main, compare_args(tmp_path / "r.sqlite"), env={"QBENCH_LEAN_ATTENTION": "flash"})
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "QBENCH_LEAN_ATTENTION must be one of auto, sdpa, split-k" in lines[0], lines
+    assert not (tmp_path / "r.sqlite").exists()
