@@ -386,7 +386,11 @@ def floor(model, gpu, ctx, backend, group_size, fmt) -> None:
 @click.option("--runtimes", default="hf", show_default=True, help="Runtimes of the linear backends: hf, lean.")
 @click.option("--ctx", default="2048", show_default=True, help="Context length(s), comma-separated.")
 @click.option("--graphs", type=click.Choice(["off", "on", "both"]), default="both", show_default=True)
-@click.option("--db", default="results/qbench.sqlite", show_default=True, help="Store whose measurements calibrate.")
+@click.option(
+    "--db",
+    default=None,
+    help="Store whose measurements calibrate (default: the H100 calibration shipped with qbench).",
+)
 @click.option("--calibrate-on", default="auto", show_default=True, help="GPU spec whose measurements to use.")
 @click.option("--launch-us", type=float, default=None, help="The target host's kernel launch cost (eager).")
 @click.option(
@@ -401,7 +405,7 @@ def predict(model, gpu, backends, runtimes, ctx, graphs, db, calibrate_on, launc
     Every figure is labelled predicted and nothing is stored (README, 'Predicting a GPU you do not
     have', spells out the model)."""
     from qbench.predict import predict as run_prediction
-    from qbench.predict import render
+    from qbench.predict import render, shipped_calibration, shipped_label
     from qbench.runtimes import LINEAR_RUNTIMES
     from qbench.specs import load_gpu_spec
 
@@ -410,9 +414,14 @@ def predict(model, gpu, backends, runtimes, ctx, graphs, db, calibrate_on, launc
         raise UserError(f"--runtimes must be one or more of {', '.join(LINEAR_RUNTIMES)}, got {runtimes!r}")
     if calibrate_on != "auto":
         load_gpu_spec(calibrate_on)  # an unknown name is one line here
-    if not Path(db).is_file():
+    shipped, source = None, None
+    if db is None:
+        shipped, source = shipped_calibration()
+        sessions = []
+    elif not Path(db).is_file():
         raise UserError(f"--db {db} does not exist", "point --db at a store `qbench compare` wrote on a GPU")
-    sessions = _read_sessions(db)
+    else:
+        sessions = _read_sessions(db)
     measured = None
     if against is not None:
         if not Path(against).is_file():
@@ -420,9 +429,25 @@ def predict(model, gpu, backends, runtimes, ctx, graphs, db, calibrate_on, launc
         measured = _read_sessions(against)
     modes = {"off": (False,), "on": (True,), "both": (False, True)}[graphs]
     rows, skipped = run_prediction(
-        model, gpu, _names(backends), chosen, _ints(ctx), modes, sessions, calibrate_on, launch_us, against=measured
+        model,
+        gpu,
+        _names(backends),
+        chosen,
+        _ints(ctx),
+        modes,
+        sessions,
+        calibrate_on,
+        launch_us,
+        against=measured,
+        calibrated=shipped,
     )
-    click.echo(render(rows, skipped, fmt))
+    text = render(rows, skipped, fmt)
+    if source is None:
+        click.echo(text)
+    elif fmt == "json":  # the JSON says where its calibration came from too
+        click.echo(json.dumps({**json.loads(text), "calibration": source}, indent=2))
+    else:
+        click.echo(f"{text}\n\n{shipped_label(source)}; calibrate on your own store with --db STORE")
 
 
 def _read_sessions(db: str) -> list[dict]:

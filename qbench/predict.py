@@ -247,13 +247,17 @@ def predict(
     launch_us: float | None = None,
     group_size: int = 128,
     against: list[dict] | None = None,
+    calibrated: list[Calibration] | None = None,
 ) -> tuple[list[Prediction], dict[str, str]]:
     """Predictions for every (backend, runtime, ctx, graphs) it can calibrate, and why not for the rest.
 
     `against`: sessions measured on the target GPU (another store). Each prediction is then put beside
     the same cell's measurement there, with its error; an eager prediction without --launch-us takes
     that cell's measured host launch cost (the validation gives the model the target host's launch
-    cost, not its timings). Those sessions never calibrate."""
+    cost, not its timings). Those sessions never calibrate.
+    `calibrated`: calibrations to use instead of those of `sessions` (the shipped ones,
+    shipped_calibration()); they may be of the target card itself (a store's own measurements of the
+    target never calibrate, the shipped ones were measured elsewhere)."""
     from qbench.floor import step_bytes
     from qbench.registry import load_backend
     from qbench.runtimes import LINEAR_RUNTIMES
@@ -263,7 +267,10 @@ def predict(
     target = load_gpu_spec(gpu)
     if not target.peak_bandwidth_gbps or not target.boost_clock_mhz:
         raise UserError(f"GPU spec {gpu} lacks the peak bandwidth or clock the model needs")
-    found = [c for c in calibrations(sessions) if c.gpu != target.name]
+    if calibrated is None:
+        found = [c for c in calibrations(sessions) if c.gpu != target.name]
+    else:
+        found = list(calibrated)
     if calibrate_on != "auto":
         found = [c for c in found if c.gpu == calibrate_on]
     if not found:
@@ -429,3 +436,73 @@ def _worst_error(predictions: list[Prediction], graphs: str) -> str:
     worst = max(errors, key=abs)
     typical = median(abs(error) for error in errors)
     return f"- {label}: {len(errors)} cell(s) measured; worst error {worst:+.0f}%, median |error| {typical:.0f}%"
+
+
+# ---- the calibration shipped with qbench ---------------------------------------------------------
+# qbench/data/SHIPPED_CALIBRATION: the Calibrations of one committed store (SHIPPED_STORE, measured on
+# an H100), so `qbench predict` and `qbench compare --gpu G` on a machine without G answer on a fresh
+# install. tools/calibration.py writes it from the store; tests/test_headline.py checks they agree.
+SHIPPED_CALIBRATION = "calibration-h100.json"
+# bf16, torch-int4, awq-marlin, gptq-exllamav2 and bnb-nf4 under hf and lean, qwen2.5-7b ctx 2048,
+# graphs A/B, every step profiled (results/h100/lean-gemv/README.md)
+SHIPPED_STORE = "results/h100/lean-gemv/gemv10.sqlite"
+
+
+def _significant(value: Any) -> Any:
+    """Floats to 9 significant digits (the stored file does not hang on the last bit of a library's
+    quantile function); lists and tuples element by element."""
+    if isinstance(value, float):
+        return float(f"{value:.9g}")
+    if isinstance(value, list | tuple):
+        return [_significant(item) for item in value]
+    return value
+
+
+def calibration_document(sessions: list[dict], store: str) -> dict:
+    """The shipped calibration's content: every Calibration the stored sessions give, and where they
+    came from (the card, the device, the store file, its runs and their date, from the run ids)."""
+    from dataclasses import asdict
+
+    found = sorted(calibrations(sessions), key=lambda c: (c.model, c.ctx, c.backend, c.runtime))
+    if not found:
+        raise UserError(f"{store} holds no profiled, timed measurement to calibrate on")
+    runs = sorted({run for c in found for run in c.run_ids})
+    devices = {r["result"].get("provenance", {}).get("device", "") for r in sessions if r["run_id"] in runs}
+    days = sorted({f"{run[:4]}-{run[4:6]}-{run[6:8]}" for run in runs})  # run ids start with the UTC date
+    return {
+        "about": "qbench's shipped calibration (qbench predict without --db, qbench compare --gpu G on a "
+        "machine without G): the calibration cells of the store named, written by tools/calibration.py",
+        "card": ", ".join(sorted({c.gpu for c in found})),
+        "device": ", ".join(sorted(devices - {""})),
+        "store": store,
+        "run_ids": runs,
+        "date": days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}",
+        "calibrations": [{k: _significant(v) for k, v in asdict(c).items()} for c in found],
+    }
+
+
+def document_text(document: dict) -> str:
+    import json
+
+    return json.dumps(document, indent=1) + "\n"
+
+
+def shipped_calibration() -> tuple[list[Calibration], dict]:
+    """The shipped Calibrations, and the document's provenance (card, device, store, run_ids, date)."""
+    import json
+    from importlib import resources
+
+    document = json.loads(resources.files("qbench").joinpath("data", SHIPPED_CALIBRATION).read_text())
+    found = []
+    for cell in document["calibrations"]:
+        pairs = {name: tuple(cell[name]) if cell[name] else None for name in ("graph_interval", "eager_interval")}
+        found.append(Calibration(**{**cell, **pairs, "run_ids": tuple(cell["run_ids"])}))
+    return found, {key: value for key, value in document.items() if key != "calibrations"}
+
+
+def shipped_label(source: dict) -> str:
+    runs = ", ".join(source["run_ids"])
+    return (
+        f"calibrated on the shipped {source['card']} measurements ({source['device']}; store {source['store']}, "
+        f"run(s) {runs}, {source['date']})"
+    )
