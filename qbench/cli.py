@@ -189,7 +189,7 @@ def compare(
 
     --model and --ctx take comma-separated lists: a sweep over models x ctx x backends x graphs; with
     --executor ray, --gpu too."""
-    from qbench.compare import AB_SESSIONS, CompareConfig, probe_device, run_sweep
+    from qbench.compare import AB_SESSIONS, CompareConfig, GpuNotHere, probe_device, run_sweep
     from qbench.report import render
 
     gpu_types = _names(gpu) or [gpu]
@@ -245,6 +245,12 @@ def compare(
             click.echo(for_terminal(f"note: {line}"), err=True)
         for name, reason in the_plan.skipped.items():
             click.echo(for_terminal(f"skipping {name}: {reason}"), err=True)
+        if executor == "local" and the_plan.device.kind == "cpu":
+            from qbench.predict import cpu_run_warning
+
+            slow = cpu_run_warning(the_plan)  # a 7B-class model: minutes a session, said before the first
+            if slow:
+                click.echo(for_terminal(f"warning: {slow}"), err=True)
 
     with _stop_on_signals():
         if executor == "ray":
@@ -252,7 +258,10 @@ def compare(
 
             outcomes, rows = run_ray_sweep(configs, address, _command_line(), announce)
         else:
-            outcomes, rows = run_sweep(configs, probe_device(), _command_line(), announce)
+            try:
+                outcomes, rows = run_sweep(configs, probe_device(), _command_line(), announce)
+            except GpuNotHere as absent:  # raised while planning: no worker started, nothing written
+                _answer_predicted(configs, absent, fmt)
     measured = sum(o.measured for o in outcomes)
     reused = sum(o.reused for o in outcomes)
     run_ids = [o.run_id for o in outcomes if o.run_id]
@@ -265,6 +274,53 @@ def compare(
     if not any(row["status"].startswith("ok") for row in rows):
         click.echo("qbench: no session succeeded; the status column says why", err=True)
         sys.exit(1)
+
+
+# `qbench compare --gpu G` on a machine without G: the table printed is PREDICTED from the shipped
+# calibration and nothing was measured or stored. Not 0: a script that measures (`compare && export`)
+# must not take a prediction for its measurement; not 1 or 2: nothing failed and the input was fine.
+EXIT_PREDICTED = 3
+
+
+def _answer_predicted(configs: list, absent, fmt: str) -> None:
+    """Print the PREDICTED table for the GPU this machine is not, then how to measure it; exit 3."""
+    import csv
+    import io
+    from dataclasses import asdict, replace
+
+    from qbench.compare import predict_command
+    from qbench.predict import render, shipped_for_compare, shipped_label
+
+    if not absent.wanted.peak_bandwidth_gbps or not absent.wanted.boost_clock_mhz:
+        raise absent  # nothing to predict it from (a CPU spec): the one-line error
+    answers = [shipped_for_compare(config) for config in configs]
+    predictions = [p for answer in answers for p in answer[0]]
+    skipped = {what: why for answer in answers for what, why in answer[1].items()}
+    source, uncovered = answers[0][2], answers[0][3]
+    if fmt == "json":
+        data = json.loads(render(predictions, skipped, "json"))
+        click.echo(json.dumps({**data, "measured": False, "calibration": source}, indent=2))
+    elif fmt == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=list(asdict(predictions[0])) if predictions else ["predicted"])
+        writer.writeheader()
+        writer.writerows(asdict(p) for p in predictions)
+        click.echo(out.getvalue(), nl=False)
+    else:
+        click.echo("\n\n".join(render(answer[0], answer[1], fmt) for answer in answers))
+    wanted, prose = absent.wanted, fmt in ("table", "md")
+    predicted = tuple(dict.fromkeys(p.backend for p in predictions)) or configs[0].backends
+    lines = [
+        f"qbench: this machine has no {wanted.name} GPU (detected {absent.seen}): no session ran and nothing "
+        f"was stored; every figure above is PREDICTED, {shipped_label(source)}.",
+        f"To measure it for real, run this on a machine whose GPU is {wanted.description}: {_command_line()}",
+        f"More prediction options (--launch-us for the eager rows, --db to calibrate on your own store): "
+        f"{predict_command(replace(configs[0], backends=predicted))}",
+    ]
+    if uncovered:
+        lines.append(f"Not in the shipped calibration, so not predicted: {', '.join(uncovered)}.")
+    click.echo(("\n" if prose else "") + "\n".join(for_terminal(line) for line in lines), err=not prose)
+    sys.exit(EXIT_PREDICTED)
 
 
 @main.command()

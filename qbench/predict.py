@@ -506,3 +506,108 @@ def shipped_label(source: dict) -> str:
         f"calibrated on the shipped {source['card']} measurements ({source['device']}; store {source['store']}, "
         f"run(s) {runs}, {source['date']})"
     )
+
+
+# `qbench compare --graphs` as predicted: auto is what a GPU would run (both)
+COMPARE_GRAPHS = {"auto": (False, True), "both": (False, True), "on": (True,), "off": (False,)}
+
+
+def shipped_for_compare(config: Any) -> tuple[list[Prediction], dict[str, str], dict, list[str]]:
+    """What `qbench compare` (a CompareConfig) answers for a GPU this machine is not: the PREDICTED
+    rows from the shipped calibration for its backends ('available': every backend the calibration
+    covers), runtimes, contexts and graphs settings. Returns the predictions, why not for the rest,
+    the calibration's provenance and, for 'available', the known backends it does not cover."""
+    from qbench.compare import resolve_group_size
+    from qbench.registry import backend_names
+    from qbench.specs import load_model_spec
+
+    shipped, source = shipped_calibration()
+    uncovered: list[str] = []
+    backends = list(config.backends)
+    if config.backends == ("available",):
+        covered = {c.backend for c in shipped}
+        backends = [name for name in backend_names() if name in covered]
+        uncovered = [name for name in backend_names() if name not in covered]
+    group_size = resolve_group_size(config.group_size, load_model_spec(config.model))
+    predictions, skipped = predict(
+        config.model,
+        config.gpu,
+        backends,
+        config.runtimes,
+        config.ctx,
+        COMPARE_GRAPHS[config.graphs],
+        [],
+        group_size=group_size,
+        calibrated=shipped,
+    )
+    return predictions, skipped, source, uncovered
+
+
+# ---- how long a run on a CPU will take, said before it starts -----------------------------------
+# On a CPU, a model whose 16-bit weights pass this many bytes takes minutes a session (qwen2.5-7b reads
+# 15 GB a step and computes 2 x 7.6e9 FLOPs a prefill token): `qbench compare` says so, with an
+# estimate, before its first session.
+CPU_WARN_BYTES = 4 * 10**9
+
+
+def cpu_probe() -> tuple[float, float]:
+    """(copy GB/s, bf16 matmul GFLOP/s) of this CPU now, in about a second: 256 MiB copied as a session
+    measures it (qbench.provenance), and the best of 3 bf16 matmuls of a prefill's shape (512 tokens
+    x 2048 x 2048). Imported here only: the parent holds no torch otherwise (a CPU has no CUDA context)."""
+    import time
+
+    import torch
+
+    from qbench.provenance import copy_bandwidth_gbps
+
+    tokens, features = 512, 2048
+    x = torch.ones(tokens, features, dtype=torch.bfloat16)
+    w = torch.ones(features, features, dtype=torch.bfloat16)
+    best = float("inf")
+    for _ in range(3):
+        began = time.perf_counter()
+        x @ w
+        best = min(best, time.perf_counter() - began)
+    return copy_bandwidth_gbps("cpu", 256, repeats=3), 2 * tokens * features * features / best / 1e9
+
+
+def cpu_run_warning(the_plan: Any, probe: Any = cpu_probe) -> str | None:
+    """For a compare Plan on a CPU with a model past CPU_WARN_BYTES: the estimated time of its
+    sessions and how to get a quicker answer (None for a smaller model). Per session:
+      decode   (warm-up + timed steps) x rounds x bytes/step / the copy bandwidth measured now
+      prefill  (rounds + 1) prefills (the first untimed) x 2 FLOPs x parameters x ctx / the bf16
+               matmul rate measured now
+    Loading, quantising and the correctness gate's reference run come on top; a busy machine's
+    probe is slow, so is its run."""
+    from qbench.floor import step_bytes
+    from qbench.registry import load_backend
+    from qbench.specs import load_model_spec
+
+    config = the_plan.config
+    spec = load_model_spec(config.model)
+    sixteen_bit = step_bytes(spec, max(config.ctx))
+    if sixteen_bit.weights < CPU_WARN_BYTES:
+        return None
+    copy_gbps, gflops = probe()
+    parameters = (sixteen_bit.linear_weights + sixteen_bit.lm_head) / 2
+    seconds, sessions = 0.0, 0
+    for name in the_plan.backends:
+        backend = load_backend(name)
+        for ctx in config.ctx:
+            counted = step_bytes(spec, ctx, backend.linear_bytes, the_plan.group_size)
+            decode = (config.warmup + config.steps) * config.rounds * counted.total / (copy_gbps * 1e9)
+            prefill = (config.rounds + 1) * 2 * parameters * ctx / (gflops * 1e9)
+            count = len(the_plan.runtimes.get(name, ("hf",))) * the_plan.sessions
+            seconds += (decode + prefill) * count
+            sessions += count
+    if not sessions:
+        return None
+    return (
+        f"{spec.name} on a CPU: {sessions} session(s), about {seconds / 60:.0f} min by estimate "
+        f"(per session: (warm-up + timed steps) x bytes/step / {copy_gbps:.1f} GB/s copy bandwidth, plus "
+        f"{config.rounds + 1} prefills x 2 x {parameters / 1e9:.1f}e9 parameters x ctx / {gflops:.0f} GFLOP/s "
+        f"bf16 matmul, both measured now; loading, quantising and the gate come on top). A quicker answer: "
+        f"`qbench compare --model {config.model} --gpu h100-sxm5` (or `qbench predict --model {config.model} "
+        f"--gpu G` for any GPU in `qbench gpus`) predicts it from the shipped H100 measurements in seconds, "
+        f"running nothing; or measure a small model here: `qbench compare --model qwen2.5-0.5b`"
+    )
