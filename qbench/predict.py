@@ -571,7 +571,7 @@ def cpu_probe() -> tuple[float, float]:
     return copy_bandwidth_gbps("cpu", 256, repeats=3), 2 * tokens * features * features / best / 1e9
 
 
-def cpu_run_warning(the_plan: Any, probe: Any = cpu_probe) -> str | None:
+def cpu_run_warning(the_plan: Any, probe: Any = None) -> str | None:
     """For a compare Plan on a CPU with a model past CPU_WARN_BYTES: the estimated time of its
     sessions and how to get a quicker answer (None for a smaller model). Per session:
       decode   (warm-up + timed steps) x rounds x bytes/step / the copy bandwidth measured now
@@ -588,7 +588,7 @@ def cpu_run_warning(the_plan: Any, probe: Any = cpu_probe) -> str | None:
     sixteen_bit = step_bytes(spec, max(config.ctx))
     if sixteen_bit.weights < CPU_WARN_BYTES:
         return None
-    copy_gbps, gflops = probe()
+    copy_gbps, gflops = (probe or cpu_probe)()
     parameters = (sixteen_bit.linear_weights + sixteen_bit.lm_head) / 2
     seconds, sessions = 0.0, 0
     for name in the_plan.backends:
