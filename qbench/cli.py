@@ -198,7 +198,7 @@ def compare(
 
     --model and --ctx take comma-separated lists: a sweep over models x ctx x backends x graphs; with
     --executor ray, --gpu too."""
-    from qbench.compare import AB_SESSIONS, CompareConfig, run_sweep
+    from qbench.compare import AB_SESSIONS, CompareConfig, GpuNotHere, run_sweep
     from qbench.report import render
 
     gpu_types = _names(gpu) or [gpu]
@@ -254,6 +254,12 @@ def compare(
             click.echo(for_terminal(f"note: {line}"), err=True)
         for name, reason in the_plan.skipped.items():
             click.echo(for_terminal(f"skipping {name}: {reason}"), err=True)
+        if executor == "local" and the_plan.device.kind == "cpu":
+            from qbench.predict import cpu_run_warning
+
+            slow = cpu_run_warning(the_plan)  # a 7B-class model: minutes a session, said before the first
+            if slow:
+                click.echo(for_terminal(f"warning: {slow}"), err=True)
 
     with _stop_on_signals():
         if executor == "ray":
@@ -261,7 +267,10 @@ def compare(
 
             outcomes, rows = run_ray_sweep(configs, address, _command_line(), announce)
         else:
-            outcomes, rows = run_sweep(configs, None, _command_line(), announce)  # None: probed after checks
+            try:
+                outcomes, rows = run_sweep(configs, None, _command_line(), announce)  # None: probed after checks
+            except GpuNotHere as absent:  # raised while planning: no worker started, nothing written
+                _answer_predicted(configs, absent, fmt)
     measured = sum(o.measured for o in outcomes)
     reused = sum(o.reused for o in outcomes)
     run_ids = [o.run_id for o in outcomes if o.run_id]
@@ -274,6 +283,53 @@ def compare(
     if not any(row["status"].startswith("ok") for row in rows):
         click.echo("qbench: no session succeeded; the status column says why", err=True)
         sys.exit(1)
+
+
+# `qbench compare --gpu G` on a machine without G: the table printed is PREDICTED from the shipped
+# calibration and nothing was measured or stored. Not 0: a script that measures (`compare && export`)
+# must not take a prediction for its measurement; not 1 or 2: nothing failed and the input was fine.
+EXIT_PREDICTED = 3
+
+
+def _answer_predicted(configs: list, absent, fmt: str) -> None:
+    """Print the PREDICTED table for the GPU this machine is not, then how to measure it; exit 3."""
+    import csv
+    import io
+    from dataclasses import asdict, replace
+
+    from qbench.compare import predict_command
+    from qbench.predict import render, shipped_for_compare, shipped_label
+
+    if not absent.wanted.peak_bandwidth_gbps or not absent.wanted.boost_clock_mhz:
+        raise absent  # nothing to predict it from (a CPU spec): the one-line error
+    answers = [shipped_for_compare(config) for config in configs]
+    predictions = [p for answer in answers for p in answer[0]]
+    skipped = {what: why for answer in answers for what, why in answer[1].items()}
+    source, uncovered = answers[0][2], answers[0][3]
+    if fmt == "json":
+        data = json.loads(render(predictions, skipped, "json"))
+        click.echo(json.dumps({**data, "measured": False, "calibration": source}, indent=2))
+    elif fmt == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=list(asdict(predictions[0])) if predictions else ["predicted"])
+        writer.writeheader()
+        writer.writerows(asdict(p) for p in predictions)
+        click.echo(out.getvalue(), nl=False)
+    else:
+        click.echo("\n\n".join(render(answer[0], answer[1], fmt) for answer in answers))
+    wanted, prose = absent.wanted, fmt in ("table", "md")
+    predicted = tuple(dict.fromkeys(p.backend for p in predictions)) or configs[0].backends
+    lines = [
+        f"qbench: this machine has no {wanted.name} GPU (detected {absent.seen}): no session ran and nothing "
+        f"was stored; every figure above is PREDICTED, {shipped_label(source)}.",
+        f"To measure it for real, run this on a machine whose GPU is {wanted.description}: {_command_line()}",
+        f"More prediction options (--launch-us for the eager rows, --db to calibrate on your own store): "
+        f"{predict_command(replace(configs[0], backends=predicted))}",
+    ]
+    if uncovered:
+        lines.append(f"Not in the shipped calibration, so not predicted: {', '.join(uncovered)}.")
+    click.echo(("\n" if prose else "") + "\n".join(for_terminal(line) for line in lines), err=not prose)
+    sys.exit(EXIT_PREDICTED)
 
 
 @main.command()
@@ -395,7 +451,11 @@ def floor(model, gpu, ctx, backend, group_size, fmt) -> None:
 @click.option("--runtimes", default="hf", show_default=True, help="Runtimes of the linear backends: hf, lean.")
 @click.option("--ctx", default="2048", show_default=True, help="Context length(s), comma-separated.")
 @click.option("--graphs", type=click.Choice(["off", "on", "both"]), default="both", show_default=True)
-@click.option("--db", default="results/qbench.sqlite", show_default=True, help="Store whose measurements calibrate.")
+@click.option(
+    "--db",
+    default=None,
+    help="Store whose measurements calibrate (default: the H100 calibration shipped with qbench).",
+)
 @click.option("--calibrate-on", default="auto", show_default=True, help="GPU spec whose measurements to use.")
 @click.option("--launch-us", type=float, default=None, help="The target host's kernel launch cost (eager).")
 @click.option(
@@ -410,7 +470,7 @@ def predict(model, gpu, backends, runtimes, ctx, graphs, db, calibrate_on, launc
     Every figure is labelled predicted and nothing is stored (README, 'Predicting a GPU you do not
     have', spells out the model)."""
     from qbench.predict import predict as run_prediction
-    from qbench.predict import render
+    from qbench.predict import render, shipped_calibration, shipped_label
     from qbench.runtimes import LINEAR_RUNTIMES
     from qbench.specs import check_path, load_gpu_spec
 
@@ -419,9 +479,14 @@ def predict(model, gpu, backends, runtimes, ctx, graphs, db, calibrate_on, launc
         raise UserError(f"--runtimes must be one or more of {', '.join(LINEAR_RUNTIMES)}, got {runtimes!r}")
     if calibrate_on != "auto":
         load_gpu_spec(calibrate_on)  # an unknown name is one line here
-    if not check_path("--db", db).is_file():
+    shipped, source = None, None
+    if db is None:
+        shipped, source = shipped_calibration()
+        sessions = []
+    elif not check_path("--db", db).is_file():
         raise UserError(f"--db {db} does not exist", "point --db at a store `qbench compare` wrote on a GPU")
-    sessions = _read_sessions(db)
+    else:
+        sessions = _read_sessions(db)
     measured = None
     if against is not None:
         if not check_path("--against", against).is_file():
@@ -429,9 +494,25 @@ def predict(model, gpu, backends, runtimes, ctx, graphs, db, calibrate_on, launc
         measured = _read_sessions(against)
     modes = {"off": (False,), "on": (True,), "both": (False, True)}[graphs]
     rows, skipped = run_prediction(
-        model, gpu, _names(backends), chosen, _ints(ctx), modes, sessions, calibrate_on, launch_us, against=measured
+        model,
+        gpu,
+        _names(backends),
+        chosen,
+        _ints(ctx),
+        modes,
+        sessions,
+        calibrate_on,
+        launch_us,
+        against=measured,
+        calibrated=shipped,
     )
-    click.echo(render(rows, skipped, fmt))
+    text = render(rows, skipped, fmt)
+    if source is None:
+        click.echo(text)
+    elif fmt == "json":  # the JSON says where its calibration came from too
+        click.echo(json.dumps({**json.loads(text), "calibration": source}, indent=2))
+    else:
+        click.echo(f"{text}\n\n{shipped_label(source)}; calibrate on your own store with --db STORE")
 
 
 def _read_sessions(db: str) -> list[dict]:

@@ -209,6 +209,15 @@ def detected_gpu(device: DeviceInfo) -> GpuSpec:
     return gpu_for_device(device.name if device.kind == "cuda" or is_cpu_name(device.name) else "cpu")
 
 
+class GpuNotHere(UserError):
+    """--gpu names a GPU this machine is not. `qbench compare` (local) answers it with the PREDICTED
+    table from the shipped calibration instead; anywhere else it is the one-line error."""
+
+    def __init__(self, what: str, fix: str, wanted: GpuSpec, seen: str):
+        super().__init__(what, fix)
+        self.wanted, self.seen = wanted, seen
+
+
 def resolve_gpu(requested: str, device: DeviceInfo, predict_command: str = "") -> GpuSpec:
     detected = detected_gpu(device)
     if requested == "auto":
@@ -217,9 +226,11 @@ def resolve_gpu(requested: str, device: DeviceInfo, predict_command: str = "") -
     if wanted.name != detected.name:
         seen = device.name if device.kind == "cuda" else f"no CUDA GPU ({detected.name})"
         other = f"; or predict it from stored measurements: {predict_command}" if predict_command else ""
-        raise UserError(
+        raise GpuNotHere(
             f"--gpu {requested} does not match this machine: detected {seen} (it never substitutes another GPU)",
             f"measure on a {wanted.description}, or use --gpu auto{other}",
+            wanted,
+            seen,
         )
     return wanted
 

@@ -248,13 +248,17 @@ def predict(
     launch_us: float | None = None,
     group_size: int = 128,
     against: list[dict] | None = None,
+    calibrated: list[Calibration] | None = None,
 ) -> tuple[list[Prediction], dict[str, str]]:
     """Predictions for every (backend, runtime, ctx, graphs) it can calibrate, and why not for the rest.
 
     `against`: sessions measured on the target GPU (another store). Each prediction is then put beside
     the same cell's measurement there, with its error; an eager prediction without --launch-us takes
     that cell's measured host launch cost (the validation gives the model the target host's launch
-    cost, not its timings). Those sessions never calibrate."""
+    cost, not its timings). Those sessions never calibrate.
+    `calibrated`: calibrations to use instead of those of `sessions` (the shipped ones,
+    shipped_calibration()); they may be of the target card itself (a store's own measurements of the
+    target never calibrate, the shipped ones were measured elsewhere)."""
     from qbench.compare import check_ctx
     from qbench.floor import step_bytes
     from qbench.registry import load_backend
@@ -271,7 +275,10 @@ def predict(
     target = load_gpu_spec(gpu)
     if not target.peak_bandwidth_gbps or not target.boost_clock_mhz:
         raise UserError(f"GPU spec {gpu} lacks the peak bandwidth or clock the model needs")
-    found = [c for c in calibrations(sessions) if c.gpu != target.name]
+    if calibrated is None:
+        found = [c for c in calibrations(sessions) if c.gpu != target.name]
+    else:
+        found = list(calibrated)
     if calibrate_on != "auto":
         found = [c for c in found if c.gpu == calibrate_on]
     if not found:
@@ -437,3 +444,178 @@ def _worst_error(predictions: list[Prediction], graphs: str) -> str:
     worst = max(errors, key=abs)
     typical = median(abs(error) for error in errors)
     return f"- {label}: {len(errors)} cell(s) measured; worst error {worst:+.0f}%, median |error| {typical:.0f}%"
+
+
+# ---- the calibration shipped with qbench ---------------------------------------------------------
+# qbench/data/SHIPPED_CALIBRATION: the Calibrations of one committed store (SHIPPED_STORE, measured on
+# an H100), so `qbench predict` and `qbench compare --gpu G` on a machine without G answer on a fresh
+# install. tools/calibration.py writes it from the store; tests/test_headline.py checks they agree.
+SHIPPED_CALIBRATION = "calibration-h100.json"
+# bf16, torch-int4, awq-marlin, gptq-exllamav2 and bnb-nf4 under hf and lean, qwen2.5-7b ctx 2048,
+# graphs A/B, every step profiled (results/h100/lean-gemv/README.md)
+SHIPPED_STORE = "results/h100/lean-gemv/gemv10.sqlite"
+
+
+def _significant(value: Any) -> Any:
+    """Floats to 9 significant digits (the stored file does not hang on the last bit of a library's
+    quantile function); lists and tuples element by element."""
+    if isinstance(value, float):
+        return float(f"{value:.9g}")
+    if isinstance(value, list | tuple):
+        return [_significant(item) for item in value]
+    return value
+
+
+def calibration_document(sessions: list[dict], store: str) -> dict:
+    """The shipped calibration's content: every Calibration the stored sessions give, and where they
+    came from (the card, the device, the store file, its runs and their date, from the run ids)."""
+    from dataclasses import asdict
+
+    found = sorted(calibrations(sessions), key=lambda c: (c.model, c.ctx, c.backend, c.runtime))
+    if not found:
+        raise UserError(f"{store} holds no profiled, timed measurement to calibrate on")
+    runs = sorted({run for c in found for run in c.run_ids})
+    devices = {r["result"].get("provenance", {}).get("device", "") for r in sessions if r["run_id"] in runs}
+    days = sorted({f"{run[:4]}-{run[4:6]}-{run[6:8]}" for run in runs})  # run ids start with the UTC date
+    return {
+        "about": "qbench's shipped calibration (qbench predict without --db, qbench compare --gpu G on a "
+        "machine without G): the calibration cells of the store named, written by tools/calibration.py",
+        "card": ", ".join(sorted({c.gpu for c in found})),
+        "device": ", ".join(sorted(devices - {""})),
+        "store": store,
+        "run_ids": runs,
+        "date": days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}",
+        "calibrations": [{k: _significant(v) for k, v in asdict(c).items()} for c in found],
+    }
+
+
+def document_text(document: dict) -> str:
+    import json
+
+    return json.dumps(document, indent=1) + "\n"
+
+
+def shipped_calibration() -> tuple[list[Calibration], dict]:
+    """The shipped Calibrations, and the document's provenance (card, device, store, run_ids, date)."""
+    import json
+    from importlib import resources
+
+    document = json.loads(resources.files("qbench").joinpath("data", SHIPPED_CALIBRATION).read_text())
+    found = []
+    for cell in document["calibrations"]:
+        pairs = {name: tuple(cell[name]) if cell[name] else None for name in ("graph_interval", "eager_interval")}
+        found.append(Calibration(**{**cell, **pairs, "run_ids": tuple(cell["run_ids"])}))
+    return found, {key: value for key, value in document.items() if key != "calibrations"}
+
+
+def shipped_label(source: dict) -> str:
+    runs = ", ".join(source["run_ids"])
+    return (
+        f"calibrated on the shipped {source['card']} measurements ({source['device']}; store {source['store']}, "
+        f"run(s) {runs}, {source['date']})"
+    )
+
+
+# `qbench compare --graphs` as predicted: auto is what a GPU would run (both)
+COMPARE_GRAPHS = {"auto": (False, True), "both": (False, True), "on": (True,), "off": (False,)}
+
+
+def shipped_for_compare(config: Any) -> tuple[list[Prediction], dict[str, str], dict, list[str]]:
+    """What `qbench compare` (a CompareConfig) answers for a GPU this machine is not: the PREDICTED
+    rows from the shipped calibration for its backends ('available': every backend the calibration
+    covers), runtimes, contexts and graphs settings. Returns the predictions, why not for the rest,
+    the calibration's provenance and, for 'available', the known backends it does not cover."""
+    from qbench.compare import resolve_group_size
+    from qbench.registry import backend_names
+    from qbench.specs import load_model_spec
+
+    shipped, source = shipped_calibration()
+    uncovered: list[str] = []
+    backends = list(config.backends)
+    if config.backends == ("available",):
+        covered = {c.backend for c in shipped}
+        backends = [name for name in backend_names() if name in covered]
+        uncovered = [name for name in backend_names() if name not in covered]
+    group_size = resolve_group_size(config.group_size, load_model_spec(config.model))
+    predictions, skipped = predict(
+        config.model,
+        config.gpu,
+        backends,
+        config.runtimes,
+        config.ctx,
+        COMPARE_GRAPHS[config.graphs],
+        [],
+        group_size=group_size,
+        calibrated=shipped,
+    )
+    return predictions, skipped, source, uncovered
+
+
+# ---- how long a run on a CPU will take, said before it starts -----------------------------------
+# On a CPU, a model whose 16-bit weights pass this many bytes takes minutes a session (qwen2.5-7b reads
+# 15 GB a step and computes 2 x 7.6e9 FLOPs a prefill token): `qbench compare` says so, with an
+# estimate, before its first session.
+CPU_WARN_BYTES = 4 * 10**9
+
+
+def cpu_probe() -> tuple[float, float]:
+    """(copy GB/s, bf16 matmul GFLOP/s) of this CPU now, in about a second: 256 MiB copied as a session
+    measures it (qbench.provenance), and the best of 3 bf16 matmuls of a prefill's shape (512 tokens
+    x 2048 x 2048). Imported here only: the parent holds no torch otherwise (a CPU has no CUDA context)."""
+    import time
+
+    import torch
+
+    from qbench.provenance import copy_bandwidth_gbps
+
+    tokens, features = 512, 2048
+    x = torch.ones(tokens, features, dtype=torch.bfloat16)
+    w = torch.ones(features, features, dtype=torch.bfloat16)
+    best = float("inf")
+    for _ in range(3):
+        began = time.perf_counter()
+        x @ w
+        best = min(best, time.perf_counter() - began)
+    return copy_bandwidth_gbps("cpu", 256, repeats=3), 2 * tokens * features * features / best / 1e9
+
+
+def cpu_run_warning(the_plan: Any, probe: Any = None) -> str | None:
+    """For a compare Plan on a CPU with a model past CPU_WARN_BYTES: the estimated time of its
+    sessions and how to get a quicker answer (None for a smaller model). Per session:
+      decode   (warm-up + timed steps) x rounds x bytes/step / the copy bandwidth measured now
+      prefill  (rounds + 1) prefills (the first untimed) x 2 FLOPs x parameters x ctx / the bf16
+               matmul rate measured now
+    Loading, quantising and the correctness gate's reference run come on top; a busy machine's
+    probe is slow, so is its run."""
+    from qbench.floor import step_bytes
+    from qbench.registry import load_backend
+    from qbench.specs import load_model_spec
+
+    config = the_plan.config
+    spec = load_model_spec(config.model)
+    sixteen_bit = step_bytes(spec, max(config.ctx))
+    if sixteen_bit.weights < CPU_WARN_BYTES:
+        return None
+    copy_gbps, gflops = (probe or cpu_probe)()
+    parameters = (sixteen_bit.linear_weights + sixteen_bit.lm_head) / 2
+    seconds, sessions = 0.0, 0
+    for name in the_plan.backends:
+        backend = load_backend(name)
+        for ctx in config.ctx:
+            counted = step_bytes(spec, ctx, backend.linear_bytes, the_plan.group_size)
+            decode = (config.warmup + config.steps) * config.rounds * counted.total / (copy_gbps * 1e9)
+            prefill = (config.rounds + 1) * 2 * parameters * ctx / (gflops * 1e9)
+            count = len(the_plan.runtimes.get(name, ("hf",))) * the_plan.sessions
+            seconds += (decode + prefill) * count
+            sessions += count
+    if not sessions:
+        return None
+    return (
+        f"{spec.name} on a CPU: {sessions} session(s), about {seconds / 60:.0f} min by estimate "
+        f"(per session: (warm-up + timed steps) x bytes/step / {copy_gbps:.1f} GB/s copy bandwidth, plus "
+        f"{config.rounds + 1} prefills x 2 x {parameters / 1e9:.1f}e9 parameters x ctx / {gflops:.0f} GFLOP/s "
+        f"bf16 matmul, both measured now; loading, quantising and the gate come on top). A quicker answer: "
+        f"`qbench compare --model {config.model} --gpu h100-sxm5` (or `qbench predict --model {config.model} "
+        f"--gpu G` for any GPU in `qbench gpus`) predicts it from the shipped H100 measurements in seconds, "
+        f"running nothing; or measure a small model here: `qbench compare --model qwen2.5-0.5b`"
+    )
