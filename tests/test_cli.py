@@ -91,7 +91,8 @@ def test_compare_stores_and_exports(tmp_path):
     assert max(len(line) for line in table.splitlines()) <= 120
     header = next(line for line in table.splitlines() if line.startswith("backend"))
     assert "floor ms (meas.)" not in header and "launch us" in wide and "launch us" not in header
-    assert "peak MiB" not in wide  # empty in every row on a CPU
+    wide_header = next(line for line in wide.splitlines() if line.startswith("backend"))
+    assert "peak MiB" not in wide_header and "GPU MiB" not in wide_header  # empty in every row on a CPU
     replication = invoke("export", "--db", "r.sqlite", "--view", "replication", "--format", "csv")
     header, row = replication.stdout.strip().splitlines()  # one (model, ctx) cell, from its bf16 row only
     assert header.startswith("model,ctx,floor ms,eager ms") and row.startswith("tiny,32,")
