@@ -583,7 +583,6 @@ def run_sweep(
             check_inputs(config)
         device = probe_device()
     plans = [plan(config, device) for config in configs]
-    check_lock(device_key(device))  # the lock folder and file are usable (not links, ours): else one line now
     check_runnable(plans)
     remove_stale_scratch()
     outcomes = []
@@ -603,7 +602,7 @@ def planned_sessions(the_plan: Plan) -> int:
     return the_plan.sessions * len(the_plan.config.ctx) * per_ctx
 
 
-def check_runnable(plans: list[Plan]) -> None:
+def check_runnable(plans: list[Plan], local: bool = True) -> None:
     """Every plan has a backend to run, the plans are not too many sessions, the QBENCH_* folders and
     cache size are valid, and the store can be written: checked before any session and before any
     job list is built (a worker runs in a scratch folder, so a relative folder there would be
@@ -620,6 +619,8 @@ def check_runnable(plans: list[Plan]) -> None:
             "x contexts x backends x runtimes)",
             "ask for fewer, or split the study into several commands on one --db",
         )
+    if local:  # this machine's device lock: its folder and file are usable (not links, ours), else one line
+        check_lock(device_key(plans[0].device))
     Store(plans[0].config.db).close()  # a --db that cannot be written fails here, before any session
 
 

@@ -406,7 +406,7 @@ def run_ray_sweep(
         }
         devices = probe_types(ray, placements, progress)
         plans = [plan(config, devices[config.gpu]) for config in configs]
-        check_runnable(plans)
+        check_runnable(plans, local=False)  # each node checks its own lock when a session takes it
         for the_plan in plans:
             announce(the_plan)
         outcomes = RaySweep(ray, plans, placements, command, progress).run()
