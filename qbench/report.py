@@ -712,7 +712,15 @@ def replication_rows(rows: list[dict]) -> list[dict]:
         if row["backend"] != "bf16":
             continue
         cell = cells.setdefault(
-            row["cell_hash"], {"model": row["model"], "gpu": row["gpu"], "ctx": row["ctx"], "run_ids": row["run_ids"]}
+            row["cell_hash"],
+            {
+                "model": row["model"],
+                "gpu": row["gpu"],
+                "ctx": row["ctx"],
+                "run_ids": row["run_ids"],
+                "runtime": row.get("runtime", "hf"),
+                "backend": row["backend"],
+            },
         )
         prefix = "graph" if row["graphs"] == "on" else "eager"
         cell[f"{prefix}_ms"] = row.get("ms_per_step")

@@ -1,0 +1,98 @@
+"""What a newcomer meets first (issue 24): a recommendation without an interval says so in its
+headline, every table fits a terminal, the plot names runtimes, device reasons come before package
+advice, and the README's plugin example runs as written."""
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from qbench.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+H100 = ROOT / "results" / "h100"
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+# ---- 2: a recommendation no interval decides carries its caveat in the headline ------------------
+
+
+def test_a_one_session_recommendation_is_provisional_in_its_headline(tmp_path):
+    from test_deploy_report import add_cell
+
+    from qbench.store import Store
+
+    store = Store(tmp_path / "one.sqlite")
+    run = store.new_run("qbench compare (one session per cell)", {})
+    add_cell(store, run, "bf16", "hf", [10.0], [30.0], 15000, 14.26)
+    add_cell(store, run, "torch-int4", "hf", [6.0], [12.0], 5900, 4.68)
+    store.close()
+    result = invoke("report", "--db", "one.sqlite", "--out", "r.md", "--budget-ms", "33.3")
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "r.md").read_text()
+    headlines = [line for line in text.splitlines() if "deploy torch-int4" in line and "Within" in line]
+    assert headlines, text
+    for line in headlines:
+        assert "PROVISIONAL" in line and "no interval" in line and "--sessions 3" in line
+
+
+def test_a_decided_recommendation_has_no_caveat(tmp_path):
+    from test_deploy_report import make_store
+
+    make_store(tmp_path / "r.sqlite")
+    assert invoke("report", "--db", "r.sqlite", "--out", "r.md", "--budget-ms", "9").exit_code == 0
+    assert "PROVISIONAL" not in (tmp_path / "r.md").read_text()
+
+
+# ---- 4: the plot draws one labelled series per runtime and backend -------------------------------
+
+
+def test_plot_of_the_runtimes_store_names_each_runtime(tmp_path):
+    pytest.importorskip("matplotlib")
+    store = H100 / "runtimes" / "runtimes.sqlite"
+    result = invoke("plot", "--db", store, "--run", "all", "--out", "runtimes.svg")
+    assert result.exit_code == 0, result.output
+    svg = (tmp_path / "runtimes.svg").read_text()
+    # matplotlib writes each text as a comment beside its glyphs
+    assert "bf16 under hf" in svg and "bf16 under lean" in svg
+    assert "under hf, lean" in svg  # the title names the runtimes drawn
+
+
+def test_the_readme_plot_command_works(tmp_path):
+    pytest.importorskip("matplotlib")
+    readme = (ROOT / "README.md").read_text()
+    (line,) = [line for line in readme.splitlines() if line.startswith("qbench plot ")]
+    args = line.split("#")[0].split()[2:]
+    args = [str(ROOT / a) if a.startswith("results/") else a for a in args]
+    result = invoke("plot", *args)
+    assert result.exit_code == 0, result.output
+
+
+# ---- 5: a backend this device cannot run says so before any package advice -----------------------
+
+
+def test_device_reason_comes_before_package_advice(monkeypatch):
+    import importlib.util
+
+    from qbench.backend import DeviceInfo
+    from qbench.registry import backend_names, load_backend
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name != "torch" else real(name, *a))
+    cpu = DeviceInfo(kind="cpu", name="cpu")
+    old = DeviceInfo(kind="cuda", name="old gpu", capability=(6, 0))
+    checked = 0
+    for name in backend_names():
+        backend = load_backend(name)
+        if backend.requires_cuda:
+            assert backend.unavailable_reason(cpu).startswith("needs a CUDA GPU"), name
+            checked += 1
+        if backend.min_capability:
+            assert backend.unavailable_reason(old).startswith("needs compute capability"), name
+    assert checked >= 3
+    result = invoke("backends")
+    awq = [line for line in result.output.splitlines() if line.startswith("awq-marlin")]
+    assert awq and "needs a CUDA GPU" in awq[0] and "pip install" not in awq[0]
