@@ -38,13 +38,12 @@ from dataclasses import dataclass, field
 from statistics import median
 from typing import Any
 
-from tabulate import tabulate
-
 from qbench import stats
 from qbench.escape import for_csv, for_html, for_latex, for_terminal, html_prose, markdown_prose, table_body
 from qbench.gate_limits import EDGE_ERROR, EDGE_TOP1
 from qbench.registry import BUILT_IN_ORDER
 from qbench.specs import load_gpu_spec
+from qbench.tables import TERMINAL_WIDTH, layout
 
 PERPLEXITY_BOUND = 1.75  # real weights: a 4-bit backend's perplexity may be at most this x bf16's
 NOISY_CV = 0.10  # coefficient of variation of steps inside a session above which a cell is noisy
@@ -87,9 +86,10 @@ class Section:
     after: list[str] = field(default_factory=list)  # and below it
 
 
-def document(fmt: str, title: str, sections: list[Section], legend: str) -> str:
+def document(fmt: str, title: str, sections: list[Section], legend: str, wide: bool = False) -> str:
     """Title lines, then each section's heading, prose and table, then the legend, in one of
-    TABLE_FORMATS; as CSV, only the sections' header and body rows."""
+    TABLE_FORMATS; as CSV, only the sections' header and body rows. The terminal table fits
+    TERMINAL_WIDTH (its widest cells wrapped) unless `wide`."""
     if fmt == "csv":
         buffer = io.StringIO()
         for section in sections:
@@ -100,7 +100,8 @@ def document(fmt: str, title: str, sections: list[Section], legend: str) -> str:
         if section.heading:  # in the terminal, wrapped at the table's width like all prose
             parts += _wrap(section.heading) if fmt == "table" else [_heading(section.heading, fmt)]
         parts += [out for line in section.before for out in _lines(line, fmt)] + ([""] if section.before else [])
-        parts.append(tabulate(table_body(section.body, fmt), headers=section.headers, tablefmt=TABLE_FORMATS[fmt]))
+        body = table_body(section.body, fmt)
+        parts.append(layout(body, section.headers, TABLE_FORMATS[fmt], fit=fmt == "table" and not wide))
         parts += [out for line in section.after for out in _lines(line, fmt)] + [""]
     if fmt in ("table", "md"):  # a legend people read: wrapped, not one long line
         parts += textwrap.wrap(legend, LEGEND_WIDTH, break_on_hyphens=False)
@@ -549,11 +550,10 @@ COMPACT = (
     *("expected x", "realised x", "graphs x", "vs hf x", "TTFT ms", "J/tok", "GPU MiB", "ppl", "KL mean"),
     *("sessions", "status"),
 )
-DROP_ORDER = (
-    *("vs hf x", "TTFT ms", "J/tok", "GPU MiB", "KL mean", "sessions", "ppl"),
-    *("expected x", "95% CI", "graphs x", "runtime"),
+DROP_ORDER = (  # `expected x` and `sessions` stay: the realised-vs-expected promise and what backs it
+    *("vs hf x", "TTFT ms", "J/tok", "GPU MiB", "KL mean", "ppl"),
+    *("95% CI", "graphs x"),  # runtime stays too: hf and lean rows would read as one
 )
-TERMINAL_WIDTH = 120
 
 
 def table_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
@@ -588,7 +588,7 @@ def choose_columns(headers: list[str], body: list[list[str]], fmt: str, wide: bo
 
 
 def _width(headers: list[str], body: list[list[str]], names: list[str]) -> int:
-    return max(map(len, tabulate(keep_columns(headers, body, names)[1], names).splitlines()))
+    return max(map(len, layout(keep_columns(headers, body, names)[1], names, "simple").splitlines()))
 
 
 INTERNAL_KEYS = ("comparison", "session_medians_ms")  # in the rows for grouping and intervals; not exported
@@ -701,7 +701,7 @@ def render(rows: list[dict], fmt: str, title: str = "", wide: bool = False) -> s
     )
     if flags:
         legend += " Flags: " + "; ".join(f"{flag} = {FLAG_TEXT[flag]}" for flag in flags if flag in FLAG_TEXT) + "."
-    return document(fmt, title, sections, legend)
+    return document(fmt, title, sections, legend, wide)
 
 
 def replication_rows(rows: list[dict]) -> list[dict]:
@@ -736,7 +736,7 @@ def replication_rows(rows: list[dict]) -> list[dict]:
     return sorted(cells.values(), key=lambda c: (c["model"], c["ctx"], c["run_ids"]))
 
 
-def render_replication(cells: list[dict], fmt: str, title: str = "") -> str:
+def render_replication(cells: list[dict], fmt: str, title: str = "", wide: bool = False) -> str:
     if fmt == "json":
         return json.dumps([plain(c) for c in cells], indent=2)
 
@@ -782,7 +782,7 @@ def render_replication(cells: list[dict], fmt: str, title: str = "") -> str:
         "graphs x = eager / graph ms per session (paired), interval over sessions; "
         "eager launch us = host time of one empty CUDA kernel launch around the eager blocks (blank: not measured)."
     )
-    return document(fmt, title, [Section("", headers, body)], legend)
+    return document(fmt, title, [Section("", headers, body)], legend, wide)
 
 
 def kernel_rows(sessions: list[dict], top: int = 8) -> list[dict[str, Any]]:
@@ -841,7 +841,7 @@ def short_kernel_name(name: str, width: int = 80) -> str:
     return name if len(name) <= width else name[: width - 3] + "..."
 
 
-def render_kernels(rows: list[dict], fmt: str, title: str = "") -> str:
+def render_kernels(rows: list[dict], fmt: str, title: str = "", wide: bool = False) -> str:
     if fmt == "json":
         return json.dumps(rows, indent=2)
     headers = [
@@ -866,7 +866,7 @@ def render_kernels(rows: list[dict], fmt: str, title: str = "") -> str:
             r["runtime"],
             r["ctx"],
             r["kernel"] if fmt == "csv" else short_kernel_name(r["kernel"]),
-            r["calls"],
+            round(r["calls"]),  # a count: the median of the sessions' counts (28.0 reads as 28)
             r["gpu_us"],
             "" if r["share_of_step"] is None else f"{100 * r['share_of_step']:.0f}%",
             r["step_gpu_ms"],
@@ -879,7 +879,13 @@ def render_kernels(rows: list[dict], fmt: str, title: str = "") -> str:
         "One eager decode step per session, profiled (torch.profiler, CUDA activity) after the timed blocks; "
         "GPU us = median over the sessions that list the kernel; % of step = GPU us / the step's GPU time."
     )
-    return document(fmt, title, [Section("", headers, body)], legend)
+    before = []
+    if fmt == "table" and not wide:  # to fit the terminal: what every row shares is said once, above
+        shared = [h for h in ("model", "gpu", "ctx") if len({str(cells[headers.index(h)]) for cells in body}) == 1]
+        if body and shared:
+            before.append(", ".join(f"{h} {body[0][headers.index(h)]}" for h in shared))
+        headers, body = keep_columns(headers, body, [h for h in headers if h not in shared and h != "of"])
+    return document(fmt, title, [Section("", headers, body, before)], legend, wide)
 
 
 # ---- where a session's time goes --------------------------------------------------------------
@@ -895,6 +901,8 @@ PHASES = (
     ("profile", "profile_s"),  # the profiled step, NVML after
     ("rest", "rest_s"),  # what the parent saw beyond the phases above (result, exit)
 )
+
+TERMINAL_PHASES = ("imports", "load", "gate", "timed")
 
 
 def session_rows(sessions: list[dict]) -> list[dict[str, Any]]:
@@ -924,18 +932,20 @@ def session_rows(sessions: list[dict]) -> list[dict[str, Any]]:
     return rows
 
 
-def render_sessions(rows: list[dict], fmt: str, title: str = "") -> str:
+def render_sessions(rows: list[dict], fmt: str, title: str = "", wide: bool = False) -> str:
     if fmt == "json":
         return json.dumps(rows, indent=2)
 
     def seconds(value):
         return "" if value is None else f"{value:.1f}"
 
-    headers = ["model", "backend", "runtime", "ctx", "session", *(name for name, _ in PHASES)]
+    # the terminal shows the phases that take the time (--wide: all of them), to fit its width
+    phases = PHASES if wide or fmt != "table" else [(n, k) for n, k in PHASES if n in TERMINAL_PHASES]
+    headers = ["model", "backend", "runtime", "ctx", "session", *(name for name, _ in phases)]
     headers += ["total", "beyond timed", "cache"]
     body = [
         [r["model"], r["backend"], r["runtime"], r["ctx"], r["session"]]
-        + [seconds(r[key]) for _, key in PHASES]
+        + [seconds(r[key]) for _, key in phases]
         + [seconds(r["total_s"]), seconds(r["beyond_timed_s"]), r["weights_cache"]]
         for r in rows
     ]
@@ -979,4 +989,4 @@ def render_sessions(rows: list[dict], fmt: str, title: str = "") -> str:
         "total - timed. cache = whether the session's synthetic weights came from the weights cache."
     )
     sections = [Section("per cell", summary_headers, summary), Section("per session", headers, body)]
-    return document(fmt, title, sections, legend)
+    return document(fmt, title, sections, legend, wide)

@@ -96,3 +96,60 @@ def test_device_reason_comes_before_package_advice(monkeypatch):
     result = invoke("backends")
     awq = [line for line in result.output.splitlines() if line.startswith("awq-marlin")]
     assert awq and "needs a CUDA GPU" in awq[0] and "pip install" not in awq[0]
+
+
+# ---- 3: every table command fits 120 columns by default --------------------------------------------
+
+WIDTH = 120
+STORES = sorted(H100.rglob("*.sqlite"))
+
+
+def _widest(result) -> int:
+    assert result.exit_code == 0, result.output
+    return max((len(line) for line in result.stdout.splitlines()), default=0)
+
+
+def test_every_table_command_fits_120_columns_on_the_committed_stores():
+    assert len(STORES) >= 10
+    runner = CliRunner()
+    too_wide = {}
+
+    def check(*args):
+        result = runner.invoke(main, [str(a) for a in args])
+        if result.exit_code == 2:  # a view the store has nothing for (no kernels, no bf16 rows)
+            return
+        if _widest(result) > WIDTH:
+            too_wide[" ".join(map(str, args))] = _widest(result)
+
+    for command in (["models"], ["gpus"], ["backends"], ["cache"]):
+        check(*command)
+    check("predict", "--model", "qwen2.5-7b", "--gpu", "l4", "--db", H100 / "runtimes" / "runtimes.sqlite")
+    for store in STORES:
+        for view in ("compare", "kernels", "sessions", "replication"):
+            check("export", "--db", store, "--run", "all", "--format", "table", "--view", view)
+    assert not too_wide, too_wide
+
+
+def test_wide_keeps_every_column_unwrapped():
+    narrow = invoke("backends")
+    wide = invoke("backends", "--wide")
+    assert _widest(narrow) <= WIDTH < _widest(wide)
+    assert len(wide.stdout.splitlines()) < len(narrow.stdout.splitlines())
+
+
+def test_the_compact_compare_table_keeps_expected_x_and_sessions():
+    store = H100 / "lean-gemv" / "gemv10.sqlite"
+    result = invoke("export", "--db", store, "--run", "all", "--format", "table")
+    header = "\n".join(line for line in result.stdout.splitlines() if line.startswith("backend"))
+    assert "runtime" in header and "expected" in header and "sessions" in header
+    assert _widest(result) <= WIDTH
+
+
+# ---- 8: fixed decimals per column ---------------------------------------------------------------------
+
+
+def test_numbers_keep_their_decimals():
+    from qbench.tables import layout
+
+    text = layout([["a", "85.0", 8.0, "1"], ["b", "7.25", 80.5, "28"]], ["name", "pct", "GiB", "count"], "simple")
+    assert "85.00" in text and "8.0 " in text + " " and " 1" in text and "28.0" not in text
