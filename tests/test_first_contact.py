@@ -2,6 +2,9 @@
 headline, every table fits a terminal, the plot names runtimes, device reasons come before package
 advice, and the README's plugin example runs as written."""
 
+import json
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -153,3 +156,52 @@ def test_numbers_keep_their_decimals():
 
     text = layout([["a", "85.0", 8.0, "1"], ["b", "7.25", 80.5, "28"]], ["name", "pct", "GiB", "count"], "simple")
     assert "85.00" in text and "8.0 " in text + " " and " 1" in text and "28.0" not in text
+
+
+# ---- 6: the README's plugin example runs as written -------------------------------------------------
+
+
+def _readme_section(title: str) -> str:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index(f"\n## {title}\n")
+    return readme[start : readme.index("\n## ", start + 1)]
+
+
+def _blocks(text: str, language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
+
+
+def test_the_readme_plugin_example_runs_as_written(tmp_path, monkeypatch):
+    from conftest import install_plugin
+
+    section = _readme_section("Adding a backend")
+    linear_format, whole_runtime = _blocks(section, "python")
+    exec(compile(whole_runtime, "README whole runtime", "exec"), {})  # it defines what it shows
+    (ini,) = _blocks(section, "ini")
+    entries = dict(re.findall(r"^\s+([\w.-]+) = (mypkg\.backend:\w+)$", ini, flags=re.M))
+    assert entries == {"my-int8": "mypkg.backend:MyBackend"}
+    site = tmp_path / "site"
+    install_plugin(site, monkeypatch, "mypkg", "mypkg", "", {})
+    (site / "mypkg" / "backend.py").write_text(linear_format)
+    entry_points = site / "mypkg-0.1.dist-info" / "entry_points.txt"
+    entry_points.write_text("[qbench.backends]\n" + "".join(f"{k} = {v}\n" for k, v in entries.items()))
+    monkeypatch.delitem(sys.modules, "mypkg.backend", raising=False)
+
+    listed = invoke("backends", "--format", "json")
+    assert any(b["name"] == "my-int8" and b["available"] for b in json.loads(listed.stdout))
+    fast = ["--model", "tiny", "--ctx", "32", "--warmup", "1", "--steps", "3", "--db", "r.sqlite"]
+    result = invoke("compare", *fast, "--backends", "bf16,my-int8", "--runtimes", "hf,lean", "--format", "json")
+    assert result.exit_code == 0, result.output
+    rows = [r for r in json.loads(result.stdout) if r["backend"] == "my-int8"]
+    assert {r["runtime"] for r in rows} == {"hf", "lean"} and all(r["status"] == "ok" for r in rows), rows
+
+
+def test_a_plugin_joining_a_default_compare_is_announced(plugin_dist):
+    from qbench.compare import CompareConfig, plan
+
+    the_plan = plan(CompareConfig(model="tiny", ctx=(32,), warmup=1, steps=3))
+    assert "fake-ok" in the_plan.backends
+    (note,) = [n for n in the_plan.notes if "plugin" in n]
+    assert "fake-ok" in note and "--backends" in note and "bf16" not in note
+    named = plan(CompareConfig(model="tiny", backends=("bf16", "fake-ok"), ctx=(32,), warmup=1, steps=3))
+    assert not [n for n in named.notes if "plugin" in n]
