@@ -205,3 +205,16 @@ def test_a_plugin_joining_a_default_compare_is_announced(plugin_dist):
     assert "fake-ok" in note and "--backends" in note and "bf16" not in note
     named = plan(CompareConfig(model="tiny", backends=("bf16", "fake-ok"), ctx=(32,), warmup=1, steps=3))
     assert not [n for n in named.notes if "plugin" in n]
+
+
+# ---- 7: a session shows its phase while it runs ---------------------------------------------------------
+
+
+def test_a_session_shows_its_phases_while_it_runs():
+    fast = ["--model", "tiny", "--ctx", "32", "--warmup", "1", "--steps", "3", "--db", "r.sqlite"]
+    result = invoke("compare", *fast, "--backends", "bf16", "--graphs", "off")
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    relayed = [line for line in lines if line.startswith("  ") and "bf16" in line]
+    for what in ("load: tiny with bf16", "gate: reference logits", "block 1 of 1: timing eager"):
+        assert any(what in line for line in relayed), (what, lines)
