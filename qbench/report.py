@@ -39,7 +39,15 @@ from statistics import median
 from typing import Any
 
 from qbench import stats
-from qbench.escape import for_csv, for_html, for_latex, for_terminal, html_prose, markdown_prose, table_body
+from qbench.escape import (
+    for_csv,
+    for_html,
+    for_terminal,
+    html_prose,
+    latex_prose,
+    markdown_prose,
+    table_body,
+)
 from qbench.gate_limits import EDGE_ERROR, EDGE_TOP1
 from qbench.registry import BUILT_IN_ORDER
 from qbench.specs import load_gpu_spec
@@ -63,7 +71,7 @@ def _prose(text: str, fmt: str) -> str:
     if fmt == "html":
         return "<p>" + html_prose(text) + "</p>"
     if fmt == "latex":
-        return for_latex(text) + "\n"  # a blank line ends a LaTeX paragraph
+        return latex_prose(text) + "\n"  # a blank line ends a LaTeX paragraph
     return markdown_prose(text)
 
 
@@ -73,7 +81,7 @@ def _heading(text: str, fmt: str) -> str:
     if fmt == "html":
         return f"<h3>{for_html(text)}</h3>"
     if fmt == "latex":
-        return f"\\subsection*{{{for_latex(text)}}}"
+        return f"\\subsection*{{{latex_prose(text)}}}"
     return text
 
 
@@ -168,6 +176,12 @@ FLAG_TEXT = {
 }
 
 
+def stored_label(label: str) -> str:
+    """The label as qbench writes it now: stores from before one convention labelled bnb-nf4's
+    block size `(b64)`; a block of N weights sharing a scale is a group, `(gN)`."""
+    return re.sub(r" \(b(\d+)\)$", r" (g\1)", label)
+
+
 def comparison_key(config: dict, gpu: str) -> str:
     """What rows must share to be compared (ratios, one table section): all but COMPARED_ACROSS."""
     key = {k: v for k, v in config.items() if k not in COMPARED_ACROSS}
@@ -258,7 +272,7 @@ def _cell_row(cell: str, graphs: bool, records: list[dict]) -> dict[str, Any]:
     for record in records:
         result = record["result"]
         device = record["config"]["device"]
-        row.setdefault("label", result.get("label", backend))
+        row.setdefault("label", stored_label(result.get("label", backend)))
         if "bytes" in result:
             row["bytes_per_step"] = result["bytes"]["total"]
             row["kernel"] = result.get("kernel", "")
@@ -639,6 +653,33 @@ def _section_heading(row: dict) -> str:
     return heading
 
 
+def _section_notes(rows: list[dict]) -> list[str]:
+    """Each row's failure reason and each runtime note, said once: a reason both graphs settings
+    share names both, and a note every backend of a runtime shares (llama.cpp's KV cache, its graphs)
+    names the runtime instead of repeating itself per backend."""
+    reasons: dict[tuple[str, str, str], list[str]] = defaultdict(list)  # (label, runtime, reason) -> graphs
+    for row in rows:
+        if row["reason"]:
+            reasons[(row["label"], row["runtime"], row["reason"])].append(row["graphs"])
+    notes = [
+        f"- {label} ({runtime}) graphs={', '.join(modes)}: {why}"
+        for (label, runtime, why), modes in reasons.items()
+    ]
+    labels: dict[str, set[str]] = defaultdict(set)  # runtime -> its backends in this section
+    sharing: dict[tuple[str, str], set[str]] = defaultdict(set)  # (runtime, note) -> backends that carry it
+    for row in rows:
+        labels[row["runtime"]].add(row["label"])
+        for note in row.get("runtime_notes", []):
+            sharing[(row["runtime"], note)].add(row["label"])
+    said = []
+    for (runtime, note), carriers in sharing.items():
+        if len(carriers) > 1 and carriers == labels[runtime]:
+            said.append(f"- {runtime}, every backend: {note}")
+        else:
+            said += [f"- {label} ({runtime}): {note}" for label in carriers]
+    return notes + sorted(said)
+
+
 def render(rows: list[dict], fmt: str, title: str = "", wide: bool = False) -> str:
     if fmt == "json":
         return json.dumps([plain(r) for r in rows], indent=2)
@@ -666,18 +707,7 @@ def render(rows: list[dict], fmt: str, title: str = "", wide: bool = False) -> s
             cores = sorted({c for row, _ in members for c in row.get("pinned_cores", [])})
             pinned = f", decode loop pinned to core(s) {', '.join(map(str, cores))}" if cores else ", not pinned"
             before.append(f"host: {first['host_cpu']}{pinned} (--cpu {first.get('cpu') or 'off'})")
-        notes = [
-            f"- {row['label']} ({row['runtime']}) graphs={row['graphs']}: {row['reason']}"
-            for row, _ in members
-            if row["reason"]
-        ]
-        notes += sorted(
-            {
-                f"- {row['label']} ({row['runtime']}): {note}"
-                for row, _ in members
-                for note in row.get("runtime_notes", [])
-            }
-        )
+        notes = _section_notes([row for row, _ in members])
         sections.append(Section(_section_heading(first), headers, [c for _, c in members], before, notes))
     flags = sorted({flag.split()[0] for row in rows for flag in row["flags"]})
     legend = (
@@ -823,7 +853,7 @@ def kernel_rows(sessions: list[dict], top: int = 8) -> list[dict[str, Any]]:
                     "runtime": runtime,
                     "ctx": ctx,
                     "kernel": name,
-                    "calls": median([k["count"] for k in seen]),
+                    "calls": round(median([k["count"] for k in seen])),  # a count: 28, not 28.0 (two sessions)
                     "gpu_us": round(gpu_us, 1),
                     "share_of_step": round(gpu_us / total, 4) if total else None,
                     "step_gpu_ms": round(total / 1e3, 3),
@@ -866,7 +896,7 @@ def render_kernels(rows: list[dict], fmt: str, title: str = "", wide: bool = Fal
             r["runtime"],
             r["ctx"],
             r["kernel"] if fmt == "csv" else short_kernel_name(r["kernel"]),
-            round(r["calls"]),  # a count: the median of the sessions' counts (28.0 reads as 28)
+            r["calls"],
             r["gpu_us"],
             "" if r["share_of_step"] is None else f"{100 * r['share_of_step']:.0f}%",
             r["step_gpu_ms"],

@@ -218,3 +218,41 @@ def test_a_session_shows_its_phases_while_it_runs():
     relayed = [line for line in lines if line.startswith("  ") and "bf16" in line]
     for what in ("load: tiny with bf16", "gate: reference logits", "block 1 of 1: timing eager"):
         assert any(what in line for line in relayed), (what, lines)
+
+
+# ---- 8: small things ----------------------------------------------------------------------------------
+
+
+def test_old_block_size_labels_read_as_groups():
+    from qbench.report import stored_label
+
+    assert stored_label("bnb-nf4 (b64)") == "bnb-nf4 (g64)"
+    assert stored_label("awq-marlin (g128)") == "awq-marlin (g128)" and stored_label("bf16") == "bf16"
+
+
+def test_latex_export_has_no_markdown_backticks():
+    store = H100 / "lean-gemv" / "gemv10.sqlite"
+    result = invoke("export", "--db", store, "--run", "all", "--format", "latex")
+    assert result.exit_code == 0 and "`" not in result.stdout and r"\texttt{qbench compare" in result.stdout
+
+
+def test_notes_every_backend_of_a_runtime_shares_are_said_once():
+    store = H100 / "llamacpp" / "runtimes11.sqlite"
+    result = invoke("export", "--db", store, "--run", "all", "--format", "table")
+    notes = [line for line in result.stdout.splitlines() if line.startswith("- ")]
+    assert sum("KV cache F16" in line for line in notes) == 1
+    assert len(notes) == len(set(notes)) and len(notes) <= 8, notes
+
+
+def test_kernel_counts_are_whole(tmp_path):
+    from test_deploy_report import add_cell
+
+    from qbench.store import Store
+
+    store = Store(tmp_path / "k.sqlite")
+    run = store.new_run("qbench compare (two sessions: a median of two counts)", {})
+    add_cell(store, run, "bf16", "hf", [10.0, 10.2], [30.0, 30.2], 15000, 14.26)
+    store.close()
+    result = invoke("export", "--db", "k.sqlite", "--view", "kernels", "--format", "json")
+    calls = [row["calls"] for row in json.loads(result.stdout)]
+    assert calls and all(isinstance(c, int) for c in calls), calls
