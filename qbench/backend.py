@@ -83,16 +83,17 @@ class Backend:
     # ---- requirements -------------------------------------------------------------------------
     def unavailable_reason(self, device: DeviceInfo) -> str | None:
         """None when this backend can run on `device`, else one line saying why not and the fix."""
-        missing = [req for module, req in self.packages.items() if importlib.util.find_spec(module) is None]
-        if missing:
-            fix = f"pip install '{DISTRIBUTION}[{self.extra}]'" if self.extra else "pip install " + " ".join(missing)
-            return f"missing package {', '.join(missing)}: {fix}"
+        # the device first: advice to install a package cannot help a backend this device cannot run
         if self.requires_cuda and device.kind != "cuda":
             return "needs a CUDA GPU (none detected)"
         if self.min_capability and device.capability and device.capability < self.min_capability:
             need = ".".join(map(str, self.min_capability))
             have = ".".join(map(str, device.capability))
             return f"needs compute capability >= {need}, {device.name} has {have}"
+        missing = [req for module, req in self.packages.items() if importlib.util.find_spec(module) is None]
+        if missing:
+            fix = f"pip install '{DISTRIBUTION}[{self.extra}]'" if self.extra else "pip install " + " ".join(missing)
+            return f"missing package {', '.join(missing)}: {fix}"
         if self.builds_kernel and device.kind == "cuda" and shutil.which("nvcc") is None:
             return (
                 "first run builds a CUDA kernel and no nvcc is on PATH: "

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import click
-from tabulate import tabulate
 
 from qbench import DISTRIBUTION, __version__
 from qbench.errors import Interrupted, Stop, UserError
 from qbench.escape import for_terminal, table_body
+from qbench.tables import layout
 
 FORMATS = click.Choice(["table", "json"])
 
@@ -34,11 +34,15 @@ def _ints(text: str, option: str = "--ctx") -> tuple[int, ...]:
     raise UserError(f"{option} must be integers separated by commas, got {text[:80]!r}", "e.g. 512,2048")
 
 
-def _emit(data, fmt: str, headers: list[str], rows: list[list]) -> None:
+WIDE_HELP = "Every column unwrapped (default: the table fits 120 columns, its widest cells wrapped)."
+
+
+def _emit(data, fmt: str, headers: list[str], rows: list[list], wide: bool = False) -> None:
+    """JSON, or a terminal table that fits 120 columns (its widest cells wrapped) unless `wide`."""
     if fmt == "json":
         click.echo(json.dumps(data, indent=2))
     else:
-        click.echo(tabulate(table_body(rows, "table"), headers=headers, tablefmt="simple"))
+        click.echo(layout(table_body(rows, "table"), headers, "simple", fit=not wide))
 
 
 EXIT_ON_SIGNAL = {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}
@@ -527,7 +531,8 @@ def _read_sessions(db: str) -> list[dict]:
 
 @main.command()
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
-def models(fmt) -> None:
+@click.option("--wide", is_flag=True, help=WIDE_HELP)
+def models(fmt, wide) -> None:
     """List the built-in model specs."""
     from qbench.specs import load_model_spec, model_names
 
@@ -550,12 +555,14 @@ def models(fmt) -> None:
         fmt,
         ["name", "layers", "hidden", "heads", "kv heads", "vocab", "tied", "description"],
         [list(d.values()) for d in data],
+        wide,
     )
 
 
 @main.command()
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
-def gpus(fmt) -> None:
+@click.option("--wide", is_flag=True, help=WIDE_HELP)
+def gpus(fmt, wide) -> None:
     """List the GPU specs with their peak bandwidth and its source."""
     from qbench.specs import gpu_specs
 
@@ -574,12 +581,14 @@ def gpus(fmt) -> None:
         fmt,
         ["name", "peak GB/s", "memory GiB", "device names", "bandwidth source"],
         [list(d.values()) for d in data],
+        wide,
     )
 
 
 @main.command()
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
-def backends(fmt) -> None:
+@click.option("--wide", is_flag=True, help=WIDE_HELP)
+def backends(fmt, wide) -> None:
     """List every installed backend, whether it can run here and why not."""
     from qbench.compare import probe_device
     from qbench.registry import backend_names, load_backend, warnings
@@ -609,7 +618,7 @@ def backends(fmt) -> None:
         )
     click.echo(f"device: {device.name}", err=True)
     headers = ["name", "available", "why not", "family", "runtimes", "kernel", "description"]
-    _emit(data, fmt, headers, [list(d.values()) for d in data])
+    _emit(data, fmt, headers, [list(d.values()) for d in data], wide)
 
 
 @main.command()
@@ -645,8 +654,9 @@ def bundle(directory, backends, python_version, platforms) -> None:
 
 @main.group(invoke_without_command=True)
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@click.option("--wide", is_flag=True, help=WIDE_HELP)
 @click.pass_context
-def cache(ctx, fmt) -> None:
+def cache(ctx, fmt, wide) -> None:
     """List the weights cache (quantised synthetic weights, reference logits) and the built kernels."""
     if ctx.invoked_subcommand is not None:
         return
@@ -687,7 +697,7 @@ def cache(ctx, fmt) -> None:
         + f"; built kernels {cache_root()}: {len(kernels)}",
         err=True,
     )
-    _emit(data, fmt, ["key", "what", "GB", "last used"], [list(d.values()) for d in data])
+    _emit(data, fmt, ["key", "what", "GB", "last used"], [list(d.values()) for d in data], wide)
 
 
 @cache.command("clear")
@@ -785,7 +795,11 @@ def plot(db, run_id, out) -> None:
     "kernels: the largest CUDA kernels of a profiled step per cell (GPU runs); "
     "sessions: where each session's time went (start, imports, load, gate, timed blocks, profile).",
 )
-@click.option("--wide", is_flag=True, help="Every column in table and LaTeX output (default: the compact set).")
+@click.option(
+    "--wide",
+    is_flag=True,
+    help="Every column, unwrapped, in table and LaTeX output (default: the compact set, fitting 120 columns).",
+)
 def export(db, run_id, fmt, out, view, wide) -> None:
     """Write a stored run's table as Markdown, CSV, JSON, LaTeX (booktabs) or HTML."""
     from qbench.report import (
@@ -805,17 +819,17 @@ def export(db, run_id, fmt, out, view, wide) -> None:
     rows = aggregate(sessions)
     title = "\n".join(f"run {run}: `{command}`" for run, command in commands)  # CSV and JSON carry none
     if view == "replication":
-        text = render_replication(_replication_cells(rows, db), fmt, title)
+        text = render_replication(_replication_cells(rows, db), fmt, title, wide)
     elif view == "kernels":
         profiled = kernel_rows(sessions)
         if not profiled:
             raise UserError(f"the selected runs in {db} hold no kernel profiles", "kernels are profiled on CUDA GPUs")
-        text = render_kernels(profiled, fmt, title)
+        text = render_kernels(profiled, fmt, title, wide)
     elif view == "sessions":
         timed = session_rows(sessions)
         if not timed:
             raise UserError(f"the selected runs in {db} hold no per-session phases", "phases are stored since 0.2")
-        text = render_sessions(timed, fmt, title)
+        text = render_sessions(timed, fmt, title, wide)
     else:
         text = render(rows, fmt, title, wide=wide)
     if out:

@@ -27,7 +27,7 @@ from qbench.escape import for_terminal
 from qbench.lock import check as check_lock
 from qbench.lock import device_lock
 from qbench.positions import cache_positions
-from qbench.registry import backend_names, load_backend, warnings
+from qbench.registry import BUILT_IN_ORDER, backend_names, load_backend, warnings
 from qbench.runtimes import LINEAR_RUNTIMES
 from qbench.specs import (
     GpuSpec,
@@ -297,6 +297,12 @@ def plan(config: CompareConfig, device: DeviceInfo | None = None) -> Plan:
             result.runtimes[name] = runtimes
             if backend.graphs_per_process:
                 result.per_process.add(name)
+    plugins = [name for name in result.backends if name not in BUILT_IN_ORDER]
+    if asked_all and plugins:  # an installed plugin joins every default run: say so, once
+        result.notes.append(
+            f"installed plugin backend(s) {', '.join(plugins)} join this run (--backends available); "
+            "name --backends to leave them out"
+        )
     return result
 
 

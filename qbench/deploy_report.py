@@ -516,6 +516,28 @@ def _budgets_text(recs: list[Recommendation]) -> str:
     return joined + (", a standard budget taken from the data" if len(budgets) == 1 else ", standard budgets")
 
 
+# flags under which a cell's ms/step is not yet a figure to decide on (report.FLAG_TEXT says why)
+UNDECIDED_FLAGS = ("noisy", "host-variable")
+
+
+def provisional_text(cell: Cell) -> str:
+    """The caveat a recommendation carries in its headline when its cell cannot decide it (no 95%
+    interval behind the rule's "upper end", or a noisy or host-variable measurement), and what
+    would: empty when the cell decides it."""
+    why = []
+    interval = cell.row.get("ms_interval")
+    if interval is None or interval.method == "n/a":
+        sessions = cell.row["sessions"].split("/")[0]
+        why.append(f"{sessions} session{'' if sessions == '1' else 's'}, no interval")
+    why += [flag for flag in UNDECIDED_FLAGS if flag in cell.row["flags"]]
+    if not why:
+        return ""
+    return (
+        f"PROVISIONAL ({', '.join(why)}): not decided at 95%; "
+        "measure again with `qbench compare --sessions 3` (or more) to decide"
+    )
+
+
 def recommendation_text(recs: list[Recommendation]) -> tuple[str, list[str]]:
     """The headline (what to deploy within these budgets) and the reasons (its figures, the rule,
     what it beat): one list of budgets that chose the same cell."""
@@ -527,6 +549,9 @@ def recommendation_text(recs: list[Recommendation]) -> tuple[str, list[str]]:
         f"Within {_budgets_text(recs)}: deploy {chosen.row['label']} under {chosen.row['runtime']}, "
         f"CUDA graphs {chosen.row['graphs']} [store {chosen.source}]."
     )
+    caveat = provisional_text(chosen)
+    if caveat:
+        headline = headline[:-1] + f", {caveat}."
     counts = sorted({len(rec.candidates) for rec in recs})
     count = str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
     reasons = [
@@ -552,7 +577,8 @@ def glance_rows(recommendations: list[Recommendation]) -> tuple[list[str], list[
             body.append([rec.budget.text(), "nothing correct meets it", "", "", "", "", "", ""])
             continue
         quality = "measured" if quality_measured(chosen.row) else "not measured"
-        body.append([rec.budget.text(), chosen.row["label"], chosen.row["runtime"], chosen.row["graphs"],
+        deploy = chosen.row["label"] + (" (provisional)" if provisional_text(chosen) else "")
+        body.append([rec.budget.text(), deploy, chosen.row["runtime"], chosen.row["graphs"],
                      f"{chosen.ms:.2f}", memory_text(chosen), quality, chosen.source])  # fmt: skip
     return headers, body
 

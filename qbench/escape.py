@@ -87,6 +87,11 @@ def for_latex(text: object) -> str:
     return re.sub(r"[\\&%$#_{}~^]", lambda m: _LATEX[m.group()], for_terminal(text))
 
 
+def latex_prose(text: str) -> str:
+    """Prose as LaTeX: escaped, with `code` in the text as \\texttt{code} (no Markdown backticks)."""
+    return _CODE.sub(lambda m: r"\texttt{" + m.group(1) + "}", for_latex(text))
+
+
 def for_plot(text: object) -> str:
     """A label matplotlib draws as it is: a `$` would start mathtext (and a bad formula stops the
     figure), so it is escaped; control characters as for_terminal."""

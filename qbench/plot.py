@@ -44,17 +44,23 @@ def check_output(path: Path, reading: Iterable[str | Path] = ()) -> None:
 
 def replication_figure(cells: list[dict], path: Path, title: str = "") -> None:
     """Left: % of the memory floor against context, eager (dashed) and CUDA graphs (solid), per model.
-    Right: the paired graphs speedup per context with its 95% interval."""
+    Right: the paired graphs speedup per context with its 95% interval. One series per model,
+    runtime and backend, each labelled with all three."""
     plt = _pyplot()
     figure, (floor_axes, speedup_axes) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for model in sorted({c["model"] for c in cells}):
-        rows = sorted((c for c in cells if c["model"] == model), key=lambda c: c["ctx"])
+
+    def series_key(cell: dict) -> tuple[str, str, str]:
+        return cell["model"], cell.get("runtime", "hf"), cell.get("backend", "bf16")
+
+    for key in sorted({series_key(c) for c in cells}):
+        rows = sorted((c for c in cells if series_key(c) == key), key=lambda c: c["ctx"])
+        series = f"{key[0]}, {key[2]} under {key[1]}"
         color = None
         for key, style, mode in (("graph_pct_of_floor", "-", "graphs"), ("eager_pct_of_floor", "--", "eager")):
             drawn = [c for c in rows if c.get(key) is not None]
             if drawn:
                 contexts, percents = [c["ctx"] for c in drawn], [c[key] for c in drawn]
-                label = for_plot(f"{model}, {mode}")
+                label = for_plot(f"{series}, {mode}")
                 (line,) = floor_axes.plot(contexts, percents, style, marker="o", color=color, label=label)
                 color = line.get_color()
         ratios = [c for c in rows if c.get("graphs_speedup") is not None]
@@ -68,7 +74,7 @@ def replication_figure(cells: list[dict], path: Path, title: str = "") -> None:
                 marker="o",
                 capsize=3,
                 color=color,
-                label=for_plot(model),
+                label=for_plot(series),
             )
     contexts = sorted({c["ctx"] for c in cells})
     for axes in (floor_axes, speedup_axes):
@@ -83,7 +89,9 @@ def replication_figure(cells: list[dict], path: Path, title: str = "") -> None:
     speedup_axes.set_ylabel("CUDA graphs speedup (eager / graph), 95% CI")
     speedup_axes.axhline(1.0, color="grey", linewidth=0.8)
     gpus = sorted({c["gpu"] for c in cells})
-    figure.suptitle(for_plot(title or f"bf16 + SDPA, batch-1 decode on {', '.join(gpus)}"), fontsize=10)
+    runtimes = ", ".join(sorted({c.get("runtime", "hf") for c in cells}))
+    default_title = f"bf16 + SDPA under {runtimes}, batch-1 decode on {', '.join(gpus)}"
+    figure.suptitle(for_plot(title or default_title), fontsize=10)
     figure.tight_layout()
     try:
         write_output(path, lambda temporary: figure.savefig(temporary, format=path.suffix.lower()[1:], dpi=130))

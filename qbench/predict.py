@@ -385,9 +385,8 @@ def render(predictions: list[Prediction], skipped: dict[str, str], fmt: str) -> 
     import json
     from dataclasses import asdict
 
-    from tabulate import tabulate
-
     from qbench.escape import for_terminal, markdown_prose, table_body
+    from qbench.tables import layout
 
     if fmt == "json":
         return json.dumps({"predicted": [asdict(p) for p in predictions], "skipped": skipped}, indent=2)
@@ -413,7 +412,8 @@ def render(predictions: list[Prediction], skipped: dict[str, str], fmt: str) -> 
         body.append(line + [p.calibrated_on])
     first = predictions[0] if predictions else None
     title = f"PREDICTED (not measured): {first.model} on {first.gpu}" if first else "nothing predicted"
-    lines = [prose(title), "", tabulate(table_body(body, fmt), headers, tablefmt="github" if fmt == "md" else "simple")]
+    table = layout(table_body(body, fmt), headers, "github" if fmt == "md" else "simple", fit=fmt == "table")
+    lines = [prose(title), "", table]
     notes = sorted({p.note for p in predictions if p.note})
     lines += [""] + [prose(f"- {note}") for note in notes] if notes else []
     lines += [""] + [prose(f"- not predicted: {what}: {why}") for what, why in skipped.items()] if skipped else []
@@ -426,7 +426,17 @@ def render(predictions: list[Prediction], skipped: dict[str, str], fmt: str) -> 
         "(measurement spread, not model error); % floor = bytes/step / the target's datasheet bandwidth "
         "/ predicted ms.",
     ]
+    if fmt == "table":  # prose at the table's width (qbench.tables.TERMINAL_WIDTH), the table as laid out
+        lines = [out for line in lines for out in ([line] if line is table else _wrapped(line))]
     return "\n".join(lines)
+
+
+def _wrapped(line: str) -> list[str]:
+    import textwrap
+
+    from qbench.tables import TERMINAL_WIDTH
+
+    return textwrap.wrap(line, TERMINAL_WIDTH, subsequent_indent="  ", break_on_hyphens=False) or [line]
 
 
 def _measured_text(p: Prediction) -> str:

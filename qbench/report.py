@@ -38,13 +38,20 @@ from dataclasses import dataclass, field
 from statistics import median
 from typing import Any
 
-from tabulate import tabulate
-
 from qbench import stats
-from qbench.escape import for_csv, for_html, for_latex, for_terminal, html_prose, markdown_prose, table_body
+from qbench.escape import (
+    for_csv,
+    for_html,
+    for_terminal,
+    html_prose,
+    latex_prose,
+    markdown_prose,
+    table_body,
+)
 from qbench.gate_limits import EDGE_ERROR, EDGE_TOP1
 from qbench.registry import BUILT_IN_ORDER
 from qbench.specs import load_gpu_spec
+from qbench.tables import TERMINAL_WIDTH, layout
 
 PERPLEXITY_BOUND = 1.75  # real weights: a 4-bit backend's perplexity may be at most this x bf16's
 NOISY_CV = 0.10  # coefficient of variation of steps inside a session above which a cell is noisy
@@ -64,7 +71,7 @@ def _prose(text: str, fmt: str) -> str:
     if fmt == "html":
         return "<p>" + html_prose(text) + "</p>"
     if fmt == "latex":
-        return for_latex(text) + "\n"  # a blank line ends a LaTeX paragraph
+        return latex_prose(text) + "\n"  # a blank line ends a LaTeX paragraph
     return markdown_prose(text)
 
 
@@ -74,7 +81,7 @@ def _heading(text: str, fmt: str) -> str:
     if fmt == "html":
         return f"<h3>{for_html(text)}</h3>"
     if fmt == "latex":
-        return f"\\subsection*{{{for_latex(text)}}}"
+        return f"\\subsection*{{{latex_prose(text)}}}"
     return text
 
 
@@ -87,9 +94,10 @@ class Section:
     after: list[str] = field(default_factory=list)  # and below it
 
 
-def document(fmt: str, title: str, sections: list[Section], legend: str) -> str:
+def document(fmt: str, title: str, sections: list[Section], legend: str, wide: bool = False) -> str:
     """Title lines, then each section's heading, prose and table, then the legend, in one of
-    TABLE_FORMATS; as CSV, only the sections' header and body rows."""
+    TABLE_FORMATS; as CSV, only the sections' header and body rows. The terminal table fits
+    TERMINAL_WIDTH (its widest cells wrapped) unless `wide`."""
     if fmt == "csv":
         buffer = io.StringIO()
         for section in sections:
@@ -100,7 +108,8 @@ def document(fmt: str, title: str, sections: list[Section], legend: str) -> str:
         if section.heading:  # in the terminal, wrapped at the table's width like all prose
             parts += _wrap(section.heading) if fmt == "table" else [_heading(section.heading, fmt)]
         parts += [out for line in section.before for out in _lines(line, fmt)] + ([""] if section.before else [])
-        parts.append(tabulate(table_body(section.body, fmt), headers=section.headers, tablefmt=TABLE_FORMATS[fmt]))
+        body = table_body(section.body, fmt)
+        parts.append(layout(body, section.headers, TABLE_FORMATS[fmt], fit=fmt == "table" and not wide))
         parts += [out for line in section.after for out in _lines(line, fmt)] + [""]
     if fmt in ("table", "md"):  # a legend people read: wrapped, not one long line
         parts += textwrap.wrap(legend, LEGEND_WIDTH, break_on_hyphens=False)
@@ -188,6 +197,12 @@ FLAG_TEXT = {
     "gate-edge": f"passed the correctness gate close to a limit: worst logit error at least {EDGE_ERROR:.0%}, or "
     f"top-1 agreement less than {float(EDGE_TOP1):.0%} above its threshold (gate_* columns)",
 }
+
+
+def stored_label(label: str) -> str:
+    """The label as qbench writes it now: stores from before one convention labelled bnb-nf4's
+    block size `(b64)`; a block of N weights sharing a scale is a group, `(gN)`."""
+    return re.sub(r" \(b(\d+)\)$", r" (g\1)", label)
 
 
 def comparison_key(config: dict, gpu: str) -> str:
@@ -284,7 +299,7 @@ def _cell_row(cell: str, graphs: bool, records: list[dict]) -> dict[str, Any]:
     for record in records:
         result = record["result"]
         device = record["config"]["device"]
-        row.setdefault("label", result.get("label", backend))
+        row.setdefault("label", stored_label(result.get("label", backend)))
         if "bytes" in result:
             row["bytes_per_step"] = result["bytes"]["total"]
             row["kernel"] = result.get("kernel", "")
@@ -577,11 +592,10 @@ COMPACT = (
     *("expected x", "realised x", "graphs x", "vs hf x", "TTFT ms", "J/tok", "GPU MiB", "ppl", "KL mean"),
     *("sessions", "status"),
 )
-DROP_ORDER = (
-    *("vs hf x", "TTFT ms", "J/tok", "GPU MiB", "KL mean", "sessions", "ppl"),
-    *("expected x", "95% CI", "graphs x", "runtime"),
+DROP_ORDER = (  # `expected x` and `sessions` stay: the realised-vs-expected promise and what backs it
+    *("vs hf x", "TTFT ms", "J/tok", "GPU MiB", "KL mean", "ppl"),
+    *("95% CI", "graphs x"),  # runtime stays too: hf and lean rows would read as one
 )
-TERMINAL_WIDTH = 120
 
 
 def table_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
@@ -616,7 +630,7 @@ def choose_columns(headers: list[str], body: list[list[str]], fmt: str, wide: bo
 
 
 def _width(headers: list[str], body: list[list[str]], names: list[str]) -> int:
-    return max(map(len, tabulate(keep_columns(headers, body, names)[1], names).splitlines()))
+    return max(map(len, layout(keep_columns(headers, body, names)[1], names, "simple").splitlines()))
 
 
 INTERNAL_KEYS = ("comparison", "session_medians_ms")  # in the rows for grouping and intervals; not exported
@@ -675,6 +689,33 @@ def _measured_by(row: dict) -> str:
     return f"measured by qbench {row['qbench_version']}{code} under {row.get('measure_settings', NOT_STORED)}"
 
 
+def _section_notes(rows: list[dict]) -> list[str]:
+    """Each row's failure reason and each runtime note, said once: a reason both graphs settings
+    share names both, and a note every backend of a runtime shares (llama.cpp's KV cache, its graphs)
+    names the runtime instead of repeating itself per backend."""
+    reasons: dict[tuple[str, str, str], list[str]] = defaultdict(list)  # (label, runtime, reason) -> graphs
+    for row in rows:
+        if row["reason"]:
+            reasons[(row["label"], row["runtime"], row["reason"])].append(row["graphs"])
+    notes = [
+        f"- {label} ({runtime}) graphs={', '.join(modes)}: {why}"
+        for (label, runtime, why), modes in reasons.items()
+    ]
+    labels: dict[str, set[str]] = defaultdict(set)  # runtime -> its backends in this section
+    sharing: dict[tuple[str, str], set[str]] = defaultdict(set)  # (runtime, note) -> backends that carry it
+    for row in rows:
+        labels[row["runtime"]].add(row["label"])
+        for note in row.get("runtime_notes", []):
+            sharing[(row["runtime"], note)].add(row["label"])
+    said = []
+    for (runtime, note), carriers in sharing.items():
+        if len(carriers) > 1 and carriers == labels[runtime]:
+            said.append(f"- {runtime}, every backend: {note}")
+        else:
+            said += [f"- {label} ({runtime}): {note}" for label in carriers]
+    return notes + sorted(said)
+
+
 def render(rows: list[dict], fmt: str, title: str = "", wide: bool = False) -> str:
     if fmt == "json":
         return json.dumps([plain(r) for r in rows], indent=2)
@@ -703,18 +744,7 @@ def render(rows: list[dict], fmt: str, title: str = "", wide: bool = False) -> s
             cores = sorted({c for row, _ in members for c in row.get("pinned_cores", [])})
             pinned = f", decode loop pinned to core(s) {', '.join(map(str, cores))}" if cores else ", not pinned"
             before.append(f"host: {first['host_cpu']}{pinned} (--cpu {first.get('cpu') or 'off'})")
-        notes = [
-            f"- {row['label']} ({row['runtime']}) graphs={row['graphs']}: {row['reason']}"
-            for row, _ in members
-            if row["reason"]
-        ]
-        notes += sorted(
-            {
-                f"- {row['label']} ({row['runtime']}): {note}"
-                for row, _ in members
-                for note in row.get("runtime_notes", [])
-            }
-        )
+        notes = _section_notes([row for row, _ in members])
         sections.append(Section(_section_heading(first), headers, [c for _, c in members], before, notes))
     flags = sorted({flag.split()[0] for row in rows for flag in row["flags"]})
     legend = (
@@ -738,7 +768,7 @@ def render(rows: list[dict], fmt: str, title: str = "", wide: bool = False) -> s
     )
     if flags:
         legend += " Flags: " + "; ".join(f"{flag} = {FLAG_TEXT[flag]}" for flag in flags if flag in FLAG_TEXT) + "."
-    return document(fmt, title, sections, legend)
+    return document(fmt, title, sections, legend, wide)
 
 
 def replication_rows(rows: list[dict]) -> list[dict]:
@@ -749,7 +779,15 @@ def replication_rows(rows: list[dict]) -> list[dict]:
         if row["backend"] != "bf16":
             continue
         cell = cells.setdefault(
-            row["cell_hash"], {"model": row["model"], "gpu": row["gpu"], "ctx": row["ctx"], "run_ids": row["run_ids"]}
+            row["cell_hash"],
+            {
+                "model": row["model"],
+                "gpu": row["gpu"],
+                "ctx": row["ctx"],
+                "run_ids": row["run_ids"],
+                "runtime": row.get("runtime", "hf"),
+                "backend": row["backend"],
+            },
         )
         prefix = "graph" if row["graphs"] == "on" else "eager"
         cell[f"{prefix}_ms"] = row.get("ms_per_step")
@@ -765,7 +803,7 @@ def replication_rows(rows: list[dict]) -> list[dict]:
     return sorted(cells.values(), key=lambda c: (c["model"], c["ctx"], c["run_ids"]))
 
 
-def render_replication(cells: list[dict], fmt: str, title: str = "") -> str:
+def render_replication(cells: list[dict], fmt: str, title: str = "", wide: bool = False) -> str:
     if fmt == "json":
         return json.dumps([plain(c) for c in cells], indent=2)
 
@@ -811,7 +849,7 @@ def render_replication(cells: list[dict], fmt: str, title: str = "") -> str:
         "graphs x = eager / graph ms per session (paired), interval over sessions; "
         "eager launch us = host time of one empty CUDA kernel launch around the eager blocks (blank: not measured)."
     )
-    return document(fmt, title, [Section("", headers, body)], legend)
+    return document(fmt, title, [Section("", headers, body)], legend, wide)
 
 
 def kernel_rows(sessions: list[dict], top: int = 8) -> list[dict[str, Any]]:
@@ -852,7 +890,7 @@ def kernel_rows(sessions: list[dict], top: int = 8) -> list[dict[str, Any]]:
                     "runtime": runtime,
                     "ctx": ctx,
                     "kernel": name,
-                    "calls": median([k["count"] for k in seen]),
+                    "calls": round(median([k["count"] for k in seen])),  # a count: 28, not 28.0 (two sessions)
                     "gpu_us": round(gpu_us, 1),
                     "share_of_step": round(gpu_us / total, 4) if total else None,
                     "step_gpu_ms": round(total / 1e3, 3),
@@ -870,7 +908,7 @@ def short_kernel_name(name: str, width: int = 80) -> str:
     return name if len(name) <= width else name[: width - 3] + "..."
 
 
-def render_kernels(rows: list[dict], fmt: str, title: str = "") -> str:
+def render_kernels(rows: list[dict], fmt: str, title: str = "", wide: bool = False) -> str:
     if fmt == "json":
         return json.dumps(rows, indent=2)
     headers = [
@@ -908,7 +946,13 @@ def render_kernels(rows: list[dict], fmt: str, title: str = "") -> str:
         "One eager decode step per session, profiled (torch.profiler, CUDA activity) after the timed blocks; "
         "GPU us = median over the sessions that list the kernel; % of step = GPU us / the step's GPU time."
     )
-    return document(fmt, title, [Section("", headers, body)], legend)
+    before = []
+    if fmt == "table" and not wide:  # to fit the terminal: what every row shares is said once, above
+        shared = [h for h in ("model", "gpu", "ctx") if len({str(cells[headers.index(h)]) for cells in body}) == 1]
+        if body and shared:
+            before.append(", ".join(f"{h} {body[0][headers.index(h)]}" for h in shared))
+        headers, body = keep_columns(headers, body, [h for h in headers if h not in shared and h != "of"])
+    return document(fmt, title, [Section("", headers, body, before)], legend, wide)
 
 
 # ---- where a session's time goes --------------------------------------------------------------
@@ -924,6 +968,8 @@ PHASES = (
     ("profile", "profile_s"),  # the profiled step, NVML after
     ("rest", "rest_s"),  # what the parent saw beyond the phases above (result, exit)
 )
+
+TERMINAL_PHASES = ("imports", "load", "gate", "timed")
 
 
 def session_rows(sessions: list[dict]) -> list[dict[str, Any]]:
@@ -953,18 +999,20 @@ def session_rows(sessions: list[dict]) -> list[dict[str, Any]]:
     return rows
 
 
-def render_sessions(rows: list[dict], fmt: str, title: str = "") -> str:
+def render_sessions(rows: list[dict], fmt: str, title: str = "", wide: bool = False) -> str:
     if fmt == "json":
         return json.dumps(rows, indent=2)
 
     def seconds(value):
         return "" if value is None else f"{value:.1f}"
 
-    headers = ["model", "backend", "runtime", "ctx", "session", *(name for name, _ in PHASES)]
+    # the terminal shows the phases that take the time (--wide: all of them), to fit its width
+    phases = PHASES if wide or fmt != "table" else [(n, k) for n, k in PHASES if n in TERMINAL_PHASES]
+    headers = ["model", "backend", "runtime", "ctx", "session", *(name for name, _ in phases)]
     headers += ["total", "beyond timed", "cache"]
     body = [
         [r["model"], r["backend"], r["runtime"], r["ctx"], r["session"]]
-        + [seconds(r[key]) for _, key in PHASES]
+        + [seconds(r[key]) for _, key in phases]
         + [seconds(r["total_s"]), seconds(r["beyond_timed_s"]), r["weights_cache"]]
         for r in rows
     ]
@@ -1008,4 +1056,4 @@ def render_sessions(rows: list[dict], fmt: str, title: str = "") -> str:
         "total - timed. cache = whether the session's synthetic weights came from the weights cache."
     )
     sections = [Section("per cell", summary_headers, summary), Section("per session", headers, body)]
-    return document(fmt, title, sections, legend)
+    return document(fmt, title, sections, legend, wide)

@@ -85,6 +85,16 @@ def log(message: str) -> None:
     print(f"[worker] {message}", file=sys.stderr, flush=True)
 
 
+def phase(message: str) -> None:
+    """The phase a session enters (load, gate, block i of n): in the worker's log and, through the
+    worker's progress channel, on the user's terminal while the session runs (a 7B session on a CPU
+    is minutes of otherwise silent work)."""
+    from qbench.worker import progress
+
+    log(message)
+    progress(message)
+
+
 def profile_step_kernels(runner, token: torch.Tensor) -> list[dict[str, Any]]:
     """CUDA kernels of one eager step (torch.profiler), by GPU time: proof of which kernel ran.
     Uses one of the spare cache positions after the timed steps; not part of any timing."""
@@ -249,7 +259,7 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
                 quality_note = f"KL divergence skipped: the 16-bit reference failed ({type(error).__name__}: {error})"
                 quality_note = quality_note[:300]
         phases.done("quality_reference_s")
-    log(f"loading {config.model} with {config.backend} ({config.runtime}) on {provenance['device']}")
+    phase(f"load: {config.model} with {config.backend} ({config.runtime}) on {provenance['device']}")
     loaded = time.perf_counter()
     runner = backend.load(spec, options)
     load_s = time.perf_counter() - loaded
@@ -302,7 +312,7 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
     tokens = tokens.to(runner.device)  # where the runner reads them (llama.cpp: host memory)
     layers = runner.quant_layers() if hasattr(runner, "quant_layers") else []
     if layers:
-        log("correctness gate: layer check")
+        phase("gate: layer check")
         layer_check = gate.check_layers(layers, DTYPES[backend.compute_dtype], config.seed)
         result["layer_check"] = asdict(layer_check)
         if not layer_check.passed:
@@ -312,13 +322,14 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
                 f"> {gate.LAYER_TOLERANCE}"
             )
             return result
+    phase("gate: reference logits")
     reference, result["reference"] = reference_logits(runner, backend, spec, config, settings, tokens, use_cache)
     runner.release_reference()
     if device == "cuda":
         torch.cuda.empty_cache()
 
     if tokenizer is not None and hasattr(runner, "score"):
-        log("quality: perplexity on the built-in text")
+        phase("gate: perplexity on the built-in text")
         from qbench.quality import perplexity
 
         ppl, tokens_scored, scored = perplexity(runner, tokenizer, device)
@@ -340,8 +351,9 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
     result["energy_meter"] = {"source": meter.source, "resolution": meter.resolution, "why_not": not_metered}
     if meter.counter_update_ms:
         result["energy_meter"]["counter_update_ms"] = round(meter.counter_update_ms, 2)
-    for graphs in order:
-        log(f"timing {'graph replay' if graphs else 'eager'}: ctx {config.ctx}, {config.steps} steps")
+    for number, graphs in enumerate(order, 1):
+        what = "graph replay" if graphs else "eager"
+        phase(f"block {number} of {len(order)}: timing {what}, ctx {config.ctx}, {config.steps} steps")
         block: dict[str, Any] = {"graphs": graphs}
         try:
             metered = meter if meter.available else None
