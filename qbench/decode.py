@@ -18,9 +18,10 @@ gets the wall clock. The session's first block runs one untimed prefill before t
 first-call work (a Triton kernel compiled or autotuned for the prompt's shape) is not counted as
 time to first token. An energy meter (qbench.energy), where given, is read right before the first
 timed step and right after the last: the block's J/token and mean W, where that window spans at
-least qbench.energy.COARSE_UPDATES refreshes of the counter. A graph block whose timed steps are too
-short for that is measured over replays of its captured step instead (the same kernels at the same
-position, as many as the window needs); an eager one is then "not measured", with why.
+least qbench.energy.COARSE_UPDATES refreshes of the counter; a shorter one is "not measured", with
+why. (Replaying a graph block's captured step to lengthen the window is not safe in general: under
+hf, transformers' static cache derives its write position from the cache's contents, so each
+replay writes one slot further, and on the H100 the replays ran off the cache's end.)
 """
 
 from __future__ import annotations
@@ -146,17 +147,13 @@ def run_block(
             result.wall_ms.append((ended - began) * 1e3)
         collected.append(logits.float().clone())  # outside the timed region
     if meter is not None:
-        from qbench.energy import block_energy, replay_energy
+        from qbench.energy import block_energy
 
         if cuda:
             torch.cuda.synchronize(runner.device)
         seconds = time.perf_counter() - energy_began.at
         joules = meter.joules_since(energy_began)
         result.energy = block_energy(joules, settings.steps, seconds, meter, f"the {settings.steps} timed steps")
-        replayable = graphs and getattr(runner, "graphs", "qbench") == "qbench" and runner.graph is not None
-        if "j_per_token" not in result.energy and replayable:
-            step_ms = sorted(result.event_ms or result.wall_ms)[len(result.wall_ms) // 2]
-            result.energy = replay_energy(runner, meter, step_ms)
     if graphs:
         set_graphs(runner, False)
     result.logits = torch.stack(collected).cpu()

@@ -6,8 +6,8 @@ and later) is read before the first timed step and after the last; J/token = the
 timed steps, mean W = the difference / the block's wall time. The counter counts in mJ but the
 driver refreshes it only every so often (every 100 ms on the H100s measured): `counter_update_ms`
 measures that interval once per session (the counter is polled until it has moved a few times).
-A window shorter than COARSE_UPDATES refreshes gives no figure ("not measured", with why): a graph
-block then measures over replays of its captured step (qbench.decode says how). Where the counter
+A window shorter than COARSE_UPDATES refreshes gives no figure ("not measured", with why): at the
+H100's 100 ms, a block needs a second of timed steps (more --steps) for a J/token figure. Where the counter
 is missing, the board's power is sampled every POWER_SAMPLE_S in a thread and integrated. On a CPU, Linux's
 RAPL package counter (microjoules) where it can be read, else nothing: "not measured".
 
@@ -195,30 +195,6 @@ def block_energy(joules: float | None, tokens: int, seconds: float, meter: Energ
         "energy_window_ms": round(window_ms, 2),
         "energy_over": over,
     }
-
-
-REPLAYS_MAX = 100_000
-
-
-def replay_energy(runner, meter: EnergyMeter, step_ms: float) -> dict[str, Any]:
-    """J/token of a graph block over replays of its captured step (the last position again: the same
-    kernels, reading the same bytes), as many as COARSE_UPDATES refreshes of the counter take."""
-    import math
-
-    import torch
-
-    window_ms = COARSE_UPDATES * (meter.counter_update_ms or 0) * 1.2
-    replays = min(REPLAYS_MAX, max(1, math.ceil(window_ms / max(step_ms, 1e-3))))
-    torch.cuda.synchronize(runner.device)
-    began = meter.start()
-    for _ in range(replays):
-        runner.graph.replay()
-    torch.cuda.synchronize(runner.device)
-    seconds = time.perf_counter() - began.at
-    return block_energy(meter.joules_since(began), replays, seconds, meter, f"{replays} replays of the captured step")
-
-
-# ---- memory -------------------------------------------------------------------------------------
 
 
 def device_used_mib(index: int = 0) -> float | None:
