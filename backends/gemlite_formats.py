@@ -157,60 +157,50 @@ class GemliteBackend(Backend):
         raise NotImplementedError
 
 
-class Fp8WeightOnlyBackend(GemliteBackend):
+class Channel8Backend(GemliteBackend):
+    """8 bits a weight and one float32 scale per output row: the three 8-bit formats differ only in
+    qbench's quantiser and the gemlite helper class that takes its tensors."""
+
+    bits = 8
+    helper = ""  # the class of gemlite.helper that builds the layer
+    quantize = staticmethod(formats.fp8_quantize)
+
+    def linear_bytes(self, in_features: int, out_features: int, group_size: int) -> int:
+        return formats.channel8_bytes(in_features, out_features)
+
+    def _gemlite_layer(self, weight, group_size):
+        import gemlite.helper
+
+        q, scales = self.quantize(weight)
+        helper = getattr(gemlite.helper, self.helper)(device=weight.device, dtype=torch.bfloat16)
+        return helper.from_weights(q, bias=None, scales=scales), {"q": q, "scales": scales}
+
+
+class Fp8WeightOnlyBackend(Channel8Backend):
     name = "fp8-wo"
     description = "FP8 e4m3 weights, per-channel float32 scales, bf16 activations (gemlite A16W8_FP8)"
     kernel = "gemlite Triton gemv_INT_splitK_kernel (A16W8 FP8) at batch 1"
     kernel_pattern = "gemv_INT_splitK_kernel"
-    bits = 8
     min_capability = (8, 9)
-
-    def linear_bytes(self, in_features: int, out_features: int, group_size: int) -> int:
-        return formats.channel8_bytes(in_features, out_features)
-
-    def _gemlite_layer(self, weight, group_size):
-        from gemlite.helper import A16W8_FP8
-
-        q, scales = formats.fp8_quantize(weight)
-        helper = A16W8_FP8(device=weight.device, dtype=torch.bfloat16)
-        return helper.from_weights(q, bias=None, scales=scales), {"q": q, "scales": scales}
+    helper = "A16W8_FP8"
 
 
-class Fp8DynamicBackend(GemliteBackend):
+class Fp8DynamicBackend(Channel8Backend):
     name = "fp8-dyn"
     description = "FP8 e4m3 weights, per-channel scales, activations cast to FP8 per token (gemlite A8W8)"
     kernel = "gemlite Triton scale_activations_per_token + gemv_INT_splitK_kernel (A8W8 FP8 dynamic)"
     kernel_pattern = "gemv_INT_splitK_kernel"
-    bits = 8
     min_capability = (8, 9)
-
-    def linear_bytes(self, in_features: int, out_features: int, group_size: int) -> int:
-        return formats.channel8_bytes(in_features, out_features)
-
-    def _gemlite_layer(self, weight, group_size):
-        from gemlite.helper import A8W8_fp8_dynamic
-
-        q, scales = formats.fp8_quantize(weight)
-        helper = A8W8_fp8_dynamic(device=weight.device, dtype=torch.bfloat16)
-        return helper.from_weights(q, bias=None, scales=scales), {"q": q, "scales": scales}
+    helper = "A8W8_fp8_dynamic"
 
 
-class Int8WeightOnlyBackend(GemliteBackend):
+class Int8WeightOnlyBackend(Channel8Backend):
     name = "int8-wo"
     description = "INT8 symmetric weights, per-channel float32 scales, bf16 activations (gemlite A16W8_INT8)"
     kernel = "gemlite Triton gemv_INT_splitK_kernel (A16W8 INT8) at batch 1"
     kernel_pattern = "gemv_INT_splitK_kernel"
-    bits = 8
-
-    def linear_bytes(self, in_features: int, out_features: int, group_size: int) -> int:
-        return formats.channel8_bytes(in_features, out_features)
-
-    def _gemlite_layer(self, weight, group_size):
-        from gemlite.helper import A16W8_INT8
-
-        q, scales = formats.int8_quantize(weight)
-        helper = A16W8_INT8(device=weight.device, dtype=torch.bfloat16)
-        return helper.from_weights(q, bias=None, scales=scales), {"q": q, "scales": scales}
+    helper = "A16W8_INT8"
+    quantize = staticmethod(formats.int8_quantize)
 
 
 class GemliteInt4Backend(GemliteBackend):
