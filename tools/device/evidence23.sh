@@ -5,6 +5,10 @@
 #   PHASE=export  resume what is left (if any), then gemlite-int4 at g64 (exports and report are made
 #                 from the returned store on any machine: qbench export / report read it)
 # Every phase copies the store to $OUT, so a fresh machine can resume from it (.devdb/evidence23.sqlite).
+# Run as tried (PHASE=first, 2026-12-06): the call hit its 600 s limit while the two extension builds
+# ran beside the 0.5b look, whose gemlite sessions took 137-162 s each (first-call compile and
+# autotune); `... | tail` then returned nothing. Lessons: start no pipeline whose tail you need (write
+# to $OUT and tail the file), and keep gemlite's autotune results across sessions before a full run.
 PHASE=${PHASE:-first}; STOP_S=${STOP_S:-540}
 began=$(date +%s)
 if [ "$PHASE" = first ]; then source tools/device/setup.sh; else source tools/device/env.sh; cd - >/dev/null; fi
