@@ -332,6 +332,10 @@ def _answer_predicted(configs: list, absent, fmt: str) -> None:
     ]
     if uncovered:
         lines.append(f"Not in the shipped calibration, so not predicted: {', '.join(uncovered)}.")
+    if fmt == "table":  # prose at the table's width, as every table command's
+        from qbench.predict import wrapped
+
+        lines = [out for line in lines for out in wrapped(line)]
     click.echo(("\n" if prose else "") + "\n".join(for_terminal(line) for line in lines), err=not prose)
     sys.exit(EXIT_PREDICTED)
 
@@ -474,7 +478,7 @@ def predict(model, gpu, backends, runtimes, ctx, graphs, db, calibrate_on, launc
     Every figure is labelled predicted and nothing is stored (README, 'Predicting a GPU you do not
     have', spells out the model)."""
     from qbench.predict import predict as run_prediction
-    from qbench.predict import render, shipped_calibration, shipped_label
+    from qbench.predict import render, shipped_calibration, shipped_label, wrapped
     from qbench.runtimes import LINEAR_RUNTIMES
     from qbench.specs import check_path, load_gpu_spec
 
@@ -516,7 +520,8 @@ def predict(model, gpu, backends, runtimes, ctx, graphs, db, calibrate_on, launc
     elif fmt == "json":  # the JSON says where its calibration came from too
         click.echo(json.dumps({**json.loads(text), "calibration": source}, indent=2))
     else:
-        click.echo(f"{text}\n\n{shipped_label(source)}; calibrate on your own store with --db STORE")
+        footer = f"{shipped_label(source)}; calibrate on your own store with --db STORE"
+        click.echo(f"{text}\n\n" + ("\n".join(wrapped(footer)) if fmt == "table" else footer))
 
 
 def _read_sessions(db: str) -> list[dict]:

@@ -427,11 +427,12 @@ def render(predictions: list[Prediction], skipped: dict[str, str], fmt: str) -> 
         "/ predicted ms.",
     ]
     if fmt == "table":  # prose at the table's width (qbench.tables.TERMINAL_WIDTH), the table as laid out
-        lines = [out for line in lines for out in ([line] if line is table else _wrapped(line))]
+        lines = [out for line in lines for out in ([line] if line is table else wrapped(line))]
     return "\n".join(lines)
 
 
-def _wrapped(line: str) -> list[str]:
+def wrapped(line: str) -> list[str]:
+    """A line of prose at the terminal table's width (qbench.tables.TERMINAL_WIDTH)."""
     import textwrap
 
     from qbench.tables import TERMINAL_WIDTH

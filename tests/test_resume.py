@@ -25,8 +25,8 @@ def test_resume_after_a_killed_sweep(tmp_path):
     the_plan = plan(config, DeviceInfo("cpu", "cpu"))
     done = []
 
-    def kill_after_three(line):  # after the third session's progress line
-        if " session " in line:
+    def kill_after_three(line):  # after the third session's own line (not its phase lines, indented)
+        if line.startswith("[") and " session " in line:
             done.append(line)
         if len(done) == 3:
             raise Killed
