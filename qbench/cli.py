@@ -326,16 +326,17 @@ def _answer_predicted(configs: list, absent, fmt: str) -> None:
     lines = [
         f"qbench: this machine has no {wanted.name} GPU (detected {absent.seen}): no session ran and nothing "
         f"was stored; every figure above is PREDICTED, {shipped_label(source)}.",
-        f"To measure it for real, run this on a machine whose GPU is {wanted.description}: {_command_line()}",
-        f"More prediction options (--launch-us for the eager rows, --db to calibrate on your own store): "
-        f"{predict_command(replace(configs[0], backends=predicted))}",
+        f"To measure it for real, run this on a machine whose GPU is {wanted.description}:",
+        f"  {_command_line()}",
+        "More prediction options (--launch-us for the eager rows, --db to calibrate on your own store):",
+        f"  {predict_command(replace(configs[0], backends=predicted))}",
     ]
     if uncovered:
         lines.append(f"Not in the shipped calibration, so not predicted: {', '.join(uncovered)}.")
-    if fmt == "table":  # prose at the table's width, as every table command's
+    if fmt == "table":  # prose at the table's width, as every table command's; a command stays whole
         from qbench.predict import wrapped
 
-        lines = [out for line in lines for out in wrapped(line)]
+        lines = [out for line in lines for out in ([line] if line.startswith("  ") else wrapped(line))]
     click.echo(("\n" if prose else "") + "\n".join(for_terminal(line) for line in lines), err=not prose)
     sys.exit(EXIT_PREDICTED)
 
