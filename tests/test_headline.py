@@ -67,7 +67,7 @@ def test_compare_for_a_gpu_not_here_starts_no_worker(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, sys.argv[1:])
     assert result.exit_code == EXIT_PREDICTED, result.output
     assert "PREDICTED (not measured): qwen2.5-7b on l4" in result.stdout
-    measure = "on a machine whose GPU is NVIDIA L4 24GB (GDDR6):\n  qbench compare --model qwen2.5-7b --gpu l4 --ctx 2048"
+    measure = "NVIDIA L4 24GB (GDDR6):\n  qbench compare --model qwen2.5-7b --gpu l4 --ctx 2048"
     assert measure in result.stdout
     assert list(tmp_path.iterdir()) == []
     # JSON: every row predicted, and the calibration it came from
