@@ -20,7 +20,6 @@ The gate compares the logits with transformers running the same GGUF dequantised
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -158,7 +157,9 @@ class LlamaCppBackend(Backend):
 
     @staticmethod
     def _key(ingredients: dict) -> str:
-        return "gguf-" + hashlib.sha256(json.dumps(ingredients, sort_keys=True, default=str).encode()).hexdigest()[:24]
+        from qbench.cache import key_of
+
+        return "gguf-" + key_of(ingredients)
 
 
 class LlamaCppF16(LlamaCppBackend):

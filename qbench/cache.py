@@ -108,6 +108,12 @@ def _version(package: str) -> str:
         return "absent"
 
 
+def key_of(ingredients: dict, length: int = 24) -> str:
+    """A cache key: the sha256 of `ingredients` as sorted JSON (what is not JSON as its str), cut to
+    `length` hex digits. Every key of qbench's caches is made here."""
+    return hashlib.sha256(json.dumps(ingredients, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
 def weights_key(spec: Any, backend: Any, group_size: int, seed: int, device_name: str) -> tuple[str, dict]:
     """The key of a configuration's synthetic weights, and what it hashes (kept in the entry)."""
     import torch
@@ -130,12 +136,11 @@ def weights_key(spec: Any, backend: Any, group_size: int, seed: int, device_name
         "qbench": qbench.__version__,
         "packages": {requirement: _version(requirement) for requirement in sorted(backend.packages.values())},
     }
-    digest = hashlib.sha256(json.dumps(ingredients, sort_keys=True, default=str).encode()).hexdigest()[:24]
-    return digest, ingredients
+    return key_of(ingredients), ingredients
 
 
 def reference_key(weights: str, settings: dict) -> str:
-    return weights + "-ref-" + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    return weights + "-ref-" + key_of(settings, 12)
 
 
 @dataclass

@@ -91,31 +91,31 @@ def kl_divergence(reference_logits: torch.Tensor, logits: torch.Tensor) -> dict:
     }
 
 
-def reference_key(weights: str, ids: list[int], device: str) -> str:
-    """The cache key of the 16-bit reference scores of `weights` on `ids`: the file's identity (path,
-    size, modification time), the tokens and the software that computes them."""
-    import hashlib
-    import json
+def quality_key(spec, weights: str, ids: list[int], device: str) -> str:
+    """The cache key of the 16-bit reference scores of the weights on `ids`: the weights file's
+    identity (path, size, modification time; for `gguf`, the spec's packaged file), the tokens and
+    the software that computes them."""
     import os
 
     import transformers
 
     import qbench
+    from qbench.cache import key_of
 
-    path = Path(weights) if weights != "gguf" else None
-    stat = os.stat(path) if path is not None and path.is_file() else None
+    path = packaged_gguf(spec) if weights == "gguf" else Path(weights)
+    stat = os.stat(path) if path.is_file() else None
     ingredients = {
         "what": "quality reference",
-        "weights": str(path.resolve()) if path is not None else "gguf",
+        "weights": str(path.resolve()),
         "size": stat.st_size if stat else None,
         "mtime": stat.st_mtime_ns if stat else None,
-        "ids": hashlib.sha256(json.dumps(ids).encode()).hexdigest(),
+        "ids": key_of({"ids": ids}, 64),
         "device": device,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "qbench": qbench.__version__,
     }
-    return "quality-" + hashlib.sha256(json.dumps(ingredients, sort_keys=True).encode()).hexdigest()[:24]
+    return "quality-" + key_of(ingredients)
 
 
 @torch.inference_mode()
@@ -128,7 +128,7 @@ def reference_scores(spec, options, tokenizer) -> tuple[torch.Tensor, str]:
     from qbench.registry import load_backend
 
     ids = text_tokens(tokenizer)
-    key = reference_key(options.weights, ids, options.device)
+    key = quality_key(spec, options.weights, ids, options.device)
     cache = Cache()
     stored, _ = cache.load(key, "cpu")
     if stored is not None:

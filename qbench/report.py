@@ -422,8 +422,7 @@ def _session_evidence(row: dict, result: dict, blocks: list[dict], prefills, jou
     # a block stored with energy_coarse (a window of one or two counter refreshes, before such
     # windows gave no figure) has an error as large as its figure: not counted
     energy = [b for b in blocks if b.get("j_per_token") is not None and not b.get("energy_coarse")]
-    if not energy and any(b.get("energy_coarse") for b in blocks):
-        blocks = [{"energy": "not measured: the timed steps spanned fewer than 10 refreshes of the counter"}]
+    coarse = "not measured: the timed steps spanned fewer than 10 refreshes of the counter"
     meter = result.get("energy_meter", {})
     if energy:
         joules.append(stats.median([b["j_per_token"] for b in energy]))
@@ -432,7 +431,8 @@ def _session_evidence(row: dict, result: dict, blocks: list[dict], prefills, jou
             watts.append(stats.median(measured_w))
         row["energy_source"] = f"{meter.get('source', '?')}; {meter.get('resolution', '')}".strip("; ")
     elif not joules:  # why not, in the session's words (no counter, or windows too short for it)
-        why = meter.get("why_not") or next((b["energy"] for b in blocks if b.get("energy")), "")
+        said = (coarse if b.get("energy_coarse") else b.get("energy") for b in blocks)
+        why = meter.get("why_not") or next((text for text in said if text), "")
         row["energy_source"] = why or row["energy_source"]
     kl = result.get("kl")
     if kl:  # the same weights, text and reference in every session: the cell keeps the worst
