@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from qbench.analysis.floor import StepBytes
 from qbench.backend import Backend, DeviceInfo, LoadOptions, PackedFormatBackend
-from qbench.floor import StepBytes
-from qbench.gate import LayerCheck
 from qbench.quantlinear import QuantLinear
+from qbench.session.gate import LayerCheck
 
 Timer = Literal["cuda-events", "wall", "runner"]
 GraphOwner = Literal["qbench", "runtime", "none"]

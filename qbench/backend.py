@@ -41,7 +41,7 @@ class LoadOptions:
     group_size: int = 128
     seed: int = 0
     max_cache_len: int = 4096
-    weights_cache: bool = False  # synthetic 4-bit weights: read from / write to qbench.cache
+    weights_cache: bool = False  # synthetic 4-bit weights: read from / write to qbench.model.cache
     runtime: str = "hf"  # which runtime a linear format runs under (qbench.runtimes)
     graphs: bool | None = None  # a runtime whose graphs switch is per process: this process's setting
 
@@ -134,7 +134,7 @@ class Backend:
 
     def load(self, spec: Any, options: LoadOptions) -> Any:
         """Build the model with this backend's linear layers; returns the runner of `options.runtime`."""
-        from qbench.model import build_model, quantize_decoder_linears
+        from qbench.model.build import build_model, quantize_decoder_linears
 
         if options.runtime not in self.runtimes:
             raise ValueError(f"backend {self.name} runs under {', '.join(self.runtimes)}, not {options.runtime}")
@@ -142,7 +142,7 @@ class Backend:
         model, packed = build_model(spec, options, dtype=self.compute_dtype)
         cached = "off"
         if options.weights_cache and options.weights == "synthetic" and self.bits < 16:
-            from qbench.model import quantize_with_cache
+            from qbench.model.build import quantize_with_cache
 
             cached = quantize_with_cache(model, self, spec, options)
         else:

@@ -12,8 +12,8 @@ import click
 
 from qbench import DISTRIBUTION, __version__
 from qbench.errors import Interrupted, Stop, UserError
-from qbench.escape import for_terminal, table_body
-from qbench.tables import layout
+from qbench.render.escape import for_terminal, table_body
+from qbench.render.tables import layout
 
 FORMATS = click.Choice(["table", "json"])
 
@@ -259,7 +259,7 @@ def compare(
         for name, reason in the_plan.skipped.items():
             click.echo(for_terminal(f"skipping {name}: {reason}"), err=True)
         if executor == "local" and the_plan.device.kind == "cpu":
-            from qbench.predict import cpu_run_warning
+            from qbench.analysis.predict import cpu_run_warning
 
             slow = cpu_run_warning(the_plan)  # a 7B-class model: minutes a session, said before the first
             if slow:
@@ -267,7 +267,7 @@ def compare(
 
     with _stop_on_signals():
         if executor == "ray":
-            from qbench.ray_executor import run_ray_sweep
+            from qbench.execute.ray import run_ray_sweep
 
             outcomes, rows = run_ray_sweep(configs, address, _command_line(), announce)
         else:
@@ -301,8 +301,8 @@ def _answer_predicted(configs: list, absent, fmt: str) -> None:
     import io
     from dataclasses import asdict, replace
 
+    from qbench.analysis.predict import render, shipped_for_compare, shipped_label
     from qbench.compare import predict_command
-    from qbench.predict import render, shipped_for_compare, shipped_label
 
     if not absent.wanted.peak_bandwidth_gbps or not absent.wanted.boost_clock_mhz:
         raise absent  # nothing to predict it from (a CPU spec): the one-line error
@@ -334,7 +334,7 @@ def _answer_predicted(configs: list, absent, fmt: str) -> None:
     if uncovered:
         lines.append(f"Not in the shipped calibration, so not predicted: {', '.join(uncovered)}.")
     if fmt == "table":  # prose at the table's width, as every table command's; a command stays whole
-        from qbench.predict import wrapped
+        from qbench.analysis.predict import wrapped
 
         lines = [out for line in lines for out in ([line] if line.startswith("  ") else wrapped(line))]
     click.echo(("\n" if prose else "") + "\n".join(for_terminal(line) for line in lines), err=not prose)
@@ -394,8 +394,8 @@ def replicate(models, ctx, sessions, warmup, steps, timeout, db, rounds, fresh, 
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
 def floor(model, gpu, ctx, backend, group_size, fmt) -> None:
     """Bytes one decode step reads and the memory floor; needs no GPU."""
+    from qbench.analysis.floor import floor_ms, step_bytes
     from qbench.compare import check_ctx, probe_device, resolve_gpu, resolve_group_size
-    from qbench.floor import floor_ms, step_bytes
     from qbench.registry import load_backend
     from qbench.specs import load_gpu_spec, load_model_spec
 
@@ -478,8 +478,8 @@ def predict(model, gpu, backends, runtimes, ctx, graphs, db, calibrate_on, launc
 
     Every figure is labelled predicted and nothing is stored (README, 'Predicting a GPU you do not
     have', spells out the model)."""
-    from qbench.predict import predict as run_prediction
-    from qbench.predict import render, shipped_calibration, shipped_label, wrapped
+    from qbench.analysis.predict import predict as run_prediction
+    from qbench.analysis.predict import render, shipped_calibration, shipped_label, wrapped
     from qbench.runtimes import LINEAR_RUNTIMES
     from qbench.specs import check_path, load_gpu_spec
 
@@ -668,8 +668,8 @@ def cache(ctx, fmt, wide) -> None:
         return
     import time
 
-    from qbench.cache import Cache
     from qbench.kernels import builds, cache_root
+    from qbench.model.cache import Cache
 
     store = Cache()
     entries = store.entries()  # qbench's entries only: reads their manifests, once
@@ -711,8 +711,8 @@ def cache(ctx, fmt, wide) -> None:
 def cache_clear(kernels) -> None:
     """Remove every weights cache entry qbench wrote (and, with --kernels, the kernels it built);
     nothing else in those folders."""
-    from qbench.cache import Cache
     from qbench.kernels import cache_root, clear_builds
+    from qbench.model.cache import Cache
 
     store = Cache()
     root = cache_root() if kernels else None  # a bad QBENCH_KERNEL_CACHE stops here, before anything is removed
@@ -764,7 +764,7 @@ def _replication_cells(rows: list[dict], db: str) -> list[dict]:
 )
 def plot(db, run_id, out) -> None:
     """Draw the replication view of stored runs: % of floor against context, and the graphs speedup."""
-    from qbench.plot import check_output, replication_figure
+    from qbench.render.plot import check_output, replication_figure
     from qbench.report import aggregate
 
     check_output(out, [db])

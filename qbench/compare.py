@@ -3,7 +3,7 @@
 Everything a user can get wrong is checked while planning, before any worker starts and before
 anything is written. Sessions run round-robin (session 1 of every backend, then session 2, ...) so
 slow drift of the machine spreads over all backends instead of landing on one. Each session holds
-the device's lock (qbench.lock) while its worker runs, so two qbench processes never time blocks
+the device's lock (qbench.execute.lock) while its worker runs, so two qbench processes never time blocks
 on one device at once.
 """
 
@@ -23,12 +23,13 @@ from pathlib import Path
 from qbench import __version__, settings
 from qbench.backend import DeviceInfo
 from qbench.errors import Interrupted, Stop, UserError
-from qbench.escape import for_terminal
-from qbench.lock import check as check_lock
-from qbench.lock import device_lock
-from qbench.positions import cache_positions
+from qbench.execute.lock import check as check_lock
+from qbench.execute.lock import device_lock
+from qbench.execute.worker import Forkserver, remove_stale_scratch, run_worker
 from qbench.registry import BUILT_IN_ORDER, backend_names, load_backend, warnings
+from qbench.render.escape import for_terminal
 from qbench.runtimes import LINEAR_RUNTIMES
+from qbench.session.positions import cache_positions
 from qbench.specs import (
     GpuSpec,
     ModelSpec,
@@ -40,7 +41,6 @@ from qbench.specs import (
     shown,
 )
 from qbench.store import DEFAULT_DB, Store, new_run_id, now
-from qbench.worker import Forkserver, remove_stale_scratch, run_worker
 
 GRAPHS_CHOICES = ("off", "on", "both", "auto")
 GROUP_SIZES = (32, 64, 128, 256)
@@ -90,14 +90,14 @@ class CompareConfig:
     sessions: int = 0  # 0 = auto: AB_SESSIONS where a graphs A/B runs, else 1 (see sessions_for)
     warmup: int = 5
     steps: int = 30
-    weights: str = "auto"  # auto = a checkpoint folder's own weights, else synthetic (qbench.weights)
+    weights: str = "auto"  # auto = a checkpoint folder's own weights, else synthetic (qbench.model.weights)
     group_size: int = 0  # 0 = auto: 128 where the model's shapes allow it (see resolve_group_size)
     seed: int = 0
     timeout: float = 900.0
     db: str = str(DEFAULT_DB)
     resume: bool = False
     rounds: int = 1
-    cpu: str = "off"  # pin the decode loop's thread: off | auto | a core (qbench.host.session_host)
+    cpu: str = "off"  # pin the decode loop's thread: off | auto | a core (qbench.session.host.session_host)
     quick: bool = False  # the no-option look: at most QUICK_SESSIONS sessions per cell when --sessions is auto
 
     def __post_init__(self):
@@ -195,7 +195,7 @@ def check_ctx(spec: ModelSpec, ctx: tuple[int, ...], warmup: int = 0, steps: int
 
 def probe_device() -> DeviceInfo:
     """Ask a child process, so the parent never holds a CUDA context while workers run."""
-    code = "import json; from qbench.provenance import device_info; print(json.dumps(device_info().__dict__))"
+    code = "import json; from qbench.session.provenance import device_info; print(json.dumps(device_info().__dict__))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     if out.returncode != 0:
         raise UserError("could not query the device: " + (out.stderr.strip().splitlines() or ["?"])[-1])
@@ -251,7 +251,7 @@ def predict_command(config: CompareConfig) -> str:
 def check_inputs(config: CompareConfig) -> tuple[ModelSpec, int, str, str]:
     """What needs no device: the model, group size, contexts and weights. Returns the spec, the group
     size, the resolved weights and a note about them ('' if none)."""
-    from qbench.weights import resolve_weights
+    from qbench.model.weights import resolve_weights
 
     spec = load_model_spec(config.model)
     group_size = resolve_group_size(config.group_size, spec)
@@ -271,7 +271,7 @@ def plan(config: CompareConfig, device: DeviceInfo | None = None) -> Plan:
     result.measure_settings, result.measured_code = measure_settings, settings.measured_code_digest()
     result.notes += warnings() + ([weights_note] if weights_note else [])
     if weights not in ("synthetic", "gguf"):
-        from qbench.quality import tokenizer_missing
+        from qbench.session.quality import tokenizer_missing
 
         missing = tokenizer_missing(weights)
         if missing:
@@ -386,7 +386,7 @@ def needs_compiler(the_plan: Plan) -> bool:
 
 
 def start_forkserver(the_plan: Plan, progress: Callable[[str], None]) -> Forkserver | None:
-    """One preloaded process that forks each session (qbench.worker), or None where it cannot start
+    """One preloaded process that forks each session (qbench.execute.worker), or None where it cannot start
     (then every session spawns a new interpreter, as the line printed says) or QBENCH_FORKSERVER=0."""
     if os.environ.get("QBENCH_FORKSERVER", "1") == "0":
         return None

@@ -13,7 +13,7 @@ or a stated formula over such rows. What it adds is a choice, made by rules the 
   memory budget M (MiB): of the correct cells whose memory fits M, the fastest (ties as above).
 
 Memory is one figure for every cell: the GPU memory the step's processes hold after the timed
-steps, CUDA context included (NVML, qbench.energy). Where some eligible cell of a group lacks it
+steps, CUDA context included (NVML, qbench.session.energy). Where some eligible cell of a group lacks it
 (an older store, a CPU run) the whole group compares weights + KV bytes per step instead.
 
 Only cells that passed the correctness gate (and, with real weights, the perplexity bound) are
@@ -31,8 +31,7 @@ from tabulate import tabulate
 
 from qbench import __version__
 from qbench.errors import UserError
-from qbench.escape import for_html, html_prose, markdown_prose, table_body
-from qbench.gate_limits import LOGIT_TOLERANCE
+from qbench.render.escape import for_html, html_prose, markdown_prose, table_body
 from qbench.report import (
     HTML_STYLE,
     PERPLEXITY_BOUND,
@@ -43,6 +42,7 @@ from qbench.report import (
     short_kernel_name,
 )
 from qbench.report import table_rows as export_table_rows
+from qbench.session.gate_limits import LOGIT_TOLERANCE
 from qbench.store import Store, check_output, write_output
 
 MEMORY_TIER = 0.05  # memory within 5% of the least counts as one tier (the default memory budgets)
@@ -52,7 +52,7 @@ TOP_KERNELS = 5
 MIB = 2**20
 FORMATS = {".html": "html", ".htm": "html", ".md": "md"}
 
-# What a cell's memory figure is, by how the session measured it (qbench.session).
+# What a cell's memory figure is, by how the session measured it (qbench.session.run).
 MEMORY_BASIS = {
     "nvml": "GPU memory the step's processes held after the timed steps, CUDA context included (NVML)",
     "bytes": "weights + KV cache bytes one step reads (no GPU memory was recorded: a CPU run, or an older store)",
@@ -994,7 +994,7 @@ def _md_table(headers: list[str], body: list[list]) -> str:
 
 def render_markdown(report: Report) -> str:
     """The HTML report's content as Markdown: every line that may hold a name through markdown_prose,
-    every table cell through for_markdown (qbench.escape)."""
+    every table cell through for_markdown (qbench.render.escape)."""
     parts = [f"# {markdown_prose(report.title)}", "", f"**[measured]** {LEGEND}", ""]
     for group in report.groups:
         parts += [f"## {markdown_prose(_group_title(group.key))}", "", "### Recommendations **[measured]**", ""]

@@ -37,7 +37,7 @@ def cache_root() -> Path:
 def mark(folder: Path, files: dict[str, str] | None = None) -> None:
     """Write qbench's marker into the build folder it made: what it is, and `files` (name -> sha256)
     that a later session checks before it uses them."""
-    from qbench.cache import write_whole
+    from qbench.model.cache import write_whole
 
     about = {"made_by": "qbench", "folder": folder.name, "files": files or {}}
     write_whole(folder / MARKER, lambda out: out.write_text(json.dumps(about)))
@@ -118,7 +118,7 @@ class Ticker:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _say(self, text: str) -> None:
-        from qbench.worker import progress
+        from qbench.execute.worker import progress
 
         progress(text)
 

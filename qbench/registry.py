@@ -17,7 +17,7 @@ stdout sent to stderr so that what a plugin prints never mixes with qbench's out
 json`). A child is the only place where `os._exit` and a hang can be survived; and the child, in a
 session of its own, receives no Ctrl-C from the terminal, so a KeyboardInterrupt there is the
 plugin's, while a Ctrl-C of the user reaches this process and stops qbench as ever. Worker
-processes (qbench.worker) skip the probe (`probe_plugins = False`): a plugin that breaks one costs
+processes (qbench.execute.worker) skip the probe (`probe_plugins = False`): a plugin that breaks one costs
 that session only, and the run had probed it already.
 """
 

@@ -12,11 +12,11 @@ configurations differ in the backend (and its group size) alone. Per row:
   realised x      bf16 ms/step / backend ms/step, same model, GPU, ctx and graphs setting
   realisation     realised / expected, in % (realisation_pct in exports; every percentage is 0-100)
   graphs x        eager ms / graph ms, per session (paired), on the graphs=on row
-  launch us       host cost of one kernel launch, measured around each timed block (qbench.host):
+  launch us       host cost of one kernel launch, measured around each timed block (qbench.session.host):
                   median over the sessions of each session's median probe
   TTFT ms         the prefill to ctx that opens every block (time to first token): median over
                   sessions of each session's median block (CUDA events where steps have them)
-  J/tok, W        energy of the timed steps / steps, and / their wall time (qbench.energy): median
+  J/tok, W        energy of the timed steps / steps, and / their wall time (qbench.session.energy): median
                   over sessions; `energy_source` names the counter, "not measured" where none
   GPU MiB         GPU memory the step's processes hold after the timed steps, CUDA context included
                   (NVML; `gpu_memory_source` says how): the one memory figure cells compare;
@@ -38,8 +38,9 @@ from dataclasses import dataclass, field
 from statistics import median
 from typing import Any
 
-from qbench import stats
-from qbench.escape import (
+from qbench.analysis import stats
+from qbench.registry import BUILT_IN_ORDER
+from qbench.render.escape import (
     for_csv,
     for_html,
     for_terminal,
@@ -48,10 +49,9 @@ from qbench.escape import (
     markdown_prose,
     table_body,
 )
-from qbench.gate_limits import EDGE_ERROR, EDGE_TOP1
-from qbench.registry import BUILT_IN_ORDER
+from qbench.render.tables import TERMINAL_WIDTH, layout
+from qbench.session.gate_limits import EDGE_ERROR, EDGE_TOP1
 from qbench.specs import load_gpu_spec
-from qbench.tables import TERMINAL_WIDTH, layout
 
 PERPLEXITY_BOUND = 1.75  # real weights: a 4-bit backend's perplexity may be at most this x bf16's
 NOISY_CV = 0.10  # coefficient of variation of steps inside a session above which a cell is noisy
@@ -63,7 +63,7 @@ THROTTLE_MASK = 0x4 | 0x8 | 0x40 | 0x80 | 0x100
 
 
 # Table formats of the human-readable outputs (tabulate escapes cells for LaTeX and HTML; names in
-# every format go through qbench.escape).
+# every format go through qbench.render.escape).
 TABLE_FORMATS = {"table": "simple", "md": "github", "latex": "latex_booktabs", "html": "html"}
 
 
@@ -669,7 +669,7 @@ def csv_row(row: dict) -> dict:
 
 
 def _section_heading(row: dict) -> str:
-    from qbench.weights import describe
+    from qbench.model.weights import describe
 
     rounds = f" x {row['rounds']} rounds" if (row.get("rounds") or 1) > 1 else ""
     heading = (

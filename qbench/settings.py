@@ -9,7 +9,7 @@ working directory. The defaults hang off the home folder, which must be absolute
 
   QBENCH_CACHE_DIR     the weights cache (default ~/.cache/qbench/weights)
   QBENCH_KERNEL_CACHE  built CUDA kernels (default ~/.cache/qbench/kernels)
-  QBENCH_LOCK_DIR      the device locks (default /tmp/qbench-locks; qbench/lock.py says why)
+  QBENCH_LOCK_DIR      the device locks (default /tmp/qbench-locks; qbench/execute/lock.py says why)
   QBENCH_CACHE_GB      the weights cache's bound in GB (default 40; a finite number >= 0)
 
 And the variables that change what a session measures (`measure_settings()`): the parent reads them
@@ -137,7 +137,8 @@ def measure_settings(environ: Mapping[str, str] | None = None) -> Mapping[str, s
 # kernel change made without a version bump. Orchestration, storage and reporting are left out:
 # changing them changes no measured step.
 MEASURED_CODE = (
-    "decode.py", "positions.py", "session.py", "backend.py", "model.py", "quantlinear.py", "runtimes/*.py"
+    "session/decode.py", "session/positions.py", "session/run.py", "backend.py", "model/build.py", "quantlinear.py",
+    "runtimes/*.py", "runtimes/kernels/*.py",
 )
 
 

@@ -1,4 +1,4 @@
-"""Model and GPU specs: data files under `configs/` (installed as `qbench.configs`), read-only.
+"""Model and GPU specs: data files under `qbench/data/`, read-only.
 
 A model spec is a Hugging Face `config.json` dict plus where real weights may come from; a path to a
 `config.json` or a checkpoint folder works the same way. A GPU spec is a name, the device names
@@ -183,7 +183,7 @@ def read_json(path: Path, what: str) -> Any:
 
 
 def _configs_dir(kind: str):
-    return resources.files("qbench.configs").joinpath(kind)
+    return resources.files("qbench").joinpath("data", kind)
 
 
 def model_names() -> list[str]:
@@ -233,7 +233,7 @@ class GpuSpec:
     memory_gib: float | None
     bandwidth_source: str
     device_patterns: tuple[str, ...] = ()
-    # what `qbench predict` needs beyond the bandwidth (configs/gpus/gpus.json names each one's source)
+    # what `qbench predict` needs beyond the bandwidth (qbench/data/gpus/gpus.json names each one's source)
     boost_clock_mhz: float | None = None
     sm_count: int | None = None
     l2_mib: float | None = None
@@ -323,7 +323,7 @@ def gpu_for_device(device_name: str) -> GpuSpec:
             return spec
     return GpuSpec(
         name=re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-"),
-        description=f"{device_name} (no spec in configs/gpus: peak bandwidth unknown)",
+        description=f"{device_name} (no spec in qbench/data/gpus: peak bandwidth unknown)",
         peak_bandwidth_gbps=None,
         memory_gib=None,
         bandwidth_source="unknown; the floor uses the measured copy bandwidth",

@@ -288,7 +288,7 @@ class Store:
         record = {"run": run, "cell_hash": cell_hash, "config": config, "gpu": gpu, "result": result}
         record["created_at"] = now()
         path = self.pending_dir / f"session-{uuid.uuid4().hex[:12]}.json"
-        from qbench.cache import write_whole
+        from qbench.model.cache import write_whole
 
         write_whole(path, lambda temporary: temporary.write_text(json.dumps(record)))
         return path
@@ -451,7 +451,7 @@ def write_output(out: Path, make: Callable[[Path], None]) -> None:
     """Write an output file whole: `make(path)` writes it beside `out` and it is renamed into place, so
     a failed write leaves no half file and the old one as it was. A device or pipe (`/dev/stdout`) is
     written in place, never replaced. Every failure is one line."""
-    from qbench.cache import write_whole
+    from qbench.model.cache import write_whole
 
     for parent in out.parents:
         if parent.exists() and not parent.is_dir():

@@ -15,7 +15,7 @@ from qbench.store import Store
 LONG = "a" * 5000  # longer than any file name the system takes (255 bytes)
 COMPARE = ["compare", "--model", "tiny", "--backends", "bf16", "--ctx", "32", "--warmup", "1", "--steps", "3"]
 COMPARE += ["--db", "r.sqlite"]
-TINY = json.loads(resources.files("qbench.configs").joinpath("models/tiny.json").read_text())["config"]
+TINY = json.loads(resources.files("qbench").joinpath("data/models/tiny.json").read_text())["config"]
 
 
 def tiny_with(**changes) -> dict:

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import torch
 from click.testing import CliRunner
-from qbench.backends.torch_int4 import TorchInt4Backend
 
 from qbench.backend import DeviceInfo, LoadOptions
-from qbench.cache import Cache
+from qbench.backends.torch_int4 import TorchInt4Backend
 from qbench.cli import main
 from qbench.compare import CompareConfig, plan
+from qbench.model.cache import Cache
 from qbench.specs import load_model_spec
 
 

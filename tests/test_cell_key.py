@@ -15,7 +15,7 @@ from qbench.cli import main
 from qbench.compare import CompareConfig, cell_hash, plan, session_jobs
 from qbench.errors import UserError
 from qbench.report import aggregate, render
-from qbench.session import SessionConfig
+from qbench.session.run import SessionConfig
 from qbench.specs import load_gpu_spec
 from qbench.store import Store
 
@@ -127,7 +127,7 @@ def test_rows_stored_before_the_key_held_settings_still_aggregate():
 
 
 def test_the_worker_runs_under_the_switches_it_was_keyed_under(monkeypatch):
-    from qbench.session import apply_measure_settings
+    from qbench.session.run import apply_measure_settings
 
     monkeypatch.setenv("QBENCH_LEAN_GEMV", "auto")
     config = SessionConfig.from_json(json.dumps(_config(measure_settings={"QBENCH_LEAN_GEMV": "cublas"})))

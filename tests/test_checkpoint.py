@@ -3,11 +3,11 @@
 import json
 
 import torch
-from qbench.backends import formats
 from safetensors.torch import save_file
 
+from qbench import formats
 from qbench.backend import LoadOptions, PackedFormatBackend
-from qbench.model import build_model, quantize_decoder_linears
+from qbench.model.build import build_model, quantize_decoder_linears
 from qbench.specs import load_model_spec
 
 

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from qbench.backends.bf16 import Bf16Backend
 
 from qbench.backend import LoadOptions
-from qbench.decode import DecodeSettings, run_block, token_stream
+from qbench.backends.bf16 import Bf16Backend
+from qbench.session.decode import DecodeSettings, run_block, token_stream
 from qbench.specs import load_model_spec
 
 

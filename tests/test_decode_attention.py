@@ -17,7 +17,7 @@ def test_split_k_attention_matches_the_reference_and_never_reads_past_the_positi
     out = run_interpreted(
         """
         import torch
-        from qbench.runtimes.decode_attention import decode_attention, decode_attention_reference
+        from qbench.runtimes.kernels.decode_attention import decode_attention, decode_attention_reference
         torch.manual_seed(0)
         cases = [  # heads, kv heads, head dim, cache positions, position, programs
             (28, 4, 128, 300, 299, 16),  # Qwen2.5-7B's grouping, last position, chunks of 96
@@ -47,7 +47,7 @@ def test_split_k_attention_matches_the_reference_and_never_reads_past_the_positi
 
 
 def test_plan_splits_covers_the_cache_in_whole_blocks():
-    from qbench.runtimes.decode_attention import BLOCK_N, plan_splits
+    from qbench.runtimes.kernels.decode_attention import BLOCK_N, plan_splits
 
     for positions, kv_heads, programs in [(2087, 4, 264), (96, 2, 16), (50, 1, 1), (31, 8, 1000)]:
         chunk, splits = plan_splits(positions, kv_heads, programs)
@@ -60,7 +60,7 @@ def test_lean_with_split_k_attention_matches_lean_with_sdpa():
         """
         import os, torch
         from qbench.api import LoadOptions
-        from qbench.decode import token_stream
+        from qbench.session.decode import token_stream
         from qbench.registry import load_backend
         from qbench.runtimes.lean import LeanRunner
         from qbench.specs import load_model_spec

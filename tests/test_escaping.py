@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from conftest import install_plugin
 
 from qbench.cli import main
-from qbench.escape import for_csv, for_terminal
+from qbench.render.escape import for_csv, for_terminal
 from qbench.store import Store
 
 IMG = "<img src=x onerror=alert(1)>"
@@ -289,11 +289,11 @@ def test_predict_in_table_and_markdown(tmp_path):
     it, predicted for it, in every format; and a plugin's strings in the table and notes."""
     from importlib import resources
 
-    from qbench.predict import predict, render
+    from qbench.analysis.predict import predict, render
 
     folder = tmp_path / MODEL
     folder.mkdir()
-    builtin = json.loads(resources.files("qbench.configs").joinpath("models/qwen2.5-7b.json").read_text())
+    builtin = json.loads(resources.files("qbench").joinpath("data/models/qwen2.5-7b.json").read_text())
     (folder / "config.json").write_text(json.dumps(builtin["config"]))
     store = Store(tmp_path / "p.sqlite")
     run = store.new_run(COMMAND, {})
@@ -374,7 +374,7 @@ def test_error_and_progress_lines_show_names_as_text(adversary):
 
 def test_the_default_progress_lines_show_names_as_text(capsys):
     from qbench.compare import run_compare
-    from qbench.ray_executor import run_ray_sweep
+    from qbench.execute.ray import run_ray_sweep
 
     for runner in (run_compare, run_ray_sweep):
         inspect.signature(runner).parameters["progress"].default(f"[1/2] {LABEL}: failed - {REASON}")
@@ -385,8 +385,8 @@ def test_the_default_progress_lines_show_names_as_text(capsys):
 def test_a_figure_draws_a_name_with_dollars(tmp_path):
     """matplotlib reads `$...$` in a label as mathtext: a model named so stopped `qbench plot`."""
     pytest.importorskip("matplotlib")
-    from qbench import stats
-    from qbench.plot import replication_figure
+    from qbench.analysis import stats
+    from qbench.render.plot import replication_figure
 
     cell = {"model": "a$\\frac{$b" + MODEL, "gpu": "h100-sxm5", "ctx": 2048, "graph_pct_of_floor": 50.0}
     cell.update(eager_pct_of_floor=30.0, graphs_speedup=1.5, graphs_interval=stats.Interval(1.4, 1.6, "t-log"))

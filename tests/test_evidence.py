@@ -1,6 +1,6 @@
 """Energy per token, prefill (time to first token), memory measured one way, KL divergence, and the
-deployment report's rule: each read or decided as qbench.energy, qbench.decode, qbench.quality and
-qbench.deploy_report say, on fakes where the real counter needs a GPU."""
+deployment report's rule: each read or decided as qbench.session.energy, qbench.session.decode,
+qbench.session.quality and qbench.deploy_report say, on fakes where the real counter needs a GPU."""
 
 import csv
 import io
@@ -11,12 +11,12 @@ import types
 import pytest
 import torch
 
-from qbench import energy
-from qbench.decode import DecodeSettings, run_block, token_stream
+from qbench.analysis.stats import Interval
 from qbench.deploy_report import Budget, Cell, recommend, tick_text
-from qbench.quality import kl_divergence
 from qbench.report import aggregate, render
-from qbench.stats import Interval
+from qbench.session import energy
+from qbench.session.decode import DecodeSettings, run_block, token_stream
+from qbench.session.quality import kl_divergence
 
 # ---- energy ------------------------------------------------------------------------------------
 
@@ -152,7 +152,7 @@ def test_the_sessions_first_block_warms_its_prefill_up_untimed():
 @pytest.fixture(scope="module")
 def tiny_rows():
     from qbench.compare import cell_hash
-    from qbench.session import SessionConfig, run_session
+    from qbench.session.run import SessionConfig, run_session
 
     original = energy.energy_meter
     energy.energy_meter = lambda device, index=0: (FakeMeter(), "")

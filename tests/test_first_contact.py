@@ -152,7 +152,7 @@ def test_the_compact_compare_table_keeps_expected_x_and_sessions():
 
 
 def test_numbers_keep_their_decimals():
-    from qbench.tables import layout
+    from qbench.render.tables import layout
 
     text = layout([["a", "85.0", 8.0, "1"], ["b", "7.25", 80.5, "28"]], ["name", "pct", "GiB", "count"], "simple")
     assert "85.00" in text and "8.0 " in text + " " and " 1" in text and "28.0" not in text

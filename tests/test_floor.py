@@ -1,9 +1,9 @@
 """The floor model against hand-computed values."""
 
 import pytest
-from qbench.backends import formats
 
-from qbench.floor import floor_ms, step_bytes
+from qbench import formats
+from qbench.analysis.floor import floor_ms, step_bytes
 from qbench.specs import load_model_spec
 
 

@@ -14,10 +14,10 @@ import torch
 from click.testing import CliRunner
 
 from qbench import kernels
-from qbench.cache import Cache
 from qbench.cli import main
 from qbench.errors import UserError
-from qbench.lock import device_lock
+from qbench.execute.lock import device_lock
+from qbench.model.cache import Cache
 from qbench.store import Store
 
 TINY = ["--model", "tiny", "--ctx", "16", "--warmup", "1", "--steps", "2", "--rounds", "1", "--graphs", "off"]
@@ -249,7 +249,7 @@ def test_a_home_under_a_file_means_uncached_not_a_crash(in_tmp, monkeypatch):
 
 
 def test_a_whole_file_entry_goes_to_the_session_scratch_where_the_cache_is_unusable(in_tmp, monkeypatch):
-    from qbench.worker import OWNER_FILE, SCRATCH_PREFIX
+    from qbench.execute.worker import OWNER_FILE, SCRATCH_PREFIX
 
     (in_tmp / "cache-file").write_text("")
     monkeypatch.setenv("QBENCH_CACHE_DIR", str(in_tmp / "cache-file"))

@@ -4,7 +4,8 @@ import importlib.util
 
 import pytest
 import torch
-from qbench.backends import formats
+
+from qbench import formats
 
 
 @pytest.fixture
@@ -85,7 +86,7 @@ def test_awq_marlin_bytes_are_what_marlin_stored_on_the_h100():
     """Marlin pads a weight that misses its 64 x 128 tile; the floor counts the padded tensors it
     reads. Pinned to what the Marlin module stored on the H100 (results/h100/trust/awq-marlin-bytes.sqlite):
     SmolLM2-135M at g64 (K = 576 padded to 640 for q/k/v/o) and Qwen2.5-7B at g128 (no padding)."""
-    from qbench.floor import step_bytes
+    from qbench.analysis.floor import step_bytes
     from qbench.specs import load_model_spec
 
     smollm2 = step_bytes(load_model_spec("smollm2-135m"), 512, formats.awq_marlin_bytes, 64)

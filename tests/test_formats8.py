@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
-from qbench.backends import formats
-from qbench.backends.gemlite_formats import GemliteLinear
 
+from qbench import formats
 from qbench.backend import DeviceInfo
+from qbench.backends.gemlite_formats import GemliteLinear
 from qbench.cli import main
 from qbench.registry import BUILT_IN_ORDER, backend_names, load_backend
 from qbench.specs import load_model_spec

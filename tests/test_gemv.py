@@ -12,7 +12,7 @@ def test_gemv_matches_f_linear_for_ragged_shapes_with_and_without_bias():
     out = run_interpreted(
         """
         import torch
-        from qbench.runtimes import gemv
+        from qbench.runtimes.kernels import gemv
         torch.manual_seed(0)
         cases = [(64, 256, (8, 128, 4), True), (37, 300, (4, 128, 4), False), (5, 96, (16, 64, 2), True),
                  (130, 1000, gemv.choose_blocks(130, 1000, 8), True)]
@@ -32,7 +32,7 @@ def test_gemv_matches_f_linear_for_ragged_shapes_with_and_without_bias():
 
 
 def test_choose_blocks_gives_every_sm_several_programs():
-    from qbench.runtimes.gemv import choose_blocks
+    from qbench.runtimes.kernels.gemv import choose_blocks
 
     for n, k in ((512, 3584), (4608, 3584), (37888, 3584), (3584, 18944), (152064, 3584)):
         block_n, block_k, _ = choose_blocks(n, k, 132)
@@ -45,7 +45,7 @@ def test_lean_with_the_gemv_matches_f_linear_and_hf_and_shares_the_weights():
         """
         import os, torch
         from qbench.api import LoadOptions
-        from qbench.decode import token_stream
+        from qbench.session.decode import token_stream
         from qbench.registry import load_backend
         from qbench.runtimes.hf import DecoderRunner
         from qbench.runtimes.lean import LeanRunner

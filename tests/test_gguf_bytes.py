@@ -1,10 +1,10 @@
 """GGUF byte accounting (the llama.cpp backends' floor) against the file's own tensor sizes."""
 
 import pytest
-from qbench.backends import gguf_bytes
 
-from qbench.floor import step_bytes as formula_bytes
-from qbench.model import packaged_gguf
+from qbench.analysis.floor import step_bytes as formula_bytes
+from qbench.formats import gguf_bytes
+from qbench.model.build import packaged_gguf
 from qbench.specs import load_model_spec
 
 gguf = pytest.importorskip("gguf")

@@ -15,12 +15,12 @@ import click
 import pytest
 from click.testing import CliRunner
 
+import qbench.analysis.predict
 import qbench.compare
-import qbench.predict
+from qbench.analysis.floor import step_bytes
 from qbench.backend import DeviceInfo
 from qbench.cli import main
 from qbench.errors import UserError
-from qbench.floor import step_bytes
 from qbench.specs import load_model_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,10 +101,10 @@ def test_the_shipped_calibration_is_what_the_generator_makes_from_the_committed_
     spec = importlib.util.spec_from_file_location("calibration_tool", ROOT / "tools" / "calibration.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    shipped = ROOT / "qbench" / "data" / qbench.predict.SHIPPED_CALIBRATION
+    shipped = ROOT / "qbench" / "data" / qbench.analysis.predict.SHIPPED_CALIBRATION
     assert shipped.read_text() == tool.build(), "run: python tools/calibration.py"
     document = json.loads(shipped.read_text())
-    assert document["store"] == qbench.predict.SHIPPED_STORE and document["card"] == "h100-sxm5"
+    assert document["store"] == qbench.analysis.predict.SHIPPED_STORE and document["card"] == "h100-sxm5"
     cells = {(c["backend"], c["runtime"]) for c in document["calibrations"]}
     for backend in ("bf16", "torch-int4", "awq-marlin", "gptq-exllamav2", "bnb-nf4"):
         assert {(backend, "hf"), (backend, "lean")} <= cells
@@ -112,13 +112,13 @@ def test_the_shipped_calibration_is_what_the_generator_makes_from_the_committed_
     setup = configparser.ConfigParser()
     setup.read(ROOT / "setup.cfg")
     assert "data/*.json" in setup["options.package_data"]["qbench"]
-    calibrations, source = qbench.predict.shipped_calibration()
+    calibrations, source = qbench.analysis.predict.shipped_calibration()
     assert len(calibrations) == len(document["calibrations"]) and source["date"] == "2026-11-27"
 
 
 def test_a_7b_model_on_a_cpu_warns_with_its_estimate_before_the_first_session(tmp_path, monkeypatch):
     monkeypatch.setattr(qbench.compare, "probe_device", lambda: CPU)
-    monkeypatch.setattr(qbench.predict, "cpu_probe", lambda: (10.0, 100.0), raising=False)  # GB/s, GFLOP/s
+    monkeypatch.setattr(qbench.analysis.predict, "cpu_probe", lambda: (10.0, 100.0), raising=False)  # GB/s, GFLOP/s
 
     def first_session(*args, **kwargs):
         click.echo("THE FIRST SESSION STARTS", err=True)

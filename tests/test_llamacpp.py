@@ -27,9 +27,9 @@ def test_synthetic_gguf_quantised_loaded_stepped_and_gated(tmp_path, monkeypatch
     import uuid
 
     from gguf import GGUFReader
-    from qbench.backends.gguf_bytes import step_bytes
 
-    from qbench.cache import Cache
+    from qbench.formats.gguf_bytes import step_bytes
+    from qbench.model.cache import Cache
 
     mark = uuid.uuid4().hex
     monkeypatch.setenv("QBENCH_TEST_MARK", mark)
@@ -94,6 +94,7 @@ def test_a_wrong_engine_is_reported_incorrect(monkeypatch):
     """The gate compares llama.cpp's logits with transformers on the dequantised GGUF: an engine that
     returns other logits gets no latency row."""
     import torch
+
     from qbench.backends import llamacpp
 
     real = llamacpp.LlamaCppRunner._tensor
@@ -104,7 +105,7 @@ def test_a_wrong_engine_is_reported_incorrect(monkeypatch):
 
     monkeypatch.setattr(llamacpp.LlamaCppRunner, "_tensor", shuffled)
     monkeypatch.setenv("QBENCH_FORKSERVER", "0")
-    from qbench.session import SessionConfig, run_session
+    from qbench.session.run import SessionConfig, run_session
 
     result = run_session(SessionConfig(model="tiny", backend="llamacpp-q8_0", ctx=32, steps=6, runtime="llamacpp"))
     assert result["status"] == "ok"  # the session ran; its block is what the gate failed

@@ -11,8 +11,9 @@ import types
 
 import pytest
 import torch
-from qbench.backends import formats
-from qbench.backends import marlin_direct as md
+
+from qbench import formats
+from qbench.formats import marlin_direct as md
 
 
 def _digest(t: torch.Tensor) -> str:

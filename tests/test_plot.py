@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
-from qbench import stats
+from qbench.analysis import stats
 from qbench.errors import UserError
-from qbench.plot import replication_figure
+from qbench.render.plot import replication_figure
 
 
 def _cells():

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import install_plugin
 
+from qbench.analysis.floor import StepBytes
 from qbench.cli import main
-from qbench.floor import StepBytes
 from qbench.store import Store
 
 FAST = ["--model", "tiny", "--ctx", "16", "--warmup", "1", "--steps", "2"]
@@ -192,7 +192,7 @@ def test_negative_byte_counts_make_the_session_incorrect_and_the_report_skips_it
 
 
 def test_a_whole_runtime_that_declares_a_formula_is_held_to_it(tmp_path, monkeypatch):
-    from qbench.floor import step_bytes
+    from qbench.analysis.floor import step_bytes
     from qbench.specs import load_model_spec
 
     entries = {"adv-declared": "Declared"}
@@ -230,7 +230,7 @@ class Liar(StepBytes):
     ],
 )
 def test_byte_counts_are_whole_numbers_and_the_weights_more_than_zero(counted, wrong):
-    from qbench.session import checked_step_bytes
+    from qbench.session.run import checked_step_bytes
 
     stored, said = checked_step_bytes(counted)
     assert (said == "") if not wrong else (wrong in said), said
@@ -238,7 +238,7 @@ def test_byte_counts_are_whole_numbers_and_the_weights_more_than_zero(counted, w
 
 
 def test_a_step_bytes_subclass_cannot_change_the_sums():
-    from qbench.session import checked_step_bytes
+    from qbench.session.run import checked_step_bytes
 
     stored, said = checked_step_bytes(Liar(10, 0, 0, 2, 4, 8))
     assert said == "" and type(stored) is StepBytes and stored.weights == 16 and stored.total == 24
@@ -247,7 +247,7 @@ def test_a_step_bytes_subclass_cannot_change_the_sums():
 def test_numpy_integers_are_byte_counts():
     import numpy as np
 
-    from qbench.session import checked_step_bytes
+    from qbench.session.run import checked_step_bytes
 
     stored, said = checked_step_bytes(StepBytes(np.int64(10), 0, 0, 2, 4, 8.0))
     assert said == "" and stored.total == 24 and type(stored.linear_weights) is int

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from qbench.analysis.predict import kernel_class, predict
 from qbench.cli import main
 from qbench.compare import cell_hash
 from qbench.errors import UserError
-from qbench.predict import kernel_class, predict
 from qbench.specs import gpu_specs, load_gpu_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +62,7 @@ def test_kernel_classes():
 
 def test_model_on_a_constructed_profile_gives_the_known_answer():
     """Calibrated on the H100 profile above, predicted for the A100 80GB (other bandwidth and clock)."""
-    from qbench.floor import step_bytes
+    from qbench.analysis.floor import step_bytes
     from qbench.registry import load_backend
     from qbench.specs import load_model_spec
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from qbench.execute.worker import OWNER_FILE, remove_stale_scratch
 from qbench.store import Store
-from qbench.worker import OWNER_FILE, remove_stale_scratch
 
 FAST = ["--model", "tiny", "--ctx", "16", "--warmup", "1", "--steps", "3"]
 
@@ -283,7 +283,7 @@ def test_the_forkserver_imports_torch_compile_once_where_sessions_need_it():
     assert needs_compiler(plan("cpu", {"bnb-nf4": ("hf",)}))
     code = (
         "import sys, threading\n"
-        "from qbench.worker import _preload\n"
+        "from qbench.execute.worker import _preload\n"
         "preloaded, notes = _preload(['llama'], ['bf16'], compiler=True)\n"
         "assert \"torch.compile's modules\" in preloaded, (preloaded, notes)\n"
         "assert 'torch._inductor.compile_fx' in sys.modules and threading.active_count() == 1\n"

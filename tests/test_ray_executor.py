@@ -61,7 +61,7 @@ class TwoTypes:
         return self.folder / f"locks-{label}"
 
     def running(self, label: str) -> bool:
-        """A session holds the node's device lock (qbench.lock)."""
+        """A session holds the node's device lock (qbench.execute.lock)."""
         lock = self.locks(label) / "cpu.lock"
         if not lock.is_file():
             return False
@@ -91,7 +91,7 @@ class TwoTypes:
                 environment = (proc / "environ").read_bytes()
             except OSError:
                 continue
-            if b"qbench.worker" in command and str(self.folder).encode() in environment:
+            if b"qbench.execute.worker" in command and str(self.folder).encode() in environment:
                 found.append(int(proc.name))
         return found
 
@@ -178,7 +178,7 @@ def test_a_sweep_over_two_types_runs_each_on_its_own_node(cluster):
 
 
 def test_a_lost_node_costs_its_sessions_and_resume_runs_them(cluster, monkeypatch):
-    monkeypatch.setattr("qbench.ray_executor.GONE_GRACE_S", 2.0)
+    monkeypatch.setattr("qbench.execute.ray.GONE_GRACE_S", 2.0)
     command = ["compare", "--executor", "ray", "--address", cluster.cluster.address, "--gpu", "cpu-a,cpu-b"]
     command += [*FAST, "--sessions", "2"]
     # node b is killed while its first session runs; its second one then has nowhere to run

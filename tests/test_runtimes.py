@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from qbench.api import LoadOptions, Runner, protocol_gaps
 from qbench.cli import main
-from qbench.decode import token_stream
 from qbench.registry import load_backend
+from qbench.session.decode import token_stream
 from qbench.specs import load_model_spec
 from qbench.store import Store
 
@@ -60,8 +60,8 @@ def test_lean_matches_hf_on_the_tiny_spec(name):
 def test_lean_matches_hf_on_smollm2_real_weights(name):
     if not _available(name):
         pytest.skip(f"{name} unavailable here")
-    from qbench.model import packaged_gguf
-    from qbench.quality import load_tokenizer, text_tokens
+    from qbench.model.build import packaged_gguf
+    from qbench.session.quality import load_tokenizer, text_tokens
 
     spec = load_model_spec("smollm2-135m")
     path = packaged_gguf(spec)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from qbench import stats
+from qbench.analysis import stats
 from qbench.report import aggregate, render
 
 

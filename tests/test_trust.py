@@ -14,8 +14,8 @@ from qbench.backend import DeviceInfo
 from qbench.cli import main
 from qbench.compare import CompareConfig, plan
 from qbench.errors import UserError
-from qbench.gate import compare_logits
 from qbench.registry import load_backend, warnings
+from qbench.session.gate import compare_logits
 from qbench.specs import load_model_spec
 
 CPU = DeviceInfo("cpu", "cpu")
@@ -146,7 +146,7 @@ def test_a_folder_checkpoint_is_measured_with_its_own_weights_and_no_tokenizer_i
     from safetensors.torch import save_file
 
     from qbench.backend import LoadOptions
-    from qbench.model import build_model
+    from qbench.model.build import build_model
 
     folder = tiny_folder(tmp_path)
     model, _ = build_model(load_model_spec("tiny"), LoadOptions(device="cpu", seed=5), dtype="bfloat16")

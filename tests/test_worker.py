@@ -2,8 +2,8 @@
 
 import json
 
-from qbench.session import SessionConfig
-from qbench.worker import run_worker
+from qbench.execute.worker import run_worker
+from qbench.session.run import SessionConfig
 
 
 def _config(backend: str) -> str:

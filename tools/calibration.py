@@ -4,7 +4,7 @@
     python tools/calibration.py --check   # exit 1 if the shipped file differs from what the store gives
 
 `qbench predict` without --db, and `qbench compare --gpu G` on a machine without G, predict from this
-file; qbench.predict.calibration_document says what it holds. tests/test_headline.py checks that the
+file; qbench.analysis.predict.calibration_document says what it holds. tests/test_headline.py checks that the
 shipped file is exactly what this script makes from the committed store, so the two cannot drift.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from qbench.predict import SHIPPED_CALIBRATION, SHIPPED_STORE, calibration_document, document_text  # noqa: E402
+from qbench.analysis.predict import SHIPPED_CALIBRATION, SHIPPED_STORE, calibration_document, document_text  # noqa: E402
 from qbench.store import Store  # noqa: E402
 
 SHIPPED = ROOT / "qbench" / "data" / SHIPPED_CALIBRATION

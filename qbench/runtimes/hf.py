@@ -14,8 +14,8 @@ import inspect
 
 import torch
 
-from qbench.positions import CAPTURE_WARMUP_STEPS
 from qbench.runtimes import modules
+from qbench.session.positions import CAPTURE_WARMUP_STEPS
 
 
 class DecoderRunner:
@@ -29,7 +29,7 @@ class DecoderRunner:
         from transformers import StaticCache
 
         self.model = model
-        self.weights_cache = "off"  # set by the loader: whether the weights came from qbench.cache
+        self.weights_cache = "off"  # set by the loader: whether the weights came from qbench.model.cache
         self.notes: list[str] = []
         self.device = torch.device(device)
         self.max_cache_len = max_cache_len

@@ -31,8 +31,9 @@ import os
 import torch
 import torch.nn.functional as F
 
-from qbench.positions import CAPTURE_WARMUP_STEPS
-from qbench.runtimes import decode_attention, gemv, modules
+from qbench.runtimes import modules
+from qbench.runtimes.kernels import decode_attention, gemv
+from qbench.session.positions import CAPTURE_WARMUP_STEPS
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

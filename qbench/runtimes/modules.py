@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import torch
 
-from qbench.floor import StepBytes
-from qbench.model import decoder_linears, layer_bytes
+from qbench.analysis.floor import StepBytes
+from qbench.model.build import decoder_linears, layer_bytes
 
 
 def quant_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:

@@ -16,7 +16,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from qbench.runtimes import gemv
+from qbench.runtimes.kernels import gemv
 
 SHAPES = {  # name: (N, K, calls per step)
     "q": (3584, 3584, 28), "k|v": (512, 3584, 56), "qkv fused": (4608, 3584, 28), "o": (3584, 3584, 28),

@@ -33,12 +33,12 @@ SETTINGS = ("unpinned+gc", "unpinned+nogc", "pinned+gc", "pinned+nogc")
 
 
 def child(seed: int) -> dict:
-    from qbench import host
     from qbench.backend import LoadOptions
-    from qbench.decode import DecodeSettings, run_block, token_stream
-    from qbench.positions import cache_positions
     from qbench.registry import load_backend
-    from qbench.session import timed_block
+    from qbench.session import host
+    from qbench.session.decode import DecodeSettings, run_block, token_stream
+    from qbench.session.positions import cache_positions
+    from qbench.session.run import timed_block
     from qbench.specs import load_model_spec
 
     began = time.perf_counter()

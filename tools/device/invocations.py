@@ -14,7 +14,7 @@ import sys
 
 
 def probe(label: str) -> None:
-    from qbench import host
+    from qbench.session import host
 
     record = {"label": label, **host.probe("cuda")}
     _, times = host.choose_core(host.affinity())

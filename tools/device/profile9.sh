@@ -12,15 +12,15 @@ def lap(name):
 import torch; lap("import torch")
 import transformers; lap("import transformers")
 from transformers import AutoModelForCausalLM, StaticCache; lap("transformers auto classes")
-import qbench.session; lap("import qbench.session")
+import qbench.session.run; lap("import qbench.session.run")
 from qbench.specs import load_model_spec
-from qbench.model import _hf_config
+from qbench.model.build import _hf_config
 config = _hf_config(load_model_spec("qwen2.5-7b"), torch.bfloat16); lap("qwen2 config (imports its module)")
 with torch.device("meta"):
     AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa")
 lap("qwen2 model class on meta (imports modeling)")
 torch.zeros(1, device="cuda"); lap("CUDA context")
-from qbench.model import build_model
+from qbench.model.build import build_model
 from qbench.backend import LoadOptions
 model, _ = build_model(load_model_spec("qwen2.5-7b"), LoadOptions(device="cuda"), dtype="bfloat16"); torch.cuda.synchronize(); lap("build qwen2.5-7b bf16 synthetic on the GPU")
 del model; torch.cuda.empty_cache()

@@ -19,7 +19,7 @@ import os, torch
 from qbench.api import LoadOptions
 from qbench.registry import load_backend
 from qbench.specs import load_model_spec
-from qbench.decode import token_stream
+from qbench.session.decode import token_stream
 from qbench.runtimes.lean import LeanRunner
 spec = load_model_spec("tiny")
 model = load_backend("bf16").load(spec, LoadOptions(device="cuda", weights="synthetic", seed=0, max_cache_len=300, group_size=128)).model

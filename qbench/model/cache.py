@@ -206,7 +206,7 @@ class Cache:
         from safetensors.torch import load_file
 
         from qbench.errors import UserError
-        from qbench.weights import check_safetensors
+        from qbench.model.weights import check_safetensors
 
         path, why = self._verified(key, ".safetensors")
         if path is None:
@@ -375,8 +375,8 @@ def _why(error: OSError) -> str:
 
 def _scratch() -> Path | None:
     """The session's scratch folder where this process is a session's worker (its working folder,
-    made by qbench.worker and removed with the session), else None."""
-    from qbench.worker import OWNER_FILE, SCRATCH_PREFIX
+    made by qbench.execute.worker and removed with the session), else None."""
+    from qbench.execute.worker import OWNER_FILE, SCRATCH_PREFIX
 
     try:
         here = Path.cwd()

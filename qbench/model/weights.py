@@ -94,7 +94,7 @@ def resolve_weights(weights: str, spec: Any) -> tuple[str, str]:
     if weights == "synthetic":
         return weights, ""
     if weights == "gguf":
-        from qbench.model import packaged_gguf
+        from qbench.model.build import packaged_gguf
 
         check_gguf(packaged_gguf(spec))
         return weights, ""

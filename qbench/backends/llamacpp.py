@@ -7,11 +7,11 @@ the Runner protocol (qbench.api). One family, one backend per GGUF type:
   llamacpp-q4_k_m  Q4_K_M: 4-bit super-blocks of 256, some tensors kept in Q6_K (llama.cpp's mix)
 
 Weights: synthetic weights are the spec's seeded transformers tensors written as an F16 GGUF
-(backends/gguf_write.py) and quantised by llama.cpp's own quantiser, each file cached like other
-synthetic weights (qbench.cache). Real weights are any .gguf: used as they are where the file's type
+(qbench/formats/gguf_write.py) and quantised by llama.cpp's own quantiser, each file cached like other
+synthetic weights (qbench.model.cache). Real weights are any .gguf: used as they are where the file's type
 is the backend's, else quantised by llama.cpp from the file (requantised: the table says so).
-Bytes per step come from the GGUF's own tensor types (backends/gguf_bytes.py) and llama.cpp's F16
-KV cache. llama.cpp runs in its own process (backends/llamacpp_engine.py says why), which times
+Bytes per step come from the GGUF's own tensor types (qbench/formats/gguf_bytes.py) and llama.cpp's F16
+KV cache. llama.cpp runs in its own process (qbench/formats/llamacpp_engine.py says why), which times
 each single-token decode call with a wall clock around llama_decode and the copy of the logits it
 returns (they come back only when ready): timer "runner". CUDA graphs are llama.cpp's own; it reads its switch
 (GGML_CUDA_DISABLE_GRAPHS) once per process, so each graphs setting runs in its own session process.
@@ -72,7 +72,7 @@ class LlamaCppBackend(Backend):
     def unsupported_reason(self, spec: Any, weights: str) -> str | None:
         if weights != "synthetic":
             return None
-        from qbench.backends.gguf_write import unsupported_reason
+        from qbench.formats.gguf_write import unsupported_reason
 
         reason = unsupported_reason(spec)
         return f"synthetic weights for {spec.name}: {reason}" if reason else None
@@ -86,10 +86,9 @@ class LlamaCppBackend(Backend):
     # ---- weights --------------------------------------------------------------------------------
     def weights_file(self, spec: Any, options: LoadOptions) -> tuple[Path, list[str], str]:
         """(the GGUF llama.cpp runs, notes for the table, weights-cache state)."""
-        from qbench.backends.gguf_write import quantize
-
-        from qbench.cache import Cache
-        from qbench.weights import check_gguf
+        from qbench.formats.gguf_write import quantize
+        from qbench.model.cache import Cache
+        from qbench.model.weights import check_gguf
 
         cache = Cache()
         if options.weights == "synthetic":
@@ -103,7 +102,7 @@ class LlamaCppBackend(Backend):
             )
             return path, [], state
         if options.weights == "gguf":
-            from qbench.model import packaged_gguf
+            from qbench.model.build import packaged_gguf
 
             given = packaged_gguf(spec)
         else:
@@ -127,10 +126,10 @@ class LlamaCppBackend(Backend):
         """The spec's seeded weights as an F16 GGUF, from the cache or written now."""
         import torch
         import transformers
-        from qbench.backends.gguf_write import write_synthetic
 
-        from qbench.model import _synthetic
-        from qbench.weights import check_gguf
+        from qbench.formats.gguf_write import write_synthetic
+        from qbench.model.build import _synthetic
+        from qbench.model.weights import check_gguf
 
         ingredients = {
             "what": "synthetic F16 GGUF",
@@ -157,7 +156,7 @@ class LlamaCppBackend(Backend):
 
     @staticmethod
     def _key(ingredients: dict) -> str:
-        from qbench.cache import key_of
+        from qbench.model.cache import key_of
 
         return "gguf-" + key_of(ingredients)
 
@@ -198,7 +197,7 @@ class LlamaCppQ4KM(LlamaCppBackend):
 
 class LlamaCppRunner:
     """llama.cpp behind the Runner protocol: one context, one sequence, one token per llama_decode,
-    in llama.cpp's own process (backends/llamacpp_engine.py), which times each call itself."""
+    in llama.cpp's own process (qbench/formats/llamacpp_engine.py), which times each call itself."""
 
     runtime = "llamacpp"
     timer = "runner"  # the engine's wall clock around llama_decode and the copy of its logits
@@ -221,11 +220,11 @@ class LlamaCppRunner:
         else:
             env.pop("GGML_CUDA_DISABLE_GRAPHS", None)
         free_before = torch.cuda.mem_get_info()[0] if self.cuda else 0
-        engine = Path(__file__).with_name("llamacpp_engine.py")
+        engine = Path(__file__).parents[1] / "formats" / "llamacpp_engine.py"
         self.process = subprocess.Popen(
             [sys.executable, str(engine)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
         )
-        self.step_pids = [self.process.pid]  # the engine's process holds the model (qbench.energy)
+        self.step_pids = [self.process.pid]  # the engine's process holds the model (qbench.session.energy)
         threads = _threads()
         info = self._call("load", str(self.path), max(options.max_cache_len, MAX_BATCH), MAX_BATCH, self.cuda, threads)
         self.vocab_size = info["vocab"]
@@ -252,7 +251,7 @@ class LlamaCppRunner:
         ]
 
     def _call(self, *message: Any) -> Any:
-        from qbench.backends.llamacpp_engine import read_message, write_message
+        from qbench.formats.llamacpp_engine import read_message, write_message
 
         try:
             write_message(self.process.stdin, message)
@@ -306,7 +305,7 @@ class LlamaCppRunner:
             )
 
     def step_bytes(self, ctx: int) -> StepBytes:
-        from qbench.backends.gguf_bytes import step_bytes
+        from qbench.formats.gguf_bytes import step_bytes
 
         return step_bytes(self.path, ctx, kv_type="F16")
 
@@ -315,7 +314,7 @@ class LlamaCppRunner:
         if on and self._reference is None:
             import torch
 
-            from qbench.model import _load_gguf
+            from qbench.model.build import _load_gguf
             from qbench.runtimes.hf import DecoderRunner
 
             model = _load_gguf(self.path, torch.float32, self.options.device).eval().requires_grad_(False)
@@ -334,7 +333,7 @@ class LlamaCppRunner:
         process = getattr(self, "process", None)
         if process is None or process.poll() is not None:
             return
-        from qbench.backends.llamacpp_engine import write_message
+        from qbench.formats.llamacpp_engine import write_message
 
         try:
             write_message(process.stdin, ("quit",))

@@ -1,6 +1,6 @@
 """llama.cpp's own process: loads a GGUF, decodes one token per call, times each call itself.
 
-Run by backends/llamacpp.py as `python llamacpp_engine.py` (a fresh interpreter that never imports
+Run by qbench/backends/llamacpp.py as `python llamacpp_engine.py` (a fresh interpreter that never imports
 torch: in one process with a CUDA build of torch, llama.cpp's CUDA build crashes while loading a
 model, measured on the H100 with torch 2.11+cu130 and llama-cpp-python 0.3.36; both carry their
 own instances of the C++ standard library's templates). It imports only the standard library,

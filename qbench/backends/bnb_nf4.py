@@ -7,8 +7,8 @@ inputs dequantise and call cuBLAS. bitsandbytes quantises at load time, as deplo
 from __future__ import annotations
 
 import torch
-from qbench.backends import formats
 
+from qbench import formats
 from qbench.api import Backend, QuantLinear
 
 

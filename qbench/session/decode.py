@@ -16,9 +16,9 @@ The prefill that opens every block is timed too (time to first token at this con
 and a synchronised wall clock around the call, as for a step; an engine that times its own steps
 gets the wall clock. The session's first block runs one untimed prefill before the timed one, so
 first-call work (a Triton kernel compiled or autotuned for the prompt's shape) is not counted as
-time to first token. An energy meter (qbench.energy), where given, is read right before the first
+time to first token. An energy meter (qbench.session.energy), where given, is read right before the first
 timed step and right after the last: the block's J/token and mean W, where that window spans at
-least qbench.energy.COARSE_UPDATES refreshes of the counter; a shorter one is "not measured", with
+least qbench.session.energy.COARSE_UPDATES refreshes of the counter; a shorter one is "not measured", with
 why. (Replaying a graph block's captured step to lengthen the window is not safe in general: under
 hf, transformers' static cache derives its write position from the cache's contents, so each
 replay writes one slot further, and on the H100 the replays ran off the cache's end.)
@@ -60,7 +60,7 @@ class BlockResult:
     logits: torch.Tensor | None = None  # [steps, vocab] float32 on the host, for the correctness gate
     prefill_ms: float | None = None  # the prefill to ctx: CUDA-event time where steps have it, else wall
     prefill_wall_ms: float | None = None
-    energy: dict = field(default_factory=dict)  # qbench.energy.block_energy's fields, or why not measured
+    energy: dict = field(default_factory=dict)  # qbench.session.energy.block_energy's fields, or why not measured
 
 
 def token_stream(vocab_size: int, length: int, seed: int, device: str) -> torch.Tensor:
@@ -103,7 +103,7 @@ def run_block(
     runner, settings: DecodeSettings, tokens: torch.Tensor, graphs: bool, meter=None, prefill_warmup: bool = False
 ) -> BlockResult:
     """Prefill, warm up and time one block, eager or replaying a CUDA graph. `meter`: an
-    qbench.energy.EnergyMeter read around the timed steps (None: energy is not read);
+    qbench.session.energy.EnergyMeter read around the timed steps (None: energy is not read);
     `prefill_warmup`: one untimed prefill first (the session's first block)."""
     cuda = runner.device.type == "cuda"
     events = cuda and getattr(runner, "timer", "cuda-events") == "cuda-events"
@@ -147,7 +147,7 @@ def run_block(
             result.wall_ms.append((ended - began) * 1e3)
         collected.append(logits.float().clone())  # outside the timed region
     if meter is not None:
-        from qbench.energy import block_energy
+        from qbench.session.energy import block_energy
 
         if cuda:
             torch.cuda.synchronize(runner.device)

@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 
 import torch
-from qbench.backends import formats
 
+from qbench import formats
 from qbench.api import PackedFormatBackend, QuantLinear
 
 _NONE = torch.empty((1, 1), device="meta")  # exllamav2's stand-in for "no tensor"

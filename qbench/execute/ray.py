@@ -3,14 +3,14 @@
 The driver (this process) checks and plans as a local run does, with one difference: the device a
 plan is checked against is probed on a node of the requested type, not here. Each session is one
 Ray task that asks for one GPU of its type and, on the node Ray places it on, probes the device it
-was given, refuses one that is not the requested spec, holds the device's lock (qbench.lock) and
-runs the same worker as a local run (qbench.worker.run_worker: a fresh process per session). The
+was given, refuses one that is not the requested spec, holds the device's lock (qbench.execute.lock) and
+runs the same worker as a local run (qbench.execute.worker.run_worker: a fresh process per session). The
 driver stores each result as it arrives, so what finished is kept whatever happens to the rest.
 
 Which resource a GPU type is asked for by:
   qbench-gpu:<spec>           a custom resource that nodes advertise (`ray start --resources
                               '{"qbench-gpu:l4": 1}'`), used whenever any node of the cluster does;
-  accelerator_type:<label>    else Ray's own label for the spec (configs/gpus `ray_accelerator_type`:
+  accelerator_type:<label>    else Ray's own label for the spec (qbench/data/gpus `ray_accelerator_type`:
                               L4, A100, H100, ...), with one GPU. Ray's label does not tell an A100
                               40GB from an 80GB one, or an H100 SXM from a PCIe one: the node's own
                               check refuses a session placed on the wrong one, and the custom
@@ -22,7 +22,7 @@ as crashed with the reason, and `--resume` runs it again: a loss stays visible, 
 takes its node down (host out of memory) does not take a second one down with it on a retry.
 Sessions of a type that no live node offers any more are cancelled and not stored (`--resume` runs
 them too). Ctrl-C cancels every outstanding task, killing running ones with their worker's process
-group (PR_SET_PDEATHSIG, qbench.worker).
+group (PR_SET_PDEATHSIG, qbench.execute.worker).
 """
 
 from __future__ import annotations
@@ -58,11 +58,11 @@ from qbench.compare import (
     stored_session,
 )
 from qbench.errors import Interrupted, Stop, UserError
-from qbench.escape import for_terminal
-from qbench.lock import device_lock
+from qbench.execute.lock import device_lock
+from qbench.execute.worker import failed, remove_stale_scratch, run_worker
+from qbench.render.escape import for_terminal
 from qbench.specs import GpuSpec, is_cpu_name, load_gpu_spec
 from qbench.store import Store
-from qbench.worker import failed, remove_stale_scratch, run_worker
 
 RESOURCE_PREFIX = "qbench-gpu:"
 POLL_S = 2.0  # how often the driver looks at the cluster while no result comes

@@ -2,7 +2,7 @@
 llama.cpp loads and transformers reads back, then quantised by llama.cpp's own quantiser.
 
 The weights are the tensors of the transformers model every other backend builds from the same spec
-and seed (qbench.model), written as convert_hf_to_gguf.py writes them: 2-D tensors F16, 1-D ones
+and seed (qbench.model.build), written as convert_hf_to_gguf.py writes them: 2-D tensors F16, 1-D ones
 (norms, biases) F32, and for the `llama` architecture the q and k rows permuted into llama.cpp's
 rotary layout (transformers undoes it when it reads the file). The vocabulary is the spec's size:
 a SentencePiece-style list (<unk>, <s>, </s>, the 256 byte tokens, then placeholders), enough for
@@ -134,7 +134,7 @@ def _add_vocabulary(writer: Any, size: int) -> None:
 def quantize(source: Path, target: Path, type_name: str, threads: int, requantize: bool = False) -> None:
     """llama.cpp's own quantiser (llama_model_quantize, what `llama-quantize` runs): `source` to
     `target` as file type `type_name` (Q4_K_M keeps its mix of types per tensor). It runs in the
-    llama.cpp engine's own process (backends/llamacpp_engine.py), as every llama.cpp call does."""
+    llama.cpp engine's own process (qbench/formats/llamacpp_engine.py), as every llama.cpp call does."""
     import subprocess
     import sys
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from qbench.model import packaged_gguf
+from qbench.model.build import packaged_gguf
 
 MAX_TOKENS = 512
 
@@ -100,7 +100,7 @@ def quality_key(spec, weights: str, ids: list[int], device: str) -> str:
     import transformers
 
     import qbench
-    from qbench.cache import key_of
+    from qbench.model.cache import key_of
 
     path = packaged_gguf(spec) if weights == "gguf" else Path(weights)
     stat = os.stat(path) if path.is_file() else None
@@ -124,7 +124,7 @@ def reference_scores(spec, options, tokenizer) -> tuple[torch.Tensor, str]:
     came from: the weights cache, or the bf16 backend under hf loaded for this (then cached)."""
     from dataclasses import replace
 
-    from qbench.cache import Cache
+    from qbench.model.cache import Cache
     from qbench.registry import load_backend
 
     ids = text_tokens(tokenizer)

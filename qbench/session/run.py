@@ -20,17 +20,17 @@ from typing import Any
 
 import torch
 
-from qbench import energy, gate, host
+from qbench.analysis.floor import StepBytes, step_bytes
 from qbench.api import protocol_gaps
 from qbench.backend import Backend, LoadOptions
-from qbench.decode import DecodeSettings, run_block, token_stream
 from qbench.errors import UserError
-from qbench.floor import StepBytes, step_bytes
-from qbench.model import DTYPES
-from qbench.positions import cache_positions
-from qbench.provenance import collect, device_info, nvml_state
+from qbench.model.build import DTYPES
 from qbench.registry import load_backend
 from qbench.runtimes import LINEAR_RUNTIMES
+from qbench.session import energy, gate, host
+from qbench.session.decode import DecodeSettings, run_block, token_stream
+from qbench.session.positions import cache_positions
+from qbench.session.provenance import collect, device_info, nvml_state
 from qbench.settings import DEFAULT_MEASURE_SETTINGS, measured_code_digest
 from qbench.specs import load_model_spec
 
@@ -89,7 +89,7 @@ def phase(message: str) -> None:
     """The phase a session enters (load, gate, block i of n): in the worker's log and, through the
     worker's progress channel, on the user's terminal while the session runs (a 7B session on a CPU
     is minutes of otherwise silent work)."""
-    from qbench.worker import progress
+    from qbench.execute.worker import progress
 
     log(message)
     progress(message)
@@ -114,8 +114,8 @@ def profile_step_kernels(runner, token: torch.Tensor) -> list[dict[str, Any]]:
 def timed_block(
     runner, settings, tokens, graphs: bool, device: str, meter=None, prefill_warmup: bool = False
 ) -> tuple[Any, dict]:
-    """One timed block with the host measured right before and after it (see qbench.host), and its
-    energy where `meter` reads it (qbench.energy)."""
+    """One timed block with the host measured right before and after it (see qbench.session.host), and its
+    energy where `meter` reads it (qbench.session.energy)."""
     before = host.probe(device)
     stat_before = host.proc_stat()
     started = time.time()
@@ -134,7 +134,7 @@ def timed_block(
         record["core_steal_pct"] = host.steal_pct(stat_before, stat_after, f"cpu{core}")
     measured = {"host": record, "started_unix": round(started, 3), "ended_unix": round(ended, 3)}
     measured.update(prefill_ms=timed.prefill_ms, prefill_wall_ms=timed.prefill_wall_ms, **timed.energy)
-    measured["prefill_warm"] = True  # the session's first prefill ran untimed (qbench.decode)
+    measured["prefill_warm"] = True  # the session's first prefill ran untimed (qbench.session.decode)
     return timed, measured
 
 
@@ -143,7 +143,7 @@ def decode_tokens(spec, config: SessionConfig, positions: int, tokenizer) -> tup
     quality text, repeated to length): peaked logits, so the gate's top-1 agreement measures the
     kernel, not rounding on a flat distribution. Otherwise a seeded random stream."""
     if tokenizer is not None:
-        from qbench.quality import text_tokens
+        from qbench.session.quality import text_tokens
 
         ids = text_tokens(tokenizer)
         ids = (ids * (positions // len(ids) + 1))[:positions]
@@ -155,12 +155,12 @@ def reference_logits(runner, backend, spec, config, settings, tokens, use_cache:
     """The logits every timed block is checked against: the runner's reference mode (for the linear
     runtimes: transformers on the plain path with the dequantised weights, so `lean` is checked
     against `hf`), over the cell's token stream. With synthetic weights the cell's first session
-    computes and stores them (qbench.cache); later sessions, whose weights are the same tensors,
+    computes and stores them (qbench.model.cache); later sessions, whose weights are the same tensors,
     read them back. Returns them and where they came from."""
     key, why = None, ""
     if use_cache:
-        from qbench.cache import Cache, reference_key, weights_key
-        from qbench.model import device_name
+        from qbench.model.build import device_name
+        from qbench.model.cache import Cache, reference_key, weights_key
 
         weights, _ = weights_key(spec, backend, config.group_size, config.seed, device_name(config.device))
         settings_key = {"ctx": config.ctx, "warmup": config.warmup, "steps": config.steps, "seed": config.seed}
@@ -246,7 +246,7 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
     phases.done("prepare_s")
     tokenizer, quality_reference, quality_note = None, None, ""
     if config.weights != "synthetic":
-        from qbench.quality import load_tokenizer, reference_scores
+        from qbench.session.quality import load_tokenizer, reference_scores
 
         tokenizer, missing = load_tokenizer(spec, config.weights)
         if tokenizer is None:
@@ -330,12 +330,12 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
 
     if tokenizer is not None and hasattr(runner, "score"):
         phase("gate: perplexity on the built-in text")
-        from qbench.quality import perplexity
+        from qbench.session.quality import perplexity
 
         ppl, tokens_scored, scored = perplexity(runner, tokenizer, device)
         result["perplexity"] = {"value": ppl, "tokens": tokens_scored}
         if quality_reference is not None:
-            from qbench.quality import kl_divergence
+            from qbench.session.quality import kl_divergence
 
             result["kl"] = kl_divergence(quality_reference, scored.cpu())
     elif tokenizer is not None:

@@ -1,5 +1,5 @@
 """The correctness gate's limits, torch-free so that reports can say how close a cell came to them
-(qbench.gate applies them)."""
+(qbench.session.gate applies them)."""
 
 from fractions import Fraction
 

@@ -12,9 +12,10 @@ size 64 becomes 640): the padded tensors are what it stores and reads, and what 
 from __future__ import annotations
 
 import torch
-from qbench.backends import formats, marlin_direct
 
+from qbench import formats
 from qbench.api import PackedFormatBackend, QuantLinear
+from qbench.formats import marlin_direct
 
 
 class AwqMarlinLinear(QuantLinear):

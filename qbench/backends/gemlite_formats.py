@@ -32,9 +32,8 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from qbench.backends import formats
 
-from qbench import DISTRIBUTION
+from qbench import DISTRIBUTION, formats
 from qbench.api import Backend, DeviceInfo, QuantLinear
 
 MIN_GEMLITE = (0, 6)  # the custom op, the pre-quantised helpers and the shipped H100 config

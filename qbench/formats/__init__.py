@@ -198,7 +198,7 @@ def nf4_bytes(in_features: int, out_features: int, blocksize: int = NF4_BLOCKSIZ
 
 # ---- 8-bit per channel, and gemlite's grouped 4-bit ---------------------------------------------
 # Round-to-nearest, in plain torch, on CPU or GPU. These are the tensors qbench hands gemlite
-# (backends/gemlite_formats.py); gemlite stores them as they are (8-bit: a transposed view of the
+# (qbench/backends/gemlite_formats.py); gemlite stores them as they are (8-bit: a transposed view of the
 # same [N, K] tensor; scales [1, N]) or packs them (4-bit: eight values along K to an int32).
 #   FP8 e4m3 (fp8-wo, fp8-dyn): q float8_e4m3fn [N, K], scales float32 [N, 1] = max|w| / 448 per
 #                                output channel; w = q * scale. The cast to e4m3 rounds to nearest even.

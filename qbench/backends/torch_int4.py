@@ -7,8 +7,8 @@ same format runs through `aten._weight_int4pack_mm_for_cpu`.
 from __future__ import annotations
 
 import torch
-from qbench.backends import formats
 
+from qbench import formats
 from qbench.api import Backend, QuantLinear
 
 INNER_K_TILES = 8  # tinygemm tiles K by 16*inner_k_tiles; 8 is the fastest and needs K % 128 == 0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from qbench import DISTRIBUTION
 from qbench.errors import UserError
-from qbench.escape import for_plot
+from qbench.render.escape import for_plot
 from qbench.store import check_output as store_check_output
 from qbench.store import write_output
 

@@ -24,7 +24,8 @@ import shutil
 from pathlib import Path
 
 import torch
-from qbench.backends import formats
+
+from qbench import formats
 
 NAMESPACE = "gptqmodel_marlin_fp16"
 LIBRARY = "gptqmodel_marlin_fp16_ops"
@@ -96,12 +97,12 @@ def loaded_library_path() -> Path | None:
 
 
 def store_copy(source: Path, folder: Path) -> Path:
-    """Copy the built library into `folder` whole or not at all (`qbench.cache.write_whole`): a
+    """Copy the built library into `folder` whole or not at all (`qbench.model.cache.write_whole`): a
     reader sees the whole file or none, and two sessions storing at once both end with a whole file.
     The folder's marker records the copy's sha256 (and makes the folder qbench's: `cache clear
     --kernels` removes it)."""
-    from qbench.cache import file_digest, write_whole
     from qbench.kernels import mark
+    from qbench.model.cache import file_digest, write_whole
 
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{LIBRARY}.so"
@@ -112,8 +113,8 @@ def store_copy(source: Path, folder: Path) -> Path:
 
 def _damaged(cached: Path) -> str:
     """Why the cached copy is not the one qbench wrote ('' where it is): its sha256 against the marker's."""
-    from qbench.cache import file_digest
     from qbench.kernels import marked_files
+    from qbench.model.cache import file_digest
 
     recorded = marked_files(cached.parent).get(cached.name)
     if recorded is None:

@@ -3,10 +3,10 @@
 Two ways to start that process, with the same contract (`run_worker` / `Forkserver.run`: a config
 in, one result dict out, never an exception for what happens inside the child):
 
-  spawn       python -m qbench.worker CONFIG.json RESULT.json: a new interpreter that imports
+  spawn       python -m qbench.execute.worker CONFIG.json RESULT.json: a new interpreter that imports
               torch, transformers and the model's code itself (seconds on every session).
   forkserver  one process per run imports all of that once, touching no CUDA, and forks a child per
-              session (`python -m qbench.worker --serve`). Each child is a new process with its own
+              session (`python -m qbench.execute.worker --serve`). Each child is a new process with its own
               CUDA context, allocator and model, as a spawned one; it only skips the imports.
               `qbench compare` uses it; QBENCH_FORKSERVER=0 spawns instead.
 
@@ -109,13 +109,13 @@ class _LogRelay:
 
 
 class _Spawned:
-    """A child started as a new interpreter: `python -m qbench.worker CONFIG RESULT`."""
+    """A child started as a new interpreter: `python -m qbench.execute.worker CONFIG RESULT`."""
 
     how = "spawn"
 
     def __init__(self, config_path: Path, result_path: Path, log, scratch: str, env: dict):
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "qbench.worker", str(config_path), str(result_path)],
+            [sys.executable, "-m", "qbench.execute.worker", str(config_path), str(result_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: killing it kills compilers it spawned too
@@ -204,7 +204,7 @@ class Forkserver:
         env["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
         self.errors = tempfile.TemporaryFile("w+")  # the server's own stderr, read back if it fails
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "qbench.worker", "--serve", ",".join(model_types), ",".join(backends),
+            [sys.executable, "-m", "qbench.execute.worker", "--serve", ",".join(model_types), ",".join(backends),
              "compiler" if compiler else ""],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -346,7 +346,7 @@ def _die_with_parent(scratch: Path) -> None:
 def _child(config_path: str, result_path: str) -> None:
     entered = time.time()
     _die_with_parent(Path(config_path).parent)
-    from qbench.session import SessionConfig, run_session
+    from qbench.session.run import SessionConfig, run_session
 
     imported = time.time()
     config = SessionConfig.from_json(Path(config_path).read_text())
@@ -374,9 +374,15 @@ def _child(config_path: str, result_path: str) -> None:
 def _raised_where(error: BaseException) -> str:
     """The first function outside qbench's core that the error came through, e.g. `load()
     (mypkg/backend.py:12)`: the backend's call the session made."""
-    core = Path(__file__).resolve().parent
+    core = Path(__file__).resolve().parents[1]  # the qbench package; its built-in backends count as plugins
+    plugins = core / "backends"
+
+    def in_core(filename: str) -> bool:
+        parents = Path(filename).resolve().parents
+        return core in parents and plugins not in parents
+
     frames = traceback.extract_tb(error.__traceback__)
-    outside = [f for f in frames if core not in Path(f.filename).resolve().parents] or frames[-1:]
+    outside = [f for f in frames if not in_core(f.filename)] or frames[-1:]
     if not outside:
         return "the session"
     frame = outside[0]
@@ -427,8 +433,8 @@ def _preload(model_types: list[str], backends: list[str], compiler: bool = False
         MODEL_FOR_CAUSAL_LM_MAPPING[type(AutoConfig.for_model(model_type))]  # imports the modeling module
 
     def qbench_modules() -> None:
-        import qbench.quality  # noqa: F401
-        import qbench.session  # noqa: F401
+        import qbench.session.quality  # noqa: F401
+        import qbench.session.run  # noqa: F401
 
     def backend_module(name: str) -> None:
         from qbench.registry import load_backend

@@ -109,7 +109,7 @@ def build_model(spec: Any, options: Any, dtype: str):
         if path.suffix == ".gguf" and path.is_file():
             model, packed = _load_gguf(path, torch_dtype, options.device), None
         elif path.is_dir():
-            from qbench.weights import prequantised
+            from qbench.model.weights import prequantised
 
             if prequantised(path):
                 model, packed = _prequantised_folder(spec, path, torch_dtype, options.device, options.seed)
@@ -168,7 +168,7 @@ def device_name(device: str) -> str:
 def quantize_with_cache(model: torch.nn.Module, backend: Any, spec: Any, options: Any) -> str:
     """Swap the decoder linears of a synthetic model, reading the quantised tensors from the weights
     cache where this exact configuration is there, else quantising and storing them; says which."""
-    from qbench.cache import Cache, flatten, unflatten, weights_key
+    from qbench.model.cache import Cache, flatten, unflatten, weights_key
 
     key, about = weights_key(spec, backend, options.group_size, options.seed, device_name(options.device))
     cache = Cache()

@@ -259,8 +259,8 @@ def predict(
     `calibrated`: calibrations to use instead of those of `sessions` (the shipped ones,
     shipped_calibration()); they may be of the target card itself (a store's own measurements of the
     target never calibrate, the shipped ones were measured elsewhere)."""
+    from qbench.analysis.floor import step_bytes
     from qbench.compare import check_ctx
-    from qbench.floor import step_bytes
     from qbench.registry import load_backend
     from qbench.runtimes import LINEAR_RUNTIMES
     from qbench.specs import load_gpu_spec, load_model_spec
@@ -385,8 +385,8 @@ def render(predictions: list[Prediction], skipped: dict[str, str], fmt: str) -> 
     import json
     from dataclasses import asdict
 
-    from qbench.escape import for_terminal, markdown_prose, table_body
-    from qbench.tables import layout
+    from qbench.render.escape import for_terminal, markdown_prose, table_body
+    from qbench.render.tables import layout
 
     if fmt == "json":
         return json.dumps({"predicted": [asdict(p) for p in predictions], "skipped": skipped}, indent=2)
@@ -426,16 +426,16 @@ def render(predictions: list[Prediction], skipped: dict[str, str], fmt: str) -> 
         "(measurement spread, not model error); % floor = bytes/step / the target's datasheet bandwidth "
         "/ predicted ms.",
     ]
-    if fmt == "table":  # prose at the table's width (qbench.tables.TERMINAL_WIDTH), the table as laid out
+    if fmt == "table":  # prose at the table's width (qbench.render.tables.TERMINAL_WIDTH), the table as laid out
         lines = [out for line in lines for out in ([line] if line is table else wrapped(line))]
     return "\n".join(lines)
 
 
 def wrapped(line: str) -> list[str]:
-    """A line of prose at the terminal table's width (qbench.tables.TERMINAL_WIDTH)."""
+    """A line of prose at the terminal table's width (qbench.render.tables.TERMINAL_WIDTH)."""
     import textwrap
 
-    from qbench.tables import TERMINAL_WIDTH
+    from qbench.render.tables import TERMINAL_WIDTH
 
     return textwrap.wrap(line, TERMINAL_WIDTH, subsequent_indent="  ", break_on_hyphens=False) or [line]
 
@@ -571,13 +571,13 @@ CPU_WARN_BYTES = 4 * 10**9
 
 def cpu_probe() -> tuple[float, float]:
     """(copy GB/s, bf16 matmul GFLOP/s) of this CPU now, in about a second: 256 MiB copied as a session
-    measures it (qbench.provenance), and the best of 3 bf16 matmuls of a prefill's shape (512 tokens
+    measures it (qbench.session.provenance), and the best of 3 bf16 matmuls of a prefill's shape (512 tokens
     x 2048 x 2048). Imported here only: the parent holds no torch otherwise (a CPU has no CUDA context)."""
     import time
 
     import torch
 
-    from qbench.provenance import copy_bandwidth_gbps
+    from qbench.session.provenance import copy_bandwidth_gbps
 
     tokens, features = 512, 2048
     x = torch.ones(tokens, features, dtype=torch.bfloat16)
@@ -598,7 +598,7 @@ def cpu_run_warning(the_plan: Any, probe: Any = None) -> str | None:
                matmul rate measured now
     Loading, quantising and the correctness gate's reference run come on top; a busy machine's
     probe is slow, so is its run."""
-    from qbench.floor import step_bytes
+    from qbench.analysis.floor import step_bytes
     from qbench.registry import load_backend
     from qbench.specs import load_model_spec
 

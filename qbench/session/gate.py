@@ -15,7 +15,7 @@ from fractions import Fraction
 
 import torch
 
-from qbench.gate_limits import LOGIT_TOLERANCE, TOP1_THRESHOLD
+from qbench.session.gate_limits import LOGIT_TOLERANCE, TOP1_THRESHOLD
 
 LAYER_TOLERANCE = 0.02  # relative error of a quantised layer vs its dequantised reference
 

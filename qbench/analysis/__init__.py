@@ -1,0 +1,1 @@
+"""From stored sessions to answers: statistics, the memory floor, predictions."""

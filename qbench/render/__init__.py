@@ -1,0 +1,1 @@
+"""Output: escaping for every format, tables that fit a terminal, figures."""

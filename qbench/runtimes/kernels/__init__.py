@@ -1,0 +1,1 @@
+"""qbench's own Triton kernels for the lean runtime."""
