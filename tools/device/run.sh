@@ -15,7 +15,8 @@
 # what it did. Settings (environment): CALL_LIMIT (s, default 600) and MARGIN (s, default 45): a qbench
 # command gets SIGINT MARGIN seconds before the call's limit, counted from CALL_BEGAN (epoch seconds;
 # default: when the shell that ran this script started), so it stops cleanly and `--resume` continues it;
-# LOG names the log file (default: the store's name, or the subcommand); QB_DIR is the qbench install
+# LOG names the log file in $OUT (default: the store's name, or the subcommand; .log unless LOG has an
+# extension); QB_DIR is the qbench install
 # to run (default /tmp/qb; setup puts a carried old/ wheel in /tmp/qb_old).
 set -uo pipefail
 
@@ -120,6 +121,10 @@ store_of() {  # the value of --db in the arguments, if any
   done
 }
 
+log_file() {  # $OUT/NAME.log, or $OUT/NAME where NAME has an extension of its own (probes.jsonl)
+  case $1 in *.sqlite) echo "$OUT/${1%.sqlite}.log" ;; *.*) echo "$OUT/$1" ;; *) echo "$OUT/$1.log" ;; esac
+}
+
 bring_store() {  # a store not yet in $T/res: from this call's $OUT, or carried to resume into
   local carried
   [ -f "$RES/$1" ] && return 0
@@ -134,7 +139,7 @@ run_qbench() {  # qbench ARGS from $T/res under timeout -s INT; log and store in
   db=$(store_of "$@")
   case $db in */*) echo "run.sh: give --db a bare file name (it lives in $T/res and \$OUT)" >&2; return 2 ;; esac
   [ -n "$db" ] && bring_store "$db"
-  log=$OUT/${LOG:-${db:-$1}}; log=${log%.sqlite}.log
+  log=$(log_file "${LOG:-${db:-$1}}")
   left=$(seconds_left)
   if [ "$left" -lt 30 ]; then echo "run.sh: $left s left before the call's margin; not starting qbench $*" | tee -a "$log"; return 3; fi
   began=$(date +%s)
@@ -185,7 +190,8 @@ run_python() {  # a script of tools/device (or -, stdin) with qbench's environme
   environment
   local script=$1; shift
   [ "$script" != - ] && [ -f "$REPO/$script" ] && script=$REPO/$script
-  local log=$OUT/${LOG:-$(basename "${script%.py}")}.log
+  local log
+  log=$(log_file "${LOG:-$(basename "${script%.py}")}")
   (cd "$RES" && python3 "$script" "$@") 2>&1 | tee -a "$log"
   return "${PIPESTATUS[0]}"
 }
