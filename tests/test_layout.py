@@ -5,7 +5,12 @@ exists; and results/README.md indexes every file kept there."""
 import ast
 import fnmatch
 import io
+import os
 import re
+import shutil
+import subprocess
+import sys
+import time
 import tokenize
 from pathlib import Path
 
@@ -95,3 +100,51 @@ def test_results_readme_indexes_every_file_kept():
             if not any(fnmatch.fnmatchcase(relative, pattern) for pattern in listed):
                 unlisted.append(relative)
     assert not unlisted, "results/README.md does not list: " + ", ".join(unlisted)
+
+
+# ---- tools/device: the runner parses, and runs a cell end to end on the CPU ------------------------
+DEVICE = ROOT / "tools" / "device"
+
+
+def test_device_scripts_parse_and_the_runbook_names_only_files_that_exist():
+    for script in sorted(DEVICE.glob("*.sh")):
+        assert subprocess.run(["bash", "-n", str(script)]).returncode == 0, script
+    runbook = (DEVICE / "README.md").read_text()
+    named = set(re.findall(r"tools/device/([\w.-]+\.(?:py|sh))", runbook))
+    assert named and all((DEVICE / name).is_file() for name in named), named
+    assert not [path.name for path in DEVICE.glob("*.sh") if re.search(r"\d", path.name)]  # no numbered diary
+
+
+def test_the_runner_installs_a_carried_wheel_runs_a_cell_and_returns_everything_in_out(tmp_path):
+    """run.sh setup / compare / export with a qbench wheel carried in .devq, everything under tmp_path
+    (DEVICE_TMP), on the CPU: the log, the store and the tables come back in $OUT."""
+    repo, out, device = tmp_path / "repo", tmp_path / "out", tmp_path / "device"
+    (repo / ".devq").mkdir(parents=True)
+    (repo / "tools").symlink_to(ROOT / "tools")
+    source = tmp_path / "source"  # the wheel is built from a copy: a build writes nothing into the checkout
+    skip = shutil.ignore_patterns(".git", "results", "tests", "build", "*.egg-info", ".dev*", ".*_cache", "__pycache__")
+    shutil.copytree(ROOT, source, ignore=skip)
+    wheel = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", repo / ".devq"]
+    wheel.append(source)
+    subprocess.run([str(a) for a in wheel], check=True, capture_output=True)
+    env = {**os.environ, "OUT": str(out), "DEVICE_TMP": str(device), "CALL_BEGAN": str(int(time.time()))}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+
+    def runner(*args, **extra):
+        command = ["bash", str(DEVICE / "run.sh"), *args]
+        return subprocess.run(command, cwd=repo, env={**env, **extra}, capture_output=True, text=True)
+
+    assert runner("setup").returncode == 0
+    cell = ["--model", "tiny", "--ctx", "32", "--warmup", "1", "--steps", "3", "--sessions", "1", "--backends", "bf16"]
+    done = runner("compare", *cell, "--graphs", "off", "--db", "t.sqlite")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "rc 0 after" in (out / "t.log").read_text() and (out / "t.sqlite").is_file()
+    assert (device / "qb" / "qbench").is_dir()  # the carried wheel, installed where DEVICE_TMP says
+    assert runner("export", "--db", "t.sqlite").returncode == 0
+    assert (out / "t-compare.md").read_text().count("bf16") and (out / "t.json").is_file()
+    # too little of the call left: the runner says so and starts nothing
+    late = runner("compare", *cell, "--db", "late.sqlite", CALL_LIMIT="60")
+    assert late.returncode == 3 and "not starting" in late.stdout and not (out / "late.sqlite").exists()
+    # a relative folder never means "here"
+    relative = runner("probe", DEVICE_TMP="device")
+    assert relative.returncode == 2 and "absolute" in relative.stderr
