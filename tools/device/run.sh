@@ -75,6 +75,7 @@ setup() {
     ( began=$(date +%s); build_$name > "$OUT/build-$name.log" 2>&1; rc=$?
       echo "build $name: rc $rc after $(( $(date +%s) - began )) s" >> "$OUT/build-$name.log"
       echo $rc > $T/kc/builds/$name.rc ) < /dev/null >> "$OUT/build-$name.log" 2>&1 &
+    echo $! > $T/kc/builds/$name.pid
     echo "build $name: started in the background (log $OUT/build-$name.log; wait with run.sh wait-builds)"
   done
 }
@@ -97,7 +98,9 @@ wait_builds() {
   while :; do
     pending=""
     for name in exllamav2 marlin llamacpp; do
-      [ -f "$OUT/build-$name.log" ] && [ ! -f $T/kc/builds/$name.rc ] && pending+=" $name"
+      [ -f "$OUT/build-$name.log" ] && [ ! -f $T/kc/builds/$name.rc ] || continue
+      if kill -0 "$(cat $T/kc/builds/$name.pid 2>/dev/null)" 2>/dev/null; then pending+=" $name"
+      else echo 1 > $T/kc/builds/$name.rc; echo "build $name: its process is gone without a result" >> "$OUT/build-$name.log"; fi
     done
     [ -z "$pending" ] && break
     sleep 5
