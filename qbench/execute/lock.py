@@ -1,7 +1,7 @@
 """One session at a time per device, across every qbench process on this host.
 
-Two runs timing blocks on one device at once measure each other (two CPU runs turned bf16 from 2.8
-to 202 ms/step). Each session holds an exclusive lock on a file named after the device (the GPU's
+Two runs timing blocks on one device at once measure each other (two CPU runs at once made bf16's
+step many times slower). Each session holds an exclusive lock on a file named after the device (the GPU's
 UUID, or `cpu`) in $QBENCH_LOCK_DIR (default: /tmp/qbench-locks) while its worker runs; a second
 run waits, and says for whom. The kernel drops a lock held by a process that dies, however it dies.
 

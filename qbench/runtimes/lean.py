@@ -13,7 +13,8 @@ the loop around them:
     (`decode_attention.py`, flash-decoding: one program per kv head and chunk of positions). Else,
     or with QBENCH_LEAN_ATTENTION=sdpa, SDPA with each kv head's group of query heads in the
     query-length place: correct everywhere, but on the H100 the fused kernel SDPA picks gets one
-    block per kv head and took 1.3 ms a step at 7B, ctx 2048 (results/h100/runtimes). The runner's
+    block per kv head and took many times the cache's read time at 7B, ctx 2048
+    (results/h100/runtimes/README.md holds the figure). The runner's
     notes say which ran;
   - rotary cos/sin tables computed once by the model's own rotary module (so Llama 3.1's rope
     scaling and any attention scaling are the model's own);
@@ -52,8 +53,8 @@ def _sliding_window(config) -> int | None:
 def write_kv(kv_cache: torch.Tensor, layer: int, position: torch.Tensor, kv: torch.Tensor) -> None:
     """kv_cache[layer, :, :, position] = kv ([2, kv heads, 1, head_dim]), in place, one launch. An
     opaque op because torch.compile, given the in-place index_copy_ into a slice of the cache, wrote
-    whole cache tensors back in every step: about 0.7 ms a step at 7B, ctx 2048, on the H100
-    (results/h100/lean-gemv: the `triton_poi_fused_copy_` kernels of lean-triton-kernels)."""
+    whole cache tensors back in every step, a large share of the step at 7B on the H100
+    (results/h100/lean-gemv/README.md: the `triton_poi_fused_copy_` kernels of lean-triton-kernels.md)."""
     kv_cache[layer].index_copy_(2, position, kv)
 
 

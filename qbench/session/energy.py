@@ -4,10 +4,10 @@ every runtime, with its source named, so cells compare.
 Energy. On an NVIDIA GPU, NVML's total-energy counter (millijoules since the driver loaded; Volta
 and later) is read before the first timed step and after the last; J/token = the difference / the
 timed steps, mean W = the difference / the block's wall time. The counter counts in mJ but the
-driver refreshes it only every so often (every 100 ms on the H100s measured): `counter_update_ms`
+driver refreshes it only every so often (results/h100/formats8/README.md: the H100's interval): `counter_update_ms`
 measures that interval once per session (the counter is polled until it has moved a few times).
 A window shorter than COARSE_UPDATES refreshes gives no figure ("not measured", with why): at the
-H100's 100 ms, a block needs a second of timed steps (more --steps) for a J/token figure. Where the counter
+H100's interval, a block needs about a second of timed steps (more --steps) for a J/token figure. Where the counter
 is missing, the board's power is sampled every POWER_SAMPLE_S in a thread and integrated. On a CPU, Linux's
 RAPL package counter (microjoules) where it can be read, else nothing: "not measured".
 

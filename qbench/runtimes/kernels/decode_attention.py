@@ -3,8 +3,8 @@ static KV cache, grouped-query, in two small Triton kernels.
 
 Why: for one query position SDPA's fused kernels parallelise over (batch, heads, query blocks); with
 each kv head's group of query heads in the query-length place that is one block per kv head (4 on
-Qwen2.5-7B), so one SM reads a whole head's cache while the others idle: 1.3 ms a step on the H100
-at ctx 2048, some 30x the cache's read time (results/h100/runtimes). Here the cache positions are
+Qwen2.5-7B), so one SM reads a whole head's cache while the others idle: on the H100 at ctx 2048,
+many times the cache's read time (results/h100/runtimes/README.md holds the figure). Here the cache positions are
 split into chunks instead, one program per (kv head, chunk):
 
   1. `decode_attention_partial`: a program loads its kv head's group of query heads ([group, head_dim], padded to
@@ -102,7 +102,8 @@ def _kernels():
         SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr, SPLIT_BLOCK: tl.constexpr,
     ):
         # One program per query head: its row of every chunk's state, SPLIT_BLOCK chunks at a time (a
-        # whole kv head's [chunks, group, head_dim] in one program spilled its registers: 100 us a layer).
+        # whole kv head's [chunks, group, head_dim] in one program spilled its registers and was several
+        # times slower: results/h100/lean-splitk/README.md).
         query = tl.program_id(0)
         head = query // GROUP
         row = query % GROUP

@@ -1,9 +1,9 @@
 """A 16-bit GEMV for `lean`'s one-position step: y = W x (+ b) for x of one row, in one Triton kernel.
 
 Why: at batch 1 a 16-bit linear layer is a matrix-vector product, bound by reading W once. cuBLAS
-reads the large ones at about 81% of the H100's measured copy bandwidth and the small k and v
-projections (512 x 3584) at about 0.7 TB/s (results/h100/lean-splitk); together they are 5.77 ms of
-lean bf16's 7.43 ms of GPU time at 7B. Here each program owns BLOCK_N output rows, walks K in
+reads the large ones below the H100's measured copy bandwidth and the small k and v projections
+(512 x 3584) at a fraction of it; together they are most of lean bf16's GPU time a step at 7B
+(results/h100/lean-splitk/README.md holds the figures). Here each program owns BLOCK_N output rows, walks K in
 BLOCK_K pieces reading its rows contiguously, keeps a float32 [BLOCK_N, BLOCK_K] partial sum and
 reduces it once at the end; the bias is added before the store. With a concatenated weight one
 launch does q, k and v (or gate and up) of a layer.
@@ -57,7 +57,7 @@ def choose_blocks(n: int, k: int, sms: int) -> tuple[int, int, int]:
     """(BLOCK_N, BLOCK_K, warps): the fewest rows a program that still gives every SM several
     programs (so enough loads are in flight), and a K piece of 512 (1024 for a long K, 256 for a
     short one). From the block sweep on the H100 (results/h100/lean-gemv/gemv10.json): down_proj
-    (K = 18944) read at 2.82 TB/s with 1024 against 2.71 with 512."""
+    (K = 18944) reads faster with 1024 than with 512."""
     block_k = 1024 if k >= 8192 else 512 if k >= 2048 else 256
     block_n = 8
     while block_n > 1 and -(-n // block_n) < 4 * sms:
