@@ -115,17 +115,20 @@ TABLE: dict[tuple[int, int], tuple[int, int, int, int]] = {}
 
 
 def choose_blocks(n: int, k: int, sms: int, group_size: int = 128) -> tuple[int, int, int, int]:
-    """(BLOCK_N, GROUPS, SPLIT, warps): the table's entry for (N, K) at group size 128, else 16 rows
-    a program, 256 inputs an iteration, and the smallest split (a power of two that leaves each split
-    at least 4 iterations) that gives every SM at least 4 programs."""
+    """(BLOCK_N, GROUPS, SPLIT, warps): the table's entry for (N, K) at group size 128, else 256
+    inputs an iteration, 16 rows a program (8, then 4, where that is too few), and the smallest split
+    that gives every SM at least 4 programs while each split keeps at least 2 iterations."""
     if group_size == 128 and (n, k) in TABLE:
         return TABLE[(n, k)]
-    block_n, groups = 16, max(1, 256 // group_size)
-    row_blocks = -(-n // block_n)
+    groups = max(1, 256 // group_size)
     total_groups = k // group_size
-    split = 1
-    while row_blocks * split < 4 * sms and total_groups // (2 * split) >= 4 * groups:
-        split *= 2
+    target = 4 * sms
+    most = max(1, total_groups // (2 * groups))
+    for block_n in (16, 8, 4):
+        row_blocks = -(-n // block_n)
+        split = min(-(-target // row_blocks), most)
+        if row_blocks * split >= target:
+            break
     return block_n, groups, split, 4
 
 
