@@ -39,9 +39,11 @@ class QbenchInt4Linear(QuantLinear):
             packed = gemv_int4.from_awq(qweight, tensors["qzeros"], tensors["scales"])
         elif tuple(qweight.shape) == (in_features // 8, out_features):
             self.source = "gptq"
-            packed = gemv_int4.from_gptq(qweight, tensors["qzeros"], tensors["scales"], tensors.get("g_idx"), group_size)
+            g_idx = tensors.get("g_idx")
+            packed = gemv_int4.from_gptq(qweight, tensors["qzeros"], tensors["scales"], g_idx, group_size)
         else:
-            raise ValueError(f"qweight {tuple(qweight.shape)} is neither AWQ's nor GPTQ's for {in_features} -> {out_features}")
+            shape = tuple(qweight.shape)
+            raise ValueError(f"qweight {shape} is neither AWQ's nor GPTQ's for {in_features} -> {out_features}")
         self.register_buffer("qweight", packed["qweight"])
         self.register_buffer("scales", packed["scales"])
         self.register_buffer("zeros", packed["zeros"])

@@ -54,8 +54,8 @@ def _kernel():
 
     @triton.jit
     def qbench_int4_gemv_kernel(
-        X, QW, S, Z, B, Y, ACC, COUNT, N, K, GROUPS_TOTAL, GROUPS_PER_SPLIT,
-        GROUP: tl.constexpr, GROUPS: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
+        X, QW, S, Z, B, Y, ACC, COUNT, N, K, GROUPS_TOTAL, GROUPS_PER_SPLIT, SPLIT,
+        GROUP: tl.constexpr, GROUPS: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
         BLOCK_N: tl.constexpr,
     ):
         WORDS: tl.constexpr = GROUP // 8  # int32 words of one row in one group
@@ -89,7 +89,7 @@ def _kernel():
                 centred = q - (MAGIC + z)[:, None, None]  # q - zero, exactly
                 part = tl.sum(tl.sum(centred * x[None, :, :], axis=2), axis=1)  # [BLOCK_N]
                 acc += part * s
-        if SPLIT == 1:
+        if not SPLIT_K:  # one program a row block: store y
             if HAS_BIAS:
                 acc += tl.load(B + rows).to(tl.float32)
             tl.store(Y + rows, acc.to(Y.dtype.element_ty), mask=row_ok)
@@ -158,7 +158,7 @@ def launch(x, qweight, scales, zeros, bias, group_size, blocks) -> torch.Tensor:
     acc, count = _workspace(x.device, n, block_n, split) if split > 1 else (y, y)
     _kernel()[(-(-n // block_n), split)](
         x, qweight, scales, zeros, bias if bias is not None else scales, y, acc, count, n, k, total, per_split,
-        GROUP=group_size, GROUPS=groups, HAS_BIAS=bias is not None, SPLIT=split, BLOCK_N=block_n,
+        split, GROUP=group_size, GROUPS=groups, HAS_BIAS=bias is not None, SPLIT_K=split > 1, BLOCK_N=block_n,
         num_warps=warps,
     )
     return y
