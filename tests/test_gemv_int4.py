@@ -122,7 +122,6 @@ def test_lean_with_qbench_int4_fuses_and_matches_hf():
         from qbench.api import LoadOptions
         from qbench.decode import token_stream
         from qbench.registry import load_backend
-        from qbench.runtimes.hf import DecoderRunner
         from qbench.runtimes.lean import LeanRunner
         from qbench.specs import load_model_spec
         spec = load_model_spec("tiny")
@@ -133,7 +132,6 @@ def test_lean_with_qbench_int4_fuses_and_matches_hf():
         for layer in model.get_decoder().layers:  # Qwen2's q, k, v biases (the tiny spec has none): fused too
             for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
                 proj.bias = torch.nn.Parameter(torch.randn(proj.out_features, dtype=torch.bfloat16) * 0.1)
-        hf = DecoderRunner(model, 96, "cpu")  # the modules' own forward: the kernel a row at a time
         os.environ["QBENCH_LEAN_GEMV"] = "triton"
         lean = LeanRunner(model, 96, "cpu")
         assert any("qbench's int4 GEMV (8 fused launches" in n for n in lean.notes), lean.notes
@@ -144,19 +142,14 @@ def test_lean_with_qbench_int4_fuses_and_matches_hf():
         stored = sum(m.stored_bytes() for m in layers)  # the fused views: still each layer's formula
         assert stored == sum(backend.linear_bytes(m.in_features, m.out_features, 128) for m in layers)
         tokens = token_stream(spec.vocab_size, 72, 0, "cpu")
-        for r in (lean, hf):
-            r.prefill(tokens[:60])
-        got, want = [], []
-        for p in range(60, 64):
-            t = tokens[p : p + 1]
-            got.append(lean.step(t).float())
-            want.append(hf.step(t).float())
+        lean.prefill(tokens[:60])  # a prompt: the modules dequantise their packed weights
+        got = [lean.step(tokens[p : p + 1]).float() for p in range(60, 63)]  # the fused kernels
+        # the gate's reference: the hf runtime on the plain path, the checkpoint's AWQ tensors dequantised
         lean.reference(True)
         lean.prefill(tokens[:60])
-        ref = [lean.step(tokens[p : p + 1]).float() for p in range(60, 64)]
-        for a, b, c in zip(got, want, ref):
+        want = [lean.step(tokens[p : p + 1]).float() for p in range(60, 63)]
+        for a, b in zip(got, want):
             assert ((a - b).norm() / b.norm()).item() < 2e-2 and a.argmax() == b.argmax()
-            assert ((a - c).norm() / c.norm()).item() < 5e-2
         print("ok")
         """
     )

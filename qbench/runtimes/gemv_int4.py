@@ -21,7 +21,11 @@ scale and zero once (one value per row), not once per element.
 Unpacking: the nibble i of a word is `(w >> 4i) & 0xF`; OR-ing 0x4B000000 (float32 2^23) into it
 and reinterpreting the bits gives the float 2^23 + q exactly, and subtracting 2^23 + zero (one value
 per row and group) gives q - zero exactly, with no integer-to-float conversion per element. The
-group's sum of (q - zero) * x is then multiplied by the scale once per group and row.
+kernel takes nibble i of all the [BLOCK_N, words] words of a group at once (eight passes), so every
+tensor keeps the layout of the 128-bit load (no reshape, no layout conversion through shared
+memory); input 8w + i of x is a strided read of a vector already in L1. Per element: a shift, a
+mask-and-or, a subtraction, a fused multiply-add; each word's sum over its group is multiplied by the
+group's scale (once a word), and the words of a row are summed once, at the end.
 
 Split-K: a program owns BLOCK_N rows and one of SPLIT contiguous ranges of groups, GROUPS groups a
 loop iteration (unrolled), so a shape with few rows (k/v: 512) still gives every SM several programs.
@@ -65,12 +69,10 @@ def _kernel():
         row_ok = wanted < N
         rows = tl.where(row_ok, wanted, 0)  # out-of-range rows re-read row 0 and are not stored
         words = tl.arange(0, WORDS)
-        lanes = tl.arange(0, 8)
-        shifts = lanes * 4
         kw = K // 8  # words per row
         first = pid_k * GROUPS_PER_SPLIT
         last = tl.minimum(first + GROUPS_PER_SPLIT, GROUPS_TOTAL)
-        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_N, WORDS), dtype=tl.float32)  # summed over its words once, at the end
         w_rows = QW + rows[:, None].to(tl.int64) * kw  # [BLOCK_N, 1]
         for g0 in range(first, last, GROUPS):
             for j in tl.static_range(GROUPS):
@@ -80,15 +82,20 @@ def _kernel():
                 live = wanted < tl.where(g < last, N, 0)  # [BLOCK_N]
                 w = tl.load(w_rows + g * WORDS + words[None, :], mask=live[:, None] & (words[None, :] < WORDS),
                             other=0, eviction_policy="evict_first")  # [BLOCK_N, WORDS] int32
-                inputs = g * GROUP + words[:, None] * 8 + lanes[None, :]  # [WORDS, 8]
-                x = tl.load(X + inputs, mask=inputs < tl.where(g < last, K, 0), other=0.0).to(tl.float32)
                 s = tl.load(S + rows * GROUPS_TOTAL + g, mask=live, other=0.0).to(tl.float32)
                 z = tl.load(Z + rows * GROUPS_TOTAL + g, mask=live, other=0).to(tl.float32)
-                nibbles = (w[:, :, None] >> shifts[None, None, :]) & 0xF  # [BLOCK_N, WORDS, 8]
-                q = (nibbles | 0x4B000000).to(tl.float32, bitcast=True)  # 2^23 + q, exactly
-                centred = q - (MAGIC + z)[:, None, None]  # q - zero, exactly
-                part = tl.sum(tl.sum(centred * x[None, :, :], axis=2), axis=1)  # [BLOCK_N]
-                acc += part * s
+                offset = (MAGIC + z)[:, None]  # [BLOCK_N, 1]: 2^23 + zero
+                x_limit = tl.where(g < last, K, 0)
+                part = tl.zeros((BLOCK_N, WORDS), dtype=tl.float32)
+                # nibble i of every word at once: all in w's own 2D layout (no reshapes, no layout
+                # conversions); x's inputs 8w + i are a strided load of a vector L1 already holds
+                for i in tl.static_range(8):
+                    inputs = g * GROUP + words * 8 + i
+                    x = tl.load(X + inputs, mask=inputs < x_limit, other=0.0).to(tl.float32)  # [WORDS]
+                    q = (((w >> (4 * i)) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True)  # 2^23 + q, exactly
+                    part += (q - offset) * x[None, :]  # (q - zero) exactly, times x
+                acc += part * s[:, None]  # the group's scale: once a word, not once an element
+        acc = tl.sum(acc, axis=1)  # [BLOCK_N]
         if not SPLIT_K:  # one program a row block: store y
             if HAS_BIAS:
                 acc += tl.load(B + rows).to(tl.float32)
