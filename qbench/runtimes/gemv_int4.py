@@ -123,20 +123,23 @@ TABLE: dict[tuple[int, int], tuple[int, int, int, int]] = {}
 
 def choose_blocks(n: int, k: int, sms: int, group_size: int = 128) -> tuple[int, int, int, int]:
     """(BLOCK_N, GROUPS, SPLIT, warps): the table's entry for (N, K) at group size 128, else 256
-    inputs an iteration, 16 rows a program (8, then 4, where that is too few), and the smallest split
-    that gives every SM at least 4 programs while each split keeps at least 2 iterations."""
+    inputs an iteration, 32 rows a program (16, then 8, where that is too few), and the smallest
+    split that gives every SM at least 4 programs. Warps follow the tile: a [BLOCK_N, g/8] tile of
+    words fills 32 * warps threads with four words (one 128-bit load) each; more threads would hold
+    copies of the same words (Triton replicates a tile smaller than its threads)."""
     if group_size == 128 and (n, k) in TABLE:
         return TABLE[(n, k)]
     groups = max(1, 256 // group_size)
     total_groups = k // group_size
     target = 4 * sms
-    most = max(1, total_groups // (2 * groups))
-    for block_n in (16, 8, 4):
+    most = max(1, total_groups // groups)  # every split at least one iteration
+    for block_n in (32, 16, 8):
         row_blocks = -(-n // block_n)
         split = min(-(-target // row_blocks), most)
         if row_blocks * split >= target:
             break
-    return block_n, groups, split, 4
+    warps = max(1, min(4, block_n * (group_size // 8) // 128))
+    return block_n, groups, split, warps
 
 
 _workspaces: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}

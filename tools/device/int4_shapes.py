@@ -39,7 +39,7 @@ LIBRARIES = {  # label: qbench backend
     "tinygemm": "torch-int4", "gemlite": "gemlite-int4", "marlin": "awq-marlin", "exllamav2": "gptq-exllamav2",
 }
 CALLS, REPLAYS = 100, 10
-SWEEP = {"block_n": (4, 8, 16, 32), "groups": (1, 2, 4), "split": (1, 2, 3, 4, 6, 8), "warps": (2, 4, 8)}
+SWEEP = {"block_n": (8, 16, 32, 64), "groups": (1, 2, 4), "split": (1, 2, 3, 4, 5, 6, 8), "warps": (1, 2, 4, 8)}
 
 
 def device_info(dev: torch.device) -> DeviceInfo:
