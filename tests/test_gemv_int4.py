@@ -48,9 +48,10 @@ def test_gemv_int4_matches_f_linear_of_the_dequantised_weight_on_ragged_shapes()
 
 def test_choose_blocks_gives_every_sm_several_programs_on_qwen7b_shapes():
     for n, k in ((512, 3584), (4608, 3584), (3584, 3584), (37888, 3584), (3584, 18944)):
-        block_n, groups, split, _ = gemv_int4.choose_blocks(n, k, 132)
+        block_n, groups, split, warps = gemv_int4.choose_blocks(n, k, 132)
         assert -(-n // block_n) * split >= 4 * 132, (n, k)
         assert k // 128 // split >= groups, (n, k)  # every split has work
+        assert block_n * (128 // 8) // 4 >= 32 * warps, (n, k)  # four words a thread: no replicated tile
 
 
 def test_pack_and_unpack_are_inverse_and_k_is_contiguous():

@@ -33,7 +33,8 @@ With SPLIT > 1 each program adds its float32 partial sums into a workspace with 
 last program of a row block to arrive (an atomic counter per row block says which) takes the sums
 with `atomic_xchg` (which also zeroes the workspace for the next call), adds the bias and stores y,
 and resets the counter. The workspace is allocated once per (device, N, BLOCK_N, SPLIT) and left
-zeroed by every call: no memset, no host synchronisation, fixed pointers, so a CUDA graph replays it.
+zeroed by every call: no memset, no host synchronisation, fixed pointers, so a CUDA graph replays it
+(the first call of a shape allocates it, so it belongs before a capture: qbench's warm-up steps are).
 Calls on one stream only (as qbench's runtimes make them): two GEMVs of the same shape running
 concurrently on two streams would share a workspace.
 
