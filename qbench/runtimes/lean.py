@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from qbench.runtimes import modules
-from qbench.runtimes.kernels import decode_attention, gemv
+from qbench.runtimes.kernels import decode_attention, gemv, gemv_int4
 from qbench.session.positions import CAPTURE_WARMUP_STEPS
 
 
@@ -100,6 +100,48 @@ class Gemv:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return gemv.gemv(x.reshape(-1), self.weight, self.bias, *self.blocks)
+
+
+class Int4Gemv:
+    """One launch of qbench's 4-bit GEMV (`gemv_int4.py`) over the concatenated packed weights of
+    `modules` (the qbench-int4 backend's layers sharing their input, `int4_gemv` set); each module's
+    qweight, scales, zeros and bias become views into the concatenation."""
+
+    def __init__(self, qweight, scales, zeros, bias, group_size: int, sizes: list[int], sms: int):
+        self.qweight, self.scales, self.zeros, self.bias = qweight, scales, zeros, bias
+        self.group_size, self.sizes = group_size, sizes
+        self.blocks = gemv_int4.choose_blocks(qweight.shape[0], qweight.shape[1] * 8, sms, group_size)
+
+    @staticmethod
+    def fusable(modules: list) -> bool:
+        if not modules or any(m is None or not getattr(m, "int4_gemv", False) for m in modules):
+            return False
+        first = modules[0]
+        return all(
+            m.in_features == first.in_features and m.group_size == first.group_size for m in modules
+        ) and len({m.bias is None for m in modules}) == 1
+
+    @classmethod
+    def fuse(cls, modules: list, sms: int) -> Int4Gemv:
+        with torch.no_grad():
+            fused = {}
+            for name in ("qweight", "scales", "zeros", "bias"):
+                parts = [getattr(m, name) for m in modules]
+                fused[name] = None if parts[0] is None else torch.cat([p.detach() for p in parts]).contiguous()
+            sizes = [m.out_features for m in modules]
+            start = 0
+            for module, size in zip(modules, sizes, strict=True):
+                for name in ("qweight", "scales", "zeros"):
+                    setattr(module, name, fused[name][start : start + size])
+                if fused["bias"] is not None:
+                    module.bias = torch.nn.Parameter(fused["bias"][start : start + size], requires_grad=False)
+                start += size
+        return cls(fused["qweight"], fused["scales"], fused["zeros"], fused["bias"], modules[0].group_size, sizes, sms)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return gemv_int4.gemv_int4(
+            x.reshape(-1), self.qweight, self.scales, self.zeros, self.bias, self.group_size, *self.blocks
+        )
 
 
 class LeanRunner:
@@ -219,25 +261,38 @@ class LeanRunner:
                                 "the Triton GEMV runs on CUDA"):
             return {}
         sms = self._sms()
-        plan: dict[int, Gemv] = {}
-        fused = 0
+        plan: dict[int, Gemv | Int4Gemv] = {}
+        fused = fused4 = 0
         for layer in self.layers:
             attention, mlp = layer.self_attn, layer.mlp
             qkv = [attention.q_proj, attention.k_proj, attention.v_proj]
+            gate_up = [getattr(mlp, "gate_proj", None), getattr(mlp, "up_proj", None)]
             if Gemv.fusable(qkv):
                 plan[id(attention.q_proj)] = Gemv.fuse(qkv, sms)
                 fused += 1
-            gate_up = [getattr(mlp, "gate_proj", None), getattr(mlp, "up_proj", None)]
+            elif Int4Gemv.fusable(qkv):  # the qbench-int4 backend's layers: its 4-bit GEMV, one launch
+                plan[id(attention.q_proj)] = Int4Gemv.fuse(qkv, sms)
+                fused4 += 1
             if hasattr(mlp, "act_fn") and Gemv.fusable(gate_up):
                 plan[id(mlp.gate_proj)] = Gemv.fuse(gate_up, sms)
+            elif hasattr(mlp, "act_fn") and Int4Gemv.fusable(gate_up):
+                plan[id(mlp.gate_proj)] = Int4Gemv.fuse(gate_up, sms)
+                fused4 += 1
             for module in (attention.o_proj, getattr(mlp, "down_proj", None)):
                 if Gemv.fusable([module]):
                     plan[id(module)] = Gemv.fuse([module], sms)
         if Gemv.fusable([self.lm_head]):
             plan[id(self.lm_head)] = Gemv.fuse([self.lm_head], sms)
-        if plan:
+        if fused4:
+            self.notes.append(
+                f"lean: 4-bit linear layers: qbench's int4 GEMV ({fused4} fused launches: q, k, v as one and "
+                "gate, up as another; o and down through their modules)"
+            )
+        if len(plan) > fused4:
             what = "q, k, v as one launch and gate, up as another" if fused else "each layer alone"
-            self.notes.append(f"lean: 16-bit linear layers: qbench's Triton GEMV ({len(plan)} weights; {what})")
+            self.notes.append(
+                f"lean: 16-bit linear layers: qbench's Triton GEMV ({len(plan) - fused4} weights; {what})"
+            )
         return plan
 
     def _linear(self, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,94 @@
+"""`qbench-int4`: qbench's own 4-bit weight GEMV (qbench/runtimes/kernels/gemv_int4.py), not a library's kernel.
+
+Asymmetric 4-bit, group size 128 (or 64), fp16 scales and integer zero points, bf16 activations. The
+weights arrive as a published checkpoint stores them, AWQ (qweight [K, N/8], qzeros, scales: what
+qbench's round-to-nearest quantiser produces, `formats.awq_quantize`) or GPTQ v1 without act-order
+(qweight [K/8, N], qzeros holding zero - 1, scales, g_idx), and are repacked once, at load, into the
+kernel's layout (int32 [N, K/8] with K contiguous, fp16 scales and uint8 zeros [N, K/g]). The gate's
+reference dequantises the checkpoint's own tensors, so it checks the repacking as well as the kernel.
+
+One activation row (a decode step) runs the Triton kernel, the custom op `qbench::gemv_int4`; under
+`lean` q, k, v of a layer are one launch and gate, up another (their packed weights concatenated at
+load). More rows (a prefill, perplexity) dequantise the packed weight to the activations' dtype and
+call F.linear: correct, not fast, and not what a decode step times. CUDA only: qbench never runs it
+emulated (its tests call the kernel under Triton's interpreter on the CPU).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from qbench import formats
+from qbench.api import PackedFormatBackend, QuantLinear
+from qbench.runtimes.kernels import gemv_int4
+
+
+class QbenchInt4Linear(QuantLinear):
+    """From AWQ or GPTQ tensors (told apart by qweight's shape: AWQ [K, N/8], GPTQ [K/8, N]). Keeps a
+    copy of them for the gate's reference until it ends; the kernel reads `qweight`, `scales`, `zeros`."""
+
+    int4_gemv = True  # lean fuses q, k, v (and gate, up) of these into one launch (runtimes/lean.py)
+
+    def __init__(self, tensors: dict[str, torch.Tensor], in_features, out_features, bias, group_size):
+        super().__init__(in_features, out_features, bias, group_size)
+        self.checkpoint = {name: t.detach().clone() for name, t in tensors.items()}
+        qweight = tensors["qweight"]
+        if tuple(qweight.shape) == (in_features, out_features // 8):
+            self.source = "awq"
+            packed = gemv_int4.from_awq(qweight, tensors["qzeros"], tensors["scales"])
+        elif tuple(qweight.shape) == (in_features // 8, out_features):
+            self.source = "gptq"
+            g_idx = tensors.get("g_idx")
+            packed = gemv_int4.from_gptq(qweight, tensors["qzeros"], tensors["scales"], g_idx, group_size)
+        else:
+            shape = tuple(qweight.shape)
+            raise ValueError(f"qweight {shape} is neither AWQ's nor GPTQ's for {in_features} -> {out_features}")
+        self.register_buffer("qweight", packed["qweight"])
+        self.register_buffer("scales", packed["scales"])
+        self.register_buffer("zeros", packed["zeros"])
+        device = qweight.device
+        sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
+        self.blocks = gemv_int4.choose_blocks(out_features, in_features, sms, group_size)
+
+    def stored_tensors(self) -> list[torch.Tensor]:
+        return [self.qweight, self.scales, self.zeros]
+
+    def dequantize(self) -> torch.Tensor:
+        held = {k: v for k, v in self.checkpoint.items() if k != "bias"}
+        if self.source == "awq":
+            return formats.awq_dequantize(held, self.group_size)
+        return formats.gptq_dequantize(held, self.group_size)
+
+    def kernel_forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)
+        if flat.shape[0] == 1:
+            out = gemv_int4.gemv_int4(
+                flat[0], self.qweight, self.scales, self.zeros, self.bias, self.group_size, *self.blocks
+            )
+        else:  # prefill: dequantise the packed weight (the kernel's own tensors) and multiply
+            weight = gemv_int4.dequantize(self.qweight, self.scales, self.zeros, self.group_size).to(x.dtype)
+            out = F.linear(flat, weight, self.bias)
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
+class QbenchInt4Backend(PackedFormatBackend):
+    name = "qbench-int4"
+    description = "qbench's own 4-bit GEMV (Triton; AWQ/GPTQ tensors repacked at load), bf16"
+    kernel = "qbench_int4_gemv_kernel (qbench/runtimes/kernels/gemv_int4.py); prefill: dequantise + F.linear"
+    kernel_pattern = "qbench_int4_gemv"
+    compute_dtype = "bfloat16"
+    bits = 4
+    requires_cuda = True  # never emulated: the tests run the kernel under Triton's interpreter instead
+    min_capability = (8, 0)  # bf16 Triton kernels
+    packages = {"triton": "triton"}
+    lean_compile = True  # a custom op with a fake: torch.compile keeps it as one call
+
+    def linear_bytes(self, in_features: int, out_features: int, group_size: int) -> int:
+        return gemv_int4.bytes_read(in_features, out_features, group_size)
+
+    def quantize_tensors(self, weight: torch.Tensor, group_size: int) -> dict[str, torch.Tensor]:
+        return formats.awq_quantize(weight, group_size)
+
+    def make_linear(self, tensors, in_features, out_features, bias, group_size) -> QbenchInt4Linear:
+        return QbenchInt4Linear(tensors, in_features, out_features, bias, group_size)

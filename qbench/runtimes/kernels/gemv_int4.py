@@ -1,0 +1,279 @@
+"""qbench's own 4-bit weight GEMV (`qbench-int4`): y = x W^T (+ b) for one activation row, in Triton.
+
+W is asymmetric 4-bit with a scale and a zero point per group of `group_size` (128 or 64) inputs:
+w[n, k] = (q[n, k] - zero[n, k // g]) * scale[n, k // g]. Activations are 16-bit, products are summed
+in float32.
+
+Layout (what `pack` produces; a published AWQ or GPTQ checkpoint is repacked into it once, at load):
+  qweight  int32 [N, K/8]   row n holds its K inputs in order, eight to a word: input 8j + i is
+                            bits 4i..4i+3 of word j. K is contiguous per output row, so a program
+                            reading BLOCK_N rows reads each row as one contiguous run; four words are
+                            one 128-bit load (Triton vectorises them: K/8 is a multiple of 4 whenever
+                            K is a multiple of 32, and row starts are then 16-byte aligned).
+  scales   fp16  [N, K/g]   as the checkpoint stores them (fp16 -> fp32 is exact, so repacking is exact)
+  zeros    uint8 [N, K/g]   the integer zero point (0..16: GPTQ v1's "zero - 1" of 0 wraps to 16)
+Why this order, not AWQ's [K, N/8] (eight outputs to a word) or GPTQ's [K/8, N]: at batch 1 every
+weight is read once, so what matters is that each program's loads are long, contiguous and wide,
+and that a thread unpacks words whose eight values all meet the same activation slice and the same
+group's scale and zero. With K inner, a program walks its rows' groups in order and loads a group's
+scale and zero once (one value per row), not once per element.
+
+Unpacking: the nibble i of a word is `(w >> 4i) & 0xF`; OR-ing 0x4B000000 (float32 2^23) into it
+and reinterpreting the bits gives the float 2^23 + q exactly, and subtracting 2^23 + zero (one value
+per row and group) gives q - zero exactly, with no integer-to-float conversion per element. The
+kernel takes nibble i of all the [BLOCK_N, words] words of a group at once (eight passes), so every
+tensor keeps the layout of the 128-bit load (no reshape, no layout conversion through shared
+memory); input 8w + i of x is a strided read of a vector already in L1. Per element: a shift, a
+mask-and-or, a subtraction, a fused multiply-add; each word's sum over its group is multiplied by the
+group's scale (once a word), and the words of a row are summed once, at the end.
+
+Split-K: a program owns BLOCK_N rows and one of SPLIT contiguous ranges of groups, GROUPS groups a
+loop iteration (unrolled), so a shape with few rows (k/v: 512) still gives every SM several programs.
+With SPLIT > 1 each program adds its float32 partial sums into a workspace with `atomic_add`; the
+last program of a row block to arrive (an atomic counter per row block says which) takes the sums
+with `atomic_xchg` (which also zeroes the workspace for the next call), adds the bias and stores y,
+and resets the counter. The workspace is allocated once per (device, N, BLOCK_N, SPLIT) and left
+zeroed by every call: no memset, no host synchronisation, fixed pointers, so a CUDA graph replays it
+(the first call of a shape allocates it, so it belongs before a capture: qbench's warm-up steps are).
+Calls on one stream only (as qbench's runtimes make them): two GEMVs of the same shape running
+concurrently on two streams would share a workspace.
+
+`gemv_int4` is the custom op `qbench::gemv_int4` (with a fake), so torch.compile keeps it as one
+opaque call inside a compiled step. Triton is imported lazily. Under TRITON_INTERPRET=1 it runs on
+CPU tensors (the tests do); qbench itself runs it on CUDA only.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+MAGIC = 8388608.0  # 2^23: float32 bits 0x4B000000; OR-ing a nibble into the low mantissa bits adds it
+
+
+@functools.lru_cache(maxsize=1)
+def _kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def qbench_int4_gemv_kernel(
+        X, QW, S, Z, B, Y, ACC, COUNT, N, K, GROUPS_TOTAL, GROUPS_PER_SPLIT, SPLIT,
+        GROUP: tl.constexpr, GROUPS: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+    ):
+        WORDS: tl.constexpr = GROUP // 8  # int32 words of one row in one group
+        pid_n = tl.program_id(0)
+        pid_k = tl.program_id(1)
+        wanted = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_ok = wanted < N
+        rows = tl.where(row_ok, wanted, 0)  # out-of-range rows re-read row 0 and are not stored
+        words = tl.arange(0, WORDS)
+        kw = K // 8  # words per row
+        first = pid_k * GROUPS_PER_SPLIT
+        last = tl.minimum(first + GROUPS_PER_SPLIT, GROUPS_TOTAL)
+        acc = tl.zeros((BLOCK_N, WORDS), dtype=tl.float32)  # summed over its words once, at the end
+        w_rows = QW + rows[:, None].to(tl.int64) * kw  # [BLOCK_N, 1]
+        for g0 in range(first, last, GROUPS):
+            for j in tl.static_range(GROUPS):
+                g = g0 + j
+                # masks compared as vectors (N or K where group g is this split's, else 0): the last
+                # iteration of a split whose group count is not a multiple of GROUPS reads nothing
+                live = wanted < tl.where(g < last, N, 0)  # [BLOCK_N]
+                w = tl.load(w_rows + g * WORDS + words[None, :], mask=live[:, None] & (words[None, :] < WORDS),
+                            other=0, eviction_policy="evict_first")  # [BLOCK_N, WORDS] int32
+                s = tl.load(S + rows * GROUPS_TOTAL + g, mask=live, other=0.0).to(tl.float32)
+                z = tl.load(Z + rows * GROUPS_TOTAL + g, mask=live, other=0).to(tl.float32)
+                offset = (MAGIC + z)[:, None]  # [BLOCK_N, 1]: 2^23 + zero
+                x_limit = tl.where(g < last, K, 0)
+                part = tl.zeros((BLOCK_N, WORDS), dtype=tl.float32)
+                # nibble i of every word at once: all in w's own 2D layout (no reshapes, no layout
+                # conversions); x's inputs 8w + i are a strided load of a vector L1 already holds
+                for i in tl.static_range(8):
+                    inputs = g * GROUP + words * 8 + i
+                    x = tl.load(X + inputs, mask=inputs < x_limit, other=0.0).to(tl.float32)  # [WORDS]
+                    q = (((w >> (4 * i)) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True)  # 2^23 + q, exactly
+                    part += (q - offset) * x[None, :]  # (q - zero) exactly, times x
+                acc += part * s[:, None]  # the group's scale: once a word, not once an element
+        acc = tl.sum(acc, axis=1)  # [BLOCK_N]
+        if not SPLIT_K:  # one program a row block: store y
+            if HAS_BIAS:
+                acc += tl.load(B + rows).to(tl.float32)
+            tl.store(Y + rows, acc.to(Y.dtype.element_ty), mask=row_ok)
+        else:
+            tl.atomic_add(ACC + rows, acc, mask=row_ok, sem="relaxed")
+            tl.debug_barrier()  # every thread's adds issued before the counter says this program is done
+            arrived = tl.atomic_add(COUNT + pid_n, 1, sem="acq_rel")
+            if arrived == SPLIT - 1:  # the last program of this row block: the sums are complete
+                bits = ACC.to(tl.pointer_type(tl.int32), bitcast=True) + rows  # exchanged as int32 words
+                total = tl.atomic_xchg(bits, tl.zeros((BLOCK_N,), dtype=tl.int32), mask=row_ok)
+                total = total.to(tl.float32, bitcast=True)
+                if HAS_BIAS:
+                    total += tl.load(B + rows).to(tl.float32)
+                tl.store(Y + rows, total.to(Y.dtype.element_ty), mask=row_ok)
+                tl.atomic_xchg(COUNT + pid_n, 0)
+
+    return qbench_int4_gemv_kernel
+
+
+# (N, K) -> (BLOCK_N, GROUPS, SPLIT, warps), for group size 128: filled from a sweep on the GPU
+# (tools/device/int4_shapes.py prints the best configuration per shape). Empty: the rule below.
+TABLE: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+
+
+def choose_blocks(n: int, k: int, sms: int, group_size: int = 128) -> tuple[int, int, int, int]:
+    """(BLOCK_N, GROUPS, SPLIT, warps): the table's entry for (N, K) at group size 128, else 256
+    inputs an iteration, 32 rows a program (16, then 8, where that is too few), and the smallest
+    split that gives every SM at least 4 programs. Warps follow the tile: a [BLOCK_N, g/8] tile of
+    words fills 32 * warps threads with four words (one 128-bit load) each; more threads would hold
+    copies of the same words (Triton replicates a tile smaller than its threads)."""
+    if group_size == 128 and (n, k) in TABLE:
+        return TABLE[(n, k)]
+    groups = max(1, 256 // group_size)
+    total_groups = k // group_size
+    target = 4 * sms
+    most = max(1, total_groups // groups)  # every split at least one iteration
+    for block_n in (32, 16, 8):
+        row_blocks = -(-n // block_n)
+        split = min(-(-target // row_blocks), most)
+        if row_blocks * split >= target:
+            break
+    warps = max(1, min(4, block_n * (group_size // 8) // 128))
+    return block_n, groups, split, warps
+
+
+_workspaces: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _workspace(device: torch.device, n: int, block_n: int, split: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split-K sums (float32 [N]) and arrival counters (int32 [row blocks]), zero between calls."""
+    key = (device, n, block_n, split)
+    if key not in _workspaces:
+        _workspaces[key] = (
+            torch.zeros(n, dtype=torch.float32, device=device),
+            torch.zeros(-(-n // block_n), dtype=torch.int32, device=device),
+        )
+    return _workspaces[key]
+
+
+def launch(x, qweight, scales, zeros, bias, group_size, blocks) -> torch.Tensor:
+    n, kw = qweight.shape
+    k = kw * 8
+    block_n, groups, split, warps = blocks
+    total = k // group_size
+    per_split = -(-total // split)
+    per_split = -(-per_split // groups) * groups  # whole iterations a split
+    split = -(-total // per_split)  # no split left without groups
+    y = torch.empty(n, dtype=x.dtype, device=x.device)
+    acc, count = _workspace(x.device, n, block_n, split) if split > 1 else (y, y)
+    _kernel()[(-(-n // block_n), split)](
+        x, qweight, scales, zeros, bias if bias is not None else scales, y, acc, count, n, k, total, per_split,
+        split, GROUP=group_size, GROUPS=groups, HAS_BIAS=bias is not None, SPLIT_K=split > 1, BLOCK_N=block_n,
+        num_warps=warps,
+    )
+    return y
+
+
+def _check(x, qweight, scales, zeros, group_size) -> None:
+    n, kw = qweight.shape
+    k = kw * 8
+    if group_size % 8 or group_size & (group_size - 1) or k % group_size:
+        raise ValueError(f"gemv_int4 needs a power-of-two group size (>= 8) dividing K = {k}, got {group_size}")
+    if x.numel() != k or not qweight.is_contiguous() or qweight.dtype != torch.int32:
+        raise ValueError(f"gemv_int4 needs x of {k} elements and a contiguous int32 qweight [N, K/8]")
+    if scales.shape != (n, k // group_size) or zeros.shape != scales.shape:
+        raise ValueError(f"gemv_int4 needs scales and zeros of [{n}, {k // group_size}]")
+
+
+@torch.library.custom_op("qbench::gemv_int4", mutates_args=())
+def gemv_int4(
+    x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bias: torch.Tensor | None,
+    group_size: int, block_n: int, groups: int, split: int, warps: int,
+) -> torch.Tensor:
+    """x [K], qweight int32 [N, K/8], scales fp16 [N, K/g], zeros uint8 [N, K/g], bias [N] or None;
+    returns [N] in x's dtype."""
+    _check(x, qweight, scales, zeros, group_size)
+    return launch(x.contiguous().view(-1), qweight, scales.contiguous(), zeros.contiguous(), bias, group_size,
+                  (block_n, groups, split, warps))
+
+
+@gemv_int4.register_fake
+def _(x, qweight, scales, zeros, bias, group_size, block_n, groups, split, warps):
+    return x.new_empty(qweight.shape[0])
+
+
+# ---- the layout, in plain torch: packing, the repacking of published formats, the reference -------
+
+
+def pack(q: torch.Tensor) -> torch.Tensor:
+    """4-bit values [N, K] (0..15) -> int32 [N, K/8], input 8j + i in bits 4i..4i+3 of word j."""
+    rows, cols = q.shape
+    values = q.to(torch.int32).reshape(rows, cols // 8, 8)
+    packed = torch.zeros(rows, cols // 8, dtype=torch.int32, device=q.device)
+    for i in range(8):
+        packed |= values[:, :, i] << (4 * i)
+    return packed
+
+
+def unpack(qweight: torch.Tensor) -> torch.Tensor:
+    """int32 [N, K/8] -> int32 [N, K] in 0..15."""
+    shifts = torch.arange(0, 32, 4, dtype=torch.int32, device=qweight.device)
+    return ((qweight[:, :, None] >> shifts) & 0xF).reshape(qweight.shape[0], -1)
+
+
+def dequantize(qweight, scales, zeros, group_size: int) -> torch.Tensor:
+    """The float32 weight [N, K] the kernel multiplies by: (q - zero) * scale."""
+    zero = zeros.to(torch.int32).repeat_interleave(group_size, dim=1)
+    return (unpack(qweight) - zero).float() * scales.float().repeat_interleave(group_size, dim=1)
+
+
+def _unpack_rows(packed: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor:
+    """int32 [R, C/8] with nibble i holding column order[i] of eight -> int32 [R, C]."""
+    rows, cols = packed.shape
+    values = torch.empty(rows, cols, 8, dtype=torch.int32, device=packed.device)
+    for nibble, column in enumerate(order):
+        values[:, :, column] = (packed >> (4 * nibble)) & 0xF
+    return values.reshape(rows, cols * 8)
+
+
+AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # as backends/formats.py: nibble i of an AWQ word holds column AWQ_ORDER[i]
+
+
+def from_awq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor) -> dict[str, torch.Tensor]:
+    """AWQ (GEMM) tensors: qweight int32 [K, N/8], qzeros int32 [K/g, N/8] (eight outputs a word in
+    the order 0,2,4,6,1,3,5,7), scales fp16 [K/g, N] -> this layout's qweight, scales, zeros."""
+    q = _unpack_rows(qweight, AWQ_ORDER)  # [K, N]
+    z = _unpack_rows(qzeros, AWQ_ORDER)  # [K/g, N]
+    return {
+        "qweight": pack(q.t().contiguous()),
+        "scales": scales.t().contiguous().to(torch.float16),
+        "zeros": z.t().contiguous().to(torch.uint8),
+    }
+
+
+def from_gptq(
+    qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, g_idx: torch.Tensor | None, group_size: int
+) -> dict[str, torch.Tensor]:
+    """GPTQ v1 tensors (as gptqmodel/exllamav2 and backends/formats.py store them): qweight int32
+    [K/8, N] (eight inputs a word, in order), qzeros int32 [K/g, N/8] holding zero - 1 (eight
+    outputs a word, in order), scales fp16 [K/g, N], g_idx [K] -> this layout. Act-order (a g_idx
+    that is not k // g) is refused: this layout needs each group's inputs side by side."""
+    in_features = qweight.shape[0] * 8
+    if g_idx is not None:
+        plain = torch.arange(in_features, device=g_idx.device) // group_size
+        if not torch.equal(g_idx.long(), plain):
+            raise ValueError("GPTQ act-order (g_idx not k // group size) cannot be repacked into qbench-int4's layout")
+    q = _unpack_rows(qweight.t().contiguous(), tuple(range(8)))  # [N, K]: input k of row n
+    z = _unpack_rows(qzeros, tuple(range(8))) + 1  # [K/g, N]: v1 stores zero - 1 (so 15 reads 16)
+    return {
+        "qweight": pack(q),
+        "scales": scales.t().contiguous().to(torch.float16),
+        "zeros": z.t().contiguous().to(torch.uint8),
+    }
+
+
+def bytes_read(in_features: int, out_features: int, group_size: int) -> int:
+    """What the kernel reads for one weight: packed 4-bit values, an fp16 scale and a uint8 zero a group."""
+    groups = in_features // group_size
+    return in_features * out_features // 2 + groups * out_features * (2 + 1)

@@ -1,0 +1,161 @@
+"""qbench's own 4-bit GEMV (qbench/runtimes/kernels/gemv_int4.py) and the qbench-int4 backend: the kernel run
+by Triton's interpreter on the CPU in a child process (as test_gemv.py) against F.linear of the
+dequantised weight; the AWQ and GPTQ repacking bit-exact against backends/formats.py's dequantisers;
+the byte formula against the stored tensors; lean with the backend's fused launches against hf."""
+
+import pytest
+import torch
+from conftest import run_interpreted
+
+from qbench import formats
+from qbench.runtimes.kernels import gemv_int4
+
+triton = pytest.importorskip("triton", reason="Triton not installed (the test extra installs it on Linux x86-64)")
+
+
+def test_gemv_int4_matches_f_linear_of_the_dequantised_weight_on_ragged_shapes():
+    out = run_interpreted(
+        """
+        import torch
+        from qbench.runtimes.kernels import gemv_int4 as G
+        torch.manual_seed(0)
+        # (N, K, group, (BLOCK_N, GROUPS, SPLIT, warps), bias): N not a multiple of BLOCK_N, odd group
+        # counts, K not a multiple of BLOCK_K (GROUPS groups), split-K off and on (also a split that
+        # does not divide the groups), and the rule's own choice
+        cases = [(40, 640, 128, (16, 1, 1, 4), False), (40, 640, 128, (16, 2, 1, 4), True),
+                 (40, 640, 128, (16, 2, 2, 4), True), (24, 320, 64, (16, 2, 3, 4), False),
+                 (8, 448, 64, (8, 1, 7, 2), True), (72, 1152, 128, G.choose_blocks(72, 1152, 8), True)]
+        for dtype, some in ((torch.bfloat16, cases), (torch.float16, cases[2:4])):
+            for n, k, g, blocks, with_bias in some:
+                q = torch.randint(0, 16, (n, k))
+                scales = (torch.rand(n, k // g) * 0.02 + 0.001).half()
+                zeros = torch.randint(0, 17, (n, k // g)).to(torch.uint8)
+                qweight = G.pack(q)
+                x = torch.randn(k).to(dtype)
+                b = torch.randn(n).to(dtype) if with_bias else None
+                want = torch.nn.functional.linear(
+                    x.float(), G.dequantize(qweight, scales, zeros, g), None if b is None else b.float())
+                for call in range(2):  # the split-K workspace is left zeroed for the next call
+                    got = G.gemv_int4(x, qweight, scales, zeros, b, g, *blocks)
+                    assert got.dtype == dtype and got.shape == (n,)
+                    err = ((got.float() - want).abs().max() / want.abs().max()).item()
+                    assert err < 1e-2, (dtype, n, k, g, blocks, call, err)
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"
+
+
+def test_choose_blocks_gives_every_sm_several_programs_on_qwen7b_shapes():
+    for n, k in ((512, 3584), (4608, 3584), (3584, 3584), (37888, 3584), (3584, 18944)):
+        block_n, groups, split, warps = gemv_int4.choose_blocks(n, k, 132)
+        assert -(-n // block_n) * split >= 4 * 132, (n, k)
+        assert k // 128 // split >= groups, (n, k)  # every split has work
+        assert block_n * (128 // 8) // 4 >= 32 * warps, (n, k)  # four words a thread: no replicated tile
+
+
+def test_pack_and_unpack_are_inverse_and_k_is_contiguous():
+    q = torch.randint(0, 16, (3, 16))
+    packed = gemv_int4.pack(q)
+    assert packed.shape == (3, 2) and packed.dtype == torch.int32
+    assert torch.equal(gemv_int4.unpack(packed), q.int())
+    assert (packed[0, 0].item() & 0xF) == q[0, 0] and ((packed[0, 0].item() >> 4) & 0xF) == q[0, 1]
+
+
+def test_awq_repacking_is_bit_exact():
+    torch.manual_seed(0)
+    for n, k, g in ((48, 384, 128), (24, 320, 64)):
+        weight = torch.randn(n, k) * 0.05
+        awq = formats.awq_quantize(weight, g)
+        mine = gemv_int4.from_awq(awq["qweight"], awq["qzeros"], awq["scales"])
+        assert mine["qweight"].shape == (n, k // 8) and mine["scales"].shape == mine["zeros"].shape == (n, k // g)
+        got = gemv_int4.dequantize(mine["qweight"], mine["scales"], mine["zeros"], g)
+        assert torch.equal(got, formats.awq_dequantize(awq, g))
+
+
+def test_gptq_repacking_is_bit_exact_including_the_v1_zero_that_wraps():
+    torch.manual_seed(1)
+    n, k, g = 32, 384, 128
+    weight = torch.randn(n, k) * 0.05
+    gptq = formats.gptq_quantize(weight, g)  # symmetric: zero 8, stored as 7
+    mine = gemv_int4.from_gptq(gptq["qweight"], gptq["qzeros"], gptq["scales"], gptq["g_idx"], g)
+    assert torch.equal(gemv_int4.dequantize(mine["qweight"], mine["scales"], mine["zeros"], g),
+                       formats.gptq_dequantize(gptq, g))
+    # asymmetric zeros, 0 among them: v1 stores zero - 1 = -1 -> 15, which reads back as 16
+    q, scales, zeros = formats.rtn_asymmetric(weight.abs(), g)  # all positive: zero 0 everywhere
+    assert (zeros == 0).all()
+    asym = {
+        "qweight": formats.pack_columns(q.contiguous(), formats.SEQUENTIAL).t().contiguous(),
+        "qzeros": formats.pack_columns((zeros - 1).t().contiguous() & 0xF, formats.SEQUENTIAL),
+        "scales": scales.t().contiguous().half(),
+    }
+    mine = gemv_int4.from_gptq(asym["qweight"], asym["qzeros"], asym["scales"], None, g)
+    assert (mine["zeros"] == 16).all()
+    assert torch.equal(gemv_int4.dequantize(mine["qweight"], mine["scales"], mine["zeros"], g),
+                       formats.gptq_dequantize(asym, g))
+    shuffled = gptq["g_idx"].flip(0)
+    with pytest.raises(ValueError, match="act-order"):
+        gemv_int4.from_gptq(gptq["qweight"], gptq["qzeros"], gptq["scales"], shuffled, g)
+
+
+def test_backend_bytes_are_what_the_module_stores_and_it_is_cuda_only():
+    from qbench.api import DeviceInfo
+    from qbench.registry import load_backend
+
+    backend = load_backend("qbench-int4")
+    assert backend.unavailable_reason(DeviceInfo("cpu", "cpu")) == "needs a CUDA GPU (none detected)"
+    torch.manual_seed(2)
+    for n, k, g in ((48, 384, 128), (24, 320, 64)):
+        linear = torch.nn.Linear(k, n, bias=True)
+        module = backend.quantize_linear(linear, g)
+        assert module.stored_bytes() == backend.linear_bytes(k, n, g) == k * n // 2 + (k // g) * n * 3
+        assert torch.equal(module.dequantize(), formats.awq_dequantize(formats.awq_quantize(linear.weight, g), g))
+        # from GPTQ tensors too (told apart by qweight's shape)
+        gptq = formats.gptq_quantize(linear.weight.detach(), g)
+        from_gptq = backend.from_checkpoint_tensors(dict(gptq), linear, g)
+        assert from_gptq.source == "gptq" and from_gptq.stored_bytes() == backend.linear_bytes(k, n, g)
+
+
+def test_lean_with_qbench_int4_fuses_and_matches_hf():
+    out = run_interpreted(
+        """
+        import os, torch
+        from qbench.api import LoadOptions
+        from qbench.session.decode import token_stream
+        from qbench.registry import load_backend
+        from qbench.runtimes.lean import LeanRunner
+        from qbench.specs import load_model_spec
+        spec = load_model_spec("tiny")
+        options = LoadOptions(device="cpu", weights="synthetic", seed=0, max_cache_len=96, group_size=128)
+        from qbench.runtimes.kernels import gemv_int4
+        # few, large programs (the interpreter's cost is per program); down (6 groups) split in 3
+        gemv_int4.TABLE.update({(512, 256): (32, 2, 1, 4), (1536, 256): (64, 2, 1, 4), (256, 256): (32, 1, 1, 4),
+                                (256, 768): (32, 2, 3, 4)})
+        backend = load_backend("qbench-int4")
+        model = backend.load(spec, options).model
+        torch.manual_seed(1)
+        for layer in model.get_decoder().layers:  # Qwen2's q, k, v biases (the tiny spec has none): fused too
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias = torch.nn.Parameter(torch.randn(proj.out_features, dtype=torch.bfloat16) * 0.1)
+        os.environ["QBENCH_LEAN_GEMV"] = "triton"
+        lean = LeanRunner(model, 96, "cpu")
+        assert any("qbench's int4 GEMV (8 fused launches" in n for n in lean.notes), lean.notes
+        attention = model.get_decoder().layers[0].self_attn
+        base = attention.q_proj.qweight.untyped_storage().data_ptr()
+        assert attention.v_proj.qweight.untyped_storage().data_ptr() == base  # views into one buffer
+        layers = [m for _, m in lean.quant_layers()]
+        stored = sum(m.stored_bytes() for m in layers)  # the fused views: still each layer's formula
+        assert stored == sum(backend.linear_bytes(m.in_features, m.out_features, 128) for m in layers)
+        tokens = token_stream(spec.vocab_size, 72, 0, "cpu")
+        lean.prefill(tokens[:60])  # a prompt: the modules dequantise their packed weights
+        got = [lean.step(tokens[p : p + 1]).float() for p in range(60, 62)]  # the fused kernels
+        # the gate's reference: the hf runtime on the plain path, the checkpoint's AWQ tensors dequantised
+        lean.reference(True)
+        lean.prefill(tokens[:60])
+        want = [lean.step(tokens[p : p + 1]).float() for p in range(60, 62)]
+        for a, b in zip(got, want):
+            assert ((a - b).norm() / b.norm()).item() < 2e-2 and a.argmax() == b.argmax()
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"

@@ -1,0 +1,240 @@
+"""Device side (issue 25): batch-1 4-bit GEMV read rates on Qwen2.5-7B's decoder shapes, one run, for
+qbench-int4 (every block configuration of a small sweep, the best printed per shape), tinygemm
+(torch-int4), gemlite A16W4 g128 (gemlite-int4), Marlin (awq-marlin), ExLlamaV2 (gptq-exllamav2) and
+qbench's bf16 GEMV. Each library runs through its qbench backend (the same quantiser, repacking and
+call a decode step makes); a backend that cannot run here (package missing, kernel build failing) is
+skipped with a line, never a crash.
+
+Each figure: one CUDA graph of CALLS back-to-back calls, call i on weight copy i % copies (together
+over 8x the L2, so no call finds its weight in L2), replayed REPLAYS times; the median replay / CALLS.
+Effective TB/s = the bytes the kernel must read (the backend's `linear_bytes`; bf16: N*K*2) / time.
+
+    python tools/device/int4_shapes.py OUT.json [shape ...]     # on a GPU
+    TRITON_INTERPRET=1 python tools/device/int4_shapes.py --tiny OUT.json   # CPU: the plumbing only
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from qbench.api import DeviceInfo
+from qbench.registry import load_backend
+from qbench.runtimes.kernels import gemv, gemv_int4
+
+GROUP = 128
+SHAPES = {  # name: (N, K, calls per step) for Qwen2.5-7B: hidden 3584, intermediate 18944, 28 q / 4 kv heads
+    "qkv fused": (4608, 3584, 28), "o": (3584, 3584, 28), "gate+up fused": (37888, 3584, 28),
+    "down": (3584, 18944, 28),
+}
+TINY = {"qkv fused": (96, 512, 1), "down": (48, 640, 1)}  # --tiny: small enough for the interpreter
+LIBRARIES = {  # label: qbench backend
+    "tinygemm": "torch-int4", "gemlite": "gemlite-int4", "marlin": "awq-marlin", "exllamav2": "gptq-exllamav2",
+}
+CALLS, REPLAYS = 100, 10
+SWEEP = {"block_n": (8, 16, 32, 64), "groups": (1, 2, 4), "split": (1, 2, 3, 4, 5, 6, 8), "warps": (1, 2, 4, 8)}
+
+
+def device_info(dev: torch.device) -> DeviceInfo:
+    if dev.type != "cuda":
+        return DeviceInfo("cpu", "cpu")
+    props = torch.cuda.get_device_properties(dev)
+    return DeviceInfo("cuda", props.name, (props.major, props.minor))
+
+
+def timed(calls: list, dev: torch.device) -> float:
+    """Median µs per call: a CUDA graph of the calls, replayed REPLAYS times (CPU: one wall-clock pass)."""
+    if dev.type != "cuda":
+        began = time.perf_counter()
+        for call in calls:
+            call()
+        return (time.perf_counter() - began) * 1e6 / len(calls)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            for call in calls:
+                call()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for call in calls:
+            call()
+    times = []
+    for _ in range(REPLAYS):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1000 / len(calls))
+    del graph
+    return statistics.median(times)
+
+
+def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got.float().reshape(-1) - want).norm() / want.norm()).item()
+
+
+def modules_for(backend, linear: torch.nn.Linear, copies: int) -> list:
+    first = backend.quantize_linear(linear, GROUP)
+    first.release_reference()
+    out = [first]
+    for _ in range(copies - 1):
+        try:
+            out.append(copy.deepcopy(first))
+        except Exception:  # noqa: BLE001 - a kernel object that does not deep-copy: quantise again
+            module = backend.quantize_linear(linear, GROUP)
+            module.release_reference()
+            out.append(module)
+    return out
+
+
+def measure(name: str, n: int, k: int, dev: torch.device, l2: int, sms: int, tiny: bool) -> dict:
+    torch.manual_seed(0)
+    weight = torch.randn(n, k, dtype=torch.bfloat16, device=dev) * 0.02
+    x = torch.randn(1, k, dtype=torch.bfloat16, device=dev)
+    want = F.linear(x.float(), weight.float())[0]
+    row: dict = {"N": n, "K": k}
+    info = device_info(dev)
+    calls = 4 if tiny else CALLS
+
+    def copies_for(size: int) -> int:
+        return 2 if tiny else max(2, -(-8 * l2 // size))
+
+    # qbench's bf16 GEMV (lean's 16-bit path), its chosen blocks
+    size = n * k * 2
+    weights = [weight.clone() for _ in range(copies_for(size))]
+    blocks = gemv.choose_blocks(n, k, sms)
+    try:
+        err = rel_err(gemv.launch(x[0], weights[0], None, blocks), want)
+        us = timed([lambda w=weights[i % len(weights)]: gemv.launch(x[0], w, None, blocks) for i in range(calls)], dev)
+        row["qbench-bf16"] = {"us": us, "bytes": size, "tbs": size / us / 1e6, "blocks": str(blocks), "rel_err": err}
+    except Exception as error:  # noqa: BLE001
+        row["qbench-bf16"] = {"error": f"{type(error).__name__}: {str(error)[:200]}"}
+    del weights
+
+    linear = torch.nn.Linear(k, n, bias=False, device=dev, dtype=torch.bfloat16)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+
+    # qbench-int4: the sweep (its own kernel, straight through gemv_int4.launch)
+    backend = load_backend("qbench-int4")
+    size = backend.linear_bytes(k, n, GROUP)
+    reason = backend.unavailable_reason(info) if dev.type == "cuda" else None  # --tiny: the interpreter runs it
+    if reason:
+        row["qbench-int4"] = {"skipped": reason}
+    else:
+        mods = modules_for(backend, linear, copies_for(size))
+        configs = {}
+        candidates = [gemv_int4.choose_blocks(n, k, sms)]
+        if not tiny:
+            candidates += [c for c in itertools.product(*SWEEP.values()) if c not in candidates]
+        total = k // GROUP
+        for blocks in candidates:
+            if blocks[2] > 1 and total // blocks[2] < blocks[1]:
+                continue  # a split without a whole iteration of groups
+
+            def call(m, b=blocks):
+                return gemv_int4.launch(x[0], m.qweight, m.scales, m.zeros, None, GROUP, b)
+
+            try:
+                err = rel_err(call(mods[0]), want)
+                if err > 0.2:
+                    configs[str(blocks)] = {"error": f"rel err {err:.3g}"}
+                    continue
+                us = timed([lambda m=mods[i % len(mods)]: call(m) for i in range(calls)], dev)
+                configs[str(blocks)] = {"us": us, "tbs": size / us / 1e6, "rel_err": err}
+            except Exception as error:  # noqa: BLE001
+                configs[str(blocks)] = {"error": f"{type(error).__name__}: {str(error)[:160]}"}
+        ok = {c: v["us"] for c, v in configs.items() if "us" in v}
+        best = min(ok, key=ok.get) if ok else None
+        chosen = str(candidates[0])
+        row["qbench-int4"] = {
+            "bytes": size, "configs": configs, "best": best, "us": ok.get(best),
+            "tbs": size / ok[best] / 1e6 if best else None, "chosen": chosen, "chosen_us": ok.get(chosen),
+        }
+        del mods
+
+    # the libraries, each through its qbench backend
+    for label, backend_name in LIBRARIES.items():
+        try:
+            backend = load_backend(backend_name)
+        except Exception as error:  # noqa: BLE001
+            row[label] = {"skipped": f"backend {backend_name}: {type(error).__name__}: {str(error)[:160]}"}
+            continue
+        reason = backend.unavailable_reason(info)
+        if reason:
+            row[label] = {"skipped": f"{backend_name}: {reason}"}
+            continue
+        try:
+            backend.prepare(dev.type)
+            dtype = getattr(torch, backend.compute_dtype)
+            lin = copy.deepcopy(linear).to(dtype)
+            xs = x.to(dtype)
+            size = backend.linear_bytes(k, n, GROUP)
+            mods = modules_for(backend, lin, copies_for(size))
+            err = rel_err(mods[0](xs), want)
+            us = timed([lambda m=mods[i % len(mods)], a=xs: m(a) for i in range(calls)], dev)
+            row[label] = {"backend": backend_name, "us": us, "bytes": size, "tbs": size / us / 1e6, "rel_err": err}
+            del mods
+        except Exception as error:  # noqa: BLE001
+            row[label] = {"backend": backend_name, "error": f"{type(error).__name__}: {str(error)[:200]}"}
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    return row
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    tiny = "--tiny" in args
+    args = [a for a in args if a != "--tiny"]
+    if not args:
+        sys.exit("usage: int4_shapes.py [--tiny] OUT.json [shape ...]")
+    out, only = args[0], args[1:]
+    shapes = TINY if tiny else SHAPES
+    dev = torch.device("cpu" if tiny and not torch.cuda.is_available() else "cuda")
+    if dev.type == "cuda":
+        props = torch.cuda.get_device_properties(dev)
+        l2, sms, name = props.L2_cache_size, props.multi_processor_count, props.name
+    else:
+        l2, sms, name = 0, 8, "cpu (Triton interpreter: plumbing only, times mean nothing)"
+    result = {"device": name, "group_size": GROUP, "calls": CALLS, "replays": REPLAYS, "shapes": {}}
+    print(f"{name}: {sms} SMs, L2 {l2 >> 20} MiB; effective TB/s = bytes the kernel must read / median time")
+    columns = ["qbench-int4", *LIBRARIES, "qbench-bf16"]
+    print(f"{'shape':24s}" + "".join(f"{c:>13s}" for c in columns))
+    for shape in only or list(shapes):
+        n, k, _ = shapes[shape]
+        row = measure(shape, n, k, dev, l2, sms, tiny)
+        result["shapes"][shape] = row
+        cells = []
+        for c in columns:
+            tbs = row.get(c, {}).get("tbs")
+            cells.append(f"{tbs:13.2f}" if tbs else f"{'-':>13s}")
+        print(f"{shape + f' {n}x{k}':24s}" + "".join(cells), flush=True)
+        mine = row["qbench-int4"]
+        if mine.get("best"):
+            chosen = mine["chosen_us"]
+            print(f"    qbench-int4 best {mine['best']} {mine['us']:.1f} us; chosen {mine['chosen']} "
+                  + (f"{chosen:.1f} us" if chosen else "failed"))
+        for c in columns:
+            why = row.get(c, {}).get("skipped") or row.get(c, {}).get("error")
+            if why:
+                print(f"    {c}: {why}")
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    with open(out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
