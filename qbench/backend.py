@@ -132,6 +132,11 @@ class Backend:
         """One-line facts from prepare() or loading that the runner's notes should carry."""
         return []
 
+    def finish(self) -> list[str]:
+        """After the session's timed blocks (e.g. keep what the kernel tuned for the next session);
+        returns notes for the session. Never raises for what it could not keep."""
+        return []
+
     def load(self, spec: Any, options: LoadOptions) -> Any:
         """Build the model with this backend's linear layers; returns the runner of `options.runtime`."""
         from qbench.model import build_model, quantize_decoder_linears

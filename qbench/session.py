@@ -397,6 +397,7 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
             result["peak_memory_mib"] = runner.device_memory_mib
         result["nvml_after"] = nvml_state()  # clocks and throttle reasons right after the timed steps
     phases.done("profile_s")
-    result["runtime_notes"] = list(getattr(runner, "notes", []))
+    # what the backend keeps for the next session (gemlite: its autotune winners), said in the notes
+    result["runtime_notes"] = list(getattr(runner, "notes", [])) + list(getattr(backend, "finish", list)())
     result["session_s"] = round(time.perf_counter() - began, 2)
     return result
