@@ -44,6 +44,7 @@ class LoadOptions:
     weights_cache: bool = False  # synthetic 4-bit weights: read from / write to qbench.cache
     runtime: str = "hf"  # which runtime a linear format runs under (qbench.runtimes)
     graphs: bool | None = None  # a runtime whose graphs switch is per process: this process's setting
+    energy_positions: int = 0  # cache room beyond max_cache_len for the energy window (lean gives it)
 
 
 class Backend:
@@ -155,7 +156,9 @@ class Backend:
         if options.runtime == "lean":
             from qbench.runtimes.lean import LeanRunner
 
-            runner = LeanRunner(model, options.max_cache_len, options.device, compile_step=self.lean_compile)
+            runner = LeanRunner(
+                model, options.max_cache_len, options.device, self.lean_compile, options.energy_positions
+            )
         else:
             from qbench.runtimes.hf import DecoderRunner
 

@@ -27,7 +27,7 @@ from qbench.decode import DecodeSettings, run_block, token_stream
 from qbench.errors import UserError
 from qbench.floor import StepBytes, step_bytes
 from qbench.model import DTYPES
-from qbench.positions import cache_positions
+from qbench.positions import cache_positions, energy_positions
 from qbench.provenance import collect, device_info, nvml_state
 from qbench.registry import load_backend
 from qbench.runtimes import LINEAR_RUNTIMES
@@ -237,6 +237,10 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
         weights_cache=use_cache,
         runtime=config.runtime,
         graphs=config.graphs[0] if backend.graphs_per_process else None,
+        # room for the energy window after each block (NVML's counter refreshes too seldom for 30 steps)
+        energy_positions=energy_positions(config.ctx, config.warmup, config.steps, spec.max_positions)
+        if device == "cuda"
+        else 0,
     )
     if backend.builds_kernel:
         from qbench.kernels import Ticker

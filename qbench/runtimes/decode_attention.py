@@ -155,14 +155,17 @@ def decode_attention_reference(
     return (weights @ v).reshape(-1, head_dim).to(q.dtype)
 
 
-def _launch(q, k_cache, v_cache, position, scale: float, programs: int) -> torch.Tensor:
+def _launch(q, k_cache, v_cache, position, scale: float, programs: int, planned: int) -> torch.Tensor:
     partial, combine = _kernels()
     kv_heads, positions, head_dim = k_cache.shape
     heads = q.shape[0]
     group = heads // kv_heads
     rows = max(MIN_ROWS, _next_power_of_2(group))
     dim = max(16, _next_power_of_2(head_dim))
-    chunk, splits = plan_splits(positions, kv_heads, programs)
+    # chunks sized for `planned` positions; a cache with room beyond them gets more chunks of that size
+    # (past the position they return at once), so the room changes no launch of the positions planned
+    chunk = plan_splits(planned or positions, kv_heads, programs)[0]
+    splits = math.ceil(positions / chunk)
     states = kv_heads * splits * rows
     acc = torch.empty(states, dim, dtype=torch.float32, device=q.device)
     m = torch.empty(states, dtype=torch.float32, device=q.device)
@@ -184,17 +187,24 @@ def _launch(q, k_cache, v_cache, position, scale: float, programs: int) -> torch
 
 @torch.library.custom_op("qbench::decode_attention", mutates_args=())
 def decode_attention(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, position: torch.Tensor, scale: float, programs: int
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    position: torch.Tensor,
+    scale: float,
+    programs: int,
+    planned: int = 0,
 ) -> torch.Tensor:
     """q [heads, head_dim] (contiguous); k_cache, v_cache [kv heads, positions, head_dim] with the
     head dim contiguous; position [1] int64 on the device: positions 0..position are attended.
     `programs`: about how many (kv head, chunk) programs to launch (twice the SM count is a good
-    start). Returns [heads, head_dim] in q's dtype."""
+    start). `planned`: the positions the chunks are sized for (0: the whole cache). Returns
+    [heads, head_dim] in q's dtype."""
     if k_cache.stride(2) != 1 or v_cache.stride() != k_cache.stride():
         raise ValueError("decode_attention needs K and V caches of one layout with the head dim contiguous")
-    return _launch(q.contiguous(), k_cache, v_cache, position, scale, programs)
+    return _launch(q.contiguous(), k_cache, v_cache, position, scale, programs, planned)
 
 
 @decode_attention.register_fake
-def _(q, k_cache, v_cache, position, scale, programs):
+def _(q, k_cache, v_cache, position, scale, programs, planned=0):
     return torch.empty_like(q)
