@@ -189,7 +189,8 @@ def energy_window(runner, tokens: torch.Tensor, position: int, graphs: bool, met
     the timed window's "not measured" with why no window was taken. Never writes past the cache."""
     from qbench.energy import block_energy
 
-    steps = math.ceil(ENERGY_WINDOW_REFRESHES * meter.counter_update_ms / statistics.median(wall_ms))
+    step_ms = max(statistics.median(wall_ms), 1e-3)  # a step of no measurable time: as if 1 us
+    steps = math.ceil(ENERGY_WINDOW_REFRESHES * meter.counter_update_ms / step_ms)
     runtime = getattr(runner, "runtime", "?")
     room = energy_room(runner, position)
     if getattr(runner, "graphs", None) != "qbench" or not hasattr(runner, "max_cache_len"):

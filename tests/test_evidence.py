@@ -386,3 +386,20 @@ def test_lean_gives_the_energy_room_only_where_its_attention_reads_up_to_the_pos
     runner = load_backend("bf16").load(load_model_spec("tiny"), options)
     assert runner.max_cache_len == 40 and runner.energy_room == 0
     assert any("no cache room for an energy window" in note for note in runner.notes)
+
+
+def test_the_report_says_when_an_energy_window_gave_the_figure(monkeypatch):
+    from qbench.compare import cell_hash
+    from qbench.session import SessionConfig, run_session
+
+    monkeypatch.setattr(energy, "energy_meter", lambda device, index=0: (FakeMeter(), ""))
+    config = SessionConfig(model="tiny", backend="bf16", ctx=16, warmup=1, steps=4)
+    result = run_session(config)
+    stored = {**config.__dict__, "graphs": [False]}
+    record = {"config": stored, "result": result, "gpu": "cpu", "run_id": "r", "cell_hash": cell_hash(stored, "cpu")}
+    (timed,) = aggregate([record])
+    assert "energy window" not in timed["energy_source"]
+    for block in result["blocks"]:  # as qbench.decode.energy_window leaves a block
+        block.update(energy_window_steps=300, energy_over="an energy window of 300 graph replays after ...")
+    (windowed,) = aggregate([record])
+    assert windowed["energy_source"].startswith("fake counter") and "energy window" in windowed["energy_source"]
