@@ -121,7 +121,8 @@ class LeanRunner:
         the step is compiled on CUDA only. `energy_positions`: cache room beyond `max_cache_len` for
         the energy window after each block's timed steps (qbench.decode.energy_window), allocated
         only where the split-K attention runs: it reads up to the position and its chunks are sized
-        for `max_cache_len`, so the room changes no timed step (SDPA reads the whole cache: no room)."""
+        for `max_cache_len`, so the room adds only idle programs to a timed step (SDPA reads the whole
+        cache: no room there)."""
         config = model.config
         window = _sliding_window(config)
         if window is not None and window < max_cache_len:
