@@ -44,6 +44,7 @@ class LoadOptions:
     weights_cache: bool = False  # synthetic 4-bit weights: read from / write to qbench.model.cache
     runtime: str = "hf"  # which runtime a linear format runs under (qbench.runtimes)
     graphs: bool | None = None  # a runtime whose graphs switch is per process: this process's setting
+    energy_positions: int = 0  # cache room beyond max_cache_len for the energy window (lean gives it)
 
 
 class Backend:
@@ -132,6 +133,11 @@ class Backend:
         """One-line facts from prepare() or loading that the runner's notes should carry."""
         return []
 
+    def finish(self) -> list[str]:
+        """After the session's timed blocks (e.g. keep what the kernel tuned for the next session);
+        returns notes for the session. Never raises for what it could not keep."""
+        return []
+
     def load(self, spec: Any, options: LoadOptions) -> Any:
         """Build the model with this backend's linear layers; returns the runner of `options.runtime`."""
         from qbench.model.build import build_model, quantize_decoder_linears
@@ -150,7 +156,9 @@ class Backend:
         if options.runtime == "lean":
             from qbench.runtimes.lean import LeanRunner
 
-            runner = LeanRunner(model, options.max_cache_len, options.device, compile_step=self.lean_compile)
+            runner = LeanRunner(
+                model, options.max_cache_len, options.device, self.lean_compile, options.energy_positions
+            )
         else:
             from qbench.runtimes.hf import DecoderRunner
 

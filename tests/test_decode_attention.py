@@ -111,3 +111,37 @@ def test_lean_triton_path_choices_are_checked_and_said(monkeypatch, variable, ba
     runner = LeanRunner(model, 32, "cpu")
     assert note in runner.notes
     assert isinstance(runner.step(torch.tensor([1])), torch.Tensor)
+
+
+def test_lean_energy_room_leaves_the_timed_steps_alone_and_attends_past_them():
+    out = run_interpreted(
+        """
+        import os, torch
+        from qbench.api import LoadOptions
+        from qbench.session.decode import token_stream
+        from qbench.registry import load_backend
+        from qbench.runtimes.lean import LeanRunner
+        from qbench.specs import load_model_spec
+        spec = load_model_spec("tiny")
+        options = LoadOptions(device="cpu", weights="synthetic", seed=0, max_cache_len=72, group_size=128)
+        model = load_backend("bf16").load(spec, options).model.to(torch.float16)
+        os.environ["QBENCH_LEAN_ATTENTION"] = "split-k"
+        roomy, plain = LeanRunner(model, 72, "cpu", energy_positions=40), LeanRunner(model, 72, "cpu")
+        assert roomy.max_cache_len == 112 and roomy.kv_cache.shape[3] == 112 and plain.max_cache_len == 72
+        assert any("40 cache positions beyond the block" in n and "MiB" in n for n in roomy.notes), roomy.notes
+        os.environ["QBENCH_LEAN_ATTENTION"] = "sdpa"
+        sdpa = LeanRunner(model, 112, "cpu")
+        tokens = token_stream(spec.vocab_size, 112, 0, "cpu")
+        for runner in (roomy, plain, sdpa):
+            runner.prefill(tokens[:60])
+        for p in range(60, 66):  # the block's positions: the same launches with and without the room
+            got, want = roomy.step(tokens[p : p + 1]).float(), plain.step(tokens[p : p + 1]).float()
+            assert torch.equal(got, want), p
+            sdpa.step(tokens[p : p + 1])
+        for p in range(66, 100):  # past the block's positions: still every position attended
+            got, want = roomy.step(tokens[p : p + 1]).float(), sdpa.step(tokens[p : p + 1]).float()
+            assert ((got - want).norm() / want.norm()).item() < 5e-3 and got.argmax() == want.argmax(), p
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"

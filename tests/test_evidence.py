@@ -14,9 +14,9 @@ import torch
 from qbench.analysis.stats import Interval
 from qbench.deploy_report import Budget, Cell, recommend, tick_text
 from qbench.report import aggregate, render
-from qbench.session import energy
 from qbench.session.decode import DecodeSettings, run_block, token_stream
 from qbench.session.quality import kl_divergence
+from qbench.session.run import energy
 
 # ---- energy ------------------------------------------------------------------------------------
 
@@ -231,3 +231,175 @@ def test_a_memory_budget_takes_the_fastest_that_fits():
 
 def test_axis_labels_read_as_numbers():
     assert [tick_text(v) for v in (1000.0, 20000.0, 5.0, 0.5, 0.02)] == ["1,000", "20,000", "5", "0.5", "0.02"]
+
+
+# ---- the energy window after the timed steps (qbench.session.decode.energy_window) ----------------------
+
+
+class Clock:
+    """A clock the fake step advances: windows of known length without sleeping."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
+class ClockedCounter(energy.EnergyMeter):
+    """An NVML-like counter refreshing every 100 ms; 2 W of power over the fake clock."""
+
+    available = True
+    source = "fake counter"
+    counter_update_ms = 100.0
+
+    def __init__(self, clock):
+        self.clock = clock
+
+    def start(self):
+        return energy.Reading(2.0 * self.clock.now, self.clock.now)
+
+    def joules_since(self, begin):
+        return 2.0 * self.clock.now - begin.joules
+
+
+class PositionRunner:
+    """A runner stepping through qbench.runtimes.modules.step (which refuses a position past the
+    cache), recording the position each step (eager or "replayed") ran at; each step takes 4 ms."""
+
+    device = torch.device("cpu")
+    runtime = "lean"
+    graphs = "qbench"
+    replays_at_positions = True
+
+    def __init__(self, clock, max_cache_len, energy_room):
+        self.clock, self.max_cache_len, self.energy_room = clock, max_cache_len, energy_room
+        self.token = torch.zeros(1, 1, dtype=torch.long)
+        self.position = torch.zeros(1, dtype=torch.long)
+        self.next_position, self.use_graph, self.written = 0, False, []
+        self.graph = types.SimpleNamespace(replay=self._compute)
+        self.graph_logits = torch.zeros(16)
+
+    def _compute(self):
+        self.written.append(int(self.position[0]))
+        self.clock.now += 0.004
+        return torch.zeros(16)
+
+    def step(self, token):
+        from qbench.runtimes import modules
+
+        return modules.step(self, token, self._compute)
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    import qbench.session.decode
+
+    clock = Clock()
+    monkeypatch.setattr(qbench.session.decode, "time", clock)
+    return clock
+
+
+TIMED = {"energy": "not measured: the 30 timed steps took 120 ms, fewer than 10 refreshes", "energy_window_ms": 120.0}
+
+
+@pytest.mark.parametrize("graphs", [True, False])
+def test_an_energy_window_spans_enough_refreshes_at_advancing_positions_within_the_cache(clock, graphs):
+    from qbench.session.decode import ENERGY_WINDOW_REFRESHES, energy_window
+    from qbench.session.positions import SPARE_POSITIONS, cache_positions
+
+    block = cache_positions(8, 2, 30)
+    runner = PositionRunner(clock, block + 400, energy_room=400)
+    runner.use_graph = graphs
+    runner.next_position = 40  # after the timed steps: ctx 8 + 2 warm-up + 30 timed
+    tokens = token_stream(16, 40, seed=1, device="cpu")
+    fields = energy_window(runner, tokens, 40, graphs, ClockedCounter(clock), dict(TIMED), [4.0] * 30)
+    steps = ENERGY_WINDOW_REFRESHES * 100 // 4  # 300 steps of 4 ms: 12 refreshes of 100 ms
+    assert fields["energy_window_steps"] == steps and runner.written == list(range(40, 40 + steps))
+    assert max(runner.written) < runner.max_cache_len - SPARE_POSITIONS  # the spare positions stay free
+    assert fields["energy_window_ms"] == pytest.approx(steps * 4.0) and steps * 4.0 >= 10 * 100.0
+    assert fields["j_per_token"] == pytest.approx(2.0 * 0.004) and fields["mean_w"] == pytest.approx(2.0)
+    kind = "graph replays" if graphs else "eager steps"
+    assert fields["energy_over"].startswith(f"an energy window of {steps} {kind} after the timed steps")
+
+
+def test_an_energy_window_that_would_pass_the_cache_is_not_taken(clock):
+    from qbench.session.decode import energy_window
+    from qbench.session.positions import cache_positions
+
+    runner = PositionRunner(clock, cache_positions(8, 2, 30) + 299, energy_room=299)  # one short of 300
+    runner.next_position = 40
+    tokens = token_stream(16, 40, seed=1, device="cpu")
+    fields = energy_window(runner, tokens, 40, True, ClockedCounter(clock), dict(TIMED), [4.0] * 30)
+    assert runner.written == [] and "j_per_token" not in fields
+    assert fields["energy"].startswith(TIMED["energy"]) and "300 steps" in fields["energy"]
+    assert "299 are left" in fields["energy"]
+    # and a step at a position past the cache is refused, whoever asks
+    runner.next_position = runner.max_cache_len
+    with pytest.raises(RuntimeError, match="full"):
+        runner.step(tokens[:1])
+    assert runner.written == []
+
+
+def test_hf_gives_no_energy_window_without_room_nor_of_graph_replays(clock):
+    from qbench.api import LoadOptions
+    from qbench.registry import load_backend
+    from qbench.session.decode import energy_window
+    from qbench.session.positions import cache_positions
+    from qbench.specs import load_model_spec
+
+    spec = load_model_spec("tiny")
+    options = LoadOptions(device="cpu", max_cache_len=cache_positions(8, 2, 30), energy_positions=1024)
+    runner = load_backend("bf16").load(spec, options)  # hf: the room is lean's to give
+    assert runner.runtime == "hf" and runner.max_cache_len == cache_positions(8, 2, 30)
+    tokens = token_stream(spec.vocab_size, 40, seed=1, device="cpu")
+    runner.prefill(tokens[:8])
+    runner.next_position = 40
+    eager = energy_window(runner, tokens, 40, False, ClockedCounter(clock), dict(TIMED), [4.0] * 30)
+    assert "j_per_token" not in eager and "0 are left" in eager["energy"] and runner.next_position == 40
+    replays = energy_window(runner, tokens, 40, True, ClockedCounter(clock), dict(TIMED), [4.0] * 30)
+    assert "no energy window of graph replays under hf" in replays["energy"] and runner.next_position == 40
+
+
+def test_a_short_timed_block_takes_its_energy_from_the_window(clock):
+    from qbench.session.positions import cache_positions
+
+    settings = DecodeSettings(ctx=8, warmup=2, steps=30)
+    runner = PositionRunner(clock, cache_positions(8, 2, 30) + 400, energy_room=400)
+    runner.prefill = lambda tokens: setattr(runner, "next_position", tokens.numel())
+    tokens = token_stream(16, settings.positions, seed=1, device="cpu")
+    result = run_block(runner, settings, tokens, graphs=False, meter=ClockedCounter(clock))
+    # the 30 timed steps took 120 ms on the fake clock: the figure comes from the window after them
+    assert result.energy["energy_over"].startswith("an energy window of")
+    assert result.energy["energy_window_ms"] >= 1000 and result.energy["j_per_token"] == pytest.approx(0.008)
+    # warm-up and timed steps at 8..39, then the window's at 40, 41, ... (no position twice)
+    assert runner.written == list(range(8, 40 + result.energy["energy_window_steps"]))
+
+
+def test_lean_gives_the_energy_room_only_where_its_attention_reads_up_to_the_position(monkeypatch):
+    from qbench.api import LoadOptions
+    from qbench.registry import load_backend
+    from qbench.specs import load_model_spec
+
+    monkeypatch.setenv("QBENCH_LEAN_ATTENTION", "sdpa")  # reads the whole cache: room would slow every step
+    options = LoadOptions(device="cpu", max_cache_len=40, energy_positions=64, runtime="lean")
+    runner = load_backend("bf16").load(load_model_spec("tiny"), options)
+    assert runner.max_cache_len == 40 and runner.energy_room == 0
+    assert any("no cache room for an energy window" in note for note in runner.notes)
+
+
+def test_the_report_says_when_an_energy_window_gave_the_figure(monkeypatch):
+    from qbench.compare import cell_hash
+    from qbench.session.run import SessionConfig, run_session
+
+    monkeypatch.setattr(energy, "energy_meter", lambda device, index=0: (FakeMeter(), ""))
+    config = SessionConfig(model="tiny", backend="bf16", ctx=16, warmup=1, steps=4)
+    result = run_session(config)
+    stored = {**config.__dict__, "graphs": [False]}
+    record = {"config": stored, "result": result, "gpu": "cpu", "run_id": "r", "cell_hash": cell_hash(stored, "cpu")}
+    (timed,) = aggregate([record])
+    assert "energy window" not in timed["energy_source"]
+    for block in result["blocks"]:  # as qbench.session.decode.energy_window leaves a block
+        block.update(energy_window_steps=300, energy_over="an energy window of 300 graph replays after ...")
+    (windowed,) = aggregate([record])
+    assert windowed["energy_source"].startswith("fake counter") and "energy window" in windowed["energy_source"]

@@ -22,12 +22,33 @@ gemlite reads the GPU at import (its autotune config for the card, e.g. configs/
 imported only on a CUDA machine, inside prepare(). Its forward is one `torch.library.custom_op`
 (`gemlite::forward_functional`) with a registered fake, so torch.compile keeps it as one opaque op:
 `lean` compiles its step around it.
+
+Autotune kept across sessions. gemlite autotunes each new shape (a decode GEMV, the prefill's GEMM at
+M = ctx) in the process and keeps the winners in memory only: on the H100 that was some 3 minutes of
+every gemlite session (results/h100/formats8). gemlite 0.6 offers `GemLiteLinear.cache_config(file)`
+(the winners of this process, merged over what the file held and the configs loaded, as JSON) and
+reads such a file's entries into `core.GEMLITE_TRITON_CONFIG_CACHE`, which its kernels' pruners look up
+before autotuning (a shape found there runs its one config: no benchmark). qbench keeps one such file
+per (gemlite, triton, torch, GPU name) in its kernel cache (`AUTOTUNE_FOLDER`, a marked build folder,
+so `qbench cache clear --kernels` removes it): loaded in prepare(), before the first forward; saved
+after the session's blocks (`finish()`), merged with what another session saved meanwhile under a
+lock, written whole (temp + rename). A missing, damaged or mismatched file is ignored with a note:
+the shapes are then autotuned afresh. It holds configs, not binaries: Triton keeps compiled kernels
+in its own on-disk cache (TRITON_CACHE_DIR, by default ~/.triton/cache, already kept across
+sessions); where that variable is unset a gemlite session points it into the same kernel cache
+(`TRITON_FOLDER`), so one folder carries both to another machine of the same software.
 """
 
 from __future__ import annotations
 
+import fcntl
 import importlib.metadata
 import importlib.util
+import json
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -38,6 +59,95 @@ from qbench.api import Backend, DeviceInfo, QuantLinear
 
 MIN_GEMLITE = (0, 6)  # the custom op, the pre-quantised helpers and the shipped H100 config
 MIN_IN_FEATURES_MULTIPLE = 32  # GemLiteLinearTriton.MIN_SIZE: in_features must be a multiple of it
+
+
+AUTOTUNE_FOLDER = "gemlite-autotune"  # under qbench's kernel cache (settings.kernel_cache)
+TRITON_FOLDER = "triton"  # Triton's compiled kernels, where TRITON_CACHE_DIR is unset
+MADE_BY = "qbench"
+
+
+def autotune_key(gemlite_version: str, triton_version: str, torch_version: str, gpu_name: str) -> dict[str, str]:
+    """What a stored autotune file is valid for: a winner measured under other versions or on
+    another card is not this one's."""
+    return {"gemlite": gemlite_version, "triton": triton_version, "torch": torch_version, "gpu": gpu_name}
+
+
+def autotune_path(key: dict[str, str]) -> Path:
+    """The file for `key` in qbench's kernel cache (the folder is made, with qbench's marker)."""
+    from qbench import kernels
+    from qbench.model.cache import key_of
+
+    return kernels.build_folder(AUTOTUNE_FOLDER) / f"{key_of(key, 16)}.json"
+
+
+def _valid_config(config: Any) -> bool:
+    """gemlite's layout: matmul type -> shape signature -> kernel kwargs with num_warps, num_stages."""
+    if not isinstance(config, dict):
+        return False
+    for entries in config.values():
+        if not isinstance(entries, dict):
+            return False
+        for kwargs in entries.values():
+            if not isinstance(kwargs, dict) or not all(
+                isinstance(kwargs.get(name), int) for name in ("num_warps", "num_stages")
+            ):
+                return False
+    return True
+
+
+def _read_stored(path: Path, key: dict[str, str]) -> tuple[dict | None, str]:
+    """(gemlite's config from the file at `path`, '') or (None, why it is not used)."""
+    try:
+        stored = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None, "none stored"
+    except (OSError, ValueError) as error:
+        return None, f"{path} is damaged ({type(error).__name__}), ignored"
+    if not isinstance(stored, dict) or stored.get("made_by") != MADE_BY or not _valid_config(stored.get("config")):
+        return None, f"{path} is damaged (not qbench's autotune layout), ignored"
+    if stored.get("key") != key:
+        return None, f"{path} was made for {stored.get('key')}, not {key}: ignored"
+    return stored["config"], ""
+
+
+def load_autotune(config_cache: dict, path: Path, key: dict[str, str]) -> str:
+    """Merge the stored winners into gemlite's `config_cache` (core.GEMLITE_TRITON_CONFIG_CACHE, as
+    GemLiteLinear.load_config does without overwrite); returns the session's note."""
+    config, why = _read_stored(path, key)
+    if config is None:
+        return f"gemlite autotune: measured fresh ({why}); saved after the blocks to {path}"
+    for matmul_type, entries in config.items():
+        config_cache.setdefault(matmul_type, {}).update(entries)
+    shapes = sum(len(entries) for entries in config.values())
+    return f"gemlite autotune: loaded {shapes} stored configs from {path} (new shapes are autotuned)"
+
+
+def save_autotune(dump: Callable[[str], None], path: Path, key: dict[str, str]) -> str:
+    """Save this process's winners (`dump(file)`: GemLiteLinear.cache_config) over what the file
+    holds now, under a lock (two sessions at once each add theirs), written whole (temp + rename);
+    returns the session's note. Any failure is the note, never the session's."""
+    from qbench.model.cache import write_whole
+
+    own = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.gemlite"
+    try:
+        with open(path.parent / f".{path.name}.lock", "a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            earlier, _ = _read_stored(path, key)
+            dump(str(own))  # gemlite writes its own layout to a file of ours, then we wrap it
+            measured = json.loads(own.read_text())
+            if not _valid_config(measured):
+                return "gemlite autotune: not saved (gemlite's cache_config wrote an unknown layout)"
+            merged = {name: dict(entries) for name, entries in (earlier or {}).items()}
+            for name, entries in measured.items():
+                merged.setdefault(name, {}).update(entries)
+            about = {"made_by": MADE_BY, "key": key, "config": merged}
+            write_whole(path, lambda out: out.write_text(json.dumps(about)))
+    except Exception as error:  # the cache saves time; it never costs a session
+        return f"gemlite autotune: not saved ({type(error).__name__}: {str(error)[:120]})"
+    finally:
+        own.unlink(missing_ok=True)
+    shapes = sum(len(entries) for entries in merged.values())
+    return f"gemlite autotune: saved {shapes} configs to {path}"
 
 
 def _release(version: str) -> tuple[int, ...]:
@@ -139,6 +249,35 @@ class GemliteBackend(Backend):
         config = core.selected_tag  # the autotune config gemlite loaded for this card, if any
         shipped = config.rsplit("/", 1)[-1] if config else "none for this card (autotunes on first use)"
         GemliteBackend.loaded_notes = [f"gemlite {gemlite.__version__}, autotune config {shipped}"]
+        try:
+            key = self._autotune_key()
+            GemliteBackend.autotune_file = autotune_path(key)
+            if not os.environ.get("TRITON_CACHE_DIR"):  # Triton reads it when it next compiles
+                from qbench import kernels
+
+                os.environ["TRITON_CACHE_DIR"] = str(kernels.build_folder(TRITON_FOLDER))
+                GemliteBackend.loaded_notes.append(f"Triton's compiled kernels: {os.environ['TRITON_CACHE_DIR']}")
+            note = load_autotune(core.GEMLITE_TRITON_CONFIG_CACHE, GemliteBackend.autotune_file, key)
+        except Exception as error:  # no cache folder (read-only home, bad variable): autotune afresh
+            GemliteBackend.autotune_file = None
+            note = f"gemlite autotune: measured fresh (no stored file: {type(error).__name__}: {str(error)[:120]})"
+        GemliteBackend.loaded_notes.append(note)
+
+    autotune_file: ClassVar[Path | None] = None
+
+    def _autotune_key(self) -> dict[str, str]:
+        import triton
+
+        gpu = torch.cuda.get_device_name()
+        return autotune_key(GemliteBackend.imported_version, triton.__version__, torch.__version__, gpu)
+
+    def finish(self) -> list[str]:
+        """After the session's blocks: this process's autotune winners saved for the next session."""
+        if GemliteBackend.autotune_file is None:
+            return []
+        from gemlite.core import GemLiteLinear
+
+        return [save_autotune(GemLiteLinear.cache_config, GemliteBackend.autotune_file, self._autotune_key())]
 
     def load_notes(self) -> list[str]:
         return list(GemliteBackend.loaded_notes)

@@ -149,9 +149,24 @@ class LeanRunner:
     timer = "cuda-events"
     graphs = "qbench"
 
-    def __init__(self, model: torch.nn.Module, max_cache_len: int, device: str, compile_step: bool = False):
+    # the captured step reads its position from a device buffer (`position`), so graph replays at
+    # advancing positions each write their own slot: decode.energy_window may replay it
+    replays_at_positions = True
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        max_cache_len: int,
+        device: str,
+        compile_step: bool = False,
+        energy_positions: int = 0,
+    ):
         """`compile_step`: the backend's kernel traces under torch.compile (`Backend.lean_compile`);
-        the step is compiled on CUDA only."""
+        the step is compiled on CUDA only. `energy_positions`: cache room beyond `max_cache_len` for
+        the energy window after each block's timed steps (qbench.session.decode.energy_window), allocated
+        only where the split-K attention runs: it reads up to the position and its chunks are sized
+        for `max_cache_len`, so the room adds only idle programs to a timed step (SDPA reads the whole
+        cache: no room there)."""
         config = model.config
         window = _sliding_window(config)
         if window is not None and window < max_cache_len:
@@ -161,6 +176,7 @@ class LeanRunner:
         self.model = model
         self.device = torch.device(device)
         self.max_cache_len = max_cache_len
+        self.planned_positions = max_cache_len  # the block's positions: what the attention's chunks are sized for
         self.weights_cache = "off"
         self.notes: list[str] = []
         base = model.get_decoder()
@@ -172,12 +188,15 @@ class LeanRunner:
         self.group = self.heads // self.kv_heads
         self.scale = self.head_dim**-0.5
         dtype = self.embed.weight.dtype
+        self.split_programs = self._choose_attention()
+        self.energy_room = self._energy_room(energy_positions, window, dtype)
+        self.max_cache_len = max_cache_len + self.energy_room
         # K and V of a layer side by side, [layers, 2, kv heads, positions, head_dim], so one launch
         # writes both (`write_kv`); k_cache and v_cache are views of it
-        shape = (len(self.layers), 2, self.kv_heads, max_cache_len, self.head_dim)
+        shape = (len(self.layers), 2, self.kv_heads, self.max_cache_len, self.head_dim)
         self.kv_cache = torch.zeros(shape, dtype=dtype, device=self.device)
         self.k_cache, self.v_cache = self.kv_cache[:, 0], self.kv_cache[:, 1]
-        self.kv_positions = torch.arange(max_cache_len, device=self.device)
+        self.kv_positions = torch.arange(self.max_cache_len, device=self.device)
         with torch.inference_mode():
             probe = torch.zeros(1, dtype=dtype, device=self.device)
             cos, sin = base.rotary_emb(probe, self.kv_positions[None])
@@ -190,7 +209,6 @@ class LeanRunner:
         self.use_graph = False
         self._hf = None  # the hf runner that gives the gate's reference (same model, plain path)
         self._reference = False
-        self.split_programs = self._choose_attention()
         self.linear16 = self._plan_gemv()
         self._step_fn = self._decode
         # QBENCH_LEAN_COMPILE: 1 (default: where the backend declares lean_compile), 0 (never), all
@@ -248,6 +266,27 @@ class LeanRunner:
             f"chunks of {chunk} positions)"
         )
         return programs
+
+    def _energy_room(self, wanted: int, window: int | None, dtype: torch.dtype) -> int:
+        """Cache positions beyond the block's for the energy window, and the memory they cost said."""
+        if not wanted:
+            return 0
+        if not self.split_programs:
+            self.notes.append(
+                "lean: no cache room for an energy window (SDPA attention reads the whole cache: room would "
+                "lengthen every timed step)"
+            )
+            return 0
+        if window is not None and window < self.max_cache_len + wanted:
+            self.notes.append(f"lean: no cache room for an energy window (sliding window {window})")
+            return 0
+        per_position = len(self.layers) * 2 * self.kv_heads * self.head_dim * torch.empty(0, dtype=dtype).element_size()
+        self.notes.append(
+            f"lean: {wanted} cache positions beyond the block for the energy window "
+            f"({wanted * per_position / 2**20:.1f} MiB of KV cache; the timed steps' attention chunks are "
+            f"sized for their {self.max_cache_len} positions)"
+        )
+        return wanted
 
     def _plan_gemv(self) -> dict[int, Gemv]:
         """Where qbench's Triton GEMV (`gemv.py`) replaces F.linear in a step: every plain 16-bit
@@ -327,7 +366,7 @@ class LeanRunner:
             # query-length place ([1, kv heads, group, head_dim] against [1, kv heads, positions, head_dim]).
             if self.split_programs:
                 out = decode_attention.decode_attention(
-                    q, k_cache, v_cache, position, self.scale, self.split_programs
+                    q, k_cache, v_cache, position, self.scale, self.split_programs, self.planned_positions
                 ).view(1, 1, self.heads * self.head_dim)
             else:
                 grouped = q.view(1, self.kv_heads, self.group, self.head_dim)
@@ -411,7 +450,7 @@ class LeanRunner:
         if on and self._hf is None:
             from qbench.runtimes.hf import DecoderRunner
 
-            self._hf = DecoderRunner(self.model, self.max_cache_len, str(self.device))
+            self._hf = DecoderRunner(self.model, self.planned_positions, str(self.device))  # as before the room
         modules.set_reference(self.model, on)
         self._reference = on
 

@@ -18,18 +18,32 @@ gets the wall clock. The session's first block runs one untimed prefill before t
 first-call work (a Triton kernel compiled or autotuned for the prompt's shape) is not counted as
 time to first token. An energy meter (qbench.session.energy), where given, is read right before the first
 timed step and right after the last: the block's J/token and mean W, where that window spans at
-least qbench.session.energy.COARSE_UPDATES refreshes of the counter; a shorter one is "not measured", with
-why. (Replaying a graph block's captured step to lengthen the window is not safe in general: under
-hf, transformers' static cache derives its write position from the cache's contents, so each
-replay writes one slot further, and on the H100 the replays ran off the cache's end.)
+least qbench.session.energy.COARSE_UPDATES refreshes of the counter. Where it is shorter (a block of
+30 fast steps spans only one or two refreshes of an H100's counter: results/h100/formats8/README.md),
+`energy_window` runs the block's own step again, after the timed steps and not timed for latency, at
+the next cache positions, for about ENERGY_WINDOW_REFRESHES refreshes: J/token = its energy / its
+steps, W = its energy / its time, and `energy_over` says which window gave the figure. It runs only
+where that is safe: the steps must be qbench's (`graphs` "qbench", through
+qbench.runtimes.modules.step, which refuses a position past the cache), every position must lie
+within the cache's room (beyond the positions the next block's graph capture and the profiled step
+need), and a graph block's replays must advance the position (`replays_at_positions`: lean reads it
+from a device buffer; under hf, transformers' static cache derives its write position from the
+cache's contents, so each replay wrote one slot further and on the H100 ran off the cache's end: no
+window). Elsewhere the block says "not measured", with why.
 """
 
 from __future__ import annotations
 
+import math
+import statistics
 import time
 from dataclasses import dataclass, field
 
 import torch
+
+from qbench.session.positions import SPARE_POSITIONS
+
+ENERGY_WINDOW_REFRESHES = 12  # an energy window aims at this many counter refreshes: 10 and a margin
 
 
 @dataclass(frozen=True)
@@ -154,7 +168,57 @@ def run_block(
         seconds = time.perf_counter() - energy_began.at
         joules = meter.joules_since(energy_began)
         result.energy = block_energy(joules, settings.steps, seconds, meter, f"the {settings.steps} timed steps")
+        if "energy_window_ms" in result.energy and "j_per_token" not in result.energy and result.wall_ms:
+            result.energy = energy_window(runner, tokens, position, graphs, meter, result.energy, result.wall_ms)
     if graphs:
         set_graphs(runner, False)
     result.logits = torch.stack(collected).cpu()
     return result
+
+
+def energy_room(runner, position: int) -> int:
+    """Steps an energy window may take from `position`: the cache's positions less the spare ones
+    (a later block's graph capture and the profiled step use them)."""
+    return max(0, getattr(runner, "max_cache_len", 0) - SPARE_POSITIONS - position)
+
+
+def energy_window(runner, tokens: torch.Tensor, position: int, graphs: bool, meter, timed: dict,
+                  wall_ms: list[float]) -> dict:
+    """After a block whose timed window was too short for the counter (`timed`: its fields), the
+    block's own step (graph replay or eager) from `position` on, synchronised every step as the
+    timed ones, until about ENERGY_WINDOW_REFRESHES refreshes have passed: its energy fields, or
+    the timed window's "not measured" with why no window was taken. Never writes past the cache."""
+    from qbench.session.energy import block_energy
+
+    step_ms = max(statistics.median(wall_ms), 1e-3)  # a step of no measurable time: as if 1 us
+    steps = math.ceil(ENERGY_WINDOW_REFRESHES * meter.counter_update_ms / step_ms)
+    runtime = getattr(runner, "runtime", "?")
+    room = energy_room(runner, position)
+    if getattr(runner, "graphs", None) != "qbench" or not hasattr(runner, "max_cache_len"):
+        why = f"runtime {runtime}'s steps are not qbench's to repeat for an energy window"
+    elif graphs and not getattr(runner, "replays_at_positions", False):
+        why = (f"no energy window of graph replays under {runtime} (its static cache takes the write position "
+               "from its contents, not the step's position)")
+    elif steps > room:
+        why = (f"an energy window of {steps} steps needs as many cache positions, {room} are left beyond the "
+               f"block (runtime {runtime} allocates {getattr(runner, 'energy_room', 0)} for it)")
+    else:
+        why = ""
+    if why:
+        return dict(timed, energy=f"{timed['energy']}; {why}")
+    cuda = runner.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(runner.device)
+    first = position
+    began = meter.start()
+    for _ in range(steps):
+        at = position % tokens.numel()
+        runner.step(tokens[at : at + 1])
+        if cuda:
+            torch.cuda.synchronize(runner.device)  # as each timed step: the token handed back before the next
+        position += 1
+    seconds = time.perf_counter() - began.at
+    kind = "graph replays" if graphs else "eager steps"
+    over = (f"an energy window of {steps} {kind} after the timed steps (positions {first}-{position - 1}, "
+            "not timed for latency)")
+    return dict(block_energy(meter.joules_since(began), steps, seconds, meter, over), energy_window_steps=steps)

@@ -8,3 +8,16 @@ SPARE_POSITIONS = CAPTURE_WARMUP_STEPS + 1  # beyond a block: the capture warm-u
 def cache_positions(ctx: int, warmup: int, steps: int) -> int:
     """The prompt, the warm-up and the timed steps of a block, and the spare positions."""
     return ctx + warmup + steps + SPARE_POSITIONS
+
+
+# Cache room beyond a block for its energy window (qbench.session.decode.energy_window): an NVML counter that
+# refreshes every 100 ms (the H100s measured) needs about 1.2 s of steps, 1024 steps of 1.2 ms or more.
+# lean allocates it where its attention reads only up to the position (qbench/runtimes/lean.py); it
+# costs layers x 2 x kv heads x head_dim x 2 bytes a position (Qwen2.5-7B: 56 MiB).
+ENERGY_POSITIONS = 1024
+
+
+def energy_positions(ctx: int, warmup: int, steps: int, limit: int | None) -> int:
+    """The energy window's room: ENERGY_POSITIONS, fewer where the model's positions end sooner."""
+    left = ENERGY_POSITIONS if limit is None else limit - cache_positions(ctx, warmup, steps)
+    return max(0, min(ENERGY_POSITIONS, left))

@@ -29,7 +29,7 @@ from qbench.registry import load_backend
 from qbench.runtimes import LINEAR_RUNTIMES
 from qbench.session import energy, gate, host
 from qbench.session.decode import DecodeSettings, run_block, token_stream
-from qbench.session.positions import cache_positions
+from qbench.session.positions import cache_positions, energy_positions
 from qbench.session.provenance import collect, device_info, nvml_state
 from qbench.settings import DEFAULT_MEASURE_SETTINGS, measured_code_digest
 from qbench.specs import load_model_spec
@@ -237,6 +237,10 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
         weights_cache=use_cache,
         runtime=config.runtime,
         graphs=config.graphs[0] if backend.graphs_per_process else None,
+        # room for the energy window after each block (NVML's counter refreshes too seldom for 30 steps)
+        energy_positions=energy_positions(config.ctx, config.warmup, config.steps, spec.max_positions)
+        if device == "cuda"
+        else 0,
     )
     if backend.builds_kernel:
         from qbench.kernels import Ticker
@@ -397,6 +401,7 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
             result["peak_memory_mib"] = runner.device_memory_mib
         result["nvml_after"] = nvml_state()  # clocks and throttle reasons right after the timed steps
     phases.done("profile_s")
-    result["runtime_notes"] = list(getattr(runner, "notes", []))
+    # what the backend keeps for the next session (gemlite: its autotune winners), said in the notes
+    result["runtime_notes"] = list(getattr(runner, "notes", [])) + list(getattr(backend, "finish", list)())
     result["session_s"] = round(time.perf_counter() - began, 2)
     return result

@@ -16,8 +16,10 @@ split into chunks instead, one program per (kv head, chunk):
 
 Every kv head's K and V are read once and never expanded to the query heads. The position is a
 device tensor, so a captured CUDA graph replays the same launches at every step; chunks wholly past
-the position return at once. The result is registered as the custom op `qbench::decode_attention`
-so torch.compile treats it as one opaque call inside a compiled step.
+the position read and write nothing, and the combine reads only the chunks up to the position's, so
+a cache with room beyond the positions the chunks are sized for (lean's energy window) costs the
+steps before it nothing but those programs' launch. The result is registered as the custom op
+`qbench::decode_attention` so torch.compile treats it as one opaque call inside a compiled step.
 
 Triton is imported lazily: `available()` says whether this path can run here and, if not, why; the
 runner then uses SDPA and records that in its notes.
@@ -63,7 +65,9 @@ def _kernels():
         position = tl.load(POS)
         rows = tl.arange(0, ROWS)
         dims = tl.arange(0, DIM)
-        row_ok = rows < GROUP
+        start = split * CHUNK
+        live = (rows * 0 + start) <= position  # [ROWS]: a chunk wholly past the position reads and writes nothing
+        row_ok = (rows < GROUP) & live
         dim_ok = dims < HEAD_DIM
         q = tl.load(
             Q + (head * GROUP + rows)[:, None] * HEAD_DIM + dims[None, :],
@@ -72,7 +76,6 @@ def _kernels():
         m = tl.full([ROWS], float("-inf"), tl.float32)
         l_sum = tl.zeros([ROWS], tl.float32)
         acc = tl.zeros([ROWS, DIM], tl.float32)
-        start = split * CHUNK
         end = tl.minimum(start + CHUNK, position + 1)  # the positions written so far, this chunk's part
         k_base = K + head * stride_kh
         v_base = V + head * stride_kh
@@ -91,24 +94,26 @@ def _kernels():
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m = m_new
         state = (head * SPLITS + split) * ROWS + rows
-        tl.store(M + state, m)
-        tl.store(L + state, l_sum)
-        tl.store(ACC + state[:, None] * DIM + dims[None, :], acc)
+        tl.store(M + state, m, mask=live)
+        tl.store(L + state, l_sum, mask=live)
+        tl.store(ACC + state[:, None] * DIM + dims[None, :], acc, mask=live[:, None] & (dims < DIM)[None, :])
 
     @triton.jit
     def decode_attention_combine(
-        ACC, M, L, OUT,
+        ACC, M, L, OUT, POS,
         GROUP: tl.constexpr, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, DIM: tl.constexpr,
-        SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr, SPLIT_BLOCK: tl.constexpr,
+        SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr, SPLIT_BLOCK: tl.constexpr, CHUNK: tl.constexpr,
     ):
         # One program per query head: its row of every chunk's state, SPLIT_BLOCK chunks at a time (a
         # whole kv head's [chunks, group, head_dim] in one program spilled its registers and was several
         # times slower: results/h100/lean-splitk/README.md).
+        # Only the chunks up to the position's hold a state (the partial kernel writes no other).
         query = tl.program_id(0)
         head = query // GROUP
         row = query % GROUP
+        used = tl.load(POS) // CHUNK + 1
         splits = tl.arange(0, SPLITS_P2)
-        split_ok = splits < SPLITS
+        split_ok = (splits < SPLITS) & (splits < used)
         state = (head * SPLITS + splits) * ROWS + row
         m = tl.load(M + state, mask=split_ok, other=float("-inf"))
         top = tl.max(m, 0)  # finite: chunk 0 always holds position 0
@@ -118,7 +123,7 @@ def _kernels():
         out = tl.zeros([DIM], tl.float32)
         for first in range(0, SPLITS, SPLIT_BLOCK):
             block = first + tl.arange(0, SPLIT_BLOCK)
-            block_ok = block < SPLITS
+            block_ok = (block < SPLITS) & (block < used)
             block_state = (head * SPLITS + block) * ROWS + row
             block_m = tl.load(M + block_state, mask=block_ok, other=float("-inf"))
             block_weight = tl.where(block_ok, tl.exp(block_m - top), 0.0)
@@ -156,14 +161,17 @@ def decode_attention_reference(
     return (weights @ v).reshape(-1, head_dim).to(q.dtype)
 
 
-def _launch(q, k_cache, v_cache, position, scale: float, programs: int) -> torch.Tensor:
+def _launch(q, k_cache, v_cache, position, scale: float, programs: int, planned: int) -> torch.Tensor:
     partial, combine = _kernels()
     kv_heads, positions, head_dim = k_cache.shape
     heads = q.shape[0]
     group = heads // kv_heads
     rows = max(MIN_ROWS, _next_power_of_2(group))
     dim = max(16, _next_power_of_2(head_dim))
-    chunk, splits = plan_splits(positions, kv_heads, programs)
+    # chunks sized for `planned` positions; a cache with room beyond them gets more chunks of that size,
+    # which do nothing while they lie past the position: the planned positions' steps work as without it
+    chunk = plan_splits(planned or positions, kv_heads, programs)[0]
+    splits = math.ceil(positions / chunk)
     states = kv_heads * splits * rows
     acc = torch.empty(states, dim, dtype=torch.float32, device=q.device)
     m = torch.empty(states, dtype=torch.float32, device=q.device)
@@ -176,26 +184,33 @@ def _launch(q, k_cache, v_cache, position, scale: float, programs: int) -> torch
         GROUP=group, ROWS=rows, HEAD_DIM=head_dim, DIM=dim, CHUNK=chunk, BLOCK=BLOCK_N, SPLITS=splits,
     )
     combine[(heads,)](
-        acc, m, l_sum, out,
+        acc, m, l_sum, out, position,
         GROUP=group, ROWS=rows, HEAD_DIM=head_dim, DIM=dim, SPLITS=splits, SPLITS_P2=_next_power_of_2(splits),
-        SPLIT_BLOCK=16,
+        SPLIT_BLOCK=16, CHUNK=chunk,
     )
     return out
 
 
 @torch.library.custom_op("qbench::decode_attention", mutates_args=())
 def decode_attention(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, position: torch.Tensor, scale: float, programs: int
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    position: torch.Tensor,
+    scale: float,
+    programs: int,
+    planned: int = 0,
 ) -> torch.Tensor:
     """q [heads, head_dim] (contiguous); k_cache, v_cache [kv heads, positions, head_dim] with the
     head dim contiguous; position [1] int64 on the device: positions 0..position are attended.
     `programs`: about how many (kv head, chunk) programs to launch (twice the SM count is a good
-    start). Returns [heads, head_dim] in q's dtype."""
+    start). `planned`: the positions the chunks are sized for (0: the whole cache). Returns
+    [heads, head_dim] in q's dtype."""
     if k_cache.stride(2) != 1 or v_cache.stride() != k_cache.stride():
         raise ValueError("decode_attention needs K and V caches of one layout with the head dim contiguous")
-    return _launch(q.contiguous(), k_cache, v_cache, position, scale, programs)
+    return _launch(q.contiguous(), k_cache, v_cache, position, scale, programs, planned)
 
 
 @decode_attention.register_fake
-def _(q, k_cache, v_cache, position, scale, programs):
+def _(q, k_cache, v_cache, position, scale, programs, planned=0):
     return torch.empty_like(q)
