@@ -190,7 +190,7 @@ def energy_window(runner, tokens: torch.Tensor, position: int, graphs: bool, met
     the timed window's "not measured" with why no window was taken. Never writes past the cache."""
     from qbench.session.energy import block_energy
 
-    step_ms = max(statistics.median(wall_ms), 1e-3)  # a step of no measurable time: as if 1 us
+    step_ms = max(statistics.median(wall_ms), 1e-3)  # a step of no measurable time: as if a microsecond
     steps = math.ceil(ENERGY_WINDOW_REFRESHES * meter.counter_update_ms / step_ms)
     runtime = getattr(runner, "runtime", "?")
     room = energy_room(runner, position)

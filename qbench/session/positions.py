@@ -10,8 +10,9 @@ def cache_positions(ctx: int, warmup: int, steps: int) -> int:
     return ctx + warmup + steps + SPARE_POSITIONS
 
 
-# Cache room beyond a block for its energy window (qbench.session.decode.energy_window): an NVML counter that
-# refreshes every 100 ms (the H100s measured) needs about 1.2 s of steps, 1024 steps of 1.2 ms or more.
+# Cache room beyond a block for its energy window (qbench.session.decode.energy_window): the window needs
+# ENERGY_WINDOW_REFRESHES refreshes of NVML's counter (the H100s' refresh interval: results/h100/formats8/README.md),
+# which 1024 positions give for any but the fastest steps (faster ones say "not measured", with the numbers).
 # lean allocates it where its attention reads only up to the position (qbench/runtimes/lean.py); it
 # costs layers x 2 x kv heads x head_dim x 2 bytes a position (Qwen2.5-7B: 56 MiB).
 ENERGY_POSITIONS = 1024
