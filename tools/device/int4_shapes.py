@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import os
 import statistics
 import sys
 import time
@@ -40,6 +41,9 @@ LIBRARIES = {  # label: qbench backend
 }
 CALLS, REPLAYS = 100, 10
 SWEEP = {"block_n": (8, 16, 32, 64), "groups": (1, 2, 4), "split": (1, 2, 3, 4, 5, 6, 8), "warps": (1, 2, 4, 8)}
+QUICK = {"block_n": (16, 32, 64), "groups": (1, 2), "split": (1, 2, 4, 8), "warps": (2, 4)}  # QUICK=1
+if os.environ.get("QUICK") == "1":
+    SWEEP = QUICK
 
 
 def device_info(dev: torch.device) -> DeviceInfo:
@@ -231,8 +235,8 @@ def main() -> None:
                 print(f"    {c}: {why}")
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-    with open(out, "w") as f:
-        json.dump(result, f, indent=1)
+        with open(out, "w") as f:  # after every shape: a call cut short keeps what it measured
+            json.dump(result, f, indent=1)
     print(f"wrote {out}")
 
 
