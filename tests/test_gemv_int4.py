@@ -30,7 +30,7 @@ def test_gemv_int4_matches_f_linear_of_the_dequantised_weight_on_ragged_shapes()
                 q = torch.randint(0, 16, (n, k))
                 scales = (torch.rand(n, k // g) * 0.02 + 0.001).half()
                 zeros = torch.randint(0, 17, (n, k // g)).to(torch.uint8)
-                qweight = G.pack(q)
+                qweight = G.pack(q, g)
                 x = torch.randn(k).to(dtype)
                 b = torch.randn(n).to(dtype) if with_bias else None
                 want = torch.nn.functional.linear(
@@ -54,12 +54,14 @@ def test_choose_blocks_gives_every_sm_several_programs_on_qwen7b_shapes():
         assert block_n * (128 // 8) // 4 >= 32 * warps, (n, k)  # four words a thread: no replicated tile
 
 
-def test_pack_and_unpack_are_inverse_and_k_is_contiguous():
-    q = torch.randint(0, 16, (3, 16))
-    packed = gemv_int4.pack(q)
-    assert packed.shape == (3, 2) and packed.dtype == torch.int32
-    assert torch.equal(gemv_int4.unpack(packed), q.int())
-    assert (packed[0, 0].item() & 0xF) == q[0, 0] and ((packed[0, 0].item() >> 4) & 0xF) == q[0, 1]
+def test_pack_and_unpack_are_inverse_and_a_nibble_of_a_groups_words_is_contiguous_in_k():
+    q = torch.randint(0, 16, (3, 32))
+    packed = gemv_int4.pack(q, 16)  # two groups of two words
+    assert packed.shape == (3, 4) and packed.dtype == torch.int32
+    assert torch.equal(gemv_int4.unpack(packed, 16), q.int())
+    word = packed[0, 1].item()  # the first group's second word: inputs 1, 3, 5, ... of the group
+    assert [(word >> (4 * i)) & 0xF for i in range(8)] == q[0, 1:16:2].tolist()
+    assert (packed[0, 2].item() & 0xF) == q[0, 16]  # the second group starts at its own first input
 
 
 def test_awq_repacking_is_bit_exact():
@@ -159,3 +161,32 @@ def test_lean_with_qbench_int4_fuses_and_matches_hf():
         """
     )
     assert out.strip() == "ok"
+
+
+def test_the_kernel_compiles_for_an_h100_and_its_weight_loads_are_128_bit():
+    """Triton's interpreter runs what its compiler refuses (a module-level float inside the kernel
+    did, on the H100): compile for sm_90 here, no GPU needed, and check the weight loads' width."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    kernel = gemv_int4._kernel()
+    signature = {
+        "X": "*bf16", "QW": "*i32", "S": "*fp16", "Z": "*u8", "B": "*bf16", "Y": "*bf16", "ACC": "*fp32",
+        "COUNT": "*i32", "N": "i32", "K": "i32", "KW": "i32", "GROUPS_TOTAL": "i32", "GROUPS_PER_SPLIT": "i32",
+        "SPLIT": "i32", "GROUP": "constexpr", "GROUPS": "constexpr", "HAS_BIAS": "constexpr", "SPLIT_K": "constexpr",
+        "BLOCK_N": "constexpr",
+    }
+    names = list(signature)
+    aligned = ["X", "QW", "S", "Z", "B", "Y", "ACC", "COUNT", "N", "K", "KW"]  # as a launch on Qwen's shapes sees them
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in aligned}
+    for split_k, bias in ((True, False), (False, True)):
+        constants = {"GROUP": 128, "GROUPS": 2, "HAS_BIAS": bias, "SPLIT_K": split_k, "BLOCK_N": 32}
+        source = ASTSource(kernel, signature, {(names.index(n),): v for n, v in constants.items()}, attrs)
+        try:
+            compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+        except RuntimeError as error:  # no ptxas in this Triton: the front end still ran
+            if "ptxas" not in str(error).lower():
+                raise
+            continue
+        loads = [line for line in compiled.asm["ptx"].splitlines() if "ld.global" in line and ".b32" in line]
+        assert any(".v4.b32" in line and "evict_first" in line for line in loads), loads

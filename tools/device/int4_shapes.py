@@ -41,7 +41,7 @@ LIBRARIES = {  # label: qbench backend
 }
 CALLS, REPLAYS = 100, 10
 SWEEP = {"block_n": (8, 16, 32, 64), "groups": (1, 2, 4), "split": (1, 2, 3, 4, 5, 6, 8), "warps": (1, 2, 4, 8)}
-QUICK = {"block_n": (16, 32, 64), "groups": (1, 2), "split": (1, 2, 4, 8), "warps": (2, 4)}  # QUICK=1
+QUICK = {"block_n": (16, 32, 64), "groups": (2, 4), "split": (1, 2, 4, 8), "warps": (2, 4)}  # QUICK=1
 if os.environ.get("QUICK") == "1":
     SWEEP = QUICK
 

@@ -5,11 +5,13 @@ w[n, k] = (q[n, k] - zero[n, k // g]) * scale[n, k // g]. Activations are 16-bit
 in float32.
 
 Layout (what `pack` produces; a published AWQ or GPTQ checkpoint is repacked into it once, at load):
-  qweight  int32 [N, K/8]   row n holds its K inputs in order, eight to a word: input 8j + i is
-                            bits 4i..4i+3 of word j. K is contiguous per output row, so a program
-                            reading BLOCK_N rows reads each row as one contiguous run; four words are
-                            one 128-bit load (Triton vectorises them: K/8 is a multiple of 4 whenever
-                            K is a multiple of 32, and row starts are then 16-byte aligned).
+  qweight  int32 [N, K/8]   row n holds its K inputs group by group, eight to a word; within a group
+                            of W = g/8 words, input i*W + w of the group is bits 4i..4i+3 of word w
+                            (interleaved, so nibble i of a group's words meets one contiguous slice
+                            of x). K is contiguous per output row, so a program reading BLOCK_N rows
+                            reads each row as one contiguous run; four words are one 128-bit load
+                            (K/8 is passed as its own argument, so Triton sees it divisible by 16
+                            and proves row starts 16-byte aligned).
   scales   fp16  [N, K/g]   as the checkpoint stores them (fp16 -> fp32 is exact, so repacking is exact)
   zeros    uint8 [N, K/g]   the integer zero point (0..16: GPTQ v1's "zero - 1" of 0 wraps to 16)
 Why this order, not AWQ's [K, N/8] (eight outputs to a word) or GPTQ's [K/8, N]: at batch 1 every
@@ -23,7 +25,7 @@ and reinterpreting the bits gives the float 2^23 + q exactly, and subtracting 2^
 per row and group) gives q - zero exactly, with no integer-to-float conversion per element. The
 kernel takes nibble i of all the [BLOCK_N, words] words of a group at once (eight passes), so every
 tensor keeps the layout of the 128-bit load (no reshape, no layout conversion through shared
-memory); input 8w + i of x is a strided read of a vector already in L1. Per element: a shift, a
+memory); nibble i's inputs of x are one contiguous vector (L1 holds it for every row block). Per element: a shift, a
 mask-and-or, a subtraction, a fused multiply-add; each word's sum over its group is multiplied by the
 group's scale (once a word), and the words of a row are summed once, at the end.
 
@@ -59,40 +61,40 @@ def _kernel():
 
     @triton.jit
     def qbench_int4_gemv_kernel(
-        X, QW, S, Z, B, Y, ACC, COUNT, N, K, GROUPS_TOTAL, GROUPS_PER_SPLIT, SPLIT,
+        X, QW, S, Z, B, Y, ACC, COUNT, N, K, KW, GROUPS_TOTAL, GROUPS_PER_SPLIT, SPLIT,
         GROUP: tl.constexpr, GROUPS: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
         BLOCK_N: tl.constexpr,
     ):
         WORDS: tl.constexpr = GROUP // 8  # int32 words of one row in one group
+        TWO_23: tl.constexpr = 8388608.0  # MAGIC, as a constant the compiler may use
         pid_n = tl.program_id(0)
         pid_k = tl.program_id(1)
         wanted = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = wanted < N
         rows = tl.where(row_ok, wanted, 0)  # out-of-range rows re-read row 0 and are not stored
         words = tl.arange(0, WORDS)
-        kw = K // 8  # words per row
         first = pid_k * GROUPS_PER_SPLIT
         last = tl.minimum(first + GROUPS_PER_SPLIT, GROUPS_TOTAL)
         acc = tl.zeros((BLOCK_N, WORDS), dtype=tl.float32)  # summed over its words once, at the end
-        w_rows = QW + rows[:, None].to(tl.int64) * kw  # [BLOCK_N, 1]
+        # KW (= K / 8) is its own argument so that Triton sees it divisible by 16 and proves each
+        # row's words 16-byte aligned: the weight loads become 128-bit loads
+        w_rows = QW + rows[:, None].to(tl.int64) * KW  # [BLOCK_N, 1]
         for g0 in range(first, last, GROUPS):
             for j in tl.static_range(GROUPS):
-                g = g0 + j
-                # masks compared as vectors (N or K where group g is this split's, else 0): the last
-                # iteration of a split whose group count is not a multiple of GROUPS reads nothing
-                live = wanted < tl.where(g < last, N, 0)  # [BLOCK_N]
-                w = tl.load(w_rows + g * WORDS + words[None, :], mask=live[:, None] & (words[None, :] < WORDS),
-                            other=0, eviction_policy="evict_first")  # [BLOCK_N, WORDS] int32
-                s = tl.load(S + rows * GROUPS_TOTAL + g, mask=live, other=0.0).to(tl.float32)
-                z = tl.load(Z + rows * GROUPS_TOTAL + g, mask=live, other=0).to(tl.float32)
-                offset = (MAGIC + z)[:, None]  # [BLOCK_N, 1]: 2^23 + zero
-                x_limit = tl.where(g < last, K, 0)
+                # the last iteration of a split whose group count is not a multiple of GROUPS re-reads
+                # its last group (unmasked loads) and adds it times a zero scale
+                g = tl.minimum(g0 + j, last - 1)
+                w = tl.load(w_rows + g * WORDS + words[None, :], eviction_policy="evict_first")  # [BLOCK_N, WORDS]
+                s = tl.load(S + rows * GROUPS_TOTAL + g).to(tl.float32)
+                s = tl.where(g0 + j < last, s, 0.0)
+                z = tl.load(Z + rows * GROUPS_TOTAL + g).to(tl.float32)
+                offset = (TWO_23 + z)[:, None]  # [BLOCK_N, 1]: 2^23 + zero
                 part = tl.zeros((BLOCK_N, WORDS), dtype=tl.float32)
-                # nibble i of every word at once: all in w's own 2D layout (no reshapes, no layout
-                # conversions); x's inputs 8w + i are a strided load of a vector L1 already holds
+                # nibble i of every word at once, in w's own 2D layout (no reshapes, no layout
+                # conversions); the layout puts input i * WORDS + w of the group in nibble i of word
+                # w, so nibble i's inputs are one contiguous vector of x
                 for i in tl.static_range(8):
-                    inputs = g * GROUP + words * 8 + i
-                    x = tl.load(X + inputs, mask=inputs < x_limit, other=0.0).to(tl.float32)  # [WORDS]
+                    x = tl.load(X + g * GROUP + i * WORDS + words).to(tl.float32)  # [WORDS]
                     q = (((w >> (4 * i)) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True)  # 2^23 + q, exactly
                     part += (q - offset) * x[None, :]  # (q - zero) exactly, times x
                 acc += part * s[:, None]  # the group's scale: once a word, not once an element
@@ -168,8 +170,8 @@ def launch(x, qweight, scales, zeros, bias, group_size, blocks) -> torch.Tensor:
     y = torch.empty(n, dtype=x.dtype, device=x.device)
     acc, count = _workspace(x.device, n, block_n, split) if split > 1 else (y, y)
     _kernel()[(-(-n // block_n), split)](
-        x, qweight, scales, zeros, bias if bias is not None else scales, y, acc, count, n, k, total, per_split,
-        split, GROUP=group_size, GROUPS=groups, HAS_BIAS=bias is not None, SPLIT_K=split > 1, BLOCK_N=block_n,
+        x, qweight, scales, zeros, bias if bias is not None else scales, y, acc, count, n, k, kw, total,
+        per_split, split, GROUP=group_size, GROUPS=groups, HAS_BIAS=bias is not None, SPLIT_K=split > 1, BLOCK_N=block_n,
         num_warps=warps,
     )
     return y
@@ -206,26 +208,32 @@ def _(x, qweight, scales, zeros, bias, group_size, block_n, groups, split, warps
 # ---- the layout, in plain torch: packing, the repacking of published formats, the reference -------
 
 
-def pack(q: torch.Tensor) -> torch.Tensor:
-    """4-bit values [N, K] (0..15) -> int32 [N, K/8], input 8j + i in bits 4i..4i+3 of word j."""
+def pack(q: torch.Tensor, group_size: int) -> torch.Tensor:
+    """4-bit values [N, K] (0..15) -> int32 [N, K/8]: in each group of `group_size` inputs (W =
+    group_size / 8 words), input i * W + w of the group sits in bits 4i..4i+3 of the group's word w,
+    so the kernel's nibble i of a group's words multiplies one contiguous vector of x."""
     rows, cols = q.shape
-    values = q.to(torch.int32).reshape(rows, cols // 8, 8)
-    packed = torch.zeros(rows, cols // 8, dtype=torch.int32, device=q.device)
+    words = group_size // 8
+    values = q.to(torch.int32).reshape(rows, cols // group_size, 8, words)  # [.., nibble, word]
+    packed = torch.zeros(rows, cols // group_size, words, dtype=torch.int32, device=q.device)
     for i in range(8):
-        packed |= values[:, :, i] << (4 * i)
-    return packed
+        packed |= values[:, :, i, :] << (4 * i)
+    return packed.reshape(rows, cols // 8)
 
 
-def unpack(qweight: torch.Tensor) -> torch.Tensor:
-    """int32 [N, K/8] -> int32 [N, K] in 0..15."""
+def unpack(qweight: torch.Tensor, group_size: int) -> torch.Tensor:
+    """int32 [N, K/8] -> int32 [N, K] in 0..15 (pack's inverse)."""
+    rows, kw = qweight.shape
+    words = group_size // 8
     shifts = torch.arange(0, 32, 4, dtype=torch.int32, device=qweight.device)
-    return ((qweight[:, :, None] >> shifts) & 0xF).reshape(qweight.shape[0], -1)
+    grouped = qweight.reshape(rows, kw // words, 1, words)
+    return ((grouped >> shifts[None, None, :, None]) & 0xF).reshape(rows, kw * 8)
 
 
 def dequantize(qweight, scales, zeros, group_size: int) -> torch.Tensor:
     """The float32 weight [N, K] the kernel multiplies by: (q - zero) * scale."""
     zero = zeros.to(torch.int32).repeat_interleave(group_size, dim=1)
-    return (unpack(qweight) - zero).float() * scales.float().repeat_interleave(group_size, dim=1)
+    return (unpack(qweight, group_size) - zero).float() * scales.float().repeat_interleave(group_size, dim=1)
 
 
 def _unpack_rows(packed: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor:
@@ -246,7 +254,7 @@ def from_awq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor) 
     q = _unpack_rows(qweight, AWQ_ORDER)  # [K, N]
     z = _unpack_rows(qzeros, AWQ_ORDER)  # [K/g, N]
     return {
-        "qweight": pack(q.t().contiguous()),
+        "qweight": pack(q.t().contiguous(), q.shape[0] // scales.shape[0]),
         "scales": scales.t().contiguous().to(torch.float16),
         "zeros": z.t().contiguous().to(torch.uint8),
     }
@@ -267,7 +275,7 @@ def from_gptq(
     q = _unpack_rows(qweight.t().contiguous(), tuple(range(8)))  # [N, K]: input k of row n
     z = _unpack_rows(qzeros, tuple(range(8))) + 1  # [K/g, N]: v1 stores zero - 1 (so 15 reads 16)
     return {
-        "qweight": pack(q),
+        "qweight": pack(q, group_size),
         "scales": scales.t().contiguous().to(torch.float16),
         "zeros": z.t().contiguous().to(torch.uint8),
     }
