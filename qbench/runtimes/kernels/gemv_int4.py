@@ -171,8 +171,8 @@ def launch(x, qweight, scales, zeros, bias, group_size, blocks) -> torch.Tensor:
     acc, count = _workspace(x.device, n, block_n, split) if split > 1 else (y, y)
     _kernel()[(-(-n // block_n), split)](
         x, qweight, scales, zeros, bias if bias is not None else scales, y, acc, count, n, k, kw, total,
-        per_split, split, GROUP=group_size, GROUPS=groups, HAS_BIAS=bias is not None, SPLIT_K=split > 1, BLOCK_N=block_n,
-        num_warps=warps,
+        per_split, split, GROUP=group_size, GROUPS=groups, HAS_BIAS=bias is not None, SPLIT_K=split > 1,
+        BLOCK_N=block_n, num_warps=warps,
     )
     return y
 
