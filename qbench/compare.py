@@ -458,7 +458,7 @@ def store_result(
     full disk), the result is kept in `<store>.pending/` for --resume to store, and the run stops with
     one line that says what was kept and how to resume."""
     config, gpu = the_plan.config, the_plan.gpu.name
-    # the datasheet bandwidth this session's floor uses, decided now: editing gpus.json later moves no stored floor
+    # the datasheet bandwidth this session's floor uses, decided now: editing a GPU file later moves no stored floor
     result["peak_bandwidth_gbps"] = the_plan.gpu.peak_bandwidth_gbps
     result["bandwidth_source"] = the_plan.gpu.bandwidth_source
     try:

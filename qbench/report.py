@@ -166,7 +166,7 @@ SPEC_AT_EXPORT = "spec at export (stored before qbench kept the bandwidth with e
 
 def _stored_peak(records: list[dict], gpu_name: str) -> tuple[float | None, str]:
     """The datasheet bandwidth of a cell's floor and its source: the one its first session stored
-    (decided when it was measured, so editing gpus.json moves no stored floor); for sessions stored
+    (decided when it was measured, so editing a GPU file moves no stored floor); for sessions stored
     before that, today's spec, and the source says so."""
     for record in records:
         if "peak_bandwidth_gbps" in record["result"]:
