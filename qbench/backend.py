@@ -135,6 +135,7 @@ class Backend:
     def load(self, spec: Any, options: LoadOptions) -> Any:
         """Build the model with this backend's linear layers; returns the runner of `options.runtime`."""
         from qbench.model.build import build_model, quantize_decoder_linears
+        from qbench.runtimes import load_runner
 
         if options.runtime not in self.runtimes:
             raise ValueError(f"backend {self.name} runs under {', '.join(self.runtimes)}, not {options.runtime}")
@@ -147,14 +148,7 @@ class Backend:
             cached = quantize_with_cache(model, self, spec, options)
         else:
             quantize_decoder_linears(model, self, options.group_size, packed)
-        if options.runtime == "lean":
-            from qbench.runtimes.lean import LeanRunner
-
-            runner = LeanRunner(model, options.max_cache_len, options.device, compile_step=self.lean_compile)
-        else:
-            from qbench.runtimes.hf import DecoderRunner
-
-            runner = DecoderRunner(model, options.max_cache_len, options.device)
+        runner = load_runner(options.runtime, model, options, self)
         runner.weights_cache = cached
         runner.notes.extend(self.load_notes())
         return runner

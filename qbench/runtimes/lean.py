@@ -107,6 +107,11 @@ class LeanRunner:
     timer = "cuda-events"
     graphs = "qbench"
 
+    @classmethod
+    def around(cls, model: torch.nn.Module, options, backend) -> LeanRunner:
+        """The runner a linear-format backend's `load()` hands back (qbench.runtimes.load_runner)."""
+        return cls(model, options.max_cache_len, options.device, compile_step=backend.lean_compile)
+
     def __init__(self, model: torch.nn.Module, max_cache_len: int, device: str, compile_step: bool = False):
         """`compile_step`: the backend's kernel traces under torch.compile (`Backend.lean_compile`);
         the step is compiled on CUDA only."""
