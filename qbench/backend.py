@@ -46,6 +46,16 @@ class LoadOptions:
     graphs: bool | None = None  # a runtime whose graphs switch is per process: this process's setting
 
 
+class _EveryLinearRuntime:
+    """`Backend.runtimes` of a linear format: every linear runtime registered (qbench.runtimes), read
+    when asked, so a runtime added later runs every linear format without their changing."""
+
+    def __get__(self, backend: Any, owner: type) -> tuple[str, ...]:
+        from qbench.runtimes import linear_runtimes
+
+        return linear_runtimes()
+
+
 class Backend:
     """Base class for backends. Subclasses set the class attributes and override what differs."""
 
@@ -61,7 +71,8 @@ class Backend:
     extra: ClassVar[str | None] = None  # `pip install 'qbench-decode[extra]'` brings the packages
     builds_kernel: ClassVar[bool] = False  # needs a CUDA compiler on first run
     cache_format: ClassVar[int] = 1  # bump when what cache_tensors() returns changes (weights cache key)
-    runtimes: ClassVar[tuple[str, ...]] = ("hf", "lean")  # a whole runtime names its own, e.g. ("llamacpp",)
+    # a linear format: every linear runtime (hf, lean, ...); a whole runtime names its own, e.g. ("llamacpp",)
+    runtimes: ClassVar[tuple[str, ...]] = _EveryLinearRuntime()  # type: ignore[assignment]
     lean_compile: ClassVar[bool] = False  # the kernel traces under torch.compile, so `lean` compiles its step
     # its package imports torch.compile's modules (torch._dynamo, inductor) at import: the forkserver
     # imports those once for every session (bitsandbytes: 1.5-4.6 s a session otherwise)

@@ -1,0 +1,248 @@
+"""README, "Extending qbench": a built-in backend, a runtime and a GPU are each one new file plus at
+most one registry line. Each test adds a throwaway one exactly that way and runs it."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from importlib.metadata import distribution
+
+from click.testing import CliRunner
+from conftest import ROOT, install_plugin
+
+from qbench import DISTRIBUTION
+from qbench.cli import main
+
+FAST = ["--model", "tiny", "--ctx", "16", "--warmup", "1", "--steps", "2", "--sessions", "1", "--graphs", "off"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+# ---- (a) a built-in backend, (b) a built-in runtime: one file in the package, one registry line ----
+
+BACKEND_FILE = '''
+from qbench.backends.bf16 import Bf16Backend
+
+
+class ScratchBackend(Bf16Backend):
+    """bf16 under another name: a throwaway built-in backend."""
+
+    name = "scratch"
+    description = "a throwaway built-in backend"
+'''
+RUNTIME_FILE = '''
+from qbench.runtimes.hf import DecoderRunner
+
+
+class ScratchRunner(DecoderRunner):
+    """hf's loop under another name: a throwaway built-in runtime."""
+
+    runtime = "scratch-rt"
+'''
+RUNTIME_LINE = (
+    '        register_runtime("scratch-rt", "qbench.runtimes.scratch:ScratchRunner", '
+    'label="scratch-rt = a throwaway built-in runtime", order=5),\n'
+)
+
+
+def qbench_with_additions(tmp_path) -> dict:
+    """A copy of this qbench with the two new files and their one line each (the backend's in the
+    installed distribution's entry points, as setup.cfg would put it; the runtime's in BUILT_IN), and
+    a third-party plugin that claims the new backend's name. Returns the environment that runs it."""
+    site = tmp_path / "site"
+    shutil.copytree(ROOT / "qbench", site / "qbench", ignore=shutil.ignore_patterns("__pycache__"))
+    (site / "qbench" / "backends" / "scratch.py").write_text(BACKEND_FILE)
+    (site / "qbench" / "runtimes" / "scratch.py").write_text(RUNTIME_FILE)
+    registry_file = site / "qbench" / "runtimes" / "__init__.py"
+    text = registry_file.read_text()
+    anchor = text.index('        register_runtime(\n            "lean"')
+    registry_file.write_text(text[:anchor] + RUNTIME_LINE + text[anchor:])
+    installed = distribution(DISTRIBUTION)
+    info = site / f"qbench_decode-{installed.version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {DISTRIBUTION}\nVersion: {installed.version}\n")
+    entry_points = installed.read_text("entry_points.txt")
+    (info / "entry_points.txt").write_text(
+        entry_points + "\n[qbench.backends]\nscratch = qbench.backends.scratch:ScratchBackend\n"
+    )
+    impostor = site / "impostor-0.1.dist-info"  # a plugin under the new built-in's name: ignored, not a clash
+    impostor.mkdir()
+    (impostor / "METADATA").write_text("Metadata-Version: 2.1\nName: impostor\nVersion: 0.1\n")
+    (impostor / "entry_points.txt").write_text("[qbench.backends]\nscratch = impostor_mod:Impostor\n")
+    (site / "impostor_mod.py").write_text("from qbench.backends.bf16 import Bf16Backend\nclass Impostor(Bf16Backend):\n"
+                                          "    name = 'scratch'\n")  # fmt: skip
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+
+
+def test_a_built_in_backend_and_runtime_are_a_file_and_a_line_each(tmp_path):
+    env = qbench_with_additions(tmp_path)
+
+    def qbench(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "qbench.cli", *args], env=env, cwd=tmp_path, capture_output=True, text=True
+        )
+
+    listed = qbench("backends", "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    names = [b["name"] for b in json.loads(listed.stdout)]
+    assert names[-1] == "scratch"  # built-in: after the ordered ones, never announced as a plugin
+    scratch = next(b for b in json.loads(listed.stdout) if b["name"] == "scratch")
+    assert scratch["available"] and scratch["runtimes"] == "hf,lean,scratch-rt"
+    assert "scratch-rt = a throwaway built-in runtime" in " ".join(qbench("compare", "--help").stdout.split())
+
+    db = tmp_path / "r.sqlite"
+    args = [*FAST, "--backends", "bf16,scratch", "--runtimes", "hf,scratch-rt", "--db", db, "--format", "json"]
+    result = qbench("compare", *map(str, args))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "'scratch' registered by impostor 0.1 (impostor_mod:Impostor) is ignored" in result.stderr
+    listed = [(r["backend"], r["runtime"]) for r in json.loads(result.stdout)]
+    assert listed == [("bf16", "hf"), ("scratch", "hf"), ("bf16", "scratch-rt"), ("scratch", "scratch-rt")]  # by order
+    rows = {(r["backend"], r["runtime"]): r for r in json.loads(result.stdout)}
+    assert all(r["status"] == "ok" for r in rows.values()), rows
+    assert rows[("scratch", "scratch-rt")]["runtime_speedup"] > 0  # compared with hf, as lean is
+
+
+# ---- (b) a plugin's runtime: one module, one entry point --------------------------------------------
+
+RUNTIME_PLUGIN = """
+from qbench.runtimes import register_runtime
+from qbench.runtimes.hf import DecoderRunner
+
+
+class EchoRunner(DecoderRunner):
+    runtime = "echo"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.notes.append("echo: hf's loop under another name")
+
+
+RUNTIME = register_runtime("echo", "echo_runtime:EchoRunner", label="echo = hf's loop, from a plugin")
+"""
+
+
+def install_runtime(tmp_path, monkeypatch, dist: str, module: str, source: str, entries: dict[str, str]):
+    site = install_plugin(tmp_path / module, monkeypatch, dist, module, source, {})
+    (site / f"{module}-0.1.dist-info" / "entry_points.txt").write_text(
+        "[qbench.runtimes]\n" + "".join(f"{name} = {module}:{attribute}\n" for name, attribute in entries.items())
+    )
+
+
+def test_a_plugin_runtime_is_one_module_and_one_entry_point(tmp_path, monkeypatch):
+    install_runtime(tmp_path, monkeypatch, "echo-runtime", "echo_runtime", RUNTIME_PLUGIN, {"echo": "RUNTIME"})
+    assert "echo = hf's loop, from a plugin" in " ".join(invoke("compare", "--help").output.split())
+    result = invoke(
+        "compare", *FAST, "--backends", "bf16", "--runtimes", "hf,echo", "--db", "r.sqlite", "--format", "json"
+    )
+    assert result.exit_code == 0, result.output
+    rows = {r["runtime"]: r for r in json.loads(result.stdout)}
+    assert set(rows) == {"hf", "echo"} and all(r["status"] == "ok" for r in rows.values()), rows
+    assert rows["echo"]["runtime_notes"] == ["echo: hf's loop under another name"]
+    assert rows["echo"]["runtime_speedup"] > 0
+
+
+def test_a_plugin_runtime_cannot_take_a_built_in_name_and_a_clash_is_named(tmp_path, monkeypatch):
+    from qbench.runtimes import get_runtime, linear_runtimes, registry
+
+    body = RUNTIME_PLUGIN.replace('"echo"', '"{name}"').replace("echo_runtime", "{module}")
+    for dist, module, name in [("fake-hf", "fake_hf", "hf"), ("one", "one_mod", "twin"), ("two", "two_mod", "twin")]:
+        install_runtime(tmp_path, monkeypatch, dist, module, body.format(name=name, module=module), {name: "RUNTIME"})
+    found = registry()
+    assert get_runtime("hf").runner == "qbench.runtimes.hf:DecoderRunner"
+    assert any("'hf' registered by fake-hf 0.1" in w and "ignored" in w for w in found.warnings)
+    assert "one 0.1" in found.unusable["twin"] and "two 0.1" in found.unusable["twin"]
+    assert linear_runtimes() == ("hf", "lean")
+    result = invoke("compare", *FAST, "--backends", "bf16", "--runtimes", "twin", "--db", "r.sqlite")
+    assert result.exit_code == 2 and "--runtimes must be one or more of hf, lean" in result.output
+
+
+def test_a_plugin_runtime_that_breaks_at_import_is_named_and_the_rest_run(tmp_path, monkeypatch):
+    from qbench.runtimes import registry, runtime_names
+
+    install_runtime(tmp_path, monkeypatch, "broken", "broken_rt", "raise SystemExit(3)\n", {"broken": "RUNTIME"})
+    found = registry()
+    assert "broken" not in found.runtimes and "SystemExit" in found.unusable["broken"]
+    assert runtime_names() == ["hf", "lean", "llamacpp"]
+
+
+# ---- (d) a GPU: one file in qbench/data/gpus --------------------------------------------------------
+
+SCRATCH_GPU = {
+    "description": "A throwaway GPU",
+    "peak_bandwidth_gbps": 1000,
+    "memory_gib": 16,
+    "bandwidth_source": "made up for a test",
+    "device_patterns": ["Scratch 9000"],
+}
+
+
+def gpu_folder_with(tmp_path, monkeypatch, files: dict[str, str]):
+    import qbench.specs
+
+    folder = tmp_path / "gpus"
+    shutil.copytree(ROOT / "qbench" / "data" / "gpus", folder)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    monkeypatch.setattr(qbench.specs, "gpu_folder", lambda: folder)
+    return folder
+
+
+def test_a_gpu_is_one_file(tmp_path, monkeypatch):
+    before = json.loads(invoke("gpus", "--format", "json").stdout)
+    gpu_folder_with(tmp_path, monkeypatch, {"scratch-9000.json": json.dumps(SCRATCH_GPU)})
+    after = json.loads(invoke("gpus", "--format", "json").stdout)
+    assert after[:-1] == before  # the others unchanged, in their order; a file without "order" comes last
+    assert after[-1] == {
+        "name": "scratch-9000",
+        "peak_bandwidth_gbps": 1000.0,
+        "memory_gib": 16.0,
+        "matches": "Scratch 9000",
+        "source": "made up for a test",
+    }
+    floor = invoke("floor", "--model", "tiny", "--gpu", "scratch-9000", "--ctx", "512", "--format", "json")
+    (row,) = json.loads(floor.stdout)
+    assert row["gpu"] == "scratch-9000" and row["floor_ms"] == row["total"] / 1000e9 * 1e3
+    from qbench.specs import gpu_for_device
+
+    assert gpu_for_device("NVIDIA Scratch 9000").name == "scratch-9000"
+
+
+def test_the_gpu_files_keep_every_field_of_the_old_table():
+    from qbench.specs import gpu_specs
+
+    specs = gpu_specs()
+    assert list(specs)[:5] == ["h100-sxm5", "h100-pcie", "h200", "a100-80gb-sxm4", "a100-40gb"]
+    assert len(specs) == 10 and all(s.sm_count and s.l2_mib and s.boost_clock_mhz for s in specs.values())
+    h100 = specs["h100-sxm5"]
+    assert (h100.peak_bandwidth_gbps, h100.ray_accelerator_type, h100.device_patterns) == (
+        3350.0,
+        "H100",
+        ("H100 80GB HBM3", "H100 SXM"),
+    )
+
+
+def test_a_bad_gpu_file_is_one_line_naming_it(tmp_path, monkeypatch):
+    for name, text in [
+        ("broken.json", "{not json"),
+        ("partial.json", json.dumps({"description": "no bandwidth"})),
+        ("Upper Case.json", json.dumps(SCRATCH_GPU)),
+        ("badpattern.json", json.dumps({**SCRATCH_GPU, "device_patterns": ["(unclosed"]})),
+    ]:
+        folder = gpu_folder_with(tmp_path / name, monkeypatch, {name: text})
+        result = invoke("gpus")
+        assert result.exit_code == 2, result.output
+        (line,) = result.output.strip().splitlines()
+        assert line.startswith(f"qbench: error: GPU spec {folder / name} cannot be read"), line
+        if name == "partial.json":
+            assert "it lacks peak_bandwidth_gbps, memory_gib, bandwidth_source, device_patterns" in line
+
+
+def test_the_readme_says_where_each_extension_goes():
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Extending qbench", 1)[1].split("\n## ", 1)[0]
+    for where in ("qbench/backends/", "setup.cfg", "qbench/runtimes/", "register_runtime", "qbench.runtimes",
+                  "qbench/render/", "FORMATS", "qbench/data/gpus/"):  # fmt: skip
+        assert where in section, where
