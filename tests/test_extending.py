@@ -48,61 +48,72 @@ RUNTIME_LINE = (
 )
 
 
-def qbench_with_additions(tmp_path) -> dict:
-    """A copy of this qbench with the two new files and their one line each (the backend's in the
-    installed distribution's entry points, as setup.cfg would put it; the runtime's in BUILT_IN), and
-    a third-party plugin that claims the new backend's name. Returns the environment that runs it."""
+def qbench_with(tmp_path, backend: bool = False, runtime: bool = False):
+    """A copy of this qbench with a new backend and/or runtime added as README says: its file, and one
+    line (the backend's in the installed distribution's entry points, as setup.cfg puts it; the
+    runtime's in BUILT_IN). With the backend, a third-party plugin claims its name too. Returns a
+    function that runs `qbench ARGS` on the copy."""
     site = tmp_path / "site"
     shutil.copytree(ROOT / "qbench", site / "qbench", ignore=shutil.ignore_patterns("__pycache__"))
-    (site / "qbench" / "backends" / "scratch.py").write_text(BACKEND_FILE)
-    (site / "qbench" / "runtimes" / "scratch.py").write_text(RUNTIME_FILE)
-    registry_file = site / "qbench" / "runtimes" / "__init__.py"
-    text = registry_file.read_text()
-    anchor = text.index('        register_runtime(\n            "lean"')
-    registry_file.write_text(text[:anchor] + RUNTIME_LINE + text[anchor:])
     installed = distribution(DISTRIBUTION)
+    entry_points = installed.read_text("entry_points.txt")
+    if backend:
+        (site / "qbench" / "backends" / "scratch.py").write_text(BACKEND_FILE)
+        entry_points += "\n[qbench.backends]\nscratch = qbench.backends.scratch:ScratchBackend\n"
+        impostor = site / "impostor-0.1.dist-info"  # a plugin under the new built-in's name: ignored, no clash
+        impostor.mkdir()
+        (impostor / "METADATA").write_text("Metadata-Version: 2.1\nName: impostor\nVersion: 0.1\n")
+        (impostor / "entry_points.txt").write_text("[qbench.backends]\nscratch = impostor_mod:Impostor\n")
+        (site / "impostor_mod.py").write_text(
+            "from qbench.backends.bf16 import Bf16Backend\nclass Impostor(Bf16Backend):\n    name = 'scratch'\n"
+        )
+    if runtime:
+        (site / "qbench" / "runtimes" / "scratch.py").write_text(RUNTIME_FILE)
+        registry_file = site / "qbench" / "runtimes" / "__init__.py"
+        text = registry_file.read_text()
+        anchor = text.index("BUILT_IN = {")
+        anchor = text.index("        register_runtime(", anchor)
+        registry_file.write_text(text[:anchor] + RUNTIME_LINE + text[anchor:])
     info = site / f"qbench_decode-{installed.version}.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {DISTRIBUTION}\nVersion: {installed.version}\n")
-    entry_points = installed.read_text("entry_points.txt")
-    (info / "entry_points.txt").write_text(
-        entry_points + "\n[qbench.backends]\nscratch = qbench.backends.scratch:ScratchBackend\n"
-    )
-    impostor = site / "impostor-0.1.dist-info"  # a plugin under the new built-in's name: ignored, not a clash
-    impostor.mkdir()
-    (impostor / "METADATA").write_text("Metadata-Version: 2.1\nName: impostor\nVersion: 0.1\n")
-    (impostor / "entry_points.txt").write_text("[qbench.backends]\nscratch = impostor_mod:Impostor\n")
-    (site / "impostor_mod.py").write_text("from qbench.backends.bf16 import Bf16Backend\nclass Impostor(Bf16Backend):\n"
-                                          "    name = 'scratch'\n")  # fmt: skip
-    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
-
-
-def test_a_built_in_backend_and_runtime_are_a_file_and_a_line_each(tmp_path):
-    env = qbench_with_additions(tmp_path)
+    (info / "entry_points.txt").write_text(entry_points)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
 
     def qbench(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "qbench.cli", *args], env=env, cwd=tmp_path, capture_output=True, text=True
-        )
+        command = [sys.executable, "-m", "qbench.cli", *map(str, args)]
+        return subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True)
 
+    return qbench
+
+
+def test_a_built_in_backend_is_a_file_and_an_entry_point(tmp_path):
+    qbench = qbench_with(tmp_path, backend=True)
     listed = qbench("backends", "--format", "json")
     assert listed.returncode == 0, listed.stderr
-    names = [b["name"] for b in json.loads(listed.stdout)]
-    assert names[-1] == "scratch"  # built-in: after the ordered ones, never announced as a plugin
-    scratch = next(b for b in json.loads(listed.stdout) if b["name"] == "scratch")
-    assert scratch["available"] and scratch["runtimes"] == "hf,lean,scratch-rt"
-    assert "scratch-rt = a throwaway built-in runtime" in " ".join(qbench("compare", "--help").stdout.split())
-
-    db = tmp_path / "r.sqlite"
-    args = [*FAST, "--backends", "bf16,scratch", "--runtimes", "hf,scratch-rt", "--db", db, "--format", "json"]
-    result = qbench("compare", *map(str, args))
+    backends = json.loads(listed.stdout)
+    assert backends[-1]["name"] == "scratch" and backends[-1]["available"]  # after the ordered built-ins
+    assert "is ignored: scratch is qbench's built-in backend" in listed.stderr + listed.stdout
+    args = [*FAST, "--backends", "bf16,scratch", "--db", tmp_path / "r.sqlite", "--format", "json"]
+    result = qbench("compare", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "'scratch' registered by impostor 0.1 (impostor_mod:Impostor) is ignored" in result.stderr
-    listed = [(r["backend"], r["runtime"]) for r in json.loads(result.stdout)]
-    assert listed == [("bf16", "hf"), ("scratch", "hf"), ("bf16", "scratch-rt"), ("scratch", "scratch-rt")]  # by order
-    rows = {(r["backend"], r["runtime"]): r for r in json.loads(result.stdout)}
-    assert all(r["status"] == "ok" for r in rows.values()), rows
-    assert rows[("scratch", "scratch-rt")]["runtime_speedup"] > 0  # compared with hf, as lean is
+    rows = json.loads(result.stdout)
+    assert [(r["backend"], r["status"]) for r in rows] == [("bf16", "ok"), ("scratch", "ok")]
+    assert rows[1]["realised_speedup"] > 0  # against bf16, as any backend's
+
+
+def test_a_built_in_runtime_is_a_file_and_a_registry_line(tmp_path):
+    qbench = qbench_with(tmp_path, runtime=True)
+    assert "scratch-rt = a throwaway built-in runtime" in " ".join(qbench("compare", "--help").stdout.split())
+    listed = json.loads(qbench("backends", "--format", "json").stdout)
+    assert next(b for b in listed if b["name"] == "bf16")["runtimes"] == "hf,lean,scratch-rt"
+    args = [*FAST, "--backends", "bf16", "--runtimes", "scratch-rt,hf", "--db", tmp_path / "r.sqlite"]
+    result = qbench("compare", *args, "--format", "json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(result.stdout)
+    assert [(r["runtime"], r["status"]) for r in rows] == [("hf", "ok"), ("scratch-rt", "ok")]  # by order
+    assert rows[1]["runtime_speedup"] > 0  # compared with hf, as lean is
 
 
 # ---- (b) a plugin's runtime: one module, one entry point --------------------------------------------
