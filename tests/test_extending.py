@@ -3,6 +3,7 @@ most one registry line. Each test adds a throwaway one exactly that way and runs
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -142,17 +143,26 @@ def install_runtime(tmp_path, monkeypatch, dist: str, module: str, source: str, 
     )
 
 
+def readme_section() -> str:
+    text = (ROOT / "README.md").read_text()
+    return text.split("## Extending qbench", 1)[1].split("\n## ", 1)[0]
+
+
 def test_a_plugin_runtime_is_one_module_and_one_entry_point(tmp_path, monkeypatch):
-    install_runtime(tmp_path, monkeypatch, "echo-runtime", "echo_runtime", RUNTIME_PLUGIN, {"echo": "RUNTIME"})
-    assert "echo = hf's loop, from a plugin" in " ".join(invoke("compare", "--help").output.split())
-    result = invoke(
-        "compare", *FAST, "--backends", "bf16", "--runtimes", "hf,echo", "--db", "r.sqlite", "--format", "json"
-    )
+    """The README's example, installed as it says: mypkg/runtime.py and one qbench.runtimes entry."""
+    (example,) = [b for b in re.findall(r"```python\n(.*?)```", readme_section(), flags=re.S) if "mypkg" in b]
+    (entry,) = re.findall(r"qbench\.runtimes = (mine = mypkg\.runtime:RUNTIME)", example)
+    site = install_plugin(tmp_path / "site", monkeypatch, "mypkg", "mypkg", "", {})
+    (site / "mypkg" / "runtime.py").write_text(example)
+    (site / "mypkg-0.1.dist-info" / "entry_points.txt").write_text(f"[qbench.runtimes]\n{entry}\n")
+    monkeypatch.delitem(sys.modules, "mypkg.runtime", raising=False)
+    assert "mine = hf's loop, my way" in " ".join(invoke("compare", "--help").output.split())
+    args = [*FAST, "--backends", "bf16", "--runtimes", "hf,mine", "--db", "r.sqlite", "--format", "json"]
+    result = invoke("compare", *args)
     assert result.exit_code == 0, result.output
     rows = {r["runtime"]: r for r in json.loads(result.stdout)}
-    assert set(rows) == {"hf", "echo"} and all(r["status"] == "ok" for r in rows.values()), rows
-    assert rows["echo"]["runtime_notes"] == ["echo: hf's loop under another name"]
-    assert rows["echo"]["runtime_speedup"] > 0
+    assert set(rows) == {"hf", "mine"} and all(r["status"] == "ok" for r in rows.values()), rows
+    assert rows["mine"]["runtime_speedup"] > 0
 
 
 def test_a_plugin_runtime_cannot_take_a_built_in_name_and_a_clash_is_named(tmp_path, monkeypatch):
@@ -252,8 +262,10 @@ def test_a_bad_gpu_file_is_one_line_naming_it(tmp_path, monkeypatch):
 
 
 def test_the_readme_says_where_each_extension_goes():
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## Extending qbench", 1)[1].split("\n## ", 1)[0]
+    section = readme_section()
     for where in ("qbench/backends/", "setup.cfg", "qbench/runtimes/", "register_runtime", "qbench.runtimes",
                   "qbench/render/", "FORMATS", "qbench/data/gpus/"):  # fmt: skip
         assert where in section, where
+    (gpu,) = re.findall(r"```json\n(.*?)```", section, flags=re.S)
+    assert set(json.loads(gpu)) == {"description", "peak_bandwidth_gbps", "memory_gib", "bandwidth_source",
+                                    "device_patterns"}  # fmt: skip
