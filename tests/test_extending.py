@@ -269,3 +269,16 @@ def test_the_readme_says_where_each_extension_goes():
     (gpu,) = re.findall(r"```json\n(.*?)```", section, flags=re.S)
     assert set(json.loads(gpu)) == {"description", "peak_bandwidth_gbps", "memory_gib", "bandwidth_source",
                                     "device_patterns"}  # fmt: skip
+
+
+def test_a_runtime_record_is_checked_when_made(tmp_path, monkeypatch):
+    import pytest
+
+    from qbench.runtimes import register_runtime, registry
+
+    for name, runner, label in [("Mine", "a.b:C", "x"), ("mine", "a.b.C", "x"), ("mine", "a.b:C", "two\nlines")]:
+        with pytest.raises(ValueError, match="runtime"):
+            register_runtime(name, runner, label=label)
+    body = "from qbench.api import register_runtime\nRUNTIME = register_runtime('other', 'a.b:C', label='x')\n"
+    install_runtime(tmp_path, monkeypatch, "misnamed", "misnamed_rt", body, {"mine": "RUNTIME"})
+    assert "not the register_runtime('mine', ...) record" in registry().unusable["mine"]

@@ -63,8 +63,8 @@ def register_runtime(
         raise ValueError(f"runtime name {name!r}: lower-case letters, digits, '-' and '_', starting with a letter")
     if not RUNNER_PATH.fullmatch(runner):
         raise ValueError(f"runtime {name}: runner {runner!r} is not 'package.module:Class'")
-    if not label.strip() or "\n" in label:
-        raise ValueError(f"runtime {name}: the label is one non-empty line")
+    if not label.strip() or not label.isprintable():
+        raise ValueError(f"runtime {name}: the label is one non-empty line of printable characters")
     return Runtime(name, runner, label, int(order), bool(linear), bool(compiles))
 
 
