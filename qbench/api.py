@@ -1,5 +1,6 @@
-"""All a backend plugin imports: the Backend base classes, the Runner protocol, and the records they
-hand back. Two kinds of plugin (README, "Adding a backend"):
+"""All a plugin imports: the Backend base classes, the Runner protocol, the records they hand back,
+and what a runtime plugin registers with (README, "Extending qbench"). Two kinds of backend plugin
+(README, "Adding a backend"):
 
   a linear format  subclass `Backend` (or `PackedFormatBackend`), say how one `nn.Linear` becomes a
                    `QuantLinear` and how many bytes it stores; it runs under every linear runtime
@@ -16,6 +17,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from qbench.analysis.floor import StepBytes
 from qbench.backend import Backend, DeviceInfo, LoadOptions, PackedFormatBackend
 from qbench.quantlinear import QuantLinear
+from qbench.runtimes import Runtime, register_runtime
+from qbench.runtimes.hf import DecoderRunner
 from qbench.session.gate import LayerCheck
 
 Timer = Literal["cuda-events", "wall", "runner"]
@@ -23,6 +26,7 @@ GraphOwner = Literal["qbench", "runtime", "none"]
 
 __all__ = [
     "Backend",
+    "DecoderRunner",
     "DeviceInfo",
     "GraphOwner",
     "LayerCheck",
@@ -30,8 +34,10 @@ __all__ = [
     "PackedFormatBackend",
     "QuantLinear",
     "Runner",
+    "Runtime",
     "StepBytes",
     "Timer",
+    "register_runtime",
 ]
 
 

@@ -47,6 +47,16 @@ class LoadOptions:
     energy_positions: int = 0  # cache room beyond max_cache_len for the energy window (lean gives it)
 
 
+class _EveryLinearRuntime:
+    """`Backend.runtimes` of a linear format: every linear runtime registered (qbench.runtimes), read
+    when asked, so a runtime added later runs every linear format without their changing."""
+
+    def __get__(self, backend: Any, owner: type) -> tuple[str, ...]:
+        from qbench.runtimes import linear_runtimes
+
+        return linear_runtimes()
+
+
 class Backend:
     """Base class for backends. Subclasses set the class attributes and override what differs."""
 
@@ -62,7 +72,8 @@ class Backend:
     extra: ClassVar[str | None] = None  # `pip install 'qbench-decode[extra]'` brings the packages
     builds_kernel: ClassVar[bool] = False  # needs a CUDA compiler on first run
     cache_format: ClassVar[int] = 1  # bump when what cache_tensors() returns changes (weights cache key)
-    runtimes: ClassVar[tuple[str, ...]] = ("hf", "lean")  # a whole runtime names its own, e.g. ("llamacpp",)
+    # a linear format: every linear runtime (hf, lean, ...); a whole runtime names its own, e.g. ("llamacpp",)
+    runtimes: ClassVar[tuple[str, ...]] = _EveryLinearRuntime()  # type: ignore[assignment]
     lean_compile: ClassVar[bool] = False  # the kernel traces under torch.compile, so `lean` compiles its step
     # its package imports torch.compile's modules (torch._dynamo, inductor) at import: the forkserver
     # imports those once for every session (bitsandbytes: 1.5-4.6 s a session otherwise)
@@ -141,6 +152,7 @@ class Backend:
     def load(self, spec: Any, options: LoadOptions) -> Any:
         """Build the model with this backend's linear layers; returns the runner of `options.runtime`."""
         from qbench.model.build import build_model, quantize_decoder_linears
+        from qbench.runtimes import load_runner
 
         if options.runtime not in self.runtimes:
             raise ValueError(f"backend {self.name} runs under {', '.join(self.runtimes)}, not {options.runtime}")
@@ -153,16 +165,7 @@ class Backend:
             cached = quantize_with_cache(model, self, spec, options)
         else:
             quantize_decoder_linears(model, self, options.group_size, packed)
-        if options.runtime == "lean":
-            from qbench.runtimes.lean import LeanRunner
-
-            runner = LeanRunner(
-                model, options.max_cache_len, options.device, self.lean_compile, options.energy_positions
-            )
-        else:
-            from qbench.runtimes.hf import DecoderRunner
-
-            runner = DecoderRunner(model, options.max_cache_len, options.device)
+        runner = load_runner(options.runtime, model, options, self)
         runner.weights_cache = cached
         runner.notes.extend(self.load_notes())
         return runner

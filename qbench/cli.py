@@ -34,6 +34,17 @@ def _ints(text: str, option: str = "--ctx") -> tuple[int, ...]:
     raise UserError(f"{option} must be integers separated by commas, got {text[:80]!r}", "e.g. 512,2048")
 
 
+class _RuntimesOption(click.Option):
+    """--runtimes: its help names the registered linear runtimes (qbench.runtimes), read when shown."""
+
+    def get_help_record(self, ctx):
+        from qbench.runtimes import get_runtime, linear_runtimes
+
+        labels = "; ".join(get_runtime(name).label for name in linear_runtimes())
+        self.help = f"Runtimes for the linear formats, comma-separated: {labels}."
+        return super().get_help_record(ctx)
+
+
 WIDE_HELP = "Every column unwrapped (default: the table fits 120 columns, its widest cells wrapped)."
 
 
@@ -112,12 +123,7 @@ def main() -> None:
     help="GPU spec name; must match the detected device. With --executor ray: the types to run on, comma-separated.",
 )
 @click.option("--backends", default="available", show_default=True, help="Comma-separated names, or 'available'.")
-@click.option(
-    "--runtimes",
-    default="hf",
-    show_default=True,
-    help="Runtimes for the linear formats, comma-separated: hf (transformers), lean (qbench's own decoder).",
-)
+@click.option("--runtimes", cls=_RuntimesOption, default="hf", show_default=True)
 @click.option("--ctx", default="512", show_default=True, help="Context length(s), comma-separated.")
 @click.option(
     "--graphs",
@@ -457,7 +463,7 @@ def floor(model, gpu, ctx, backend, group_size, fmt) -> None:
 @click.option("--model", default="qwen2.5-7b", show_default=True)
 @click.option("--gpu", required=True, help="The GPU spec to predict (qbench gpus lists them).")
 @click.option("--backends", default="bf16", show_default=True, help="Comma-separated backend names.")
-@click.option("--runtimes", default="hf", show_default=True, help="Runtimes of the linear backends: hf, lean.")
+@click.option("--runtimes", cls=_RuntimesOption, default="hf", show_default=True)
 @click.option("--ctx", default="2048", show_default=True, help="Context length(s), comma-separated.")
 @click.option("--graphs", type=click.Choice(["off", "on", "both"]), default="both", show_default=True)
 @click.option(
@@ -480,12 +486,12 @@ def predict(model, gpu, backends, runtimes, ctx, graphs, db, calibrate_on, launc
     have', spells out the model)."""
     from qbench.analysis.predict import predict as run_prediction
     from qbench.analysis.predict import render, shipped_calibration, shipped_label, wrapped
-    from qbench.runtimes import LINEAR_RUNTIMES
+    from qbench.runtimes import linear_runtimes
     from qbench.specs import check_path, load_gpu_spec
 
-    chosen = tuple(_names(runtimes))
-    if not chosen or any(r not in LINEAR_RUNTIMES for r in chosen):
-        raise UserError(f"--runtimes must be one or more of {', '.join(LINEAR_RUNTIMES)}, got {runtimes!r}")
+    chosen, linear = tuple(_names(runtimes)), linear_runtimes()
+    if not chosen or any(r not in linear for r in chosen):
+        raise UserError(f"--runtimes must be one or more of {', '.join(linear)}, got {runtimes!r}")
     if calibrate_on != "auto":
         load_gpu_spec(calibrate_on)  # an unknown name is one line here
     shipped, source = None, None

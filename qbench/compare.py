@@ -26,9 +26,10 @@ from qbench.errors import Interrupted, Stop, UserError
 from qbench.execute.lock import check as check_lock
 from qbench.execute.lock import device_lock
 from qbench.execute.worker import Forkserver, remove_stale_scratch, run_worker
-from qbench.registry import BUILT_IN_ORDER, backend_names, load_backend, warnings
+from qbench.registry import backend_names, is_built_in, load_backend, warnings
 from qbench.render.escape import for_terminal
-from qbench.runtimes import LINEAR_RUNTIMES
+from qbench.runtimes import DEFAULT, get_runtime, linear_runtimes
+from qbench.runtimes import warnings as runtime_warnings
 from qbench.session.positions import cache_positions
 from qbench.specs import (
     GpuSpec,
@@ -84,7 +85,7 @@ class CompareConfig:
     model: str = "smollm2-135m"
     gpu: str = "auto"
     backends: tuple[str, ...] = ("available",)
-    runtimes: tuple[str, ...] = ("hf",)  # runtimes each linear-format backend runs under (qbench.runtimes)
+    runtimes: tuple[str, ...] = (DEFAULT,)  # runtimes each linear-format backend runs under (qbench.runtimes)
     ctx: tuple[int, ...] = (512,)
     graphs: str = "auto"
     sessions: int = 0  # 0 = auto: AB_SESSIONS where a graphs A/B runs, else 1 (see sessions_for)
@@ -116,12 +117,13 @@ class CompareConfig:
             bad("ctx", f"one or more positive integers, at most {MAX_CTX}", "e.g. --ctx 512,2048")
         if not self.backends:
             bad("backends", "one or more backend names, or 'available'")
+        linear = linear_runtimes()
         if (
             not self.runtimes
-            or any(r not in LINEAR_RUNTIMES for r in self.runtimes)
+            or any(r not in linear for r in self.runtimes)
             or len(set(self.runtimes)) < len(self.runtimes)
         ):
-            bad("runtimes", f"one or more of {', '.join(LINEAR_RUNTIMES)} (a whole engine is chosen by its backend)")
+            bad("runtimes", f"one or more of {', '.join(linear)} (a whole engine is chosen by its backend)")
         count("sessions", 0, MAX_SESSIONS, "0 (auto) or per cell", f"--sessions {AB_SESSIONS} gives BCa intervals")
         count("steps", 1, MAX_STEPS, "timed steps per block", "the default is 30")
         count("warmup", 0, MAX_WARMUP, "untimed steps", "the default is 5")
@@ -240,7 +242,7 @@ def predict_command(config: CompareConfig) -> str:
     parts = ["qbench predict", f"--model {config.model}", f"--gpu {config.gpu}"]
     if config.backends != ("available",):
         parts.append(f"--backends {','.join(config.backends)}")
-    if config.runtimes != ("hf",):
+    if config.runtimes != (DEFAULT,):
         parts.append(f"--runtimes {','.join(config.runtimes)}")
     parts.append(f"--ctx {','.join(map(str, config.ctx))}")
     if config.db != str(DEFAULT_DB):
@@ -269,7 +271,7 @@ def plan(config: CompareConfig, device: DeviceInfo | None = None) -> Plan:
     gpu = resolve_gpu(config.gpu, device, predict_command(config))
     result = Plan(config, device, gpu, [], group_size, weights, sessions=sessions_for(config, device))
     result.measure_settings, result.measured_code = measure_settings, settings.measured_code_digest()
-    result.notes += warnings() + ([weights_note] if weights_note else [])
+    result.notes += warnings() + runtime_warnings() + ([weights_note] if weights_note else [])
     if weights not in ("synthetic", "gguf"):
         from qbench.session.quality import tokenizer_missing
 
@@ -286,7 +288,7 @@ def plan(config: CompareConfig, device: DeviceInfo | None = None) -> Plan:
             result.skipped[name] = str(error)  # a broken plugin costs its own row only
             continue
         reason = backend.unavailable_reason(device) or backend.unsupported_reason(spec, weights)
-        own = tuple(r for r in backend.runtimes if r not in LINEAR_RUNTIMES)
+        own = tuple(r for r in backend.runtimes if not get_runtime(r).linear)
         runtimes = own[:1] if own else tuple(r for r in config.runtimes if r in backend.runtimes)
         if not reason and not runtimes:
             reason = f"runs under {', '.join(backend.runtimes)} only, not --runtimes {','.join(config.runtimes)}"
@@ -297,7 +299,7 @@ def plan(config: CompareConfig, device: DeviceInfo | None = None) -> Plan:
             result.runtimes[name] = runtimes
             if backend.graphs_per_process:
                 result.per_process.add(name)
-    plugins = [name for name in result.backends if name not in BUILT_IN_ORDER]
+    plugins = [name for name in result.backends if not is_built_in(name)]
     if asked_all and plugins:  # an installed plugin joins every default run: say so, once
         result.notes.append(
             f"installed plugin backend(s) {', '.join(plugins)} join this run (--backends available); "
@@ -331,7 +333,7 @@ def graphs_modes(config: CompareConfig, device: DeviceInfo) -> tuple[bool, ...]:
 
 
 def session_config(
-    the_plan: Plan, backend: str, ctx: int, index: int, runtime: str = "hf", graphs: tuple[bool, ...] | None = None
+    the_plan: Plan, backend: str, ctx: int, index: int, runtime: str = DEFAULT, graphs: tuple[bool, ...] | None = None
 ) -> dict:
     """One session's whole configuration: what the worker runs, and (less the index) its cell's key.
     `graphs`: the settings this session times (default: every setting the run asks for). The key holds
@@ -381,7 +383,8 @@ def device_key(device: DeviceInfo) -> str:
 def needs_compiler(the_plan: Plan) -> bool:
     """Whether the sessions import torch.compile's modules: lean compiles its step on CUDA, and some
     backends' packages import them (`Backend.imports_compiler`)."""
-    compiles = the_plan.device.kind == "cuda" and any("lean" in r for r in the_plan.runtimes.values())
+    chosen = {r for runtimes in the_plan.runtimes.values() for r in runtimes}
+    compiles = the_plan.device.kind == "cuda" and any(get_runtime(r).compiles for r in chosen)
     return compiles or any(load_backend(name).imports_compiler for name in the_plan.backends)
 
 
@@ -414,7 +417,7 @@ def session_jobs(the_plan: Plan) -> list[tuple[dict, str]]:
     """Every session of the plan with its cell hash, round-robin: session 1 of every cell, then 2..."""
     config = the_plan.config
     jobs = []
-    runs_under = {name: the_plan.runtimes.get(name, ("hf",)) for name in the_plan.backends}
+    runs_under = {name: the_plan.runtimes.get(name, (DEFAULT,)) for name in the_plan.backends}
     runtimes_in_order = list(dict.fromkeys(r for runtimes in runs_under.values() for r in runtimes))
     modes = graphs_modes(config, the_plan.device)
     for index in range(the_plan.sessions):
@@ -458,7 +461,7 @@ def store_result(
     full disk), the result is kept in `<store>.pending/` for --resume to store, and the run stops with
     one line that says what was kept and how to resume."""
     config, gpu = the_plan.config, the_plan.gpu.name
-    # the datasheet bandwidth this session's floor uses, decided now: editing gpus.json later moves no stored floor
+    # the datasheet bandwidth this session's floor uses, decided now: editing a GPU file later moves no stored floor
     result["peak_bandwidth_gbps"] = the_plan.gpu.peak_bandwidth_gbps
     result["bandwidth_source"] = the_plan.gpu.bandwidth_source
     try:
@@ -496,7 +499,7 @@ def stored_session(stored: dict[str, list[int]], session: dict, cell: str) -> in
 
 def session_label(the_plan: Plan, session: dict) -> str:
     """How progress lines name a session: backend, runtime, graphs where it has its own process, ctx, index."""
-    runtime = "" if session["runtime"] == "hf" else f" ({session['runtime']})"
+    runtime = "" if session["runtime"] == DEFAULT else f" ({session['runtime']})"
     if session["backend"] in the_plan.per_process and len(graphs_modes(the_plan.config, the_plan.device)) > 1:
         runtime += " graphs " + ("on" if session["graphs"][0] else "off")
     return (
@@ -602,7 +605,7 @@ def planned_sessions(the_plan: Plan) -> int:
     """How many sessions session_jobs(the_plan) holds, counted without building it."""
     modes = len(graphs_modes(the_plan.config, the_plan.device))
     per_ctx = sum(
-        len(the_plan.runtimes.get(name, ("hf",))) * (modes if name in the_plan.per_process else 1)
+        len(the_plan.runtimes.get(name, (DEFAULT,))) * (modes if name in the_plan.per_process else 1)
         for name in the_plan.backends
     )
     return the_plan.sessions * len(the_plan.config.ctx) * per_ctx

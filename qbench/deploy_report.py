@@ -42,6 +42,7 @@ from qbench.report import (
     short_kernel_name,
 )
 from qbench.report import table_rows as export_table_rows
+from qbench.runtimes import get_runtime, runtime_names
 from qbench.session.gate_limits import LOGIT_TOLERANCE
 from qbench.store import Store, check_output, write_output
 
@@ -730,7 +731,12 @@ def provenance_rows(sources: list[Source]) -> tuple[list[str], list[list]]:
 
 # ---- the figure (SVG by hand: nothing to install, nothing fetched) -----------------------------
 
-RUNTIME_COLOURS = {"hf": "#1f77b4", "lean": "#d62728", "llamacpp": "#2ca02c"}
+RUNTIME_PALETTE = ("#1f77b4", "#d62728", "#2ca02c")  # the first runtimes in table order; the rest: OTHER_COLOUR
+
+
+def runtime_colours() -> dict[str, str]:
+    return dict(zip(runtime_names(), RUNTIME_PALETTE, strict=False))
+
 OTHER_COLOUR = "#7f7f7f"
 WIDTH, HEIGHT = 880, 470
 PLOT = (70, 20, 640, 400)  # left, top, right, bottom of the plotting area
@@ -815,7 +821,7 @@ def _has_interval(cell: Cell) -> bool:
 
 
 def _point(cell: Cell, px: float, y, py: float) -> list[str]:
-    colour = RUNTIME_COLOURS.get(cell.row["runtime"], OTHER_COLOUR)
+    colour = runtime_colours().get(cell.row["runtime"], OTHER_COLOUR)
     fill = colour if quality_measured(cell.row) else "#fff"
     dash = ' stroke-dasharray="2 2"' if cell.predicted else ""
     kind = "predicted" if cell.predicted else "measured"
@@ -860,7 +866,7 @@ def _labels(placed: list[tuple[Cell, float, float]]) -> list[str]:
 
 def _legend(left: float, top: float) -> list[str]:
     out, line = [], top + 10
-    for runtime, colour in [*RUNTIME_COLOURS.items(), ("other", OTHER_COLOUR)]:
+    for runtime, colour in [*runtime_colours().items(), ("other", OTHER_COLOUR)]:
         out.append(f'<circle cx="{left + 6}" cy="{line}" r="5" fill="{colour}" stroke="{colour}"/>')
         out.append(f'<text x="{left + 18}" y="{line + 4}" font-size="11">runtime {runtime}</text>')
         line += 18
@@ -905,11 +911,6 @@ def _group_title(key: GroupKey) -> str:
     return f"{model} on {gpu}, context {ctx}"
 
 
-RUNTIME_TEXT = {
-    "hf": "hf = transformers with the decoder's linear layers swapped",
-    "lean": "lean = qbench's own static-cache decoder (`qbench/runtimes/lean.py`)",
-    "llamacpp": "llamacpp = llama.cpp's engine in its own process",
-}
 QUALITY_CAVEAT = (
     "No cell here ran real weights, so no quantised backend's quality was measured: check it on your "
     "checkpoint (`qbench compare --weights PATH`) before deploying a 4-bit backend."
@@ -925,7 +926,7 @@ def group_notes(group: Group) -> list[str]:
         rates = f"{STANDARD_RATES_HZ[0]} to {STANDARD_RATES_HZ[-1]} Hz"
         notes.append(f"No latency budget: no correct cell's 95% interval ends within any standard rate ({rates}).")
     runtimes = sorted({c.row["runtime"] for c in cells})
-    notes.append("Runtimes: " + "; ".join(RUNTIME_TEXT.get(r, f"{r} = a plugin's runtime") for r in runtimes) + ".")
+    notes.append("Runtimes: " + "; ".join(get_runtime(r).label for r in runtimes) + ".")
     if not any(quality_measured(c.row) for c in cells):
         notes.append(QUALITY_CAVEAT)
     return notes

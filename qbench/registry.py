@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import select
 import signal
 import subprocess
@@ -35,11 +36,15 @@ import time
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 
+from qbench import DISTRIBUTION
 from qbench.backend import Backend
 from qbench.errors import Stop, UserError
 from qbench.specs import did_you_mean
 
 GROUP = "qbench.backends"
+# The order `qbench backends` and the tables list the built-in backends in. A built-in backend is any
+# entry of qbench's own distribution under qbench.backends (setup.cfg): one missing here is still
+# built-in, listed after these by name (README, "Extending qbench").
 BUILT_IN_ORDER = (
     *("bf16", "bnb-nf4", "awq-marlin", "gptq-exllamav2", "torch-int4"),
     *("fp8-wo", "fp8-dyn", "int8-wo", "gemlite-int4"),
@@ -52,13 +57,21 @@ _probed: dict[str, str] = {}  # entry point value -> "" (imports cleanly) or why
 _probed_on: list[str] = []  # the sys.path those verdicts hold for
 
 
-def _distribution(entry: EntryPoint) -> str:
+def distribution(entry: EntryPoint) -> str:
     dist = getattr(entry, "dist", None)
     return f"{dist.name} {dist.version}" if dist is not None else "an unnamed distribution"
 
 
 def _is_built_in(entry: EntryPoint) -> bool:
-    return entry.name in BUILT_IN_ORDER and entry.value.startswith(BUILT_IN_MODULE)
+    dist = getattr(entry, "dist", None)
+    own = dist is not None and re.sub(r"[-_.]+", "-", dist.name).lower() == DISTRIBUTION
+    return own and entry.value.startswith(BUILT_IN_MODULE)
+
+
+def is_built_in(name: str) -> bool:
+    """Whether backend `name` is one of qbench's own (trusted, never announced as a plugin)."""
+    entry = registry().entries.get(name)
+    return entry is not None and _is_built_in(entry)
 
 
 @dataclass
@@ -82,13 +95,13 @@ def registry() -> Registry:
             found.entries[name] = built_in[0]
             for entry in others:
                 found.warnings.append(
-                    f"backend {name!r} registered by {_distribution(entry)} ({entry.value}) is ignored: "
+                    f"backend {name!r} registered by {distribution(entry)} ({entry.value}) is ignored: "
                     f"{name} is qbench's built-in backend; register the plugin under another name"
                 )
         elif len(others) == 1:
             found.entries[name] = others[0]
         else:
-            owners = " and ".join(f"{_distribution(e)} ({e.value})" for e in others)
+            owners = " and ".join(f"{distribution(e)} ({e.value})" for e in others)
             found.clashes[name] = f"backend name {name!r} is registered by both {owners}: uninstall one of them"
     return found
 
@@ -96,8 +109,9 @@ def registry() -> Registry:
 def backend_names() -> list[str]:
     found = registry()
     names = list(found.entries) + list(found.clashes)
-    built_in = [n for n in BUILT_IN_ORDER if n in names]
-    return built_in + sorted(n for n in names if n not in BUILT_IN_ORDER)
+    own = sorted(n for n in found.entries if _is_built_in(found.entries[n]))
+    built_in = [n for n in BUILT_IN_ORDER if n in own] + [n for n in own if n not in BUILT_IN_ORDER]
+    return built_in + sorted(n for n in names if n not in built_in)
 
 
 def warnings() -> list[str]:
@@ -114,21 +128,36 @@ def load_backend(name: str) -> Backend:
             f"{did_you_mean(name, list(found.entries))}installed: {', '.join(backend_names())}",
         )
     entry = found.entries[name]
-    broken = f"backend {name} ({entry.value}, from {_distribution(entry)}) failed to import: "
-    if probe_plugins and not _is_built_in(entry):
+    broken = f"backend {name} ({entry.value}, from {distribution(entry)}) failed to import: "
+    plugins = [e.value for e in found.entries.values() if not _is_built_in(e)]
+    backend_class = import_entry(entry, plugins, broken, probe=not _is_built_in(entry))
+    if not (isinstance(backend_class, type) and issubclass(backend_class, Backend)):
+        raise UserError(f"backend {name} ({entry.value}) is not a qbench.backend.Backend subclass")
+    try:
+        with _stdout_to_stderr():
+            return backend_class()
+    except (KeyboardInterrupt, Stop, UserError):  # the user's Ctrl-C or SIGTERM stops qbench
+        raise
+    except BaseException as error:  # whatever a plugin raises is the plugin's, reported in one line
+        raise UserError(broken + _describe(error)) from None
+
+
+def import_entry(entry: EntryPoint, plugins: list[str], broken: str, probe: bool = True) -> object:
+    """The object an entry point names (a backend class, a runtime record). A third-party one
+    (`probe`) is imported here only after the probe imported it cleanly; the probe takes `plugins`
+    (entry point values) in the same child. Whatever the import raises is one UserError starting
+    with `broken`."""
+    if probe and probe_plugins:
         if _probed_on != sys.path:
             _probed.clear()
             _probed_on[:] = sys.path
-        unprobed = [e.value for e in found.entries.values() if not _is_built_in(e) and e.value not in _probed]
+        unprobed = list(dict.fromkeys(v for v in [entry.value, *plugins] if v not in _probed))
         _probed.update(_probe(unprobed) if unprobed else {})
         if _probed[entry.value]:
             raise UserError(broken + _probed[entry.value])
     try:
         with _stdout_to_stderr():
-            backend_class = entry.load()
-            if not (isinstance(backend_class, type) and issubclass(backend_class, Backend)):
-                raise UserError(f"backend {name} ({entry.value}) is not a qbench.backend.Backend subclass")
-            return backend_class()
+            return entry.load()
     except (KeyboardInterrupt, Stop, UserError):  # the user's Ctrl-C or SIGTERM stops qbench
         raise
     except BaseException as error:  # whatever a plugin raises is the plugin's, reported in one line

@@ -50,6 +50,7 @@ from qbench.render.escape import (
     table_body,
 )
 from qbench.render.tables import TERMINAL_WIDTH, layout
+from qbench.runtimes import DEFAULT, get_runtime
 from qbench.session.gate_limits import EDGE_ERROR, EDGE_TOP1
 from qbench.specs import load_gpu_spec
 
@@ -166,7 +167,7 @@ SPEC_AT_EXPORT = "spec at export (stored before qbench kept the bandwidth with e
 
 def _stored_peak(records: list[dict], gpu_name: str) -> tuple[float | None, str]:
     """The datasheet bandwidth of a cell's floor and its source: the one its first session stored
-    (decided when it was measured, so editing gpus.json moves no stored floor); for sessions stored
+    (decided when it was measured, so editing a GPU file moves no stored floor); for sessions stored
     before that, today's spec, and the source says so."""
     for record in records:
         if "peak_bandwidth_gbps" in record["result"]:
@@ -229,7 +230,7 @@ def aggregate(sessions: list[dict]) -> list[dict[str, Any]]:
             r["gpu"],
             r["ctx"],
             r["comparison"],
-            RUNTIME_ORDER.get(r["runtime"], 9),
+            get_runtime(r["runtime"]).order,
             r["runtime"],
             order.get(r["backend"], 9),
             r["backend"],
@@ -490,18 +491,20 @@ def _add_ratios(rows: list[dict]) -> None:
     """Ratios against bf16 under the same runtime within one comparison group; a runtime's against
     hf for the same backend; eager over graphs within one cell."""
     by_key = {(r["comparison"], r["runtime"], r["graphs"]): r for r in rows if r["baseline"]}
-    under_hf = {(r["comparison"], r["backend"], r["group_size"], r["graphs"]): r for r in rows if r["runtime"] == "hf"}
+    under_hf = {
+        (r["comparison"], r["backend"], r["group_size"], r["graphs"]): r for r in rows if r["runtime"] == DEFAULT
+    }
     by_cell = {(r["cell_hash"], r["graphs"]): r for r in rows}
     # A runtime that fixes its graphs setting per process (llama.cpp) has its eager and graph
     # sessions in two cells that differ only in `graphs`: their rows pair as one A/B, unpaired.
     split = {(r["comparison"], r["backend"], r["runtime"], r["group_size"], r["graphs"]): r for r in rows}
     for row in rows:
         hf = under_hf.get((row["comparison"], row["backend"], row["group_size"], row["graphs"]))
-        if row["runtime"] != "hf" and hf and hf.get("ms_per_step") and row.get("ms_per_step"):
+        if row["runtime"] != DEFAULT and hf and hf.get("ms_per_step") and row.get("ms_per_step"):
             row["runtime_speedup"] = hf["ms_per_step"] / row["ms_per_step"]
         base = by_key.get((row["comparison"], row["runtime"], row["graphs"]))
         # perplexity against the runtime's 16-bit baseline, else against bf16 under hf
-        _quality_gate(row, base or by_key.get((row["comparison"], "hf", row["graphs"])))
+        _quality_gate(row, base or by_key.get((row["comparison"], DEFAULT, row["graphs"])))
         if base and base.get("bytes_per_step") and row.get("bytes_per_step"):
             row["expected_reduction"] = base["bytes_per_step"] / row["bytes_per_step"]
         if base and base.get("ms_per_step") and row.get("ms_per_step"):
@@ -527,8 +530,6 @@ def _add_ratios(rows: list[dict]) -> None:
 
 
 # ---- rendering --------------------------------------------------------------------------------
-
-RUNTIME_ORDER = {"hf": 0, "lean": 1, "llamacpp": 2}
 
 COLUMNS = [
     ("backend", "label", None),
@@ -870,7 +871,7 @@ def kernel_rows(sessions: list[dict], top: int = 8) -> list[dict[str, Any]]:
             cells[key].append(record["result"])  # one cell: sessions of different configurations never pool
     rows = []
     for (model, gpu, backend, runtime, ctx, cell), results in sorted(
-        cells.items(), key=lambda item: (item[0][:3], RUNTIME_ORDER.get(item[0][3], 9), item[0][3:])
+        cells.items(), key=lambda item: (item[0][:3], get_runtime(item[0][3]).order, item[0][3:])
     ):
         whole = all(r.get("step_gpu_us") is not None for r in results)
         totals = [r["step_gpu_us"] if whole else sum(k["gpu_us"] for k in r["step_kernels"]) for r in results]

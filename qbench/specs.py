@@ -233,7 +233,7 @@ class GpuSpec:
     memory_gib: float | None
     bandwidth_source: str
     device_patterns: tuple[str, ...] = ()
-    # what `qbench predict` needs beyond the bandwidth (qbench/data/gpus/gpus.json names each one's source)
+    # what `qbench predict` needs beyond the bandwidth (each qbench/data/gpus/<name>.json names its source)
     boost_clock_mhz: float | None = None
     sm_count: int | None = None
     l2_mib: float | None = None
@@ -281,25 +281,60 @@ def is_cpu_name(name: str) -> bool:
     return name == "cpu" or (name.startswith("cpu-") and bool(CPU_LABEL.fullmatch(name[4:])))
 
 
+GPU_FIELDS = ("description", "peak_bandwidth_gbps", "memory_gib", "bandwidth_source", "device_patterns")
+GPU_NAME = re.compile(r"[a-z0-9][a-z0-9.-]*")
+
+
+def gpu_folder():
+    """Where the GPU specs live: one `<name>.json` a GPU (README, "Extending qbench")."""
+    return _configs_dir("gpus")
+
+
+def _gpu_spec(name: str, text: str) -> tuple[float, GpuSpec]:
+    """(list position, spec) of one GPU file; raises ValueError or KeyError naming what is wrong."""
+    if not GPU_NAME.fullmatch(name) or is_cpu_name(name):
+        raise ValueError(f"the name {name!r} is not lower-case letters, digits, '.' and '-' (or it names a CPU)")
+    entry = json.loads(text)
+    if not isinstance(entry, dict):
+        raise ValueError("it is not a JSON object")
+    missing = [key for key in GPU_FIELDS if key not in entry]
+    if missing:
+        raise KeyError(f"it lacks {', '.join(missing)}")
+    spec = GpuSpec(
+        name=name,
+        description=entry["description"],
+        peak_bandwidth_gbps=float(entry["peak_bandwidth_gbps"]),
+        memory_gib=float(entry["memory_gib"]),
+        bandwidth_source=entry["bandwidth_source"],
+        device_patterns=tuple(entry["device_patterns"]),
+        boost_clock_mhz=entry.get("boost_clock_mhz"),
+        sm_count=entry.get("sm_count"),
+        l2_mib=entry.get("l2_mib"),
+        memory_type=entry.get("memory_type", ""),
+        spec_source=entry.get("spec_source", ""),
+        ray_accelerator_type=entry.get("ray_accelerator_type", ""),
+    )
+    for pattern in spec.device_patterns:
+        re.compile(pattern)
+    return float(entry.get("order", math.inf)), spec
+
+
 def gpu_specs() -> dict[str, GpuSpec]:
-    data = json.loads(_configs_dir("gpus").joinpath("gpus.json").read_text())
-    return {
-        name: GpuSpec(
-            name=name,
-            description=entry["description"],
-            peak_bandwidth_gbps=float(entry["peak_bandwidth_gbps"]),
-            memory_gib=float(entry["memory_gib"]),
-            bandwidth_source=entry["bandwidth_source"],
-            device_patterns=tuple(entry["device_patterns"]),
-            boost_clock_mhz=entry.get("boost_clock_mhz"),
-            sm_count=entry.get("sm_count"),
-            l2_mib=entry.get("l2_mib"),
-            memory_type=entry.get("memory_type", ""),
-            spec_source=entry.get("spec_source", ""),
-            ray_accelerator_type=entry.get("ray_accelerator_type", ""),
-        )
-        for name, entry in data.items()
-    }
+    """Every `<name>.json` in the GPU folder, in their `order` (a file without one comes after, by name).
+    A file that cannot be read is one line naming it."""
+    found = []
+    for path in sorted(gpu_folder().iterdir(), key=lambda p: p.name):
+        if not path.name.endswith(".json"):
+            continue
+        try:
+            order, spec = _gpu_spec(path.name[: -len(".json")], path.read_text())
+        except (ValueError, KeyError, TypeError, re.error, UnicodeDecodeError) as error:
+            reason = error.args[0] if isinstance(error, KeyError) else error
+            raise UserError(
+                f"GPU spec {path} cannot be read: {reason}", "fix or remove the file (README, 'Extending qbench')"
+            ) from None
+        found.append((order, spec.name, spec))
+    return {name: spec for _, name, spec in sorted(found, key=lambda item: item[:2])}
 
 
 def load_gpu_spec(name: str) -> GpuSpec:

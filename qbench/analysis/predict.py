@@ -262,7 +262,7 @@ def predict(
     from qbench.analysis.floor import step_bytes
     from qbench.compare import check_ctx
     from qbench.registry import load_backend
-    from qbench.runtimes import LINEAR_RUNTIMES
+    from qbench.runtimes import get_runtime
     from qbench.specs import load_gpu_spec, load_model_spec
 
     if launch_us is not None and not 0 < launch_us < math.inf:  # NaN fails both comparisons
@@ -297,7 +297,7 @@ def predict(
     skipped: dict[str, str] = {}
     for name in backends:
         backend = load_backend(name)
-        own = tuple(r for r in backend.runtimes if r not in LINEAR_RUNTIMES)
+        own = tuple(r for r in backend.runtimes if not get_runtime(r).linear)
         for runtime in own[:1] or tuple(r for r in runtimes if r in backend.runtimes):
             candidates = [c for c in found if c.backend == name and c.runtime == runtime]
             if not candidates:
@@ -306,7 +306,7 @@ def predict(
             for ctx in contexts:
                 calibration = _choose(candidates, spec.name, ctx)
                 source = load_gpu_spec(calibration.gpu)
-                if runtime in LINEAR_RUNTIMES:
+                if get_runtime(runtime).linear:
                     counted = step_bytes(spec, ctx, backend.linear_bytes, group_size)
                     weight_bytes = counted.linear_weights + counted.lm_head + counted.biases
                     kv_bytes, total = counted.kv_cache, counted.total

@@ -45,6 +45,13 @@ class DecoderRunner:
         self.graph_logits: torch.Tensor | None = None
         self.use_graph = False  # replay the captured graph in step(); set by the decode loop
 
+    @classmethod
+    def around(cls, model: torch.nn.Module, options, backend) -> DecoderRunner:
+        """The runner a linear-format backend's `load()` hands back (qbench.runtimes.load_runner):
+        around `model`, whose linear layers `backend` swapped. A runtime that subclasses this one
+        inherits it."""
+        return cls(model, options.max_cache_len, options.device)
+
     def _forward(self, **kwargs) -> torch.Tensor:
         kwargs[self.cache_argument] = self.cache
         return self.model(use_cache=True, **kwargs).logits

@@ -153,6 +153,14 @@ class LeanRunner:
     # advancing positions each write their own slot: decode.energy_window may replay it
     replays_at_positions = True
 
+    @classmethod
+    def around(cls, model: torch.nn.Module, options, backend) -> LeanRunner:
+        """The runner a linear-format backend's `load()` hands back (qbench.runtimes.load_runner)."""
+        return cls(
+            model, options.max_cache_len, options.device, compile_step=backend.lean_compile,
+            energy_positions=options.energy_positions,
+        )
+
     def __init__(
         self,
         model: torch.nn.Module,

@@ -26,7 +26,7 @@ from qbench.backend import Backend, LoadOptions
 from qbench.errors import UserError
 from qbench.model.build import DTYPES
 from qbench.registry import load_backend
-from qbench.runtimes import LINEAR_RUNTIMES
+from qbench.runtimes import get_runtime
 from qbench.session import energy, gate, host
 from qbench.session.decode import DecodeSettings, run_block, token_stream
 from qbench.session.positions import cache_positions, energy_positions
@@ -272,7 +272,7 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
     if gaps:
         raise RuntimeError(f"backend {config.backend}'s runner does not follow qbench.api.Runner: {', '.join(gaps)}")
     stored, wrong = checked_step_bytes(runner.step_bytes(config.ctx))  # what the runner stores, by class
-    linear_format = config.runtime in LINEAR_RUNTIMES
+    linear_format = get_runtime(config.runtime).linear
     # the format's formula: a linear format's always; a whole runtime's where its backend declares one
     has_formula = linear_format or type(backend).linear_bytes is not Backend.linear_bytes
     formula = step_bytes(spec, config.ctx, backend.linear_bytes, config.group_size) if has_formula else stored
