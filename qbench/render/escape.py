@@ -126,3 +126,8 @@ def table_cell(value: object, fmt: str) -> object:
 
 def table_body(body: list[list], fmt: str) -> list[list]:
     return [[table_cell(value, fmt) for value in cells] for cells in body]
+
+
+def cells(body: list[list], escape) -> list[list]:
+    """A table's text cells through one format's `escape` (numbers stay numbers, for tabulate to align)."""
+    return [[escape(value) if isinstance(value, str) else value for value in row] for row in body]
