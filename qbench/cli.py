@@ -872,14 +872,15 @@ def export(db, run_id, fmt, out, view, wide) -> None:
 @click.option("--budget-ms", default="", help="Latency budgets in ms/token, comma-separated.")
 @click.option("--budget-hz", default="", help="Control-loop rates in Hz (one token per tick), comma-separated.")
 @click.option("--budget-mib", default="", help="GPU-memory budgets in MiB, comma-separated.")
-def report(dbs, run_id, out, budget_ms, budget_hz, budget_mib) -> None:
+@click.option("--format", "fmt", type=FORMATS, default=None, help="Default: from --out's suffix (.html or .md).")
+def report(dbs, run_id, out, budget_ms, budget_hz, budget_mib, fmt) -> None:
     """Write the deployment report: which backend, in which runtime, for each latency and memory budget.
 
     Without budgets, the standard control-loop rates the data spans and one memory budget per memory tier."""
     from qbench.deploy_report import ReportConfig, parse_budgets, write
 
     budgets = parse_budgets("ms", budget_ms) + parse_budgets("hz", budget_hz) + parse_budgets("mib", budget_mib)
-    config = ReportConfig(dbs=tuple(dbs), out=out, run=run_id, budgets=budgets, command=_command_line())
+    config = ReportConfig(dbs=tuple(dbs), out=out, run=run_id, budgets=budgets, command=_command_line(), format=fmt)
     click.echo(f"wrote {write(config)}", err=True)
 
 
