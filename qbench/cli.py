@@ -54,13 +54,21 @@ def _ints(text: str, option: str = "--ctx") -> tuple[int, ...]:
 WIDE_HELP = "Every column unwrapped (default: the table fits 120 columns, its widest cells wrapped)."
 
 
-def _emit(data, fmt: str, headers: list[str], rows: list[list], wide: bool = False, title: str = "qbench") -> None:
-    """One table through FORMATS[fmt]: `data` is what JSON carries; the terminal table fits 120
-    columns (its widest cells wrapped) unless `wide`."""
-    from qbench.render.document import Document, Table
+def _emit(
+    data, fmt: str, headers: list[str], rows: list[list], wide: bool = False, title: str = "qbench", after=()
+) -> None:
+    """One table through FORMATS[fmt], then the prose lines `after` (where the format has prose):
+    `data` is what JSON carries; the terminal table fits 120 columns (its widest cells wrapped) unless `wide`."""
+    from qbench.render.document import Document, Gap, Prose, Table
+
+    blocks = [Table.of(headers, rows)] + ([Gap()] + [Prose(line, wrap=False) for line in after] if after else [])
+    click.echo(_renderer(fmt).render(Document(title, blocks, data=data), wide))
+
+
+def _renderer(fmt: str):
     from qbench.render.formats import FORMATS as registered
 
-    click.echo(registered[fmt].render(Document(title, [Table.of(headers, rows)], data=data), wide))
+    return registered[fmt]
 
 
 EXIT_ON_SIGNAL = {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}
@@ -410,7 +418,6 @@ def floor(model, gpu, ctx, backend, group_size, fmt) -> None:
     from qbench.analysis.floor import floor_ms, step_bytes
     from qbench.compare import check_ctx, probe_device, resolve_gpu, resolve_group_size
     from qbench.registry import load_backend
-    from qbench.render.formats import FORMATS as registered
     from qbench.specs import load_gpu_spec, load_model_spec
 
     spec, fmt_backend = load_model_spec(model), load_backend(backend)
@@ -454,15 +461,16 @@ def floor(model, gpu, ctx, backend, group_size, fmt) -> None:
         ]
         for r in records
     ]
-    _emit(records, fmt, ["ctx", "weights GB", "KV GB", "total GB", "peak GB/s", "floor ms"], rows, title="qbench floor")
-    if registered[fmt].fit:  # the terminal: how the bytes were counted
-        r = records[0]
-        click.echo(
-            f"\n{spec.name} {fmt_backend.name}: linear {r['linear_weights']:,} + biases {r['biases']:,} + "
-            f"norms {r['norms']:,} + embedding row {r['embedding_row']:,} + lm_head {r['lm_head']:,} bytes; "
-            f"KV = layers x 2 x kv_heads x head_dim x ctx x 2 bytes.\n"
-            f"floor ms = total bytes / ({gpu_spec.peak_bandwidth_gbps} GB/s: {gpu_spec.bandwidth_source})"
-        )
+    r = records[0]
+    counted = [  # how the bytes were counted, below the table where the format has prose
+        f"{spec.name} {fmt_backend.name}: linear {r['linear_weights']:,} + biases {r['biases']:,} + "
+        f"norms {r['norms']:,} + embedding row {r['embedding_row']:,} + lm_head {r['lm_head']:,} bytes; "
+        f"KV = layers x 2 x kv_heads x head_dim x ctx x 2 bytes.",
+        f"floor ms = total bytes / ({gpu_spec.peak_bandwidth_gbps} GB/s: {gpu_spec.bandwidth_source})",
+    ]
+    headers = ["ctx", "weights GB", "KV GB", "total GB", "peak GB/s", "floor ms"]
+    _emit(records, fmt, headers, rows, title="qbench floor", after=counted)
+    if _renderer(fmt).prose:
         if gpu_spec.peak_bandwidth_gbps is None:
             click.echo(f"{gpu_spec.name} has no datasheet bandwidth: name a GPU with --gpu to get a floor", err=True)
 
