@@ -438,15 +438,6 @@ def document(predictions: list[Prediction], skipped: dict[str, str]) -> Any:
     return Document(title, blocks, data=data, records=[asdict(p) for p in predictions])
 
 
-def wrapped(line: str) -> list[str]:
-    """A line of prose at the terminal table's width (qbench.render.tables.TERMINAL_WIDTH)."""
-    import textwrap
-
-    from qbench.render.tables import TERMINAL_WIDTH
-
-    return textwrap.wrap(line, TERMINAL_WIDTH, subsequent_indent="  ", break_on_hyphens=False) or [line]
-
-
 def _measured_text(p: Prediction) -> str:
     if p.measured_ms is None:
         return ""
