@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import sys
 from pathlib import Path
@@ -12,10 +11,28 @@ import click
 
 from qbench import DISTRIBUTION, __version__
 from qbench.errors import Interrupted, Stop, UserError
-from qbench.render.escape import for_terminal, table_body
-from qbench.render.tables import layout
+from qbench.render.escape import for_terminal
 
-FORMATS = click.Choice(["table", "json"])
+
+class _Formats(click.Choice):
+    """--format's choices: every name in qbench.render.formats.FORMATS, read when asked (a format
+    registered there is offered by every table command)."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+
+    @property
+    def choices(self):
+        from qbench.render.formats import FORMATS as registered
+
+        return tuple(registered)
+
+    @choices.setter
+    def choices(self, value) -> None:
+        pass
+
+
+FORMATS = _Formats()
 
 
 def _names(text: str) -> list[str]:
@@ -48,12 +65,21 @@ class _RuntimesOption(click.Option):
 WIDE_HELP = "Every column unwrapped (default: the table fits 120 columns, its widest cells wrapped)."
 
 
-def _emit(data, fmt: str, headers: list[str], rows: list[list], wide: bool = False) -> None:
-    """JSON, or a terminal table that fits 120 columns (its widest cells wrapped) unless `wide`."""
-    if fmt == "json":
-        click.echo(json.dumps(data, indent=2))
-    else:
-        click.echo(layout(table_body(rows, "table"), headers, "simple", fit=not wide))
+def _emit(
+    data, fmt: str, headers: list[str], rows: list[list], wide: bool = False, title: str = "qbench", after=()
+) -> None:
+    """One table through FORMATS[fmt], then the prose lines `after` (where the format has prose):
+    `data` is what JSON carries; the terminal table fits 120 columns (its widest cells wrapped) unless `wide`."""
+    from qbench.render.document import Document, Gap, Prose, Table
+
+    blocks = [Table.of(headers, rows)] + ([Gap()] + [Prose(line, wrap=False) for line in after] if after else [])
+    click.echo(_renderer(fmt).render(Document(title, blocks, data=data), wide))
+
+
+def _renderer(fmt: str):
+    from qbench.render.formats import FORMATS as registered
+
+    return registered[fmt]
 
 
 EXIT_ON_SIGNAL = {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}
@@ -179,7 +205,7 @@ def main() -> None:
 @click.option(
     "--address", default=None, help="With --executor ray: the cluster's head (host:port); default a local one."
 )
-@click.option("--format", "fmt", type=click.Choice(["table", "md", "csv", "json"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
 @click.option("--wide", is_flag=True, help="Every column in the terminal table (default: what fits 120 columns).")
 def compare(
     model,
@@ -303,12 +329,12 @@ EXIT_PREDICTED = 3
 
 def _answer_predicted(configs: list, absent, fmt: str) -> None:
     """Print the PREDICTED table for the GPU this machine is not, then how to measure it; exit 3."""
-    import csv
-    import io
-    from dataclasses import asdict, replace
+    from dataclasses import replace
 
-    from qbench.analysis.predict import render, shipped_for_compare, shipped_label
+    from qbench.analysis.predict import document, shipped_for_compare, shipped_label
     from qbench.compare import predict_command
+    from qbench.render.document import Gap, Prose
+    from qbench.render.formats import FORMATS as registered
 
     if not absent.wanted.peak_bandwidth_gbps or not absent.wanted.boost_clock_mhz:
         raise absent  # nothing to predict it from (a CPU spec): the one-line error
@@ -316,18 +342,12 @@ def _answer_predicted(configs: list, absent, fmt: str) -> None:
     predictions = [p for answer in answers for p in answer[0]]
     skipped = {what: why for answer in answers for what, why in answer[1].items()}
     source, uncovered = answers[0][2], answers[0][3]
-    if fmt == "json":
-        data = json.loads(render(predictions, skipped, "json"))
-        click.echo(json.dumps({**data, "measured": False, "calibration": source}, indent=2))
-    elif fmt == "csv":
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=list(asdict(predictions[0])) if predictions else ["predicted"])
-        writer.writeheader()
-        writer.writerows(asdict(p) for p in predictions)
-        click.echo(out.getvalue(), nl=False)
-    else:
-        click.echo("\n\n".join(render(answer[0], answer[1], fmt) for answer in answers))
-    wanted, prose = absent.wanted, fmt in ("table", "md")
+    style = registered[fmt]
+    output = document(predictions, skipped)
+    output.data = {**output.data, "measured": False, "calibration": source}
+    output.blocks = [block for index, answer in enumerate(answers) for block in (
+        ([Gap()] if index else []) + document(answer[0], answer[1]).blocks)]  # fmt: skip
+    wanted = absent.wanted
     predicted = tuple(dict.fromkeys(p.backend for p in predictions)) or configs[0].backends
     lines = [
         f"qbench: this machine has no {wanted.name} GPU (detected {absent.seen}): no session ran and nothing "
@@ -339,11 +359,12 @@ def _answer_predicted(configs: list, absent, fmt: str) -> None:
     ]
     if uncovered:
         lines.append(f"Not in the shipped calibration, so not predicted: {', '.join(uncovered)}.")
-    if fmt == "table":  # prose at the table's width, as every table command's; a command stays whole
-        from qbench.analysis.predict import wrapped
-
-        lines = [out for line in lines for out in ([line] if line.startswith("  ") else wrapped(line))]
-    click.echo(("\n" if prose else "") + "\n".join(for_terminal(line) for line in lines), err=not prose)
+    if style.prose:  # said in the document, prose at the table's width; a command stays whole
+        output.blocks += [Gap()] + [Prose(line, "  ", wrap=not line.startswith("  ")) for line in lines]
+    text = style.render(output, False)
+    click.echo(text, nl=not text.endswith("\n"))
+    if not style.prose:
+        click.echo("\n".join(for_terminal(line) for line in lines), err=True)
     sys.exit(EXIT_PREDICTED)
 
 
@@ -358,7 +379,7 @@ def _answer_predicted(configs: list, absent, fmt: str) -> None:
 @click.option("--rounds", default=1, show_default=True, help="Eager/graph blocks per session, interleaved.")
 @click.option("--fresh", is_flag=True, help="Measure again even where sessions are stored (default: resume).")
 @click.option("--cpu", default="off", show_default=True, help="Pin the decode loop's thread: off, auto or a core.")
-@click.option("--format", "fmt", type=click.Choice(["table", "md", "csv", "json"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
 def replicate(models, ctx, sessions, warmup, steps, timeout, db, rounds, fresh, cpu, fmt) -> None:
     """The research protocol on this GPU: bf16 SDPA, graphs A/B, fresh sessions, fraction of floor."""
     from qbench.compare import CompareConfig, probe_device, run_sweep
@@ -446,15 +467,16 @@ def floor(model, gpu, ctx, backend, group_size, fmt) -> None:
         ]
         for r in records
     ]
-    _emit(records, fmt, ["ctx", "weights GB", "KV GB", "total GB", "peak GB/s", "floor ms"], rows)
-    if fmt == "table":
-        r = records[0]
-        click.echo(
-            f"\n{spec.name} {fmt_backend.name}: linear {r['linear_weights']:,} + biases {r['biases']:,} + "
-            f"norms {r['norms']:,} + embedding row {r['embedding_row']:,} + lm_head {r['lm_head']:,} bytes; "
-            f"KV = layers x 2 x kv_heads x head_dim x ctx x 2 bytes.\n"
-            f"floor ms = total bytes / ({gpu_spec.peak_bandwidth_gbps} GB/s: {gpu_spec.bandwidth_source})"
-        )
+    r = records[0]
+    counted = [  # how the bytes were counted, below the table where the format has prose
+        f"{spec.name} {fmt_backend.name}: linear {r['linear_weights']:,} + biases {r['biases']:,} + "
+        f"norms {r['norms']:,} + embedding row {r['embedding_row']:,} + lm_head {r['lm_head']:,} bytes; "
+        f"KV = layers x 2 x kv_heads x head_dim x ctx x 2 bytes.",
+        f"floor ms = total bytes / ({gpu_spec.peak_bandwidth_gbps} GB/s: {gpu_spec.bandwidth_source})",
+    ]
+    headers = ["ctx", "weights GB", "KV GB", "total GB", "peak GB/s", "floor ms"]
+    _emit(records, fmt, headers, rows, title="qbench floor", after=counted)
+    if _renderer(fmt).prose:
         if gpu_spec.peak_bandwidth_gbps is None:
             click.echo(f"{gpu_spec.name} has no datasheet bandwidth: name a GPU with --gpu to get a floor", err=True)
 
@@ -478,14 +500,16 @@ def floor(model, gpu, ctx, backend, group_size, fmt) -> None:
     default=None,
     help="A store measured on the target GPU: each prediction beside that measurement, with its error (validation).",
 )
-@click.option("--format", "fmt", type=click.Choice(["table", "md", "json"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
 def predict(model, gpu, backends, runtimes, ctx, graphs, db, calibrate_on, launch_us, against, fmt) -> None:
     """PREDICT ms/step on a GPU you do not have, from measurements stored on one you had.
 
     Every figure is labelled predicted and nothing is stored (README, 'Predicting a GPU you do not
     have', spells out the model)."""
+    from qbench.analysis.predict import document, shipped_calibration, shipped_label
     from qbench.analysis.predict import predict as run_prediction
-    from qbench.analysis.predict import render, shipped_calibration, shipped_label, wrapped
+    from qbench.render.document import Gap, Prose
+    from qbench.render.formats import FORMATS as registered
     from qbench.runtimes import linear_runtimes
     from qbench.specs import check_path, load_gpu_spec
 
@@ -521,14 +545,11 @@ def predict(model, gpu, backends, runtimes, ctx, graphs, db, calibrate_on, launc
         against=measured,
         calibrated=shipped,
     )
-    text = render(rows, skipped, fmt)
-    if source is None:
-        click.echo(text)
-    elif fmt == "json":  # the JSON says where its calibration came from too
-        click.echo(json.dumps({**json.loads(text), "calibration": source}, indent=2))
-    else:
-        footer = f"{shipped_label(source)}; calibrate on your own store with --db STORE"
-        click.echo(f"{text}\n\n" + ("\n".join(wrapped(footer)) if fmt == "table" else footer))
+    output = document(rows, skipped)
+    if source is not None:  # where the calibration came from: in the JSON, and below the table
+        output.data = {**output.data, "calibration": source}
+        output.blocks += [Gap(), Prose(f"{shipped_label(source)}; calibrate on your own store with --db STORE", "  ")]
+    click.echo(registered[fmt].render(output, False))
 
 
 def _read_sessions(db: str) -> list[dict]:
@@ -793,7 +814,7 @@ def plot(db, run_id, out) -> None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["md", "csv", "json", "table", "latex", "html"]),
+    type=FORMATS,
     default="md",
     show_default=True,
 )
@@ -865,14 +886,15 @@ def export(db, run_id, fmt, out, view, wide) -> None:
 @click.option("--budget-ms", default="", help="Latency budgets in ms/token, comma-separated.")
 @click.option("--budget-hz", default="", help="Control-loop rates in Hz (one token per tick), comma-separated.")
 @click.option("--budget-mib", default="", help="GPU-memory budgets in MiB, comma-separated.")
-def report(dbs, run_id, out, budget_ms, budget_hz, budget_mib) -> None:
+@click.option("--format", "fmt", type=FORMATS, default=None, help="Default: from --out's suffix (.html or .md).")
+def report(dbs, run_id, out, budget_ms, budget_hz, budget_mib, fmt) -> None:
     """Write the deployment report: which backend, in which runtime, for each latency and memory budget.
 
     Without budgets, the standard control-loop rates the data spans and one memory budget per memory tier."""
     from qbench.deploy_report import ReportConfig, parse_budgets, write
 
     budgets = parse_budgets("ms", budget_ms) + parse_budgets("hz", budget_hz) + parse_budgets("mib", budget_mib)
-    config = ReportConfig(dbs=tuple(dbs), out=out, run=run_id, budgets=budgets, command=_command_line())
+    config = ReportConfig(dbs=tuple(dbs), out=out, run=run_id, budgets=budgets, command=_command_line(), format=fmt)
     click.echo(f"wrote {write(config)}", err=True)
 
 

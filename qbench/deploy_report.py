@@ -26,17 +26,17 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from tabulate import tabulate
+from typing import Any
 
 from qbench import __version__
 from qbench.errors import UserError
-from qbench.render.escape import for_html, html_prose, markdown_prose, table_body
+from qbench.render.document import Callout, Document, Figure, Heading, Prose
+from qbench.render.document import Table as Block
+from qbench.render.escape import for_html
+from qbench.render.formats import FORMATS
 from qbench.report import (
-    HTML_STYLE,
     PERPLEXITY_BOUND,
     aggregate,
-    html_document,
     keep_columns,
     kernel_rows,
     short_kernel_name,
@@ -51,7 +51,7 @@ STANDARD_RATES_HZ = (1000, 500, 200, 100, 50, 30, 20, 10, 5, 1)  # control-loop 
 TOP_CELLS = 3  # cells whose largest kernels the report lists
 TOP_KERNELS = 5
 MIB = 2**20
-FORMATS = {".html": "html", ".htm": "html", ".md": "md"}
+SUFFIXES = {".html": "html", ".htm": "html", ".md": "md"}  # the format an --out name implies
 
 # What a cell's memory figure is, by how the session measured it (qbench.session.run).
 MEMORY_BASIS = {
@@ -88,13 +88,14 @@ class ReportConfig:
     run: str = "all"
     budgets: tuple[Budget, ...] = ()
     command: str = ""
+    format: str | None = None  # a qbench.render.formats.FORMATS name; None: from the suffix of `out`
 
     def __post_init__(self) -> None:
         if self.fmt is None:
             got = f"{self.out.suffix!r}" if self.out.suffix else "no suffix"
             raise UserError(
                 f"--out {self.out} has {got}: the report's format is taken from the suffix",
-                "use .html (one self-contained page) or .md",
+                "use .html (one self-contained page) or .md, or name the format with --format",
             )
         if not self.dbs:
             raise UserError("no --db given", "pass --db FILE (repeat it for several stores)")
@@ -104,7 +105,7 @@ class ReportConfig:
 
     @property
     def fmt(self) -> str | None:
-        return FORMATS.get(self.out.suffix.lower())
+        return self.format or SUFFIXES.get(self.out.suffix.lower())
 
 
 def parse_budgets(kind: str, text: str) -> tuple[Budget, ...]:
@@ -895,7 +896,7 @@ LEGEND = (
     "(`qbench predict`) are never stored, so none appear."
 )
 MEMORY_NOTE = "Memory: {basis}. Budgets in Hz assume one token per control-loop tick (budget ms = 1000 / Hz)."
-REPORT_STYLE = HTML_STYLE + (
+REPORT_STYLE = (  # beside qbench.render.formats.html.HTML_STYLE
     ".badge{display:inline-block;font-size:0.75em;padding:0.05em 0.5em;border-radius:0.8em;margin-left:0.5em;"
     "vertical-align:middle;font-weight:600}.measured{background:#e3f4e6;color:#17612c;border:1px solid #9fd1aa}"
     ".predicted{background:#fdeaea;color:#8a1c1c;border:1px dashed #d99}"
@@ -903,7 +904,7 @@ REPORT_STYLE = HTML_STYLE + (
     ".rec.none{border-color:#8a1c1c;background:#fdf6f6}.rec h4{margin:0.2em 0}.rec ul{margin:0.3em 0}"
     "figure{margin:1em 0}figcaption{font-size:0.9em;color:#444;max-width:60em}.note{font-size:0.85em;color:#444}"
 )
-MEASURED = '<span class="badge measured">measured</span>'
+BADGE = "measured"  # every figure in the report is measured; `qbench predict`'s never appear
 
 
 def _group_title(key: GroupKey) -> str:
@@ -937,91 +938,50 @@ def _memory_bases(cells: list[Cell]) -> str:
     return "; ".join(f"{base} = {MEMORY_BASIS[base]}" for base in bases) or "not recorded"
 
 
-def render_html(report: Report) -> str:
-    parts = [f"<h1>{for_html(report.title)}</h1>", f"<p>{html_prose(LEGEND)} {MEASURED}</p>"]
+def document(report: Report) -> Document:
+    """The report as a Document: HTML draws its Pareto figures (SVG, qbench.deploy_report.pareto_svg),
+    the other formats show the figure's points as a table; every block carries the `measured` badge
+    where the figures are measured."""
+    blocks: list[Any] = [Heading(report.title, 1), Prose(LEGEND, badge=BADGE)]
     for number, group in enumerate(report.groups, 1):
-        parts.append(f"<h2>{for_html(_group_title(group.key))}</h2>")
-        parts.append("<h3>Recommendations" + MEASURED + "</h3>")
+        blocks += [Heading(_group_title(group.key), 2), Heading("Recommendations", 3, BADGE)]
         if group.recommendations:
-            headers, body = glance_rows(group.recommendations)
-            parts.append(tabulate(table_body(body, "html"), headers=headers, tablefmt="html", disable_numparse=True))
+            blocks.append(Block.of(*glance_rows(group.recommendations), kind="text"))
         else:
-            parts.append("<p>No correct cell: nothing to recommend (the table of incorrect cells says why).</p>")
+            blocks.append(Prose("No correct cell: nothing to recommend (the table of incorrect cells says why)."))
         for recs in merge(group.recommendations):
             headline, reasons = recommendation_text(recs)
-            css = "rec" if recs[0].chosen else "rec none"
-            items = "".join(f"<li>{html_prose(reason)}</li>" for reason in reasons)
-            parts.append(f'<div class="{css}"><h4>{html_prose(headline)}</h4><ul>{items}</ul></div>')
-        if excluded_text(group.cells):
-            parts.append(f"<p>{html_prose(excluded_text(group.cells))}</p>")
-        parts += [f'<p class="note">{html_prose(note)}</p>' for note in group_notes(group)]
+            blocks.append(Callout(headline, reasons, ok=recs[0].chosen is not None))
+        blocks += [Prose(excluded_text(group.cells))] if excluded_text(group.cells) else []
+        blocks += [Prose(note, note=True) for note in group_notes(group)]
+        drawings = []
         for graphs, mode in (("on", "graph replay (graphs on)"), ("off", "eager (graphs off)")):
             # one panel per graphs setting: an eager cell's host-bound time is another question
             panel = [c for c in group.cells if c.row["graphs"] == graphs]
             if not any(c.eligible and c.memory_mib is not None for c in panel):
                 continue
             title = f"ms/step against memory, {_group_title(group.key)}: {mode}"
-            svg = pareto_svg(panel, f"pareto-{number}-{graphs}", title)
             caption = (
                 f"Pareto figure, {mode}: one point per correct cell (backend, runtime, store), its 95% "
                 "interval as a vertical line; the dashed line joins the Pareto-optimal cells (none both faster "
                 "and smaller, over both panels). Incorrect cells have no ms/step and are listed below."
             )
-            parts.append(f"<figure>{svg}<figcaption>{for_html(caption)}{MEASURED}</figcaption></figure>")
-        for table in group.tables:
-            parts += _html_table(table)
-    parts.append("<h2>Provenance" + MEASURED + "</h2>")
-    headers, body = provenance_rows(report.sources)
-    parts.append(tabulate(table_body(body, "html"), headers=headers, tablefmt="html", disable_numparse=True))
-    parts.append(f"<p>This report: <code>{for_html(report.command)}</code> (qbench {__version__}).</p>")
-    return html_document(report.title, "\n".join(parts), REPORT_STYLE)
-
-
-def _html_table(table: Table) -> list[str]:
-    out = [f"<h3>{for_html(table.heading)}{MEASURED}</h3>"]
-    if table.body:
-        body = table_body(table.body, "html")
-        out.append(tabulate(body, headers=table.headers, tablefmt="html", disable_numparse=True))
-    else:
-        out.append("<p>None.</p>")
-    if table.note:
-        out.append(f'<p class="note">{html_prose(table.note)}</p>')
-    return out
-
-
-def _md_table(headers: list[str], body: list[list]) -> str:
-    return tabulate(table_body(body, "md"), headers=headers, tablefmt="github", disable_numparse=True)
-
-
-def render_markdown(report: Report) -> str:
-    """The HTML report's content as Markdown: every line that may hold a name through markdown_prose,
-    every table cell through for_markdown (qbench.render.escape)."""
-    parts = [f"# {markdown_prose(report.title)}", "", f"**[measured]** {LEGEND}", ""]
-    for group in report.groups:
-        parts += [f"## {markdown_prose(_group_title(group.key))}", "", "### Recommendations **[measured]**", ""]
-        if group.recommendations:
-            parts += [_md_table(*glance_rows(group.recommendations)), ""]
-        else:
-            parts += ["No correct cell: nothing to recommend (the table of incorrect cells says why).", ""]
-        for recs in merge(group.recommendations):
-            headline, reasons = recommendation_text(recs)
-            parts += [f"**{markdown_prose(headline)}**", ""] + [f"- {markdown_prose(reason)}" for reason in reasons]
-            parts += [""]
-        parts += [markdown_prose(excluded_text(group.cells)), ""] if excluded_text(group.cells) else []
-        parts += [line for note in group_notes(group) for line in (markdown_prose(note), "")]
+            drawings.append((pareto_svg(panel, f"pareto-{number}-{graphs}", title), caption))
         headers, body = figure_rows(group.cells)
-        if body:
-            parts += ["### Pareto figure, as a table **[measured]**", ""]
-            parts += ["The HTML report draws these points (ms/step against memory); Pareto-optimal = no other "
-                      "correct cell is both faster and smaller.", ""]  # fmt: skip
-            parts += [_md_table(headers, body), ""]
+        fallback = [
+            Heading("Pareto figure, as a table", 3, BADGE),
+            Prose("The HTML report draws these points (ms/step against memory); Pareto-optimal = no other "
+                  "correct cell is both faster and smaller."),
+            Block.of(headers, body, kind="text"),
+        ] if body else []  # fmt: skip
+        blocks.append(Figure(drawings, fallback, BADGE))
         for table in group.tables:
-            parts += [f"### {table.heading} **[measured]**", ""]
-            parts += [_md_table(table.headers, table.body) if table.body else "None.", ""]
-            parts += [markdown_prose(table.note), ""] if table.note else []
-    parts += ["## Provenance **[measured]**", "", _md_table(*provenance_rows(report.sources)), ""]
-    parts += [markdown_prose(f"This report: `{report.command}` (qbench {__version__})."), ""]
-    return "\n".join(parts)
+            blocks.append(Heading(table.heading, 3, BADGE))
+            blocks.append(Block.of(table.headers, table.body, kind="text") if table.body else Prose("None."))
+            blocks += [Prose(table.note, note=True)] if table.note else []
+    blocks += [Heading("Provenance", 2, BADGE), Block.of(*provenance_rows(report.sources), kind="text")]
+    blocks.append(Prose(f"This report: `{report.command}` (qbench {__version__})."))
+    return Document(report.title, blocks, spaced=True, style=REPORT_STYLE)
 
 
 def write(config: ReportConfig) -> Path:
@@ -1029,6 +989,6 @@ def write(config: ReportConfig) -> Path:
     qbench.store.check_output); the stores are only read."""
     check_output(config.out, config.dbs)
     report = build(config)
-    text = render_html(report) if config.fmt == "html" else render_markdown(report)
+    text = FORMATS[config.fmt].render(document(report), False)
     write_output(config.out, lambda path: path.write_text(text))
     return config.out

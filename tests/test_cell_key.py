@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from qbench import compare, report, settings
+from qbench.analysis import aggregate as aggregation
 from qbench.backend import DeviceInfo
 from qbench.cli import main
 from qbench.compare import CompareConfig, cell_hash, plan, session_jobs
@@ -102,7 +103,7 @@ def test_a_stored_floor_does_not_move_when_the_spec_is_edited(tmp_path, monkeypa
     old = _record({k: v for k, v in session.items() if k not in ("measure_settings", "qbench_version")}, 2.0)
     before = {tuple(r["run_ids"]): r for r in aggregate(stored + [old])}
     edited = replace(load_gpu_spec("h100-sxm5"), peak_bandwidth_gbps=1675.0, bandwidth_source="edited")
-    monkeypatch.setattr(report, "load_gpu_spec", lambda name: edited)
+    monkeypatch.setattr(aggregation, "load_gpu_spec", lambda name: edited)
     after = {tuple(r["run_ids"]): r for r in aggregate(stored + [old])}
     new = (stored[0]["run_id"],)
     assert before[new]["floor_ms_peak"] == after[new]["floor_ms_peak"] == pytest.approx(2.0)

@@ -382,15 +382,20 @@ def _beside(truth: dict | None, ms: float) -> dict[str, float | None]:
 
 
 def render(predictions: list[Prediction], skipped: dict[str, str], fmt: str) -> str:
-    import json
+    """The predictions in format `fmt` (a qbench.render.formats.FORMATS name)."""
+    from qbench.render.formats import FORMATS
+
+    return FORMATS[fmt].render(document(predictions, skipped), False)
+
+
+def document(predictions: list[Prediction], skipped: dict[str, str]) -> Any:
+    """The predictions as a Document: a PREDICTED title, the table, its notes, what was not predicted,
+    the errors against --against where measured, and what every figure is. JSON carries the
+    predictions and what was skipped; CSV one row per prediction."""
     from dataclasses import asdict
 
-    from qbench.render.escape import for_terminal, markdown_prose, table_body
-    from qbench.render.tables import layout
+    from qbench.render.document import Document, Gap, Prose, Table
 
-    if fmt == "json":
-        return json.dumps({"predicted": [asdict(p) for p in predictions], "skipped": skipped}, indent=2)
-    prose = markdown_prose if fmt == "md" else for_terminal  # names (model, GPU, notes) are data
     validated = any(p.measured_ms is not None for p in predictions)
     headers = ["backend", "runtime", "ctx", "graphs", "PREDICTED ms/step", "interval", "% floor"]
     if validated:
@@ -412,32 +417,25 @@ def render(predictions: list[Prediction], skipped: dict[str, str], fmt: str) -> 
         body.append(line + [p.calibrated_on])
     first = predictions[0] if predictions else None
     title = f"PREDICTED (not measured): {first.model} on {first.gpu}" if first else "nothing predicted"
-    table = layout(table_body(body, fmt), headers, "github" if fmt == "md" else "simple", fit=fmt == "table")
-    lines = [prose(title), "", table]
+    blocks: list[Any] = [Prose(title, "  "), Gap(), Table.of(headers, body)]
     notes = sorted({p.note for p in predictions if p.note})
-    lines += [""] + [prose(f"- {note}") for note in notes] if notes else []
-    lines += [""] + [prose(f"- not predicted: {what}: {why}") for what, why in skipped.items()] if skipped else []
+    blocks += [Gap()] + [Prose(f"- {note}", "  ") for note in notes] if notes else []
+    unpredicted = [Prose(f"- not predicted: {what}: {why}", "  ") for what, why in skipped.items()]
+    blocks += [Gap()] + unpredicted if skipped else []
     if validated:
-        lines += [""] + [_worst_error(predictions, graphs) for graphs in ("on", "off")]
-    lines += [
-        "",
-        "Every figure above is predicted by the model in README 'Predicting a GPU you do not have', calibrated "
-        "on the stored measurements named; the interval is the calibration cell's session interval, scaled "
-        "(measurement spread, not model error); % floor = bytes/step / the target's datasheet bandwidth "
-        "/ predicted ms.",
+        blocks += [Gap()] + [Prose(_worst_error(predictions, graphs), "  ") for graphs in ("on", "off")]
+    blocks += [
+        Gap(),
+        Prose(
+            "Every figure above is predicted by the model in README 'Predicting a GPU you do not have', calibrated "
+            "on the stored measurements named; the interval is the calibration cell's session interval, scaled "
+            "(measurement spread, not model error); % floor = bytes/step / the target's datasheet bandwidth "
+            "/ predicted ms.",
+            "  ",
+        ),
     ]
-    if fmt == "table":  # prose at the table's width (qbench.render.tables.TERMINAL_WIDTH), the table as laid out
-        lines = [out for line in lines for out in ([line] if line is table else wrapped(line))]
-    return "\n".join(lines)
-
-
-def wrapped(line: str) -> list[str]:
-    """A line of prose at the terminal table's width (qbench.render.tables.TERMINAL_WIDTH)."""
-    import textwrap
-
-    from qbench.render.tables import TERMINAL_WIDTH
-
-    return textwrap.wrap(line, TERMINAL_WIDTH, subsequent_indent="  ", break_on_hyphens=False) or [line]
+    data = {"predicted": [asdict(p) for p in predictions], "skipped": skipped}
+    return Document(title, blocks, data=data, records=[asdict(p) for p in predictions])
 
 
 def _measured_text(p: Prediction) -> str:

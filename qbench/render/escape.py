@@ -115,14 +115,8 @@ def for_csv(value: object) -> object:
     return text
 
 
-# A table cell's text, per format, before tabulate lays the table out (which escapes LaTeX's and
-# HTML's special characters in cells itself): numbers stay numbers, for tabulate to align.
-_CELL = {"table": for_terminal, "md": for_markdown, "latex": for_terminal, "html": for_terminal, "csv": for_csv}
-
-
-def table_cell(value: object, fmt: str) -> object:
-    return _CELL[fmt](value) if isinstance(value, str) else value
-
-
-def table_body(body: list[list], fmt: str) -> list[list]:
-    return [[table_cell(value, fmt) for value in cells] for cells in body]
+def cells(body: list[list], escape) -> list[list]:
+    """A table's text cells through one format's `escape`, before tabulate lays the table out (which
+    escapes LaTeX's and HTML's special characters in cells itself): numbers stay numbers, for tabulate
+    to align."""
+    return [[escape(value) if isinstance(value, str) else value for value in row] for row in body]

@@ -77,13 +77,29 @@ def fit_widths(headers: list[str], body: list[list], width: int = TERMINAL_WIDTH
     return [cap if cap < natural else None for cap, natural in zip(caps, widths, strict=True)]
 
 
-def layout(body: list[list], headers: list[str], tablefmt: str, fit: bool = False) -> str:
-    """The table as text; `fit` (a terminal table without --wide): wrapped to TERMINAL_WIDTH."""
+def layout(body: list[list], headers: list[str], tablefmt: str, fit: bool = False, text: list[int] = ()) -> str:
+    """The table as text; `fit` (a terminal table without --wide): wrapped to TERMINAL_WIDTH; the
+    columns numbered in `text` are shown as they are, never read as numbers."""
     floatfmt = _float_formats(body) or "g"
+    numparse = {} if not text else {"disable_numparse": True if len(text) == len(headers) else list(text)}
     caps = fit_widths(headers, body) if fit else None
     if caps is None:
-        return tabulate(body, headers=headers, tablefmt=tablefmt, floatfmt=floatfmt)
+        return tabulate(body, headers=headers, tablefmt=tablefmt, floatfmt=floatfmt, **numparse)
     header_caps = [None if cap is None else max(cap - HEADER_PADDING, 1) for cap in caps]
     return tabulate(
-        body, headers=headers, tablefmt=tablefmt, floatfmt=floatfmt, maxcolwidths=caps, maxheadercolwidths=header_caps
+        body,
+        headers=headers,
+        tablefmt=tablefmt,
+        floatfmt=floatfmt,
+        maxcolwidths=caps,
+        maxheadercolwidths=header_caps,
+        **numparse,
     )
+
+
+def table_text(table, escape, tablefmt: str, fit: bool = False) -> str:
+    """A qbench.render.document.Table laid out in `tablefmt`, its text cells through `escape`."""
+    from qbench.render.escape import cells
+
+    text = [index for index, column in enumerate(table.columns) if column.kind == "text"]
+    return layout(cells(table.rows, escape), table.headers, tablefmt, fit=fit, text=text)
