@@ -35,21 +35,14 @@ from pathlib import Path
 from typing import Any
 
 from qbench.errors import UserError
+from qbench.scratch import OWNER_FILE, PROGRESS_MARK, SCRATCH_PREFIX, progress  # noqa: F401 (re-exported)
 
-SCRATCH_PREFIX = "qbench-"
-OWNER_FILE = "owner.pid"  # the parent's pid, so a later run can tell an orphaned scratch folder
-PROGRESS_MARK = "[qbench-progress] "  # worker lines the parent shows the user as they come
 POLL_S = 0.2
 SERVER_START_S = 300.0  # the forkserver's imports, on a cold disk
 
 
 def failed(status: str, reason: str) -> dict[str, Any]:
     return {"status": status, "reason": reason, "blocks": []}
-
-
-def progress(message: str) -> None:
-    """Child side: a line the parent relays to the user while the session runs."""
-    print(PROGRESS_MARK + message, file=sys.stderr, flush=True)
 
 
 def _tail(path: Path, lines: int = 1) -> str:

@@ -57,7 +57,7 @@ def phase(message: str) -> None:
     """The phase a session enters (load, gate, block i of n): in the worker's log and, through the
     worker's progress channel, on the user's terminal while the session runs (a 7B session on a CPU
     is minutes of otherwise silent work)."""
-    from qbench.execute.worker import progress
+    from qbench.scratch import progress
 
     log(message)
     progress(message)
