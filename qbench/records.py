@@ -191,6 +191,7 @@ class SessionResult:
     # the datasheet bandwidth the floor uses, decided when the session was stored
     peak_bandwidth_gbps: float | None = None
     bandwidth_source: str | None = None
+    node: dict[str, Any] | None = None  # the Ray node that ran it (qbench.execute.ray): host, ip, node id
 
     def __post_init__(self):
         owner = "SessionResult"
@@ -232,7 +233,7 @@ TYPED_RESULT_FIELDS: dict[str, tuple[type, ...]] = {
     **{name: (str,) for name in ("label", "kernel", "compute_dtype", "runtime", "timer", "graph_owner", "tokens")},
     **{name: (str,) for name in ("weights_cache", "reference", "worker_start", "bandwidth_source", "bytes_note")},
     **{name: (dict,) for name in ("bytes", "provenance", "phases", "host", "energy_meter", "nvml_after")},
-    **{name: (dict,) for name in ("layer_check", "perplexity", "kl")},
+    **{name: (dict,) for name in ("layer_check", "perplexity", "kl", "node")},
     **{name: _NUMBER for name in ("load_s", "gpu_memory_mib", "step_gpu_us", "peak_memory_mib", "session_s")},
     "peak_bandwidth_gbps": _NUMBER,
     "measured_linear_bytes": (int,),
