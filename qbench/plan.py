@@ -261,10 +261,13 @@ def check_inputs(config: CompareConfig) -> tuple[ModelSpec, int, str, str]:
     return spec, group_size, weights, weights_note
 
 
-def plan(config: CompareConfig, device: DeviceInfo | None = None) -> Plan:
+def plan(
+    config: CompareConfig, device: DeviceInfo | None = None, checked: tuple[ModelSpec, int, str, str] | None = None
+) -> Plan:
     """Check everything the config asks for against this machine (or `device`, where the sessions run
-    elsewhere); raises UserError, writes nothing."""
-    spec, group_size, weights, weights_note = check_inputs(config)
+    elsewhere); raises UserError, writes nothing. `checked`: check_inputs(config), where the caller
+    has it already (the spec is loaded once)."""
+    spec, group_size, weights, weights_note = checked or check_inputs(config)
     measure_settings = dict(settings.measure_settings())  # a bad lean switch: one line, before the device probe
     device = device or probe_device()
     gpu = resolve_gpu(config.gpu, device, predict_command(config))

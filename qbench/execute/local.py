@@ -140,11 +140,9 @@ def run_sweep(
     starts; then run each. Returns the outcomes and the table rows of exactly the sessions this
     command measured or (with --resume) counted. `device` None: probed once, after every config's
     model and weights are checked (a bad config.json is named without waiting for the probe)."""
-    if device is None:
-        for config in configs:
-            check_inputs(config)
-        device = probe_device()
-    plans = [plan(config, device) for config in configs]
+    checked = [check_inputs(config) for config in configs] if device is None else [None] * len(configs)
+    device = device or probe_device()
+    plans = [plan(config, device, inputs) for config, inputs in zip(configs, checked, strict=True)]
     check_runnable(plans)
     remove_stale_scratch()
     outcomes = LocalExecutor(command, announce).run(plans)

@@ -404,6 +404,7 @@ def run_ray_sweep(
     """`run_sweep` on a Ray cluster: one config per (model, GPU type). Everything that needs no node
     is checked before connecting; each type's device is probed on one of its nodes before planning."""
     ray = import_ray()
+    checked = []
     for config in configs:
         if config.gpu == "auto":
             raise UserError(
@@ -411,7 +412,7 @@ def run_ray_sweep(
                 "e.g. --gpu l4,h100-sxm5 (qbench gpus lists them)",
             )
         load_gpu_spec(config.gpu)
-        check_inputs(config)
+        checked.append(check_inputs(config))
     connected = connect(ray, address)
     try:
         available = ray.cluster_resources()
@@ -419,7 +420,7 @@ def run_ray_sweep(
             name: placement_for(load_gpu_spec(name), available) for name in dict.fromkeys(c.gpu for c in configs)
         }
         devices = probe_types(ray, placements, progress)
-        plans = [plan(config, devices[config.gpu]) for config in configs]
+        plans = [plan(c, devices[c.gpu], inputs) for c, inputs in zip(configs, checked, strict=True)]
         check_runnable(plans, local=False)  # each node checks its own lock when a session takes it
         for the_plan in plans:
             announce(the_plan)
