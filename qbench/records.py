@@ -223,6 +223,15 @@ class SessionResult:
         return cls.from_dict(data)
 
     @classmethod
+    def from_worker(cls, raw: dict[str, Any]) -> SessionResult:
+        """A worker's result (its JSON object) as a SessionResult; one that does not read as one is a
+        failed session that says why, never the end of the run."""
+        try:
+            return cls.from_dict(raw)
+        except (ValueError, TypeError) as error:
+            return cls.failed("failed", f"the worker's result does not read: {error}"[:500])
+
+    @classmethod
     def failed(cls, status: str, reason: str) -> SessionResult:
         """A session that measured nothing, and why."""
         return cls(status=status, reason=reason)

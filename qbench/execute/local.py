@@ -14,7 +14,6 @@ from qbench.errors import Interrupted, Stop
 from qbench.execute.lock import device_lock
 from qbench.execute.progress import (
     RunOutcome,
-    as_result,
     bar,
     counted_rows,
     result_status,
@@ -84,13 +83,7 @@ def run_compare(
             began = time.monotonic()
             run = server.run if server is not None and server.alive() else run_worker
             with device_lock(device_key(the_plan.device), holder, on_wait=lambda line: progress(f"  {line}")):
-                result = as_result(
-                    run(
-                        session.to_json(),
-                        config.timeout,
-                        on_progress=lambda line, tag=label: progress(f"  {tag}: {line}"),
-                    )
-                )
+                result = run(session, config.timeout, on_progress=lambda line, tag=label: progress(f"  {tag}: {line}"))
             store_result(store, outcome, command, the_plan, cell, session, result)
             outcome.measured += 1
             eta = (time.monotonic() - started) / outcome.measured * (total - number)  # from sessions run

@@ -41,13 +41,10 @@ def session_label(the_plan: Plan, session: SessionConfig) -> str:
     return session.label(the_plan.sessions, own_process)
 
 
-def as_result(raw: dict) -> SessionResult:
-    """A worker's result (its JSON) as a SessionResult; one that does not read as one is a failed
-    session that says why, never the end of the run."""
-    try:
-        return SessionResult.from_dict(raw)
-    except (ValueError, TypeError) as error:
-        return SessionResult.failed("failed", f"the worker's result does not read: {error}"[:500])
+def as_result(raw: dict | SessionResult) -> SessionResult:
+    """What a session's task gave (a worker's SessionResult, or its JSON object as a Ray task returns
+    it) as a SessionResult (SessionResult.from_worker)."""
+    return raw if isinstance(raw, SessionResult) else SessionResult.from_worker(raw)
 
 
 def result_status(result: SessionResult) -> str:

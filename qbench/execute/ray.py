@@ -192,8 +192,7 @@ def session_on_node(session_json: str, gpu_name: str, timeout_s: float, holder: 
         return {**failed("unavailable", f"{why}: give that node the resource {RESOURCE_PREFIX}{have}"), "node": node}
     with device_lock(device_key(device), holder):
         result = run_worker(session_json, timeout_s)
-    result["node"] = node
-    return result
+    return {**result.to_dict(), "node": node}  # plain JSON types back to the driver
 
 
 # ---- the driver ---------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from qbench.errors import UserError
+from qbench.records import SessionConfig, SessionResult
 from qbench.scratch import OWNER_FILE, PROGRESS_MARK, SCRATCH_PREFIX, progress  # noqa: F401 (re-exported)
 
 POLL_S = 0.2
@@ -169,18 +170,23 @@ def _run(start: Callable[..., Any], config_json: str, timeout_s: float, log_path
         return failed("crashed", f"worker exited with code {code} and no result; last output: {_tail(log_path)}")
 
 
+def _config_json(config: SessionConfig | str) -> str:
+    return config.to_json() if isinstance(config, SessionConfig) else config
+
+
 def run_worker(
-    config_json: str,
+    config: SessionConfig | str,
     timeout_s: float,
     log_path: Path | None = None,
     env: dict | None = None,
     on_progress: Callable[[str], None] | None = None,
-) -> dict:
-    """Run one session in a newly spawned interpreter (see the module's docstring).
+) -> SessionResult:
+    """Run one session (its SessionConfig, or that as JSON) in a newly spawned interpreter (see the
+    module's docstring); what it gives, or why it gave nothing, is its SessionResult.
 
     An interrupt of the parent (KeyboardInterrupt, or any exception while waiting) kills the
     child's process group and removes the scratch folder, then propagates."""
-    return _run(_Spawned, config_json, timeout_s, log_path, env, on_progress)
+    return SessionResult.from_worker(_run(_Spawned, _config_json(config), timeout_s, log_path, env, on_progress))
 
 
 class ForkFailed(RuntimeError):
@@ -241,8 +247,12 @@ class Forkserver:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def run(self, config_json: str, timeout_s: float, on_progress: Callable[[str], None] | None = None) -> dict:
+    def run(
+        self, config: SessionConfig | str, timeout_s: float, on_progress: Callable[[str], None] | None = None
+    ) -> SessionResult:
+        """One session in a child forked from this server; as run_worker otherwise."""
         server = self
+        config_json = _config_json(config)
 
         class Forked:
             how = "fork"
@@ -279,7 +289,7 @@ class Forkserver:
                     pass
 
         try:
-            return _run(Forked, config_json, timeout_s, None, None, on_progress)
+            return SessionResult.from_worker(_run(Forked, config_json, timeout_s, None, None, on_progress))
         except ForkFailed as error:  # this session, and the rest, start as new interpreters
             self.close()
             if on_progress:
@@ -339,7 +349,7 @@ def _die_with_parent(scratch: Path) -> None:
 def _child(config_path: str, result_path: str) -> None:
     entered = time.time()
     _die_with_parent(Path(config_path).parent)
-    from qbench.session.run import SessionConfig, run_session
+    from qbench.session.run import run_session
 
     imported = time.time()
     config = SessionConfig.from_json(Path(config_path).read_text())
