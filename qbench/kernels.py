@@ -118,7 +118,7 @@ class Ticker:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _say(self, text: str) -> None:
-        from qbench.execute.worker import progress
+        from qbench.scratch import progress
 
         progress(text)
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from qbench.errors import UserError
+from qbench.records import SessionConfig, SessionResult, migrate
 
 SCHEMA_VERSION = 2
 DEFAULT_DB = Path("results") / "qbench.sqlite"
@@ -247,23 +248,32 @@ class Store:
         return run_id
 
     def add_session(
-        self, run_id: str, cell_hash: str, config: dict, gpu: str, result: dict, created_at: str | None = None
+        self,
+        run_id: str,
+        cell_hash: str,
+        config: SessionConfig | dict,
+        gpu: str,
+        result: SessionResult | dict,
+        created_at: str | None = None,
     ) -> int:
+        """Store one session: its records' JSON, stamped with their schema version (qbench.records)."""
+        config = config if isinstance(config, SessionConfig) else SessionConfig.from_dict(config)
+        result = result if isinstance(result, SessionResult) else SessionResult.from_dict(result)
         cursor = self.db.execute(
             "INSERT INTO sessions (run_id, cell_hash, model, gpu, backend, ctx, session_index, status, reason,"
             " config_json, result_json, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 run_id,
                 cell_hash,
-                config["model"],
+                config.model,
                 gpu,
-                config["backend"],
-                config["ctx"],
-                config["session_index"],
-                result["status"],
-                result.get("reason", ""),
-                json.dumps(config),
-                json.dumps(result),
+                config.backend,
+                config.ctx,
+                config.session_index,
+                result.status,
+                result.reason,
+                config.to_json(),
+                result.to_json(),
                 created_at or now(),
             ),
         )
@@ -280,11 +290,15 @@ class Store:
     def pending_dir(self) -> Path:
         return Path(f"{self.path}.pending")
 
-    def keep_pending(self, run: dict, cell_hash: str, config: dict, gpu: str, result: dict) -> Path:
+    def keep_pending(
+        self, run: dict, cell_hash: str, config: SessionConfig | dict, gpu: str, result: SessionResult | dict
+    ) -> Path:
         """Write a session this store could not take (a full disk) to `<store>.pending/`, whole, for
         `store_pending` to store later. `run`: run_id, created_at, command and config of its run.
         Raises OSError where that cannot be written either."""
         self.pending_dir.mkdir(exist_ok=True)
+        config = config.to_dict() if isinstance(config, SessionConfig) else config
+        result = result.to_dict() if isinstance(result, SessionResult) else result
         record = {"run": run, "cell_hash": cell_hash, "config": config, "gpu": gpu, "result": result}
         record["created_at"] = now()
         path = self.pending_dir / f"session-{uuid.uuid4().hex[:12]}.json"
@@ -332,17 +346,32 @@ class Store:
 
     # ---- reading ----------------------------------------------------------------------------
     def _record(self, row: tuple) -> dict | None:
-        """A session row (SESSION_COLUMNS) as a dict; None, named once on stderr, where it is damaged."""
+        """A session row (SESSION_COLUMNS) as a dict, its config and result migrated to this qbench's
+        records (qbench.records.migrate) and given as stored (`to_dict`); None, named once on stderr,
+        where it is damaged or does not read as records."""
         session_id, *columns = row
         try:
             config, result, gpu, run_id, cell = (_text(n, c) for n, c in zip(ROW_TEXTS, columns, strict=True))
             config, result = _json_object("config_json", config), _json_object("result_json", result)
-        except ValueError as why:
+            config, result = migrate(config, result)
+        except (ValueError, TypeError) as why:
             if session_id not in self.noted:
                 self.noted.add(session_id)
                 print(f"note: {self.path}: session {session_id} is damaged ({why}); left out", file=sys.stderr)
             return None
-        return {"id": session_id, "config": config, "result": result, "gpu": gpu, "run_id": run_id, "cell_hash": cell}
+        return {
+            "id": session_id,
+            "config": config.to_dict(),
+            "result": result.to_dict(),
+            "gpu": gpu,
+            "run_id": run_id,
+            "cell_hash": cell,
+        }
+
+    def records(self, run_ids: list[str] | None = None) -> list[tuple[int, SessionConfig, SessionResult]]:
+        """The sessions of `sessions(run_ids)` as typed records: (id, config, result)."""
+        rows = self.sessions(run_ids)
+        return [(r["id"], SessionConfig.from_dict(r["config"]), SessionResult.from_dict(r["result"])) for r in rows]
 
     def completed_session_ids(self, cell_hash: str) -> list[int]:
         """Ids of the sessions of this exact configuration stored done (COMPLETED) and readable, oldest

@@ -10,11 +10,13 @@ import pytest
 from click.testing import CliRunner
 
 from qbench import compare, report, settings
+from qbench import plan as planning
 from qbench.analysis import aggregate as aggregation
 from qbench.backend import DeviceInfo
 from qbench.cli import main
 from qbench.compare import CompareConfig, cell_hash, plan, session_jobs
 from qbench.errors import UserError
+from qbench.records import SessionResult
 from qbench.report import aggregate, render
 from qbench.session.run import SessionConfig
 from qbench.specs import load_gpu_spec
@@ -40,10 +42,10 @@ def test_a_lean_switch_and_the_version_are_part_of_the_cell_key(monkeypatch):
     monkeypatch.setenv("QBENCH_LEAN_GEMV", "cublas")
     switched = hashes()
     (session, _), *_ = session_jobs(plan(TINY, CPU))
-    assert session["measure_settings"]["QBENCH_LEAN_GEMV"] == "cublas"
-    assert session["qbench_version"] and len(session["measured_code"]) == 16
+    assert session.measure_settings["QBENCH_LEAN_GEMV"] == "cublas"
+    assert session.qbench_version and len(session.measured_code) == 16
     monkeypatch.delenv("QBENCH_LEAN_GEMV")
-    monkeypatch.setattr(compare, "__version__", "99.0")
+    monkeypatch.setattr(planning, "__version__", "99.0")
     other_version = hashes()
     monkeypatch.undo()
     monkeypatch.setattr(settings, "measured_code_digest", lambda: "0" * 16)
@@ -69,7 +71,7 @@ def _record(config: dict, ms: float, run_id: str = "r1", peak: dict | None = Non
 
 def _config(**changes) -> dict:
     the_plan = plan(replace(TINY, graphs="on"), H100)
-    session = compare.session_config(the_plan, "bf16", 16, 0, "lean")
+    session = compare.session_config(the_plan, "bf16", 16, 0, "lean").to_dict()
     session.update(changes)
     return session
 
@@ -96,11 +98,12 @@ def test_a_stored_floor_does_not_move_when_the_spec_is_edited(tmp_path, monkeypa
     the_plan = plan(replace(TINY, graphs="on", db=str(tmp_path / "f.sqlite")), H100)
     (session, cell), *_ = session_jobs(the_plan)
     store = Store(the_plan.config.db)
-    result = _record(session, 2.0)["result"]
+    result = SessionResult.from_dict(_record(session.to_dict(), 2.0)["result"])
     compare.store_result(store, compare.RunOutcome(None, []), "qbench compare", the_plan, cell, session, result)
     stored = store.sessions()
     store.close()
-    old = _record({k: v for k, v in session.items() if k not in ("measure_settings", "qbench_version")}, 2.0)
+    old = {k: v for k, v in session.to_dict().items() if k not in ("measure_settings", "qbench_version")}
+    old = _record(old, 2.0)
     before = {tuple(r["run_ids"]): r for r in aggregate(stored + [old])}
     edited = replace(load_gpu_spec("h100-sxm5"), peak_bandwidth_gbps=1675.0, bandwidth_source="edited")
     monkeypatch.setattr(aggregation, "load_gpu_spec", lambda name: edited)

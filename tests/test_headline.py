@@ -17,6 +17,8 @@ from click.testing import CliRunner
 
 import qbench.analysis.predict
 import qbench.compare
+import qbench.execute.local
+import qbench.plan
 from qbench.analysis.floor import step_bytes
 from qbench.backend import DeviceInfo
 from qbench.cli import main
@@ -34,9 +36,11 @@ def no_workers(monkeypatch) -> None:
     def forbidden(*args, **kwargs):
         raise AssertionError("a worker or session was started")
 
-    monkeypatch.setattr(qbench.compare, "probe_device", lambda: CPU)
+    for module in (qbench.compare, qbench.plan, qbench.execute.local):  # wherever planning and running look
+        monkeypatch.setattr(module, "probe_device", lambda: CPU)
     for name in ("run_worker", "Forkserver", "run_compare", "start_forkserver"):
-        monkeypatch.setattr(qbench.compare, name, forbidden)
+        monkeypatch.setattr(qbench.execute.local, name, forbidden)
+        monkeypatch.setattr(qbench.compare, name, forbidden, raising=False)
 
 
 def test_the_headline_command_prints_the_predicted_table_and_stores_nothing(tmp_path):
@@ -117,14 +121,15 @@ def test_the_shipped_calibration_is_what_the_generator_makes_from_the_committed_
 
 
 def test_a_7b_model_on_a_cpu_warns_with_its_estimate_before_the_first_session(tmp_path, monkeypatch):
-    monkeypatch.setattr(qbench.compare, "probe_device", lambda: CPU)
+    for module in (qbench.compare, qbench.plan, qbench.execute.local):
+        monkeypatch.setattr(module, "probe_device", lambda: CPU)
     monkeypatch.setattr(qbench.analysis.predict, "cpu_probe", lambda: (10.0, 100.0), raising=False)  # GB/s, GFLOP/s
 
     def first_session(*args, **kwargs):
         click.echo("THE FIRST SESSION STARTS", err=True)
         raise UserError("stopped by the test before any session")
 
-    monkeypatch.setattr(qbench.compare, "run_compare", first_session)
+    monkeypatch.setattr(qbench.execute.local, "run_compare", first_session)
     db = tmp_path / "q.sqlite"
     result = CliRunner().invoke(
         main, ["compare", "--model", "qwen2.5-7b", "--backends", "bf16", "--db", str(db), "--timeout", "1"]

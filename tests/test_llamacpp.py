@@ -119,7 +119,7 @@ def test_each_graphs_setting_gets_its_own_process_and_the_rows_pair():
         pytest.skip("needs llama-cpp-python")
     config = CompareConfig(model="qwen2.5-7b", backends=("bf16", "llamacpp-q4_0"), graphs="both", sessions=2)
     the_plan = plan(config, device)
-    jobs = [session for session, _ in session_jobs(the_plan)]
+    jobs = [session.to_dict() for session, _ in session_jobs(the_plan)]
     graphs = {(s["backend"], s["session_index"]): [] for s in jobs}
     for session in jobs:
         graphs[(session["backend"], session["session_index"])].append(session["graphs"])

@@ -70,7 +70,7 @@ def test_a_plugin_that_exits_interrupts_or_prints_at_import_costs_its_own_row(tm
 
 
 def test_a_plugin_whose_import_hangs_is_bounded(tmp_path, monkeypatch):
-    monkeypatch.setattr("qbench.registry.PLUGIN_IMPORT_S", 3.0)
+    monkeypatch.setattr("qbench.plugins.PLUGIN_IMPORT_S", 3.0)
     hang = {"adv_sleep": ("adv-sleep", "import time\ntime.sleep(3600)")}
     install_each(tmp_path, monkeypatch, hang)
     listed = CliRunner().invoke(main, ["backends", "--format", "json"])

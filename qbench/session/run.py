@@ -7,7 +7,6 @@ favour one setting. It returns a plain dict; the parent process stores it.
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 import os
@@ -15,7 +14,7 @@ import random
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, fields
 from typing import Any
 
 import torch
@@ -25,6 +24,7 @@ from qbench.api import protocol_gaps
 from qbench.backend import Backend, LoadOptions
 from qbench.errors import UserError
 from qbench.model.build import DTYPES
+from qbench.records import SessionConfig
 from qbench.registry import load_backend
 from qbench.runtimes import get_runtime
 from qbench.session import energy, gate, host
@@ -33,38 +33,6 @@ from qbench.session.positions import cache_positions, energy_positions
 from qbench.session.provenance import collect, device_info, nvml_state
 from qbench.settings import DEFAULT_MEASURE_SETTINGS, measured_code_digest
 from qbench.specs import load_model_spec
-
-
-@dataclass(frozen=True)
-class SessionConfig:
-    model: str
-    backend: str
-    ctx: int
-    device: str = "cpu"
-    graphs: tuple[bool, ...] = (False,)
-    warmup: int = 5
-    steps: int = 30
-    weights: str = "synthetic"
-    group_size: int = 128
-    seed: int = 0
-    session_index: int = 0
-    rounds: int = 1  # blocks per graphs setting, interleaved in a random order (A/B drift control)
-    cpu: str = "off"  # pin the decode loop's thread: off | auto (the fastest core now) | a core number
-    runtime: str = "hf"  # hf | lean for a linear format; a whole runtime's own name (qbench.runtimes)
-    # the QBENCH_* switches this session measures under (qbench.settings.measure_settings), applied by
-    # run_session whatever this process's environment says; a config stored before them: the defaults
-    measure_settings: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_MEASURE_SETTINGS))
-    qbench_version: str = ""  # the planning qbench's; with measured_code, part of the cell key
-    measured_code: str = ""  # settings.measured_code_digest() of the planning qbench ('' = not checked)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> SessionConfig:
-        data = json.loads(text)
-        data["graphs"] = tuple(data["graphs"])
-        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
 class Phases:
@@ -89,7 +57,7 @@ def phase(message: str) -> None:
     """The phase a session enters (load, gate, block i of n): in the worker's log and, through the
     worker's progress channel, on the user's terminal while the session runs (a 7B session on a CPU
     is minutes of otherwise silent work)."""
-    from qbench.execute.worker import progress
+    from qbench.scratch import progress
 
     log(message)
     progress(message)
