@@ -163,3 +163,15 @@ def test_an_unusable_cache_folder_costs_a_note_not_the_session(tmp_path, monkeyp
     backend.prepare("cuda")
     assert any("measured fresh (no stored file" in n for n in backend.load_notes())
     assert backend.finish() == []
+
+
+def test_a_planted_link_as_the_lock_file_is_not_followed(cache_root, tmp_path):
+    """qbench runs as root on shared hosts: a link planted where the lock file goes must not make it
+    create or open a file elsewhere; the save is skipped with a note, never the session."""
+    path = gl.autotune_path(KEY)
+    target = tmp_path / "elsewhere" / "not-qbenchs"
+    target.parent.mkdir()
+    (path.parent / f".{path.name}.lock").symlink_to(target)
+    note = gl.save_autotune(dumper({"GEMV_SPLITK": {"a": WINNER}}), path, KEY)
+    assert note.startswith("gemlite autotune: not saved"), note
+    assert not target.exists() and not path.exists()

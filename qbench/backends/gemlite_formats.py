@@ -130,7 +130,9 @@ def save_autotune(dump: Callable[[str], None], path: Path, key: dict[str, str]) 
 
     own = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.gemlite"
     try:
-        with open(path.parent / f".{path.name}.lock", "a") as lock:
+        # the lock file is opened without following a link (a planted one is an error, the note's)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        with os.fdopen(os.open(path.parent / f".{path.name}.lock", flags, 0o600), "w") as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
             earlier, _ = _read_stored(path, key)
             dump(str(own))  # gemlite writes its own layout to a file of ours, then we wrap it
