@@ -328,6 +328,8 @@ def _session_evidence(row: dict, result: dict, blocks: list[dict], prefills, jou
         if measured_w:
             watts.append(stats.median(measured_w))
         row["energy_source"] = f"{meter.get('source', '?')}; {meter.get('resolution', '')}".strip("; ")
+        if any(b.get("energy_window_steps") for b in energy):  # qbench.session.decode.energy_window gave the figure
+            row["energy_source"] += "; over an energy window of the block's step after its timed steps"
     elif not joules:  # why not, in the session's words (no counter, or windows too short for it)
         said = (coarse if b.get("energy_coarse") else b.get("energy") for b in blocks)
         why = meter.get("why_not") or next((text for text in said if text), "")

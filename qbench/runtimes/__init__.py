@@ -138,9 +138,9 @@ def _read_registry() -> Found:
         else:
             (entry,) = entries
             broken = f"runtime {name} ({entry.value}, from {owners}) failed to import: "
-            plugins = [e.value for other in claims.values() for e in other if e.name not in BUILT_IN]
+            third_party = [e.value for other in claims.values() for e in other if e.name not in BUILT_IN]
             try:
-                record = plugins.import_entry(entry, plugins, broken)
+                record = plugins.import_entry(entry, third_party, broken)
                 if not isinstance(record, Runtime) or record.name != name:
                     raise ValueError(f"its entry names {record!r}, not the register_runtime({name!r}, ...) record")
             except Exception as error:  # UserError from the probe, or a wrong record
