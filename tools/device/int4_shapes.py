@@ -11,6 +11,7 @@ Effective TB/s = the bytes the kernel must read (the backend's `linear_bytes`; b
 
     python tools/device/int4_shapes.py OUT.json [shape ...]     # on a GPU
     TRITON_INTERPRET=1 python tools/device/int4_shapes.py --tiny OUT.json   # CPU: the plumbing only
+    QUICK=1 (a 48-configuration sweep), LIBS=tinygemm,gemlite (only these libraries beside qbench's)
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ SWEEP = {"block_n": (8, 16, 32, 64), "groups": (1, 2, 4), "split": (1, 2, 3, 4, 
 QUICK = {"block_n": (16, 32, 64), "groups": (2, 4), "split": (1, 2, 4, 8), "warps": (2, 4)}  # QUICK=1
 if os.environ.get("QUICK") == "1":
     SWEEP = QUICK
+if os.environ.get("LIBS"):  # e.g. LIBS=tinygemm,gemlite: leave out the ones whose kernels build first
+    LIBRARIES = {k: v for k, v in LIBRARIES.items() if k in os.environ["LIBS"].split(",")}
 
 
 def device_info(dev: torch.device) -> DeviceInfo:
