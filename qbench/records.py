@@ -45,6 +45,13 @@ def _check(owner: str, name: str, value: Any, kind: type | tuple[type, ...], wha
         raise ValueError(f"{owner}.{name} must be {what}, got {value!r}")
 
 
+def _json_object(text: str, what: str) -> dict[str, Any]:
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"a {what} is a JSON object, got {type(data).__name__}")
+    return data
+
+
 @dataclass(frozen=True)
 class SessionConfig:
     """Everything that decides one session's measurement; all of it but `session_index` (and the
@@ -126,10 +133,7 @@ class SessionConfig:
 
     @classmethod
     def from_json(cls, text: str) -> SessionConfig:
-        data = json.loads(text)
-        if not isinstance(data, dict):
-            raise ValueError(f"a SessionConfig is a JSON object, got {type(data).__name__}")
-        return cls.from_dict(data)
+        return cls.from_dict(_json_object(text, cls.__name__))
 
     def cell_key(self, device_name: str) -> str:
         """The cell's identity (the store's `cell_hash`): every stored key but the session index, plus
@@ -218,10 +222,7 @@ class SessionResult:
 
     @classmethod
     def from_json(cls, text: str) -> SessionResult:
-        data = json.loads(text)
-        if not isinstance(data, dict):
-            raise ValueError(f"a SessionResult is a JSON object, got {type(data).__name__}")
-        return cls.from_dict(data)
+        return cls.from_dict(_json_object(text, cls.__name__))
 
     @classmethod
     def from_worker(cls, raw: dict[str, Any]) -> SessionResult:

@@ -1,4 +1,5 @@
 import os
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -148,3 +149,18 @@ def run_interpreted(code: str) -> str:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
+
+
+def kept_results() -> list[Path]:
+    """The files under results/ that a commit keeps: in a git checkout what git tracks or would add,
+    not what it ignores (`qbench compare` run in a checkout, as the README's first command is, writes
+    its default store results/qbench.sqlite there, which git ignores); elsewhere every file."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        names = subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "results"],
+            cwd=root, capture_output=True, text=True, check=True,
+        ).stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        return sorted(p for p in (root / "results").rglob("*") if p.is_file())
+    return sorted(root / name for name in names if (root / name).is_file())

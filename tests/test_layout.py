@@ -14,6 +14,8 @@ import time
 import tokenize
 from pathlib import Path
 
+from conftest import kept_results
+
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCT = [ROOT / "qbench"]
 
@@ -94,24 +96,12 @@ def test_results_readme_indexes_every_file_kept():
     index = (ROOT / "results" / "README.md").read_text()
     listed = set(re.findall(r"`([^`\s]+)`", index))
     unlisted = []
-    for relative in kept_results():
+    for path in kept_results():
+        relative = path.relative_to(ROOT / "results").as_posix()
         if relative != "README.md" and not any(fnmatch.fnmatchcase(relative, pattern) for pattern in listed):
             unlisted.append(relative)
     assert not unlisted, "results/README.md does not list: " + ", ".join(unlisted)
 
-
-def kept_results() -> list[str]:
-    """The files under results/ a commit would keep: in a git checkout what git tracks or would add
-    (not what it ignores: `qbench compare` run in the checkout writes its default store
-    results/qbench.sqlite there, as the README's first command does); elsewhere every file."""
-    try:
-        listed = subprocess.run(
-            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "results"],
-            cwd=ROOT, capture_output=True, text=True, check=True,
-        ).stdout.splitlines()
-    except (OSError, subprocess.CalledProcessError):
-        return sorted(p.relative_to(ROOT / "results").as_posix() for p in (ROOT / "results").rglob("*") if p.is_file())
-    return sorted(name[len("results/"):] for name in listed if (ROOT / name).is_file())
 
 
 # ---- tools/device: the runner parses, and runs a cell end to end on the CPU ------------------------

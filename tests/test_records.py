@@ -4,11 +4,11 @@ version, and every store today's and earlier qbench wrote still reads, keys and 
 import json
 import shutil
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import kept_results
 
 from qbench.cli import main
 from qbench.records import SCHEMA_VERSION, SessionConfig, SessionResult, migrate
@@ -17,20 +17,7 @@ from qbench.store import Store
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _committed_stores() -> list[Path]:
-    """The stores under results/ that git keeps (the README's first command, run in a checkout, adds
-    results/qbench.sqlite, which git ignores: it is not a committed store); every one elsewhere."""
-    try:
-        names = subprocess.run(
-            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "results"],
-            cwd=ROOT, capture_output=True, text=True, check=True,
-        ).stdout.splitlines()
-    except (OSError, subprocess.CalledProcessError):
-        return sorted((ROOT / "results").rglob("*.sqlite"))
-    return sorted(ROOT / name for name in names if name.endswith(".sqlite"))
-
-
-STORES = _committed_stores()
+STORES = [path for path in kept_results() if path.suffix == ".sqlite"]
 GOLDEN = Path(__file__).parent / "golden"
 
 
