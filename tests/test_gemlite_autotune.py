@@ -124,6 +124,8 @@ def fake_gemlite(monkeypatch):
     core.GEMLITE_TRITON_CONFIG_CACHE = {}
     core.winners = {}  # what this process "autotuned"
     core.GemLiteLinear = types.SimpleNamespace(cache_config=lambda filename: dumper(core.winners)(filename))
+    core.native_atomic_bf16 = []  # what set_native_atomic_bfp16 was called with
+    core.set_native_atomic_bfp16 = core.native_atomic_bf16.append
     package = types.ModuleType("gemlite")
     package.__version__ = "0.6.0.post2"
     package.core = core
@@ -153,6 +155,21 @@ def test_a_session_loads_before_its_first_forward_and_saves_after_its_blocks(cac
     backend.prepare("cuda")
     assert any(n.startswith("gemlite autotune: loaded 1 stored configs") for n in backend.load_notes())
     assert fake_gemlite.GEMLITE_TRITON_CONFIG_CACHE == {"GEMV_SPLITK": {"(1, 3584, 18944)": WINNER}}
+
+
+def test_gemlite_int4_adds_its_split_k_sums_in_float32_and_says_so(cache_root, fake_gemlite):
+    """gemlite's default (bf16 atomic adds into a bf16 output) failed the layer check on the H100's
+    K = 18,944 layer; gemlite-int4 turns it off, the 8-bit backends leave gemlite as it is."""
+    backend = load_backend("fp8-wo")
+    backend.prepare("cuda")
+    assert fake_gemlite.native_atomic_bf16 == [] and gl.GemliteInt4Backend.FLOAT32_SUMS_NOTE not in backend.load_notes()
+    gl.GemliteBackend.imported_version = ""  # the next session: a new process
+    backend = load_backend("gemlite-int4")
+    backend.prepare("cuda")
+    assert fake_gemlite.native_atomic_bf16 == [False]
+    assert gl.GemliteInt4Backend.FLOAT32_SUMS_NOTE in backend.load_notes()
+    backend.prepare("cpu")  # nothing on a machine without CUDA (gemlite is never imported there)
+    assert fake_gemlite.native_atomic_bf16 == [False]
 
 
 def test_an_unusable_cache_folder_costs_a_note_not_the_session(tmp_path, monkeypatch, fake_gemlite):

@@ -44,6 +44,8 @@ case $mode in
     pack_folder .whl; pack_folder .devsite
     binary .whl bitsandbytes==0.50.2 exllamav2==0.3.2 nvidia-ml-py torchao==0.18.0 datasets dill multiprocess \
       gemlite==0.6.0.post2 tqdm
+    # bitsandbytes ships 15 GPU builds (43 MB); the device's torch is +cu130: keep that one and the CPU's
+    python3 tools/device/slim_wheel.py .whl/bitsandbytes-*.whl cuda130 cpu
     work=$(mktemp -d)
     python3 -m pip download -q --no-deps --no-binary :all: -d "$work" gptqmodel==7.6.0 device-smi tokenicer logbar defuser
     mkdir "$work/pack"

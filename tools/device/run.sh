@@ -51,12 +51,16 @@ setup() {
     esac
   done
   [ "$builds" = all ] && builds=exllamav2,marlin,llamacpp
-  local others=() qbench="" pack
+  local others=() qbench="" pack seen=" "
   for pack in .whl .devsite .devrep .devllama .devq; do
     [ -d "$pack" ] || continue
     for wheel in "$pack"/*.whl; do
       [ -f "$wheel" ] || continue
-      case $(basename "$wheel") in qbench*) qbench=$wheel ;; *) others+=("$wheel") ;; esac
+      case $(basename "$wheel") in
+        qbench*) qbench=$wheel ;;
+        # a wheel two packs carry (nvidia-ml-py) is installed once: pip refuses a file named twice
+        *) case $seen in *" $(basename "$wheel") "*) ;; *) others+=("$wheel"); seen="$seen$(basename "$wheel") " ;; esac ;;
+      esac
     done  # the last pack holding a qbench wheel wins: .devq (a newer wheel alone) over the full packs
   done
   install $T/site "${others[@]}" || return 1
