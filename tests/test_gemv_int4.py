@@ -3,6 +3,10 @@ by Triton's interpreter on the CPU in a child process (as test_gemv.py) against 
 dequantised weight; the AWQ and GPTQ repacking bit-exact against backends/formats.py's dequantisers;
 the byte formula against the stored tensors; lean with the backend's fused launches against hf."""
 
+import ast
+import itertools
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import run_interpreted
@@ -46,12 +50,32 @@ def test_gemv_int4_matches_f_linear_of_the_dequantised_weight_on_ragged_shapes()
     assert out.strip() == "ok"
 
 
-def test_choose_blocks_gives_every_sm_several_programs_on_qwen7b_shapes():
+def test_choose_blocks_gives_every_sm_several_programs_on_qwen7b_shapes(monkeypatch):
+    monkeypatch.setattr(gemv_int4, "TABLE", {})  # the rule, for shapes the sweep's table does not hold
     for n, k in ((512, 3584), (4608, 3584), (3584, 3584), (37888, 3584), (3584, 18944)):
         block_n, groups, split, warps = gemv_int4.choose_blocks(n, k, 132)
         assert -(-n // block_n) * split >= 4 * 132, (n, k)
         assert k // 128 // split >= groups, (n, k)  # every split has work
         assert block_n * (128 // 8) // 4 >= 32 * warps, (n, k)  # four words a thread: no replicated tile
+
+
+def test_the_swept_table_is_used_at_group_size_128_only_and_each_entry_can_run(monkeypatch):
+    """Each entry came from int4_shapes.py's QUICK sweep space, leaves every split whole iterations of
+    groups, and gives every thread its own four words (a tile smaller than the threads is replicated);
+    group size 64 and shapes not in the table take the rule."""
+    source = (Path(__file__).parents[1] / "tools/device/int4_shapes.py").read_text()
+    quick = ast.literal_eval(source.split("\nQUICK = ", 1)[1].split("  #", 1)[0])
+    table = dict(gemv_int4.TABLE)
+    assert table, "the sweep's table is empty"
+    for (n, k), blocks in table.items():
+        block_n, groups, split, warps = blocks
+        assert gemv_int4.choose_blocks(n, k, 132) == blocks
+        assert blocks in set(itertools.product(*quick.values())), (n, k, blocks)
+        assert k // 128 // split >= groups, (n, k, blocks)
+        assert block_n * (128 // 8) // 4 >= 32 * warps, (n, k, blocks)
+    at_64 = {shape: gemv_int4.choose_blocks(*shape, 132, 64) for shape in table}
+    monkeypatch.setattr(gemv_int4, "TABLE", {})
+    assert at_64 == {shape: gemv_int4.choose_blocks(*shape, 132, 64) for shape in table}
 
 
 def test_pack_and_unpack_are_inverse_and_a_nibble_of_a_groups_words_is_contiguous_in_k():

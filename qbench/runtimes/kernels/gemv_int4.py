@@ -119,9 +119,16 @@ def _kernel():
     return qbench_int4_gemv_kernel
 
 
-# (N, K) -> (BLOCK_N, GROUPS, SPLIT, warps), for group size 128: filled from a sweep on the GPU
-# (tools/device/int4_shapes.py prints the best configuration per shape). Empty: the rule below.
-TABLE: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+# (N, K) -> (BLOCK_N, GROUPS, SPLIT, warps), for group size 128: the fastest of the 48 configurations
+# of tools/device/int4_shapes.py's QUICK sweep on Qwen2.5-7B's decoder shapes as lean fuses them (an
+# H100, results/h100/int4/int4_shapes.json); hf's unfused q_proj shares o's shape. Other shapes, and
+# group size 64, take the rule below.
+TABLE: dict[tuple[int, int], tuple[int, int, int, int]] = {
+    (4608, 3584): (32, 2, 8, 2),  # q/k/v fused
+    (3584, 3584): (64, 2, 8, 4),  # o (and q unfused)
+    (37888, 3584): (64, 4, 4, 4),  # gate/up fused
+    (3584, 18944): (64, 4, 8, 4),  # down
+}
 
 
 def choose_blocks(n: int, k: int, sms: int, group_size: int = 128) -> tuple[int, int, int, int]:
