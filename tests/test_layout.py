@@ -136,7 +136,24 @@ def test_the_runner_installs_a_carried_wheel_runs_a_cell_and_returns_everything_
         command = ["bash", str(DEVICE / "run.sh"), *args]
         return subprocess.run(command, cwd=repo, env={**env, **extra}, capture_output=True, text=True)
 
-    assert runner("setup").returncode == 0
+    # a wheel two packs carry (nvidia-ml-py in .whl and .devllama) is installed once; a carried store
+    # goes into the device's results folder at setup, for later calls that do not carry it again
+    tiny_pkg = tmp_path / "tinypkg"
+    (tiny_pkg / "tinypkg_qb").mkdir(parents=True)
+    (tiny_pkg / "tinypkg_qb" / "__init__.py").write_text("")
+    (tiny_pkg / "setup.cfg").write_text(
+        "[metadata]\nname = tinypkg-qb\nversion = 1\n[options]\npackages = tinypkg_qb\n"
+    )
+    (tiny_pkg / "setup.py").write_text("from setuptools import setup\nsetup()\n")
+    for pack in (".whl", ".devllama"):
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                        str(repo / pack), str(tiny_pkg)], check=True, capture_output=True)
+    (repo / ".devq" / "db").mkdir()
+    (repo / ".devq" / "db" / "carried.sqlite").write_bytes(b"a store")
+    done = runner("setup")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 wheels in" in done.stdout and (device / "site" / "tinypkg_qb").is_dir()
+    assert (device / "res" / "carried.sqlite").read_bytes() == b"a store"
     cell = ["--model", "tiny", "--ctx", "32", "--warmup", "1", "--steps", "3", "--sessions", "1", "--backends", "bf16"]
     done = runner("compare", *cell, "--graphs", "off", "--db", "t.sqlite")
     assert done.returncode == 0, done.stdout + done.stderr

@@ -70,6 +70,12 @@ setup() {
   rm -rf $T/qb && install $T/qb "$qbench" || return 1
   if ls .devrep/old/qbench*.whl >/dev/null 2>&1; then rm -rf $T/qb_old && install $T/qb_old .devrep/old/qbench*.whl; fi
   echo "setup: $(basename "$qbench") in $T/qb, ${#others[@]} wheels in $T/site" | tee -a "$OUT/setup.log"
+  # carried stores go into $T/res now: a later call on this warm machine that does not carry the pack
+  # again still resumes into them (a pack is not kept there between calls)
+  local store
+  for store in .devq/db/*.sqlite .devrep/db/*.sqlite .devdb/*.sqlite; do
+    [ -f "$store" ] && [ ! -f "$RES/$(basename "$store")" ] && cp "$store" "$RES/" && echo "setup: store $store in $RES"
+  done
   environment
   mkdir -p $T/kc/builds
   local name
