@@ -142,6 +142,30 @@ def test_backend_bytes_are_what_the_module_stores_and_it_is_cuda_only():
         assert from_gptq.source == "gptq" and from_gptq.stored_bytes() == backend.linear_bytes(k, n, g)
 
 
+def test_a_prefill_dequantises_slices_of_rows_and_gets_the_same_weight(monkeypatch):
+    """More than one row (a prefill) multiplies by the dequantised packed weight; it is made a slice
+    of rows at a time (the whole weight's float32 and int32 temporaries held qbench-int4's GPU memory
+    3 GB above torch-int4's on the H100: results/h100/evidence23), element for element the same."""
+    from qbench.registry import load_backend
+
+    torch.manual_seed(3)
+    n, k, g = 40, 384, 128
+    linear = torch.nn.Linear(k, n, bias=True).to(torch.bfloat16)
+    module = load_backend("qbench-int4").quantize_linear(linear, g)
+    module.release_reference()
+    whole = gemv_int4.dequantize(module.qweight, module.scales, module.zeros, g).to(torch.bfloat16)
+    monkeypatch.setattr(gemv_int4, "SLICE_ELEMENTS", 7 * k)  # 7 rows a slice: 40 rows in 6 slices, the last ragged
+    seen = []
+    real = gemv_int4.dequantize
+    monkeypatch.setattr(gemv_int4, "dequantize", lambda q, *rest: seen.append(q.shape[0]) or real(q, *rest))
+    assert torch.equal(gemv_int4.dequantize_as(module.qweight, module.scales, module.zeros, g, torch.bfloat16), whole)
+    assert seen == [7, 7, 7, 7, 7, 5]
+    seen.clear()
+    x = torch.randn(3, k, dtype=torch.bfloat16)
+    got = module(x)
+    assert torch.equal(got, torch.nn.functional.linear(x, whole, module.bias)) and max(seen) <= 7
+
+
 def test_lean_with_qbench_int4_fuses_and_matches_hf():
     out = run_interpreted(
         """

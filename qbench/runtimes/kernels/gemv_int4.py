@@ -243,6 +243,22 @@ def dequantize(qweight, scales, zeros, group_size: int) -> torch.Tensor:
     return (unpack(qweight, group_size) - zero).float() * scales.float().repeat_interleave(group_size, dim=1)
 
 
+SLICE_ELEMENTS = 1 << 22  # weights a slice of `dequantize_as` unpacks at once (16 MiB of each float32 temporary)
+
+
+def dequantize_as(qweight, scales, zeros, group_size: int, dtype: torch.dtype) -> torch.Tensor:
+    """`dequantize(...).to(dtype)`, element for element, a slice of rows at a time: the float32 and
+    int32 temporaries of the whole weight (four times its 16-bit size each: over 1 GB for Qwen2.5-7B's
+    fused gate/up) never exist at once, so a prefill leaves no such blocks in the allocator's cache."""
+    rows, kw = qweight.shape
+    out = torch.empty(rows, kw * 8, dtype=dtype, device=qweight.device)
+    step = max(1, SLICE_ELEMENTS // (kw * 8))
+    for first in range(0, rows, step):
+        part = slice(first, first + step)
+        out[part] = dequantize(qweight[part], scales[part], zeros[part], group_size).to(dtype)
+    return out
+
+
 def _unpack_rows(packed: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor:
     """int32 [R, C/8] with nibble i holding column order[i] of eight -> int32 [R, C]."""
     rows, cols = packed.shape
