@@ -60,17 +60,18 @@ def test_choose_blocks_gives_every_sm_several_programs_on_qwen7b_shapes(monkeypa
 
 
 def test_the_swept_table_is_used_at_group_size_128_only_and_each_entry_can_run(monkeypatch):
-    """Each entry came from int4_shapes.py's QUICK sweep space, leaves every split whole iterations of
+    """Each entry came from one of int4_shapes.py's sweep spaces, leaves every split whole iterations of
     groups, and gives every thread its own four words (a tile smaller than the threads is replicated);
     group size 64 and shapes not in the table take the rule."""
     source = (Path(__file__).parents[1] / "tools/device/int4_shapes.py").read_text()
-    quick = ast.literal_eval(source.split("\nQUICK = ", 1)[1].split("  #", 1)[0])
+    spaces = [ast.literal_eval(source.split(f"\n{name} = ", 1)[1].split("\n", 1)[0].split("  #", 1)[0])
+              for name in ("QUICK", "WIDE")]  # the configurations the sweeps can pick from
     table = dict(gemv_int4.TABLE)
     assert table, "the sweep's table is empty"
     for (n, k), blocks in table.items():
         block_n, groups, split, warps = blocks
         assert gemv_int4.choose_blocks(n, k, 132) == blocks
-        assert blocks in set(itertools.product(*quick.values())), (n, k, blocks)
+        assert any(blocks in set(itertools.product(*space.values())) for space in spaces), (n, k, blocks)
         assert k // 128 // split >= groups, (n, k, blocks)
         assert block_n * (128 // 8) // 4 >= 32 * warps, (n, k, blocks)
     at_64 = {shape: gemv_int4.choose_blocks(*shape, 132, 64) for shape in table}

@@ -11,7 +11,8 @@ Effective TB/s = the bytes the kernel must read (the backend's `linear_bytes`; b
 
     python tools/device/int4_shapes.py OUT.json [shape ...]     # on a GPU
     TRITON_INTERPRET=1 python tools/device/int4_shapes.py --tiny OUT.json   # CPU: the plumbing only
-    QUICK=1 (a 48-configuration sweep), LIBS=tinygemm,gemlite (only these libraries beside qbench's)
+    QUICK=1 (a 48-configuration sweep), WIDE=1 (108 configurations past QUICK's edges),
+    LIBS=tinygemm,gemlite (only these libraries beside qbench's; LIBS=none: qbench's kernels only)
 """
 
 from __future__ import annotations
@@ -43,8 +44,12 @@ LIBRARIES = {  # label: qbench backend
 CALLS, REPLAYS = 100, 10
 SWEEP = {"block_n": (8, 16, 32, 64), "groups": (1, 2, 4), "split": (1, 2, 3, 4, 5, 6, 8), "warps": (1, 2, 4, 8)}
 QUICK = {"block_n": (16, 32, 64), "groups": (2, 4), "split": (1, 2, 4, 8), "warps": (2, 4)}  # QUICK=1
+# WIDE=1: past QUICK's edges, where its winners sat (split 8, 64 rows, 4 groups an iteration)
+WIDE = {"block_n": (32, 64, 128), "groups": (2, 4, 8), "split": (4, 8, 12, 16), "warps": (2, 4, 8)}
 if os.environ.get("QUICK") == "1":
     SWEEP = QUICK
+if os.environ.get("WIDE") == "1":
+    SWEEP = WIDE
 if os.environ.get("LIBS"):  # e.g. LIBS=tinygemm,gemlite: leave out the ones whose kernels build first
     LIBRARIES = {k: v for k, v in LIBRARIES.items() if k in os.environ["LIBS"].split(",")}
 
