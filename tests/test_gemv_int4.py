@@ -69,14 +69,121 @@ def test_the_swept_table_is_used_at_group_size_128_only_and_each_entry_can_run(m
     table = dict(gemv_int4.TABLE)
     assert table, "the sweep's table is empty"
     for (n, k), blocks in table.items():
-        block_n, groups, split, warps = blocks
-        assert gemv_int4.choose_blocks(n, k, 132) == blocks
-        assert any(blocks in set(itertools.product(*space.values())) for space in spaces), (n, k, blocks)
+        block_n, groups, split, warps, *variant = blocks
+        assert gemv_int4.choose_blocks(n, k, 132, 128, bf16x2_ok=True) == blocks and variant in ([], [True])
+        assert gemv_int4.choose_blocks(n, k, 132) == blocks[:4]  # not Hopper, or not bf16: never the PTX word
+        assert any(blocks[:4] in set(itertools.product(*space.values())) for space in spaces), (n, k, blocks)
         assert k // 128 // split >= groups, (n, k, blocks)
         assert block_n * (128 // 8) // 4 >= 32 * warps, (n, k, blocks)
+    monkeypatch.setitem(gemv_int4.TABLE, (64, 256), (32, 2, 1, 4, True))  # an entry naming the variant
+    assert gemv_int4.choose_blocks(64, 256, 132, 128, bf16x2_ok=True) == (32, 2, 1, 4, True)
+    assert gemv_int4.choose_blocks(64, 256, 132) == (32, 2, 1, 4)
     at_64 = {shape: gemv_int4.choose_blocks(*shape, 132, 64) for shape in table}
     monkeypatch.setattr(gemv_int4, "TABLE", {})
     assert at_64 == {shape: gemv_int4.choose_blocks(*shape, 132, 64) for shape in table}
+
+
+def _bf16_halves(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A tensor of 32-bit words (int64 holding 0..2^32-1) as its (low, high) bf16 halves, in float32."""
+    lo = (v & 0xFFFF).to(torch.int32) << 16
+    hi = (v >> 16 & 0xFFFF).to(torch.int32) << 16
+    return lo.view(torch.float32), hi.view(torch.float32)
+
+
+def _bf16_pair(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Two float32 tensors rounded to bf16 (round to nearest even) packed into 32-bit words."""
+    bits = [(t.to(torch.bfloat16).view(torch.int16).to(torch.int64) & 0xFFFF) for t in (lo, hi)]
+    return bits[0] | bits[1] << 16
+
+
+def run_ptx(asm: str, args: list[torch.Tensor]) -> torch.Tensor:
+    """A model of the PTX instructions BF16X2_WORD uses, on int64 tensors of 32-bit words (one
+    element per call): bf16x2 results rounded to nearest even, as the hardware's .rn does (the fma
+    adds in float32 first: the test's tolerance covers that double rounding). $0 is returned."""
+    regs = {f"${i + 1}": a.to(torch.int64) & 0xFFFFFFFF for i, a in enumerate(args)}
+
+    def value(operand: str) -> torch.Tensor:
+        return regs[operand] if operand in regs else torch.tensor(int(operand) & 0xFFFFFFFF)
+
+    for line in asm.strip().strip("{}").splitlines():
+        line = line.strip().rstrip(";")
+        if not line or line.startswith(".reg"):
+            continue
+        op, rest = line.split(None, 1)
+        dest, *ins = [part.strip() for part in rest.split(",")]
+        vals = [value(o) for o in ins]
+        if op == "lop3.b32":
+            a, b, c, lut = vals[0], vals[1], vals[2], int(ins[3])
+            out = torch.zeros_like(a)
+            for bit in range(8):  # the LUT's bit (a_bit << 2 | b_bit << 1 | c_bit) gives the result
+                if lut >> bit & 1:
+                    ma = a if bit & 4 else ~a
+                    mb = b if bit & 2 else ~b
+                    mc = c if bit & 1 else ~c
+                    out = out | (ma & mb & mc)
+            result = out & 0xFFFFFFFF
+        elif op == "shr.u32":
+            result = vals[0] >> vals[1]
+        elif op == "shl.b32":
+            result = (vals[0] << vals[1]) & 0xFFFFFFFF
+        elif op == "and.b32":
+            result = vals[0] & vals[1]
+        elif op in ("sub.rn.bf16x2", "mul.rn.bf16x2", "fma.rn.bf16x2"):
+            halves = [_bf16_halves(v) for v in vals]
+            pick = {"sub.rn.bf16x2": lambda a, b: a - b, "mul.rn.bf16x2": lambda a, b: a * b,
+                    "fma.rn.bf16x2": lambda a, b, c: a * b + c}[op]
+            result = _bf16_pair(*(pick(*(h[i] for h in halves)) for i in (0, 1)))
+        elif op == "add.f32":
+            a, b = (v.to(torch.int32).view(torch.float32) for v in vals)
+            result = (a + b).view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+        else:
+            raise AssertionError(f"the model does not know {op}")
+        regs[dest] = result.expand_as(result) if isinstance(result, torch.Tensor) else result
+    return regs["$0"].to(torch.int32).view(torch.float32)
+
+
+@pytest.mark.parametrize("group_size", [128, 64])
+def test_the_bf16x2_word_computes_the_dequantised_product(group_size):
+    """BF16X2_WORD's instructions, run on a model of each (Triton's interpreter cannot run PTX), fed
+    as the kernel feeds them (activation pairs of nibbles j and j + 4, the (128 + zero) pair), give
+    each row's sum of the dequantised weight times x within bf16's rounding; a wrong mask, magic,
+    shift or pairing fails it."""
+    torch.manual_seed(4)
+    n, k = 24, 4 * group_size
+    words = group_size // 8
+    q = torch.randint(0, 16, (n, k))
+    zeros = torch.randint(0, 17, (n, k // group_size), dtype=torch.uint8)  # 16: GPTQ v1's wrapped zero
+    scales = (torch.rand(n, k // group_size) * 0.02 + 0.001).to(torch.float16)
+    qweight = gemv_int4.pack(q, group_size)
+    x = torch.randn(k).to(torch.bfloat16)
+    bits = x.view(torch.int16).to(torch.int64) & 0xFFFF  # [K] bf16 bits
+    got = torch.zeros(n)
+    for g in range(k // group_size):
+        w = qweight[:, g * words:(g + 1) * words]  # [N, W]
+        base = bits[g * group_size:(g + 1) * group_size].reshape(8, words)  # [nibble, word]
+        pairs = [(base[j] | base[j + 4] << 16)[None, :] for j in range(4)]
+        zz = ((zeros[:, g].to(torch.int64) | 0x4300) * 0x10001)[:, None]
+        word_sums = run_ptx(gemv_int4.BF16X2_WORD, [w, *pairs, zz])  # [N, W]
+        got += word_sums.sum(dim=1) * scales[:, g].float()
+    want = gemv_int4.dequantize(qweight, scales, zeros, group_size) @ x.float()
+    assert ((got - want).norm() / want.norm()).item() < 5e-3
+    # the model is not lenient: pairing nibble j with nibble j + 1's input instead fails
+    bad = gemv_int4.BF16X2_WORD.replace("$1, 4;", "$1, 8;", 1)
+    w = qweight[:, :words]
+    base = bits[:group_size].reshape(8, words)
+    pairs = [(base[j] | base[j + 4] << 16)[None, :] for j in range(4)]
+    zz = ((zeros[:, 0].to(torch.int64) | 0x4300) * 0x10001)[:, None]
+    right = run_ptx(gemv_int4.BF16X2_WORD, [w, *pairs, zz]).sum(dim=1)
+    wrong = run_ptx(bad, [w, *pairs, zz]).sum(dim=1)
+    assert ((right - wrong).norm() / right.norm()).item() > 0.05
+
+
+def test_the_bf16x2_variant_refuses_fp16_activations():
+    qweight = torch.zeros(8, 16, dtype=torch.int32)
+    scales = torch.ones(8, 1, dtype=torch.float16)
+    zeros = torch.zeros(8, 1, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="bf16 activations"):
+        gemv_int4.launch(torch.zeros(128, dtype=torch.float16), qweight, scales, zeros, None, 128, (8, 1, 1, 1, True))
 
 
 def test_pack_and_unpack_are_inverse_and_a_nibble_of_a_groups_words_is_contiguous_in_k():
@@ -223,13 +330,13 @@ def test_the_kernel_compiles_for_an_h100_and_its_weight_loads_are_128_bit():
         "X": "*bf16", "QW": "*i32", "S": "*fp16", "Z": "*u8", "B": "*bf16", "Y": "*bf16", "ACC": "*fp32",
         "COUNT": "*i32", "N": "i32", "K": "i32", "KW": "i32", "GROUPS_TOTAL": "i32", "GROUPS_PER_SPLIT": "i32",
         "SPLIT": "i32", "GROUP": "constexpr", "GROUPS": "constexpr", "HAS_BIAS": "constexpr", "SPLIT_K": "constexpr",
-        "BLOCK_N": "constexpr",
+        "BLOCK_N": "constexpr", "BF16X2": "constexpr",
     }
     names = list(signature)
     aligned = ["X", "QW", "S", "Z", "B", "Y", "ACC", "COUNT", "N", "K", "KW"]  # as a launch on Qwen's shapes sees them
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in aligned}
-    for split_k, bias in ((True, False), (False, True)):
-        constants = {"GROUP": 128, "GROUPS": 2, "HAS_BIAS": bias, "SPLIT_K": split_k, "BLOCK_N": 32}
+    for split_k, bias, bf16x2 in ((True, False, False), (False, True, False), (True, False, True)):
+        constants = {"GROUP": 128, "GROUPS": 2, "HAS_BIAS": bias, "SPLIT_K": split_k, "BLOCK_N": 32, "BF16X2": bf16x2}
         source = ASTSource(kernel, signature, {(names.index(n),): v for n, v in constants.items()}, attrs)
         try:
             compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
@@ -239,3 +346,5 @@ def test_the_kernel_compiles_for_an_h100_and_its_weight_loads_are_128_bit():
             continue
         loads = [line for line in compiled.asm["ptx"].splitlines() if "ld.global" in line and ".b32" in line]
         assert any(".v4.b32" in line and "evict_first" in line for line in loads), loads
+        # the bf16x2 variant's word is in the PTX ptxas accepted (sm_90), the float32 path's is not
+        assert ("sub.rn.bf16x2" in compiled.asm["ptx"]) == bf16x2

@@ -50,7 +50,8 @@ class QbenchInt4Linear(QuantLinear):
         self.register_buffer("zeros", packed["zeros"])
         device = qweight.device
         sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
-        self.blocks = gemv_int4.choose_blocks(out_features, in_features, sms, group_size)
+        hopper = gemv_int4.hopper(device)  # the backend's activations are bf16
+        self.blocks = gemv_int4.choose_blocks(out_features, in_features, sms, group_size, hopper)
 
     def stored_tensors(self) -> list[torch.Tensor]:
         return [self.qweight, self.scales, self.zeros]

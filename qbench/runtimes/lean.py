@@ -110,7 +110,8 @@ class Int4Gemv:
     def __init__(self, qweight, scales, zeros, bias, group_size: int, sizes: list[int], sms: int):
         self.qweight, self.scales, self.zeros, self.bias = qweight, scales, zeros, bias
         self.group_size, self.sizes = group_size, sizes
-        self.blocks = gemv_int4.choose_blocks(qweight.shape[0], qweight.shape[1] * 8, sms, group_size)
+        hopper = gemv_int4.hopper(qweight.device)  # qbench-int4's activations are bf16
+        self.blocks = gemv_int4.choose_blocks(qweight.shape[0], qweight.shape[1] * 8, sms, group_size, hopper)
 
     @staticmethod
     def fusable(modules: list) -> bool:

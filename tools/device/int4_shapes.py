@@ -1,5 +1,6 @@
 """Device side (issue 25): batch-1 4-bit GEMV read rates on Qwen2.5-7B's decoder shapes, one run, for
-qbench-int4 (every block configuration of a small sweep, the best printed per shape), tinygemm
+qbench-int4 (every block configuration of a small sweep, on Hopper each with and without the bf16x2
+variant, the best printed per shape), tinygemm
 (torch-int4), gemlite A16W4 g128 (gemlite-int4), Marlin (awq-marlin), ExLlamaV2 (gptq-exllamav2) and
 qbench's bf16 GEMV. Each library runs through its qbench backend (the same quantiser, repacking and
 call a decode step makes); a backend that cannot run here (package missing, kernel build failing) is
@@ -147,9 +148,12 @@ def measure(name: str, n: int, k: int, dev: torch.device, l2: int, sms: int, tin
     else:
         mods = modules_for(backend, linear, copies_for(size))
         configs = {}
-        candidates = [gemv_int4.choose_blocks(n, k, sms)]
+        candidates = [gemv_int4.choose_blocks(n, k, sms, GROUP, bool(info.capability and info.capability >= (9, 0)))]
         if not tiny:
-            candidates += [c for c in itertools.product(*SWEEP.values()) if c not in candidates]
+            swept = list(itertools.product(*SWEEP.values()))
+            if info.capability and info.capability >= (9, 0):  # the bf16x2 variant (inline PTX for sm_90)
+                swept += [c + (True,) for c in swept]
+            candidates += [c for c in swept if c not in candidates]
         total = k // GROUP
         for blocks in candidates:
             if blocks[2] > 1 and total // blocks[2] < blocks[1]:

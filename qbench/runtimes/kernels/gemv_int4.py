@@ -27,7 +27,17 @@ kernel takes nibble i of all the [BLOCK_N, words] words of a group at once (eigh
 tensor keeps the layout of the 128-bit load (no reshape, no layout conversion through shared
 memory); nibble i's inputs of x are one contiguous vector (L1 holds it for every row block). Per element: a shift, a
 mask-and-or, a subtraction, a fused multiply-add; each word's sum over its group is multiplied by the
-group's scale (once a word), and the words of a row are summed once, at the end.
+group's scale (once a word), and the words of a row are summed once, at the end. Compiled for sm_90
+that is about 5.5 instructions a weight (ptxas turns the shift and mask into a shift, a zero-extend
+and a lop3), and the 4-bit GEMVs look issue-bound, not memory-bound (results/h100/int4).
+
+The bf16x2 variant (`blocks`' fifth element, Hopper and bf16 activations only): the same layout,
+each word's eight weights dequantised and multiplied in bf16 pairs by a few lines of inline PTX
+(`BF16X2_WORD`, the trick Marlin and FasterTransformer use: a lop3 makes two nibbles a bf16 pair),
+about 3.1 instructions a weight, at bf16 precision for the products and a word's sums. Triton's
+interpreter cannot run PTX: the CPU tests check its arithmetic on a model of each instruction and
+compile it for sm_90; only a GPU session shows its speed, and the gate checks its outputs there.
+The swept table names it where a sweep measured it faster.
 
 Split-K: a program owns BLOCK_N rows and one of SPLIT contiguous ranges of groups, GROUPS groups a
 loop iteration (unrolled), so a shape with few rows (k/v: 512) still gives every SM several programs.
@@ -53,17 +63,51 @@ import torch
 
 MAGIC = 8388608.0  # 2^23: float32 bits 0x4B000000; OR-ing a nibble into the low mantissa bits adds it
 
+# The bf16x2 variant's dequantise-and-multiply of one word (8 weights), PTX for sm_90: nibbles j and
+# j + 4 of word $1 sit at bits 4j and 16 + 4j; shifted down by 4j and masked with 0x000F000F, OR-ed
+# into 0x43004300 they are the bf16 pair (128 + q_j, 128 + q_j+4) in one instruction (lop3, LUT 0xEA
+# = (a & b) | c); subtracting $6 = (128 + zero, 128 + zero) leaves q - zero exactly; each pair
+# multiplies the activation pair $2..$5 = (x[j*W + w], x[(j+4)*W + w]) and the four pairs are summed
+# in bf16 (mul, fma: one rounding each); the two halves are widened to float32 and added. With the
+# pairs' assembly, about 3.1 instructions a weight against 5.5 for the float32 path (SASS for sm_90,
+# 64 rows, 2 warps); products
+# and a word's four-pair sums are rounded to bf16's 8 bits (relative 2^-9 each), the words summed in
+# float32. sub/mul.bf16x2 need sm_90, so the variant is for Hopper only.
+BF16X2_WORD = """{
+.reg .b32 t, q, a, lo, hi;
+lop3.b32 q, $1, 983055, 1124090624, 234;
+sub.rn.bf16x2 q, q, $6;
+mul.rn.bf16x2 a, q, $2;
+shr.u32 t, $1, 4;
+lop3.b32 q, t, 983055, 1124090624, 234;
+sub.rn.bf16x2 q, q, $6;
+fma.rn.bf16x2 a, q, $3, a;
+shr.u32 t, $1, 8;
+lop3.b32 q, t, 983055, 1124090624, 234;
+sub.rn.bf16x2 q, q, $6;
+fma.rn.bf16x2 a, q, $4, a;
+shr.u32 t, $1, 12;
+lop3.b32 q, t, 983055, 1124090624, 234;
+sub.rn.bf16x2 q, q, $6;
+fma.rn.bf16x2 a, q, $5, a;
+shl.b32 lo, a, 16;
+and.b32 hi, a, -65536;
+add.f32 $0, lo, hi;
+}"""
+
 
 @functools.lru_cache(maxsize=1)
 def _kernel():
     import triton
     import triton.language as tl
 
+    word_asm = tl.constexpr(BF16X2_WORD)
+
     @triton.jit
     def qbench_int4_gemv_kernel(
         X, QW, S, Z, B, Y, ACC, COUNT, N, K, KW, GROUPS_TOTAL, GROUPS_PER_SPLIT, SPLIT,
         GROUP: tl.constexpr, GROUPS: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
-        BLOCK_N: tl.constexpr,
+        BLOCK_N: tl.constexpr, BF16X2: tl.constexpr = False,
     ):
         WORDS: tl.constexpr = GROUP // 8  # int32 words of one row in one group
         TWO_23: tl.constexpr = 8388608.0  # MAGIC, as a constant the compiler may use
@@ -87,16 +131,30 @@ def _kernel():
                 w = tl.load(w_rows + g * WORDS + words[None, :], eviction_policy="evict_first")  # [BLOCK_N, WORDS]
                 s = tl.load(S + rows * GROUPS_TOTAL + g).to(tl.float32)
                 s = tl.where(g0 + j < last, s, 0.0)
-                z = tl.load(Z + rows * GROUPS_TOTAL + g).to(tl.float32)
-                offset = (TWO_23 + z)[:, None]  # [BLOCK_N, 1]: 2^23 + zero
-                part = tl.zeros((BLOCK_N, WORDS), dtype=tl.float32)
-                # nibble i of every word at once, in w's own 2D layout (no reshapes, no layout
-                # conversions); the layout puts input i * WORDS + w of the group in nibble i of word
-                # w, so nibble i's inputs are one contiguous vector of x
-                for i in tl.static_range(8):
-                    x = tl.load(X + g * GROUP + i * WORDS + words).to(tl.float32)  # [WORDS]
-                    q = (((w >> (4 * i)) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True)  # 2^23 + q, exactly
-                    part += (q - offset) * x[None, :]  # (q - zero) exactly, times x
+                if BF16X2:  # Hopper: the word's eight weights in bf16 pairs, inline PTX (BF16X2_WORD)
+                    zero = tl.load(Z + rows * GROUPS_TOTAL + g).to(tl.int32)
+                    zz = ((zero | 0x4300) * 0x10001)[:, None]  # bf16 pair (128 + zero, 128 + zero)
+                    x16 = X.to(tl.pointer_type(tl.uint16), bitcast=True) + g * GROUP + words  # nibble 0's inputs
+                    # activation pairs (nibble j's input, nibble j + 4's) of each word, as bf16x2 words
+                    x0 = (tl.load(x16).to(tl.int32) | (tl.load(x16 + 4 * WORDS).to(tl.int32) << 16))[None, :]
+                    x1 = (tl.load(x16 + WORDS).to(tl.int32) | (tl.load(x16 + 5 * WORDS).to(tl.int32) << 16))[None, :]
+                    x2 = (tl.load(x16 + 2 * WORDS).to(tl.int32) | (tl.load(x16 + 6 * WORDS).to(tl.int32) << 16))
+                    x3 = (tl.load(x16 + 3 * WORDS).to(tl.int32) | (tl.load(x16 + 7 * WORDS).to(tl.int32) << 16))
+                    part = tl.inline_asm_elementwise(
+                        asm=word_asm, constraints="=r,r,r,r,r,r,r", args=[w, x0, x1, x2[None, :], x3[None, :], zz],
+                        dtype=tl.int32, is_pure=True, pack=1,
+                    ).to(tl.float32, bitcast=True)  # [BLOCK_N, WORDS]: each word's sum over its eight weights
+                else:
+                    z = tl.load(Z + rows * GROUPS_TOTAL + g).to(tl.float32)
+                    offset = (TWO_23 + z)[:, None]  # [BLOCK_N, 1]: 2^23 + zero
+                    part = tl.zeros((BLOCK_N, WORDS), dtype=tl.float32)
+                    # nibble i of every word at once, in w's own 2D layout (no reshapes, no layout
+                    # conversions); the layout puts input i * WORDS + w of the group in nibble i of word
+                    # w, so nibble i's inputs are one contiguous vector of x
+                    for i in tl.static_range(8):
+                        x = tl.load(X + g * GROUP + i * WORDS + words).to(tl.float32)  # [WORDS]
+                        q = (((w >> (4 * i)) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True)  # 2^23 + q, exactly
+                        part += (q - offset) * x[None, :]  # (q - zero) exactly, times x
                 acc += part * s[:, None]  # the group's scale: once a word, not once an element
         acc = tl.sum(acc, axis=1)  # [BLOCK_N]
         if not SPLIT_K:  # one program a row block: store y
@@ -123,7 +181,7 @@ def _kernel():
 # of tools/device/int4_shapes.py's QUICK sweep on Qwen2.5-7B's decoder shapes as lean fuses them (an
 # H100, results/h100/int4/int4_shapes.json); hf's unfused q_proj shares o's shape. Other shapes, and
 # group size 64, take the rule below.
-TABLE: dict[tuple[int, int], tuple[int, int, int, int]] = {
+TABLE: dict[tuple[int, int], tuple[int, ...]] = {  # a fifth element True: the bf16x2 variant
     (4608, 3584): (32, 2, 8, 2),  # q/k/v fused
     (3584, 3584): (64, 2, 8, 4),  # o (and q unfused)
     (37888, 3584): (64, 4, 4, 4),  # gate/up fused
@@ -131,14 +189,21 @@ TABLE: dict[tuple[int, int], tuple[int, int, int, int]] = {
 }
 
 
-def choose_blocks(n: int, k: int, sms: int, group_size: int = 128) -> tuple[int, int, int, int]:
-    """(BLOCK_N, GROUPS, SPLIT, warps): the table's entry for (N, K) at group size 128, else 256
+def hopper(device: torch.device) -> bool:
+    """Whether the bf16x2 variant's PTX (sub/mul.bf16x2: sm_90) runs on this device."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
+
+
+def choose_blocks(n: int, k: int, sms: int, group_size: int = 128, bf16x2_ok: bool = False) -> tuple[int, ...]:
+    """(BLOCK_N, GROUPS, SPLIT, warps[, bf16x2]): the table's entry for (N, K) at group size 128 (its
+    bf16x2 variant only where `bf16x2_ok`: a Hopper GPU and bf16 activations), else 256
     inputs an iteration, 32 rows a program (16, then 8, where that is too few), and the smallest
     split that gives every SM at least 4 programs. Warps follow the tile: a [BLOCK_N, g/8] tile of
     words fills 32 * warps threads with four words (one 128-bit load) each; more threads would hold
     copies of the same words (Triton replicates a tile smaller than its threads)."""
     if group_size == 128 and (n, k) in TABLE:
-        return TABLE[(n, k)]
+        entry = TABLE[(n, k)]
+        return entry if bf16x2_ok else entry[:4]
     groups = max(1, 256 // group_size)
     total_groups = k // group_size
     target = 4 * sms
@@ -167,9 +232,14 @@ def _workspace(device: torch.device, n: int, block_n: int, split: int) -> tuple[
 
 
 def launch(x, qweight, scales, zeros, bias, group_size, blocks) -> torch.Tensor:
+    """`blocks`: (BLOCK_N, GROUPS, SPLIT, warps[, bf16x2]); bf16x2 (the inline-PTX word, sm_90 and
+    bf16 activations only) is off unless named."""
     n, kw = qweight.shape
     k = kw * 8
-    block_n, groups, split, warps = blocks
+    block_n, groups, split, warps, *variant = blocks
+    bf16x2 = bool(variant and variant[0])
+    if bf16x2 and x.dtype != torch.bfloat16:
+        raise ValueError(f"gemv_int4's bf16x2 variant multiplies bf16 activations, got {x.dtype}")
     total = k // group_size
     per_split = -(-total // split)
     per_split = -(-per_split // groups) * groups  # whole iterations a split
@@ -179,7 +249,7 @@ def launch(x, qweight, scales, zeros, bias, group_size, blocks) -> torch.Tensor:
     _kernel()[(-(-n // block_n), split)](
         x, qweight, scales, zeros, bias if bias is not None else scales, y, acc, count, n, k, kw, total,
         per_split, split, GROUP=group_size, GROUPS=groups, HAS_BIAS=bias is not None, SPLIT_K=split > 1,
-        BLOCK_N=block_n, num_warps=warps,
+        BLOCK_N=block_n, BF16X2=bf16x2, num_warps=warps,
     )
     return y
 
@@ -198,17 +268,17 @@ def _check(x, qweight, scales, zeros, group_size) -> None:
 @torch.library.custom_op("qbench::gemv_int4", mutates_args=())
 def gemv_int4(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bias: torch.Tensor | None,
-    group_size: int, block_n: int, groups: int, split: int, warps: int,
+    group_size: int, block_n: int, groups: int, split: int, warps: int, bf16x2: bool = False,
 ) -> torch.Tensor:
     """x [K], qweight int32 [N, K/8], scales fp16 [N, K/g], zeros uint8 [N, K/g], bias [N] or None;
     returns [N] in x's dtype."""
     _check(x, qweight, scales, zeros, group_size)
     return launch(x.contiguous().view(-1), qweight, scales.contiguous(), zeros.contiguous(), bias, group_size,
-                  (block_n, groups, split, warps))
+                  (block_n, groups, split, warps, bf16x2))
 
 
 @gemv_int4.register_fake
-def _(x, qweight, scales, zeros, bias, group_size, block_n, groups, split, warps):
+def _(x, qweight, scales, zeros, bias, group_size, block_n, groups, split, warps, bf16x2=False):
     return x.new_empty(qweight.shape[0])
 
 
