@@ -29,7 +29,8 @@ memory); nibble i's inputs of x are one contiguous vector (L1 holds it for every
 mask-and-or, a subtraction, a fused multiply-add; each word's sum over its group is multiplied by the
 group's scale (once a word), and the words of a row are summed once, at the end. Compiled for sm_90
 that is about 5.5 instructions a weight (ptxas turns the shift and mask into a shift, a zero-extend
-and a lop3), and the 4-bit GEMVs look issue-bound, not memory-bound (results/h100/int4).
+and a lop3; `tools/int4_sass.py` counts them on any machine), and the 4-bit GEMVs look issue-bound,
+not memory-bound (results/h100/int4).
 
 The bf16x2 variant (`blocks`' fifth element, Hopper and bf16 activations only): the same layout,
 each word's eight weights dequantised and multiplied in bf16 pairs by a few lines of inline PTX
@@ -70,7 +71,7 @@ MAGIC = 8388608.0  # 2^23: float32 bits 0x4B000000; OR-ing a nibble into the low
 # multiplies the activation pair $2..$5 = (x[j*W + w], x[(j+4)*W + w]) and the four pairs are summed
 # in bf16 (mul, fma: one rounding each); the two halves are widened to float32 and added. With the
 # pairs' assembly, about 3.1 instructions a weight against 5.5 for the float32 path (SASS for sm_90,
-# 64 rows, 2 warps); products
+# 64 rows, 2 warps: tools/int4_sass.py, with the Triton it runs under); products
 # and a word's four-pair sums are rounded to bf16's 8 bits (relative 2^-9 each), the words summed in
 # float32. sub/mul.bf16x2 need sm_90, so the variant is for Hopper only.
 BF16X2_WORD = """{

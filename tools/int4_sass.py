@@ -1,0 +1,68 @@
+"""Instructions a weight of qbench-int4's GEMV as compiled for an H100 (sm_90), on any machine: no GPU.
+
+    python tools/int4_sass.py [BLOCK_N WARPS]        # default 64 2
+
+Triton compiles the kernel for sm_90 with GROUPS = 2 and 4 (one loop iteration unrolled over that
+many groups), ptxas assembles it and nvdisasm lists the SASS; the difference between the two counts,
+divided by the weights one thread handles in the extra groups, is the instructions a weight of the
+inner loop (the code outside it cancels). Printed for the float32 path and the bf16x2 variant, with
+the opcodes that make the difference. Static counts: what the loop issues per weight, not a timing.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from qbench.runtimes.kernels import gemv_int4
+
+SIGNATURE = {
+    "X": "*bf16", "QW": "*i32", "S": "*fp16", "Z": "*u8", "B": "*bf16", "Y": "*bf16", "ACC": "*fp32",
+    "COUNT": "*i32", "N": "i32", "K": "i32", "KW": "i32", "GROUPS_TOTAL": "i32", "GROUPS_PER_SPLIT": "i32",
+    "SPLIT": "i32", "GROUP": "constexpr", "GROUPS": "constexpr", "HAS_BIAS": "constexpr", "SPLIT_K": "constexpr",
+    "BLOCK_N": "constexpr", "BF16X2": "constexpr",
+}
+ALIGNED = ("X", "QW", "S", "Z", "B", "Y", "ACC", "COUNT", "N", "K", "KW")
+
+
+def opcodes(block_n: int, groups: int, warps: int, bf16x2: bool) -> collections.Counter:
+    names = list(SIGNATURE)
+    constants = {"GROUP": 128, "GROUPS": groups, "HAS_BIAS": False, "SPLIT_K": True, "BLOCK_N": block_n,
+                 "BF16X2": bf16x2}
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in ALIGNED}
+    source = ASTSource(gemv_int4._kernel(), SIGNATURE, {(names.index(n),): v for n, v in constants.items()}, attrs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+        cubin.write(compiled.asm["cubin"])
+        cubin.flush()
+        tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
+        sass = subprocess.run([tool, "-c", cubin.name], capture_output=True, text=True, check=True).stdout
+    counts: collections.Counter = collections.Counter()
+    for line in sass.splitlines():
+        found = re.match(r"\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_]+)", line)
+        if found:
+            counts[found.group(1)] += 1
+    return counts
+
+
+def main() -> None:
+    block_n, warps = (int(a) for a in sys.argv[1:3]) if len(sys.argv) > 2 else (64, 2)
+    weights = block_n * 128 * 2 // (32 * warps)  # one thread's weights in the two extra groups
+    print(f"BLOCK_N {block_n}, {warps} warps: instructions a weight of the inner loop (SASS, sm_90)")
+    for label, bf16x2 in (("float32 path", False), ("bf16x2 variant", True)):
+        two, four = opcodes(block_n, 2, warps, bf16x2), opcodes(block_n, 4, warps, bf16x2)
+        extra = {op: (four[op] - two[op]) / weights for op in set(two) | set(four) if four[op] != two[op]}
+        top = ", ".join(f"{op} {n:.2f}" for n, op in sorted(((n, op) for op, n in extra.items()), reverse=True)[:8])
+        print(f"  {label:15s} {sum(extra.values()):.2f}   ({top})")
+
+
+if __name__ == "__main__":
+    main()
