@@ -19,7 +19,7 @@ from qbench.errors import UserError
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
 def floor(model, gpu, ctx, backend, group_size, fmt) -> None:
     """Bytes one decode step reads and the memory floor; needs no GPU."""
-    from qbench.analysis.floor import floor_ms, step_bytes
+    from qbench.analysis.floor import floor_records
     from qbench.compare import check_ctx, probe_device, resolve_gpu, resolve_group_size
     from qbench.registry import load_backend
     from qbench.specs import load_gpu_spec, load_model_spec
@@ -31,29 +31,7 @@ def floor(model, gpu, ctx, backend, group_size, fmt) -> None:
     check_ctx(spec, contexts)
     group_size = resolve_group_size(group_size, spec)
     gpu_spec = resolve_gpu(gpu, probe_device()) if gpu == "auto" else load_gpu_spec(gpu)
-    records = []
-    for context in contexts:
-        counted = step_bytes(spec, context, fmt_backend.linear_bytes, group_size)
-        records.append(
-            {
-                "model": spec.name,
-                "gpu": gpu_spec.name,
-                "backend": fmt_backend.name,
-                "group_size": group_size if fmt_backend.bits < 16 else None,
-                "ctx": context,
-                "linear_weights": counted.linear_weights,
-                "biases": counted.biases,
-                "norms": counted.norms,
-                "embedding_row": counted.embedding_row,
-                "lm_head": counted.lm_head,
-                "weights": counted.weights,
-                "kv_cache": counted.kv_cache,
-                "total": counted.total,
-                "peak_bandwidth_gbps": gpu_spec.peak_bandwidth_gbps,
-                "bandwidth_source": gpu_spec.bandwidth_source,
-                "floor_ms": floor_ms(counted.total, gpu_spec.peak_bandwidth_gbps),
-            }
-        )
+    records = floor_records(spec, gpu_spec, fmt_backend, contexts, group_size)
     rows = [
         [
             r["ctx"],
@@ -110,6 +88,7 @@ def predict(model, gpu, backends, runtimes, ctx, graphs, db, calibrate_on, launc
     from qbench.render.formats import FORMATS as registered
     from qbench.runtimes import linear_runtimes
     from qbench.specs import check_path, load_gpu_spec
+    from qbench.store import read_sessions
 
     chosen, linear = tuple(_names(runtimes)), linear_runtimes()
     if not chosen or any(r not in linear for r in chosen):
@@ -123,12 +102,12 @@ def predict(model, gpu, backends, runtimes, ctx, graphs, db, calibrate_on, launc
     elif not check_path("--db", db).is_file():
         raise UserError(f"--db {db} does not exist", "point --db at a store `qbench compare` wrote on a GPU")
     else:
-        sessions = _read_sessions(db)
+        sessions = read_sessions(db)
     measured = None
     if against is not None:
         if not check_path("--against", against).is_file():
             raise UserError(f"--against {against} does not exist", f"point --against at a store measured on {gpu}")
-        measured = _read_sessions(against)
+        measured = read_sessions(against)
     modes = {"off": (False,), "on": (True,), "both": (False, True)}[graphs]
     rows, skipped = run_prediction(
         model,
@@ -148,13 +127,3 @@ def predict(model, gpu, backends, runtimes, ctx, graphs, db, calibrate_on, launc
         output.data = {**output.data, "calibration": source}
         output.blocks += [Gap(), Prose(f"{shipped_label(source)}; calibrate on your own store with --db STORE", "  ")]
     click.echo(registered[fmt].render(output, False))
-
-
-def _read_sessions(db: str) -> list[dict]:
-    from qbench.store import Store
-
-    store = Store(db, readonly=True)
-    try:
-        return store.sessions()
-    finally:
-        store.close()

@@ -8,7 +8,15 @@ import sys
 import click
 
 from qbench import DISTRIBUTION
-from qbench.cli.common import FORMATS, _command_line, _ints, _names, _RuntimesOption, _stop_on_signals
+from qbench.cli.common import (
+    FORMATS,
+    _command_line,
+    _ints,
+    _names,
+    _renderer,
+    _RuntimesOption,
+    _stop_on_signals,
+)
 from qbench.errors import UserError
 from qbench.render.escape import for_terminal
 
@@ -204,38 +212,10 @@ EXIT_PREDICTED = 3
 
 def _answer_predicted(configs: list, absent, fmt: str) -> None:
     """Print the PREDICTED table for the GPU this machine is not, then how to measure it; exit 3."""
-    from dataclasses import replace
+    from qbench.analysis.predict import compare_answer
 
-    from qbench.analysis.predict import document, shipped_for_compare, shipped_label
-    from qbench.compare import predict_command
-    from qbench.render.document import Gap, Prose
-    from qbench.render.formats import FORMATS as registered
-
-    if not absent.wanted.peak_bandwidth_gbps or not absent.wanted.boost_clock_mhz:
-        raise absent  # nothing to predict it from (a CPU spec): the one-line error
-    answers = [shipped_for_compare(config) for config in configs]
-    predictions = [p for answer in answers for p in answer[0]]
-    skipped = {what: why for answer in answers for what, why in answer[1].items()}
-    source, uncovered = answers[0][2], answers[0][3]
-    style = registered[fmt]
-    output = document(predictions, skipped)
-    output.data = {**output.data, "measured": False, "calibration": source}
-    output.blocks = [block for index, answer in enumerate(answers) for block in (
-        ([Gap()] if index else []) + document(answer[0], answer[1]).blocks)]  # fmt: skip
-    wanted = absent.wanted
-    predicted = tuple(dict.fromkeys(p.backend for p in predictions)) or configs[0].backends
-    lines = [
-        f"qbench: this machine has no {wanted.name} GPU (detected {absent.seen}): no session ran and nothing "
-        f"was stored; every figure above is PREDICTED, {shipped_label(source)}.",
-        f"To measure it for real, run this on a machine whose GPU is {wanted.description}:",
-        f"  {_command_line()}",
-        "More prediction options (--launch-us for the eager rows, --db to calibrate on your own store):",
-        f"  {predict_command(replace(configs[0], backends=predicted))}",
-    ]
-    if uncovered:
-        lines.append(f"Not in the shipped calibration, so not predicted: {', '.join(uncovered)}.")
-    if style.prose:  # said in the document, prose at the table's width; a command stays whole
-        output.blocks += [Gap()] + [Prose(line, "  ", wrap=not line.startswith("  ")) for line in lines]
+    style = _renderer(fmt)
+    output, lines = compare_answer(configs, absent, _command_line(), style.prose)
     text = style.render(output, False)
     click.echo(text, nl=not text.endswith("\n"))
     if not style.prose:

@@ -10,32 +10,6 @@ from qbench.cli.common import FORMATS, _command_line
 from qbench.errors import UserError
 
 
-def _stored_sessions(db: str, run_id: str) -> tuple[list[dict], list[tuple[str, str]]]:
-    """The sessions of the selected runs ('latest', 'all' or an id) and those runs' commands."""
-    from qbench.store import Store
-
-    store = Store(db, readonly=True)
-    try:
-        runs = store.run_ids()
-        if not runs:
-            raise UserError(f"{db} holds no runs", "run `qbench compare` first")
-        selected = store.select_runs(run_id)
-        if selected is None:
-            raise UserError(f"no run {run_id!r} in {db}", f"runs: {', '.join(runs[-5:])}")
-        return store.sessions(run_ids=selected), store.commands(selected)
-    finally:
-        store.close()
-
-
-def _replication_cells(rows: list[dict], db: str) -> list[dict]:
-    from qbench.report import replication_rows
-
-    cells = replication_rows(rows)
-    if not cells:
-        raise UserError(f"the selected runs in {db} hold no bf16 rows", "replication views come from bf16 runs")
-    return cells
-
-
 @click.command()
 @click.option("--db", default="results/qbench.sqlite", show_default=True)
 @click.option("--run", "run_id", default="latest", show_default=True, help="A run id, 'latest' or 'all'.")
@@ -44,12 +18,14 @@ def _replication_cells(rows: list[dict], db: str) -> list[dict]:
 )
 def plot(db, run_id, out) -> None:
     """Draw the replication view of stored runs: % of floor against context, and the graphs speedup."""
+    from qbench.analysis.aggregate import replication_cells
     from qbench.render.plot import check_output, replication_figure
     from qbench.report import aggregate
+    from qbench.store import stored_sessions
 
     check_output(out, [db])
-    sessions, _ = _stored_sessions(db, run_id)
-    cells = _replication_cells(aggregate(sessions), db)
+    sessions, _ = stored_sessions(db, run_id)
+    cells = replication_cells(aggregate(sessions), db)
     drawable = ("graph_pct_of_floor", "eager_pct_of_floor", "graphs_speedup")
     if not any(cell.get(key) is not None for cell in cells for key in drawable):
         raise UserError(
@@ -88,6 +64,7 @@ def plot(db, run_id, out) -> None:
 )
 def export(db, run_id, fmt, out, view, wide) -> None:
     """Write a stored run's table as Markdown, CSV, JSON, LaTeX (booktabs) or HTML."""
+    from qbench.analysis.aggregate import replication_cells
     from qbench.report import (
         aggregate,
         kernel_rows,
@@ -97,15 +74,15 @@ def export(db, run_id, fmt, out, view, wide) -> None:
         render_sessions,
         session_rows,
     )
-    from qbench.store import check_output, write_output
+    from qbench.store import check_output, stored_sessions, write_output
 
     if out:
         check_output(out, [db])  # before anything is read: never onto a store
-    sessions, commands = _stored_sessions(db, run_id)
+    sessions, commands = stored_sessions(db, run_id)
     rows = aggregate(sessions)
     title = "\n".join(f"run {run}: `{command}`" for run, command in commands)  # CSV and JSON carry none
     if view == "replication":
-        text = render_replication(_replication_cells(rows, db), fmt, title, wide)
+        text = render_replication(replication_cells(rows, db), fmt, title, wide)
     elif view == "kernels":
         profiled = kernel_rows(sessions)
         if not profiled:
