@@ -51,13 +51,7 @@ class _Group(click.Group):
             sys.exit(EXIT_ON_SIGNAL.get(stop.signal_name, 1))
 
 
-@click.group(cls=_Group)
-@click.version_option(__version__)
-def main() -> None:
-    """Which quantisation backend to deploy for batch-1 LLM decode, and why."""
-
-
-for command in (
+COMMANDS = (  # `qbench --help` lists them by name
     measure.compare,
     measure.replicate,
     estimate.floor,
@@ -70,5 +64,10 @@ for command in (
     stored.plot,
     stored.export,
     stored.report,
-):
-    main.add_command(command)
+)
+
+
+@click.group(cls=_Group, commands=COMMANDS)
+@click.version_option(__version__)
+def main() -> None:
+    """Which quantisation backend to deploy for batch-1 LLM decode, and why."""
