@@ -426,6 +426,31 @@ class Store:
         return [record for record in map(self._record, rows) if record is not None]
 
 
+# ---- what the read commands read (export, plot, predict) -----------------------------------------
+def stored_sessions(db: str, run_id: str) -> tuple[list[dict], list[tuple[str, str]]]:
+    """The sessions of the selected runs ('latest', 'all' or an id) and those runs' commands."""
+    store = Store(db, readonly=True)
+    try:
+        runs = store.run_ids()
+        if not runs:
+            raise UserError(f"{db} holds no runs", "run `qbench compare` first")
+        selected = store.select_runs(run_id)
+        if selected is None:
+            raise UserError(f"no run {run_id!r} in {db}", f"runs: {', '.join(runs[-5:])}")
+        return store.sessions(run_ids=selected), store.commands(selected)
+    finally:
+        store.close()
+
+
+def read_sessions(db: str) -> list[dict]:
+    """Every session the store at `db` holds, read without writing."""
+    store = Store(db, readonly=True)
+    try:
+        return store.sessions()
+    finally:
+        store.close()
+
+
 # ---- output files: never a store, always whole --------------------------------------------------
 def is_store(path: Path) -> bool:
     """Whether `path` is a regular SQLite file with qbench's tables (or one too damaged to tell, or one

@@ -110,3 +110,24 @@ def test_the_executors_do_not_import_each_other(one, other):
     assert module in graph
     assert f"qbench.execute.{other}" not in graph[module]
     assert {"qbench.plan", "qbench.execute.progress"} <= graph[module]
+
+
+CLI = PACKAGE / "cli"
+CLI_MAX_LINES = 400  # a command module is read in one sitting (issue 22: `cli/`, option parsing only)
+CLI_SHARED = {"__init__", "__main__", "common"}  # the group, `python -m qbench.cli`, the option helpers
+
+
+def test_the_cli_is_one_short_module_per_command_group():
+    """Issue 22: `qbench/cli/` holds one module per command group, none over CLI_MAX_LINES lines; a
+    command module imports the shared helpers (`common`), never another command module, and `common`
+    imports none of them."""
+    assert (CLI / "__init__.py").is_file(), "the command line is the package qbench/cli/"
+    files = sorted(CLI.glob("*.py"))
+    long = {p.name: n for p in files if (n := len(p.read_text().splitlines())) > CLI_MAX_LINES}
+    assert not long, f"over {CLI_MAX_LINES} lines: {long}"
+    graph = import_graph()
+    commands = {module_name(p) for p in files if p.stem not in CLI_SHARED}
+    assert len(commands) >= 3, commands
+    for name in sorted(commands | {"qbench.cli.common"}):
+        others = graph[name] & (commands - {name})
+        assert not others, f"{name} imports the command module(s) {sorted(others)}"

@@ -35,6 +35,7 @@ from statistics import median
 from typing import Any
 
 from qbench.analysis import stats
+from qbench.errors import UserError
 from qbench.registry import BUILT_IN_ORDER
 from qbench.runtimes import DEFAULT, get_runtime
 from qbench.session.gate_limits import EDGE_ERROR, EDGE_TOP1
@@ -466,6 +467,14 @@ def replication_rows(rows: list[dict]) -> list[dict]:
             cell["graphs_speedup"] = row.get("graphs_speedup")
             cell["graphs_interval"] = row.get("graphs_interval")
     return sorted(cells.values(), key=lambda c: (c["model"], c["ctx"], c["run_ids"]))
+
+
+def replication_cells(rows: list[dict], db: str) -> list[dict]:
+    """replication_rows of the rows read from `db`; none (no bf16 row) is the user's error."""
+    cells = replication_rows(rows)
+    if not cells:
+        raise UserError(f"the selected runs in {db} hold no bf16 rows", "replication views come from bf16 runs")
+    return cells
 
 
 def kernel_rows(sessions: list[dict], top: int = 8) -> list[dict[str, Any]]:

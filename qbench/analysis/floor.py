@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from qbench.specs import ModelSpec
+from qbench.specs import GpuSpec, ModelSpec
 
 SIXTEEN_BIT = 2  # bytes per bf16/fp16 element
 
@@ -73,3 +74,34 @@ def floor_ms(total_bytes: int, bandwidth_gbps: float | None) -> float | None:
     if not bandwidth_gbps:
         return None
     return total_bytes / (bandwidth_gbps * 1e9) * 1e3
+
+
+def floor_records(
+    spec: ModelSpec, gpu_spec: GpuSpec, fmt_backend: Any, contexts: tuple[int, ...], group_size: int
+) -> list[dict[str, Any]]:
+    """`qbench floor`'s records: per context, the bytes a step of `fmt_backend`'s format reads, by kind,
+    and the floor at `gpu_spec`'s datasheet bandwidth (None where it has none)."""
+    records = []
+    for context in contexts:
+        counted = step_bytes(spec, context, fmt_backend.linear_bytes, group_size)
+        records.append(
+            {
+                "model": spec.name,
+                "gpu": gpu_spec.name,
+                "backend": fmt_backend.name,
+                "group_size": group_size if fmt_backend.bits < 16 else None,
+                "ctx": context,
+                "linear_weights": counted.linear_weights,
+                "biases": counted.biases,
+                "norms": counted.norms,
+                "embedding_row": counted.embedding_row,
+                "lm_head": counted.lm_head,
+                "weights": counted.weights,
+                "kv_cache": counted.kv_cache,
+                "total": counted.total,
+                "peak_bandwidth_gbps": gpu_spec.peak_bandwidth_gbps,
+                "bandwidth_source": gpu_spec.bandwidth_source,
+                "floor_ms": floor_ms(counted.total, gpu_spec.peak_bandwidth_gbps),
+            }
+        )
+    return records

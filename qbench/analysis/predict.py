@@ -628,3 +628,41 @@ def cpu_run_warning(the_plan: Any, probe: Any = None) -> str | None:
         f"--gpu G` for any GPU in `qbench gpus`) predicts it from the shipped H100 measurements in seconds, "
         f"running nothing; or measure a small model here: `qbench compare --model qwen2.5-0.5b`"
     )
+
+
+def compare_answer(configs: list, absent: Any, command: str, prose: bool) -> tuple[Any, list[str]]:
+    """What `qbench compare --gpu G` answers on a machine without G (`absent`: the GpuNotHere its
+    planning raised, raised again where G's spec gives nothing to predict from): the PREDICTED Document
+    of every config (CompareConfig) from the shipped calibration, and the lines saying nothing was
+    measured and how to measure it (`command`: the command as typed), added to the Document where its
+    format has `prose`."""
+    from dataclasses import replace
+
+    from qbench.compare import predict_command
+    from qbench.render.document import Gap, Prose
+
+    if not absent.wanted.peak_bandwidth_gbps or not absent.wanted.boost_clock_mhz:
+        raise absent  # nothing to predict it from (a CPU spec): the one-line error
+    answers = [shipped_for_compare(config) for config in configs]
+    predictions = [p for answer in answers for p in answer[0]]
+    skipped = {what: why for answer in answers for what, why in answer[1].items()}
+    source, uncovered = answers[0][2], answers[0][3]
+    output = document(predictions, skipped)
+    output.data = {**output.data, "measured": False, "calibration": source}
+    output.blocks = [block for index, answer in enumerate(answers) for block in (
+        ([Gap()] if index else []) + document(answer[0], answer[1]).blocks)]  # fmt: skip
+    wanted = absent.wanted
+    predicted = tuple(dict.fromkeys(p.backend for p in predictions)) or configs[0].backends
+    lines = [
+        f"qbench: this machine has no {wanted.name} GPU (detected {absent.seen}): no session ran and nothing "
+        f"was stored; every figure above is PREDICTED, {shipped_label(source)}.",
+        f"To measure it for real, run this on a machine whose GPU is {wanted.description}:",
+        f"  {command}",
+        "More prediction options (--launch-us for the eager rows, --db to calibrate on your own store):",
+        f"  {predict_command(replace(configs[0], backends=predicted))}",
+    ]
+    if uncovered:
+        lines.append(f"Not in the shipped calibration, so not predicted: {', '.join(uncovered)}.")
+    if prose:  # said in the document, prose at the table's width; a command stays whole
+        output.blocks += [Gap()] + [Prose(line, "  ", wrap=not line.startswith("  ")) for line in lines]
+    return output, lines
