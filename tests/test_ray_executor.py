@@ -12,6 +12,7 @@ import _thread
 import fcntl
 import json
 import os
+import signal
 import socket
 import sys
 import threading
@@ -206,12 +207,29 @@ def test_a_lost_node_costs_its_sessions_and_resume_runs_them(cluster, monkeypatc
 
 def test_ctrl_c_cancels_every_task_and_leaves_nothing_running(cluster, monkeypatch):
     monkeypatch.syspath_prepend(str(cluster.site))  # the driver plans gate-wait too
+    # a user's Ctrl-C reaches a fresh qbench process, whose SIGINT handler is Python's default; an
+    # earlier test in this process may have left another (interrupt_main then does nothing)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     command = ["compare", "--executor", "ray", "--address", cluster.cluster.address, "--gpu", "cpu-a,cpu-b"]
+    ended = threading.Event()
+
+    def ctrl_c():
+        _thread.interrupt_main()
+        # the run stops within seconds of a Ctrl-C; if it has not after a minute, the sessions are let go,
+        # so the test fails in minutes with the run's output rather than after every session's timeout
+        if not ended.wait(60):
+            (cluster.gate / "release").touch()
+
     # Ctrl-C once a session waits on each node: both are held until it comes, however busy the machine
-    interrupt = when(lambda: cluster.waiting("a") and cluster.waiting("b"), _thread.interrupt_main, timeout_s=300)
+    interrupt = when(lambda: cluster.waiting("a") and cluster.waiting("b"), ctrl_c, timeout_s=300)
     gated = ["gate-wait" if arg == "bf16" else arg for arg in FAST]
-    result = invoke(*command, *gated, "--sessions", "3", "--timeout", "300")
+    try:
+        result = invoke(*command, *gated, "--sessions", "3", "--timeout", "300")
+    finally:
+        ended.set()
+        signal.signal(signal.SIGINT, previous)
     interrupt.join()
+    assert not (cluster.gate / "release").exists(), "the Ctrl-C did not stop the run:\n" + result.output
     assert result.exit_code == 130, result.output
     assert "interrupted by SIGINT" in result.output and "resume with" in result.output
     assert cluster.no_session_left()
