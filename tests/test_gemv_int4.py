@@ -138,7 +138,7 @@ def run_ptx(asm: str, args: list[torch.Tensor]) -> torch.Tensor:
             result = (a + b).view(torch.int32).to(torch.int64) & 0xFFFFFFFF
         else:
             raise AssertionError(f"the model does not know {op}")
-        regs[dest] = result.expand_as(result) if isinstance(result, torch.Tensor) else result
+        regs[dest] = result
     return regs["$0"].to(torch.int32).view(torch.float32)
 
 
@@ -157,24 +157,22 @@ def test_the_bf16x2_word_computes_the_dequantised_product(group_size):
     qweight = gemv_int4.pack(q, group_size)
     x = torch.randn(k).to(torch.bfloat16)
     bits = x.view(torch.int16).to(torch.int64) & 0xFFFF  # [K] bf16 bits
-    got = torch.zeros(n)
-    for g in range(k // group_size):
-        w = qweight[:, g * words:(g + 1) * words]  # [N, W]
+
+    def word_sums(asm: str, g: int) -> torch.Tensor:
+        """[N, W]: each word of group g through `asm`, fed as the kernel feeds it."""
         base = bits[g * group_size:(g + 1) * group_size].reshape(8, words)  # [nibble, word]
         pairs = [(base[j] | base[j + 4] << 16)[None, :] for j in range(4)]
         zz = ((zeros[:, g].to(torch.int64) | 0x4300) * 0x10001)[:, None]
-        word_sums = run_ptx(gemv_int4.BF16X2_WORD, [w, *pairs, zz])  # [N, W]
-        got += word_sums.sum(dim=1) * scales[:, g].float()
+        return run_ptx(asm, [qweight[:, g * words:(g + 1) * words], *pairs, zz])
+
+    got = torch.zeros(n)
+    for g in range(k // group_size):
+        got += word_sums(gemv_int4.BF16X2_WORD, g).sum(dim=1) * scales[:, g].float()
     want = gemv_int4.dequantize(qweight, scales, zeros, group_size) @ x.float()
     assert ((got - want).norm() / want.norm()).item() < 5e-3
     # the model is not lenient: pairing nibble j with nibble j + 1's input instead fails
     bad = gemv_int4.BF16X2_WORD.replace("$1, 4;", "$1, 8;", 1)
-    w = qweight[:, :words]
-    base = bits[:group_size].reshape(8, words)
-    pairs = [(base[j] | base[j + 4] << 16)[None, :] for j in range(4)]
-    zz = ((zeros[:, 0].to(torch.int64) | 0x4300) * 0x10001)[:, None]
-    right = run_ptx(gemv_int4.BF16X2_WORD, [w, *pairs, zz]).sum(dim=1)
-    wrong = run_ptx(bad, [w, *pairs, zz]).sum(dim=1)
+    right, wrong = (word_sums(asm, 0).sum(dim=1) for asm in (gemv_int4.BF16X2_WORD, bad))
     assert ((right - wrong).norm() / right.norm()).item() > 0.05
 
 
@@ -322,24 +320,10 @@ def test_lean_with_qbench_int4_fuses_and_matches_hf():
 def test_the_kernel_compiles_for_an_h100_and_its_weight_loads_are_128_bit():
     """Triton's interpreter runs what its compiler refuses (a module-level float inside the kernel
     did, on the H100): compile for sm_90 here, no GPU needed, and check the weight loads' width."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    kernel = gemv_int4._kernel()
-    signature = {
-        "X": "*bf16", "QW": "*i32", "S": "*fp16", "Z": "*u8", "B": "*bf16", "Y": "*bf16", "ACC": "*fp32",
-        "COUNT": "*i32", "N": "i32", "K": "i32", "KW": "i32", "GROUPS_TOTAL": "i32", "GROUPS_PER_SPLIT": "i32",
-        "SPLIT": "i32", "GROUP": "constexpr", "GROUPS": "constexpr", "HAS_BIAS": "constexpr", "SPLIT_K": "constexpr",
-        "BLOCK_N": "constexpr", "BF16X2": "constexpr",
-    }
-    names = list(signature)
-    aligned = ["X", "QW", "S", "Z", "B", "Y", "ACC", "COUNT", "N", "K", "KW"]  # as a launch on Qwen's shapes sees them
-    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in aligned}
     for split_k, bias, bf16x2 in ((True, False, False), (False, True, False), (True, False, True)):
         constants = {"GROUP": 128, "GROUPS": 2, "HAS_BIAS": bias, "SPLIT_K": split_k, "BLOCK_N": 32, "BF16X2": bf16x2}
-        source = ASTSource(kernel, signature, {(names.index(n),): v for n, v in constants.items()}, attrs)
         try:
-            compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+            compiled = gemv_int4.compile_for_sm90(constants, 4)
         except RuntimeError as error:  # no ptxas in this Triton: the front end still ran
             if "ptxas" not in str(error).lower():
                 raise

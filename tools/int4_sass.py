@@ -19,27 +19,14 @@ import sys
 import tempfile
 
 import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 
 from qbench.runtimes.kernels import gemv_int4
 
-SIGNATURE = {
-    "X": "*bf16", "QW": "*i32", "S": "*fp16", "Z": "*u8", "B": "*bf16", "Y": "*bf16", "ACC": "*fp32",
-    "COUNT": "*i32", "N": "i32", "K": "i32", "KW": "i32", "GROUPS_TOTAL": "i32", "GROUPS_PER_SPLIT": "i32",
-    "SPLIT": "i32", "GROUP": "constexpr", "GROUPS": "constexpr", "HAS_BIAS": "constexpr", "SPLIT_K": "constexpr",
-    "BLOCK_N": "constexpr", "BF16X2": "constexpr",
-}
-ALIGNED = ("X", "QW", "S", "Z", "B", "Y", "ACC", "COUNT", "N", "K", "KW")
-
 
 def opcodes(block_n: int, groups: int, warps: int, bf16x2: bool) -> collections.Counter:
-    names = list(SIGNATURE)
     constants = {"GROUP": 128, "GROUPS": groups, "HAS_BIAS": False, "SPLIT_K": True, "BLOCK_N": block_n,
                  "BF16X2": bf16x2}
-    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in ALIGNED}
-    source = ASTSource(gemv_int4._kernel(), SIGNATURE, {(names.index(n),): v for n, v in constants.items()}, attrs)
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+    compiled = gemv_int4.compile_for_sm90(constants, warps)
     with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
         cubin.write(compiled.asm["cubin"])
         cubin.flush()

@@ -105,6 +105,12 @@ def _kernel():
     word_asm = tl.constexpr(BF16X2_WORD)
 
     @triton.jit
+    def activation_pair(x16, j: tl.constexpr, WORDS: tl.constexpr):
+        """[WORDS] bf16x2 words: for each word w of a group, (input j*WORDS + w, input (j+4)*WORDS + w),
+        the activations nibbles j and j + 4 of word w meet; `x16` points at the group's inputs + w."""
+        return tl.load(x16 + j * WORDS).to(tl.int32) | (tl.load(x16 + (j + 4) * WORDS).to(tl.int32) << 16)
+
+    @triton.jit
     def qbench_int4_gemv_kernel(
         X, QW, S, Z, B, Y, ACC, COUNT, N, K, KW, GROUPS_TOTAL, GROUPS_PER_SPLIT, SPLIT,
         GROUP: tl.constexpr, GROUPS: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
@@ -136,14 +142,12 @@ def _kernel():
                     zero = tl.load(Z + rows * GROUPS_TOTAL + g).to(tl.int32)
                     zz = ((zero | 0x4300) * 0x10001)[:, None]  # bf16 pair (128 + zero, 128 + zero)
                     x16 = X.to(tl.pointer_type(tl.uint16), bitcast=True) + g * GROUP + words  # nibble 0's inputs
-                    # activation pairs (nibble j's input, nibble j + 4's) of each word, as bf16x2 words
-                    x0 = (tl.load(x16).to(tl.int32) | (tl.load(x16 + 4 * WORDS).to(tl.int32) << 16))[None, :]
-                    x1 = (tl.load(x16 + WORDS).to(tl.int32) | (tl.load(x16 + 5 * WORDS).to(tl.int32) << 16))[None, :]
-                    x2 = (tl.load(x16 + 2 * WORDS).to(tl.int32) | (tl.load(x16 + 6 * WORDS).to(tl.int32) << 16))
-                    x3 = (tl.load(x16 + 3 * WORDS).to(tl.int32) | (tl.load(x16 + 7 * WORDS).to(tl.int32) << 16))
+                    args = [
+                        w, activation_pair(x16, 0, WORDS)[None, :], activation_pair(x16, 1, WORDS)[None, :],
+                        activation_pair(x16, 2, WORDS)[None, :], activation_pair(x16, 3, WORDS)[None, :], zz,
+                    ]
                     part = tl.inline_asm_elementwise(
-                        asm=word_asm, constraints="=r,r,r,r,r,r,r", args=[w, x0, x1, x2[None, :], x3[None, :], zz],
-                        dtype=tl.int32, is_pure=True, pack=1,
+                        asm=word_asm, constraints="=r,r,r,r,r,r,r", args=args, dtype=tl.int32, is_pure=True, pack=1,
                     ).to(tl.float32, bitcast=True)  # [BLOCK_N, WORDS]: each word's sum over its eight weights
                 else:
                     z = tl.load(Z + rows * GROUPS_TOTAL + g).to(tl.float32)
@@ -176,6 +180,32 @@ def _kernel():
                 tl.atomic_xchg(COUNT + pid_n, 0)
 
     return qbench_int4_gemv_kernel
+
+
+# The kernel's arguments as Triton's compiler takes them, the pointers and sizes a launch on Qwen2.5-7B's
+# shapes sees as 16-aligned (what makes the weight loads 128-bit)
+SIGNATURE = {
+    "X": "*bf16", "QW": "*i32", "S": "*fp16", "Z": "*u8", "B": "*bf16", "Y": "*bf16", "ACC": "*fp32",
+    "COUNT": "*i32", "N": "i32", "K": "i32", "KW": "i32", "GROUPS_TOTAL": "i32", "GROUPS_PER_SPLIT": "i32",
+    "SPLIT": "i32", "GROUP": "constexpr", "GROUPS": "constexpr", "HAS_BIAS": "constexpr", "SPLIT_K": "constexpr",
+    "BLOCK_N": "constexpr", "BF16X2": "constexpr",
+}
+ALIGNED = ("X", "QW", "S", "Z", "B", "Y", "ACC", "COUNT", "N", "K", "KW")
+
+
+def compile_for_sm90(constants: dict, warps: int):
+    """The kernel compiled for an H100 (sm_90) on any machine, no GPU needed: `constants` gives every
+    constexpr of SIGNATURE. Where this Triton has no ptxas, triton.compile raises a RuntimeError naming
+    it after its front end ran. For the tests and tools/int4_sass.py; qbench's launches compile as usual."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    names = list(SIGNATURE)
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in ALIGNED}
+    fixed = {(names.index(n),): v for n, v in constants.items()}
+    source = ASTSource(_kernel(), SIGNATURE, fixed, attrs)
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
 
 
 # (N, K) -> (BLOCK_N, GROUPS, SPLIT, warps), for group size 128: the fastest of the 48 configurations
