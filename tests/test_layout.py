@@ -145,9 +145,9 @@ def test_the_runner_installs_a_carried_wheel_runs_a_cell_and_returns_everything_
         "[metadata]\nname = tinypkg-qb\nversion = 1\n[options]\npackages = tinypkg_qb\n"
     )
     (tiny_pkg / "setup.py").write_text("from setuptools import setup\nsetup()\n")
-    for pack in (".whl", ".devllama"):
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                        str(repo / pack), str(tiny_pkg)], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(repo / ".whl"), str(tiny_pkg)], check=True, capture_output=True)
+    shutil.copytree(repo / ".whl", repo / ".devllama")  # the same wheel file in a second pack
     (repo / ".devq" / "db").mkdir()
     (repo / ".devq" / "db" / "carried.sqlite").write_bytes(b"a store")
     done = runner("setup")

@@ -148,10 +148,11 @@ def measure(name: str, n: int, k: int, dev: torch.device, l2: int, sms: int, tin
     else:
         mods = modules_for(backend, linear, copies_for(size))
         configs = {}
-        candidates = [gemv_int4.choose_blocks(n, k, sms, GROUP, bool(info.capability and info.capability >= (9, 0)))]
+        hopper = gemv_int4.hopper(dev)  # the bf16x2 variant (inline PTX for sm_90) can run here
+        candidates = [gemv_int4.choose_blocks(n, k, sms, GROUP, hopper)]
         if not tiny:
             swept = list(itertools.product(*SWEEP.values()))
-            if info.capability and info.capability >= (9, 0):  # the bf16x2 variant (inline PTX for sm_90)
+            if hopper:
                 swept += [c + (True,) for c in swept]
             candidates += [c for c in swept if c not in candidates]
         total = k // GROUP

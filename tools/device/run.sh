@@ -25,6 +25,7 @@ T=${DEVICE_TMP:-/tmp}  # where installs, caches and the working folder live (ano
 case $T in /*) ;; *) echo "run.sh: DEVICE_TMP must be an absolute path, not '$T'" >&2; exit 2 ;; esac
 REPO=$(pwd)
 RES=$T/res
+CARRIED_STORES=(.devq/db .devrep/db .devdb)  # folders of the packs where a store to resume into travels
 OUT=${OUT:?run.sh writes everything to \$OUT; run it through the device tool}
 case $OUT in /*) ;; *) echo "run.sh: \$OUT must be an absolute path, not '$OUT'" >&2; exit 2 ;; esac
 mkdir -p "$RES" "$OUT"
@@ -72,9 +73,11 @@ setup() {
   echo "setup: $(basename "$qbench") in $T/qb, ${#others[@]} wheels in $T/site" | tee -a "$OUT/setup.log"
   # carried stores go into $T/res now: a later call on this warm machine that does not carry the pack
   # again still resumes into them (a pack is not kept there between calls)
-  local store
-  for store in .devq/db/*.sqlite .devrep/db/*.sqlite .devdb/*.sqlite; do
-    [ -f "$store" ] && [ ! -f "$RES/$(basename "$store")" ] && cp "$store" "$RES/" && echo "setup: store $store in $RES"
+  local folder store
+  for folder in "${CARRIED_STORES[@]}"; do
+    for store in "$folder"/*.sqlite; do
+      [ -f "$store" ] && [ ! -f "$RES/$(basename "$store")" ] && cp "$store" "$RES/" && echo "setup: store $store in $RES"
+    done
   done
   environment
   mkdir -p $T/kc/builds
@@ -141,7 +144,7 @@ log_file() {  # $OUT/NAME.log, or $OUT/NAME where NAME has an extension of its o
 bring_store() {  # a store not yet in $T/res: from this call's $OUT, or carried to resume into
   local carried
   [ -f "$RES/$1" ] && return 0
-  for carried in "$OUT" .devq/db .devrep/db .devdb; do
+  for carried in "$OUT" "${CARRIED_STORES[@]}"; do
     [ -f "$carried/$1" ] && { cp "$carried/$1" "$RES/"; echo "store $1 from $carried"; return 0; }
   done
 }
