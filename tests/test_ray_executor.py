@@ -18,11 +18,16 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
 
 from qbench.cli import main
+from qbench.errors import UserError
+from qbench.execute.ray import placement_for, probe_on_node, probe_types
+from qbench.plan import probe_device
+from qbench.specs import load_gpu_spec
 from qbench.store import Store
 
 FAST = ["--model", "tiny", "--ctx", "16", "--warmup", "1", "--steps", "2", "--backends", "bf16", "--db", "r.sqlite"]
@@ -235,6 +240,50 @@ def test_ctrl_c_cancels_every_task_and_leaves_nothing_running(cluster, monkeypat
     assert cluster.no_session_left()
     assert not cluster.running("a") and not cluster.running("b")  # both locks released
     assert all(s["result"]["status"] == "ok" for s in stored())  # an interrupted session is discarded
+
+
+class FinishedProbes:
+    """The Ray calls probe_types makes, where the tasks in `finished` have returned and the others
+    still run; it records what is cancelled."""
+
+    class exceptions:
+        GetTimeoutError = TimeoutError
+        RayError = RuntimeError
+
+    def __init__(self, answers: dict, finished: set):
+        self.answers, self.finished, self.cancelled = answers, finished, []
+
+    def remote(self, function):
+        assert function is probe_on_node
+
+        def options(resources, **_):
+            (resource,) = resources
+            return SimpleNamespace(remote=lambda: resource)  # the task's ref is its resource
+
+        return SimpleNamespace(options=options)
+
+    def get(self, ref, timeout):
+        assert ref in self.finished, "a test's running probe would block here"
+        return self.answers[ref]
+
+    def wait(self, refs, num_returns, timeout, fetch_local=True):
+        return [r for r in refs if r in self.finished], [r for r in refs if r not in self.finished]
+
+    def cancel(self, ref, force=False):
+        self.cancelled.append(ref)
+
+
+def test_a_probe_that_answered_is_never_cancelled(monkeypatch):
+    """A refused probe's run cancels the probes still running, never one that answered: in Ray a
+    cancel that meets the task's completion aborts the driver (exit 1; once in CI)."""
+    monkeypatch.setenv("QBENCH_CPU_LABEL", "a")
+    node = {"host": "n1", "qbench": "0"}
+    offered = {"qbench-gpu:cpu-c": 1, "qbench-gpu:cpu-b": 1}
+    placements = {name: placement_for(load_gpu_spec(name), offered) for name in ("cpu-c", "cpu-b")}
+    ray = FinishedProbes({"qbench-gpu:cpu-c": {"device": probe_device(), "node": node}}, {"qbench-gpu:cpu-c"})
+    with pytest.raises(UserError, match="whose device is cpu-a"):
+        probe_types(ray, placements, print)
+    assert ray.cancelled == ["qbench-gpu:cpu-b"]  # the liar's probe had answered; cpu-b's still ran
 
 
 def test_a_node_whose_device_is_not_its_label_is_refused(cluster):

@@ -21,8 +21,9 @@ Sessions are never retried by Ray (max_retries=0). A session whose node or worke
 as crashed with the reason, and `--resume` runs it again: a loss stays visible, and a session that
 takes its node down (host out of memory) does not take a second one down with it on a retry.
 Sessions of a type that no live node offers any more are cancelled and not stored (`--resume` runs
-them too). Ctrl-C cancels every outstanding task, killing running ones with their worker's process
-group (PR_SET_PDEATHSIG, qbench.execute.worker).
+them too). Ctrl-C cancels every unfinished task, killing running ones with their worker's process
+group (PR_SET_PDEATHSIG, qbench.execute.worker); a session that had finished is stored. A finished
+task is never cancelled (cancel_unfinished: in Ray that can abort the driver).
 """
 
 from __future__ import annotations
@@ -206,9 +207,25 @@ def probe_types(ray, placements: dict[str, Placement], progress: Callable[[str],
     try:
         return {name: _probed(ray, refs[name], placement, progress) for name, placement in placements.items()}
     except BaseException:
-        for ref in refs.values():  # those still waiting; a finished one is left as it is
-            ray.cancel(ref, force=True)
+        cancel_unfinished(ray, list(refs.values()))
         raise
+
+
+def cancel_unfinished(ray, refs: list) -> list:
+    """Cancel (force: the worker's process is killed) those of `refs` whose task has not finished;
+    returns the finished ones, whose results are there to take. A finished task is never cancelled:
+    in Ray (2.60) a cancel that meets the task's own completion aborts the driver ("Check failed:
+    it != submissible_tasks_.end() Tried to complete task that was not pending", exit 1, said only
+    in Ray's log), which one test met when a probe that had answered was cancelled with the rest."""
+    if not refs:
+        return []
+    finished, unfinished = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+    for ref in unfinished:
+        try:
+            ray.cancel(ref, force=True)
+        except Exception:  # finished meanwhile, or its node already gone
+            pass
+    return finished
 
 
 def _probed(ray, ref, placement: Placement, progress: Callable[[str], None]) -> DeviceInfo:
@@ -287,7 +304,8 @@ class RaySweep:
                 if time.monotonic() - self.looked_at > POLL_S:  # also while other types keep finishing
                     self.drop_orphans()
         except (KeyboardInterrupt, Stop) as stop:
-            self.cancel(list(self.pending))
+            for ref in self.cancel(list(self.pending)):  # a session that had finished is stored, not lost
+                self.receive(ref)
             name = stop.signal_name if isinstance(stop, Stop) else "SIGINT"
             run_ids = ", ".join(o.run_id for o in self.outcomes if o.run_id) or None
             raise Interrupted(name, sum(o.measured for o in self.outcomes), run_ids, self.plans[0].config.db) from None
@@ -365,21 +383,21 @@ class RaySweep:
             if now - self.gone_since.setdefault(resource, now) < GONE_GRACE_S:
                 continue
             orphans = [ref for ref, job in self.pending.items() if job.placement.resource == resource]
-            self.cancel(orphans)
-            for ref in orphans:
+            finished = self.cancel(orphans)
+            for ref in finished:  # came back before it could be cancelled: stored like any other
+                self.receive(ref)
+            for ref in (ref for ref in orphans if ref not in finished):
                 job = self.pending.pop(ref)
                 self.progress(f"  {job.label}: not run: no node offers {resource} any more (--resume runs it)")
 
-    def cancel(self, refs: list) -> None:
-        """Cancel tasks and wait until each has ended: a running one's worker is killed, and its
-        session's process group goes with it (PR_SET_PDEATHSIG)."""
-        for ref in refs:
-            try:
-                self.ray.cancel(ref, force=True)
-            except Exception:  # already finished, or its node already gone
-                pass
+    def cancel(self, refs: list) -> list:
+        """Cancel the unfinished tasks and wait until each has ended: a running one's worker is
+        killed, and its session's process group goes with it (PR_SET_PDEATHSIG). Returns those that
+        had finished, not cancelled (cancel_unfinished)."""
+        finished = cancel_unfinished(self.ray, refs)
         if refs:
             self.ray.wait(refs, num_returns=len(refs), timeout=CANCEL_WAIT_S)
+        return finished
 
 
 class RayExecutor:
