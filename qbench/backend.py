@@ -83,6 +83,10 @@ class Backend:
     # The runtime reads its CUDA-graphs switch once per process (llama.cpp): each graphs setting then
     # runs in its own session process, and the runner learns its setting from LoadOptions.graphs.
     graphs_per_process: ClassVar[bool] = False
+    # Its kernels round the activations too (W8A8: each token cast to FP8). On synthetic weights the
+    # model's logits then move with any rounding difference (qbench.session.gate, "rounded
+    # activations"), so the gate decides on its layers, each also on the model's own activations.
+    rounds_activations: ClassVar[bool] = False
 
     # ---- format -------------------------------------------------------------------------------
     def linear_bytes(self, in_features: int, out_features: int, group_size: int) -> int:

@@ -443,7 +443,14 @@ def quality_text(row: dict) -> str:
 
 
 def _gate_text(row: dict) -> str:
-    """The gate's margin where a cell passed close to a limit (the `gate-edge` flag)."""
+    """The gate's margin where a cell passed close to a limit (the `gate-edge` flag), or what its gate
+    could not check (`layers-only`)."""
+    if "layers-only" in row["flags"]:
+        return (
+            "; its logits decided nothing in the gate (it rounds its activations, and on synthetic weights "
+            "rounding noise alone moves them past the limit), its layers did, each also on the model's own "
+            "activations: check it on real weights before relying on it"
+        )
     if "gate-edge" not in row["flags"] or row.get("gate_worst_error_pct") is None:
         return ""
     threshold = row.get("gate_top1_threshold_pct")
@@ -737,6 +744,7 @@ RUNTIME_PALETTE = ("#1f77b4", "#d62728", "#2ca02c")  # the first runtimes in tab
 
 def runtime_colours() -> dict[str, str]:
     return dict(zip(runtime_names(), RUNTIME_PALETTE, strict=False))
+
 
 OTHER_COLOUR = "#7f7f7f"
 WIDTH, HEIGHT = 880, 470

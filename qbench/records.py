@@ -178,6 +178,8 @@ class SessionResult:
     quality_reference: str | None = None
     tokens: str | None = None
     layer_check: dict[str, Any] | None = None
+    # a backend that rounds its activations, on synthetic weights: its layers on the model's own inputs
+    model_layer_check: dict[str, Any] | None = None
     reference: str | None = None
     perplexity: dict[str, Any] | None = None
     kl: dict[str, Any] | None = None
@@ -244,7 +246,7 @@ TYPED_RESULT_FIELDS: dict[str, tuple[type, ...]] = {
     **{name: (str,) for name in ("label", "kernel", "compute_dtype", "runtime", "timer", "graph_owner", "tokens")},
     **{name: (str,) for name in ("weights_cache", "reference", "worker_start", "bandwidth_source", "bytes_note")},
     **{name: (dict,) for name in ("bytes", "provenance", "phases", "host", "energy_meter", "nvml_after")},
-    **{name: (dict,) for name in ("layer_check", "perplexity", "kl", "node")},
+    **{name: (dict,) for name in ("layer_check", "model_layer_check", "perplexity", "kl", "node")},
     **{name: _NUMBER for name in ("load_s", "gpu_memory_mib", "step_gpu_us", "peak_memory_mib", "session_s")},
     "peak_bandwidth_gbps": _NUMBER,
     "measured_linear_bytes": (int,),

@@ -88,6 +88,37 @@ FAKE_BACKENDS = '''
                 return Wrong(linear)
             def linear_bytes(self, in_features, out_features, group_size):
                 return in_features * out_features * 2
+
+        class FakeRounding(Bf16Backend):
+            """Says its kernels round the activations (the gate then decides on its layers); its
+            kernel is the reference's product, except, where `wrong_above` is set, on inputs of more
+            rows than that: a path (the prefill's GEMM) that the layer check's 1 and 16 rows never run."""
+            name = "fake-rounding"
+            bits = 8
+            rounds_activations = True
+            wrong_above = None
+            def quantize_linear(self, linear, group_size):
+                from qbench.quantlinear import QuantLinear
+                wrong_above = self.wrong_above
+                class Rounding(QuantLinear):
+                    def __init__(self, linear):
+                        super().__init__(linear.in_features, linear.out_features, linear.bias, group_size)
+                        self.weight = torch.nn.Parameter(linear.weight.detach(), requires_grad=False)
+                    def stored_tensors(self):
+                        return [self.weight]
+                    def dequantize(self):
+                        return self.weight.float()
+                    def kernel_forward(self, x):
+                        out = torch.nn.functional.linear(x, self.weight.to(x.dtype), self.bias)
+                        rows = x.numel() // x.shape[-1]
+                        return out * 1.5 if wrong_above is not None and rows > wrong_above else out
+                return Rounding(linear)
+            def linear_bytes(self, in_features, out_features, group_size):
+                return in_features * out_features * 2
+
+        class FakeRoundingWrongPrefill(FakeRounding):
+            name = "fake-rounding-wrong-prefill"
+            wrong_above = 16
     '''
 
 
@@ -102,6 +133,8 @@ def plugin_dist(tmp_path, monkeypatch):
         "fake-wrong": "FakeWrong",
         "fake-slow-kernel": "FakeSlowKernel",
         "fake-parricide": "FakeParricide",
+        "fake-rounding": "FakeRounding",
+        "fake-rounding-wrong-prefill": "FakeRoundingWrongPrefill",
     }
     yield install_plugin(tmp_path / "site", monkeypatch, "qbench-fakeplugin", "qbench_fakeplugin", FAKE_BACKENDS, names)
     sys.modules.pop("qbench_fakeplugin", None)
@@ -159,7 +192,10 @@ def kept_results() -> list[Path]:
     try:
         names = subprocess.run(
             ["git", "ls-files", "--cached", "--others", "--exclude-standard", "results"],
-            cwd=root, capture_output=True, text=True, check=True,
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.splitlines()
     except (OSError, subprocess.CalledProcessError):
         return sorted(p for p in (root / "results").rglob("*") if p.is_file())

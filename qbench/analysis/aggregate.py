@@ -95,6 +95,9 @@ FLAG_TEXT = {
     "across the cell's probes (before and after each timed block of each session)",
     "gate-edge": f"passed the correctness gate close to a limit: worst logit error at least {EDGE_ERROR:.0%}, or "
     f"top-1 agreement less than {float(EDGE_TOP1):.0%} above its threshold (gate_* columns)",
+    "layers-only": "rounds its activations: on synthetic weights the logits cannot tell its kernel from rounding "
+    "noise, so the gate decided on its layers, each also on the model's own activations; check it on real "
+    "weights before relying on it",
 }
 
 
@@ -349,7 +352,12 @@ def _session_evidence(row: dict, result: dict, blocks: list[dict], prefills, jou
 
 def _gate_margin(row: dict, checks: list[dict]) -> None:
     """How close the cell's passing gate came to its limits: the worst logit error and the lowest
-    top-1 agreement over its sessions, in %, and the `gate-edge` flag near either limit."""
+    top-1 agreement over its sessions, in %, and the `gate-edge` flag near either limit. Logit
+    checks that did not decide (a backend that rounds its activations, on synthetic weights:
+    qbench.session.gate) have no margin: the cell is flagged `layers-only` instead."""
+    if any(c.get("decisive") is False for c in checks):
+        row["flags"].append("layers-only")
+    checks = [c for c in checks if c.get("decisive", True)]
     checks = [c for c in checks if c.get("worst_relative_error") is not None and c.get("top1_agreement") is not None]
     if not checks:
         return

@@ -332,6 +332,7 @@ class Fp8DynamicBackend(Channel8Backend):
     kernel_pattern = "gemv_INT_splitK_kernel"
     min_capability = (8, 9)
     helper = "A8W8_fp8_dynamic"
+    rounds_activations = True
 
 
 class Int8WeightOnlyBackend(Channel8Backend):

@@ -295,7 +295,22 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
             )
             return result
     phase("gate: reference logits")
-    reference, result["reference"] = reference_logits(runner, backend, spec, config, settings, tokens, use_cache)
+    rounds = bool(layers) and not gate.logits_decide(config.weights, getattr(backend, "rounds_activations", False))
+    if rounds:  # the layers decide, each also on the model's own activations (gate: rounded activations)
+        with gate.layers_on_model_inputs(layers) as on_model:  # the reference run itself: never a stored one
+            reference, result["reference"] = reference_logits(runner, backend, spec, config, settings, tokens, False)
+        model_layers = on_model.result()
+        result["model_layer_check"] = asdict(model_layers)
+        if not model_layers.passed:
+            runner.release_reference()
+            result["status"] = "incorrect"
+            result["reason"] = (
+                f"layer {model_layers.worst_layer} on the model's own activations ({model_layers.worst_rows} rows): "
+                f"relative error {model_layers.worst_relative_error:.3g} > {gate.LAYER_TOLERANCE}"
+            )
+            return result
+    else:
+        reference, result["reference"] = reference_logits(runner, backend, spec, config, settings, tokens, use_cache)
     runner.release_reference()
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -337,7 +352,7 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
             block.update(status="failed", reason=f"{type(error).__name__}: {error}"[:500])
             result["blocks"].append(block)
             continue
-        check = gate.compare_logits(timed.logits, reference, config.weights)
+        check = gate.compare_logits(timed.logits, reference, config.weights, rounds)
         block.update(
             status="ok" if check.passed else "incorrect",
             reason=check.failure(),
