@@ -307,6 +307,8 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
             result["reason"] = (
                 f"layer {model_layers.worst_layer} on the model's own activations ({model_layers.worst_rows} rows): "
                 f"relative error {model_layers.worst_relative_error:.3g} > {gate.LAYER_TOLERANCE}"
+                if model_layers.calls
+                else "no quantised layer ran in the reference run: the layers were not checked on the model's inputs"
             )
             return result
     else:
