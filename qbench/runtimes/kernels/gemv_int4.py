@@ -208,10 +208,10 @@ def compile_for_sm90(constants: dict, warps: int):
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
 
 
-# (N, K) -> (BLOCK_N, GROUPS, SPLIT, warps), for group size 128: the fastest of the 48 configurations
-# of tools/device/int4_shapes.py's QUICK sweep on Qwen2.5-7B's decoder shapes as lean fuses them (an
-# H100, results/h100/int4/int4_shapes.json); hf's unfused q_proj shares o's shape. Other shapes, and
-# group size 64, take the rule below.
+# (N, K) -> (BLOCK_N, GROUPS, SPLIT, warps), for group size 128: the fastest configuration of
+# tools/device/int4_shapes.py's sweeps on Qwen2.5-7B's decoder shapes as lean fuses them (an H100,
+# results/h100/int4/), written by tools/device/apply_table.py; hf's unfused q_proj shares o's shape.
+# Other shapes, and group size 64, take the rule below.
 TABLE: dict[tuple[int, int], tuple[int, ...]] = {  # a fifth element True: the bf16x2 variant
     (4608, 3584): (32, 2, 8, 2),  # q/k/v fused
     (3584, 3584): (64, 2, 8, 4),  # o (and q unfused)
