@@ -121,3 +121,12 @@ def test_a_rounding_backend_wrong_on_the_prefill_is_incorrect(plugin_dist):
     assert session["status"] == "incorrect", session.get("reason")
     assert "on the model's own activations" in session["reason"] and "relative error 0.5" in session["reason"]
     assert "incorrect" in result.output
+
+
+def test_the_deployment_report_says_what_a_layers_only_cell_was_not_checked_on():
+    from qbench.deploy_report import quality_text
+
+    row = {"status": "ok", "weights": "synthetic", "flags": ["layers-only"]}
+    assert "its logits decided nothing in the gate" in quality_text(row)
+    assert "real weights" in quality_text(row)
+    assert "decided nothing" not in quality_text({**row, "flags": []})
