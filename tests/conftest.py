@@ -68,26 +68,31 @@ FAKE_BACKENDS = '''
             def load(self, spec, options):
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
 
+        def held_linear(linear, group_size, kernel):
+            """A QuantLinear whose format is the 16-bit weight itself (stored bytes: Backend's
+            default linear_bytes) and whose kernel is `kernel(layer, x)`."""
+            from qbench.quantlinear import QuantLinear
+            class Held(QuantLinear):
+                def __init__(self):
+                    super().__init__(linear.in_features, linear.out_features, linear.bias, group_size)
+                    self.weight = torch.nn.Parameter(linear.weight.detach(), requires_grad=False)
+                def stored_tensors(self):
+                    return [self.weight]
+                def dequantize(self):
+                    return self.weight.float()
+                def kernel_forward(self, x):
+                    return kernel(self, x)
+            return Held()
+
         class FakeWrong(Bf16Backend):
             """Quantises to garbage: its kernel multiplies by a random matrix."""
             name = "fake-wrong"
             bits = 4
             def quantize_linear(self, linear, group_size):
-                from qbench.quantlinear import QuantLinear
-                class Wrong(QuantLinear):
-                    def __init__(self, linear):
-                        super().__init__(linear.in_features, linear.out_features, linear.bias, group_size)
-                        self.weight = torch.nn.Parameter(linear.weight.detach(), requires_grad=False)
-                        self.noise = torch.randn_like(self.weight) * self.weight.std()
-                    def stored_tensors(self):
-                        return [self.weight]
-                    def dequantize(self):
-                        return self.weight.float()
-                    def kernel_forward(self, x):
-                        return torch.nn.functional.linear(x, self.noise.to(x.dtype), self.bias)
-                return Wrong(linear)
-            def linear_bytes(self, in_features, out_features, group_size):
-                return in_features * out_features * 2
+                noise = torch.randn_like(linear.weight.detach()) * linear.weight.detach().std()
+                return held_linear(
+                    linear, group_size, lambda layer, x: torch.nn.functional.linear(x, noise.to(x.dtype), layer.bias)
+                )
 
         class FakeRounding(Bf16Backend):
             """Says its kernels round the activations (the gate then decides on its layers); its
@@ -98,23 +103,12 @@ FAKE_BACKENDS = '''
             rounds_activations = True
             wrong_above = None
             def quantize_linear(self, linear, group_size):
-                from qbench.quantlinear import QuantLinear
                 wrong_above = self.wrong_above
-                class Rounding(QuantLinear):
-                    def __init__(self, linear):
-                        super().__init__(linear.in_features, linear.out_features, linear.bias, group_size)
-                        self.weight = torch.nn.Parameter(linear.weight.detach(), requires_grad=False)
-                    def stored_tensors(self):
-                        return [self.weight]
-                    def dequantize(self):
-                        return self.weight.float()
-                    def kernel_forward(self, x):
-                        out = torch.nn.functional.linear(x, self.weight.to(x.dtype), self.bias)
-                        rows = x.numel() // x.shape[-1]
-                        return out * 1.5 if wrong_above is not None and rows > wrong_above else out
-                return Rounding(linear)
-            def linear_bytes(self, in_features, out_features, group_size):
-                return in_features * out_features * 2
+                def kernel(layer, x):
+                    out = torch.nn.functional.linear(x, layer.weight.to(x.dtype), layer.bias)
+                    rows = x.numel() // x.shape[-1]
+                    return out * 1.5 if wrong_above is not None and rows > wrong_above else out
+                return held_linear(linear, group_size, kernel)
 
         class FakeRoundingWrongPrefill(FakeRounding):
             name = "fake-rounding-wrong-prefill"

@@ -357,8 +357,11 @@ def _gate_margin(row: dict, checks: list[dict]) -> None:
     qbench.session.gate) have no margin: the cell is flagged `layers-only` instead."""
     if any(c.get("decisive") is False for c in checks):
         row["flags"].append("layers-only")
-    checks = [c for c in checks if c.get("decisive", True)]
-    checks = [c for c in checks if c.get("worst_relative_error") is not None and c.get("top1_agreement") is not None]
+    checks = [
+        c
+        for c in checks
+        if c.get("decisive", True) and c.get("worst_relative_error") is not None and c.get("top1_agreement") is not None
+    ]
     if not checks:
         return
     worst = max(c["worst_relative_error"] for c in checks)

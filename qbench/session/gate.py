@@ -37,6 +37,12 @@ LAYER_TOLERANCE = 0.02  # relative error of a quantised layer vs its dequantised
 UNRELATED_ERROR = 1.0  # relative logit error of a zero output: logits this far off are unrelated to the reference
 
 
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """||got - want|| / ||want|| (Frobenius, float32): a layer's kernel output against its reference."""
+    got, want = got.float(), want.float()
+    return ((got - want).norm() / want.norm().clamp(min=1e-12)).item()
+
+
 @dataclass(frozen=True)
 class LayerCheck:
     layers: int
@@ -55,11 +61,11 @@ def check_layers(layers: list[tuple[str, torch.nn.Module]], dtype: torch.dtype, 
         for rows in (1, 16):
             x = torch.randn(rows, module.in_features, generator=generator).to(device, dtype)
             module.reference = False
-            got = module(x).float()
+            got = module(x)
             module.reference = True
-            want = module(x).float()
+            want = module(x)
             module.reference = False
-            error = ((got - want).norm() / want.norm().clamp(min=1e-12)).item()
+            error = relative_error(got, want)
             if not error <= worst:  # also catches NaN
                 worst, worst_name = error, name
         count += 1
@@ -153,11 +159,10 @@ def layers_on_model_inputs(layers: list[tuple[str, torch.nn.Module]]) -> Iterato
                 return
             module.reference = False
             try:
-                got = module.forward(*args).float()
+                got = module.forward(*args)
             finally:
                 module.reference = True
-            want = output.float()
-            error = ((got - want).norm() / want.norm().clamp(min=1e-12)).item()
+            error = relative_error(got, output)
             rows = args[0].numel() // args[0].shape[-1]
             tracker.calls += 1
             tracker.most_rows = max(tracker.most_rows, rows)
