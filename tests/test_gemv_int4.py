@@ -39,11 +39,19 @@ def test_gemv_int4_matches_f_linear_of_the_dequantised_weight_on_ragged_shapes()
                 b = torch.randn(n).to(dtype) if with_bias else None
                 want = torch.nn.functional.linear(
                     x.float(), G.dequantize(qweight, scales, zeros, g), None if b is None else b.float())
-                for call in range(2):  # the split-K workspace is left zeroed for the next call
-                    got = G.gemv_int4(x, qweight, scales, zeros, b, g, *blocks)
+                # the split-K workspace is left zeroed for the next call; scales and zeros row-major,
+                # then group-major (qbench-int4's own layout: the kernel takes their strides)
+                for call, layout in enumerate((lambda t: t, G.group_major)):
+                    got = G.gemv_int4(x, qweight, layout(scales), layout(zeros), b, g, *blocks)
                     assert got.dtype == dtype and got.shape == (n,)
                     err = ((got.float() - want).abs().max() / want.abs().max()).item()
                     assert err < 1e-2, (dtype, n, k, g, blocks, call, err)
+                if n > blocks[0]:  # scales of one layout and zeros of the other are refused
+                    try:
+                        G.gemv_int4(x, qweight, G.group_major(scales), zeros, b, g, *blocks)
+                        raise AssertionError("mixed layouts accepted")
+                    except ValueError as error:
+                        assert "one layout" in str(error)
         print("ok")
         """
     )
@@ -201,6 +209,7 @@ def test_awq_repacking_is_bit_exact():
         awq = formats.awq_quantize(weight, g)
         mine = gemv_int4.from_awq(awq["qweight"], awq["qzeros"], awq["scales"])
         assert mine["qweight"].shape == (n, k // 8) and mine["scales"].shape == mine["zeros"].shape == (n, k // g)
+        assert mine["scales"].stride() == mine["zeros"].stride() == (1, n)  # group-major, as the kernel reads best
         got = gemv_int4.dequantize(mine["qweight"], mine["scales"], mine["zeros"], g)
         assert torch.equal(got, formats.awq_dequantize(awq, g))
 
@@ -211,6 +220,7 @@ def test_gptq_repacking_is_bit_exact_including_the_v1_zero_that_wraps():
     weight = torch.randn(n, k) * 0.05
     gptq = formats.gptq_quantize(weight, g)  # symmetric: zero 8, stored as 7
     mine = gemv_int4.from_gptq(gptq["qweight"], gptq["qzeros"], gptq["scales"], gptq["g_idx"], g)
+    assert mine["scales"].stride() == mine["zeros"].stride() == (1, n)
     assert torch.equal(gemv_int4.dequantize(mine["qweight"], mine["scales"], mine["zeros"], g),
                        formats.gptq_dequantize(gptq, g))
     # asymmetric zeros, 0 among them: v1 stores zero - 1 = -1 -> 15, which reads back as 16
@@ -299,6 +309,9 @@ def test_lean_with_qbench_int4_fuses_and_matches_hf():
         attention = model.get_decoder().layers[0].self_attn
         base = attention.q_proj.qweight.untyped_storage().data_ptr()
         assert attention.v_proj.qweight.untyped_storage().data_ptr() == base  # views into one buffer
+        fused_rows = sum(p.out_features for p in (attention.q_proj, attention.k_proj, attention.v_proj))
+        for proj in (attention.q_proj, attention.v_proj):  # scales and zeros stay group-major when fused
+            assert proj.scales.stride() == proj.zeros.stride() == (1, fused_rows)
         layers = [m for _, m in lean.quant_layers()]
         stored = sum(m.stored_bytes() for m in layers)  # the fused views: still each layer's formula
         assert stored == sum(backend.linear_bytes(m.in_features, m.out_features, 128) for m in layers)
@@ -321,7 +334,8 @@ def test_the_kernel_compiles_for_an_h100_and_its_weight_loads_are_128_bit():
     """Triton's interpreter runs what its compiler refuses (a module-level float inside the kernel
     did, on the H100): compile for sm_90 here, no GPU needed, and check the weight loads' width."""
     for split_k, bias, bf16x2 in ((True, False, False), (False, True, False), (True, False, True)):
-        constants = {"GROUP": 128, "GROUPS": 2, "HAS_BIAS": bias, "SPLIT_K": split_k, "BLOCK_N": 32, "BF16X2": bf16x2}
+        constants = {"GROUP": 128, "GROUPS": 2, "HAS_BIAS": bias, "SPLIT_K": split_k, "BLOCK_N": 32, "BF16X2": bf16x2,
+                     "SN": 1}  # group-major scales, as qbench-int4 stores them
         try:
             compiled = gemv_int4.compile_for_sm90(constants, 4)
         except RuntimeError as error:  # no ptxas in this Triton: the front end still ran

@@ -4,7 +4,8 @@ Asymmetric 4-bit, group size 128 (or 64), fp16 scales and integer zero points, b
 weights arrive as a published checkpoint stores them, AWQ (qweight [K, N/8], qzeros, scales: what
 qbench's round-to-nearest quantiser produces, `formats.awq_quantize`) or GPTQ v1 without act-order
 (qweight [K/8, N], qzeros holding zero - 1, scales, g_idx), and are repacked once, at load, into the
-kernel's layout (int32 [N, K/8] with K contiguous, fp16 scales and uint8 zeros [N, K/g]). The gate's
+kernel's layout (int32 [N, K/8] with K contiguous, fp16 scales and uint8 zeros [N, K/g] stored
+group-major, as the checkpoints store them). The gate's
 reference dequantises the checkpoint's own tensors, so it checks the repacking as well as the kernel.
 
 One activation row (a decode step) runs the Triton kernel, the custom op `qbench::gemv_int4`; under

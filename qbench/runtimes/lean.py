@@ -128,7 +128,12 @@ class Int4Gemv:
             fused = {}
             for name in ("qweight", "scales", "zeros", "bias"):
                 parts = [getattr(m, name) for m in modules]
-                fused[name] = None if parts[0] is None else torch.cat([p.detach() for p in parts]).contiguous()
+                if parts[0] is None:
+                    fused[name] = None
+                elif name in ("scales", "zeros"):  # group-major, as each layer's (gemv_int4.py's layout)
+                    fused[name] = gemv_int4.cat_rows([p.detach() for p in parts])
+                else:
+                    fused[name] = torch.cat([p.detach() for p in parts]).contiguous()
             sizes = [m.out_features for m in modules]
             start = 0
             for module, size in zip(modules, sizes, strict=True):

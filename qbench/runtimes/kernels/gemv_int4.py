@@ -14,6 +14,12 @@ Layout (what `pack` produces; a published AWQ or GPTQ checkpoint is repacked int
                             and proves row starts 16-byte aligned).
   scales   fp16  [N, K/g]   as the checkpoint stores them (fp16 -> fp32 is exact, so repacking is exact)
   zeros    uint8 [N, K/g]   the integer zero point (0..16: GPTQ v1's "zero - 1" of 0 wraps to 16)
+                            Both group-major in memory (strides (1, N): one group's scales of all
+                            rows side by side, as AWQ and GPTQ store them): a program's BLOCK_N rows'
+                            scales of one group are one contiguous run, so a warp's scale load touches
+                            one or two 128-byte lines, where [N, K/g] row-major touched one line a row
+                            (eight a load: more L1 wavefronts than the weights' own loads). The kernel
+                            takes the strides, so either layout runs; `group_major` makes this one.
 Why this order, not AWQ's [K, N/8] (eight outputs to a word) or GPTQ's [K/8, N]: at batch 1 every
 weight is read once, so what matters is that each program's loads are long, contiguous and wide,
 and that a thread unpacks words whose eight values all meet the same activation slice and the same
@@ -112,7 +118,7 @@ def _kernel():
 
     @triton.jit
     def qbench_int4_gemv_kernel(
-        X, QW, S, Z, B, Y, ACC, COUNT, N, K, KW, GROUPS_TOTAL, GROUPS_PER_SPLIT, SPLIT,
+        X, QW, S, Z, B, Y, ACC, COUNT, N, K, KW, GROUPS_TOTAL, GROUPS_PER_SPLIT, SPLIT, SN, SG,
         GROUP: tl.constexpr, GROUPS: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
         BLOCK_N: tl.constexpr, BF16X2: tl.constexpr = False,
     ):
@@ -136,10 +142,11 @@ def _kernel():
                 # its last group (unmasked loads) and adds it times a zero scale
                 g = tl.minimum(g0 + j, last - 1)
                 w = tl.load(w_rows + g * WORDS + words[None, :], eviction_policy="evict_first")  # [BLOCK_N, WORDS]
-                s = tl.load(S + rows * GROUPS_TOTAL + g).to(tl.float32)
+                # scales and zeros at (row, g): strides SN, SG (group-major: SN = 1, specialised by Triton)
+                s = tl.load(S + rows * SN + g * SG).to(tl.float32)
                 s = tl.where(g0 + j < last, s, 0.0)
                 if BF16X2:  # Hopper: the word's eight weights in bf16 pairs, inline PTX (BF16X2_WORD)
-                    zero = tl.load(Z + rows * GROUPS_TOTAL + g).to(tl.int32)
+                    zero = tl.load(Z + rows * SN + g * SG).to(tl.int32)
                     zz = ((zero | 0x4300) * 0x10001)[:, None]  # bf16 pair (128 + zero, 128 + zero)
                     x16 = X.to(tl.pointer_type(tl.uint16), bitcast=True) + g * GROUP + words  # nibble 0's inputs
                     args = [
@@ -150,7 +157,7 @@ def _kernel():
                         asm=word_asm, constraints="=r,r,r,r,r,r,r", args=args, dtype=tl.int32, is_pure=True, pack=1,
                     ).to(tl.float32, bitcast=True)  # [BLOCK_N, WORDS]: each word's sum over its eight weights
                 else:
-                    z = tl.load(Z + rows * GROUPS_TOTAL + g).to(tl.float32)
+                    z = tl.load(Z + rows * SN + g * SG).to(tl.float32)
                     offset = (TWO_23 + z)[:, None]  # [BLOCK_N, 1]: 2^23 + zero
                     part = tl.zeros((BLOCK_N, WORDS), dtype=tl.float32)
                     # nibble i of every word at once, in w's own 2D layout (no reshapes, no layout
@@ -187,16 +194,17 @@ def _kernel():
 SIGNATURE = {
     "X": "*bf16", "QW": "*i32", "S": "*fp16", "Z": "*u8", "B": "*bf16", "Y": "*bf16", "ACC": "*fp32",
     "COUNT": "*i32", "N": "i32", "K": "i32", "KW": "i32", "GROUPS_TOTAL": "i32", "GROUPS_PER_SPLIT": "i32",
-    "SPLIT": "i32", "GROUP": "constexpr", "GROUPS": "constexpr", "HAS_BIAS": "constexpr", "SPLIT_K": "constexpr",
-    "BLOCK_N": "constexpr", "BF16X2": "constexpr",
+    "SPLIT": "i32", "SN": "i32", "SG": "i32", "GROUP": "constexpr", "GROUPS": "constexpr", "HAS_BIAS": "constexpr",
+    "SPLIT_K": "constexpr", "BLOCK_N": "constexpr", "BF16X2": "constexpr",
 }
-ALIGNED = ("X", "QW", "S", "Z", "B", "Y", "ACC", "COUNT", "N", "K", "KW")
+ALIGNED = ("X", "QW", "S", "Z", "B", "Y", "ACC", "COUNT", "N", "K", "KW", "SG")
 
 
 def compile_for_sm90(constants: dict, warps: int):
     """The kernel compiled for an H100 (sm_90) on any machine, no GPU needed: `constants` gives every
-    constexpr of SIGNATURE. Where this Triton has no ptxas, triton.compile raises a RuntimeError naming
-    it after its front end ran. For the tests and tools/int4_sass.py; qbench's launches compile as usual."""
+    constexpr of SIGNATURE (and may fix an argument, as a launch with SN = 1 does). Where this Triton
+    has no ptxas, triton.compile raises a RuntimeError naming it after its front end ran. For the tests
+    and tools/int4_sass.py; qbench's launches compile as usual."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -279,7 +287,8 @@ def launch(x, qweight, scales, zeros, bias, group_size, blocks) -> torch.Tensor:
     acc, count = _workspace(x.device, n, block_n, split) if split > 1 else (y, y)
     _kernel()[(-(-n // block_n), split)](
         x, qweight, scales, zeros, bias if bias is not None else scales, y, acc, count, n, k, kw, total,
-        per_split, split, GROUP=group_size, GROUPS=groups, HAS_BIAS=bias is not None, SPLIT_K=split > 1,
+        per_split, split, scales.stride(0), scales.stride(1), GROUP=group_size, GROUPS=groups,
+        HAS_BIAS=bias is not None, SPLIT_K=split > 1,
         BLOCK_N=block_n, BF16X2=bf16x2, num_warps=warps,
     )
     return y
@@ -294,6 +303,9 @@ def _check(x, qweight, scales, zeros, group_size) -> None:
         raise ValueError(f"gemv_int4 needs x of {k} elements and a contiguous int32 qweight [N, K/8]")
     if scales.shape != (n, k // group_size) or zeros.shape != scales.shape:
         raise ValueError(f"gemv_int4 needs scales and zeros of [{n}, {k // group_size}]")
+    if scales.stride() != zeros.stride() or 1 not in scales.stride():
+        raise ValueError(f"gemv_int4 needs scales and zeros of one layout, row- or group-major, "
+                         f"got strides {scales.stride()} and {zeros.stride()}")
 
 
 @torch.library.custom_op("qbench::gemv_int4", mutates_args=())
@@ -304,7 +316,7 @@ def gemv_int4(
     """x [K], qweight int32 [N, K/8], scales fp16 [N, K/g], zeros uint8 [N, K/g], bias [N] or None;
     returns [N] in x's dtype."""
     _check(x, qweight, scales, zeros, group_size)
-    return launch(x.contiguous().view(-1), qweight, scales.contiguous(), zeros.contiguous(), bias, group_size,
+    return launch(x.contiguous().view(-1), qweight, scales, zeros, bias, group_size,
                   (block_n, groups, split, warps, bf16x2))
 
 
@@ -314,6 +326,16 @@ def _(x, qweight, scales, zeros, bias, group_size, block_n, groups, split, warps
 
 
 # ---- the layout, in plain torch: packing, the repacking of published formats, the reference -------
+
+
+def group_major(t: torch.Tensor) -> torch.Tensor:
+    """[N, G] scales or zeros with strides (1, N): the same values, each group's rows side by side."""
+    return t.t().contiguous().t()
+
+
+def cat_rows(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Scales or zeros of several layers stacked along N (lean's fused launches), group-major."""
+    return torch.cat([p.t() for p in parts], dim=1).contiguous().t()
 
 
 def pack(q: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -374,13 +396,14 @@ AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # as backends/formats.py: nibble i of an A
 
 def from_awq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor) -> dict[str, torch.Tensor]:
     """AWQ (GEMM) tensors: qweight int32 [K, N/8], qzeros int32 [K/g, N/8] (eight outputs a word in
-    the order 0,2,4,6,1,3,5,7), scales fp16 [K/g, N] -> this layout's qweight, scales, zeros."""
+    the order 0,2,4,6,1,3,5,7), scales fp16 [K/g, N] -> this layout's qweight, scales, zeros (the
+    last two group-major, as the checkpoint's own)."""
     q = _unpack_rows(qweight, AWQ_ORDER)  # [K, N]
     z = _unpack_rows(qzeros, AWQ_ORDER)  # [K/g, N]
     return {
         "qweight": pack(q.t().contiguous(), q.shape[0] // scales.shape[0]),
-        "scales": scales.t().contiguous().to(torch.float16),
-        "zeros": z.t().contiguous().to(torch.uint8),
+        "scales": group_major(scales.t().to(torch.float16)),
+        "zeros": group_major(z.t().to(torch.uint8)),
     }
 
 
@@ -400,8 +423,8 @@ def from_gptq(
     z = _unpack_rows(qzeros, tuple(range(8))) + 1  # [K/g, N]: v1 stores zero - 1 (so 15 reads 16)
     return {
         "qweight": pack(q, group_size),
-        "scales": scales.t().contiguous().to(torch.float16),
-        "zeros": z.t().contiguous().to(torch.uint8),
+        "scales": group_major(scales.t().to(torch.float16)),
+        "zeros": group_major(z.t().to(torch.uint8)),
     }
 
 
