@@ -11,8 +11,9 @@ split into chunks instead, one program per (kv head, chunk):
      16 rows for the tensor-core dot), walks its chunk of K and V up to the current position (later
      positions are neither read nor counted), and keeps the online-softmax state in float32: the
      running maximum m, the sum l of exp(score - m) and the unnormalised output acc;
-  2. `decode_attention_combine`: one program per query head rescales the chunks' states to their common maximum and
-     writes sum(acc_i * w_i) / sum(l_i * w_i), w_i = exp(m_i - max m), in the cache's dtype.
+  2. `decode_attention_combine`: one program per query head and block of its dims rescales the chunks' states
+     (those up to the position's) to their common maximum and writes sum(acc_i * w_i) / sum(l_i * w_i),
+     w_i = exp(m_i - max m), in the cache's dtype.
 
 Every kv head's K and V are read once and never expanded to the query heads. The position is a
 device tensor, so a captured CUDA graph replays the same launches at every step; chunks wholly past
@@ -34,6 +35,8 @@ import torch
 
 BLOCK_N = 32  # cache positions per inner iteration of a program
 MIN_ROWS = 16  # tl.dot needs at least 16 rows: the group of query heads is padded to this
+COMBINE_DIMS = 32  # head dims a combine program sums (a head of 128: four programs)
+COMBINE_SPLITS = 64  # chunks a combine program loads at once ([64, 32] float32: 16 values a thread)
 
 
 @functools.lru_cache(maxsize=1)
@@ -103,27 +106,31 @@ def _kernels():
         ACC, M, L, OUT, POS,
         GROUP: tl.constexpr, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, DIM: tl.constexpr,
         SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr, SPLIT_BLOCK: tl.constexpr, CHUNK: tl.constexpr,
+        DIM_BLOCK: tl.constexpr,
     ):
-        # One program per query head: its row of every chunk's state, SPLIT_BLOCK chunks at a time (a
-        # whole kv head's [chunks, group, head_dim] in one program spilled its registers and was several
-        # times slower: results/h100/lean-splitk/README.md).
+        # One program per (query head, DIM_BLOCK of its dims): its row of every chunk's state, SPLIT_BLOCK
+        # chunks at a time (a whole kv head's [chunks, group, head_dim] in one program spilled its
+        # registers and was several times slower: results/h100/lean-splitk/README.md). One program per
+        # query head walking every chunk of the cache (28 programs on Qwen2.5-7B, chunks past the
+        # position included) took 7-8 us a layer on the H100 at every context (results/h100/int4/);
+        # here the walk stops at the position's chunk and a head's dims are split over programs.
         # Only the chunks up to the position's hold a state (the partial kernel writes no other).
         query = tl.program_id(0)
+        dims = tl.program_id(1) * DIM_BLOCK + tl.arange(0, DIM_BLOCK)
         head = query // GROUP
         row = query % GROUP
-        used = tl.load(POS) // CHUNK + 1
+        used = tl.minimum(tl.load(POS) // CHUNK + 1, SPLITS)
         splits = tl.arange(0, SPLITS_P2)
-        split_ok = (splits < SPLITS) & (splits < used)
+        split_ok = splits < used
         state = (head * SPLITS + splits) * ROWS + row
         m = tl.load(M + state, mask=split_ok, other=float("-inf"))
         top = tl.max(m, 0)  # finite: chunk 0 always holds position 0
         weight = tl.where(split_ok, tl.exp(m - top), 0.0)
         total = tl.sum(tl.load(L + state, mask=split_ok, other=0.0) * weight, 0)
-        dims = tl.arange(0, DIM)
-        out = tl.zeros([DIM], tl.float32)
-        for first in range(0, SPLITS, SPLIT_BLOCK):
+        out = tl.zeros([DIM_BLOCK], tl.float32)
+        for first in range(0, used, SPLIT_BLOCK):
             block = first + tl.arange(0, SPLIT_BLOCK)
-            block_ok = (block < SPLITS) & (block < used)
+            block_ok = block < used
             block_state = (head * SPLITS + block) * ROWS + row
             block_m = tl.load(M + block_state, mask=block_ok, other=float("-inf"))
             block_weight = tl.where(block_ok, tl.exp(block_m - top), 0.0)
@@ -183,10 +190,11 @@ def _launch(q, k_cache, v_cache, position, scale: float, programs: int, planned:
         scale,
         GROUP=group, ROWS=rows, HEAD_DIM=head_dim, DIM=dim, CHUNK=chunk, BLOCK=BLOCK_N, SPLITS=splits,
     )
-    combine[(heads,)](
+    dim_block = min(dim, COMBINE_DIMS)
+    combine[(heads, dim // dim_block)](
         acc, m, l_sum, out, position,
         GROUP=group, ROWS=rows, HEAD_DIM=head_dim, DIM=dim, SPLITS=splits, SPLITS_P2=_next_power_of_2(splits),
-        SPLIT_BLOCK=16, CHUNK=chunk,
+        SPLIT_BLOCK=COMBINE_SPLITS, CHUNK=chunk, DIM_BLOCK=dim_block,
     )
     return out
 
