@@ -112,8 +112,9 @@ def _kernels():
         # chunks at a time (a whole kv head's [chunks, group, head_dim] in one program spilled its
         # registers and was several times slower: results/h100/lean-splitk/README.md). One program per
         # query head walking every chunk of the cache (28 programs on Qwen2.5-7B, chunks past the
-        # position included) took 7-8 us a layer on the H100 at every context (results/h100/int4/);
-        # here the walk stops at the position's chunk and a head's dims are split over programs.
+        # position included) cost more than the partial kernel at ctx 2048 on the H100, and as much at
+        # every context (results/h100/int4/README.md); here the walk stops at the position's chunk and
+        # a head's dims are split over programs.
         # Only the chunks up to the position's hold a state (the partial kernel writes no other).
         query = tl.program_id(0)
         dims = tl.program_id(1) * DIM_BLOCK + tl.arange(0, DIM_BLOCK)
