@@ -4,17 +4,18 @@ context, 1024 positions of energy-window room, chunks planned for 2 x SMs progra
 
     python tools/device/attention_ab.py OLD_MODULE.py [ctx ...]      # on a GPU
 
-Each figure: one CUDA graph of 28 calls (a step's layers, each on its own cache), replayed 20 times,
-the median replay / 28, in microseconds; both versions checked against the float32 reference first.
+Each figure: one CUDA graph of 28 calls (a step's layers, each on its own cache), replayed 10 times
+(int4_shapes.timed), the median replay / 28, in microseconds; both versions checked against the
+float32 reference first.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import statistics
 import sys
 
 import torch
+from int4_shapes import timed  # beside this script: one CUDA graph of the calls, the median replay
 
 from qbench.runtimes.kernels import decode_attention as new
 
@@ -26,33 +27,11 @@ def load(path: str):
     return module
 
 
-def timed(calls) -> float:
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for call in calls:
-            call()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for call in calls:
-            call()
-    times = []
-    for _ in range(20):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1000 / len(calls))
-    return statistics.median(times)
-
-
 def main() -> None:
     old = load(sys.argv[1])
     contexts = [int(a) for a in sys.argv[2:]] or [2048, 8192, 16384]
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    print(f"{torch.cuda.get_device_name(0)}: us per call, median of 20 graph replays of 28 calls")
+    print(f"{torch.cuda.get_device_name(0)}: us per call, median of 10 graph replays of 28 calls")
     print(f"{'ctx':>6s} {'before':>8s} {'after':>8s}  max rel err before / after")
     for ctx in contexts:
         planned = ctx + 39  # the block's positions (warm-up and timed steps past the prompt)
@@ -74,7 +53,7 @@ def main() -> None:
                 lambda a=a, m=module, at=at, p=planned: m._launch(a[0], a[1], a[2], at, 128**-0.5, 2 * sms, p)
                 for a in layers
             ]
-            figures.append(timed(calls))
+            figures.append(timed(calls, torch.device("cuda")))
         print(f"{ctx:6d} {figures[0]:8.2f} {figures[1]:8.2f}  {errors[0]:.2e} / {errors[1]:.2e}", flush=True)
 
 
