@@ -84,6 +84,7 @@ COLUMNS = [
     ("W", "mean_w", "{:.0f}"),
     ("GPU MiB", "gpu_memory_mib", "{:.0f}"),
     ("peak MiB", "peak_memory_mib", "{:.0f}"),
+    ("reserved MiB", "reserved_memory_mib", "{:.0f}"),
     ("ppl", "perplexity", "{:.2f}"),
     ("KL mean", "kl_mean", "{:.4f}"),
     ("KL p99", "kl_p99", "{:.4f}"),
@@ -283,7 +284,9 @@ def compare_document(rows: list[dict], style: Renderer, title: str = "", wide: b
         "J/tok and W = energy of the timed steps per token and its mean power (energy_source in exports says "
         "which counter; blank = not measured); GPU MiB = GPU memory held by the step's processes after the "
         "timed steps, CUDA context included (NVML; gpu_memory_source), the one memory figure compared across "
-        "runtimes; peak MiB = torch's allocator peak, where there is one; with real weights, ppl = perplexity "
+        "runtimes (the largest over the cell's sessions); peak MiB = torch's allocator peak, where there is one; "
+        "reserved MiB = torch's allocator reserve (cached blocks included) when GPU MiB was read, in that "
+        "session: GPU MiB less it is what torch's allocator does not hold; with real weights, ppl = perplexity "
         "on the built-in text, KL mean / p99 = KL divergence (nats) per position against the 16-bit reference "
         "(bf16 under hf) on the same tokens, top-1 % = positions whose most likely token agrees with it."
     )

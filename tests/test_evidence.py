@@ -163,10 +163,11 @@ def tiny_rows():
         energy.energy_meter = original
     stored = {**config.__dict__, "graphs": [False]}
     record = {"config": stored, "result": result, "gpu": "cpu", "run_id": "r", "cell_hash": cell_hash(stored, "cpu")}
-    return aggregate([record])
+    return aggregate([record]), record
 
 
 def test_prefill_energy_and_memory_fields_are_in_every_export(tiny_rows):
+    tiny_rows, _ = tiny_rows
     (row,) = json.loads(render(tiny_rows, "json"))
     assert isinstance(row["prefill_ms"], float) and row["prefill_ms"] > 0
     assert row["j_per_token"] == pytest.approx(0.3 / 4) and isinstance(row["mean_w"], float)
@@ -179,6 +180,27 @@ def test_prefill_energy_and_memory_fields_are_in_every_export(tiny_rows):
     for fmt in ("table", "md", "latex", "html"):
         text = render(tiny_rows, fmt, wide=True)
         assert "TTFT ms" in text and "J/tok" in text, fmt
+    assert "reserved_memory_mib" not in row  # torch's CUDA reserve: read on a GPU only
+
+
+def test_the_reserve_shown_is_that_of_the_session_whose_memory_the_cell_shows(tiny_rows):
+    """GPU MiB is the largest over the sessions; torch's reserve beside it is that same session's (the
+    largest reserve of another session would not say what of that figure the allocator held)."""
+    from qbench.records import SessionResult
+
+    _, record = tiny_rows
+    sessions = []
+    for index, (held, reserved) in enumerate(((9860.0, 3900.0), (7696.0, 4100.0), (7696.0, 1736.0))):
+        result = {**record["result"], "gpu_memory_mib": held, "reserved_memory_mib": reserved,
+                  "gpu_memory_source": "NVML per process (CUDA context included)"}
+        sessions.append({**record, "result": result, "config": {**record["config"], "session_index": index}})
+    (row,) = aggregate(sessions)
+    assert row["gpu_memory_mib"] == 9860.0 and row["reserved_memory_mib"] == 3900.0
+    (flat,) = list(csv.DictReader(io.StringIO(render([row], "csv"))))
+    assert float(flat["reserved_memory_mib"]) == 3900.0
+    assert "reserved MiB" in render([row], "md", wide=True)
+    with pytest.raises(ValueError, match="reserved_memory_mib"):
+        SessionResult(status="ok", reserved_memory_mib="3900")
 
 
 # ---- quality -----------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ configurations differ in the backend (and its group size) alone. Per row:
   GPU MiB         GPU memory the step's processes hold after the timed steps, CUDA context included
                   (NVML; `gpu_memory_source` says how): the one memory figure cells compare;
                   `peak_memory_mib` is torch's allocator peak, where the runtime has one
+  reserved MiB    torch's allocator reserve (cached blocks included) when GPU MiB was read, in the
+                  session that gave GPU MiB; GPU MiB less it is what torch's allocator does not hold
 A cell whose correctness gate failed in any session shows `incorrect` and no timing figures.
 Flags: impossible, noisy, throttled n/N, kernel-not-seen, host-variable, gate-edge (see FLAG_TEXT).
 """
@@ -191,7 +193,7 @@ def _cell_row(cell: str, graphs: bool, records: list[dict]) -> dict[str, Any]:
         "flags": [],
     }
     medians, walls, cvs, bandwidths, peaks, reasons, host_blocks, steals, cores = [], [], [], [], [], [], [], [], []
-    prefills, joules, watts, held = [], [], [], []
+    prefills, joules, watts, held, reserved = [], [], [], [], []
     row.update(prefill_ms=None, j_per_token=None, mean_w=None, energy_source="not measured", gpu_memory_mib=None)
     row.update(kl_mean=None, kl_p99=None, kl_top1_pct=None)
     row["gpu_memory_source"] = "not measured"
@@ -242,6 +244,8 @@ def _cell_row(cell: str, graphs: bool, records: list[dict]) -> dict[str, Any]:
         if result.get("peak_memory_mib"):
             peaks.append(result["peak_memory_mib"])
         _session_evidence(row, result, blocks, prefills, joules, watts, held)
+        if result.get("gpu_memory_mib") is not None and result.get("reserved_memory_mib") is not None:
+            reserved.append((result["gpu_memory_mib"], result["reserved_memory_mib"]))
         if result.get("perplexity"):
             row["perplexity"] = result["perplexity"]["value"]
         after = result.get("nvml_after", {})
@@ -303,6 +307,8 @@ def _cell_row(cell: str, graphs: bool, records: list[dict]) -> dict[str, Any]:
         row["mean_w"] = stats.median(watts) if watts else None
     if held:
         row["gpu_memory_mib"] = max(held)
+    if reserved:  # the reserve of the session whose GPU MiB the cell shows (the largest)
+        row["reserved_memory_mib"] = max(reserved)[1]
     if row.get("floor_ms_peak") and ms < row["floor_ms_peak"]:
         row["flags"].append("impossible")
     if stats.median(cvs) > NOISY_CV:
