@@ -48,6 +48,53 @@ def test_split_k_attention_matches_the_reference_and_never_reads_past_the_positi
     assert out.strip() == "ok"
 
 
+def test_rope_and_the_cache_write_inside_the_kernel_match_the_step_doing_them():
+    out = run_interpreted(
+        """
+        import torch
+        from qbench.runtimes.kernels.decode_attention import (
+            decode_attention_reference, decode_attention_rope, rope_reference)
+        torch.manual_seed(0)
+        cases = [  # heads, kv heads, head dim, cache positions, position, programs
+            (28, 4, 128, 300, 299, 16),  # Qwen2.5-7B's grouping, last position
+            (28, 4, 128, 300, 130, 64),  # mid-chunk: the owner is neither the first nor the last chunk
+            (9, 3, 64, 100, 0, 64),  # position 0: the first chunk owns it
+            (4, 4, 48, 70, 64, 4),  # a head dim padded to 64; the position opens a chunk
+        ]
+        for dtype in (torch.float32, torch.float16):
+            for heads, kv_heads, dim, positions, position, programs in cases:
+                layers = 2
+                cache = torch.randn(layers, 2, kv_heads, positions, dim, dtype=dtype)
+                cache[:, :, :, position:] = float("nan")  # the position's slot too: not written yet
+                before = cache.clone()
+                q, k, v = (torch.randn(n * dim, dtype=dtype) for n in (heads, kv_heads, kv_heads))
+                freqs = torch.rand(positions, dim // 2) * 3
+                cos = torch.cat((freqs.cos(), freqs.cos()), -1).to(dtype)
+                sin = torch.cat((freqs.sin(), freqs.sin()), -1).to(dtype)
+                at = torch.tensor([position])
+                got = decode_attention_rope(q.view(heads, dim), k, v, cache, 1, cos, sin, at, dim**-0.5, programs)
+                # the step's way: rotate, write, attend
+                k_rot = rope_reference(k.view(kv_heads, dim), cos[position], sin[position]).to(dtype)
+                q_rot = rope_reference(q.view(heads, dim), cos[position], sin[position]).to(dtype)
+                want_cache = before.clone()
+                want_cache[1, 0, :, position] = k_rot
+                want_cache[1, 1, :, position] = v.view(kv_heads, dim)
+                want = decode_attention_reference(q_rot, want_cache[1, 0], want_cache[1, 1], at, dim**-0.5).float()
+                assert torch.isfinite(got).all(), (dtype, heads, position)
+                err = ((got.float() - want).abs().max() / want.abs().max()).item()
+                assert err < (1e-5 if dtype == torch.float32 else 2e-3), (dtype, heads, position, err)
+                # the slot is written, in every kv head, and nothing else of the cache changes
+                assert torch.equal(cache[1, :, :, position], want_cache[1, :, :, position]), (dtype, position)
+                assert torch.equal(cache[0].nan_to_num(7.0), before[0].nan_to_num(7.0))  # another layer
+                rest = torch.ones(positions, dtype=torch.bool)
+                rest[position] = False
+                assert torch.equal(cache[1][:, :, rest].nan_to_num(7.0), before[1][:, :, rest].nan_to_num(7.0))
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"
+
+
 def test_plan_splits_covers_the_cache_in_whole_blocks():
     from qbench.runtimes.kernels.decode_attention import BLOCK_N, plan_splits
 
@@ -70,17 +117,25 @@ def test_lean_with_split_k_attention_matches_lean_with_sdpa():
         options = LoadOptions(device="cpu", weights="synthetic", seed=0, max_cache_len=96, group_size=128)
         model = load_backend("bf16").load(spec, options).model.to(torch.float16)
         runners = {}
-        for choice in ("split-k", "sdpa"):
-            os.environ["QBENCH_LEAN_ATTENTION"] = choice
-            runners[choice] = LeanRunner(model, 96, "cpu")
-        assert "split-K Triton kernel" in runners["split-k"].notes[0], runners["split-k"].notes
-        assert runners["sdpa"].notes[0] == "lean: decode attention: SDPA (QBENCH_LEAN_ATTENTION=sdpa)"
+        for choice, rope in (("split-k", "auto"), ("split-k", "step"), ("sdpa", "auto")):
+            os.environ["QBENCH_LEAN_ATTENTION"], os.environ["QBENCH_LEAN_ROPE"] = choice, rope
+            runners[choice, rope] = LeanRunner(model, 96, "cpu")
+        split, separate, sdpa = runners["split-k", "auto"], runners["split-k", "step"], runners["sdpa", "auto"]
+        assert "split-K Triton kernel" in split.notes[0], split.notes
+        where = "lean: rotary embedding and the K/V cache write"
+        assert f"{where}: inside the split-K attention's first kernel" in split.notes, split.notes
+        assert f"{where}: in the step (QBENCH_LEAN_ROPE=step)" in separate.notes, separate.notes
+        assert sdpa.notes[0] == "lean: decode attention: SDPA (QBENCH_LEAN_ATTENTION=sdpa)"
+        assert (split.rope_in_attention, separate.rope_in_attention, sdpa.rope_in_attention) == (True, False, False)
         tokens = token_stream(spec.vocab_size, 72, 0, "cpu")
-        split, sdpa = runners["split-k"], runners["sdpa"]
-        split.prefill(tokens[:60]), sdpa.prefill(tokens[:60])
+        for runner in runners.values():
+            runner.prefill(tokens[:60])
         for p in range(60, 70):
-            got, want = split.step(tokens[p : p + 1]).float(), sdpa.step(tokens[p : p + 1]).float()
-            assert ((got - want).norm() / want.norm()).item() < 5e-3 and got.argmax() == want.argmax(), p
+            want = sdpa.step(tokens[p : p + 1]).float()
+            for got in (split.step(tokens[p : p + 1]).float(), separate.step(tokens[p : p + 1]).float()):
+                assert ((got - want).norm() / want.norm()).item() < 5e-3 and got.argmax() == want.argmax(), p
+        # the kernel wrote each step's rotated k and v where the step's own write puts them
+        assert torch.allclose(split.kv_cache[:, :, :, :70].float(), separate.kv_cache[:, :, :, :70].float(), atol=2e-3)
         print("ok")
         """
     )
@@ -94,6 +149,8 @@ def test_lean_with_split_k_attention_matches_lean_with_sdpa():
          "lean: decode attention: SDPA (the split-K kernel runs on CUDA)"),
         ("QBENCH_LEAN_GEMV", "cutlass", "auto, cublas or triton",
          "lean: 16-bit linear layers: F.linear (the Triton GEMV runs on CUDA)"),
+        ("QBENCH_LEAN_ROPE", "kernel", "auto or step",  # SDPA on a CPU: the step rotates, nothing to say
+         "lean: decode attention: SDPA (the split-K kernel runs on CUDA)"),
     ],
 )
 def test_lean_triton_path_choices_are_checked_and_said(monkeypatch, variable, bad, allowed, note):

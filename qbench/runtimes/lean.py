@@ -15,7 +15,9 @@ the loop around them:
     query-length place: correct everywhere, but on the H100 the fused kernel SDPA picks gets one
     block per kv head and took many times the cache's read time at 7B, ctx 2048
     (results/h100/runtimes/README.md holds the figure). The runner's
-    notes say which ran;
+    notes say which ran. With the split-K kernel its first launch also rotates q and k and writes
+    the position's K and V into the cache (`decode_attention_rope`: the step's rope kernels and the
+    cache write are two or three launches a layer; QBENCH_LEAN_ROPE=step keeps them in the step);
   - rotary cos/sin tables computed once by the model's own rotary module (so Llama 3.1's rope
     scaling and any attention scaling are the model's own);
   - no cache object, mask builder or output records: a step is its tensors and nothing else.
@@ -215,6 +217,7 @@ class LeanRunner:
             probe = torch.zeros(1, dtype=dtype, device=self.device)
             cos, sin = base.rotary_emb(probe, self.kv_positions[None])
         self.cos, self.sin = cos[0].contiguous(), sin[0].contiguous()  # [positions, head_dim]
+        self.rope_in_attention = self._choose_rope()
         self.token = torch.zeros(1, 1, dtype=torch.long, device=self.device)
         self.position = torch.zeros(1, dtype=torch.long, device=self.device)
         self.next_position = 0
@@ -280,6 +283,25 @@ class LeanRunner:
             f"chunks of {chunk} positions)"
         )
         return programs
+
+    def _choose_rope(self) -> bool:
+        """Whether the split-K attention's first kernel rotates q and k and writes k and v into the
+        cache (`decode_attention_rope`: two launches a layer fewer than the step's rope and write);
+        QBENCH_LEAN_ROPE: auto (where the split-K attention runs) or step. Said in the notes."""
+        choice = os.environ.get("QBENCH_LEAN_ROPE", "auto")
+        if choice not in ("auto", "step"):
+            raise ValueError(f"QBENCH_LEAN_ROPE must be auto or step, got {choice!r}")
+        if not self.split_programs:
+            return False
+        where = "lean: rotary embedding and the K/V cache write"
+        if choice == "step":
+            self.notes.append(f"{where}: in the step (QBENCH_LEAN_ROPE=step)")
+            return False
+        if self.cos.shape[-1] != self.head_dim:  # a partial rotary: the kernel rotates whole heads
+            self.notes.append(f"{where}: in the step (rotary tables of {self.cos.shape[-1]} of {self.head_dim} dims)")
+            return False
+        self.notes.append(f"{where}: inside the split-K attention's first kernel")
+        return True
 
     def _energy_room(self, wanted: int, window: int | None, dtype: torch.dtype) -> int:
         """Cache positions beyond the block's for the energy window, and the memory they cost said."""
@@ -369,28 +391,38 @@ class LeanRunner:
                 q, k, v = qkv(x).split(qkv.sizes)
             else:
                 q, k, v = attention.q_proj(x), attention.k_proj(x), attention.v_proj(x)
-            q = self._rope(q.view(self.heads, self.head_dim), cos, sin)
-            k = self._rope(k.view(self.kv_heads, 1, self.head_dim), cos, sin)
-            v = v.view(self.kv_heads, 1, self.head_dim)
-            write_kv(self.kv_cache, index, position, torch.stack((k, v)).to(self.kv_cache.dtype))
-            k_cache, v_cache = self.k_cache[index], self.v_cache[index]  # [kv heads, positions, head_dim]
-            # Query head j attends with kv head j // group; K and V are read once and never expanded,
-            # and the scores are accumulated in float32 inside the attention kernel. The split-K kernel
-            # takes each kv head's group of query heads per chunk of positions; SDPA takes them in its
-            # query-length place ([1, kv heads, group, head_dim] against [1, kv heads, positions, head_dim]).
-            if self.split_programs:
-                out = decode_attention.decode_attention(
-                    q, k_cache, v_cache, position, self.scale, self.split_programs, self.planned_positions
-                ).view(1, 1, self.heads * self.head_dim)
-            else:
-                grouped = q.view(1, self.kv_heads, self.group, self.head_dim)
-                out = F.scaled_dot_product_attention(
-                    grouped, k_cache[None], v_cache[None], attn_mask=visible.view(1, 1, 1, -1), scale=self.scale
-                )
-                out = out.reshape(1, 1, self.heads * self.head_dim)
+            out = self._attention(index, q, k, v, position, cos, sin, visible)
             hidden = hidden + self._linear(attention.o_proj, out)
             hidden = hidden + self._mlp(layer.mlp, layer.post_attention_layernorm(hidden))
         return self._linear(self.lm_head, self.norm(hidden))[0, -1]
+
+    def _attention(self, index, q, k, v, position, cos, sin, visible) -> torch.Tensor:
+        """One layer's attention output [1, 1, heads * head_dim] from its projections (q, k before
+        rotary embedding); writes the position's k and v into the cache."""
+        if self.rope_in_attention:  # the rope, the cache write and the attention: two launches
+            return decode_attention.decode_attention_rope(
+                q.reshape(self.heads, self.head_dim), k.reshape(-1), v.reshape(-1), self.kv_cache, index,
+                self.cos, self.sin, position, self.scale, self.split_programs, self.planned_positions,
+            ).view(1, 1, self.heads * self.head_dim)
+        q = self._rope(q.view(self.heads, self.head_dim), cos, sin)
+        k = self._rope(k.view(self.kv_heads, 1, self.head_dim), cos, sin)
+        v = v.view(self.kv_heads, 1, self.head_dim)
+        write_kv(self.kv_cache, index, position, torch.stack((k, v)).to(self.kv_cache.dtype))
+        k_cache, v_cache = self.k_cache[index], self.v_cache[index]  # [kv heads, positions, head_dim]
+        # Query head j attends with kv head j // group; K and V are read once and never expanded,
+        # and the scores are accumulated in float32 inside the attention kernel. The split-K kernel
+        # takes each kv head's group of query heads per chunk of positions; SDPA takes them in its
+        # query-length place ([1, kv heads, group, head_dim] against [1, kv heads, positions, head_dim]).
+        if self.split_programs:
+            out = decode_attention.decode_attention(
+                q, k_cache, v_cache, position, self.scale, self.split_programs, self.planned_positions
+            )
+        else:
+            grouped = q.view(1, self.kv_heads, self.group, self.head_dim)
+            out = F.scaled_dot_product_attention(
+                grouped, k_cache[None], v_cache[None], attn_mask=visible.view(1, 1, 1, -1), scale=self.scale
+            )
+        return out.reshape(1, 1, self.heads * self.head_dim)
 
     def _mlp(self, mlp: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.linear16.get(id(getattr(mlp, "gate_proj", None)))

@@ -57,11 +57,11 @@ def _kernels():
 
     @triton.jit
     def decode_attention_partial(
-        Q, K, V, POS, ACC, M, L,
+        Q, K, V, POS, ACC, M, L, KNEW, VNEW, COS, SIN,
         stride_kh, stride_kn,
         scale,
         GROUP: tl.constexpr, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, DIM: tl.constexpr,
-        CHUNK: tl.constexpr, BLOCK: tl.constexpr, SPLITS: tl.constexpr,
+        CHUNK: tl.constexpr, BLOCK: tl.constexpr, SPLITS: tl.constexpr, ROPE: tl.constexpr = False,
     ):
         head = tl.program_id(0)
         split = tl.program_id(1)
@@ -72,10 +72,25 @@ def _kernels():
         live = (rows * 0 + start) <= position  # [ROWS]: a chunk wholly past the position reads and writes nothing
         row_ok = (rows < GROUP) & live
         dim_ok = dims < HEAD_DIM
-        q = tl.load(
-            Q + (head * GROUP + rows)[:, None] * HEAD_DIM + dims[None, :],
-            mask=row_ok[:, None] & dim_ok[None, :], other=0.0,
-        )
+        q_rows = Q + (head * GROUP + rows)[:, None] * HEAD_DIM
+        q_mask = row_ok[:, None] & dim_ok[None, :]
+        if ROPE:  # Q, KNEW: q and this step's k before their rotary embedding (`decode_attention_rope`)
+            # x * cos + rotate_half(x) * sin at this position, in float32, rounded to the cache's dtype
+            # (as the compiled step's rope is); rotate_half(x)[d] = -x[d + h] below h, x[d - h] from h
+            half: tl.constexpr = HEAD_DIM // 2
+            partner = tl.where(dims < half, dims + half, dims - half)
+            sign = tl.where(dims < half, -1.0, 1.0)
+            cos = tl.load(COS + position * HEAD_DIM + dims, mask=dim_ok, other=0.0).to(tl.float32)
+            sin = tl.load(SIN + position * HEAD_DIM + dims, mask=dim_ok, other=0.0).to(tl.float32)
+            q_in = tl.load(q_rows + dims[None, :], mask=q_mask, other=0.0).to(tl.float32)
+            q_pair = tl.load(q_rows + partner[None, :], mask=q_mask, other=0.0).to(tl.float32)
+            q = (q_in * cos[None, :] + sign[None, :] * q_pair * sin[None, :]).to(K.dtype.element_ty)
+            k_in = tl.load(KNEW + head * HEAD_DIM + dims, mask=dim_ok, other=0.0).to(tl.float32)
+            k_pair = tl.load(KNEW + head * HEAD_DIM + partner, mask=dim_ok, other=0.0).to(tl.float32)
+            k_new = (k_in * cos + sign * k_pair * sin).to(K.dtype.element_ty)
+            v_new = tl.load(VNEW + head * HEAD_DIM + dims, mask=dim_ok, other=0.0).to(K.dtype.element_ty)
+        else:
+            q = tl.load(q_rows + dims[None, :], mask=q_mask, other=0.0)
         m = tl.full([ROWS], float("-inf"), tl.float32)
         l_sum = tl.zeros([ROWS], tl.float32)
         acc = tl.zeros([ROWS, DIM], tl.float32)
@@ -87,6 +102,8 @@ def _kernels():
             seen = positions < end
             offsets = positions[:, None] * stride_kn + dims[None, :]
             k = tl.load(k_base + offsets, mask=seen[:, None] & dim_ok[None, :], other=0.0)
+            if ROPE:  # the position's row is this step's k (its slot is written after the loop)
+                k = tl.where((positions == position)[:, None], k_new[None, :], k)
             scores = tl.dot(q, tl.trans(k)) * scale  # [ROWS, BLOCK], float32
             scores = tl.where(seen[None, :], scores, float("-inf"))
             m_new = tl.maximum(m, tl.max(scores, 1))
@@ -94,8 +111,17 @@ def _kernels():
             p = tl.exp(scores - m_new[:, None])
             l_sum = l_sum * alpha + tl.sum(p, 1)
             v = tl.load(v_base + offsets, mask=seen[:, None] & dim_ok[None, :], other=0.0)
+            if ROPE:
+                v = tl.where((positions == position)[:, None], v_new[None, :], v)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m = m_new
+        if ROPE:  # the program whose chunk holds the position writes this step's k and v into the cache, for
+            # the steps after (no other program reads that row; this one took it from registers, above)
+            first_here = dims * 0 + start  # [DIM], as `live` (a scalar mask does not broadcast everywhere)
+            owner = dim_ok & (first_here <= position) & (position < first_here + CHUNK)
+            slot = head * stride_kh + position * stride_kn + dims
+            tl.store(K + slot, k_new, mask=owner)
+            tl.store(V + slot, v_new, mask=owner)
         state = (head * SPLITS + split) * ROWS + rows
         tl.store(M + state, m, mask=live)
         tl.store(L + state, l_sum, mask=live)
@@ -169,7 +195,10 @@ def decode_attention_reference(
     return (weights @ v).reshape(-1, head_dim).to(q.dtype)
 
 
-def _launch(q, k_cache, v_cache, position, scale: float, programs: int, planned: int) -> torch.Tensor:
+def _launch(q, k_cache, v_cache, position, scale: float, programs: int, planned: int, rope=None) -> torch.Tensor:
+    """`rope`: None (q is rotated, the cache holds the position's k and v), or (k, v, cos, sin): q and
+    k before their rotary embedding, v, and the model's tables [positions, head_dim]; the kernel rotates
+    them and writes k and v at the position."""
     partial, combine = _kernels()
     kv_heads, positions, head_dim = k_cache.shape
     heads = q.shape[0]
@@ -185,11 +214,13 @@ def _launch(q, k_cache, v_cache, position, scale: float, programs: int, planned:
     m = torch.empty(states, dtype=torch.float32, device=q.device)
     l_sum = torch.empty(states, dtype=torch.float32, device=q.device)
     out = torch.empty(heads, head_dim, dtype=q.dtype, device=q.device)
+    k_new, v_new, cos, sin = rope if rope is not None else (q, q, q, q)
     partial[(kv_heads, splits)](
-        q, k_cache, v_cache, position, acc, m, l_sum,
+        q, k_cache, v_cache, position, acc, m, l_sum, k_new, v_new, cos, sin,
         k_cache.stride(0), k_cache.stride(1),
         scale,
         GROUP=group, ROWS=rows, HEAD_DIM=head_dim, DIM=dim, CHUNK=chunk, BLOCK=BLOCK_N, SPLITS=splits,
+        ROPE=rope is not None,
     )
     dim_block = min(dim, COMBINE_DIMS)
     combine[(heads, dim // dim_block)](
@@ -222,4 +253,43 @@ def decode_attention(
 
 @decode_attention.register_fake
 def _(q, k_cache, v_cache, position, scale, programs, planned=0):
+    return torch.empty_like(q)
+
+
+def rope_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [..., head_dim] rotated at one position (cos, sin [head_dim]) in float32: x cos + rotate_half(x) sin."""
+    half = x.shape[-1] // 2
+    x = x.float()
+    return x * cos.float() + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin.float()
+
+
+@torch.library.custom_op("qbench::decode_attention_rope", mutates_args=("kv_cache",))
+def decode_attention_rope(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_cache: torch.Tensor,
+    layer: int,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    position: torch.Tensor,
+    scale: float,
+    programs: int,
+    planned: int = 0,
+) -> torch.Tensor:
+    """`decode_attention` with the step's rotary embedding and cache write inside its first kernel:
+    q [heads, head_dim], k and v [kv heads * head_dim] as the projections give them (q and k not yet
+    rotated); kv_cache [layers, 2, kv heads, positions, head_dim] (lean's); cos, sin [positions,
+    head_dim] (the model's tables). Rotates q and k at `position` (in float32, rounded to the cache's
+    dtype), writes k and v into kv_cache[layer] at `position` and attends positions 0..position: two
+    launches, where the step's rope and write took two or three more. Returns [heads, head_dim]."""
+    heads, head_dim = q.shape
+    if kv_cache.stride(-1) != 1 or cos.shape[-1] != head_dim or sin.shape != cos.shape:
+        raise ValueError("decode_attention_rope needs a cache with the head dim contiguous and tables of head_dim")
+    rope = (k.contiguous(), v.contiguous(), cos.contiguous(), sin.contiguous())
+    return _launch(q.contiguous(), kv_cache[layer, 0], kv_cache[layer, 1], position, scale, programs, planned, rope)
+
+
+@decode_attention_rope.register_fake
+def _(q, k, v, kv_cache, layer, cos, sin, position, scale, programs, planned=0):
     return torch.empty_like(q)
