@@ -206,25 +206,40 @@ def test_lean_energy_room_leaves_the_timed_steps_alone_and_attends_past_them():
     assert out.strip() == "ok"
 
 
-def test_the_combine_compiles_for_an_h100():
-    """Triton's interpreter runs what its compiler may refuse: the combine (a loop bounded by the
-    position, read on the device) compiled for sm_90 here, no GPU needed, at Qwen2.5-7B's shapes."""
+@pytest.mark.parametrize("kernel", ["partial", "partial with rope", "combine"])
+def test_the_kernels_compile_for_an_h100(kernel):
+    """Triton's interpreter runs what its compiler may refuse (a scalar mask, a loop bounded by a
+    value read on the device): each kernel compiled for sm_90 here, no GPU needed, at Qwen2.5-7B's
+    shapes."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     from qbench.runtimes.kernels import decode_attention as attention
 
-    signature = {"ACC": "*fp32", "M": "*fp32", "L": "*fp32", "OUT": "*bf16", "POS": "*i64"}
-    constants = {"GROUP": 7, "ROWS": 16, "HEAD_DIM": 128, "DIM": 128, "SPLITS": 98, "SPLITS_P2": 128,
-                 "SPLIT_BLOCK": attention.COMBINE_SPLITS, "CHUNK": 32, "DIM_BLOCK": attention.COMBINE_DIMS}
+    shapes = {"GROUP": 7, "ROWS": 16, "HEAD_DIM": 128, "DIM": 128, "CHUNK": 32}
+    if kernel == "combine":
+        signature = {"ACC": "*fp32", "M": "*fp32", "L": "*fp32", "OUT": "*bf16", "POS": "*i64"}
+        constants = {**shapes, "SPLITS": 98, "SPLITS_P2": 128, "SPLIT_BLOCK": attention.COMBINE_SPLITS,
+                     "DIM_BLOCK": attention.COMBINE_DIMS}
+    else:
+        signature = {name: "*bf16" for name in ("Q", "K", "V")}
+        signature.update({"POS": "*i64", "ACC": "*fp32", "M": "*fp32", "L": "*fp32"})
+        signature.update({name: "*bf16" for name in ("KNEW", "VNEW", "COS", "SIN")})
+        signature.update({"stride_kh": "i64", "stride_kn": "i64", "scale": "fp32"})
+        constants = {**shapes, "BLOCK": attention.BLOCK_N, "SPLITS": 98, "ROPE": kernel == "partial with rope"}
     signature.update(dict.fromkeys(constants, "constexpr"))
+    function = attention._kernels()[kernel == "combine"]
+    signature = {name: signature[name] for name in function.arg_names}  # in the kernel's order
     names = list(signature)
-    source = ASTSource(attention._kernels()[1], signature, {(names.index(n),): v for n, v in constants.items()}, {})
+    source = ASTSource(function, signature, {(names.index(n),): v for n, v in constants.items()}, {})
     try:
         compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
     except RuntimeError as error:  # no ptxas in this Triton: the front end still ran
         if "ptxas" not in str(error).lower():
             raise
         return
-    assert "decode_attention_combine" in compiled.asm["ptx"]
+    assert f"decode_attention_{kernel.split()[0]}" in compiled.asm["ptx"]
+    if kernel != "combine":  # with the rope the owner stores this step's k and v in the cache's dtype
+        stores = sum("st.global.b16" in line for line in compiled.asm["ptx"].splitlines())
+        assert (stores > 0) == (kernel == "partial with rope"), stores
