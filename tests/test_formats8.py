@@ -282,3 +282,88 @@ def test_kernel_against_its_reference_and_bytes_on_gpu(name):
             values = (packed.unsqueeze(-1) >> shifts) & 0xF
             q = formats.unpack_nibbles(module.checkpoint["nibbles"])
             assert torch.equal(values.reshape(out_features, in_features).to(torch.uint8), q)
+
+
+def test_lean_fuses_the_8bit_layers_into_one_gemlite_launch_a_group():
+    """q, k, v (and gate, up) of an 8-bit gemlite backend as one launch of one gemlite layer over
+    their concatenated rows, each layer's kernel a view of its rows: on the CPU, through a stand-in for
+    gemlite's helper classes (a layer of W_q [K, N] as a view of [N, K], scales [1, N], an empty zeros
+    and F.linear of the dequantised rows), lean's step and prompt against the plain path."""
+    pytest.importorskip("triton", reason="lean's plan needs its Triton GEMV (the interpreter on the CPU)")
+    from conftest import run_interpreted
+
+    out = run_interpreted(
+        """
+        import os, sys, types, torch
+        import torch.nn.functional as F
+
+        class FakeLayer:
+            built = []
+            def __init__(self, q, scales):
+                self.W_q, self.scales = q.t(), scales.float().view(-1, 1).t().contiguous()
+                self.zeros = torch.tensor([[]], dtype=torch.int32)
+                FakeLayer.built.append(q.shape[0])
+            def __call__(self, x):
+                return F.linear(x, (self.W_q.t().float() * self.scales.t()).to(x.dtype))
+
+        class FakeHelper:
+            def __init__(self, device=None, dtype=None):
+                pass
+            def from_weights(self, weight, bias=None, scales=None):
+                return FakeLayer(weight, scales)
+
+        helper = types.ModuleType("gemlite.helper")
+        helper.A16W8_FP8 = helper.A16W8_INT8 = helper.A8W8_fp8_dynamic = FakeHelper
+        gemlite = types.ModuleType("gemlite")
+        gemlite.helper = helper
+        sys.modules.update({"gemlite": gemlite, "gemlite.helper": helper})
+
+        from qbench.api import LoadOptions
+        from qbench.backends.gemlite_formats import GemliteRows
+        from qbench.registry import load_backend
+        from qbench.runtimes.lean import LeanRunner
+        from qbench.session.decode import token_stream
+        from qbench.specs import load_model_spec
+
+        spec = load_model_spec("tiny")
+        options = LoadOptions(device="cpu", weights="synthetic", seed=0, max_cache_len=96, group_size=128)
+        model = load_backend("bf16").load(spec, options).model
+        backend = load_backend("int8-wo")
+        torch.manual_seed(1)
+        names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+        for layer in model.get_decoder().layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias = torch.nn.Parameter(torch.randn(proj.out_features, dtype=torch.bfloat16) * 0.1)
+            for name in names:
+                parent = layer.self_attn if hasattr(layer.self_attn, name) else layer.mlp
+                setattr(parent, name, backend.quantize_linear(getattr(parent, name), 128))
+        own = len(FakeLayer.built)
+        os.environ.update(QBENCH_LEAN_GEMV="triton", QBENCH_LEAN_ATTENTION="sdpa")
+        lean = LeanRunner(model, 96, "cpu")
+        layers = model.get_decoder().layers
+        assert any("gemlite's GEMV over concatenated rows (%d fused launches" % (2 * len(layers)) in n
+                   for n in lean.notes), lean.notes
+        attention, mlp = layers[0].self_attn, layers[0].mlp
+        rows = [m.out_features for m in (attention.q_proj, attention.k_proj, attention.v_proj)]
+        assert FakeLayer.built[own:own + 2] == [sum(rows), mlp.gate_proj.out_features + mlp.up_proj.out_features]
+        for proj in (attention.q_proj, attention.v_proj, mlp.up_proj):
+            assert isinstance(proj.gemlite, GemliteRows)
+        assert not isinstance(attention.o_proj.gemlite, GemliteRows)  # o and down: their own launches
+        base = attention.q_proj.gemlite.W_q.untyped_storage().data_ptr()
+        assert attention.v_proj.gemlite.W_q.untyped_storage().data_ptr() == base  # views into one layer
+        for _, module in lean.quant_layers():  # each layer's bytes still its own formula
+            assert module.stored_bytes() == backend.linear_bytes(module.in_features, module.out_features, 128)
+        tokens = token_stream(spec.vocab_size, 72, 0, "cpu")
+        got = [lean.prefill(tokens[:60]).float()] + [lean.step(tokens[p : p + 1]).float() for p in range(60, 62)]
+        lean.reference(True)  # the plain path: the checkpoint's int8 rows dequantised, F.linear
+        want = [lean.prefill(tokens[:60]).float()] + [lean.step(tokens[p : p + 1]).float() for p in range(60, 62)]
+        for a, b in zip(got, want):
+            assert ((a - b).norm() / b.norm()).item() < 2e-2 and a.argmax() == b.argmax()
+        # a layer alone (the gate's layer check) runs the fused layer and keeps its rows
+        x = torch.randn(3, attention.k_proj.in_features, dtype=torch.bfloat16)
+        alone = F.linear(x.float(), attention.k_proj.dequantize(), attention.k_proj.bias.float())
+        assert torch.allclose(attention.k_proj.kernel_forward(x).float(), alone, rtol=2e-2, atol=2e-2)
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"

@@ -160,6 +160,69 @@ def _release(version: str) -> tuple[int, ...]:
     return tuple(numbers)
 
 
+class GemliteRows:
+    """Output rows [start, start + size) of a fused gemlite layer (`GemliteFused`), in place of one
+    layer's own gemlite layer: the kernel's tensors are views into the fused layer's (nothing held
+    twice, and stored_bytes() still counts this layer's rows); called alone (the gate's layer check,
+    a prefill) it runs the fused layer and keeps its rows."""
+
+    def __init__(self, fused: Any, start: int, size: int):
+        self.fused, self.start, self.size = fused, start, size
+        self.W_q = fused.W_q[:, start : start + size]  # gemlite keeps 8-bit W_q as [K, N] (a view of [N, K])
+        self.scales = fused.scales[:, start : start + size]  # [1, N]: one scale a row
+        self.zeros = fused.zeros  # empty for the 8-bit formats
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fused(x)[..., self.start : self.start + self.size]
+
+
+class GemliteFused:
+    """lean's one gemlite launch for layers sharing their input (q, k, v; gate, up) in an 8-bit
+    format: their quantised rows and per-row scales concatenated into one gemlite layer of the same
+    helper (per-row scales: each layer's outputs are exactly its own rows), each layer's kernel
+    becoming a `GemliteRows` view. `__call__` takes one row (a decode step), `rows` any number (a
+    prefill); both add the layers' biases, as GemliteLinear does after the kernel."""
+
+    any_rows = True
+    what = "8-bit linear layers: gemlite's GEMV over concatenated rows"
+
+    def __init__(self, layer: Any, bias: torch.Tensor | None, sizes: list[int]):
+        self.layer, self.bias, self.sizes = layer, bias, sizes
+
+    @staticmethod
+    def fusable(modules: list) -> bool:
+        if not modules or any(not isinstance(m, GemliteLinear) or m.format != "channel" for m in modules):
+            return False
+        first = modules[0]
+        return all(m.helper == first.helper and m.in_features == first.in_features for m in modules) and (
+            len({m.bias is None for m in modules}) == 1
+        )
+
+    @classmethod
+    def fuse(cls, modules: list, sms: int) -> GemliteFused:
+        import gemlite.helper
+
+        with torch.no_grad():
+            q = torch.cat([m.gemlite.W_q.t() for m in modules])  # [N, K], the kernels' own values
+            scales = torch.cat([m.gemlite.scales.t() for m in modules])  # [N, 1]
+            helper = getattr(gemlite.helper, modules[0].helper)(device=q.device, dtype=torch.bfloat16)
+            layer = helper.from_weights(q, bias=None, scales=scales)
+            del q, scales
+            start = 0
+            for module in modules:
+                module.gemlite = GemliteRows(layer, start, module.out_features)  # its own layer is freed
+                start += module.out_features
+            bias = None if modules[0].bias is None else torch.cat([m.bias.detach() for m in modules])
+        return cls(layer, bias, [m.out_features for m in modules])
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layer(x)
+        return out if self.bias is None else out + self.bias
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rows(x.reshape(1, -1)).reshape(-1)
+
+
 class GemliteLinear(QuantLinear):
     """One gemlite layer. `checkpoint` keeps the format's own tensors (what `formats.py` produced:
     the gate's reference dequantises them, not gemlite's copy) until the gate ends; the bias stays
@@ -171,6 +234,9 @@ class GemliteLinear(QuantLinear):
         self.checkpoint = checkpoint
         self.format = ""  # "channel" (8-bit) or "int4"
         self.dynamic_activations = False  # fp8-dyn: the kernel quantises each token to FP8
+        self.helper = ""  # the gemlite.helper class that built the layer (lean's fusion builds another)
+
+    lean_fuser: ClassVar[type] = GemliteFused  # lean fuses q, k, v (and gate, up) of these into one launch
 
     def stored_tensors(self) -> list[torch.Tensor]:
         tensors = [self.gemlite.W_q, self.gemlite.scales, self.gemlite.zeros]
@@ -291,6 +357,7 @@ class GemliteBackend(Backend):
         module = GemliteLinear(layer, checkpoint, linear.in_features, linear.out_features, linear.bias, group_size)
         module.format = "int4" if self.bits == 4 else "channel"
         module.dynamic_activations = self.name == "fp8-dyn"
+        module.helper = getattr(self, "helper", "")
         return module
 
     def _gemlite_layer(self, weight: torch.Tensor, group_size: int) -> tuple[Any, dict[str, torch.Tensor]]:

@@ -30,6 +30,7 @@ implemented: a model that would use it within the cache is refused, not approxim
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -336,8 +337,21 @@ class LeanRunner:
                                 "the Triton GEMV runs on CUDA"):
             return {}
         sms = self._sms()
-        plan: dict[int, Gemv | Int4Gemv] = {}
+        plan: dict[int, Any] = {}
         fused = fused4 = 0
+        others: dict[str, int] = {}  # a quantised module's own fuser (`lean_fuser`): its note -> launches
+
+        def fuse_quantised(modules: list) -> Any:
+            nonlocal fused4
+            if Int4Gemv.fusable(modules):  # the qbench-int4 backend's layers: its 4-bit GEMV, one launch
+                fused4 += 1
+                return Int4Gemv.fuse(modules, sms)
+            fuser = getattr(type(modules[0]), "lean_fuser", None)
+            if fuser is not None and fuser.fusable(modules):  # e.g. gemlite's 8-bit layers
+                others[fuser.what] = others.get(fuser.what, 0) + 1
+                return fuser.fuse(modules, sms)
+            return None
+
         for layer in self.layers:
             attention, mlp = layer.self_attn, layer.mlp
             qkv = [attention.q_proj, attention.k_proj, attention.v_proj]
@@ -345,14 +359,12 @@ class LeanRunner:
             if Gemv.fusable(qkv):
                 plan[id(attention.q_proj)] = Gemv.fuse(qkv, sms)
                 fused += 1
-            elif Int4Gemv.fusable(qkv):  # the qbench-int4 backend's layers: its 4-bit GEMV, one launch
-                plan[id(attention.q_proj)] = Int4Gemv.fuse(qkv, sms)
-                fused4 += 1
+            elif (launch := fuse_quantised(qkv)) is not None:
+                plan[id(attention.q_proj)] = launch
             if hasattr(mlp, "act_fn") and Gemv.fusable(gate_up):
                 plan[id(mlp.gate_proj)] = Gemv.fuse(gate_up, sms)
-            elif hasattr(mlp, "act_fn") and Int4Gemv.fusable(gate_up):
-                plan[id(mlp.gate_proj)] = Int4Gemv.fuse(gate_up, sms)
-                fused4 += 1
+            elif hasattr(mlp, "act_fn") and None not in gate_up and (launch := fuse_quantised(gate_up)) is not None:
+                plan[id(mlp.gate_proj)] = launch
             for module in (attention.o_proj, getattr(mlp, "down_proj", None)):
                 if Gemv.fusable([module]):
                     plan[id(module)] = Gemv.fuse([module], sms)
@@ -363,6 +375,12 @@ class LeanRunner:
                 f"lean: 4-bit linear layers: qbench's int4 GEMV ({fused4} fused launches: q, k, v as one and "
                 "gate, up as another; o and down through their modules)"
             )
+        for what, launches in others.items():
+            self.notes.append(
+                f"lean: {what} ({launches} fused launches: q, k, v as one and gate, up as another; o and down "
+                "through their modules)"
+            )
+        fused4 += sum(others.values())  # the quantised launches, not the 16-bit GEMV's
         if len(plan) > fused4:
             what = "q, k, v as one launch and gate, up as another" if fused else "each layer alone"
             self.notes.append(
@@ -439,16 +457,27 @@ class LeanRunner:
         for index, layer in enumerate(self.layers):
             attention = layer.self_attn
             x = layer.input_layernorm(hidden)
-            q = self._rope(attention.q_proj(x).view(length, self.heads, self.head_dim).transpose(0, 1), cos, sin)
-            k = self._rope(attention.k_proj(x).view(length, self.kv_heads, self.head_dim).transpose(0, 1), cos, sin)
-            v = attention.v_proj(x).view(length, self.kv_heads, self.head_dim).transpose(0, 1)
+            fused = self.linear16.get(id(attention.q_proj))
+            if getattr(fused, "any_rows", False):  # a fused launch that takes a prompt: once, not per layer
+                q, k, v = fused.rows(x).split(fused.sizes, dim=-1)
+            else:
+                q, k, v = attention.q_proj(x), attention.k_proj(x), attention.v_proj(x)
+            q = self._rope(q.view(length, self.heads, self.head_dim).transpose(0, 1), cos, sin)
+            k = self._rope(k.view(length, self.kv_heads, self.head_dim).transpose(0, 1), cos, sin)
+            v = v.view(length, self.kv_heads, self.head_dim).transpose(0, 1)
             self.k_cache[index, :, :length] = k
             self.v_cache[index, :, :length] = v
             out = F.scaled_dot_product_attention(
                 q[None], k[None], v[None], is_causal=True, scale=self.scale, enable_gqa=True
             )
             hidden = hidden + attention.o_proj(out[0].transpose(0, 1).reshape(1, length, self.heads * self.head_dim))
-            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+            x = layer.post_attention_layernorm(hidden)
+            fused = self.linear16.get(id(getattr(layer.mlp, "gate_proj", None)))
+            if getattr(fused, "any_rows", False):
+                gate, up = fused.rows(x).split(fused.sizes, dim=-1)
+                hidden = hidden + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
+            else:
+                hidden = hidden + layer.mlp(x)
         if not every_position:
             hidden = hidden[:, -1:]
         return self.lm_head(self.norm(hidden))[0]
