@@ -192,6 +192,7 @@ class SessionResult:
     kernel_seen: bool | None = None
     peak_memory_mib: float | None = None
     reserved_memory_mib: float | None = None  # torch.cuda.memory_reserved() when gpu_memory_mib was read
+    allocated_memory_mib: float | None = None  # torch.cuda.memory_allocated() then: reserved less it is cached
     nvml_after: dict[str, Any] | None = None
     runtime_notes: list[str] | None = None
     session_s: float | None = None
@@ -250,6 +251,7 @@ TYPED_RESULT_FIELDS: dict[str, tuple[type, ...]] = {
     **{name: (dict,) for name in ("layer_check", "model_layer_check", "perplexity", "kl", "node")},
     **{name: _NUMBER for name in ("load_s", "gpu_memory_mib", "step_gpu_us", "peak_memory_mib", "session_s")},
     "reserved_memory_mib": _NUMBER,
+    "allocated_memory_mib": _NUMBER,
     "peak_bandwidth_gbps": _NUMBER,
     "measured_linear_bytes": (int,),
     "baseline": (bool,),

@@ -192,12 +192,14 @@ def test_the_reserve_shown_is_that_of_the_session_whose_memory_the_cell_shows(ti
     sessions = []
     for index, (held, reserved) in enumerate(((9860.0, 3900.0), (7696.0, 4100.0), (7696.0, 1736.0))):
         result = {**record["result"], "gpu_memory_mib": held, "reserved_memory_mib": reserved,
+                  "allocated_memory_mib": reserved - 100 * index - 50,
                   "gpu_memory_source": "NVML per process (CUDA context included)"}
         sessions.append({**record, "result": result, "config": {**record["config"], "session_index": index}})
     (row,) = aggregate(sessions)
     assert row["gpu_memory_mib"] == 9860.0 and row["reserved_memory_mib"] == 3900.0
+    assert row["allocated_memory_mib"] == 3850.0  # the same session's
     (flat,) = list(csv.DictReader(io.StringIO(render([row], "csv"))))
-    assert float(flat["reserved_memory_mib"]) == 3900.0
+    assert float(flat["reserved_memory_mib"]) == 3900.0 and float(flat["allocated_memory_mib"]) == 3850.0
     assert "reserved MiB" in render([row], "md", wide=True)
     with pytest.raises(ValueError, match="reserved_memory_mib"):
         SessionResult(status="ok", reserved_memory_mib="3900")

@@ -23,7 +23,8 @@ configurations differ in the backend (and its group size) alone. Per row:
                   (NVML; `gpu_memory_source` says how): the one memory figure cells compare;
                   `peak_memory_mib` is torch's allocator peak, where the runtime has one
   reserved MiB    torch's allocator reserve (cached blocks included) when GPU MiB was read, in the
-                  session that gave GPU MiB; GPU MiB less it is what torch's allocator does not hold
+                  session that gave GPU MiB; GPU MiB less it is what torch's allocator does not hold;
+                  `allocated_memory_mib` (exports) its live tensors then: reserved less it is cached
 A cell whose correctness gate failed in any session shows `incorrect` and no timing figures.
 Flags: impossible, noisy, throttled n/N, kernel-not-seen, host-variable, gate-edge (see FLAG_TEXT).
 """
@@ -245,7 +246,8 @@ def _cell_row(cell: str, graphs: bool, records: list[dict]) -> dict[str, Any]:
             peaks.append(result["peak_memory_mib"])
         _session_evidence(row, result, blocks, prefills, joules, watts, held)
         if result.get("gpu_memory_mib") is not None and result.get("reserved_memory_mib") is not None:
-            reserved.append((result["gpu_memory_mib"], result["reserved_memory_mib"]))
+            held_by = (result["gpu_memory_mib"], result["reserved_memory_mib"], result.get("allocated_memory_mib"))
+            reserved.append(held_by)
         if result.get("perplexity"):
             row["perplexity"] = result["perplexity"]["value"]
         after = result.get("nvml_after", {})
@@ -307,8 +309,10 @@ def _cell_row(cell: str, graphs: bool, records: list[dict]) -> dict[str, Any]:
         row["mean_w"] = stats.median(watts) if watts else None
     if held:
         row["gpu_memory_mib"] = max(held)
-    if reserved:  # the reserve of the session whose GPU MiB the cell shows (the largest)
-        row["reserved_memory_mib"] = max(reserved)[1]
+    if reserved:  # the reserve (and live tensors) of the session whose GPU MiB the cell shows (the largest)
+        _, row["reserved_memory_mib"], allocated = max(reserved, key=lambda held: held[0])
+        if allocated is not None:
+            row["allocated_memory_mib"] = allocated
     if row.get("floor_ms_peak") and ms < row["floor_ms_peak"]:
         row["flags"].append("impossible")
     if stats.median(cvs) > NOISY_CV:

@@ -367,8 +367,9 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
     phases.done("timed_s")
     if device == "cuda":  # the memory the step's processes hold right after the timed steps, one way for all
         result.update(energy.process_memory(energy.step_pids(runner), used_before))
-        if linear_format:  # torch's reserve at the same moment: what of GPU MiB its allocator holds
+        if linear_format:  # torch's reserve and live tensors at the same moment: what of GPU MiB its allocator holds
             result["reserved_memory_mib"] = round(torch.cuda.memory_reserved() / 2**20, 1)
+            result["allocated_memory_mib"] = round(torch.cuda.memory_allocated() / 2**20, 1)
         elsewhere = getattr(runner, "kernels_elsewhere", "")  # e.g. an engine in its own process
         if elsewhere:
             result["step_kernels"] = elsewhere[:300]
