@@ -258,6 +258,35 @@ def test_backend_bytes_are_what_the_module_stores_and_it_is_cuda_only():
         assert from_gptq.source == "gptq" and from_gptq.stored_bytes() == backend.linear_bytes(k, n, g)
 
 
+def test_the_prefills_triton_dequantisation_is_the_torch_one_element_for_element():
+    out = run_interpreted(
+        """
+        import torch
+        from qbench.runtimes.kernels import gemv_int4 as G
+        torch.manual_seed(4)
+        for n, k, g in ((40, 640, 128), (72, 384, 64), (8, 256, 128)):  # N not a multiple of the 32 rows
+            q = torch.randint(0, 16, (n, k))
+            scales = (torch.rand(n, k // g) * 0.02 + 0.001).half()
+            zeros = torch.randint(0, 17, (n, k // g)).to(torch.uint8)
+            qweight = G.pack(q, g)
+            for layout in (lambda t: t, G.group_major):
+                exact = G.dequantize(qweight, layout(scales), layout(zeros), g)  # float32
+                for dtype in (torch.float32, torch.float16, torch.bfloat16):
+                    want = exact.to(dtype)
+                    got = G.dequantize_triton(qweight, layout(scales), layout(zeros), g, dtype)
+                    assert got.dtype == dtype and got.shape == want.shape, (n, k, g, dtype)
+                    if dtype == torch.bfloat16:  # the interpreter truncates float32 to bf16 (the GPU rounds
+                        # to nearest even, as torch does and the kernel asks): either, element by element
+                        cut = (exact.view(torch.int32) & -65536).view(torch.float32).to(dtype)
+                        assert ((got == want) | (got == cut)).all(), (n, k, g)
+                    else:
+                        assert torch.equal(got, want), (n, k, g, dtype)
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"
+
+
 def test_a_prefill_dequantises_slices_of_rows_and_gets_the_same_weight(monkeypatch):
     """More than one row (a prefill) multiplies by the dequantised packed weight; it is made a slice
     of rows at a time (the whole weight's float32 and int32 temporaries held qbench-int4's GPU memory
@@ -346,3 +375,24 @@ def test_the_kernel_compiles_for_an_h100_and_its_weight_loads_are_128_bit():
         assert any(".v4.b32" in line and "evict_first" in line for line in loads), loads
         # the bf16x2 variant's word is in the PTX ptxas accepted (sm_90), the float32 path's is not
         assert ("sub.rn.bf16x2" in compiled.asm["ptx"]) == bf16x2
+
+
+def test_the_prefills_dequantisation_compiles_for_an_h100_and_rounds_to_nearest():
+    """The interpreter truncates to bf16 (above); compiled for sm_90 the kernel rounds to nearest
+    even, as torch's .to(bfloat16) does: so on the GPU the two are the same weight."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    signature = {"QW": "*i32", "S": "*fp16", "Z": "*u8", "OUT": "*bf16", "N": "i32", "KW": "i32", "SN": "i32",
+                 "SG": "i32", "GROUP": "constexpr", "BLOCK_N": "constexpr"}
+    names = list(signature)
+    fixed = {(names.index(n),): v for n, v in {"GROUP": 128, "BLOCK_N": 32, "SN": 1}.items()}
+    source = ASTSource(gemv_int4._dequantize_kernel(), signature, fixed, {})
+    try:
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    except RuntimeError as error:  # no ptxas in this Triton: the front end still ran
+        if "ptxas" not in str(error).lower():
+            raise
+        return
+    casts = [line for line in compiled.asm["ptx"].splitlines() if "cvt" in line and "bf16.f32" in line]
+    assert casts and all("cvt.rn.bf16.f32" in line for line in casts), casts

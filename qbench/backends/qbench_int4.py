@@ -10,9 +10,10 @@ reference dequantises the checkpoint's own tensors, so it checks the repacking a
 
 One activation row (a decode step) runs the Triton kernel, the custom op `qbench::gemv_int4`; under
 `lean` q, k, v of a layer are one launch and gate, up another (their packed weights concatenated at
-load). More rows (a prefill, perplexity) dequantise the packed weight to the activations' dtype (a
-slice of rows at a time, so no float32 copy of a whole weight is ever held) and call F.linear:
-correct, not fast, and not what a decode step times. CUDA only: qbench never runs it
+load). More rows (a prefill, perplexity) dequantise the packed weight to the activations' dtype (on
+CUDA one Triton launch, `dequantize_triton`; the torch path the tests compare it with goes a slice of
+rows at a time, so no float32 copy of a whole weight is ever held) and call F.linear: correct, not
+what a decode step times. CUDA only: qbench never runs it
 emulated (its tests call the kernel under Triton's interpreter on the CPU).
 """
 
@@ -69,8 +70,9 @@ class QbenchInt4Linear(QuantLinear):
             out = gemv_int4.gemv_int4(
                 flat[0], self.qweight, self.scales, self.zeros, self.bias, self.group_size, *self.blocks
             )
-        else:  # prefill: dequantise the packed weight (the kernel's own tensors), slice by slice, and multiply
-            weight = gemv_int4.dequantize_as(self.qweight, self.scales, self.zeros, self.group_size, x.dtype)
+        else:  # prefill: dequantise the packed weight (the kernel's own tensors) and multiply
+            dequantize = gemv_int4.dequantize_triton if self.qweight.is_cuda else gemv_int4.dequantize_as
+            weight = dequantize(self.qweight, self.scales, self.zeros, self.group_size, x.dtype)
             out = F.linear(flat, weight, self.bias)
         return out.reshape(*x.shape[:-1], self.out_features)
 

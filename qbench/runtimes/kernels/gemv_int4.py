@@ -189,6 +189,45 @@ def _kernel():
     return qbench_int4_gemv_kernel
 
 
+@functools.lru_cache(maxsize=1)
+def _dequantize_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def qbench_int4_dequantize_kernel(QW, S, Z, OUT, N, KW, SN, SG, GROUP: tl.constexpr, BLOCK_N: tl.constexpr):
+        """OUT [N, K] = (q - zero) * scale for BLOCK_N rows and one group: the same float32 arithmetic as
+        `dequantize`, rounded once to OUT's dtype (a prefill's weight, one launch for the layer)."""
+        WORDS: tl.constexpr = GROUP // 8
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        g = tl.program_id(1)
+        ok = rows < N
+        words = tl.arange(0, WORDS)
+        w = tl.load(QW + rows[:, None].to(tl.int64) * KW + g * WORDS + words[None, :], mask=ok[:, None], other=0)
+        s = tl.load(S + rows * SN + g * SG, mask=ok, other=0.0).to(tl.float32)[:, None]
+        z = tl.load(Z + rows * SN + g * SG, mask=ok, other=0).to(tl.int32)[:, None]
+        out = OUT + rows[:, None].to(tl.int64) * (KW * 8) + g * GROUP + words[None, :]
+        for i in tl.static_range(8):  # nibble i of the group's words: its inputs i * WORDS + w
+            value = (((w >> (4 * i)) & 0xF) - z).to(tl.float32) * s
+            tl.store(out + i * WORDS, value.to(OUT.dtype.element_ty, fp_downcast_rounding="rtne"), mask=ok[:, None])
+
+    return qbench_int4_dequantize_kernel
+
+
+def dequantize_triton(qweight, scales, zeros, group_size: int, dtype: torch.dtype) -> torch.Tensor:
+    """`dequantize(...).to(dtype)`, element for element, in one Triton launch (a CUDA prefill's weight).
+    With the torch path's twenty-odd ops over int32 and float32 temporaries, qbench-int4's time to
+    first token on the H100 was six times bf16's at ctx 2048, the same prefill but for the
+    dequantisation (results/h100/int4/README.md)."""
+    rows, kw = qweight.shape
+    out = torch.empty(rows, kw * 8, dtype=dtype, device=qweight.device)
+    block_n = 32
+    _dequantize_kernel()[(-(-rows // block_n), kw * 8 // group_size)](
+        qweight, scales, zeros, out, rows, kw, scales.stride(0), scales.stride(1), GROUP=group_size, BLOCK_N=block_n,
+    )
+    return out
+
+
 # The kernel's arguments as Triton's compiler takes them, the pointers and sizes a launch on Qwen2.5-7B's
 # shapes sees as 16-aligned (what makes the weight loads 128-bit)
 SIGNATURE = {
