@@ -203,6 +203,10 @@ def test_the_reserve_shown_is_that_of_the_session_whose_memory_the_cell_shows(ti
     assert "reserved MiB" in render([row], "md", wide=True)
     with pytest.raises(ValueError, match="reserved_memory_mib"):
         SessionResult(status="ok", reserved_memory_mib="3900")
+    # the session with the largest GPU MiB recorded no reserve (an older qbench): none is shown, not another's
+    older = {k: v for k, v in sessions[0]["result"].items() if k not in ("reserved_memory_mib", "allocated_memory_mib")}
+    (row,) = aggregate([{**sessions[0], "result": older}, *sessions[1:]])
+    assert row["gpu_memory_mib"] == 9860.0 and "reserved_memory_mib" not in row and "allocated_memory_mib" not in row
 
 
 # ---- quality -----------------------------------------------------------------------------------

@@ -297,13 +297,14 @@ def test_lean_fuses_the_8bit_layers_into_one_gemlite_launch_a_group():
         import os, sys, types, torch
         import torch.nn.functional as F
 
-        class FakeLayer:
+        class FakeLayer(torch.nn.Module):  # gemlite's layers are modules: GemliteLinear holds one as a child
             built = []
             def __init__(self, q, scales):
-                self.W_q, self.scales = q.t(), scales.float().view(-1, 1).t().contiguous()
+                super().__init__()
+                self.W_q, self.scales = q.t(), scales.float().view(-1, 1).t().contiguous()  # views, as gemlite's
                 self.zeros = torch.tensor([[]], dtype=torch.int32)
                 FakeLayer.built.append(q.shape[0])
-            def __call__(self, x):
+            def forward(self, x):
                 return F.linear(x, (self.W_q.t().float() * self.scales.t()).to(x.dtype))
 
         class FakeHelper:
@@ -351,6 +352,9 @@ def test_lean_fuses_the_8bit_layers_into_one_gemlite_launch_a_group():
         assert not isinstance(attention.o_proj.gemlite, GemliteRows)  # o and down: their own launches
         base = attention.q_proj.gemlite.W_q.untyped_storage().data_ptr()
         assert attention.v_proj.gemlite.W_q.untyped_storage().data_ptr() == base  # views into one layer
+        for proj in (attention.q_proj, attention.k_proj):  # the gate's copy too: the layer's own storage is gone
+            assert proj.checkpoint["q"].untyped_storage().data_ptr() == base
+        assert torch.equal(attention.k_proj.checkpoint["q"].float(), attention.k_proj.gemlite.W_q.t().float())
         for _, module in lean.quant_layers():  # each layer's bytes still its own formula
             assert module.stored_bytes() == backend.linear_bytes(module.in_features, module.out_features, 128)
         tokens = token_stream(spec.vocab_size, 72, 0, "cpu")

@@ -287,6 +287,15 @@ def test_the_prefills_triton_dequantisation_is_the_torch_one_element_for_element
     assert out.strip() == "ok"
 
 
+def test_the_prefills_triton_dequantisation_refuses_what_it_would_read_wrong():
+    q = torch.randint(0, 16, (8, 256))
+    scales, zeros = torch.rand(8, 2).half(), torch.randint(0, 17, (8, 2)).to(torch.uint8)
+    qweight = gemv_int4.pack(q, 128)
+    for bad in ((qweight, gemv_int4.group_major(scales), zeros), (qweight.t().contiguous().t(), scales, zeros)):
+        with pytest.raises(ValueError, match="one layout"):
+            gemv_int4.dequantize_triton(*bad, 128, torch.bfloat16)
+
+
 def test_a_prefill_dequantises_slices_of_rows_and_gets_the_same_weight(monkeypatch):
     """More than one row (a prefill) multiplies by the dequantised packed weight; it is made a slice
     of rows at a time (the whole weight's float32 and int32 temporaries held qbench-int4's GPU memory

@@ -245,9 +245,9 @@ def _cell_row(cell: str, graphs: bool, records: list[dict]) -> dict[str, Any]:
         if result.get("peak_memory_mib"):
             peaks.append(result["peak_memory_mib"])
         _session_evidence(row, result, blocks, prefills, joules, watts, held)
-        if result.get("gpu_memory_mib") is not None and result.get("reserved_memory_mib") is not None:
-            held_by = (result["gpu_memory_mib"], result["reserved_memory_mib"], result.get("allocated_memory_mib"))
-            reserved.append(held_by)
+        if result.get("gpu_memory_mib") is not None:  # with its reserve and live tensors, where recorded
+            torch_held = (result.get("reserved_memory_mib"), result.get("allocated_memory_mib"))
+            reserved.append((result["gpu_memory_mib"], *torch_held))
         if result.get("perplexity"):
             row["perplexity"] = result["perplexity"]["value"]
         after = result.get("nvml_after", {})
@@ -309,10 +309,11 @@ def _cell_row(cell: str, graphs: bool, records: list[dict]) -> dict[str, Any]:
         row["mean_w"] = stats.median(watts) if watts else None
     if held:
         row["gpu_memory_mib"] = max(held)
-    if reserved:  # the reserve (and live tensors) of the session whose GPU MiB the cell shows (the largest)
-        _, row["reserved_memory_mib"], allocated = max(reserved, key=lambda held: held[0])
-        if allocated is not None:
-            row["allocated_memory_mib"] = allocated
+    if reserved:  # the reserve and live tensors of the session whose GPU MiB the cell shows (the largest)
+        _, reserve, allocated = max(reserved, key=lambda held: held[0])
+        for key, value in (("reserved_memory_mib", reserve), ("allocated_memory_mib", allocated)):
+            if value is not None:
+                row[key] = value
     if row.get("floor_ms_peak") and ms < row["floor_ms_peak"]:
         row["flags"].append("impossible")
     if stats.median(cvs) > NOISY_CV:

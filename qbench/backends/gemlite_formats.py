@@ -194,9 +194,8 @@ class GemliteFused:
         if not modules or any(not isinstance(m, GemliteLinear) or m.format != "channel" for m in modules):
             return False
         first = modules[0]
-        return all(m.helper == first.helper and m.in_features == first.in_features for m in modules) and (
-            len({m.bias is None for m in modules}) == 1
-        )
+        same = all(m.helper == first.helper and m.in_features == first.in_features for m in modules)
+        return bool(first.helper) and same and len({m.bias is None for m in modules}) == 1
 
     @classmethod
     def fuse(cls, modules: list, sms: int) -> GemliteFused:
@@ -210,7 +209,12 @@ class GemliteFused:
             del q, scales
             start = 0
             for module in modules:
-                module.gemlite = GemliteRows(layer, start, module.out_features)  # its own layer is freed
+                rows = slice(start, start + module.out_features)
+                del module.gemlite  # a child nn.Module: a plain object cannot take its place otherwise
+                module.gemlite = GemliteRows(layer, start, module.out_features)
+                if module.checkpoint is not None:  # the gate's copy: the fused rows' views (the same values),
+                    # so the layer's own storage (which it shared) goes now, not when the gate ends
+                    module.checkpoint = {"q": layer.W_q.t()[rows], "scales": layer.scales.t()[rows]}
                 start += module.out_features
             bias = None if modules[0].bias is None else torch.cat([m.bias.detach() for m in modules])
         return cls(layer, bias, [m.out_features for m in modules])

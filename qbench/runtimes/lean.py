@@ -399,7 +399,9 @@ class LeanRunner:
     def _decode(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         """One position: token [1, 1], position [1] (device tensors); returns logits [vocab]."""
         hidden = self.embed(token)
-        cos, sin = self.cos.index_select(0, position), self.sin.index_select(0, position)  # [1, head_dim]
+        cos = sin = None  # the attention kernel reads the tables itself
+        if not self.rope_in_attention:
+            cos, sin = self.cos.index_select(0, position), self.sin.index_select(0, position)  # [1, head_dim]
         visible = None if self.split_programs else self.kv_positions <= position  # SDPA's mask
         for index, layer in enumerate(self.layers):
             attention = layer.self_attn

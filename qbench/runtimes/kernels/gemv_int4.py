@@ -220,6 +220,8 @@ def dequantize_triton(qweight, scales, zeros, group_size: int, dtype: torch.dtyp
     first token on the H100 was six times bf16's at ctx 2048, the same prefill but for the
     dequantisation (results/h100/int4/README.md)."""
     rows, kw = qweight.shape
+    if not qweight.is_contiguous() or zeros.stride() != scales.stride() or 1 not in scales.stride():
+        raise ValueError("dequantize_triton needs a contiguous qweight and scales and zeros of one layout")
     out = torch.empty(rows, kw * 8, dtype=dtype, device=qweight.device)
     block_n = 32
     _dequantize_kernel()[(-(-rows // block_n), kw * 8 // group_size)](
