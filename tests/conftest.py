@@ -194,3 +194,22 @@ def kept_results() -> list[Path]:
     except (OSError, subprocess.CalledProcessError):
         return sorted(p for p in (root / "results").rglob("*") if p.is_file())
     return sorted(root / name for name in names if (root / name).is_file())
+
+
+def ptx_for_sm90(function, signature: dict, fixed: dict, warps: int = 4) -> str | None:
+    """A Triton kernel compiled for an H100 (sm_90) on this machine, no GPU needed: `signature` gives
+    every argument's type in the kernel's order (constexpr ones "constexpr"), `fixed` the values of
+    those and of any argument to specialise. Its PTX, or None where this Triton has no ptxas (its
+    front end still ran, so a kernel the compiler refuses still fails)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    names = list(signature)
+    source = ASTSource(function, signature, {(names.index(n),): v for n, v in fixed.items()}, {})
+    try:
+        return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps}).asm["ptx"]
+    except RuntimeError as error:
+        if "ptxas" not in str(error).lower():
+            raise
+        return None
