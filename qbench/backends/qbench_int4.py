@@ -19,6 +19,8 @@ emulated (its tests call the kernel under Triton's interpreter on the CPU).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 
@@ -27,11 +29,62 @@ from qbench.api import PackedFormatBackend, QuantLinear
 from qbench.runtimes.kernels import gemv_int4
 
 
+class Int4Gemv:
+    """lean's one launch of qbench's 4-bit GEMV (`gemv_int4.py`) over the concatenated packed weights
+    of `modules` (this backend's layers sharing their input: q, k, v; gate, up); each module's
+    qweight, scales, zeros and bias become views into the concatenation. QbenchInt4Linear's
+    `lean_fuser`, as gemlite's 8-bit layers name theirs."""
+
+    what = "4-bit linear layers: qbench's int4 GEMV"  # lean's note
+
+    def __init__(self, qweight, scales, zeros, bias, group_size: int, sizes: list[int], sms: int):
+        self.qweight, self.scales, self.zeros, self.bias = qweight, scales, zeros, bias
+        self.group_size, self.sizes = group_size, sizes
+        hopper = gemv_int4.hopper(qweight.device)  # qbench-int4's activations are bf16
+        self.blocks = gemv_int4.choose_blocks(qweight.shape[0], qweight.shape[1] * 8, sms, group_size, hopper)
+
+    @staticmethod
+    def fusable(modules: list) -> bool:
+        if not modules or any(not isinstance(m, QbenchInt4Linear) for m in modules):
+            return False
+        first = modules[0]
+        return all(
+            m.in_features == first.in_features and m.group_size == first.group_size for m in modules
+        ) and len({m.bias is None for m in modules}) == 1
+
+    @classmethod
+    def fuse(cls, modules: list, sms: int) -> Int4Gemv:
+        with torch.no_grad():
+            fused = {}
+            for name in ("qweight", "scales", "zeros", "bias"):
+                parts = [getattr(m, name) for m in modules]
+                if parts[0] is None:
+                    fused[name] = None
+                elif name in ("scales", "zeros"):  # group-major, as each layer's (gemv_int4.py's layout)
+                    fused[name] = gemv_int4.cat_rows([p.detach() for p in parts])
+                else:
+                    fused[name] = torch.cat([p.detach() for p in parts]).contiguous()
+            sizes = [m.out_features for m in modules]
+            start = 0
+            for module, size in zip(modules, sizes, strict=True):
+                for name in ("qweight", "scales", "zeros"):
+                    setattr(module, name, fused[name][start : start + size])
+                if fused["bias"] is not None:
+                    module.bias = torch.nn.Parameter(fused["bias"][start : start + size], requires_grad=False)
+                start += size
+        return cls(fused["qweight"], fused["scales"], fused["zeros"], fused["bias"], modules[0].group_size, sizes, sms)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return gemv_int4.gemv_int4(
+            x.reshape(-1), self.qweight, self.scales, self.zeros, self.bias, self.group_size, *self.blocks
+        )
+
+
 class QbenchInt4Linear(QuantLinear):
     """From AWQ or GPTQ tensors (told apart by qweight's shape: AWQ [K, N/8], GPTQ [K/8, N]). Keeps a
     copy of them for the gate's reference until it ends; the kernel reads `qweight`, `scales`, `zeros`."""
 
-    int4_gemv = True  # lean fuses q, k, v (and gate, up) of these into one launch (runtimes/lean.py)
+    lean_fuser: ClassVar[type] = Int4Gemv  # lean fuses q, k, v (and gate, up) of these into one launch
 
     def __init__(self, tensors: dict[str, torch.Tensor], in_features, out_features, bias, group_size):
         super().__init__(in_features, out_features, bias, group_size)

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from qbench.runtimes import modules
-from qbench.runtimes.kernels import decode_attention, gemv, gemv_int4
+from qbench.runtimes.kernels import decode_attention, gemv
 from qbench.session.positions import CAPTURE_WARMUP_STEPS
 
 
@@ -103,54 +103,6 @@ class Gemv:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return gemv.gemv(x.reshape(-1), self.weight, self.bias, *self.blocks)
-
-
-class Int4Gemv:
-    """One launch of qbench's 4-bit GEMV (`gemv_int4.py`) over the concatenated packed weights of
-    `modules` (the qbench-int4 backend's layers sharing their input, `int4_gemv` set); each module's
-    qweight, scales, zeros and bias become views into the concatenation."""
-
-    def __init__(self, qweight, scales, zeros, bias, group_size: int, sizes: list[int], sms: int):
-        self.qweight, self.scales, self.zeros, self.bias = qweight, scales, zeros, bias
-        self.group_size, self.sizes = group_size, sizes
-        hopper = gemv_int4.hopper(qweight.device)  # qbench-int4's activations are bf16
-        self.blocks = gemv_int4.choose_blocks(qweight.shape[0], qweight.shape[1] * 8, sms, group_size, hopper)
-
-    @staticmethod
-    def fusable(modules: list) -> bool:
-        if not modules or any(m is None or not getattr(m, "int4_gemv", False) for m in modules):
-            return False
-        first = modules[0]
-        return all(
-            m.in_features == first.in_features and m.group_size == first.group_size for m in modules
-        ) and len({m.bias is None for m in modules}) == 1
-
-    @classmethod
-    def fuse(cls, modules: list, sms: int) -> Int4Gemv:
-        with torch.no_grad():
-            fused = {}
-            for name in ("qweight", "scales", "zeros", "bias"):
-                parts = [getattr(m, name) for m in modules]
-                if parts[0] is None:
-                    fused[name] = None
-                elif name in ("scales", "zeros"):  # group-major, as each layer's (gemv_int4.py's layout)
-                    fused[name] = gemv_int4.cat_rows([p.detach() for p in parts])
-                else:
-                    fused[name] = torch.cat([p.detach() for p in parts]).contiguous()
-            sizes = [m.out_features for m in modules]
-            start = 0
-            for module, size in zip(modules, sizes, strict=True):
-                for name in ("qweight", "scales", "zeros"):
-                    setattr(module, name, fused[name][start : start + size])
-                if fused["bias"] is not None:
-                    module.bias = torch.nn.Parameter(fused["bias"][start : start + size], requires_grad=False)
-                start += size
-        return cls(fused["qweight"], fused["scales"], fused["zeros"], fused["bias"], modules[0].group_size, sizes, sms)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return gemv_int4.gemv_int4(
-            x.reshape(-1), self.qweight, self.scales, self.zeros, self.bias, self.group_size, *self.blocks
-        )
 
 
 class LeanRunner:
@@ -338,19 +290,16 @@ class LeanRunner:
             return {}
         sms = self._sms()
         plan: dict[int, Any] = {}
-        fused = fused4 = 0
-        others: dict[str, int] = {}  # a quantised module's own fuser (`lean_fuser`): its note -> launches
+        fused = 0
+        quantised: dict[str, int] = {}  # a quantised module's own fuser (`lean_fuser`): its note -> launches
 
         def fuse_quantised(modules: list) -> Any:
-            nonlocal fused4
-            if Int4Gemv.fusable(modules):  # the qbench-int4 backend's layers: its 4-bit GEMV, one launch
-                fused4 += 1
-                return Int4Gemv.fuse(modules, sms)
+            """One launch by the modules' own fuser (qbench-int4's GEMV, gemlite's 8-bit layers), or None."""
             fuser = getattr(type(modules[0]), "lean_fuser", None)
-            if fuser is not None and fuser.fusable(modules):  # e.g. gemlite's 8-bit layers
-                others[fuser.what] = others.get(fuser.what, 0) + 1
-                return fuser.fuse(modules, sms)
-            return None
+            if fuser is None or not fuser.fusable(modules):
+                return None
+            quantised[fuser.what] = quantised.get(fuser.what, 0) + 1
+            return fuser.fuse(modules, sms)
 
         for layer in self.layers:
             attention, mlp = layer.self_attn, layer.mlp
@@ -363,29 +312,22 @@ class LeanRunner:
                 plan[id(attention.q_proj)] = launch
             if hasattr(mlp, "act_fn") and Gemv.fusable(gate_up):
                 plan[id(mlp.gate_proj)] = Gemv.fuse(gate_up, sms)
-            elif hasattr(mlp, "act_fn") and None not in gate_up and (launch := fuse_quantised(gate_up)) is not None:
+            elif hasattr(mlp, "act_fn") and (launch := fuse_quantised(gate_up)) is not None:
                 plan[id(mlp.gate_proj)] = launch
             for module in (attention.o_proj, getattr(mlp, "down_proj", None)):
                 if Gemv.fusable([module]):
                     plan[id(module)] = Gemv.fuse([module], sms)
         if Gemv.fusable([self.lm_head]):
             plan[id(self.lm_head)] = Gemv.fuse([self.lm_head], sms)
-        if fused4:
-            self.notes.append(
-                f"lean: 4-bit linear layers: qbench's int4 GEMV ({fused4} fused launches: q, k, v as one and "
-                "gate, up as another; o and down through their modules)"
-            )
-        for what, launches in others.items():
+        for what, launches in quantised.items():
             self.notes.append(
                 f"lean: {what} ({launches} fused launches: q, k, v as one and gate, up as another; o and down "
                 "through their modules)"
             )
-        fused4 += sum(others.values())  # the quantised launches, not the 16-bit GEMV's
-        if len(plan) > fused4:
+        sixteen = len(plan) - sum(quantised.values())  # the 16-bit GEMV's launches
+        if sixteen:
             what = "q, k, v as one launch and gate, up as another" if fused else "each layer alone"
-            self.notes.append(
-                f"lean: 16-bit linear layers: qbench's Triton GEMV ({len(plan) - fused4} weights; {what})"
-            )
+            self.notes.append(f"lean: 16-bit linear layers: qbench's Triton GEMV ({sixteen} weights; {what})")
         return plan
 
     def _linear(self, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
