@@ -220,7 +220,7 @@ def dequantize_triton(qweight, scales, zeros, group_size: int, dtype: torch.dtyp
     first token on the H100 was six times bf16's at ctx 2048, the same prefill but for the
     dequantisation (results/h100/int4/README.md)."""
     rows, kw = qweight.shape
-    if not qweight.is_contiguous() or zeros.stride() != scales.stride() or 1 not in scales.stride():
+    if not qweight.is_contiguous() or not _one_layout(scales, zeros):
         raise ValueError("dequantize_triton needs a contiguous qweight and scales and zeros of one layout")
     out = torch.empty(rows, kw * 8, dtype=dtype, device=qweight.device)
     block_n = 32
@@ -335,6 +335,11 @@ def launch(x, qweight, scales, zeros, bias, group_size, blocks) -> torch.Tensor:
     return y
 
 
+def _one_layout(scales: torch.Tensor, zeros: torch.Tensor) -> bool:
+    """Scales and zeros of one layout, row- or group-major (both kernels take their strides)."""
+    return scales.stride() == zeros.stride() and 1 in scales.stride()
+
+
 def _check(x, qweight, scales, zeros, group_size) -> None:
     n, kw = qweight.shape
     k = kw * 8
@@ -344,7 +349,7 @@ def _check(x, qweight, scales, zeros, group_size) -> None:
         raise ValueError(f"gemv_int4 needs x of {k} elements and a contiguous int32 qweight [N, K/8]")
     if scales.shape != (n, k // group_size) or zeros.shape != scales.shape:
         raise ValueError(f"gemv_int4 needs scales and zeros of [{n}, {k // group_size}]")
-    if scales.stride() != zeros.stride() or 1 not in scales.stride():
+    if not _one_layout(scales, zeros):
         raise ValueError(f"gemv_int4 needs scales and zeros of one layout, row- or group-major, "
                          f"got strides {scales.stride()} and {zeros.stride()}")
 
