@@ -40,11 +40,6 @@ from qbench.runtimes.kernels import decode_attention, gemv
 from qbench.session.positions import CAPTURE_WARMUP_STEPS
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 def _sliding_window(config) -> int | None:
     window = getattr(config, "sliding_window", None)
     if not window or getattr(config, "use_sliding_window", True) is False:
@@ -336,7 +331,7 @@ class LeanRunner:
 
     # ---- the model, one position or a whole prompt --------------------------------------------------
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        return x * cos + _rotate_half(x) * sin
+        return x * cos + decode_attention.rotate_half(x) * sin
 
     def _decode(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         """One position: token [1, 1], position [1] (device tensors); returns logits [vocab]."""

@@ -256,11 +256,17 @@ def _(q, k_cache, v_cache, position, scale, programs, planned=0):
     return torch.empty_like(q)
 
 
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x_a, x_b) -> (-x_b, x_a) over the last dim's halves: rotary embedding's partner term (lean's step
+    and the reference below; the kernel's `partner` and `sign`)."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
 def rope_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x [..., head_dim] rotated at one position (cos, sin [head_dim]) in float32: x cos + rotate_half(x) sin."""
-    half = x.shape[-1] // 2
     x = x.float()
-    return x * cos.float() + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin.float()
+    return x * cos.float() + rotate_half(x) * sin.float()
 
 
 @torch.library.custom_op("qbench::decode_attention_rope", mutates_args=("kv_cache",))
