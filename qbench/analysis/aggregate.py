@@ -194,7 +194,7 @@ def _cell_row(cell: str, graphs: bool, records: list[dict]) -> dict[str, Any]:
         "flags": [],
     }
     medians, walls, cvs, bandwidths, peaks, reasons, host_blocks, steals, cores = [], [], [], [], [], [], [], [], []
-    prefills, joules, watts, held, reserved = [], [], [], [], []
+    prefills, joules, watts, held = [], [], [], []
     row.update(prefill_ms=None, j_per_token=None, mean_w=None, energy_source="not measured", gpu_memory_mib=None)
     row.update(kl_mean=None, kl_p99=None, kl_top1_pct=None)
     row["gpu_memory_source"] = "not measured"
@@ -245,9 +245,6 @@ def _cell_row(cell: str, graphs: bool, records: list[dict]) -> dict[str, Any]:
         if result.get("peak_memory_mib"):
             peaks.append(result["peak_memory_mib"])
         _session_evidence(row, result, blocks, prefills, joules, watts, held)
-        if result.get("gpu_memory_mib") is not None:  # with its reserve and live tensors, where recorded
-            torch_held = (result.get("reserved_memory_mib"), result.get("allocated_memory_mib"))
-            reserved.append((result["gpu_memory_mib"], *torch_held))
         if result.get("perplexity"):
             row["perplexity"] = result["perplexity"]["value"]
         after = result.get("nvml_after", {})
@@ -307,10 +304,8 @@ def _cell_row(cell: str, graphs: bool, records: list[dict]) -> dict[str, Any]:
     if joules:
         row["j_per_token"] = stats.median(joules)
         row["mean_w"] = stats.median(watts) if watts else None
-    if held:
-        row["gpu_memory_mib"] = max(held)
-    if reserved:  # the reserve and live tensors of the session whose GPU MiB the cell shows (the largest)
-        _, reserve, allocated = max(reserved, key=lambda held: held[0])
+    if held:  # the largest, with torch's reserve and live tensors in the session that held it
+        row["gpu_memory_mib"], reserve, allocated = max(held, key=lambda session: session[0])
         for key, value in (("reserved_memory_mib", reserve), ("allocated_memory_mib", allocated)):
             if value is not None:
                 row[key] = value
@@ -356,7 +351,8 @@ def _session_evidence(row: dict, result: dict, blocks: list[dict], prefills, jou
             name = "kl_top1_pct" if key == "top1_agreement" else key
             row[name] = value if row.get(name) is None else worst(row[name], value)
     if result.get("gpu_memory_mib") is not None:
-        held.append(result["gpu_memory_mib"])
+        torch_held = (result.get("reserved_memory_mib"), result.get("allocated_memory_mib"))  # where recorded
+        held.append((result["gpu_memory_mib"], *torch_held))
     if result.get("gpu_memory_source"):
         row["gpu_memory_source"] = result["gpu_memory_source"]
 
