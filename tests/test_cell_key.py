@@ -29,7 +29,7 @@ TINY = CompareConfig(model="tiny", backends=("bf16",), runtimes=("lean",), ctx=(
 
 @pytest.fixture(autouse=True)
 def default_switches(monkeypatch):
-    for variable in ("QBENCH_LEAN_GEMV", "QBENCH_LEAN_ATTENTION", "QBENCH_LEAN_ROPE", "QBENCH_LEAN_COMPILE"):
+    for variable in settings.MEASURE_VARIABLES:
         monkeypatch.delenv(variable, raising=False)
 
 

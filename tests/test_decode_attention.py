@@ -213,7 +213,7 @@ def test_the_kernels_compile_for_an_h100(kernel):
     shapes."""
     from qbench.runtimes.kernels import decode_attention as attention
 
-    shapes = {"GROUP": 7, "ROWS": 16, "HEAD_DIM": 128, "DIM": 128, "CHUNK": 32}
+    shapes = {"GROUP": 7, "ROWS": 16, "HEAD_DIM": 128, "DIM": 128, "CHUNK": 32, "PDL": False}
     if kernel == "combine":
         signature = {"ACC": "*fp32", "M": "*fp32", "L": "*fp32", "OUT": "*bf16", "POS": "*i64"}
         constants = {**shapes, "SPLITS": 98, "SPLITS_P2": 128, "SPLIT_BLOCK": attention.COMBINE_SPLITS,
@@ -222,7 +222,7 @@ def test_the_kernels_compile_for_an_h100(kernel):
         signature = {name: "*bf16" for name in ("Q", "K", "V")}
         signature.update({"POS": "*i64", "ACC": "*fp32", "M": "*fp32", "L": "*fp32"})
         signature.update({name: "*bf16" for name in ("KNEW", "VNEW", "COS", "SIN")})
-        signature.update({"stride_kh": "i64", "stride_kn": "i64", "scale": "fp32"})
+        signature.update({"stride_kh": "i64", "stride_kn": "i64", "positions_total": "i32", "scale": "fp32"})
         constants = {**shapes, "BLOCK": attention.BLOCK_N, "SPLITS": 98, "ROPE": kernel == "partial with rope"}
     signature.update(dict.fromkeys(constants, "constexpr"))
     function = attention._kernels()[kernel == "combine"]

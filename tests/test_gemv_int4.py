@@ -373,7 +373,7 @@ def test_the_kernel_compiles_for_an_h100_and_its_weight_loads_are_128_bit():
     did, on the H100): compile for sm_90 here, no GPU needed, and check the weight loads' width."""
     for split_k, bias, bf16x2 in ((True, False, False), (False, True, False), (True, False, True)):
         constants = {"GROUP": 128, "GROUPS": 2, "HAS_BIAS": bias, "SPLIT_K": split_k, "BLOCK_N": 32, "BF16X2": bf16x2,
-                     "SN": 1}  # group-major scales, as qbench-int4 stores them
+                     "PDL": False, "SN": 1}  # group-major scales, as qbench-int4 stores them
         try:
             compiled = gemv_int4.compile_for_sm90(constants, 4)
         except RuntimeError as error:  # no ptxas in this Triton: the front end still ran

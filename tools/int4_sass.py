@@ -25,7 +25,7 @@ from qbench.runtimes.kernels import gemv_int4
 
 def opcodes(block_n: int, groups: int, warps: int, bf16x2: bool) -> collections.Counter:
     constants = {"GROUP": 128, "GROUPS": groups, "HAS_BIAS": False, "SPLIT_K": True, "BLOCK_N": block_n, "SN": 1,
-                 "BF16X2": bf16x2}
+                 "BF16X2": bf16x2, "PDL": False}
     compiled = gemv_int4.compile_for_sm90(constants, warps)
     with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
         cubin.write(compiled.asm["cubin"])

@@ -36,10 +36,11 @@ class Int4Gemv:
     `lean_fuser`, as gemlite's 8-bit layers name theirs."""
 
     what = "4-bit linear layers: qbench's int4 GEMV"  # lean's note
+    overlaps = True  # takes `pdl`: a programmatic dependent launch (qbench/runtimes/kernels/overlap.py)
 
-    def __init__(self, qweight, scales, zeros, bias, group_size: int, sizes: list[int], sms: int):
+    def __init__(self, qweight, scales, zeros, bias, group_size: int, sizes: list[int], sms: int, pdl: bool = False):
         self.qweight, self.scales, self.zeros, self.bias = qweight, scales, zeros, bias
-        self.group_size, self.sizes = group_size, sizes
+        self.group_size, self.sizes, self.pdl = group_size, sizes, pdl
         hopper = gemv_int4.hopper(qweight.device)  # qbench-int4's activations are bf16
         self.blocks = gemv_int4.choose_blocks(qweight.shape[0], qweight.shape[1] * 8, sms, group_size, hopper)
 
@@ -53,7 +54,7 @@ class Int4Gemv:
         ) and len({m.bias is None for m in modules}) == 1
 
     @classmethod
-    def fuse(cls, modules: list, sms: int) -> Int4Gemv:
+    def fuse(cls, modules: list, sms: int, pdl: bool = False) -> Int4Gemv:
         with torch.no_grad():
             fused = {}
             for name in ("qweight", "scales", "zeros", "bias"):
@@ -72,11 +73,15 @@ class Int4Gemv:
                 if fused["bias"] is not None:
                     module.bias = torch.nn.Parameter(fused["bias"][start : start + size], requires_grad=False)
                 start += size
-        return cls(fused["qweight"], fused["scales"], fused["zeros"], fused["bias"], modules[0].group_size, sizes, sms)
+        return cls(
+            fused["qweight"], fused["scales"], fused["zeros"], fused["bias"], modules[0].group_size, sizes, sms, pdl
+        )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        bf16x2 = bool(self.blocks[4:] and self.blocks[4])
         return gemv_int4.gemv_int4(
-            x.reshape(-1), self.qweight, self.scales, self.zeros, self.bias, self.group_size, *self.blocks
+            x.reshape(-1), self.qweight, self.scales, self.zeros, self.bias, self.group_size, *self.blocks[:4],
+            bf16x2, self.pdl,
         )
 
 

@@ -18,6 +18,9 @@ the loop around them:
     notes say which ran. With the split-K kernel its first launch also rotates q and k and writes
     the position's K and V into the cache (`decode_attention_rope`: the step's rope kernels and the
     cache write are two or three launches a layer; QBENCH_LEAN_ROPE=step keeps them in the step);
+  - with QBENCH_LEAN_PDL=on (Hopper and later), lean's own kernels as programmatic dependent launches:
+    each starts while the kernel before it finishes and asks L2 for its first weights or cached rows
+    (`kernels/overlap.py`); off by default until measured;
   - rotary cos/sin tables computed once by the model's own rotary module (so Llama 3.1's rope
     scaling and any attention scaling are the model's own);
   - no cache object, mask builder or output records: a step is its tensors and nothing else.
@@ -65,8 +68,8 @@ class Gemv:
     """One GEMV launch over the concatenated weight of `modules` (plain 16-bit nn.Linear sharing
     their input); each module's weight and bias become views into the concatenation."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, sizes: list[int], sms: int):
-        self.weight, self.bias, self.sizes = weight, bias, sizes
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, sizes: list[int], sms: int, pdl: bool = False):
+        self.weight, self.bias, self.sizes, self.pdl = weight, bias, sizes, pdl
         self.blocks = gemv.choose_blocks(weight.shape[0], weight.shape[1], sms)
 
     @staticmethod
@@ -81,7 +84,7 @@ class Gemv:
         )
 
     @classmethod
-    def fuse(cls, modules: list, sms: int) -> Gemv:
+    def fuse(cls, modules: list, sms: int, pdl: bool = False) -> Gemv:
         with torch.no_grad():
             weights = [m.weight.detach() for m in modules]
             weight = (weights[0] if len(weights) == 1 else torch.cat(weights)).contiguous()
@@ -94,10 +97,10 @@ class Gemv:
                 if bias is not None:
                     module.bias = torch.nn.Parameter(bias[start : start + size], requires_grad=False)
                 start += size
-        return cls(weight, bias, sizes, sms)
+        return cls(weight, bias, sizes, sms, pdl)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return gemv.gemv(x.reshape(-1), self.weight, self.bias, *self.blocks)
+        return gemv.gemv(x.reshape(-1), self.weight, self.bias, *self.blocks, self.pdl)
 
 
 class LeanRunner:
@@ -166,6 +169,7 @@ class LeanRunner:
             cos, sin = base.rotary_emb(probe, self.kv_positions[None])
         self.cos, self.sin = cos[0].contiguous(), sin[0].contiguous()  # [positions, head_dim]
         self.rope_in_attention = self._choose_rope()
+        self.pdl = self._choose_pdl()
         self.token = torch.zeros(1, 1, dtype=torch.long, device=self.device)
         self.position = torch.zeros(1, dtype=torch.long, device=self.device)
         self.next_position = 0
@@ -251,6 +255,23 @@ class LeanRunner:
         self.notes.append(f"{where}: inside the split-K attention's first kernel")
         return True
 
+    def _choose_pdl(self) -> bool:
+        """Whether lean's own kernels (the GEMVs, qbench-int4's, the split-K attention) are programmatic
+        dependent launches (kernels/overlap.py: each starts while the one before finishes).
+        QBENCH_LEAN_PDL: off (the default until measured) or on (CUDA, compute capability 9 or more;
+        elsewhere the notes say why not). Said in the notes when asked for."""
+        choice = os.environ.get("QBENCH_LEAN_PDL", "off")
+        if choice not in ("off", "on"):
+            raise ValueError(f"QBENCH_LEAN_PDL must be off or on, got {choice!r}")
+        if choice == "off":
+            return False
+        where = "lean: programmatic dependent launch (QBENCH_LEAN_PDL=on)"
+        if self.device.type != "cuda" or torch.cuda.get_device_capability(self.device) < (9, 0):
+            self.notes.append(f"{where}: not used (it needs a CUDA GPU of compute capability 9.0 or more)")
+            return False
+        self.notes.append(f"{where}: qbench's kernels start while the kernel before them finishes")
+        return True
+
     def _energy_room(self, wanted: int, window: int | None, dtype: torch.dtype) -> int:
         """Cache positions beyond the block's for the energy window, and the memory they cost said."""
         if not wanted:
@@ -288,38 +309,49 @@ class LeanRunner:
         fused = 0
         quantised: dict[str, int] = {}  # a quantised module's own fuser (`lean_fuser`): its note -> launches
 
+        alone: dict[str, int] = {}  # o and down as launches of their own: where those overlap (pdl)
+
         def fuse_quantised(modules: list) -> Any:
-            """One launch by the modules' own fuser (qbench-int4's GEMV, gemlite's 8-bit layers), or None."""
+            """One launch by the modules' own fuser (qbench-int4's GEMV, gemlite's 8-bit layers), or None.
+            A layer alone gets one only where the fuser's launches overlap (`overlaps`) and pdl is on:
+            otherwise its module makes the same call."""
             fuser = getattr(type(modules[0]), "lean_fuser", None)
             if fuser is None or not fuser.fusable(modules):
                 return None
-            quantised[fuser.what] = quantised.get(fuser.what, 0) + 1
-            return fuser.fuse(modules, sms)
+            overlaps = self.pdl and getattr(fuser, "overlaps", False)
+            if len(modules) == 1 and not overlaps:
+                return None
+            counts = alone if len(modules) == 1 else quantised
+            counts[fuser.what] = counts.get(fuser.what, 0) + 1
+            return fuser.fuse(modules, sms, pdl=True) if overlaps else fuser.fuse(modules, sms)
 
         for layer in self.layers:
             attention, mlp = layer.self_attn, layer.mlp
             qkv = [attention.q_proj, attention.k_proj, attention.v_proj]
             gate_up = [getattr(mlp, "gate_proj", None), getattr(mlp, "up_proj", None)]
             if Gemv.fusable(qkv):
-                plan[id(attention.q_proj)] = Gemv.fuse(qkv, sms)
+                plan[id(attention.q_proj)] = Gemv.fuse(qkv, sms, self.pdl)
                 fused += 1
             elif (launch := fuse_quantised(qkv)) is not None:
                 plan[id(attention.q_proj)] = launch
             if hasattr(mlp, "act_fn") and Gemv.fusable(gate_up):
-                plan[id(mlp.gate_proj)] = Gemv.fuse(gate_up, sms)
+                plan[id(mlp.gate_proj)] = Gemv.fuse(gate_up, sms, self.pdl)
             elif hasattr(mlp, "act_fn") and (launch := fuse_quantised(gate_up)) is not None:
                 plan[id(mlp.gate_proj)] = launch
             for module in (attention.o_proj, getattr(mlp, "down_proj", None)):
                 if Gemv.fusable([module]):
-                    plan[id(module)] = Gemv.fuse([module], sms)
+                    plan[id(module)] = Gemv.fuse([module], sms, self.pdl)
+                elif module is not None and (launch := fuse_quantised([module])) is not None:
+                    plan[id(module)] = launch
         if Gemv.fusable([self.lm_head]):
-            plan[id(self.lm_head)] = Gemv.fuse([self.lm_head], sms)
+            plan[id(self.lm_head)] = Gemv.fuse([self.lm_head], sms, self.pdl)
         for what, launches in quantised.items():
+            others = (f"o and down as {alone[what]} launches of their own" if alone.get(what)
+                      else "o and down through their modules")
             self.notes.append(
-                f"lean: {what} ({launches} fused launches: q, k, v as one and gate, up as another; o and down "
-                "through their modules)"
+                f"lean: {what} ({launches} fused launches: q, k, v as one and gate, up as another; {others})"
             )
-        sixteen = len(plan) - sum(quantised.values())  # the 16-bit GEMV's launches
+        sixteen = len(plan) - sum(quantised.values()) - sum(alone.values())  # the 16-bit GEMV's launches
         if sixteen:
             what = "q, k, v as one launch and gate, up as another" if fused else "each layer alone"
             self.notes.append(f"lean: 16-bit linear layers: qbench's Triton GEMV ({sixteen} weights; {what})")
@@ -359,7 +391,7 @@ class LeanRunner:
         if self.rope_in_attention:  # the rope, the cache write and the attention: two launches
             return decode_attention.decode_attention_rope(
                 q.reshape(self.heads, self.head_dim), k.reshape(-1), v.reshape(-1), self.kv_cache, index,
-                self.cos, self.sin, position, self.scale, self.split_programs, self.planned_positions,
+                self.cos, self.sin, position, self.scale, self.split_programs, self.planned_positions, self.pdl,
             ).view(1, 1, self.heads * self.head_dim)
         q = self._rope(q.view(self.heads, self.head_dim), cos, sin)
         k = self._rope(k.view(self.kv_heads, 1, self.head_dim), cos, sin)
@@ -372,7 +404,7 @@ class LeanRunner:
         # query-length place ([1, kv heads, group, head_dim] against [1, kv heads, positions, head_dim]).
         if self.split_programs:
             out = decode_attention.decode_attention(
-                q, k_cache, v_cache, position, self.scale, self.split_programs, self.planned_positions
+                q, k_cache, v_cache, position, self.scale, self.split_programs, self.planned_positions, self.pdl
             )
         else:
             grouped = q.view(1, self.kv_heads, self.group, self.head_dim)

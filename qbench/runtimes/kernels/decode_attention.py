@@ -22,6 +22,9 @@ a cache with room beyond the positions the chunks are sized for (lean's energy w
 steps before it nothing but those programs' launch. The result is registered as the custom op
 `qbench::decode_attention` so torch.compile treats it as one opaque call inside a compiled step.
 
+With `pdl` (lean's QBENCH_LEAN_PDL=on) both are programmatic dependent launches (`overlap.py`): the
+partial kernel's programs ask L2 for their chunk's cached rows before waiting for q's kernel.
+
 Triton is imported lazily: `available()` says whether this path can run here and, if not, why; the
 runner then uses SDPA and records that in its notes.
 """
@@ -32,6 +35,8 @@ import functools
 import math
 
 import torch
+
+from qbench.runtimes.kernels import overlap
 
 BLOCK_N = 32  # cache positions per inner iteration of a program
 MIN_ROWS = 16  # tl.dot needs at least 16 rows: the group of query heads is padded to this
@@ -55,16 +60,31 @@ def _kernels():
     import triton
     import triton.language as tl
 
+    helpers = overlap.jit()
+    prefetch_l2, after_previous = helpers.prefetch_l2, helpers.after_previous
+    line_elements = tl.constexpr(overlap.LINE // 2)  # a 16-bit cache's elements in an L2 line
+
     @triton.jit
     def decode_attention_partial(
         Q, K, V, POS, ACC, M, L, KNEW, VNEW, COS, SIN,
-        stride_kh, stride_kn,
+        stride_kh, stride_kn, positions_total,
         scale,
         GROUP: tl.constexpr, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, DIM: tl.constexpr,
         CHUNK: tl.constexpr, BLOCK: tl.constexpr, SPLITS: tl.constexpr, ROPE: tl.constexpr = False,
+        PDL: tl.constexpr = False,
     ):
         head = tl.program_id(0)
         split = tl.program_id(1)
+        if PDL:  # this chunk's cached K and V rows (written by earlier steps), then wait for q's kernel;
+            # the position read here only aims the prefetch (a hint: a stale one costs nothing but time)
+            last_cached = tl.minimum(tl.load(POS), positions_total - 1)
+            lines = tl.minimum(tl.arange(0, (DIM + line_elements - 1) // line_elements) * line_elements, HEAD_DIM - 1)
+            for first in range(split * CHUNK, split * CHUNK + CHUNK, BLOCK):
+                cached = tl.minimum(first + tl.arange(0, BLOCK), last_cached)
+                rows_at = head * stride_kh + cached[:, None] * stride_kn + lines[None, :]
+                prefetch_l2(K + rows_at)
+                prefetch_l2(V + rows_at)
+            after_previous()
         position = tl.load(POS)
         rows = tl.arange(0, ROWS)
         dims = tl.arange(0, DIM)
@@ -132,7 +152,7 @@ def _kernels():
         ACC, M, L, OUT, POS,
         GROUP: tl.constexpr, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, DIM: tl.constexpr,
         SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr, SPLIT_BLOCK: tl.constexpr, CHUNK: tl.constexpr,
-        DIM_BLOCK: tl.constexpr,
+        DIM_BLOCK: tl.constexpr, PDL: tl.constexpr = False,
     ):
         # One program per (query head, DIM_BLOCK of its dims): its row of every chunk's state, SPLIT_BLOCK
         # chunks at a time (a whole kv head's [chunks, group, head_dim] in one program spilled its
@@ -142,6 +162,8 @@ def _kernels():
         # every context (results/h100/int4/README.md); here the walk stops at the position's chunk and
         # a head's dims are split over programs.
         # Only the chunks up to the position's hold a state (the partial kernel writes no other).
+        if PDL:  # every input is the partial kernel's: nothing to read before it completes
+            after_previous()
         query = tl.program_id(0)
         dims = tl.program_id(1) * DIM_BLOCK + tl.arange(0, DIM_BLOCK)
         head = query // GROUP
@@ -195,10 +217,13 @@ def decode_attention_reference(
     return (weights @ v).reshape(-1, head_dim).to(q.dtype)
 
 
-def _launch(q, k_cache, v_cache, position, scale: float, programs: int, planned: int, rope=None) -> torch.Tensor:
+def _launch(
+    q, k_cache, v_cache, position, scale: float, programs: int, planned: int, rope=None, pdl: bool = False
+) -> torch.Tensor:
     """`rope`: None (q is rotated, the cache holds the position's k and v), or (k, v, cos, sin): q and
     k before their rotary embedding, v, and the model's tables [positions, head_dim]; the kernel rotates
-    them and writes k and v at the position."""
+    them and writes k and v at the position. `pdl`: both kernels as programmatic dependent launches
+    (`overlap.py`)."""
     partial, combine = _kernels()
     kv_heads, positions, head_dim = k_cache.shape
     heads = q.shape[0]
@@ -217,16 +242,16 @@ def _launch(q, k_cache, v_cache, position, scale: float, programs: int, planned:
     k_new, v_new, cos, sin = rope if rope is not None else (q, q, q, q)
     partial[(kv_heads, splits)](
         q, k_cache, v_cache, position, acc, m, l_sum, k_new, v_new, cos, sin,
-        k_cache.stride(0), k_cache.stride(1),
+        k_cache.stride(0), k_cache.stride(1), positions,
         scale,
         GROUP=group, ROWS=rows, HEAD_DIM=head_dim, DIM=dim, CHUNK=chunk, BLOCK=BLOCK_N, SPLITS=splits,
-        ROPE=rope is not None,
+        ROPE=rope is not None, PDL=pdl, **overlap.launch_options(pdl),
     )
     dim_block = min(dim, COMBINE_DIMS)
     combine[(heads, dim // dim_block)](
         acc, m, l_sum, out, position,
         GROUP=group, ROWS=rows, HEAD_DIM=head_dim, DIM=dim, SPLITS=splits, SPLITS_P2=_next_power_of_2(splits),
-        SPLIT_BLOCK=COMBINE_SPLITS, CHUNK=chunk, DIM_BLOCK=dim_block,
+        SPLIT_BLOCK=COMBINE_SPLITS, CHUNK=chunk, DIM_BLOCK=dim_block, PDL=pdl, **overlap.launch_options(pdl),
     )
     return out
 
@@ -240,19 +265,20 @@ def decode_attention(
     scale: float,
     programs: int,
     planned: int = 0,
+    pdl: bool = False,
 ) -> torch.Tensor:
     """q [heads, head_dim] (contiguous); k_cache, v_cache [kv heads, positions, head_dim] with the
     head dim contiguous; position [1] int64 on the device: positions 0..position are attended.
     `programs`: about how many (kv head, chunk) programs to launch (twice the SM count is a good
-    start). `planned`: the positions the chunks are sized for (0: the whole cache). Returns
-    [heads, head_dim] in q's dtype."""
+    start). `planned`: the positions the chunks are sized for (0: the whole cache). `pdl`:
+    programmatic dependent launches (`overlap.py`). Returns [heads, head_dim] in q's dtype."""
     if k_cache.stride(2) != 1 or v_cache.stride() != k_cache.stride():
         raise ValueError("decode_attention needs K and V caches of one layout with the head dim contiguous")
-    return _launch(q.contiguous(), k_cache, v_cache, position, scale, programs, planned)
+    return _launch(q.contiguous(), k_cache, v_cache, position, scale, programs, planned, pdl=pdl)
 
 
 @decode_attention.register_fake
-def _(q, k_cache, v_cache, position, scale, programs, planned=0):
+def _(q, k_cache, v_cache, position, scale, programs, planned=0, pdl=False):
     return torch.empty_like(q)
 
 
@@ -282,6 +308,7 @@ def decode_attention_rope(
     scale: float,
     programs: int,
     planned: int = 0,
+    pdl: bool = False,
 ) -> torch.Tensor:
     """`decode_attention` with the step's rotary embedding and cache write inside its first kernel:
     q [heads, head_dim], k and v [kv heads * head_dim] as the projections give them (q and k not yet
@@ -293,9 +320,11 @@ def decode_attention_rope(
     if kv_cache.stride(-1) != 1 or cos.shape[-1] != head_dim or sin.shape != cos.shape:
         raise ValueError("decode_attention_rope needs a cache with the head dim contiguous and tables of head_dim")
     rope = (k.contiguous(), v.contiguous(), cos.contiguous(), sin.contiguous())
-    return _launch(q.contiguous(), kv_cache[layer, 0], kv_cache[layer, 1], position, scale, programs, planned, rope)
+    return _launch(
+        q.contiguous(), kv_cache[layer, 0], kv_cache[layer, 1], position, scale, programs, planned, rope, pdl
+    )
 
 
 @decode_attention_rope.register_fake
-def _(q, k, v, kv_cache, layer, cos, sin, position, scale, programs, planned=0):
+def _(q, k, v, kv_cache, layer, cos, sin, position, scale, programs, planned=0, pdl=False):
     return torch.empty_like(q)

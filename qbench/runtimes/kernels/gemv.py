@@ -9,7 +9,9 @@ reduces it once at the end; the bias is added before the store. With a concatena
 launch does q, k and v (or gate and up) of a layer.
 
 Triton is imported lazily; `gemv` is the custom op `qbench::gemv`, so torch.compile keeps it as one
-call inside a compiled step, and a captured CUDA graph replays it like any kernel.
+call inside a compiled step, and a captured CUDA graph replays it like any kernel. With `pdl` (lean's
+QBENCH_LEAN_PDL=on) it is launched as a programmatic dependent launch: each program asks L2 for its
+first weight tile before waiting for the kernel before it (`overlap.py`).
 """
 
 from __future__ import annotations
@@ -18,16 +20,23 @@ import functools
 
 import torch
 
+from qbench.runtimes.kernels import overlap
+
 
 @functools.lru_cache(maxsize=1)
 def _kernel():
     import triton
     import triton.language as tl
 
+    helpers = overlap.jit()
+    prefetch_l2, after_previous = helpers.prefetch_l2, helpers.after_previous
+    line_elements = tl.constexpr(overlap.LINE // 2)  # 16-bit weights in an L2 line
+
     @triton.jit
     def gemv_kernel(
         X, W, B, Y, N, K, stride_w,
         HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+        PDL: tl.constexpr = False,
     ):
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < N
@@ -35,6 +44,10 @@ def _kernel():
         cols = tl.arange(0, BLOCK_K)
         acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
         w_ptrs = W + rows[:, None] * stride_w + cols[None, :]
+        if PDL:  # the first tile's lines (the weight is constant), then wait for x's kernel
+            lines = tl.arange(0, BLOCK_K // line_elements) * line_elements
+            prefetch_l2(W + rows[:, None] * stride_w + tl.minimum(lines, K - 1)[None, :])
+            after_previous()
         for k0 in range(0, K, BLOCK_K):
             if EVEN_K:
                 w = tl.load(w_ptrs, eviction_policy="evict_first")
@@ -65,28 +78,32 @@ def choose_blocks(n: int, k: int, sms: int) -> tuple[int, int, int]:
     return block_n, block_k, 4
 
 
-def launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, blocks: tuple[int, ...]) -> torch.Tensor:
+def launch(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, blocks: tuple[int, ...], pdl: bool = False
+) -> torch.Tensor:
     n, k = weight.shape
     block_n, block_k, warps = blocks
     y = torch.empty(n, dtype=x.dtype, device=x.device)
     _kernel()[(-(-n // block_n),)](
         x, weight, bias if bias is not None else weight, y, n, k, weight.stride(0),
         HAS_BIAS=bias is not None, BLOCK_N=block_n, BLOCK_K=block_k, EVEN_K=k % block_k == 0,
-        num_warps=warps,
+        PDL=pdl, num_warps=warps, **overlap.launch_options(pdl),
     )
     return y
 
 
 @torch.library.custom_op("qbench::gemv", mutates_args=())
 def gemv(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, block_n: int, block_k: int, warps: int
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, block_n: int, block_k: int, warps: int,
+    pdl: bool = False,
 ) -> torch.Tensor:
-    """x [K] (contiguous), weight [N, K] with K contiguous, bias [N] or None; returns [N] in x's dtype."""
+    """x [K] (contiguous), weight [N, K] with K contiguous, bias [N] or None; returns [N] in x's dtype.
+    `pdl`: a programmatic dependent launch (CUDA, compute capability 9+; `overlap.py`)."""
     if weight.stride(1) != 1 or x.numel() != weight.shape[1]:
         raise ValueError(f"gemv needs x of {weight.shape[1]} elements and a weight with K contiguous")
-    return launch(x.contiguous().view(-1), weight, bias, (block_n, block_k, warps))
+    return launch(x.contiguous().view(-1), weight, bias, (block_n, block_k, warps), pdl)
 
 
 @gemv.register_fake
-def _(x, weight, bias, block_n, block_k, warps):
+def _(x, weight, bias, block_n, block_k, warps, pdl=False):
     return x.new_empty(weight.shape[0])

@@ -68,6 +68,8 @@ import functools
 
 import torch
 
+from qbench.runtimes.kernels import overlap
+
 MAGIC = 8388608.0  # 2^23: float32 bits 0x4B000000; OR-ing a nibble into the low mantissa bits adds it
 
 # The bf16x2 variant's dequantise-and-multiply of one word (8 weights), PTX for sm_90: nibbles j and
@@ -109,6 +111,9 @@ def _kernel():
     import triton.language as tl
 
     word_asm = tl.constexpr(BF16X2_WORD)
+    helpers = overlap.jit()
+    prefetch_l2, after_previous = helpers.prefetch_l2, helpers.after_previous
+    line_words = tl.constexpr(overlap.LINE // 4)  # int32 words in an L2 line
 
     @triton.jit
     def activation_pair(x16, j: tl.constexpr, WORDS: tl.constexpr):
@@ -120,7 +125,7 @@ def _kernel():
     def qbench_int4_gemv_kernel(
         X, QW, S, Z, B, Y, ACC, COUNT, N, K, KW, GROUPS_TOTAL, GROUPS_PER_SPLIT, SPLIT, SN, SG,
         GROUP: tl.constexpr, GROUPS: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
-        BLOCK_N: tl.constexpr, BF16X2: tl.constexpr = False,
+        BLOCK_N: tl.constexpr, BF16X2: tl.constexpr = False, PDL: tl.constexpr = False,
     ):
         WORDS: tl.constexpr = GROUP // 8  # int32 words of one row in one group
         TWO_23: tl.constexpr = 8388608.0  # MAGIC, as a constant the compiler may use
@@ -136,6 +141,13 @@ def _kernel():
         # KW (= K / 8) is its own argument so that Triton sees it divisible by 16 and proves each
         # row's words 16-byte aligned: the weight loads become 128-bit loads
         w_rows = QW + rows[:, None].to(tl.int64) * KW  # [BLOCK_N, 1]
+        if PDL:  # the first iteration's weight lines, scales and zeros (constant), then wait for x's kernel
+            LINES: tl.constexpr = (GROUPS * WORDS + line_words - 1) // line_words
+            lines = tl.minimum(first * WORDS + tl.arange(0, LINES) * line_words, KW - 1)
+            prefetch_l2(w_rows + lines[None, :])
+            prefetch_l2(S + rows * SN + first * SG)
+            prefetch_l2(Z + rows * SN + first * SG)
+            after_previous()
         for g0 in range(first, last, GROUPS):
             for j in tl.static_range(GROUPS):
                 # the last iteration of a split whose group count is not a multiple of GROUPS re-reads
@@ -236,7 +248,7 @@ SIGNATURE = {
     "X": "*bf16", "QW": "*i32", "S": "*fp16", "Z": "*u8", "B": "*bf16", "Y": "*bf16", "ACC": "*fp32",
     "COUNT": "*i32", "N": "i32", "K": "i32", "KW": "i32", "GROUPS_TOTAL": "i32", "GROUPS_PER_SPLIT": "i32",
     "SPLIT": "i32", "SN": "i32", "SG": "i32", "GROUP": "constexpr", "GROUPS": "constexpr", "HAS_BIAS": "constexpr",
-    "SPLIT_K": "constexpr", "BLOCK_N": "constexpr", "BF16X2": "constexpr",
+    "SPLIT_K": "constexpr", "BLOCK_N": "constexpr", "BF16X2": "constexpr", "PDL": "constexpr",
 }
 ALIGNED = ("X", "QW", "S", "Z", "B", "Y", "ACC", "COUNT", "N", "K", "KW", "SG")
 
@@ -311,9 +323,9 @@ def _workspace(device: torch.device, n: int, block_n: int, split: int) -> tuple[
     return _workspaces[key]
 
 
-def launch(x, qweight, scales, zeros, bias, group_size, blocks) -> torch.Tensor:
+def launch(x, qweight, scales, zeros, bias, group_size, blocks, pdl: bool = False) -> torch.Tensor:
     """`blocks`: (BLOCK_N, GROUPS, SPLIT, warps[, bf16x2]); bf16x2 (the inline-PTX word, sm_90 and
-    bf16 activations only) is off unless named."""
+    bf16 activations only) is off unless named. `pdl`: a programmatic dependent launch (`overlap.py`)."""
     n, kw = qweight.shape
     k = kw * 8
     block_n, groups, split, warps, *variant = blocks
@@ -330,7 +342,7 @@ def launch(x, qweight, scales, zeros, bias, group_size, blocks) -> torch.Tensor:
         x, qweight, scales, zeros, bias if bias is not None else scales, y, acc, count, n, k, kw, total,
         per_split, split, scales.stride(0), scales.stride(1), GROUP=group_size, GROUPS=groups,
         HAS_BIAS=bias is not None, SPLIT_K=split > 1,
-        BLOCK_N=block_n, BF16X2=bf16x2, num_warps=warps,
+        BLOCK_N=block_n, BF16X2=bf16x2, PDL=pdl, num_warps=warps, **overlap.launch_options(pdl),
     )
     return y
 
@@ -357,17 +369,17 @@ def _check(x, qweight, scales, zeros, group_size) -> None:
 @torch.library.custom_op("qbench::gemv_int4", mutates_args=())
 def gemv_int4(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bias: torch.Tensor | None,
-    group_size: int, block_n: int, groups: int, split: int, warps: int, bf16x2: bool = False,
+    group_size: int, block_n: int, groups: int, split: int, warps: int, bf16x2: bool = False, pdl: bool = False,
 ) -> torch.Tensor:
     """x [K], qweight int32 [N, K/8], scales fp16 [N, K/g], zeros uint8 [N, K/g], bias [N] or None;
-    returns [N] in x's dtype."""
+    returns [N] in x's dtype. `pdl`: a programmatic dependent launch (lean's QBENCH_LEAN_PDL=on)."""
     _check(x, qweight, scales, zeros, group_size)
     return launch(x.contiguous().view(-1), qweight, scales, zeros, bias, group_size,
-                  (block_n, groups, split, warps, bf16x2))
+                  (block_n, groups, split, warps, bf16x2), pdl)
 
 
 @gemv_int4.register_fake
-def _(x, qweight, scales, zeros, bias, group_size, block_n, groups, split, warps, bf16x2=False):
+def _(x, qweight, scales, zeros, bias, group_size, block_n, groups, split, warps, bf16x2=False, pdl=False):
     return x.new_empty(qweight.shape[0])
 
 

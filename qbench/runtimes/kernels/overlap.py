@@ -1,0 +1,61 @@
+"""Programmatic dependent launch (PDL, Hopper and later): each of lean's own kernels starts while the
+one before it is still finishing, reads what does not depend on it, and waits for it only then.
+
+Why: at batch 1 on the H100 a decode step is about 280 kernels in a row, many of them short (a 4-bit
+o_proj reads 6.4 MB in about 8 us, of which the reading itself is 2-3 us: results/h100/int4). Between
+two dependent kernels the GPU drains the first, then launches the second, whose first loads then wait
+a full memory latency; that ramp recurs in every kernel. With PDL (a launch attribute,
+`launch_pdl=True` in Triton) the second kernel's programs may be scheduled once every program of the
+first has said so (`griddepcontrol.launch_dependents`); each then asks L2 for the constant data it
+reads first (its first weight tiles, the cache positions written by earlier steps) and blocks in
+`griddepcontrol.wait` until the first kernel has completed and its writes are visible. Everything
+that depends on the kernel before (its output, a workspace it may still use) is read or written only
+after the wait.
+
+The rule every kernel launched with PDL keeps, so that the overlap never reaches further than one
+kernel back: every program calls `after_previous()` (the wait) before it reads anything the step
+writes and before it writes anything. Then a kernel's completion implies its predecessor's, and a
+kernel launched without the attribute (inductor's, cuBLAS, gemlite's) waits for the whole chain as
+usual. Reading constant data before the wait is what the prefetch does; nothing else is.
+
+Off unless QBENCH_LEAN_PDL=on (a measure variable: the cell key holds it) until a measurement says
+it helps; CUDA with compute capability 9 or more only. Triton's interpreter runs none of it (the
+CPU tests compile the kernels for sm_90 and read the PTX).
+"""
+
+from __future__ import annotations
+
+import functools
+from types import SimpleNamespace
+
+LINE = 128  # bytes of an L2 line: one prefetch each
+
+
+def launch_options(pdl: bool) -> dict:
+    """The Triton launch keywords: the PDL attribute where asked (nothing otherwise, so the
+    interpreter, which has no such option, sees the launch as before)."""
+    return {"launch_pdl": True} if pdl else {}
+
+
+@functools.lru_cache(maxsize=1)
+def jit() -> SimpleNamespace:
+    """The Triton helpers, imported lazily: prefetch_l2(pointers) and after_previous()."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def prefetch_l2(pointers):
+        """Ask L2 for the line holding each pointer (no result; nothing waits for it)."""
+        tl.inline_asm_elementwise(
+            "prefetch.global.L2 [$1];\nmov.u32 $0, 0;", "=r,l", [pointers], dtype=tl.int32, is_pure=False, pack=1
+        )
+
+    @triton.jit
+    def after_previous():
+        """Let the next kernel's programs be scheduled, then wait for the kernel before this one to
+        complete (its writes visible). Call it in every program, before reading anything the step
+        writes and before any write."""
+        tl.extra.cuda.gdc_launch_dependents()
+        tl.extra.cuda.gdc_wait()
+
+    return SimpleNamespace(prefetch_l2=prefetch_l2, after_previous=after_previous)

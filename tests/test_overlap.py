@@ -1,0 +1,169 @@
+"""Programmatic dependent launch (qbench/runtimes/kernels/overlap.py): every kernel of lean's that may
+start before the kernel ahead of it has finished waits for it before it reads or writes anything the
+step writes; lean passes the launch to every one of its own kernels when asked, and to none otherwise.
+No GPU here: the kernels are compiled for sm_90 and their PTX read; the step runs on recording fakes."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from conftest import ptx_for_sm90
+
+from qbench.runtimes.kernels import decode_attention, gemv, gemv_int4
+
+MEMORY = re.compile(r"\b(ld\.global|st\.global|atom\.|red\.)")
+
+
+def _before_the_wait(ptx: str) -> list[str]:
+    """The PTX lines ahead of the kernel's `griddepcontrol.wait` (asserting there is exactly one)."""
+    lines = ptx.splitlines()
+    waits = [i for i, line in enumerate(lines) if "griddepcontrol.wait" in line]
+    assert len(waits) == 1, waits
+    assert any("griddepcontrol.launch_dependents" in line for line in lines[: waits[0]])
+    return lines[: waits[0]]
+
+
+def _attention_ptx(kernel: str, pdl: bool) -> str | None:
+    shapes = {"GROUP": 7, "ROWS": 16, "HEAD_DIM": 128, "DIM": 128, "CHUNK": 96, "PDL": pdl}
+    if kernel == "combine":
+        signature = {"ACC": "*fp32", "M": "*fp32", "L": "*fp32", "OUT": "*bf16", "POS": "*i64"}
+        constants = {**shapes, "SPLITS": 98, "SPLITS_P2": 128, "SPLIT_BLOCK": decode_attention.COMBINE_SPLITS,
+                     "DIM_BLOCK": decode_attention.COMBINE_DIMS}
+    else:
+        signature = {name: "*bf16" for name in ("Q", "K", "V", "KNEW", "VNEW", "COS", "SIN")}
+        signature.update({"POS": "*i64", "ACC": "*fp32", "M": "*fp32", "L": "*fp32", "stride_kh": "i64",
+                          "stride_kn": "i64", "positions_total": "i32", "scale": "fp32"})
+        constants = {**shapes, "BLOCK": decode_attention.BLOCK_N, "SPLITS": 98, "ROPE": True}
+    signature.update(dict.fromkeys(constants, "constexpr"))
+    function = decode_attention._kernels()[kernel == "combine"]
+    return ptx_for_sm90(function, {name: signature[name] for name in function.arg_names}, constants)
+
+
+def _gemv_ptx(pdl: bool) -> str | None:
+    signature = {"X": "*bf16", "W": "*bf16", "B": "*bf16", "Y": "*bf16", "N": "i32", "K": "i32", "stride_w": "i32",
+                 "HAS_BIAS": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr", "EVEN_K": "constexpr",
+                 "PDL": "constexpr"}
+    constants = {"HAS_BIAS": True, "BLOCK_N": 8, "BLOCK_K": 512, "EVEN_K": True, "PDL": pdl}
+    return ptx_for_sm90(gemv._kernel(), signature, constants)
+
+
+def _int4_ptx(pdl: bool) -> str | None:
+    constants = {"GROUP": 128, "GROUPS": 4, "HAS_BIAS": True, "SPLIT_K": True, "BLOCK_N": 32, "BF16X2": True,
+                 "PDL": pdl, "SN": 1}
+    try:
+        return gemv_int4.compile_for_sm90(constants, 4).asm["ptx"]
+    except RuntimeError as error:  # no ptxas in this Triton: the front end still ran
+        if "ptxas" not in str(error).lower():
+            raise
+        return None
+
+
+KERNELS = {  # name: (PTX of it with or without PDL, loads allowed before the wait)
+    "gemv": (_gemv_ptx, 0),
+    "gemv_int4 (split-K, bf16x2, bias)": (_int4_ptx, 0),
+    "attention partial (rope, cache write)": (lambda pdl: _attention_ptx("partial", pdl), 1),  # the position: aims the prefetch
+    "attention combine": (lambda pdl: _attention_ptx("combine", pdl), 0),
+}
+
+
+@pytest.mark.parametrize("name", list(KERNELS))
+def test_a_kernel_launched_early_waits_before_it_reads_or_writes_what_the_step_writes(name):
+    """Before `griddepcontrol.wait` a kernel may only ask L2 for constant data (and the attention read
+    the position, to aim that): no store, no atomic, no other load. Without PDL none of it is there."""
+    ptx_of, loads_allowed = KERNELS[name]
+    ptx = ptx_of(True)
+    if ptx is None:
+        return
+    ahead = _before_the_wait(ptx)
+    memory = [line for line in ahead if MEMORY.search(line)]
+    assert all("ld.global" in line for line in memory) and len(memory) == loads_allowed, memory
+    prefetches = sum("prefetch.global.L2" in line for line in ahead)
+    assert (prefetches > 0) == (name != "attention combine"), prefetches  # the combine has nothing constant
+    plain = ptx_of(False)
+    assert "griddepcontrol" not in plain and "prefetch.global" not in plain
+
+
+def _tiny_lean(monkeypatch, backend: str, pdl: bool, attention: str = "sdpa"):
+    from qbench.api import LoadOptions
+    from qbench.registry import load_backend
+    from qbench.runtimes.lean import LeanRunner
+    from qbench.specs import load_model_spec
+
+    options = LoadOptions(device="cpu", weights="synthetic", seed=0, max_cache_len=32, group_size=128)
+    model = load_backend(backend).load(load_model_spec("tiny"), options).model
+    monkeypatch.setenv("QBENCH_LEAN_GEMV", "triton")
+    monkeypatch.setenv("QBENCH_LEAN_ATTENTION", attention)
+    monkeypatch.setattr(LeanRunner, "_choose_pdl", lambda self: pdl)  # a CPU has no PDL: the plan is what is tested
+    return model, LeanRunner(model, 32, "cpu")
+
+
+@pytest.mark.parametrize("pdl", [False, True])
+def test_every_kernel_of_leans_own_in_a_step_gets_the_launch_when_asked_and_none_otherwise(monkeypatch, pdl):
+    """The bf16 step with the split-K attention, on recording fakes of the GEMV and the attention: each
+    of the layer's launches (q/k/v, attention, o, gate/up, down) and lm_head's says pdl as lean chose."""
+    model, lean = _tiny_lean(monkeypatch, "bf16", pdl, attention="split-k")
+    seen = []
+
+    def fake_gemv(x, weight, bias, block_n, block_k, warps, pdl=False):
+        seen.append(("gemv", pdl))
+        return torch.zeros(weight.shape[0], dtype=x.dtype)
+
+    def fake_attention(q, k, v, kv_cache, layer, cos, sin, position, scale, programs, planned=0, pdl=False):
+        seen.append(("attention", pdl))
+        return torch.zeros_like(q)
+
+    monkeypatch.setattr(gemv, "gemv", fake_gemv)
+    monkeypatch.setattr(decode_attention, "decode_attention_rope", fake_attention)
+    with torch.inference_mode():
+        lean._decode(torch.zeros(1, 1, dtype=torch.long), torch.tensor([3]))
+    layers = len(model.get_decoder().layers)
+    assert len(seen) == layers * 5 + 1, seen  # q/k/v, attention, o, gate/up, down a layer; lm_head
+    assert {flag for _, flag in seen} == {pdl}
+
+
+@pytest.mark.parametrize("pdl", [False, True])
+def test_qbench_int4s_o_and_down_are_launches_of_leans_own_only_where_they_overlap(monkeypatch, pdl):
+    """Without PDL o and down go through their modules (the same kernel call); with it lean plans them
+    as launches of its own, so that they too start early, and says so."""
+    from qbench.backends.qbench_int4 import Int4Gemv
+
+    model, lean = _tiny_lean(monkeypatch, "qbench-int4", pdl)
+    layers = model.get_decoder().layers
+    for layer in layers:
+        for module in (layer.self_attn.o_proj, layer.mlp.down_proj):
+            planned = lean.linear16.get(id(module))
+            assert (planned is not None) == pdl
+            if pdl:
+                assert isinstance(planned, Int4Gemv) and planned.pdl and planned.sizes == [module.out_features]
+        fused = lean.linear16[id(layer.self_attn.q_proj)]
+        assert fused.pdl == pdl
+    others = f"o and down as {2 * len(layers)} launches of their own" if pdl else "o and down through their modules"
+    assert any("qbench's int4 GEMV" in n and others in n for n in lean.notes), lean.notes
+    if pdl:  # the planned launch hands the flag to the kernel's op
+        calls = []
+        monkeypatch.setattr(gemv_int4, "gemv_int4", lambda *args: calls.append(args) or torch.zeros(args[1].shape[0]))
+        o_proj = layers[0].self_attn.o_proj
+        lean.linear16[id(o_proj)](torch.zeros(o_proj.in_features, dtype=torch.bfloat16))
+        assert [args[-1] for args in calls] == [True]
+
+
+def test_leans_choice_is_checked_and_said(monkeypatch):
+    from qbench.api import LoadOptions
+    from qbench.registry import load_backend
+    from qbench.runtimes.lean import LeanRunner
+    from qbench.specs import load_model_spec
+
+    options = LoadOptions(device="cpu", weights="synthetic", seed=0, max_cache_len=32, group_size=128)
+    model = load_backend("bf16").load(load_model_spec("tiny"), options).model
+    monkeypatch.setenv("QBENCH_LEAN_PDL", "yes")
+    with pytest.raises(ValueError, match="QBENCH_LEAN_PDL must be off or on"):
+        LeanRunner(model, 32, "cpu")
+    monkeypatch.setenv("QBENCH_LEAN_PDL", "on")
+    runner = LeanRunner(model, 32, "cpu")
+    assert not runner.pdl
+    assert any("QBENCH_LEAN_PDL=on): not used (it needs a CUDA GPU" in n for n in runner.notes), runner.notes
+    monkeypatch.delenv("QBENCH_LEAN_PDL")
+    runner = LeanRunner(model, 32, "cpu")
+    assert not runner.pdl and not any("QBENCH_LEAN_PDL" in n for n in runner.notes)
