@@ -63,7 +63,8 @@ def _int4_ptx(pdl: bool) -> str | None:
 KERNELS = {  # name: (PTX of it with or without PDL, loads allowed before the wait)
     "gemv": (_gemv_ptx, 0),
     "gemv_int4 (split-K, bf16x2, bias)": (_int4_ptx, 0),
-    "attention partial (rope, cache write)": (lambda pdl: _attention_ptx("partial", pdl), 1),  # the position: aims the prefetch
+    # the partial kernel reads the position before its wait: it aims the prefetch (a hint)
+    "attention partial (rope, cache write)": (lambda pdl: _attention_ptx("partial", pdl), 1),
     "attention combine": (lambda pdl: _attention_ptx("combine", pdl), 0),
 }
 
