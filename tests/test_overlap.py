@@ -43,6 +43,7 @@ def _attention_ptx(kernel: str, pdl: bool) -> str | None:
 
 def _gemv_ptx(pdl: bool) -> str | None:
     signature = {"X": "*bf16", "W": "*bf16", "B": "*bf16", "Y": "*bf16", "N": "i32", "K": "i32", "stride_w": "i32",
+                 "AHEAD": "i32",
                  "HAS_BIAS": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr", "EVEN_K": "constexpr",
                  "PDL": "constexpr"}
     constants = {"HAS_BIAS": True, "BLOCK_N": 8, "BLOCK_K": 512, "EVEN_K": True, "PDL": pdl}

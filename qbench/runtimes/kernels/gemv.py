@@ -11,7 +11,8 @@ launch does q, k and v (or gate and up) of a layer.
 Triton is imported lazily; `gemv` is the custom op `qbench::gemv`, so torch.compile keeps it as one
 call inside a compiled step, and a captured CUDA graph replays it like any kernel. With `pdl` (lean's
 QBENCH_LEAN_PDL=on) it is launched as a programmatic dependent launch: each program asks L2 for its
-first weight tile before waiting for the kernel before it (`overlap.py`).
+rows (all of them where the weight takes at most half the L2, else their first tile) before waiting
+for the kernel before it (`overlap.py`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def _kernel():
 
     @triton.jit
     def gemv_kernel(
-        X, W, B, Y, N, K, stride_w,
+        X, W, B, Y, N, K, stride_w, AHEAD,
         HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
         PDL: tl.constexpr = False,
     ):
@@ -44,9 +45,10 @@ def _kernel():
         cols = tl.arange(0, BLOCK_K)
         acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
         w_ptrs = W + rows[:, None] * stride_w + cols[None, :]
-        if PDL:  # the first tile's lines (the weight is constant), then wait for x's kernel
+        if PDL:  # the rows' first AHEAD inputs' lines (the weight is constant), then wait for x's kernel
             lines = tl.arange(0, BLOCK_K // line_elements) * line_elements
-            prefetch_l2(W + rows[:, None] * stride_w + tl.minimum(lines, K - 1)[None, :])
+            for k0 in range(0, AHEAD, BLOCK_K):
+                prefetch_l2(W + rows[:, None] * stride_w + tl.minimum(k0 + lines, K - 1)[None, :])
             after_previous()
         for k0 in range(0, K, BLOCK_K):
             if EVEN_K:
@@ -83,9 +85,11 @@ def launch(
 ) -> torch.Tensor:
     n, k = weight.shape
     block_n, block_k, warps = blocks
+    # with pdl: the inputs of its rows a program asks L2 for before its wait (all, or the first tile)
+    ahead = (k if overlap.whole(weight.numel() * weight.element_size(), weight.device) else block_k) if pdl else 0
     y = torch.empty(n, dtype=x.dtype, device=x.device)
     _kernel()[(-(-n // block_n),)](
-        x, weight, bias if bias is not None else weight, y, n, k, weight.stride(0),
+        x, weight, bias if bias is not None else weight, y, n, k, weight.stride(0), ahead,
         HAS_BIAS=bias is not None, BLOCK_N=block_n, BLOCK_K=block_k, EVEN_K=k % block_k == 0,
         PDL=pdl, num_warps=warps, **overlap.launch_options(pdl),
     )

@@ -123,7 +123,7 @@ def _kernel():
 
     @triton.jit
     def qbench_int4_gemv_kernel(
-        X, QW, S, Z, B, Y, ACC, COUNT, N, K, KW, GROUPS_TOTAL, GROUPS_PER_SPLIT, SPLIT, SN, SG,
+        X, QW, S, Z, B, Y, ACC, COUNT, N, K, KW, GROUPS_TOTAL, GROUPS_PER_SPLIT, SPLIT, SN, SG, AHEAD,
         GROUP: tl.constexpr, GROUPS: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
         BLOCK_N: tl.constexpr, BF16X2: tl.constexpr = False, PDL: tl.constexpr = False,
     ):
@@ -141,12 +141,13 @@ def _kernel():
         # KW (= K / 8) is its own argument so that Triton sees it divisible by 16 and proves each
         # row's words 16-byte aligned: the weight loads become 128-bit loads
         w_rows = QW + rows[:, None].to(tl.int64) * KW  # [BLOCK_N, 1]
-        if PDL:  # the first iteration's weight lines, scales and zeros (constant), then wait for x's kernel
+        if PDL:  # the first AHEAD groups' weight lines, scales and zeros (constant), then wait for x's kernel
             LINES: tl.constexpr = (GROUPS * WORDS + line_words - 1) // line_words
-            lines = tl.minimum(first * WORDS + tl.arange(0, LINES) * line_words, KW - 1)
-            prefetch_l2(w_rows + lines[None, :])
-            prefetch_l2(S + rows * SN + first * SG)
-            prefetch_l2(Z + rows * SN + first * SG)
+            for g0 in range(first, tl.minimum(first + AHEAD, last), GROUPS):
+                lines = tl.minimum(g0 * WORDS + tl.arange(0, LINES) * line_words, KW - 1)
+                prefetch_l2(w_rows + lines[None, :])
+                prefetch_l2(S + rows * SN + g0 * SG)
+                prefetch_l2(Z + rows * SN + g0 * SG)
             after_previous()
         for g0 in range(first, last, GROUPS):
             for j in tl.static_range(GROUPS):
@@ -247,8 +248,8 @@ def dequantize_triton(qweight, scales, zeros, group_size: int, dtype: torch.dtyp
 SIGNATURE = {
     "X": "*bf16", "QW": "*i32", "S": "*fp16", "Z": "*u8", "B": "*bf16", "Y": "*bf16", "ACC": "*fp32",
     "COUNT": "*i32", "N": "i32", "K": "i32", "KW": "i32", "GROUPS_TOTAL": "i32", "GROUPS_PER_SPLIT": "i32",
-    "SPLIT": "i32", "SN": "i32", "SG": "i32", "GROUP": "constexpr", "GROUPS": "constexpr", "HAS_BIAS": "constexpr",
-    "SPLIT_K": "constexpr", "BLOCK_N": "constexpr", "BF16X2": "constexpr", "PDL": "constexpr",
+    "SPLIT": "i32", "SN": "i32", "SG": "i32", "AHEAD": "i32", "GROUP": "constexpr", "GROUPS": "constexpr",
+    "HAS_BIAS": "constexpr", "SPLIT_K": "constexpr", "BLOCK_N": "constexpr", "BF16X2": "constexpr", "PDL": "constexpr",
 }
 ALIGNED = ("X", "QW", "S", "Z", "B", "Y", "ACC", "COUNT", "N", "K", "KW", "SG")
 
@@ -338,9 +339,11 @@ def launch(x, qweight, scales, zeros, bias, group_size, blocks, pdl: bool = Fals
     split = -(-total // per_split)  # no split left without groups
     y = torch.empty(n, dtype=x.dtype, device=x.device)
     acc, count = _workspace(x.device, n, block_n, split) if split > 1 else (y, y)
+    # with pdl: the groups a program asks L2 for before its wait (its whole range, or one iteration's)
+    ahead = (per_split if overlap.whole(qweight.numel() * 4, x.device) else groups) if pdl else 0
     _kernel()[(-(-n // block_n), split)](
         x, qweight, scales, zeros, bias if bias is not None else scales, y, acc, count, n, k, kw, total,
-        per_split, split, scales.stride(0), scales.stride(1), GROUP=group_size, GROUPS=groups,
+        per_split, split, scales.stride(0), scales.stride(1), ahead, GROUP=group_size, GROUPS=groups,
         HAS_BIAS=bias is not None, SPLIT_K=split > 1,
         BLOCK_N=block_n, BF16X2=bf16x2, PDL=pdl, num_warps=warps, **overlap.launch_options(pdl),
     )
