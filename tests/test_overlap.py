@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import ptx_for_sm90
 
-from qbench.runtimes.kernels import decode_attention, gemv, gemv_int4
+from qbench.runtimes.kernels import decode_attention, elementwise, gemv, gemv_int4
 
 MEMORY = re.compile(r"\b(ld\.global|st\.global|atom\.|red\.)")
 
@@ -61,13 +61,27 @@ def _int4_ptx(pdl: bool) -> str | None:
         return None
 
 
+def _elementwise_ptx(kernel: str, pdl: bool) -> str | None:
+    if kernel == "add_rmsnorm":
+        signature = {"H": "*bf16", "D": "*bf16", "W": "*bf16", "OUT_H": "*bf16", "OUT_X": "*bf16", "N": "i32",
+                     "eps": "fp32", "HAS_DELTA": "constexpr", "BLOCK": "constexpr", "PDL": "constexpr"}
+        constants = {"HAS_DELTA": True, "BLOCK": 4096, "PDL": pdl}
+    else:
+        signature = {"GU": "*bf16", "OUT": "*bf16", "SIZE": "i32", "BLOCK": "constexpr", "PDL": "constexpr"}
+        constants = {"BLOCK": elementwise.SILU_BLOCK, "PDL": pdl}
+    return ptx_for_sm90(elementwise._kernels()[kernel == "silu_mul"], signature, constants)
+
+
 KERNELS = {  # name: (PTX of it with or without PDL, loads allowed before the wait)
     "gemv": (_gemv_ptx, 0),
     "gemv_int4 (split-K, bf16x2, bias)": (_int4_ptx, 0),
     # the partial kernel reads the position before its wait: it aims the prefetch (a hint)
     "attention partial (rope, cache write)": (lambda pdl: _attention_ptx("partial", pdl), 1),
     "attention combine": (lambda pdl: _attention_ptx("combine", pdl), 0),
+    "add_rmsnorm": (lambda pdl: _elementwise_ptx("add_rmsnorm", pdl), 0),
+    "silu_mul": (lambda pdl: _elementwise_ptx("silu_mul", pdl), 0),
 }
+NOTHING_CONSTANT = ("attention combine", "silu_mul")  # every input is the kernel before's: no prefetch
 
 
 @pytest.mark.parametrize("name", list(KERNELS))
@@ -82,12 +96,12 @@ def test_a_kernel_launched_early_waits_before_it_reads_or_writes_what_the_step_w
     memory = [line for line in ahead if MEMORY.search(line)]
     assert all("ld.global" in line for line in memory) and len(memory) == loads_allowed, memory
     prefetches = sum("prefetch.global.L2" in line for line in ahead)
-    assert (prefetches > 0) == (name != "attention combine"), prefetches  # the combine has nothing constant
+    assert (prefetches > 0) == (name not in NOTHING_CONSTANT), prefetches
     plain = ptx_of(False)
     assert "griddepcontrol" not in plain and "prefetch.global" not in plain
 
 
-def _tiny_lean(monkeypatch, backend: str, pdl: bool, attention: str = "sdpa"):
+def _tiny_lean(monkeypatch, backend: str, pdl: bool, attention: str = "sdpa", linear: str = "triton"):
     from qbench.api import LoadOptions
     from qbench.registry import load_backend
     from qbench.runtimes.lean import LeanRunner
@@ -95,7 +109,7 @@ def _tiny_lean(monkeypatch, backend: str, pdl: bool, attention: str = "sdpa"):
 
     options = LoadOptions(device="cpu", weights="synthetic", seed=0, max_cache_len=32, group_size=128)
     model = load_backend(backend).load(load_model_spec("tiny"), options).model
-    monkeypatch.setenv("QBENCH_LEAN_GEMV", "triton")
+    monkeypatch.setenv("QBENCH_LEAN_GEMV", linear)
     monkeypatch.setenv("QBENCH_LEAN_ATTENTION", attention)
     monkeypatch.setattr(LeanRunner, "_choose_pdl", lambda self: pdl)  # a CPU has no PDL: the plan is what is tested
     return model, LeanRunner(model, 32, "cpu")
@@ -116,13 +130,26 @@ def test_every_kernel_of_leans_own_in_a_step_gets_the_launch_when_asked_and_none
         seen.append(("attention", pdl))
         return torch.zeros_like(q)
 
+    def fake_add_rmsnorm(hidden, delta, weight, eps, pdl=False):
+        seen.append(("add_rmsnorm", pdl))
+        return hidden.reshape(-1), hidden.reshape(-1)
+
+    def fake_silu_mul(gate_up, pdl=False):
+        seen.append(("silu_mul", pdl))
+        return gate_up[: gate_up.numel() // 2]
+
     monkeypatch.setattr(gemv, "gemv", fake_gemv)
     monkeypatch.setattr(decode_attention, "decode_attention_rope", fake_attention)
+    monkeypatch.setattr(elementwise, "add_rmsnorm", fake_add_rmsnorm)
+    monkeypatch.setattr(elementwise, "silu_mul", fake_silu_mul)
     with torch.inference_mode():
         lean._decode(torch.zeros(1, 1, dtype=torch.long), torch.tensor([3]))
     layers = len(model.get_decoder().layers)
-    assert len(seen) == layers * 5 + 1, seen  # q/k/v, attention, o, gate/up, down a layer; lm_head
+    # a layer: q/k/v, attention, o, gate/up, down; with PDL also its two norms and the SiLU product;
+    # then the final norm (with PDL) and lm_head
+    assert len(seen) == (layers * 8 + 2 if pdl else layers * 5 + 1), seen
     assert {flag for _, flag in seen} == {pdl}
+    assert lean.own_elementwise == pdl
 
 
 @pytest.mark.parametrize("pdl", [False, True])
@@ -169,3 +196,65 @@ def test_leans_choice_is_checked_and_said(monkeypatch):
     monkeypatch.delenv("QBENCH_LEAN_PDL")
     runner = LeanRunner(model, 32, "cpu")
     assert not runner.pdl and not any("QBENCH_LEAN_PDL" in n for n in runner.notes)
+
+
+def test_lean_with_its_own_norms_computes_the_step_torch_does(monkeypatch):
+    """The step's loop with the norms as add_rmsnorm (here its reference in torch, recording): the same
+    logits, bit for bit, as the modules' own norms and adds; Gemma-like norms are not taken."""
+    from qbench.runtimes.lean import LeanRunner
+
+    model, plain = _tiny_lean(monkeypatch, "bf16", False, linear="cublas")  # torch's linears: the norms are tested
+    monkeypatch.setattr(LeanRunner, "_choose_pdl", lambda self: True)
+    own = LeanRunner(model, 32, "cpu")
+    assert own.own_elementwise and not plain.own_elementwise
+    calls = []
+
+    def reference(hidden, delta, weight, eps, pdl=False):
+        calls.append(delta is None)
+        summed = hidden if delta is None else hidden + delta
+        value = summed.float()
+        normalised = (value * torch.rsqrt(value.pow(2).mean(-1, keepdim=True) + eps)).to(summed.dtype)
+        return summed.reshape(-1), (weight * normalised).reshape(-1)
+
+    monkeypatch.setattr(elementwise, "add_rmsnorm", reference)
+    token, position = torch.tensor([[5]]), torch.tensor([0])
+    with torch.inference_mode():
+        want = plain._decode(token, position)
+        got = own._decode(token, position)
+    layers = len(model.get_decoder().layers)
+    assert calls == [True] + [False] * (2 * layers)  # the first layer's norm alone, then every add and norm
+    assert torch.equal(got, want)
+    assert not elementwise.own_norm(torch.nn.LayerNorm(8))
+
+
+def test_the_small_kernels_match_torch():
+    """add_rmsnorm and silu_mul under Triton's interpreter against what the modules compute. The
+    interpreter truncates float32 to bf16 where a GPU rounds to nearest: a sum truncated, its normalised
+    value and the product truncated again, up to about three units in the last place (2^-7 each); a
+    wrong mean (over the padded block, say) or a lost weight or residual is far outside that."""
+    from conftest import run_interpreted
+
+    out = run_interpreted(
+        """
+        import torch
+        from qbench.runtimes.kernels import elementwise
+        from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
+        torch.manual_seed(0)
+        for n in (256, 3584, 300):
+            norm = Qwen2RMSNorm(n, eps=1e-6).to(torch.bfloat16)
+            norm.weight.data = torch.randn(n, dtype=torch.bfloat16)
+            assert elementwise.own_norm(norm)
+            hidden, delta = torch.randn(n, dtype=torch.bfloat16) * 3, torch.randn(n, dtype=torch.bfloat16)
+            for d in (delta, None):
+                summed, x = elementwise.add_rmsnorm(hidden, d, norm.weight, norm.variance_epsilon)
+                want_sum = hidden if d is None else hidden + d
+                torch.testing.assert_close(summed, want_sum, atol=0, rtol=2**-7)
+                torch.testing.assert_close(x, norm(want_sum), atol=1e-6, rtol=2**-5)
+        gate_up = torch.randn(2 * 1500, dtype=torch.bfloat16) * 4
+        got = elementwise.silu_mul(gate_up)
+        gate, up = gate_up.split(1500)
+        torch.testing.assert_close(got, torch.nn.functional.silu(gate) * up, atol=1e-6, rtol=2**-5)
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"

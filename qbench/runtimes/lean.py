@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from qbench.runtimes import modules
-from qbench.runtimes.kernels import decode_attention, gemv
+from qbench.runtimes.kernels import decode_attention, elementwise, gemv
 from qbench.session.positions import CAPTURE_WARMUP_STEPS
 
 
@@ -170,6 +170,7 @@ class LeanRunner:
         self.cos, self.sin = cos[0].contiguous(), sin[0].contiguous()  # [positions, head_dim]
         self.rope_in_attention = self._choose_rope()
         self.pdl = self._choose_pdl()
+        self.own_elementwise = self._choose_elementwise()
         self.token = torch.zeros(1, 1, dtype=torch.long, device=self.device)
         self.position = torch.zeros(1, dtype=torch.long, device=self.device)
         self.next_position = 0
@@ -272,6 +273,23 @@ class LeanRunner:
         self.notes.append(f"{where}: qbench's kernels start while the kernel before them finishes")
         return True
 
+    def _choose_elementwise(self) -> bool:
+        """With PDL, whether the norms, residual adds and SiLU product are lean's own kernels too
+        (`kernels/elementwise.py`), so that no kernel launched as usual breaks the chain: where every
+        norm is the RMSNorm they compute and the MLP's activation is SiLU. Said in the notes."""
+        if not self.pdl:
+            return False
+        norms = [self.norm]
+        for layer in self.layers:
+            norms += [layer.input_layernorm, layer.post_attention_layernorm]
+        silu = all(_is_silu(getattr(layer.mlp, "act_fn", None)) for layer in self.layers)
+        where = "lean: norms, residual adds and the SiLU product"
+        if not (silu and all(elementwise.own_norm(n) for n in norms)):
+            self.notes.append(f"{where}: torch's (not Llama's RMSNorm and SiLU: lean's own kernels do not apply)")
+            return False
+        self.notes.append(f"{where}: lean's own kernels (add_rmsnorm, silu_mul), launched as the GEMVs are")
+        return True
+
     def _energy_room(self, wanted: int, window: int | None, dtype: torch.dtype) -> int:
         """Cache positions beyond the block's for the energy window, and the memory they cost said."""
         if not wanted:
@@ -372,18 +390,31 @@ class LeanRunner:
         if not self.rope_in_attention:
             cos, sin = self.cos.index_select(0, position), self.sin.index_select(0, position)  # [1, head_dim]
         visible = None if self.split_programs else self.kv_positions <= position  # SDPA's mask
+        delta = None  # the last MLP's output, added to the residual by the next norm's kernel
         for index, layer in enumerate(self.layers):
             attention = layer.self_attn
-            x = layer.input_layernorm(hidden)
+            hidden, x = self._add_norm(layer.input_layernorm, hidden, delta)
             qkv = self.linear16.get(id(attention.q_proj))
             if qkv is not None:
                 q, k, v = qkv(x).split(qkv.sizes)
             else:
                 q, k, v = attention.q_proj(x), attention.k_proj(x), attention.v_proj(x)
             out = self._attention(index, q, k, v, position, cos, sin, visible)
-            hidden = hidden + self._linear(attention.o_proj, out)
-            hidden = hidden + self._mlp(layer.mlp, layer.post_attention_layernorm(hidden))
-        return self._linear(self.lm_head, self.norm(hidden))[0, -1]
+            hidden, x = self._add_norm(layer.post_attention_layernorm, hidden, self._linear(attention.o_proj, out))
+            delta = self._mlp(layer.mlp, x)
+        hidden, x = self._add_norm(self.norm, hidden, delta)
+        return self._linear(self.lm_head, x)[0, -1]
+
+    def _add_norm(self, norm: torch.nn.Module, hidden: torch.Tensor, delta: torch.Tensor | None):
+        """(hidden + delta, norm(hidden + delta)); delta None: hidden as it is."""
+        if self.own_elementwise:
+            summed, x = elementwise.add_rmsnorm(
+                hidden, None if delta is None else delta, norm.weight, norm.variance_epsilon, self.pdl
+            )
+            return summed.view(1, 1, -1), x.view(1, 1, -1)
+        if delta is not None:
+            hidden = hidden + delta
+        return hidden, norm(hidden)
 
     def _attention(self, index, q, k, v, position, cos, sin, visible) -> torch.Tensor:
         """One layer's attention output [1, 1, heads * head_dim] from its projections (q, k before
@@ -417,6 +448,8 @@ class LeanRunner:
         gate_up = self.linear16.get(id(getattr(mlp, "gate_proj", None)))
         if gate_up is None:
             return mlp(x)
+        if self.own_elementwise:
+            return self._linear(mlp.down_proj, elementwise.silu_mul(gate_up(x), self.pdl).view(1, 1, -1))
         gate, up = gate_up(x).split(gate_up.sizes)
         return self._linear(mlp.down_proj, (mlp.act_fn(gate) * up).view(1, 1, -1))
 
@@ -512,3 +545,7 @@ class LeanRunner:
         if ids.numel() > self.max_cache_len:
             raise ValueError(f"{ids.numel()} tokens do not fit a cache of {self.max_cache_len}")
         return self._forward_prompt(ids, every_position=True)
+
+
+def _is_silu(module) -> bool:
+    return isinstance(module, torch.nn.SiLU) or type(module).__name__ == "SiLUActivation"
