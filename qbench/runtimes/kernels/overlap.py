@@ -2,7 +2,7 @@
 one before it is still finishing, reads what does not depend on it, and waits for it only then.
 
 Why: at batch 1 on the H100 a decode step is about 280 kernels in a row, many of them short (a 4-bit
-o_proj reads 6.4 MB in about 8 us, of which the reading itself is 2-3 us: results/h100/int4). Between
+o_proj takes about three times its reading at the copy rate: results/h100/int4/README.md). Between
 two dependent kernels the GPU drains the first, then launches the second, whose first loads then wait
 a full memory latency; that ramp recurs in every kernel. With PDL (a launch attribute,
 `launch_pdl=True` in Triton) the second kernel's programs may be scheduled once every program of the
