@@ -213,3 +213,23 @@ def ptx_for_sm90(function, signature: dict, fixed: dict, warps: int = 4) -> str 
         if "ptxas" not in str(error).lower():
             raise
         return None
+
+
+def decode_attention_ptx(kernel: str, rope: bool = False, pdl: bool = False, chunk: int = 32) -> str | None:
+    """The split-K attention's `partial` or `combine` kernel compiled for sm_90 at Qwen2.5-7B's shapes
+    (98 chunks of `chunk` positions), `ptx_for_sm90`'s answer."""
+    from qbench.runtimes.kernels import decode_attention as attention
+
+    shapes = {"GROUP": 7, "ROWS": 16, "HEAD_DIM": 128, "DIM": 128, "CHUNK": chunk, "PDL": pdl}
+    if kernel == "combine":
+        signature = {"ACC": "*fp32", "M": "*fp32", "L": "*fp32", "OUT": "*bf16", "POS": "*i64"}
+        constants = {**shapes, "SPLITS": 98, "SPLITS_P2": 128, "SPLIT_BLOCK": attention.COMBINE_SPLITS,
+                     "DIM_BLOCK": attention.COMBINE_DIMS}
+    else:
+        signature = {name: "*bf16" for name in ("Q", "K", "V", "KNEW", "VNEW", "COS", "SIN")}
+        signature.update({"POS": "*i64", "ACC": "*fp32", "M": "*fp32", "L": "*fp32", "stride_kh": "i64",
+                          "stride_kn": "i64", "positions_total": "i32", "scale": "fp32"})
+        constants = {**shapes, "BLOCK": attention.BLOCK_N, "SPLITS": 98, "ROPE": rope}
+    signature.update(dict.fromkeys(constants, "constexpr"))
+    function = attention._kernels()[kernel == "combine"]
+    return ptx_for_sm90(function, {name: signature[name] for name in function.arg_names}, constants)

@@ -8,7 +8,7 @@ GPU every lean session's gate checks the bfloat16 logits against transformers'.
 """
 
 import pytest
-from conftest import ptx_for_sm90, run_interpreted
+from conftest import decode_attention_ptx, run_interpreted
 
 pytest.importorskip("triton", reason="Triton not installed (the test extra installs it on Linux x86-64)")
 
@@ -211,23 +211,7 @@ def test_the_kernels_compile_for_an_h100(kernel):
     """Triton's interpreter runs what its compiler may refuse (a scalar mask, a loop bounded by a
     value read on the device): each kernel compiled for sm_90 here, no GPU needed, at Qwen2.5-7B's
     shapes."""
-    from qbench.runtimes.kernels import decode_attention as attention
-
-    shapes = {"GROUP": 7, "ROWS": 16, "HEAD_DIM": 128, "DIM": 128, "CHUNK": 32, "PDL": False}
-    if kernel == "combine":
-        signature = {"ACC": "*fp32", "M": "*fp32", "L": "*fp32", "OUT": "*bf16", "POS": "*i64"}
-        constants = {**shapes, "SPLITS": 98, "SPLITS_P2": 128, "SPLIT_BLOCK": attention.COMBINE_SPLITS,
-                     "DIM_BLOCK": attention.COMBINE_DIMS}
-    else:
-        signature = {name: "*bf16" for name in ("Q", "K", "V")}
-        signature.update({"POS": "*i64", "ACC": "*fp32", "M": "*fp32", "L": "*fp32"})
-        signature.update({name: "*bf16" for name in ("KNEW", "VNEW", "COS", "SIN")})
-        signature.update({"stride_kh": "i64", "stride_kn": "i64", "positions_total": "i32", "scale": "fp32"})
-        constants = {**shapes, "BLOCK": attention.BLOCK_N, "SPLITS": 98, "ROPE": kernel == "partial with rope"}
-    signature.update(dict.fromkeys(constants, "constexpr"))
-    function = attention._kernels()[kernel == "combine"]
-    signature = {name: signature[name] for name in function.arg_names}  # in the kernel's order
-    ptx = ptx_for_sm90(function, signature, constants)
+    ptx = decode_attention_ptx(kernel.split()[0], rope=kernel == "partial with rope")
     if ptx is None:  # no ptxas in this Triton: the front end still ran
         return
     assert f"decode_attention_{kernel.split()[0]}" in ptx

@@ -9,7 +9,7 @@ import re
 
 import pytest
 import torch
-from conftest import ptx_for_sm90
+from conftest import decode_attention_ptx, ptx_for_sm90
 
 from qbench.runtimes.kernels import decode_attention, elementwise, gemv, gemv_int4
 
@@ -23,22 +23,6 @@ def _before_the_wait(ptx: str) -> list[str]:
     assert len(waits) == 1, waits
     assert any("griddepcontrol.launch_dependents" in line for line in lines[: waits[0]])
     return lines[: waits[0]]
-
-
-def _attention_ptx(kernel: str, pdl: bool) -> str | None:
-    shapes = {"GROUP": 7, "ROWS": 16, "HEAD_DIM": 128, "DIM": 128, "CHUNK": 96, "PDL": pdl}
-    if kernel == "combine":
-        signature = {"ACC": "*fp32", "M": "*fp32", "L": "*fp32", "OUT": "*bf16", "POS": "*i64"}
-        constants = {**shapes, "SPLITS": 98, "SPLITS_P2": 128, "SPLIT_BLOCK": decode_attention.COMBINE_SPLITS,
-                     "DIM_BLOCK": decode_attention.COMBINE_DIMS}
-    else:
-        signature = {name: "*bf16" for name in ("Q", "K", "V", "KNEW", "VNEW", "COS", "SIN")}
-        signature.update({"POS": "*i64", "ACC": "*fp32", "M": "*fp32", "L": "*fp32", "stride_kh": "i64",
-                          "stride_kn": "i64", "positions_total": "i32", "scale": "fp32"})
-        constants = {**shapes, "BLOCK": decode_attention.BLOCK_N, "SPLITS": 98, "ROPE": True}
-    signature.update(dict.fromkeys(constants, "constexpr"))
-    function = decode_attention._kernels()[kernel == "combine"]
-    return ptx_for_sm90(function, {name: signature[name] for name in function.arg_names}, constants)
 
 
 def _gemv_ptx(pdl: bool) -> str | None:
@@ -76,8 +60,10 @@ KERNELS = {  # name: (PTX of it with or without PDL, loads allowed before the wa
     "gemv": (_gemv_ptx, 0),
     "gemv_int4 (split-K, bf16x2, bias)": (_int4_ptx, 0),
     # the partial kernel reads the position before its wait: it aims the prefetch (a hint)
-    "attention partial (rope, cache write)": (lambda pdl: _attention_ptx("partial", pdl), 1),
-    "attention combine": (lambda pdl: _attention_ptx("combine", pdl), 0),
+    "attention partial (rope, cache write)": (
+        lambda pdl: decode_attention_ptx("partial", rope=True, pdl=pdl, chunk=96), 1
+    ),
+    "attention combine": (lambda pdl: decode_attention_ptx("combine", pdl=pdl), 0),
     "add_rmsnorm": (lambda pdl: _elementwise_ptx("add_rmsnorm", pdl), 0),
     "silu_mul": (lambda pdl: _elementwise_ptx("silu_mul", pdl), 0),
 }
