@@ -240,6 +240,11 @@ def test_the_small_kernels_match_torch():
         got = elementwise.silu_mul(gate_up)
         gate, up = gate_up.split(1500)
         torch.testing.assert_close(got, torch.nn.functional.silu(gate) * up, atol=1e-6, rtol=2**-5)
+        # as custom ops: schema, fake tensors (what torch.compile traces) and real outputs agree
+        weight = torch.randn(300, dtype=torch.bfloat16)
+        for args in ((hidden, delta, weight, 1e-6), (hidden, None, weight, 1e-6)):
+            assert set(torch.library.opcheck(elementwise.add_rmsnorm, args).values()) == {"SUCCESS"}
+        assert set(torch.library.opcheck(elementwise.silu_mul, (gate_up,)).values()) == {"SUCCESS"}
         print("ok")
         """
     )

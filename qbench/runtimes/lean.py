@@ -408,9 +408,7 @@ class LeanRunner:
     def _add_norm(self, norm: torch.nn.Module, hidden: torch.Tensor, delta: torch.Tensor | None):
         """(hidden + delta, norm(hidden + delta)); delta None: hidden as it is."""
         if self.own_elementwise:
-            summed, x = elementwise.add_rmsnorm(
-                hidden, None if delta is None else delta, norm.weight, norm.variance_epsilon, self.pdl
-            )
+            summed, x = elementwise.add_rmsnorm(hidden, delta, norm.weight, norm.variance_epsilon, self.pdl)
             return summed.view(1, 1, -1), x.view(1, 1, -1)
         if delta is not None:
             hidden = hidden + delta
