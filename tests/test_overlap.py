@@ -249,3 +249,15 @@ def test_the_small_kernels_match_torch():
         """
     )
     assert out.strip() == "ok"
+
+
+def test_a_triton_without_early_launch_is_said_not_run(monkeypatch):
+    """overlap.unavailable(): None with this Triton (its kernels compile above); a Triton without
+    griddepcontrol gets its reason, which lean would put in the notes instead of launching."""
+    import triton.language.extra.cuda as cuda
+
+    from qbench.runtimes.kernels import overlap
+
+    assert overlap.unavailable() is None
+    monkeypatch.delattr(cuda, "gdc_wait")
+    assert "no programmatic dependent launch" in overlap.unavailable()

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from qbench.runtimes import modules
-from qbench.runtimes.kernels import decode_attention, elementwise, gemv
+from qbench.runtimes.kernels import decode_attention, elementwise, gemv, overlap
 from qbench.session.positions import CAPTURE_WARMUP_STEPS
 
 
@@ -269,6 +269,9 @@ class LeanRunner:
         where = "lean: programmatic dependent launch (QBENCH_LEAN_PDL=on)"
         if self.device.type != "cuda" or torch.cuda.get_device_capability(self.device) < (9, 0):
             self.notes.append(f"{where}: not used (it needs a CUDA GPU of compute capability 9.0 or more)")
+            return False
+        if (why := overlap.unavailable()) is not None:
+            self.notes.append(f"{where}: not used ({why})")
             return False
         self.notes.append(f"{where}: qbench's kernels start while the kernel before them finishes")
         return True

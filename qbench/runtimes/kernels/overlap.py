@@ -46,6 +46,19 @@ def _l2_bytes(device: str) -> int:
     return torch.cuda.get_device_properties(torch.device(device)).L2_cache_size
 
 
+def unavailable() -> str | None:
+    """None where this Triton can launch early (griddepcontrol in its language, `launch_pdl` among its
+    launch options), else why not."""
+    try:
+        import triton.language.extra.cuda as cuda
+        from triton.backends.nvidia.compiler import CUDAOptions
+    except Exception as error:  # no Triton, or one without its CUDA backend
+        return f"Triton's CUDA backend not importable ({type(error).__name__})"
+    if not hasattr(cuda, "gdc_wait") or "launch_pdl" not in getattr(CUDAOptions, "__dataclass_fields__", {}):
+        return "this Triton has no programmatic dependent launch (griddepcontrol, launch_pdl)"
+    return None
+
+
 def launch_options(pdl: bool) -> dict:
     """The Triton launch keywords: the PDL attribute where asked (nothing otherwise, so the
     interpreter, which has no such option, sees the launch as before)."""
