@@ -36,7 +36,7 @@ import math
 
 import torch
 
-from qbench.runtimes.kernels import overlap
+from qbench.runtimes.kernels import next_power_of_2, overlap
 
 BLOCK_N = 32  # cache positions per inner iteration of a program
 MIN_ROWS = 16  # tl.dot needs at least 16 rows: the group of query heads is padded to this
@@ -190,10 +190,6 @@ def _kernels():
     return decode_attention_partial, decode_attention_combine
 
 
-def _next_power_of_2(n: int) -> int:
-    return 1 << max(0, math.ceil(math.log2(max(1, n))))
-
-
 def plan_splits(positions: int, kv_heads: int, programs: int) -> tuple[int, int]:
     """(chunk, splits): chunks of a multiple of BLOCK_N positions, as many as give about `programs`
     programs over the kv heads (at least one chunk, at most one per BLOCK_N positions)."""
@@ -228,8 +224,8 @@ def _launch(
     kv_heads, positions, head_dim = k_cache.shape
     heads = q.shape[0]
     group = heads // kv_heads
-    rows = max(MIN_ROWS, _next_power_of_2(group))
-    dim = max(16, _next_power_of_2(head_dim))
+    rows = max(MIN_ROWS, next_power_of_2(group))
+    dim = max(16, next_power_of_2(head_dim))
     # chunks sized for `planned` positions; a cache with room beyond them gets more chunks of that size,
     # which do nothing while they lie past the position: the planned positions' steps work as without it
     chunk = plan_splits(planned or positions, kv_heads, programs)[0]
@@ -250,7 +246,7 @@ def _launch(
     dim_block = min(dim, COMBINE_DIMS)
     combine[(heads, dim // dim_block)](
         acc, m, l_sum, out, position,
-        GROUP=group, ROWS=rows, HEAD_DIM=head_dim, DIM=dim, SPLITS=splits, SPLITS_P2=_next_power_of_2(splits),
+        GROUP=group, ROWS=rows, HEAD_DIM=head_dim, DIM=dim, SPLITS=splits, SPLITS_P2=next_power_of_2(splits),
         SPLIT_BLOCK=COMBINE_SPLITS, CHUNK=chunk, DIM_BLOCK=dim_block, PDL=pdl, **overlap.launch_options(pdl),
     )
     return out

@@ -14,8 +14,8 @@ Triton kernels of qbench's own, launched like the rest:
       dtype before the product, as `act_fn(gate) * up` in 16 bits is.
 
 Each is a custom op (torch.compile keeps it as one call). Triton's interpreter runs them on the CPU for
-the tests, where its float32 -> bf16 conversion truncates (a GPU rounds to nearest): the tests allow
-the one unit in the last place that makes.
+the tests, where its float32 -> bf16 conversion truncates (a GPU rounds to nearest): each rounding
+the kernels make can then be one unit in the last place off, and the tests allow what those add up to.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import functools
 
 import torch
 
-from qbench.runtimes.kernels import overlap
+from qbench.runtimes.kernels import next_power_of_2, overlap
 
 SILU_BLOCK = 1024  # elements of the SiLU product a program
 
@@ -72,10 +72,6 @@ def _kernels():
     return add_rmsnorm_kernel, silu_mul_kernel
 
 
-def _next_power_of_2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
 @torch.library.custom_op("qbench::add_rmsnorm", mutates_args=())
 def add_rmsnorm(
     hidden: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float, pdl: bool = False
@@ -91,7 +87,7 @@ def add_rmsnorm(
     add_rmsnorm_kernel, _ = _kernels()
     add_rmsnorm_kernel[(1,)](
         hidden, delta.contiguous().view(-1) if delta is not None else hidden, weight, summed, out, n, eps,
-        HAS_DELTA=delta is not None, BLOCK=_next_power_of_2(n), PDL=pdl, num_warps=8 if n > 2048 else 4,
+        HAS_DELTA=delta is not None, BLOCK=next_power_of_2(n), PDL=pdl, num_warps=8 if n > 2048 else 4,
         **overlap.launch_options(pdl),
     )
     return summed, out
