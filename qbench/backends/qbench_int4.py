@@ -78,10 +78,9 @@ class Int4Gemv:
         )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        bf16x2 = bool(self.blocks[4:] and self.blocks[4])
         return gemv_int4.gemv_int4(
-            x.reshape(-1), self.qweight, self.scales, self.zeros, self.bias, self.group_size, *self.blocks[:4],
-            bf16x2, self.pdl,
+            x.reshape(-1), self.qweight, self.scales, self.zeros, self.bias, self.group_size, *self.blocks,
+            pdl=self.pdl,
         )
 
 

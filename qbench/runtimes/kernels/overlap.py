@@ -7,9 +7,9 @@ two dependent kernels the GPU drains the first, then launches the second, whose 
 a full memory latency; that ramp recurs in every kernel. With PDL (a launch attribute,
 `launch_pdl=True` in Triton) the second kernel's programs may be scheduled once every program of the
 first has said so (`griddepcontrol.launch_dependents`); each then asks L2 for the constant data it
-reads first (its first weight tiles, or the whole weight where it takes at most half the L2 (`whole`), the cache
-positions written by earlier steps) and blocks in
-`griddepcontrol.wait` until the first kernel has completed and its writes are visible. Everything
+reads first (its first weight tiles, or the whole weight where it takes at most half the L2: `whole`;
+the cache positions written by earlier steps) and blocks in `griddepcontrol.wait` until the first
+kernel has completed and its writes are visible. Everything
 that depends on the kernel before (its output, a workspace it may still use) is read or written only
 after the wait.
 
