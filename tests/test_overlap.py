@@ -5,6 +5,7 @@ No GPU here: the kernels are compiled for sm_90 and their PTX read; the step run
 
 from __future__ import annotations
 
+import functools
 import re
 
 import pytest
@@ -25,12 +26,14 @@ def _before_the_wait(ptx: str) -> list[str]:
     return lines[: waits[0]]
 
 
-def _gemv_ptx(pdl: bool) -> str | None:
+def _gemv_ptx(pdl: bool, folded: bool = False) -> str | None:
+    """`folded`: with QBENCH_LEAN_FOLD's norm, SiLU product and residual add, all three at once."""
     signature = {"X": "*bf16", "W": "*bf16", "B": "*bf16", "Y": "*bf16", "N": "i32", "K": "i32", "stride_w": "i32",
-                 "AHEAD": "i32",
+                 "AHEAD": "i32", "G": "*bf16", "R": "*bf16", "eps": "fp32",
                  "HAS_BIAS": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr", "EVEN_K": "constexpr",
-                 "PDL": "constexpr"}
-    constants = {"HAS_BIAS": True, "BLOCK_N": 8, "BLOCK_K": 512, "EVEN_K": True, "PDL": pdl}
+                 "PDL": "constexpr", "NORM": "constexpr", "SILU": "constexpr", "RESIDUAL": "constexpr"}
+    constants = {"HAS_BIAS": True, "BLOCK_N": 8, "BLOCK_K": 512, "EVEN_K": True, "PDL": pdl,
+                 "NORM": folded, "SILU": folded, "RESIDUAL": folded}
     return ptx_for_sm90(gemv._kernel(), signature, constants)
 
 
@@ -58,6 +61,7 @@ def _elementwise_ptx(kernel: str, pdl: bool) -> str | None:
 
 KERNELS = {  # name: (PTX of it with or without PDL, loads allowed before the wait)
     "gemv": (_gemv_ptx, 0),
+    "gemv (norm, SiLU product and residual folded in)": (functools.partial(_gemv_ptx, folded=True), 0),
     "gemv_int4 (split-K, bf16x2, bias)": (_int4_ptx, 0),
     # the partial kernel reads the position before its wait: it aims the prefetch (a hint)
     "attention partial (rope, cache write)": (

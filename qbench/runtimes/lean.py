@@ -100,8 +100,19 @@ class Gemv:
                 start += size
         return cls(weight, bias, sizes, sms, pdl)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return gemv.gemv(x.reshape(-1), self.weight, self.bias, *self.blocks, self.pdl)
+    def __call__(
+        self, x: torch.Tensor, norm: torch.nn.Module | None = None, residual: torch.Tensor | None = None,
+        silu: bool = False,
+    ) -> torch.Tensor:
+        """W x (+ b); QBENCH_LEAN_FOLD's forms (`gemv.gemv`): W norm(x), W (silu(gate) * up) for x =
+        (gate, up), and residual + W x."""
+        if norm is None and residual is None and not silu:
+            return gemv.gemv(x.reshape(-1), self.weight, self.bias, *self.blocks, self.pdl)
+        return gemv.gemv(
+            x.reshape(-1), self.weight, self.bias, *self.blocks, self.pdl,
+            None if norm is None else norm.weight, 0.0 if norm is None else float(norm.variance_epsilon),
+            None if residual is None else residual.reshape(-1), silu,
+        )
 
 
 class LeanRunner:
@@ -181,7 +192,11 @@ class LeanRunner:
         self._hf = None  # the hf runner that gives the gate's reference (same model, plain path)
         self._reference = False
         self.linear16 = self._plan_gemv()
-        self._step_fn = self._decode
+        self.fold = self._choose_fold()
+        if self.fold:
+            self.own_elementwise = False  # nothing left for them: every norm, add and product is folded
+        self._uncompiled = self._decode_folded if self.fold else self._decode  # the step's Python
+        self._step_fn = self._uncompiled
         # QBENCH_LEAN_COMPILE: 1 (default: where the backend declares lean_compile), 0 (never), all
         # (also where it does not: to try a kernel; a failure is said and the step runs uncompiled)
         setting = os.environ.get("QBENCH_LEAN_COMPILE", "1")
@@ -197,7 +212,7 @@ class LeanRunner:
                 "(lean_compile)"
             )
         else:
-            self._step_fn = torch.compile(self._decode, dynamic=False)
+            self._step_fn = torch.compile(self._uncompiled, dynamic=False)
             self.notes.append(
                 "lean: step compiled with torch.compile"
                 + ("" if compile_step else " (QBENCH_LEAN_COMPILE=all: the backend does not declare lean_compile)")
@@ -292,6 +307,43 @@ class LeanRunner:
             self.notes.append(f"{where}: torch's (not Llama's RMSNorm and SiLU: lean's own kernels do not apply)")
             return False
         self.notes.append(f"{where}: lean's own kernels (add_rmsnorm, silu_mul), launched as the GEMVs are")
+        return True
+
+    def _choose_fold(self) -> bool:
+        """Whether the norms, residual adds and SiLU products go inside the 16-bit GEMV (`gemv.gemv`'s
+        norm, silu and residual): each norm into the GEMV that reads its output (q/k/v, gate/up,
+        lm_head), each residual add into the GEMV whose output it adds (o, down), the SiLU product into
+        down's loads; a step is then its GEMVs and the attention. QBENCH_LEAN_FOLD: off (the default
+        until measured) or on, where every layer's linears are lean's 16-bit GEMV (q, k, v and gate, up
+        fused), its norms Llama's RMSNorm and its activation SiLU; elsewhere the notes say why not."""
+        choice = os.environ.get("QBENCH_LEAN_FOLD", "off")
+        if choice not in ("off", "on"):
+            raise ValueError(f"QBENCH_LEAN_FOLD must be off or on, got {choice!r}")
+        if choice == "off":
+            return False
+        where = "lean: norms, residual adds and the SiLU product (QBENCH_LEAN_FOLD=on)"
+        planned = [self.lm_head]
+        norms = [self.norm]
+        for layer in self.layers:
+            attention, mlp = layer.self_attn, layer.mlp
+            planned += [attention.q_proj, attention.o_proj, getattr(mlp, "gate_proj", None),
+                        getattr(mlp, "down_proj", None)]
+            norms += [layer.input_layernorm, layer.post_attention_layernorm]
+        gemvs = all(isinstance(self.linear16.get(id(m)), Gemv) for m in planned)
+        fused = gemvs and all(
+            len(self.linear16[id(layer.self_attn.q_proj)].sizes) == 3
+            and len(self.linear16[id(layer.mlp.gate_proj)].sizes) == 2 for layer in self.layers
+        )
+        if not fused:
+            self.notes.append(f"{where}: not folded (the linear layers are not all lean's 16-bit GEMV, "
+                              f"q, k, v and gate, up fused)")
+            return False
+        silu = all(_is_silu(getattr(layer.mlp, "act_fn", None)) for layer in self.layers)
+        if not (silu and all(elementwise.own_norm(n) for n in norms)):
+            self.notes.append(f"{where}: not folded (not Llama's RMSNorm and SiLU)")
+            return False
+        self.notes.append(f"{where}: folded into the 16-bit GEMV's loads and stores (one launch fewer "
+                          f"for each)")
         return True
 
     def _energy_room(self, wanted: int, window: int | None, dtype: torch.dtype) -> int:
@@ -407,6 +459,25 @@ class LeanRunner:
         hidden, x = self._add_norm(self.norm, hidden, delta)
         return self._linear(self.lm_head, x)[0, -1]
 
+    def _decode_folded(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """`_decode` with QBENCH_LEAN_FOLD=on: each norm inside the GEMV that reads its output, each
+        residual add inside the GEMV whose output it adds, the SiLU product inside down's; the rope and
+        the cache write inside the split-K attention where it runs. Returns logits [vocab]."""
+        hidden = self.embed(token).view(-1)  # the residual stream, [hidden size]
+        cos = sin = None
+        if not self.rope_in_attention:
+            cos, sin = self.cos.index_select(0, position), self.sin.index_select(0, position)
+        visible = None if self.split_programs else self.kv_positions <= position
+        for index, layer in enumerate(self.layers):
+            attention, mlp = layer.self_attn, layer.mlp
+            qkv = self.linear16[id(attention.q_proj)]
+            q, k, v = qkv(hidden, norm=layer.input_layernorm).view(1, 1, -1).split(qkv.sizes, dim=-1)
+            out = self._attention(index, q, k, v, position, cos, sin, visible)
+            hidden = self.linear16[id(attention.o_proj)](out, residual=hidden)
+            gate_up = self.linear16[id(mlp.gate_proj)](hidden, norm=layer.post_attention_layernorm)
+            hidden = self.linear16[id(mlp.down_proj)](gate_up, residual=hidden, silu=True)
+        return self.linear16[id(self.lm_head)](hidden, norm=self.norm)
+
     def _add_norm(self, norm: torch.nn.Module, hidden: torch.Tensor, delta: torch.Tensor | None):
         """(hidden + delta, norm(hidden + delta)); delta None: hidden as it is."""
         if self.own_elementwise:
@@ -508,13 +579,13 @@ class LeanRunner:
         try:
             return self._step_fn(self.token, self.position)
         except Exception as error:  # a backend whose kernel torch.compile cannot trace: say so, run uncompiled
-            if self._step_fn == self._decode:
+            if self._step_fn == self._uncompiled:
                 raise
-            self._step_fn = self._decode
+            self._step_fn = self._uncompiled
             self.notes.append(
                 f"lean: torch.compile failed ({type(error).__name__}: {str(error)[:160]}); ran uncompiled"
             )
-            return self._decode(self.token, self.position)
+            return self._uncompiled(self.token, self.position)
 
     @torch.inference_mode()
     def capture_graph(self, warmup_steps: int = CAPTURE_WARMUP_STEPS) -> None:

@@ -12,7 +12,10 @@ Triton is imported lazily; `gemv` is the custom op `qbench::gemv`, so torch.comp
 call inside a compiled step, and a captured CUDA graph replays it like any kernel. With `pdl` (lean's
 QBENCH_LEAN_PDL=on) it is launched as a programmatic dependent launch: each program asks L2 for its
 rows (all of them where the weight takes at most half the L2, else their first tile) before waiting
-for the kernel before it (`overlap.py`).
+for the kernel before it (`overlap.py`). With lean's QBENCH_LEAN_FOLD=on it also takes over the
+small kernels around it: an RMSNorm of its input (the scale applied once after the loop), the SiLU
+product of a (gate, up) input, and the residual add of its output (`gemv`'s docstring says how each
+is rounded).
 """
 
 from __future__ import annotations
@@ -35,9 +38,10 @@ def _kernel():
 
     @triton.jit
     def gemv_kernel(
-        X, W, B, Y, N, K, stride_w, AHEAD,
+        X, W, B, Y, N, K, stride_w, AHEAD, G, R, eps,
         HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-        PDL: tl.constexpr = False,
+        PDL: tl.constexpr = False, NORM: tl.constexpr = False, SILU: tl.constexpr = False,
+        RESIDUAL: tl.constexpr = False,
     ):
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < N
@@ -50,19 +54,34 @@ def _kernel():
             for k0 in range(0, AHEAD, BLOCK_K):
                 prefetch_l2(W + rows[:, None] * stride_w + tl.minimum(k0 + lines, K - 1)[None, :])
             after_previous()
+        squares = tl.zeros((BLOCK_K,), dtype=tl.float32)  # NORM: x's sum of squares, each program all of it
         for k0 in range(0, K, BLOCK_K):
+            inside = (k0 + cols) < K
             if EVEN_K:
                 w = tl.load(w_ptrs, eviction_policy="evict_first")
-                x = tl.load(X + k0 + cols)
             else:
-                inside = (k0 + cols) < K
                 w = tl.load(w_ptrs, mask=inside[None, :], other=0.0, eviction_policy="evict_first")
-                x = tl.load(X + k0 + cols, mask=inside, other=0.0)
-            acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
+            if SILU:  # X = (gate, up): x = silu(gate) * up, each rounded to X's dtype as torch rounds them
+                gate = tl.load(X + k0 + cols, mask=inside, other=0.0).to(tl.float32)
+                up = tl.load(X + K + k0 + cols, mask=inside, other=0.0)
+                act = (gate / (1.0 + tl.exp(-gate))).to(up.dtype)
+                x = (act.to(tl.float32) * up.to(tl.float32)).to(up.dtype).to(tl.float32)
+            elif EVEN_K:
+                x = tl.load(X + k0 + cols).to(tl.float32)
+            else:
+                x = tl.load(X + k0 + cols, mask=inside, other=0.0).to(tl.float32)
+            if NORM:  # W (g * x) now; the RMS scale, one number for the whole x, after the loop
+                squares += x * x
+                x = x * tl.load(G + k0 + cols, mask=inside, other=0.0).to(tl.float32)
+            acc += w.to(tl.float32) * x[None, :]
             w_ptrs += BLOCK_K
         y = tl.sum(acc, axis=1)
+        if NORM:
+            y = y * tl.rsqrt(tl.sum(squares, axis=0) / K + eps)
         if HAS_BIAS:
             y += tl.load(B + rows).to(tl.float32)
+        if RESIDUAL:  # the residual stream's add, on y rounded to its dtype as the model's add is
+            y = y.to(Y.dtype.element_ty).to(tl.float32) + tl.load(R + rows).to(tl.float32)
         tl.store(Y + rows, y.to(Y.dtype.element_ty), mask=row_ok)
 
     return gemv_kernel
@@ -81,7 +100,8 @@ def choose_blocks(n: int, k: int, sms: int) -> tuple[int, int, int]:
 
 
 def launch(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, blocks: tuple[int, ...], pdl: bool = False
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, blocks: tuple[int, ...], pdl: bool = False,
+    norm: torch.Tensor | None = None, eps: float = 0.0, residual: torch.Tensor | None = None, silu: bool = False,
 ) -> torch.Tensor:
     n, k = weight.shape
     block_n, block_k, warps = blocks
@@ -90,8 +110,10 @@ def launch(
     y = torch.empty(n, dtype=x.dtype, device=x.device)
     _kernel()[(-(-n // block_n),)](
         x, weight, bias if bias is not None else weight, y, n, k, weight.stride(0), ahead,
+        norm if norm is not None else weight, residual if residual is not None else weight, eps,
         HAS_BIAS=bias is not None, BLOCK_N=block_n, BLOCK_K=block_k, EVEN_K=k % block_k == 0,
-        PDL=pdl, num_warps=warps, **overlap.launch_options(pdl),
+        PDL=pdl, NORM=norm is not None, SILU=silu, RESIDUAL=residual is not None, num_warps=warps,
+        **overlap.launch_options(pdl),
     )
     return y
 
@@ -99,15 +121,29 @@ def launch(
 @torch.library.custom_op("qbench::gemv", mutates_args=())
 def gemv(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, block_n: int, block_k: int, warps: int,
-    pdl: bool = False,
+    pdl: bool = False, norm: torch.Tensor | None = None, eps: float = 0.0, residual: torch.Tensor | None = None,
+    silu: bool = False,
 ) -> torch.Tensor:
     """x [K] (contiguous), weight [N, K] with K contiguous, bias [N] or None; returns [N] in x's dtype.
-    `pdl`: a programmatic dependent launch (CUDA, compute capability 9+; `overlap.py`)."""
-    if weight.stride(1) != 1 or x.numel() != weight.shape[1]:
-        raise ValueError(f"gemv needs x of {weight.shape[1]} elements and a weight with K contiguous")
-    return launch(x.contiguous().view(-1), weight, bias, (block_n, block_k, warps), pdl)
+    `pdl`: a programmatic dependent launch (CUDA, compute capability 9+; `overlap.py`).
+
+    What lean's QBENCH_LEAN_FOLD=on folds in (each None or False: not done):
+    - `norm` [K], `eps`: W rmsnorm(x) with the norm's weight: W (norm * x) * rsqrt(mean(x^2) + eps),
+      the scale applied once after the loop (every program reads all of x anyway); float32 throughout,
+      where the model rounds the normalised x to x's dtype before it multiplies by the weight;
+    - `silu`: x is [2K], (gate, up), and the input is silu(gate) * up, rounded as torch rounds them;
+    - `residual` [N]: returns residual + W x (W x rounded to x's dtype first, as the model adds)."""
+    k = weight.shape[1]
+    if weight.stride(1) != 1 or x.numel() != (2 * k if silu else k):
+        raise ValueError(f"gemv needs x of {2 * k if silu else k} elements and a weight with K contiguous")
+    if (norm is not None and norm.numel() != k) or (residual is not None and residual.numel() != weight.shape[0]):
+        raise ValueError(f"gemv needs a norm weight of {k} and a residual of {weight.shape[0]} elements")
+    return launch(
+        x.contiguous().view(-1), weight, bias, (block_n, block_k, warps), pdl,
+        None if norm is None else norm.contiguous(), eps, None if residual is None else residual.contiguous(), silu,
+    )
 
 
 @gemv.register_fake
-def _(x, weight, bias, block_n, block_k, warps, pdl=False):
+def _(x, weight, bias, block_n, block_k, warps, pdl=False, norm=None, eps=0.0, residual=None, silu=False):
     return x.new_empty(weight.shape[0])
