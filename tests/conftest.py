@@ -162,6 +162,16 @@ def pytest_collection_modifyitems(config, items):
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def tiny_model(backend: str, max_cache_len: int = 32):
+    """The tiny spec's synthetic model loaded by `backend` on the CPU (group size 128)."""
+    from qbench.api import LoadOptions
+    from qbench.registry import load_backend
+    from qbench.specs import load_model_spec
+
+    options = LoadOptions(device="cpu", weights="synthetic", seed=0, max_cache_len=max_cache_len, group_size=128)
+    return load_backend(backend).load(load_model_spec("tiny"), options).model
+
+
 def run_interpreted(code: str) -> str:
     """Run `code` in a child Python with Triton's interpreter on (TRITON_INTERPRET is read when a
     kernel is defined, so each check needs its own process); returns its stdout."""

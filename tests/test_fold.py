@@ -4,7 +4,7 @@ against the same arithmetic in float64 and against the model's own modules; lean
 against its plain one and against transformers; where it is not taken, the notes say why."""
 
 import pytest
-from conftest import run_interpreted
+from conftest import run_interpreted, tiny_model
 
 pytest.importorskip("triton", reason="Triton not installed (the test extra installs it on Linux x86-64)")
 
@@ -91,29 +91,31 @@ def test_leans_folded_step_computes_what_its_plain_step_and_transformers_do():
             for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
                 proj.bias = torch.nn.Parameter(torch.randn(proj.out_features, dtype=torch.float16) * 0.1)
         os.environ["QBENCH_LEAN_GEMV"] = "triton"
-        runners = {}
-        for choice in ("on", "off"):
-            os.environ["QBENCH_LEAN_FOLD"] = choice
-            runners[choice] = LeanRunner(model, 96, "cpu")
-        folded, plain = runners["on"], runners["off"]
-        assert folded.fold and not plain.fold
-        assert any("QBENCH_LEAN_FOLD=on): folded into the 16-bit GEMV" in n for n in folded.notes), folded.notes
         norms = []
         for layer in model.get_decoder().layers:
             for norm in (layer.input_layernorm, layer.post_attention_layernorm):
                 norm.register_forward_hook(lambda *args: norms.append(1))
-        hf = DecoderRunner(model, 96, "cpu")
         tokens = token_stream(spec.vocab_size, 72, 0, "cpu")
-        for r in (folded, plain, hf):
-            r.prefill(tokens[:60])
-        for p in range(60, 66):
-            t = tokens[p : p + 1]
-            norms.clear()
-            got = folded.step(t).float()
-            assert not norms, p
-            want, ref = plain.step(t).float(), hf.step(t).float()
-            assert ((got - want).norm() / want.norm()).item() < 1e-2 and got.argmax() == want.argmax(), p
-            assert ((got - ref).norm() / ref.norm()).item() < 1e-2, p
+        for attention in ("sdpa", "split-k"):  # split-k: the rope and the cache write inside its kernel
+            os.environ["QBENCH_LEAN_ATTENTION"] = attention
+            runners = {}
+            for choice in ("on", "off"):
+                os.environ["QBENCH_LEAN_FOLD"] = choice
+                runners[choice] = LeanRunner(model, 96, "cpu")
+            folded, plain = runners["on"], runners["off"]
+            assert folded.fold and not plain.fold
+            assert any("QBENCH_LEAN_FOLD=on): folded into the 16-bit GEMV" in n for n in folded.notes), folded.notes
+            hf = DecoderRunner(model, 96, "cpu")
+            for r in (folded, plain, hf):
+                r.prefill(tokens[:60])
+            for p in range(60, 64):
+                t = tokens[p : p + 1]
+                norms.clear()
+                got = folded.step(t).float()
+                assert not norms, p
+                want, ref = plain.step(t).float(), hf.step(t).float()
+                assert ((got - want).norm() / want.norm()).item() < 1e-2 and got.argmax() == want.argmax(), p
+                assert ((got - ref).norm() / ref.norm()).item() < 1e-2, p
         print("ok")
         """
     )
@@ -123,13 +125,9 @@ def test_leans_folded_step_computes_what_its_plain_step_and_transformers_do():
 def test_fold_is_checked_and_where_it_is_not_taken_the_notes_say_why(monkeypatch):
     """A bad value is refused; on a backend whose linears are not lean's 16-bit GEMV (qbench-int4), or
     with torch's linears (QBENCH_LEAN_GEMV=cublas), nothing is folded and the notes say so."""
-    from qbench.api import LoadOptions
-    from qbench.registry import load_backend
     from qbench.runtimes.lean import LeanRunner
-    from qbench.specs import load_model_spec
 
-    options = LoadOptions(device="cpu", weights="synthetic", seed=0, max_cache_len=32, group_size=128)
-    model = load_backend("bf16").load(load_model_spec("tiny"), options).model
+    model = tiny_model("bf16")
     monkeypatch.setenv("QBENCH_LEAN_FOLD", "yes")
     with pytest.raises(ValueError, match="QBENCH_LEAN_FOLD must be off or on"):
         LeanRunner(model, 32, "cpu")
@@ -139,8 +137,7 @@ def test_fold_is_checked_and_where_it_is_not_taken_the_notes_say_why(monkeypatch
     assert any("QBENCH_LEAN_FOLD=on): not folded (the linear layers are not all lean's 16-bit GEMV" in n
                for n in runner.notes), runner.notes
     monkeypatch.setenv("QBENCH_LEAN_GEMV", "triton")
-    int4 = load_backend("qbench-int4").load(load_model_spec("tiny"), options).model
-    runner = LeanRunner(int4, 32, "cpu")
+    runner = LeanRunner(tiny_model("qbench-int4"), 32, "cpu")
     assert not runner.fold and any("not folded" in n for n in runner.notes), runner.notes
     monkeypatch.delenv("QBENCH_LEAN_FOLD")
     runner = LeanRunner(model, 32, "cpu")

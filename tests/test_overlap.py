@@ -10,7 +10,7 @@ import re
 
 import pytest
 import torch
-from conftest import decode_attention_ptx, ptx_for_sm90
+from conftest import decode_attention_ptx, ptx_for_sm90, tiny_model
 
 from qbench.runtimes.kernels import decode_attention, elementwise, gemv, gemv_int4
 
@@ -92,27 +92,27 @@ def test_a_kernel_launched_early_waits_before_it_reads_or_writes_what_the_step_w
 
 
 def _tiny_lean(monkeypatch, backend: str, pdl: bool, attention: str = "sdpa", linear: str = "triton"):
-    from qbench.api import LoadOptions
-    from qbench.registry import load_backend
     from qbench.runtimes.lean import LeanRunner
-    from qbench.specs import load_model_spec
 
-    options = LoadOptions(device="cpu", weights="synthetic", seed=0, max_cache_len=32, group_size=128)
-    model = load_backend(backend).load(load_model_spec("tiny"), options).model
+    model = tiny_model(backend)
     monkeypatch.setenv("QBENCH_LEAN_GEMV", linear)
     monkeypatch.setenv("QBENCH_LEAN_ATTENTION", attention)
     monkeypatch.setattr(LeanRunner, "_choose_pdl", lambda self: pdl)  # a CPU has no PDL: the plan is what is tested
     return model, LeanRunner(model, 32, "cpu")
 
 
+@pytest.mark.parametrize("fold", [False, True])
 @pytest.mark.parametrize("pdl", [False, True])
-def test_every_kernel_of_leans_own_in_a_step_gets_the_launch_when_asked_and_none_otherwise(monkeypatch, pdl):
+def test_every_kernel_of_leans_own_in_a_step_gets_the_launch_when_asked_and_none_otherwise(monkeypatch, pdl, fold):
     """The bf16 step with the split-K attention, on recording fakes of the GEMV and the attention: each
-    of the layer's launches (q/k/v, attention, o, gate/up, down) and lm_head's says pdl as lean chose."""
+    of the layer's launches (q/k/v, attention, o, gate/up, down) and lm_head's says pdl as lean chose;
+    folded (QBENCH_LEAN_FOLD=on), the step is those launches alone."""
+    monkeypatch.setenv("QBENCH_LEAN_FOLD", "on" if fold else "off")
     model, lean = _tiny_lean(monkeypatch, "bf16", pdl, attention="split-k")
+    assert lean.fold == fold
     seen = []
 
-    def fake_gemv(x, weight, bias, block_n, block_k, warps, pdl=False):
+    def fake_gemv(x, weight, bias, block_n, block_k, warps, pdl=False, *folded):
         seen.append(("gemv", pdl))
         return torch.zeros(weight.shape[0], dtype=x.dtype)
 
@@ -133,13 +133,16 @@ def test_every_kernel_of_leans_own_in_a_step_gets_the_launch_when_asked_and_none
     monkeypatch.setattr(elementwise, "add_rmsnorm", fake_add_rmsnorm)
     monkeypatch.setattr(elementwise, "silu_mul", fake_silu_mul)
     with torch.inference_mode():
-        lean._decode(torch.zeros(1, 1, dtype=torch.long), torch.tensor([3]))
+        lean._uncompiled(torch.zeros(1, 1, dtype=torch.long), torch.tensor([3]))
     layers = len(model.get_decoder().layers)
-    # a layer: q/k/v, attention, o, gate/up, down; with PDL also its two norms and the SiLU product;
-    # then the final norm (with PDL) and lm_head
-    assert len(seen) == (layers * 8 + 2 if pdl else layers * 5 + 1), seen
+    # a layer: q/k/v, attention, o, gate/up, down; with PDL (not folded) also its two norms and the SiLU
+    # product; then the final norm (with PDL, not folded) and lm_head
+    own = pdl and not fold
+    assert len(seen) == (layers * 8 + 2 if own else layers * 5 + 1), seen
     assert {flag for _, flag in seen} == {pdl}
-    assert lean.own_elementwise == pdl
+    assert lean.own_elementwise == own
+    assert fold or not any("QBENCH_LEAN_FOLD" in n for n in lean.notes)
+    assert sum("lean's own kernels (add_rmsnorm, silu_mul)" in n for n in lean.notes) == own, lean.notes
 
 
 def test_qbench_int4_under_pdl_is_refused_with_its_reason_and_planned_as_before_without(monkeypatch):
@@ -162,13 +165,9 @@ def test_qbench_int4_under_pdl_is_refused_with_its_reason_and_planned_as_before_
 
 
 def test_leans_choice_is_checked_and_said(monkeypatch):
-    from qbench.api import LoadOptions
-    from qbench.registry import load_backend
     from qbench.runtimes.lean import LeanRunner
-    from qbench.specs import load_model_spec
 
-    options = LoadOptions(device="cpu", weights="synthetic", seed=0, max_cache_len=32, group_size=128)
-    model = load_backend("bf16").load(load_model_spec("tiny"), options).model
+    model = tiny_model("bf16")
     monkeypatch.setenv("QBENCH_LEAN_PDL", "yes")
     with pytest.raises(ValueError, match="QBENCH_LEAN_PDL must be off or on"):
         LeanRunner(model, 32, "cpu")

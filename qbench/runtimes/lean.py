@@ -182,7 +182,6 @@ class LeanRunner:
         self.cos, self.sin = cos[0].contiguous(), sin[0].contiguous()  # [positions, head_dim]
         self.rope_in_attention = self._choose_rope()
         self.pdl = self._choose_pdl()
-        self.own_elementwise = self._choose_elementwise()
         self.token = torch.zeros(1, 1, dtype=torch.long, device=self.device)
         self.position = torch.zeros(1, dtype=torch.long, device=self.device)
         self.next_position = 0
@@ -193,8 +192,8 @@ class LeanRunner:
         self._reference = False
         self.linear16 = self._plan_gemv()
         self.fold = self._choose_fold()
-        if self.fold:
-            self.own_elementwise = False  # nothing left for them: every norm, add and product is folded
+        # folded, no norm, add or product is left for lean's own small kernels
+        self.own_elementwise = not self.fold and self._choose_elementwise()
         self._uncompiled = self._decode_folded if self.fold else self._decode  # the step's Python
         self._step_fn = self._uncompiled
         # QBENCH_LEAN_COMPILE: 1 (default: where the backend declares lean_compile), 0 (never), all
@@ -277,10 +276,7 @@ class LeanRunner:
         dependent launches (kernels/overlap.py: each starts while the one before finishes).
         QBENCH_LEAN_PDL: off (the default until measured) or on (CUDA, compute capability 9 or more;
         elsewhere the notes say why not). Said in the notes when asked for."""
-        choice = os.environ.get("QBENCH_LEAN_PDL", "off")
-        if choice not in ("off", "on"):
-            raise ValueError(f"QBENCH_LEAN_PDL must be off or on, got {choice!r}")
-        if choice == "off":
+        if not _switched_on("QBENCH_LEAN_PDL"):
             return False
         where = "lean: programmatic dependent launch (QBENCH_LEAN_PDL=on)"
         if self.device.type != "cuda" or torch.cuda.get_device_capability(self.device) < (9, 0):
@@ -298,16 +294,21 @@ class LeanRunner:
         norm is the RMSNorm they compute and the MLP's activation is SiLU. Said in the notes."""
         if not self.pdl:
             return False
-        norms = [self.norm]
-        for layer in self.layers:
-            norms += [layer.input_layernorm, layer.post_attention_layernorm]
-        silu = all(_is_silu(getattr(layer.mlp, "act_fn", None)) for layer in self.layers)
         where = "lean: norms, residual adds and the SiLU product"
-        if not (silu and all(elementwise.own_norm(n) for n in norms)):
+        if not self._rmsnorms_and_silu():
             self.notes.append(f"{where}: torch's (not Llama's RMSNorm and SiLU: lean's own kernels do not apply)")
             return False
         self.notes.append(f"{where}: lean's own kernels (add_rmsnorm, silu_mul), launched as the GEMVs are")
         return True
+
+    def _rmsnorms_and_silu(self) -> bool:
+        """Every norm Llama's (or Qwen2's) RMSNorm and every MLP's activation SiLU: what lean's own
+        norm and SiLU kernels, and the fold into the GEMV, compute."""
+        norms = [self.norm]
+        for layer in self.layers:
+            norms += [layer.input_layernorm, layer.post_attention_layernorm]
+        silu = all(_is_silu(getattr(layer.mlp, "act_fn", None)) for layer in self.layers)
+        return silu and all(elementwise.own_norm(n) for n in norms)
 
     def _choose_fold(self) -> bool:
         """Whether the norms, residual adds and SiLU products go inside the 16-bit GEMV (`gemv.gemv`'s
@@ -316,19 +317,14 @@ class LeanRunner:
         down's loads; a step is then its GEMVs and the attention. QBENCH_LEAN_FOLD: off (the default
         until measured) or on, where every layer's linears are lean's 16-bit GEMV (q, k, v and gate, up
         fused), its norms Llama's RMSNorm and its activation SiLU; elsewhere the notes say why not."""
-        choice = os.environ.get("QBENCH_LEAN_FOLD", "off")
-        if choice not in ("off", "on"):
-            raise ValueError(f"QBENCH_LEAN_FOLD must be off or on, got {choice!r}")
-        if choice == "off":
+        if not _switched_on("QBENCH_LEAN_FOLD"):
             return False
         where = "lean: norms, residual adds and the SiLU product (QBENCH_LEAN_FOLD=on)"
         planned = [self.lm_head]
-        norms = [self.norm]
         for layer in self.layers:
             attention, mlp = layer.self_attn, layer.mlp
             planned += [attention.q_proj, attention.o_proj, getattr(mlp, "gate_proj", None),
                         getattr(mlp, "down_proj", None)]
-            norms += [layer.input_layernorm, layer.post_attention_layernorm]
         gemvs = all(isinstance(self.linear16.get(id(m)), Gemv) for m in planned)
         fused = gemvs and all(
             len(self.linear16[id(layer.self_attn.q_proj)].sizes) == 3
@@ -338,8 +334,7 @@ class LeanRunner:
             self.notes.append(f"{where}: not folded (the linear layers are not all lean's 16-bit GEMV, "
                               f"q, k, v and gate, up fused)")
             return False
-        silu = all(_is_silu(getattr(layer.mlp, "act_fn", None)) for layer in self.layers)
-        if not (silu and all(elementwise.own_norm(n) for n in norms)):
+        if not self._rmsnorms_and_silu():
             self.notes.append(f"{where}: not folded (not Llama's RMSNorm and SiLU)")
             return False
         self.notes.append(f"{where}: folded into the 16-bit GEMV's loads and stores (one launch fewer "
@@ -616,6 +611,14 @@ class LeanRunner:
         if ids.numel() > self.max_cache_len:
             raise ValueError(f"{ids.numel()} tokens do not fit a cache of {self.max_cache_len}")
         return self._forward_prompt(ids, every_position=True)
+
+
+def _switched_on(variable: str) -> bool:
+    """An off|on switch of lean's (off by default); any other value is refused in one line."""
+    choice = os.environ.get(variable, "off")
+    if choice not in ("off", "on"):
+        raise ValueError(f"{variable} must be off or on, got {choice!r}")
+    return choice == "on"
 
 
 def _is_silu(module) -> bool:
