@@ -387,7 +387,7 @@ class LeanRunner:
             if self.pdl and getattr(fuser, "overlaps", False):
                 raise BackendUnavailable(
                     f"QBENCH_LEAN_PDL=on with lean's {fuser.what}: not run, since on an H100 its timed block "
-                    f"did not finish in 550 s (results/h100/step3/README.md); the cause is not found",
+                    f"did not finish (results/h100/step3/README.md); the cause is not found",
                     "run it with QBENCH_LEAN_PDL=off (the default)",
                 )
             quantised[fuser.what] = quantised.get(fuser.what, 0) + 1
