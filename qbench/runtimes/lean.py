@@ -38,6 +38,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from qbench import settings
 from qbench.errors import BackendUnavailable
 from qbench.runtimes import modules
 from qbench.runtimes.kernels import decode_attention, elementwise, gemv, overlap
@@ -106,8 +107,6 @@ class Gemv:
     ) -> torch.Tensor:
         """W x (+ b); QBENCH_LEAN_FOLD's forms (`gemv.gemv`): W norm(x), W (silu(gate) * up) for x =
         (gate, up), and residual + W x."""
-        if norm is None and residual is None and not silu:
-            return gemv.gemv(x.reshape(-1), self.weight, self.bias, *self.blocks, self.pdl)
         return gemv.gemv(
             x.reshape(-1), self.weight, self.bias, *self.blocks, self.pdl,
             None if norm is None else norm.weight, 0.0 if norm is None else float(norm.variance_epsilon),
@@ -432,13 +431,20 @@ class LeanRunner:
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         return x * cos + decode_attention.rotate_half(x) * sin
 
+    def _at(self, position: torch.Tensor):
+        """What a step's attention needs of its position: the rotary tables' rows [1, head_dim] where the
+        step rotates q and k (None where the attention kernel reads the tables itself), and SDPA's mask
+        (None for the split-K kernel)."""
+        cos = sin = None
+        if not self.rope_in_attention:
+            cos, sin = self.cos.index_select(0, position), self.sin.index_select(0, position)
+        visible = None if self.split_programs else self.kv_positions <= position
+        return cos, sin, visible
+
     def _decode(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         """One position: token [1, 1], position [1] (device tensors); returns logits [vocab]."""
         hidden = self.embed(token)
-        cos = sin = None  # the attention kernel reads the tables itself
-        if not self.rope_in_attention:
-            cos, sin = self.cos.index_select(0, position), self.sin.index_select(0, position)  # [1, head_dim]
-        visible = None if self.split_programs else self.kv_positions <= position  # SDPA's mask
+        cos, sin, visible = self._at(position)
         delta = None  # the last MLP's output, added to the residual by the next norm's kernel
         for index, layer in enumerate(self.layers):
             attention = layer.self_attn
@@ -459,10 +465,7 @@ class LeanRunner:
         residual add inside the GEMV whose output it adds, the SiLU product inside down's; the rope and
         the cache write inside the split-K attention where it runs. Returns logits [vocab]."""
         hidden = self.embed(token).view(-1)  # the residual stream, [hidden size]
-        cos = sin = None
-        if not self.rope_in_attention:
-            cos, sin = self.cos.index_select(0, position), self.sin.index_select(0, position)
-        visible = None if self.split_programs else self.kv_positions <= position
+        cos, sin, visible = self._at(position)
         for index, layer in enumerate(self.layers):
             attention, mlp = layer.self_attn, layer.mlp
             qkv = self.linear16[id(attention.q_proj)]
@@ -614,10 +617,12 @@ class LeanRunner:
 
 
 def _switched_on(variable: str) -> bool:
-    """An off|on switch of lean's (off by default); any other value is refused in one line."""
-    choice = os.environ.get(variable, "off")
-    if choice not in ("off", "on"):
-        raise ValueError(f"{variable} must be off or on, got {choice!r}")
+    """An off|on switch of lean's (its values and default: settings.MEASURE_VARIABLES); any other value
+    is refused in one line."""
+    allowed = settings.MEASURE_VARIABLES[variable]
+    choice = os.environ.get(variable, allowed[0])
+    if choice not in allowed:
+        raise ValueError(f"{variable} must be {' or '.join(allowed)}, got {choice!r}")
     return choice == "on"
 
 
