@@ -168,8 +168,8 @@ def test_the_bf16x2_word_computes_the_dequantised_product(group_size):
 
     def word_sums(asm: str, g: int) -> torch.Tensor:
         """[N, W]: each word of group g through `asm`, fed as the kernel feeds it."""
-        base = bits[g * group_size:(g + 1) * group_size].reshape(8, words)  # [nibble, word]
-        pairs = [(base[j] | base[j + 4] << 16)[None, :] for j in range(4)]
+        base = bits[g * group_size:(g + 1) * group_size].reshape(4, words, 2)  # [j, word, pair half]
+        pairs = [(base[j, :, 0] | base[j, :, 1] << 16)[None, :] for j in range(4)]  # x's 32-bit words
         zz = ((zeros[:, g].to(torch.int64) | 0x4300) * 0x10001)[:, None]
         return run_ptx(asm, [qweight[:, g * words:(g + 1) * words], *pairs, zz])
 
@@ -192,14 +192,16 @@ def test_the_bf16x2_variant_refuses_fp16_activations():
         gemv_int4.launch(torch.zeros(128, dtype=torch.float16), qweight, scales, zeros, None, 128, (8, 1, 1, 1, True))
 
 
-def test_pack_and_unpack_are_inverse_and_a_nibble_of_a_groups_words_is_contiguous_in_k():
+def test_pack_and_unpack_are_inverse_and_nibbles_j_and_j_plus_4_hold_adjacent_inputs():
     q = torch.randint(0, 16, (3, 32))
     packed = gemv_int4.pack(q, 16)  # two groups of two words
     assert packed.shape == (3, 4) and packed.dtype == torch.int32
     assert torch.equal(gemv_int4.unpack(packed, 16), q.int())
-    word = packed[0, 1].item()  # the first group's second word: inputs 1, 3, 5, ... of the group
-    assert [(word >> (4 * i)) & 0xF for i in range(8)] == q[0, 1:16:2].tolist()
+    word = packed[0, 1].item()  # the first group's second word: the pairs (2, 3), (6, 7), (10, 11), (14, 15)
+    nibbles = [(word >> (4 * i)) & 0xF for i in range(8)]
+    assert nibbles[:4] == q[0, 2:16:4].tolist() and nibbles[4:] == q[0, 3:16:4].tolist()
     assert (packed[0, 2].item() & 0xF) == q[0, 16]  # the second group starts at its own first input
+    assert (packed[0, 2].item() >> 16 & 0xF) == q[0, 17]  # and its pair's second input in nibble 4
 
 
 def test_awq_repacking_is_bit_exact():

@@ -6,9 +6,12 @@ in float32.
 
 Layout (what `pack` produces; a published AWQ or GPTQ checkpoint is repacked into it once, at load):
   qweight  int32 [N, K/8]   row n holds its K inputs group by group, eight to a word; within a group
-                            of W = g/8 words, input i*W + w of the group is bits 4i..4i+3 of word w
-                            (interleaved, so nibble i of a group's words meets one contiguous slice
-                            of x). K is contiguous per output row, so a program reading BLOCK_N rows
+                            of W = g/8 words, the input pair (2p, 2p + 1), p = j*W + w (j = 0..3),
+                            is nibbles j and j + 4 (bits 4j.. and 16 + 4j..) of word w: the two
+                            nibbles the bf16x2 word dequantises as one pair meet one 32-bit word of
+                            x (two bf16 inputs side by side), and nibble j of a group's words meets
+                            x's words j*W .. j*W + W - 1, one contiguous run (one 128-bit load of x
+                            for four words). K is contiguous per output row, so a program reading BLOCK_N rows
                             reads each row as one contiguous run; four words are one 128-bit load
                             (K/8 is passed as its own argument, so Triton sees it divisible by 16
                             and proves row starts 16-byte aligned).
@@ -31,7 +34,8 @@ and reinterpreting the bits gives the float 2^23 + q exactly, and subtracting 2^
 per row and group) gives q - zero exactly, with no integer-to-float conversion per element. The
 kernel takes nibble i of all the [BLOCK_N, words] words of a group at once (eight passes), so every
 tensor keeps the layout of the 128-bit load (no reshape, no layout conversion through shared
-memory); nibble i's inputs of x are one contiguous vector (L1 holds it for every row block). Per element: a shift, a
+memory); nibble i's inputs of x are every other element of one contiguous run (L1 holds it for
+every row block). Per element: a shift, a
 mask-and-or, a subtraction, a fused multiply-add; each word's sum over its group is multiplied by the
 group's scale (once a word), and the words of a row are summed once, at the end. Compiled for sm_90
 that is about 5.5 instructions a weight (ptxas turns the shift and mask into a shift, a zero-extend
@@ -41,7 +45,9 @@ not memory-bound (results/h100/int4).
 The bf16x2 variant (`blocks`' fifth element, Hopper and bf16 activations only): the same layout,
 each word's eight weights dequantised and multiplied in bf16 pairs by a few lines of inline PTX
 (`BF16X2_WORD`, the trick Marlin and FasterTransformer use: a lop3 makes two nibbles a bf16 pair),
-about 3.1 instructions a weight, at bf16 precision for the products and a word's sums. Triton's
+about 3.1 instructions a weight at 32 rows and 4 warps (4.6 before the layout paired adjacent inputs
+and x was read as 32-bit words, 2.9 against 3.6 at 64 rows: `tools/int4_sass.py`, static SASS counts,
+not timings), at bf16 precision for the products and a word's sums. Triton's
 interpreter cannot run PTX: the CPU tests check its arithmetic on a model of each instruction and
 compile it for sm_90; only a GPU session shows its speed, and the gate checks its outputs there.
 The swept table names it where a sweep measured it faster.
@@ -76,10 +82,11 @@ MAGIC = 8388608.0  # 2^23: float32 bits 0x4B000000; OR-ing a nibble into the low
 # j + 4 of word $1 sit at bits 4j and 16 + 4j; shifted down by 4j and masked with 0x000F000F, OR-ed
 # into 0x43004300 they are the bf16 pair (128 + q_j, 128 + q_j+4) in one instruction (lop3, LUT 0xEA
 # = (a & b) | c); subtracting $6 = (128 + zero, 128 + zero) leaves q - zero exactly; each pair
-# multiplies the activation pair $2..$5 = (x[j*W + w], x[(j+4)*W + w]) and the four pairs are summed
-# in bf16 (mul, fma: one rounding each); the two halves are widened to float32 and added. With the
-# pairs' assembly, about 3.1 instructions a weight against 5.5 for the float32 path (SASS for sm_90,
-# 64 rows, 2 warps: tools/int4_sass.py, with the Triton it runs under); products
+# multiplies the activation pair $2..$5 = (x[2p], x[2p + 1]), p = j*W + w (one 32-bit word of x, as
+# the layout places the inputs: `pack`) and the four pairs are summed
+# in bf16 (mul, fma: one rounding each); the two halves are widened to float32 and added. With x's
+# loads, about 2.7 instructions a weight against 5.6 for the float32 path (SASS for sm_90, 64 rows,
+# 2 warps: tools/int4_sass.py, with the Triton it runs under); products
 # and a word's four-pair sums are rounded to bf16's 8 bits (relative 2^-9 each), the words summed in
 # float32. sub/mul.bf16x2 need sm_90, so the variant is for Hopper only.
 BF16X2_WORD = """{
@@ -114,12 +121,6 @@ def _kernel():
     helpers = overlap.jit()
     prefetch_l2, after_previous = helpers.prefetch_l2, helpers.after_previous
     line_words = tl.constexpr(overlap.LINE // 4)  # int32 words in an L2 line
-
-    @triton.jit
-    def activation_pair(x16, j: tl.constexpr, WORDS: tl.constexpr):
-        """[WORDS] bf16x2 words: for each word w of a group, (input j*WORDS + w, input (j+4)*WORDS + w),
-        the activations nibbles j and j + 4 of word w meet; `x16` points at the group's inputs + w."""
-        return tl.load(x16 + j * WORDS).to(tl.int32) | (tl.load(x16 + (j + 4) * WORDS).to(tl.int32) << 16)
 
     @triton.jit
     def qbench_int4_gemv_kernel(
@@ -161,10 +162,11 @@ def _kernel():
                 if BF16X2:  # Hopper: the word's eight weights in bf16 pairs, inline PTX (BF16X2_WORD)
                     zero = tl.load(Z + rows * SN + g * SG).to(tl.int32)
                     zz = ((zero | 0x4300) * 0x10001)[:, None]  # bf16 pair (128 + zero, 128 + zero)
-                    x16 = X.to(tl.pointer_type(tl.uint16), bitcast=True) + g * GROUP + words  # nibble 0's inputs
+                    # the activation pairs of nibbles (j, j + 4): x's 32-bit words j * WORDS + w of the group
+                    x32 = X.to(tl.pointer_type(tl.int32), bitcast=True) + g * (GROUP // 2) + words
                     args = [
-                        w, activation_pair(x16, 0, WORDS)[None, :], activation_pair(x16, 1, WORDS)[None, :],
-                        activation_pair(x16, 2, WORDS)[None, :], activation_pair(x16, 3, WORDS)[None, :], zz,
+                        w, tl.load(x32)[None, :], tl.load(x32 + WORDS)[None, :], tl.load(x32 + 2 * WORDS)[None, :],
+                        tl.load(x32 + 3 * WORDS)[None, :], zz,
                     ]
                     part = tl.inline_asm_elementwise(
                         asm=word_asm, constraints="=r,r,r,r,r,r,r", args=args, dtype=tl.int32, is_pure=True, pack=1,
@@ -174,10 +176,10 @@ def _kernel():
                     offset = (TWO_23 + z)[:, None]  # [BLOCK_N, 1]: 2^23 + zero
                     part = tl.zeros((BLOCK_N, WORDS), dtype=tl.float32)
                     # nibble i of every word at once, in w's own 2D layout (no reshapes, no layout
-                    # conversions); the layout puts input i * WORDS + w of the group in nibble i of word
-                    # w, so nibble i's inputs are one contiguous vector of x
+                    # conversions); the layout puts input 2 (j * WORDS + w) + h of the group in nibble
+                    # j + 4h of word w, so nibble i's inputs are every other input of one run of x
                     for i in tl.static_range(8):
-                        x = tl.load(X + g * GROUP + i * WORDS + words).to(tl.float32)  # [WORDS]
+                        x = tl.load(X + g * GROUP + 2 * ((i % 4) * WORDS + words) + i // 4).to(tl.float32)
                         q = (((w >> (4 * i)) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True)  # 2^23 + q, exactly
                         part += (q - offset) * x[None, :]  # (q - zero) exactly, times x
                 acc += part * s[:, None]  # the group's scale: once a word, not once an element
@@ -219,10 +221,11 @@ def _dequantize_kernel():
         w = tl.load(QW + rows[:, None].to(tl.int64) * KW + g * WORDS + words[None, :], mask=ok[:, None], other=0)
         s = tl.load(S + rows * SN + g * SG, mask=ok, other=0.0).to(tl.float32)[:, None]
         z = tl.load(Z + rows * SN + g * SG, mask=ok, other=0).to(tl.int32)[:, None]
-        out = OUT + rows[:, None].to(tl.int64) * (KW * 8) + g * GROUP + words[None, :]
-        for i in tl.static_range(8):  # nibble i of the group's words: its inputs i * WORDS + w
+        out = OUT + rows[:, None].to(tl.int64) * (KW * 8) + g * GROUP + 2 * words[None, :]
+        for i in tl.static_range(8):  # nibble i of the group's words: its inputs 2 ((i % 4) * WORDS + w) + i // 4
             value = (((w >> (4 * i)) & 0xF) - z).to(tl.float32) * s
-            tl.store(out + i * WORDS, value.to(OUT.dtype.element_ty, fp_downcast_rounding="rtne"), mask=ok[:, None])
+            tl.store(out + 2 * (i % 4) * WORDS + i // 4, value.to(OUT.dtype.element_ty, fp_downcast_rounding="rtne"),
+                     mask=ok[:, None])
 
     return qbench_int4_dequantize_kernel
 
@@ -333,6 +336,8 @@ def launch(x, qweight, scales, zeros, bias, group_size, blocks, pdl: bool = Fals
     bf16x2 = bool(variant and variant[0])
     if bf16x2 and x.dtype != torch.bfloat16:
         raise ValueError(f"gemv_int4's bf16x2 variant multiplies bf16 activations, got {x.dtype}")
+    if bf16x2 and x.data_ptr() % 4:  # the variant reads x as 32-bit words (bf16 pairs): a fresh copy is aligned
+        x = x.clone()
     total = k // group_size
     per_split = -(-total // split)
     per_split = -(-per_split // groups) * groups  # whole iterations a split
@@ -401,14 +406,17 @@ def cat_rows(parts: list[torch.Tensor]) -> torch.Tensor:
 
 def pack(q: torch.Tensor, group_size: int) -> torch.Tensor:
     """4-bit values [N, K] (0..15) -> int32 [N, K/8]: in each group of `group_size` inputs (W =
-    group_size / 8 words), input i * W + w of the group sits in bits 4i..4i+3 of the group's word w,
-    so the kernel's nibble i of a group's words multiplies one contiguous vector of x."""
+    group_size / 8 words), the input pair (2p, 2p + 1), p = j * W + w (j = 0..3), sits in nibbles j
+    and j + 4 of the group's word w: the pair the bf16x2 word dequantises together meets one 32-bit
+    word of x, and nibble j (or j + 4) of a group's words meets every other input of one contiguous
+    run of x."""
     rows, cols = q.shape
     words = group_size // 8
-    values = q.to(torch.int32).reshape(rows, cols // group_size, 8, words)  # [.., nibble, word]
+    values = q.to(torch.int32).reshape(rows, cols // group_size, 4, words, 2)  # [.., j, word, pair half]
     packed = torch.zeros(rows, cols // group_size, words, dtype=torch.int32, device=q.device)
-    for i in range(8):
-        packed |= values[:, :, i, :] << (4 * i)
+    for j in range(4):
+        for half in range(2):
+            packed |= values[:, :, j, :, half] << (4 * (j + 4 * half))
     return packed.reshape(rows, cols // 8)
 
 
@@ -416,9 +424,12 @@ def unpack(qweight: torch.Tensor, group_size: int) -> torch.Tensor:
     """int32 [N, K/8] -> int32 [N, K] in 0..15 (pack's inverse)."""
     rows, kw = qweight.shape
     words = group_size // 8
-    shifts = torch.arange(0, 32, 4, dtype=torch.int32, device=qweight.device)
-    grouped = qweight.reshape(rows, kw // words, 1, words)
-    return ((grouped >> shifts[None, None, :, None]) & 0xF).reshape(rows, kw * 8)
+    grouped = qweight.reshape(rows, kw // words, words)
+    out = torch.empty(rows, kw // words, 4, words, 2, dtype=torch.int32, device=qweight.device)
+    for j in range(4):
+        for half in range(2):
+            out[:, :, j, :, half] = (grouped >> (4 * (j + 4 * half))) & 0xF
+    return out.reshape(rows, kw * 8)
 
 
 def dequantize(qweight, scales, zeros, group_size: int) -> torch.Tensor:
