@@ -13,7 +13,8 @@ Effective TB/s = the bytes the kernel must read (the backend's `linear_bytes`; b
     python tools/device/int4_shapes.py OUT.json [shape ...]     # on a GPU
     TRITON_INTERPRET=1 python tools/device/int4_shapes.py --tiny OUT.json   # CPU: the plumbing only
     QUICK=1 (a 48-configuration sweep), WIDE=1 (108 configurations past QUICK's edges),
-    LIBS=tinygemm,gemlite (only these libraries beside qbench's; LIBS=none: qbench's kernels only)
+    LIBS=tinygemm,gemlite (only these libraries beside qbench's; LIBS=none: qbench's kernels only),
+    PATHS=bf16x2 (on Hopper, the bf16x2 variant's configurations only)
 """
 
 from __future__ import annotations
@@ -152,8 +153,8 @@ def measure(name: str, n: int, k: int, dev: torch.device, l2: int, sms: int, tin
         candidates = [gemv_int4.choose_blocks(n, k, sms, GROUP, hopper)]
         if not tiny:
             swept = list(itertools.product(*SWEEP.values()))
-            if hopper:
-                swept += [c + (True,) for c in swept]
+            if hopper:  # PATHS=bf16x2: the variant's configurations only
+                swept = ([] if os.environ.get("PATHS") == "bf16x2" else swept) + [c + (True,) for c in swept]
             candidates += [c for c in swept if c not in candidates]
         total = k // GROUP
         for blocks in candidates:
