@@ -9,61 +9,93 @@ from conftest import run_interpreted, tiny_model
 pytest.importorskip("triton", reason="Triton not installed (the test extra installs it on Linux x86-64)")
 
 
-def test_the_folded_gemv_computes_the_norm_the_silu_product_and_the_residual_add():
-    """Float32 (no rounding between the steps, so the arithmetic alone is compared, to 1e-5) on ragged
-    shapes with and without bias; then bf16 against the modules (Qwen2's RMSNorm, SiLU, the add) as
-    the model runs them, within its roundings. Dropping the RMS scale, the norm's weight, the SiLU or
-    the residual is far outside either."""
+def test_the_folded_gemvs_compute_the_norm_scale_the_silu_pairs_the_residual_and_the_next_scale():
+    """Both GEMVs that fold (lean's 16-bit one; qbench-int4's, split and unsplit), float32 (no rounding
+    between the steps, so the arithmetic alone is compared, to 1e-5) on ragged shapes with and without
+    bias; then bf16 against the modules (Qwen2's RMSNorm, SiLU, the add) as the model runs them,
+    within its roundings. Dropping the RMS scale, swapping gate and up, or leaving out the residual
+    or the next norm's weight is far outside either."""
     out = run_interpreted(
         """
         import torch
         from torch.nn.functional import linear, silu
         from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
-        from qbench.runtimes.kernels import gemv
+        from qbench.runtimes.kernels import gemv, gemv_int4 as G
         torch.manual_seed(0)
 
         def err(got, want):
             return ((got.double() - want.double()).norm() / want.double().norm()).item()
 
+        def launches(n, k, dtype, with_bias):
+            # (name, call(x, **fold), the weight it multiplies by in float64, bias)
+            b = torch.randn(n, dtype=dtype) if with_bias else None
+            w = (torch.randn(n, k) / 8).to(dtype)
+            yield "gemv", (lambda x, **f: gemv.gemv(x, w, b, 8, 128, 4, **f)), w.double(), b
+            g = 64
+            q = torch.randint(0, 16, (n, k))
+            zeros = torch.randint(0, 17, (n, k // g), dtype=torch.uint8)
+            scales = (torch.rand(n, k // g) * 0.02 + 0.001).to(torch.float16)
+            qweight, s, z = G.pack(q, g), G.group_major(scales), G.group_major(zeros)
+            for split in (1, 3):
+                yield (f"int4 split {split}", (lambda x, split=split, **f: G.gemv_int4(
+                    x, qweight, s, z, b, g, 16, 1, split, 4, **f)), G.dequantize(qweight, scales, zeros, g).double(), b)
+
         eps = 1e-6
-        cases = [(64, 256, (8, 128, 4), True), (37, 300, (4, 128, 4), False), (130, 1000, (8, 256, 4), True)]
-        for n, k, blocks, with_bias in cases:
-            w, x, g = torch.randn(n, k), torch.randn(k) * 3, torch.randn(k)
-            b = torch.randn(n) if with_bias else None
-            x64 = x.double()
-            normed = x64 * g.double() * torch.rsqrt(x64.pow(2).mean() + eps)
-            want = linear(normed, w.double(), None if b is None else b.double())
-            assert err(gemv.gemv(x, w, b, *blocks, norm=g, eps=eps), want) < 1e-5, (n, k)
-            gate_up, residual = torch.randn(2 * k) * 3, torch.randn(n)
-            gate, up = gate_up.double().split(k)
-            want = residual.double() + linear(silu(gate) * up, w.double(), None if b is None else b.double())
-            assert err(gemv.gemv(gate_up, w, b, *blocks, residual=residual, silu=True), want) < 1e-5, (n, k)
-            got = gemv.gemv(x, w, b, *blocks, residual=residual)
-            assert err(got, residual.double() + linear(x64, w.double(), None if b is None else b.double())) < 1e-5
+        for n, k, with_bias in [(64, 256, True), (38, 384, False), (130, 1024, True)]:
+            for name, call, w, b in launches(n, k, torch.float32, with_bias):
+                bias = None if b is None else b.double()
+                h, weight = torch.randn(k) * 3, torch.randn(k)
+                x = h * weight  # the norm's input times its weight: what scale_out hands the next GEMV
+                scale = torch.rsqrt(h.double().pow(2).mean() + eps)
+                want = linear(x.double(), w) * scale + (0 if bias is None else bias)
+                assert err(call(x, rms=h, eps=eps), want) < 1e-5, (name, n, k)
+                assert err(call(x), want) > 0.05, name  # the scale matters
+                plain = linear(x.double(), w, bias)
+                pairs = plain.view(-1, 2)
+                want = silu(pairs[:, 0]) * pairs[:, 1]
+                assert err(call(x, silu=True), want) < 1e-5, (name, n, k)
+                assert err(call(x, silu=True), silu(pairs[:, 1]) * pairs[:, 0]) > 0.05, name
+                residual, following = torch.randn(n), torch.randn(n)
+                total = residual.double() + plain
+                got = call(x, residual=residual, scale_out=following)
+                assert got.shape == (2 * n,) and err(got[:n], total) < 1e-5, (name, n, k)
+                assert err(got[n:], total * following.double()) < 1e-5, (name, n, k)
+                assert err(got[:n], plain) > 0.05 and err(got[n:], total) > 0.05, name
+                assert err(call(x, residual=residual), total) < 1e-5, (name, n, k)
 
         # bf16, as the model computes it (each step rounded to bf16); the interpreter truncates where a
-        # GPU rounds, and the fold keeps the normalised x in float32 where the module rounds it
-        n, k, blocks = 96, 512, (8, 128, 4)
+        # GPU rounds, and the fold keeps the normalised h in float32 where the module rounds it
+        n, k = 96, 512
         norm = Qwen2RMSNorm(k, eps=eps).to(torch.bfloat16)
         norm.weight.data = torch.randn(k, dtype=torch.bfloat16)
-        w = torch.randn(n, k, dtype=torch.bfloat16) / 16
         hidden = torch.randn(k, dtype=torch.bfloat16) * 3
-        got = gemv.gemv(hidden, w, None, *blocks, norm=norm.weight, eps=norm.variance_epsilon)
-        assert err(got, linear(norm(hidden), w)) < 2e-2
-        gate_up, residual = torch.randn(2 * k, dtype=torch.bfloat16) * 3, torch.randn(n, dtype=torch.bfloat16)
-        gate, up = gate_up.split(k)
-        got = gemv.gemv(gate_up, w, None, *blocks, residual=residual, silu=True)
-        assert err(got, residual + linear(silu(gate) * up, w)) < 2e-2
-        # as a custom op: schema, fake tensors (what torch.compile traces) and real outputs agree
-        for args, kwargs in (((hidden, w, None, *blocks), {"norm": norm.weight.detach(), "eps": eps}),
-                             ((gate_up, w, None, *blocks), {"residual": residual, "silu": True})):
-            assert set(torch.library.opcheck(gemv.gemv, args, kwargs).values()) == {"SUCCESS"}
-        try:
-            gemv.gemv(hidden, w, None, *blocks, silu=True)
-        except ValueError as error:
-            assert "x of 1024 elements" in str(error)
-        else:
-            raise AssertionError("a SiLU input of K elements was taken")
+        scaled = (hidden.float() * norm.weight.detach().float()).to(torch.bfloat16)
+        for name, call, w, b in launches(n, k, torch.bfloat16, False):
+            w16 = w.to(torch.bfloat16)
+            got = call(scaled, rms=hidden, eps=norm.variance_epsilon)
+            assert err(got, linear(norm(hidden), w16)) < 2e-2, name
+            gate_up = linear(norm(hidden), w16).view(-1, 2)
+            assert err(call(scaled, rms=hidden, eps=eps, silu=True), silu(gate_up[:, 0]) * gate_up[:, 1]) < 3e-2, name
+            residual = torch.randn(n, dtype=torch.bfloat16)
+            got = call(hidden, residual=residual, scale_out=norm.weight[:n])
+            total = residual + linear(hidden, w16)
+            assert err(got[:n], total) < 2e-2 and err(got[n:], total * norm.weight[:n]) < 2e-2, name
+        # as custom ops: schema, fake tensors (what torch.compile traces) and real outputs agree
+        w = torch.randn(n, k, dtype=torch.bfloat16)
+        for kwargs in ({"rms": hidden, "eps": eps}, {"silu": True}, {"residual": residual, "scale_out": residual}):
+            assert set(torch.library.opcheck(gemv.gemv, (scaled, w, None, 8, 128, 4), kwargs).values()) == {"SUCCESS"}
+        q = G.pack(torch.randint(0, 16, (n, k)), 128)
+        s, z = G.group_major(torch.rand(n, 4).half()), G.group_major(torch.randint(0, 16, (n, 4), dtype=torch.uint8))
+        for kwargs in ({"rms": hidden, "eps": eps}, {"silu": True}, {"residual": residual, "scale_out": residual}):
+            args = (scaled, q, s, z, None, 128, 16, 1, 2, 4)
+            assert set(torch.library.opcheck(G.gemv_int4, args, kwargs).values()) == {"SUCCESS"}
+        for bad, why in (({"silu": True, "residual": residual}, "no residual"), ({"rms": residual}, "rms")):
+            try:
+                gemv.gemv(scaled, w, None, 8, 128, 4, **bad)
+            except ValueError as error:
+                assert why in str(error), error
+            else:
+                raise AssertionError(bad)
         print("ok")
         """
     )
@@ -104,7 +136,7 @@ def test_leans_folded_step_computes_what_its_plain_step_and_transformers_do():
                 runners[choice] = LeanRunner(model, 96, "cpu")
             folded, plain = runners["on"], runners["off"]
             assert folded.fold and not plain.fold
-            assert any("QBENCH_LEAN_FOLD=on): folded into the 16-bit GEMV" in n for n in folded.notes), folded.notes
+            assert any("QBENCH_LEAN_FOLD=on): folded into the GEMVs" in n for n in folded.notes), folded.notes
             hf = DecoderRunner(model, 96, "cpu")
             for r in (folded, plain, hf):
                 r.prefill(tokens[:60])
@@ -122,9 +154,59 @@ def test_leans_folded_step_computes_what_its_plain_step_and_transformers_do():
     assert out.strip() == "ok"
 
 
+def test_leans_folded_step_with_qbench_int4_computes_what_its_plain_step_and_transformers_do():
+    """qbench-int4 (bf16, Qwen2's q, k, v biases) under lean with QBENCH_LEAN_FOLD=on: gate and up
+    interleaved in one launch that returns the SiLU product, o and down each a launch of the 4-bit GEMV
+    that adds the residual and scales by the next norm's weight (down split in three: the last program
+    of a row block finishes), against lean without the fold and against the gate's reference; the
+    modules still prefill from their interleaved (strided) tensors."""
+    out = run_interpreted(
+        """
+        import os, torch
+        from qbench.api import LoadOptions
+        from qbench.session.decode import token_stream
+        from qbench.registry import load_backend
+        from qbench.runtimes.kernels import gemv_int4
+        from qbench.runtimes.lean import LeanRunner
+        from qbench.specs import load_model_spec
+        spec = load_model_spec("tiny")
+        options = LoadOptions(device="cpu", weights="synthetic", seed=0, max_cache_len=96, group_size=128)
+        gemv_int4.TABLE.update({(512, 256): (32, 2, 1, 4), (1536, 256): (64, 2, 1, 4), (256, 256): (32, 1, 1, 4),
+                                (256, 768): (32, 2, 3, 4)})
+        backend = load_backend("qbench-int4")
+        os.environ["QBENCH_LEAN_GEMV"] = "triton"
+        tokens = token_stream(spec.vocab_size, 72, 0, "cpu")
+        steps = {}
+        for choice in ("on", "off"):
+            os.environ["QBENCH_LEAN_FOLD"] = choice
+            model = backend.load(spec, options).model
+            torch.manual_seed(1)
+            for layer in model.get_decoder().layers:
+                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    proj.bias = torch.nn.Parameter(torch.randn(proj.out_features, dtype=torch.bfloat16) * 0.1)
+            lean = LeanRunner(model, 96, "cpu")
+            assert lean.fold == (choice == "on"), lean.notes
+            lean.prefill(tokens[:60])
+            steps[choice] = [lean.step(tokens[p : p + 1]).float() for p in range(60, 63)]
+            if choice == "on":
+                assert any("o and down each alone, folded" in n for n in lean.notes), lean.notes
+                mlp = model.get_decoder().layers[0].mlp
+                assert not mlp.gate_proj.qweight.is_contiguous()  # a view of the interleaved launch's rows
+                lean.reference(True)
+                lean.prefill(tokens[:60])
+                steps["reference"] = [lean.step(tokens[p : p + 1]).float() for p in range(60, 63)]
+        for got, plain, want in zip(steps["on"], steps["off"], steps["reference"]):
+            assert ((got - plain).norm() / plain.norm()).item() < 2e-2 and got.argmax() == plain.argmax()
+            assert ((got - want).norm() / want.norm()).item() < 2e-2
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"
+
+
 def test_fold_is_checked_and_where_it_is_not_taken_the_notes_say_why(monkeypatch):
-    """A bad value is refused; on a backend whose linears are not lean's 16-bit GEMV (qbench-int4), or
-    with torch's linears (QBENCH_LEAN_GEMV=cublas), nothing is folded and the notes say so."""
+    """A bad value is refused; on a backend whose linears no GEMV of lean's folds (torch-int4's), or
+    on the CPU without QBENCH_LEAN_GEMV=triton (F.linear), nothing is folded and the notes say so."""
     from qbench.runtimes.lean import LeanRunner
 
     model = tiny_model("bf16")
@@ -134,11 +216,41 @@ def test_fold_is_checked_and_where_it_is_not_taken_the_notes_say_why(monkeypatch
     monkeypatch.setenv("QBENCH_LEAN_FOLD", "on")
     runner = LeanRunner(model, 32, "cpu")  # the CPU: F.linear, no GEMV to fold into
     assert not runner.fold and runner._step_fn == runner._decode
-    assert any("QBENCH_LEAN_FOLD=on): not folded (the linear layers are not all lean's 16-bit GEMV" in n
+    assert any("QBENCH_LEAN_FOLD=on): not folded (the linear layers are not all lean's own GEMVs that fold" in n
                for n in runner.notes), runner.notes
     monkeypatch.setenv("QBENCH_LEAN_GEMV", "triton")
-    runner = LeanRunner(tiny_model("qbench-int4"), 32, "cpu")
+    runner = LeanRunner(tiny_model("torch-int4"), 32, "cpu")
     assert not runner.fold and any("not folded" in n for n in runner.notes), runner.notes
     monkeypatch.delenv("QBENCH_LEAN_FOLD")
     runner = LeanRunner(model, 32, "cpu")
     assert not runner.fold and not any("QBENCH_LEAN_FOLD" in n for n in runner.notes)
+
+
+def test_the_folded_kernels_compile_for_an_h100():
+    """The interpreter runs what the compiler may refuse (the SiLU pairs' reshape and split, the split-K
+    epilogue's runtime branch): both GEMVs with every fold form, compiled for sm_90 here, no GPU."""
+    from conftest import ptx_for_sm90
+
+    from qbench.runtimes.kernels import gemv, gemv_int4
+
+    signature = {"X": "*bf16", "W": "*bf16", "B": "*bf16", "Y": "*bf16", "N": "i32", "K": "i32", "stride_w": "i32",
+                 "AHEAD": "i32", "H": "*bf16", "R": "*bf16", "G": "*bf16", "eps": "fp32", "HAS_BIAS": "constexpr",
+                 "BLOCK_N": "constexpr", "BLOCK_K": "constexpr", "EVEN_K": "constexpr", "PDL": "constexpr",
+                 "RMS": "constexpr", "SILU": "constexpr", "RESIDUAL": "constexpr", "SCALE_OUT": "constexpr"}
+    forms = ({"RMS": True, "SILU": True, "RESIDUAL": False, "SCALE_OUT": False},
+             {"RMS": False, "SILU": False, "RESIDUAL": True, "SCALE_OUT": True})
+    for form in forms:
+        fixed = {"HAS_BIAS": True, "BLOCK_N": 8, "BLOCK_K": 512, "EVEN_K": True, "PDL": False} | form
+        ptx = ptx_for_sm90(gemv._kernel(), signature, fixed)
+        if ptx is not None:
+            assert ("ex2" in ptx) == form["SILU"]  # the SiLU's exp is there only where asked
+        for split_k in (True, False):
+            constants = {"GROUP": 128, "GROUPS": 2, "HAS_BIAS": True, "SPLIT_K": split_k, "BLOCK_N": 32,
+                         "BF16X2": True, "PDL": False, "SN": 1} | form
+            try:
+                compiled = gemv_int4.compile_for_sm90(constants, 4)
+            except RuntimeError as error:  # no ptxas in this Triton: the front end still ran
+                if "ptxas" not in str(error).lower():
+                    raise
+                continue
+            assert ("ex2" in compiled.asm["ptx"]) == form["SILU"]

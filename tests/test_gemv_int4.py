@@ -345,7 +345,8 @@ def test_lean_with_qbench_int4_fuses_and_matches_hf():
                 proj.bias = torch.nn.Parameter(torch.randn(proj.out_features, dtype=torch.bfloat16) * 0.1)
         os.environ["QBENCH_LEAN_GEMV"] = "triton"
         lean = LeanRunner(model, 96, "cpu")
-        assert any("qbench's int4 GEMV (8 fused launches" in n for n in lean.notes), lean.notes
+        assert any("qbench's int4 GEMV (8 launches: q, k, v as one and gate, up as another; o and down through" in n
+                   for n in lean.notes), lean.notes
         attention = model.get_decoder().layers[0].self_attn
         base = attention.q_proj.qweight.untyped_storage().data_ptr()
         assert attention.v_proj.qweight.untyped_storage().data_ptr() == base  # views into one buffer

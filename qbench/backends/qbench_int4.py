@@ -55,34 +55,56 @@ class Int4Gemv:
             m.in_features == first.in_features and m.group_size == first.group_size for m in modules
         ) and len({m.bias is None for m in modules}) == 1
 
+    folds = True  # takes lean's QBENCH_LEAN_FOLD arguments (gemv_int4.gemv_int4: those of gemv.gemv)
+
     @classmethod
-    def fuse(cls, modules: list, sms: int, pdl: bool = False) -> Int4Gemv:
+    def fuse(cls, modules: list, sms: int, pdl: bool = False, interleave: bool = False) -> Int4Gemv:
+        """`interleave` (lean's fold of gate and up): the two modules' rows alternate, so each program
+        holds whole (gate, up) pairs and the GEMV returns their SiLU product; the modules' own tensors
+        become strided views (their prefill copies them: `QbenchInt4Linear.kernel_tensors`)."""
         with torch.no_grad():
-            fused = {}
+            fused, views = {}, {}
             for name in ("qweight", "scales", "zeros", "bias"):
                 parts = [getattr(m, name) for m in modules]
                 if parts[0] is None:
                     fused[name] = None
-                elif name in ("scales", "zeros"):  # group-major, as each layer's (gemv_int4.py's layout)
-                    fused[name] = gemv_int4.cat_rows([p.detach() for p in parts])
+                    continue
+                parts = [p.detach() for p in parts]
+                if interleave:  # [N, ...] of each -> rows 2i (the first module's) and 2i + 1 (the second's)
+                    if name in ("scales", "zeros"):  # group-major, as each layer's (gemv_int4.py's layout)
+                        both = torch.stack([p.t() for p in parts], dim=2).reshape(parts[0].shape[1], -1)
+                        fused[name] = both.contiguous().t()
+                        views[name] = [fused[name].t().view(parts[0].shape[1], -1, 2)[:, :, i].t() for i in range(2)]
+                    else:
+                        fused[name] = torch.stack(parts, dim=1).reshape(-1, *parts[0].shape[1:]).contiguous()
+                        views[name] = [fused[name].view(-1, 2, *parts[0].shape[1:])[:, i] for i in range(2)]
+                    continue
+                if name in ("scales", "zeros"):  # group-major, as each layer's (gemv_int4.py's layout)
+                    fused[name] = gemv_int4.cat_rows(parts)
                 else:
-                    fused[name] = torch.cat([p.detach() for p in parts]).contiguous()
-            sizes = [m.out_features for m in modules]
-            start = 0
-            for module, size in zip(modules, sizes, strict=True):
+                    fused[name] = torch.cat(parts).contiguous()
+                sizes, start, views[name] = [p.shape[0] for p in parts], 0, []
+                for size in sizes:
+                    views[name].append(fused[name][start : start + size])
+                    start += size
+            for i, module in enumerate(modules):
                 for name in ("qweight", "scales", "zeros"):
-                    setattr(module, name, fused[name][start : start + size])
+                    setattr(module, name, views[name][i])
                 if fused["bias"] is not None:
-                    module.bias = torch.nn.Parameter(fused["bias"][start : start + size], requires_grad=False)
-                start += size
+                    module.bias = torch.nn.Parameter(views["bias"][i], requires_grad=False)
+        sizes = [m.out_features for m in modules]
         return cls(
             fused["qweight"], fused["scales"], fused["zeros"], fused["bias"], modules[0].group_size, sizes, sms, pdl
         )
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, rms: torch.Tensor | None = None, eps: float = 0.0,
+        residual: torch.Tensor | None = None, scale_out: torch.Tensor | None = None, silu: bool = False,
+    ) -> torch.Tensor:
+        """W x (+ b), and lean's fold (`gemv.gemv`'s forms)."""
         return gemv_int4.gemv_int4(
             x.reshape(-1), self.qweight, self.scales, self.zeros, self.bias, self.group_size, *self.blocks,
-            pdl=self.pdl,
+            pdl=self.pdl, rms=rms, eps=eps, residual=residual, scale_out=scale_out, silu=silu,
         )
 
 
@@ -123,15 +145,25 @@ class QbenchInt4Linear(QuantLinear):
             return formats.awq_dequantize(held, self.group_size)
         return formats.gptq_dequantize(held, self.group_size)
 
+    def kernel_tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """qweight, scales, zeros as the kernels take them: where lean's fold interleaved this layer's
+        rows with another's (strided views), a contiguous copy of each (a few MB: a prefill's, or an
+        unfused call's, cost)."""
+        qweight, scales, zeros = self.qweight, self.scales, self.zeros
+        if not qweight.is_contiguous():
+            qweight = qweight.contiguous()
+        if not gemv_int4.one_layout(scales, zeros):
+            scales, zeros = gemv_int4.group_major(scales), gemv_int4.group_major(zeros)
+        return qweight, scales, zeros
+
     def kernel_forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
+        qweight, scales, zeros = self.kernel_tensors()
         if flat.shape[0] == 1:
-            out = gemv_int4.gemv_int4(
-                flat[0], self.qweight, self.scales, self.zeros, self.bias, self.group_size, *self.blocks
-            )
+            out = gemv_int4.gemv_int4(flat[0], qweight, scales, zeros, self.bias, self.group_size, *self.blocks)
         else:  # prefill: dequantise the packed weight (the kernel's own tensors) and multiply
-            dequantize = gemv_int4.dequantize_triton if self.qweight.is_cuda else gemv_int4.dequantize_as
-            weight = dequantize(self.qweight, self.scales, self.zeros, self.group_size, x.dtype)
+            dequantize = gemv_int4.dequantize_triton if qweight.is_cuda else gemv_int4.dequantize_as
+            weight = dequantize(qweight, scales, zeros, self.group_size, x.dtype)
             out = F.linear(flat, weight, self.bias)
         return out.reshape(*x.shape[:-1], self.out_features)
 

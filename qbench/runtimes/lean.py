@@ -85,33 +85,54 @@ class Gemv:
             and len({m.bias is None for m in modules}) == 1
         )
 
+    folds = True  # takes QBENCH_LEAN_FOLD's arguments (`gemv.gemv`)
+
     @classmethod
-    def fuse(cls, modules: list, sms: int, pdl: bool = False) -> Gemv:
+    def fuse(cls, modules: list, sms: int, pdl: bool = False, interleave: bool = False) -> Gemv:
+        """`interleave` (the fold's gate and up): the rows of the two modules alternate, so each
+        program holds whole (gate, up) pairs and the GEMV returns their SiLU product."""
         with torch.no_grad():
             weights = [m.weight.detach() for m in modules]
-            weight = (weights[0] if len(weights) == 1 else torch.cat(weights)).contiguous()
             biases = [m.bias for m in modules]
-            bias = None if biases[0] is None else torch.cat([b.detach() for b in biases]).contiguous()
-            sizes = [m.out_features for m in modules]
-            start = 0
-            for module, size in zip(modules, sizes, strict=True):
-                module.weight = torch.nn.Parameter(weight[start : start + size], requires_grad=False)
-                if bias is not None:
-                    module.bias = torch.nn.Parameter(bias[start : start + size], requires_grad=False)
-                start += size
-        return cls(weight, bias, sizes, sms, pdl)
+            if biases[0] is not None:
+                biases = [b.detach() for b in biases]
+            weight, bias, parts = _stack(weights, None if biases[0] is None else biases, interleave)
+            for module, (w, b) in zip(modules, parts, strict=True):
+                module.weight = torch.nn.Parameter(w, requires_grad=False)
+                if b is not None:
+                    module.bias = torch.nn.Parameter(b, requires_grad=False)
+        return cls(weight, bias, [m.out_features for m in modules], sms, pdl)
 
     def __call__(
-        self, x: torch.Tensor, norm: torch.nn.Module | None = None, residual: torch.Tensor | None = None,
-        silu: bool = False,
+        self, x: torch.Tensor, rms: torch.Tensor | None = None, eps: float = 0.0,
+        residual: torch.Tensor | None = None, scale_out: torch.Tensor | None = None, silu: bool = False,
     ) -> torch.Tensor:
-        """W x (+ b); QBENCH_LEAN_FOLD's forms (`gemv.gemv`): W norm(x), W (silu(gate) * up) for x =
-        (gate, up), and residual + W x."""
-        return gemv.gemv(
-            x.reshape(-1), self.weight, self.bias, *self.blocks, self.pdl,
-            None if norm is None else norm.weight, 0.0 if norm is None else float(norm.variance_epsilon),
-            None if residual is None else residual.reshape(-1), silu,
-        )
+        """W x (+ b), and QBENCH_LEAN_FOLD's forms (`gemv.gemv`): an RMSNorm's scale of h (`rms`), the
+        SiLU product of interleaved (gate, up) rows, residual + W x and, after it, that times the next
+        norm's weight (`scale_out`: [2N] returned)."""
+        return gemv.gemv(x.reshape(-1), self.weight, self.bias, *self.blocks, self.pdl, rms, eps, residual, scale_out,
+                         silu)
+
+
+def _stack(weights: list[torch.Tensor], biases: list[torch.Tensor] | None, interleave: bool):
+    """The modules' tensors as one: concatenated along rows, or (interleave, two modules of one size)
+    with their rows alternating; returns (weight, bias, [(each module's weight view, bias view)])."""
+    if interleave:
+        if len(weights) != 2 or weights[0].shape != weights[1].shape:
+            raise ValueError("interleaving takes two weights of one shape (gate and up)")
+        weight = torch.stack(weights, dim=1).reshape(-1, weights[0].shape[1])
+        bias = None if biases is None else torch.stack(biases, dim=1).reshape(-1)
+        pairs = weight.view(-1, 2, weight.shape[1])
+        paired_bias = None if bias is None else bias.view(-1, 2)
+        return weight, bias, [(pairs[:, i], None if bias is None else paired_bias[:, i]) for i in range(2)]
+    weight = (weights[0] if len(weights) == 1 else torch.cat(weights)).contiguous()
+    bias = None if biases is None else torch.cat(biases).contiguous()
+    parts, start = [], 0
+    for w in weights:
+        size = w.shape[0]
+        parts.append((weight[start : start + size], None if bias is None else bias[start : start + size]))
+        start += size
+    return weight, bias, parts
 
 
 class LeanRunner:
@@ -189,8 +210,10 @@ class LeanRunner:
         self.use_graph = False
         self._hf = None  # the hf runner that gives the gate's reference (same model, plain path)
         self._reference = False
-        self.linear16 = self._plan_gemv()
+        self.gemv_on = self._use_triton("QBENCH_LEAN_GEMV", "triton", "cublas", "16-bit linear layers", "F.linear",
+                                        "the Triton GEMV runs on CUDA")
         self.fold = self._choose_fold()
+        self.linear16 = self._plan_gemv()
         # folded, no norm, add or product is left for lean's own small kernels
         self.own_elementwise = not self.fold and self._choose_elementwise()
         self._uncompiled = self._decode_folded if self.fold else self._decode  # the step's Python
@@ -310,34 +333,28 @@ class LeanRunner:
         return silu and all(elementwise.own_norm(n) for n in norms)
 
     def _choose_fold(self) -> bool:
-        """Whether the norms, residual adds and SiLU products go inside the 16-bit GEMV (`gemv.gemv`'s
-        norm, silu and residual): each norm into the GEMV that reads its output (q/k/v, gate/up,
-        lm_head), each residual add into the GEMV whose output it adds (o, down), the SiLU product into
-        down's loads; a step is then its GEMVs and the attention. QBENCH_LEAN_FOLD: off (the default
-        until measured) or on, where every layer's linears are lean's 16-bit GEMV (q, k, v and gate, up
-        fused), its norms Llama's RMSNorm and its activation SiLU; elsewhere the notes say why not."""
+        """Whether the norms, residual adds and SiLU products go inside lean's own GEMVs (`gemv.gemv`'s
+        fold; qbench-int4's GEMV takes the same): each norm's scale into the GEMV that reads its output
+        (q/k/v, gate/up, lm_head), each residual add and the next norm's weight into the GEMV whose
+        output it adds (o, down), the SiLU product into gate/up's (rows interleaved); a step is then
+        its GEMVs and the attention. QBENCH_LEAN_FOLD: off (the default until measured) or on, where
+        every layer's linears go through a GEMV that folds (lean's 16-bit one, or a backend's fuser
+        that declares `folds`: qbench-int4's), its norms Llama's RMSNorm and its activation SiLU;
+        elsewhere the notes say why not."""
         if not _switched_on("QBENCH_LEAN_FOLD"):
             return False
         where = "lean: norms, residual adds and the SiLU product (QBENCH_LEAN_FOLD=on)"
-        planned = [self.lm_head]
-        for layer in self.layers:
-            attention, mlp = layer.self_attn, layer.mlp
-            planned += [attention.q_proj, attention.o_proj, getattr(mlp, "gate_proj", None),
-                        getattr(mlp, "down_proj", None)]
-        gemvs = all(isinstance(self.linear16.get(id(m)), Gemv) for m in planned)
-        fused = gemvs and all(
-            len(self.linear16[id(layer.self_attn.q_proj)].sizes) == 3
-            and len(self.linear16[id(layer.mlp.gate_proj)].sizes) == 2 for layer in self.layers
+        folding = self.gemv_on and _folds([self.lm_head]) and all(
+            _folds(modules) for layer in self.layers for modules in _linears(layer)
         )
-        if not fused:
-            self.notes.append(f"{where}: not folded (the linear layers are not all lean's 16-bit GEMV, "
-                              f"q, k, v and gate, up fused)")
+        if not folding:
+            self.notes.append(f"{where}: not folded (the linear layers are not all lean's own GEMVs that fold: "
+                              f"16-bit, or qbench-int4's)")
             return False
         if not self._rmsnorms_and_silu():
             self.notes.append(f"{where}: not folded (not Llama's RMSNorm and SiLU)")
             return False
-        self.notes.append(f"{where}: folded into the 16-bit GEMV's loads and stores (one launch fewer "
-                          f"for each)")
+        self.notes.append(f"{where}: folded into the GEMVs' loads and stores (one launch fewer for each)")
         return True
 
     def _energy_room(self, wanted: int, window: int | None, dtype: torch.dtype) -> int:
@@ -369,19 +386,19 @@ class LeanRunner:
         twice and the `hf` runtime reads the same tensors. QBENCH_LEAN_GEMV: auto (on CUDA where
         Triton loads), cublas (F.linear everywhere), or triton (also on the CPU under
         TRITON_INTERPRET=1, for tests). Keyed by id() of the module the step would have called."""
-        if not self._use_triton("QBENCH_LEAN_GEMV", "triton", "cublas", "16-bit linear layers", "F.linear",
-                                "the Triton GEMV runs on CUDA"):
+        if not self.gemv_on:
             return {}
         sms = self._sms()
         plan: dict[int, Any] = {}
         fused = 0
         quantised: dict[str, int] = {}  # a quantised module's own fuser (`lean_fuser`): its note -> launches
 
-        def fuse_quantised(modules: list) -> Any:
+        def fuse_quantised(modules: list, interleave: bool = False) -> Any:
             """One launch by the modules' own fuser (qbench-int4's GEMV, gemlite's 8-bit layers) of two or
-            more layers, or None (a layer alone goes through its module, which makes the same call)."""
+            more layers, or None (a layer alone goes through its module, which makes the same call; with
+            the fold, through the fuser, whose launch takes the fold's arguments)."""
             fuser = getattr(type(modules[0]), "lean_fuser", None)
-            if fuser is None or len(modules) == 1 or not fuser.fusable(modules):
+            if fuser is None or (len(modules) == 1 and not self.fold) or not fuser.fusable(modules):
                 return None
             if self.pdl and getattr(fuser, "overlaps", False):
                 raise BackendUnavailable(
@@ -390,7 +407,7 @@ class LeanRunner:
                     "run it with QBENCH_LEAN_PDL=off (the default)",
                 )
             quantised[fuser.what] = quantised.get(fuser.what, 0) + 1
-            return fuser.fuse(modules, sms)
+            return fuser.fuse(modules, sms, interleave=True) if interleave else fuser.fuse(modules, sms)
 
         for layer in self.layers:
             attention, mlp = layer.self_attn, layer.mlp
@@ -402,8 +419,8 @@ class LeanRunner:
             elif (launch := fuse_quantised(qkv)) is not None:
                 plan[id(attention.q_proj)] = launch
             if hasattr(mlp, "act_fn") and Gemv.fusable(gate_up):
-                plan[id(mlp.gate_proj)] = Gemv.fuse(gate_up, sms, self.pdl)
-            elif hasattr(mlp, "act_fn") and (launch := fuse_quantised(gate_up)) is not None:
+                plan[id(mlp.gate_proj)] = Gemv.fuse(gate_up, sms, self.pdl, interleave=self.fold)
+            elif hasattr(mlp, "act_fn") and (launch := fuse_quantised(gate_up, interleave=self.fold)) is not None:
                 plan[id(mlp.gate_proj)] = launch
             for module in (attention.o_proj, getattr(mlp, "down_proj", None)):
                 if Gemv.fusable([module]):
@@ -414,8 +431,8 @@ class LeanRunner:
             plan[id(self.lm_head)] = Gemv.fuse([self.lm_head], sms, self.pdl)
         for what, launches in quantised.items():
             self.notes.append(
-                f"lean: {what} ({launches} fused launches: q, k, v as one and gate, up as another; o and down "
-                f"through their modules)"
+                f"lean: {what} ({launches} launches: q, k, v as one and gate, up as another; o and down "
+                + ("each alone, folded)" if self.fold else "through their modules)")
             )
         sixteen = len(plan) - sum(quantised.values())  # the 16-bit GEMV's launches
         if sixteen:
@@ -461,20 +478,27 @@ class LeanRunner:
         return self._linear(self.lm_head, x)[0, -1]
 
     def _decode_folded(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-        """`_decode` with QBENCH_LEAN_FOLD=on: each norm inside the GEMV that reads its output, each
-        residual add inside the GEMV whose output it adds, the SiLU product inside down's; the rope and
-        the cache write inside the split-K attention where it runs. Returns logits [vocab]."""
+        """`_decode` with QBENCH_LEAN_FOLD=on: the residual stream `hidden` and `scaled`, the next norm's
+        input times its weight, come out of one GEMV (o, down: `scale_out`); the GEMV that reads the
+        norm's output takes `scaled` and applies the RMS scale of `hidden` (q/k/v, gate/up, lm_head);
+        gate/up returns the SiLU product; the rope and the cache write go inside the split-K attention
+        where it runs. Returns logits [vocab]."""
         hidden = self.embed(token).view(-1)  # the residual stream, [hidden size]
+        first = self.layers[0].input_layernorm.weight
+        scaled = (hidden.float() * first.float()).to(hidden.dtype)  # the first norm's input times its weight
         cos, sin, visible = self._at(position)
         for index, layer in enumerate(self.layers):
             attention, mlp = layer.self_attn, layer.mlp
+            before, after = layer.input_layernorm, layer.post_attention_layernorm
+            following = self.layers[index + 1].input_layernorm if index + 1 < len(self.layers) else self.norm
             qkv = self.linear16[id(attention.q_proj)]
-            q, k, v = qkv(hidden, norm=layer.input_layernorm).view(1, 1, -1).split(qkv.sizes, dim=-1)
+            q, k, v = qkv(scaled, hidden, float(before.variance_epsilon)).view(1, 1, -1).split(qkv.sizes, dim=-1)
             out = self._attention(index, q, k, v, position, cos, sin, visible)
-            hidden = self.linear16[id(attention.o_proj)](out, residual=hidden)
-            gate_up = self.linear16[id(mlp.gate_proj)](hidden, norm=layer.post_attention_layernorm)
-            hidden = self.linear16[id(mlp.down_proj)](gate_up, residual=hidden, silu=True)
-        return self.linear16[id(self.lm_head)](hidden, norm=self.norm)
+            o, gate_up, down = (self.linear16[id(m)] for m in (attention.o_proj, mlp.gate_proj, mlp.down_proj))
+            hidden, scaled = o(out, residual=hidden, scale_out=after.weight).view(2, -1)
+            act = gate_up(scaled, hidden, float(after.variance_epsilon), silu=True)
+            hidden, scaled = down(act, residual=hidden, scale_out=following.weight).view(2, -1)
+        return self.linear16[id(self.lm_head)](scaled, hidden, float(self.norm.variance_epsilon))
 
     def _add_norm(self, norm: torch.nn.Module, hidden: torch.Tensor, delta: torch.Tensor | None):
         """(hidden + delta, norm(hidden + delta)); delta None: hidden as it is."""
@@ -628,3 +652,23 @@ def _switched_on(variable: str) -> bool:
 
 def _is_silu(module) -> bool:
     return isinstance(module, torch.nn.SiLU) or type(module).__name__ == "SiLUActivation"
+
+
+def _linears(layer) -> list[list]:
+    """A layer's linear layers as lean launches them: q, k, v; o; gate, up; down."""
+    attention, mlp = layer.self_attn, layer.mlp
+    return [
+        [attention.q_proj, attention.k_proj, attention.v_proj], [attention.o_proj],
+        [getattr(mlp, "gate_proj", None), getattr(mlp, "up_proj", None)], [getattr(mlp, "down_proj", None)],
+    ]
+
+
+def _folds(modules: list) -> bool:
+    """Whether one launch of lean's own over `modules` takes the fold's arguments: lean's 16-bit GEMV, or
+    the modules' fuser where it declares `folds` (qbench-int4's); gate and up must be of one size."""
+    if any(m is None for m in modules) or (len(modules) == 2 and modules[0].out_features != modules[1].out_features):
+        return False
+    if Gemv.fusable(modules):
+        return True
+    fuser = getattr(type(modules[0]), "lean_fuser", None)
+    return bool(fuser is not None and getattr(fuser, "folds", False) and fuser.fusable(modules))

@@ -38,12 +38,13 @@ def _kernel():
 
     @triton.jit
     def gemv_kernel(
-        X, W, B, Y, N, K, stride_w, AHEAD, G, R, eps,
+        X, W, B, Y, N, K, stride_w, AHEAD, H, R, G, eps,
         HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-        PDL: tl.constexpr = False, NORM: tl.constexpr = False, SILU: tl.constexpr = False,
-        RESIDUAL: tl.constexpr = False,
+        PDL: tl.constexpr = False, RMS: tl.constexpr = False, SILU: tl.constexpr = False,
+        RESIDUAL: tl.constexpr = False, SCALE_OUT: tl.constexpr = False,
     ):
-        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        pid = tl.program_id(0)
+        rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < N
         rows = tl.where(row_ok, rows, 0)  # out-of-range rows re-read row 0 and are not stored
         cols = tl.arange(0, BLOCK_K)
@@ -54,35 +55,39 @@ def _kernel():
             for k0 in range(0, AHEAD, BLOCK_K):
                 prefetch_l2(W + rows[:, None] * stride_w + tl.minimum(k0 + lines, K - 1)[None, :])
             after_previous()
-        squares = tl.zeros((BLOCK_K,), dtype=tl.float32)  # NORM: x's sum of squares, each program all of it
+        squares = tl.zeros((BLOCK_K,), dtype=tl.float32)  # RMS: h's sum of squares, each program all of it
         for k0 in range(0, K, BLOCK_K):
             inside = (k0 + cols) < K
             if EVEN_K:
                 w = tl.load(w_ptrs, eviction_policy="evict_first")
-            else:
-                w = tl.load(w_ptrs, mask=inside[None, :], other=0.0, eviction_policy="evict_first")
-            if SILU:  # X = (gate, up): x = silu(gate) * up, each rounded to X's dtype as torch rounds them
-                gate = tl.load(X + k0 + cols, mask=inside, other=0.0).to(tl.float32)
-                up = tl.load(X + K + k0 + cols, mask=inside, other=0.0)
-                act = (gate / (1.0 + tl.exp(-gate))).to(up.dtype)
-                x = (act.to(tl.float32) * up.to(tl.float32)).to(up.dtype).to(tl.float32)
-            elif EVEN_K:
                 x = tl.load(X + k0 + cols).to(tl.float32)
             else:
+                w = tl.load(w_ptrs, mask=inside[None, :], other=0.0, eviction_policy="evict_first")
                 x = tl.load(X + k0 + cols, mask=inside, other=0.0).to(tl.float32)
-            if NORM:  # W (g * x) now; the RMS scale, one number for the whole x, after the loop
-                squares += x * x
-                x = x * tl.load(G + k0 + cols, mask=inside, other=0.0).to(tl.float32)
+            if RMS:
+                h = tl.load(H + k0 + cols, mask=inside, other=0.0).to(tl.float32)
+                squares += h * h
             acc += w.to(tl.float32) * x[None, :]
             w_ptrs += BLOCK_K
         y = tl.sum(acc, axis=1)
-        if NORM:
+        if RMS:  # x is h times the norm's weight; the RMS scale, one number for the whole h, here
             y = y * tl.rsqrt(tl.sum(squares, axis=0) / K + eps)
         if HAS_BIAS:
             y += tl.load(B + rows).to(tl.float32)
-        if RESIDUAL:  # the residual stream's add, on y rounded to its dtype as the model's add is
-            y = y.to(Y.dtype.element_ty).to(tl.float32) + tl.load(R + rows).to(tl.float32)
-        tl.store(Y + rows, y.to(Y.dtype.element_ty), mask=row_ok)
+        dtype = Y.dtype.element_ty
+        if SILU:  # rows interleaved (gate, up): silu(gate) * up, each rounded to Y's dtype as torch rounds them
+            gate, up = tl.split(tl.reshape(y, (BLOCK_N // 2, 2)))
+            gate = gate.to(dtype).to(tl.float32)
+            act = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32) * up.to(dtype).to(tl.float32)
+            pairs = pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+            tl.store(Y + pairs, act.to(dtype), mask=pairs < N // 2)
+        else:
+            if RESIDUAL:  # the residual stream's add, on y rounded to its dtype as the model's add is
+                y = y.to(dtype).to(tl.float32) + tl.load(R + rows).to(tl.float32)
+            tl.store(Y + rows, y.to(dtype), mask=row_ok)
+            if SCALE_OUT:  # the next norm's weight times its input, rounded: what the next GEMV reads as x
+                scaled = y.to(dtype).to(tl.float32) * tl.load(G + rows).to(tl.float32)
+                tl.store(Y + N + rows, scaled.to(dtype), mask=row_ok)
 
     return gemv_kernel
 
@@ -101,49 +106,74 @@ def choose_blocks(n: int, k: int, sms: int) -> tuple[int, int, int]:
 
 def launch(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, blocks: tuple[int, ...], pdl: bool = False,
-    norm: torch.Tensor | None = None, eps: float = 0.0, residual: torch.Tensor | None = None, silu: bool = False,
+    rms: torch.Tensor | None = None, eps: float = 0.0, residual: torch.Tensor | None = None,
+    scale_out: torch.Tensor | None = None, silu: bool = False,
 ) -> torch.Tensor:
     n, k = weight.shape
     block_n, block_k, warps = blocks
+    if silu:
+        block_n = max(block_n, 2)  # a program's rows are whole (gate, up) pairs
     # with pdl: the inputs of its rows a program asks L2 for before its wait (all, or the first tile)
     ahead = (k if overlap.whole(weight.numel() * weight.element_size(), weight.device) else block_k) if pdl else 0
-    y = torch.empty(n, dtype=x.dtype, device=x.device)
+    y = torch.empty(n // 2 if silu else 2 * n if scale_out is not None else n, dtype=x.dtype, device=x.device)
     _kernel()[(-(-n // block_n),)](
         x, weight, bias if bias is not None else weight, y, n, k, weight.stride(0), ahead,
-        norm if norm is not None else weight, residual if residual is not None else weight, eps,
+        rms if rms is not None else weight, residual if residual is not None else weight,
+        scale_out if scale_out is not None else weight, eps,
         HAS_BIAS=bias is not None, BLOCK_N=block_n, BLOCK_K=block_k, EVEN_K=k % block_k == 0,
-        PDL=pdl, NORM=norm is not None, SILU=silu, RESIDUAL=residual is not None, num_warps=warps,
-        **overlap.launch_options(pdl),
+        PDL=pdl, RMS=rms is not None, SILU=silu, RESIDUAL=residual is not None, SCALE_OUT=scale_out is not None,
+        num_warps=warps, **overlap.launch_options(pdl),
     )
     return y
+
+
+def check_fold(n: int, k: int, x: torch.Tensor, rms, residual, scale_out, silu: bool) -> None:
+    """The fold's arguments (both GEMVs' ops take them: `gemv`'s docstring): sizes, and no SiLU with
+    an output of N rows."""
+    if x.numel() != k or (rms is not None and rms.numel() != k):
+        raise ValueError(f"the GEMV needs x (and rms) of {k} elements, got {x.numel()}")
+    if (residual is not None and residual.numel() != n) or (scale_out is not None and scale_out.numel() != n):
+        raise ValueError(f"the GEMV needs a residual and scale_out of {n} elements")
+    if silu and (n % 2 or residual is not None or scale_out is not None):
+        raise ValueError("the GEMV's SiLU takes interleaved (gate, up) rows, an even N, and no residual or scale_out")
+
+
+def out_size(n: int, scale_out, silu: bool) -> int:
+    """The fold's output elements: N, N/2 (silu: one a (gate, up) pair) or 2N (scale_out: y, then y times it)."""
+    return n // 2 if silu else 2 * n if scale_out is not None else n
 
 
 @torch.library.custom_op("qbench::gemv", mutates_args=())
 def gemv(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, block_n: int, block_k: int, warps: int,
-    pdl: bool = False, norm: torch.Tensor | None = None, eps: float = 0.0, residual: torch.Tensor | None = None,
-    silu: bool = False,
+    pdl: bool = False, rms: torch.Tensor | None = None, eps: float = 0.0, residual: torch.Tensor | None = None,
+    scale_out: torch.Tensor | None = None, silu: bool = False,
 ) -> torch.Tensor:
     """x [K] (contiguous), weight [N, K] with K contiguous, bias [N] or None; returns [N] in x's dtype.
     `pdl`: a programmatic dependent launch (CUDA, compute capability 9+; `overlap.py`).
 
-    What lean's QBENCH_LEAN_FOLD=on folds in (each None or False: not done):
-    - `norm` [K], `eps`: W rmsnorm(x) with the norm's weight: W (norm * x) * rsqrt(mean(x^2) + eps),
-      the scale applied once after the loop (every program reads all of x anyway); float32 throughout,
-      where the model rounds the normalised x to x's dtype before it multiplies by the weight;
-    - `silu`: x is [2K], (gate, up), and the input is silu(gate) * up, rounded as torch rounds them;
-    - `residual` [N]: returns residual + W x (W x rounded to x's dtype first, as the model adds)."""
-    k = weight.shape[1]
-    if weight.stride(1) != 1 or x.numel() != (2 * k if silu else k):
-        raise ValueError(f"gemv needs x of {2 * k if silu else k} elements and a weight with K contiguous")
-    if (norm is not None and norm.numel() != k) or (residual is not None and residual.numel() != weight.shape[0]):
-        raise ValueError(f"gemv needs a norm weight of {k} and a residual of {weight.shape[0]} elements")
+    What lean's QBENCH_LEAN_FOLD=on folds in (each None or False: not done), in qbench-int4's GEMV too:
+    - `rms` [K], `eps`: an RMSNorm's scale. x is then the norm's input h times the norm's weight
+      (what the GEMV before made with `scale_out`), and y = rsqrt(mean(h^2) + eps) W x (+ b): float32
+      throughout, where the model rounds the normalised h to x's dtype before the weight multiplies it;
+    - `silu`: the rows are interleaved (gate, up) pairs; returns silu(gate) * up [N/2], each of gate,
+      up, silu(gate) and the product rounded to x's dtype as the model's tensors are;
+    - `residual` [N]: y = residual + W x, W x rounded to x's dtype first (as the model adds);
+    - `scale_out` [N]: returns [2N], y and then y times scale_out rounded: the next norm's input times
+      its weight, the next GEMV's x."""
+    n, k = weight.shape
+    if weight.stride(1) != 1:
+        raise ValueError("gemv needs a weight with K contiguous")
+    check_fold(n, k, x, rms, residual, scale_out, silu)
     return launch(
         x.contiguous().view(-1), weight, bias, (block_n, block_k, warps), pdl,
-        None if norm is None else norm.contiguous(), eps, None if residual is None else residual.contiguous(), silu,
+        None if rms is None else rms.contiguous().view(-1), eps,
+        None if residual is None else residual.contiguous().view(-1),
+        None if scale_out is None else scale_out.contiguous().view(-1), silu,
     )
 
 
 @gemv.register_fake
-def _(x, weight, bias, block_n, block_k, warps, pdl=False, norm=None, eps=0.0, residual=None, silu=False):
-    return x.new_empty(weight.shape[0])
+def _(x, weight, bias, block_n, block_k, warps, pdl=False, rms=None, eps=0.0, residual=None, scale_out=None,
+      silu=False):
+    return x.new_empty(out_size(weight.shape[0], scale_out, silu))

@@ -74,7 +74,7 @@ import functools
 
 import torch
 
-from qbench.runtimes.kernels import overlap
+from qbench.runtimes.kernels import gemv, overlap
 
 MAGIC = 8388608.0  # 2^23: float32 bits 0x4B000000; OR-ing a nibble into the low mantissa bits adds it
 
@@ -125,8 +125,11 @@ def _kernel():
     @triton.jit
     def qbench_int4_gemv_kernel(
         X, QW, S, Z, B, Y, ACC, COUNT, N, K, KW, GROUPS_TOTAL, GROUPS_PER_SPLIT, SPLIT, SN, SG, AHEAD,
+        H, R, G, eps,
         GROUP: tl.constexpr, GROUPS: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
         BLOCK_N: tl.constexpr, BF16X2: tl.constexpr = False, PDL: tl.constexpr = False,
+        RMS: tl.constexpr = False, SILU: tl.constexpr = False, RESIDUAL: tl.constexpr = False,
+        SCALE_OUT: tl.constexpr = False,
     ):
         WORDS: tl.constexpr = GROUP // 8  # int32 words of one row in one group
         TWO_23: tl.constexpr = 8388608.0  # MAGIC, as a constant the compiler may use
@@ -184,21 +187,41 @@ def _kernel():
                         part += (q - offset) * x[None, :]  # (q - zero) exactly, times x
                 acc += part * s[:, None]  # the group's scale: once a word, not once an element
         acc = tl.sum(acc, axis=1)  # [BLOCK_N]
-        if not SPLIT_K:  # one program a row block: store y
-            if HAS_BIAS:
-                acc += tl.load(B + rows).to(tl.float32)
-            tl.store(Y + rows, acc.to(Y.dtype.element_ty), mask=row_ok)
-        else:
+        if SPLIT_K:  # each program adds its partial sums; the last of a row block to arrive finishes y
             tl.atomic_add(ACC + rows, acc, mask=row_ok, sem="relaxed")
             tl.debug_barrier()  # every thread's adds issued before the counter says this program is done
-            arrived = tl.atomic_add(COUNT + pid_n, 1, sem="acq_rel")
-            if arrived == SPLIT - 1:  # the last program of this row block: the sums are complete
-                bits = ACC.to(tl.pointer_type(tl.int32), bitcast=True) + rows  # exchanged as int32 words
-                total = tl.atomic_xchg(bits, tl.zeros((BLOCK_N,), dtype=tl.int32), mask=row_ok)
-                total = total.to(tl.float32, bitcast=True)
-                if HAS_BIAS:
-                    total += tl.load(B + rows).to(tl.float32)
-                tl.store(Y + rows, total.to(Y.dtype.element_ty), mask=row_ok)
+            last = tl.atomic_add(COUNT + pid_n, 1, sem="acq_rel") == SPLIT - 1
+        else:  # one program a row block: it finishes y
+            last = True
+        if last:
+            if SPLIT_K:  # the sums are complete: take them (exchanged as int32 words, zeroing the workspace)
+                bits = ACC.to(tl.pointer_type(tl.int32), bitcast=True) + rows
+                acc = tl.atomic_xchg(bits, tl.zeros((BLOCK_N,), dtype=tl.int32), mask=row_ok)
+                acc = acc.to(tl.float32, bitcast=True)
+            if RMS:  # x is h times the norm's weight (`gemv.gemv`'s fold); h's RMS scale, once a row block
+                span = tl.arange(0, 1024)
+                squares = tl.zeros((1024,), dtype=tl.float32)
+                for k0 in range(0, K, 1024):
+                    h = tl.load(H + k0 + span, mask=k0 + span < K, other=0.0).to(tl.float32)
+                    squares += h * h
+                acc = acc * tl.rsqrt(tl.sum(squares, axis=0) / K + eps)
+            if HAS_BIAS:
+                acc += tl.load(B + rows).to(tl.float32)
+            dtype = Y.dtype.element_ty
+            if SILU:  # rows interleaved (gate, up): silu(gate) * up, rounded as the model's tensors are
+                gate, up = tl.split(tl.reshape(acc, (BLOCK_N // 2, 2)))
+                gate = gate.to(dtype).to(tl.float32)
+                act = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32) * up.to(dtype).to(tl.float32)
+                pairs = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+                tl.store(Y + pairs, act.to(dtype), mask=pairs < N // 2)
+            else:
+                if RESIDUAL:  # the residual add, on y rounded to its dtype as the model's add is
+                    acc = acc.to(dtype).to(tl.float32) + tl.load(R + rows).to(tl.float32)
+                tl.store(Y + rows, acc.to(dtype), mask=row_ok)
+                if SCALE_OUT:  # the next norm's weight times its input: the next GEMV's x
+                    scaled = acc.to(dtype).to(tl.float32) * tl.load(G + rows).to(tl.float32)
+                    tl.store(Y + N + rows, scaled.to(dtype), mask=row_ok)
+            if SPLIT_K:
                 tl.atomic_xchg(COUNT + pid_n, 0)
 
     return qbench_int4_gemv_kernel
@@ -236,7 +259,7 @@ def dequantize_triton(qweight, scales, zeros, group_size: int, dtype: torch.dtyp
     first token on the H100 was six times bf16's at ctx 2048, the same prefill but for the
     dequantisation (results/h100/int4/README.md)."""
     rows, kw = qweight.shape
-    if not qweight.is_contiguous() or not _one_layout(scales, zeros):
+    if not qweight.is_contiguous() or not one_layout(scales, zeros):
         raise ValueError("dequantize_triton needs a contiguous qweight and scales and zeros of one layout")
     out = torch.empty(rows, kw * 8, dtype=dtype, device=qweight.device)
     block_n = 32
@@ -251,15 +274,19 @@ def dequantize_triton(qweight, scales, zeros, group_size: int, dtype: torch.dtyp
 SIGNATURE = {
     "X": "*bf16", "QW": "*i32", "S": "*fp16", "Z": "*u8", "B": "*bf16", "Y": "*bf16", "ACC": "*fp32",
     "COUNT": "*i32", "N": "i32", "K": "i32", "KW": "i32", "GROUPS_TOTAL": "i32", "GROUPS_PER_SPLIT": "i32",
-    "SPLIT": "i32", "SN": "i32", "SG": "i32", "AHEAD": "i32", "GROUP": "constexpr", "GROUPS": "constexpr",
-    "HAS_BIAS": "constexpr", "SPLIT_K": "constexpr", "BLOCK_N": "constexpr", "BF16X2": "constexpr", "PDL": "constexpr",
+    "SPLIT": "i32", "SN": "i32", "SG": "i32", "AHEAD": "i32", "H": "*bf16", "R": "*bf16", "G": "*bf16", "eps": "fp32",
+    "GROUP": "constexpr", "GROUPS": "constexpr", "HAS_BIAS": "constexpr", "SPLIT_K": "constexpr",
+    "BLOCK_N": "constexpr", "BF16X2": "constexpr", "PDL": "constexpr", "RMS": "constexpr", "SILU": "constexpr",
+    "RESIDUAL": "constexpr", "SCALE_OUT": "constexpr",
 }
+FOLD_OFF = {"RMS": False, "SILU": False, "RESIDUAL": False, "SCALE_OUT": False}  # the fold's constexprs, unused
 ALIGNED = ("X", "QW", "S", "Z", "B", "Y", "ACC", "COUNT", "N", "K", "KW", "SG")
 
 
 def compile_for_sm90(constants: dict, warps: int):
     """The kernel compiled for an H100 (sm_90) on any machine, no GPU needed: `constants` gives every
-    constexpr of SIGNATURE (and may fix an argument, as a launch with SN = 1 does). Where this Triton
+    constexpr of SIGNATURE but the fold's (off unless given: FOLD_OFF), and may fix an argument, as a
+    launch with SN = 1 does. Where this Triton
     has no ptxas, triton.compile raises a RuntimeError naming it after its front end ran. For the tests
     and tools/int4_sass.py; qbench's launches compile as usual."""
     import triton
@@ -268,7 +295,7 @@ def compile_for_sm90(constants: dict, warps: int):
 
     names = list(SIGNATURE)
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in ALIGNED}
-    fixed = {(names.index(n),): v for n, v in constants.items()}
+    fixed = {(names.index(n),): v for n, v in (FOLD_OFF | constants).items()}
     source = ASTSource(_kernel(), SIGNATURE, fixed, attrs)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
 
@@ -327,9 +354,13 @@ def _workspace(device: torch.device, n: int, block_n: int, split: int) -> tuple[
     return _workspaces[key]
 
 
-def launch(x, qweight, scales, zeros, bias, group_size, blocks, pdl: bool = False) -> torch.Tensor:
+def launch(
+    x, qweight, scales, zeros, bias, group_size, blocks, pdl: bool = False, rms=None, eps: float = 0.0,
+    residual=None, scale_out=None, silu: bool = False,
+) -> torch.Tensor:
     """`blocks`: (BLOCK_N, GROUPS, SPLIT, warps[, bf16x2]); bf16x2 (the inline-PTX word, sm_90 and
-    bf16 activations only) is off unless named. `pdl`: a programmatic dependent launch (`overlap.py`)."""
+    bf16 activations only) is off unless named. `pdl`: a programmatic dependent launch (`overlap.py`).
+    `rms`, `eps`, `residual`, `scale_out`, `silu`: lean's fold, as `gemv.gemv` takes them."""
     n, kw = qweight.shape
     k = kw * 8
     block_n, groups, split, warps, *variant = blocks
@@ -338,24 +369,29 @@ def launch(x, qweight, scales, zeros, bias, group_size, blocks, pdl: bool = Fals
         raise ValueError(f"gemv_int4's bf16x2 variant multiplies bf16 activations, got {x.dtype}")
     if bf16x2 and x.data_ptr() % 4:  # the variant reads x as 32-bit words (bf16 pairs): a fresh copy is aligned
         x = x.clone()
+    if silu:
+        block_n = max(block_n, 2)  # a program's rows are whole (gate, up) pairs
     total = k // group_size
     per_split = -(-total // split)
     per_split = -(-per_split // groups) * groups  # whole iterations a split
     split = -(-total // per_split)  # no split left without groups
-    y = torch.empty(n, dtype=x.dtype, device=x.device)
+    y = torch.empty(gemv.out_size(n, scale_out, silu), dtype=x.dtype, device=x.device)
     acc, count = _workspace(x.device, n, block_n, split) if split > 1 else (y, y)
     # with pdl: the groups a program asks L2 for before its wait (its whole range, or one iteration's)
     ahead = (per_split if overlap.whole(qweight.numel() * 4, x.device) else groups) if pdl else 0
     _kernel()[(-(-n // block_n), split)](
         x, qweight, scales, zeros, bias if bias is not None else scales, y, acc, count, n, k, kw, total,
-        per_split, split, scales.stride(0), scales.stride(1), ahead, GROUP=group_size, GROUPS=groups,
-        HAS_BIAS=bias is not None, SPLIT_K=split > 1,
-        BLOCK_N=block_n, BF16X2=bf16x2, PDL=pdl, num_warps=warps, **overlap.launch_options(pdl),
+        per_split, split, scales.stride(0), scales.stride(1), ahead,
+        rms if rms is not None else x, residual if residual is not None else x,
+        scale_out if scale_out is not None else x, eps, GROUP=group_size, GROUPS=groups,
+        HAS_BIAS=bias is not None, SPLIT_K=split > 1, BLOCK_N=block_n, BF16X2=bf16x2, PDL=pdl,
+        RMS=rms is not None, SILU=silu, RESIDUAL=residual is not None, SCALE_OUT=scale_out is not None,
+        num_warps=warps, **overlap.launch_options(pdl),
     )
     return y
 
 
-def _one_layout(scales: torch.Tensor, zeros: torch.Tensor) -> bool:
+def one_layout(scales: torch.Tensor, zeros: torch.Tensor) -> bool:
     """Scales and zeros of one layout, row- or group-major (both kernels take their strides)."""
     return scales.stride() == zeros.stride() and 1 in scales.stride()
 
@@ -369,7 +405,7 @@ def _check(x, qweight, scales, zeros, group_size) -> None:
         raise ValueError(f"gemv_int4 needs x of {k} elements and a contiguous int32 qweight [N, K/8]")
     if scales.shape != (n, k // group_size) or zeros.shape != scales.shape:
         raise ValueError(f"gemv_int4 needs scales and zeros of [{n}, {k // group_size}]")
-    if not _one_layout(scales, zeros):
+    if not one_layout(scales, zeros):
         raise ValueError(f"gemv_int4 needs scales and zeros of one layout, row- or group-major, "
                          f"got strides {scales.stride()} and {zeros.stride()}")
 
@@ -378,17 +414,24 @@ def _check(x, qweight, scales, zeros, group_size) -> None:
 def gemv_int4(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bias: torch.Tensor | None,
     group_size: int, block_n: int, groups: int, split: int, warps: int, bf16x2: bool = False, pdl: bool = False,
+    rms: torch.Tensor | None = None, eps: float = 0.0, residual: torch.Tensor | None = None,
+    scale_out: torch.Tensor | None = None, silu: bool = False,
 ) -> torch.Tensor:
     """x [K], qweight int32 [N, K/8], scales fp16 [N, K/g], zeros uint8 [N, K/g], bias [N] or None;
-    returns [N] in x's dtype. `pdl`: a programmatic dependent launch (lean's QBENCH_LEAN_PDL=on)."""
+    returns [N] in x's dtype. `pdl`: a programmatic dependent launch (lean's QBENCH_LEAN_PDL=on).
+    `rms`, `eps`, `residual`, `scale_out`, `silu`: lean's QBENCH_LEAN_FOLD=on, as `gemv.gemv` takes
+    them (the same arithmetic, the same output sizes)."""
     _check(x, qweight, scales, zeros, group_size)
+    gemv.check_fold(qweight.shape[0], qweight.shape[1] * 8, x, rms, residual, scale_out, silu)
+    flat = (None if t is None else t.contiguous().view(-1) for t in (rms, residual, scale_out))
     return launch(x.contiguous().view(-1), qweight, scales, zeros, bias, group_size,
-                  (block_n, groups, split, warps, bf16x2), pdl)
+                  (block_n, groups, split, warps, bf16x2), pdl, next(flat), eps, next(flat), next(flat), silu)
 
 
 @gemv_int4.register_fake
-def _(x, qweight, scales, zeros, bias, group_size, block_n, groups, split, warps, bf16x2=False, pdl=False):
-    return x.new_empty(qweight.shape[0])
+def _(x, qweight, scales, zeros, bias, group_size, block_n, groups, split, warps, bf16x2=False, pdl=False,
+      rms=None, eps=0.0, residual=None, scale_out=None, silu=False):
+    return x.new_empty(gemv.out_size(qweight.shape[0], scale_out, silu))
 
 
 # ---- the layout, in plain torch: packing, the repacking of published formats, the reference -------
