@@ -225,6 +225,15 @@ def ptx_for_sm90(function, signature: dict, fixed: dict, warps: int = 4) -> str 
         return None
 
 
+# QBENCH_LEAN_FOLD's two forms of a GEMV launch, as the kernels' constexprs: the one that reads a norm's
+# output (its RMS scale; gate/up's SiLU product) and the one that adds the residual (and scales by the
+# next norm's weight)
+FOLD_FORMS = (
+    {"RMS": True, "SILU": True, "RESIDUAL": False, "SCALE_OUT": False},
+    {"RMS": False, "SILU": False, "RESIDUAL": True, "SCALE_OUT": True},
+)
+
+
 def decode_attention_ptx(kernel: str, rope: bool = False, pdl: bool = False, chunk: int = 32) -> str | None:
     """The split-K attention's `partial` or `combine` kernel compiled for sm_90 at Qwen2.5-7B's shapes
     (98 chunks of `chunk` positions), `ptx_for_sm90`'s answer."""

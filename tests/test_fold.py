@@ -229,19 +229,13 @@ def test_fold_is_checked_and_where_it_is_not_taken_the_notes_say_why(monkeypatch
 def test_the_folded_kernels_compile_for_an_h100():
     """The interpreter runs what the compiler may refuse (the SiLU pairs' reshape and split, the split-K
     epilogue's runtime branch): both GEMVs with every fold form, compiled for sm_90 here, no GPU."""
-    from conftest import ptx_for_sm90
+    from conftest import FOLD_FORMS, ptx_for_sm90
 
     from qbench.runtimes.kernels import gemv, gemv_int4
 
-    signature = {"X": "*bf16", "W": "*bf16", "B": "*bf16", "Y": "*bf16", "N": "i32", "K": "i32", "stride_w": "i32",
-                 "AHEAD": "i32", "H": "*bf16", "R": "*bf16", "G": "*bf16", "eps": "fp32", "HAS_BIAS": "constexpr",
-                 "BLOCK_N": "constexpr", "BLOCK_K": "constexpr", "EVEN_K": "constexpr", "PDL": "constexpr",
-                 "RMS": "constexpr", "SILU": "constexpr", "RESIDUAL": "constexpr", "SCALE_OUT": "constexpr"}
-    forms = ({"RMS": True, "SILU": True, "RESIDUAL": False, "SCALE_OUT": False},
-             {"RMS": False, "SILU": False, "RESIDUAL": True, "SCALE_OUT": True})
-    for form in forms:
+    for form in FOLD_FORMS:
         fixed = {"HAS_BIAS": True, "BLOCK_N": 8, "BLOCK_K": 512, "EVEN_K": True, "PDL": False} | form
-        ptx = ptx_for_sm90(gemv._kernel(), signature, fixed)
+        ptx = ptx_for_sm90(gemv._kernel(), gemv.SIGNATURE, fixed)
         if ptx is not None:
             assert ("ex2" in ptx) == form["SILU"]  # the SiLU's exp is there only where asked
         for split_k in (True, False):

@@ -10,7 +10,7 @@ import re
 
 import pytest
 import torch
-from conftest import decode_attention_ptx, ptx_for_sm90, tiny_model
+from conftest import FOLD_FORMS, decode_attention_ptx, ptx_for_sm90, tiny_model
 
 from qbench.runtimes.kernels import decode_attention, elementwise, gemv, gemv_int4
 
@@ -26,20 +26,16 @@ def _before_the_wait(ptx: str) -> list[str]:
     return lines[: waits[0]]
 
 
-def _gemv_ptx(pdl: bool, folded: bool = False) -> str | None:
-    """`folded`: with QBENCH_LEAN_FOLD's norm, SiLU product and residual add, all three at once."""
-    signature = {"X": "*bf16", "W": "*bf16", "B": "*bf16", "Y": "*bf16", "N": "i32", "K": "i32", "stride_w": "i32",
-                 "AHEAD": "i32", "G": "*bf16", "R": "*bf16", "eps": "fp32",
-                 "HAS_BIAS": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr", "EVEN_K": "constexpr",
-                 "PDL": "constexpr", "NORM": "constexpr", "SILU": "constexpr", "RESIDUAL": "constexpr"}
-    constants = {"HAS_BIAS": True, "BLOCK_N": 8, "BLOCK_K": 512, "EVEN_K": True, "PDL": pdl,
-                 "NORM": folded, "SILU": folded, "RESIDUAL": folded}
-    return ptx_for_sm90(gemv._kernel(), signature, constants)
+def _gemv_ptx(pdl: bool, form: int | None = None) -> str | None:
+    """`form`: with QBENCH_LEAN_FOLD's FOLD_FORMS[form]."""
+    constants = {"HAS_BIAS": True, "BLOCK_N": 8, "BLOCK_K": 512, "EVEN_K": True, "PDL": pdl}
+    constants |= FOLD_FORMS[form] if form is not None else dict.fromkeys(FOLD_FORMS[0], False)
+    return ptx_for_sm90(gemv._kernel(), gemv.SIGNATURE, constants)
 
 
-def _int4_ptx(pdl: bool) -> str | None:
+def _int4_ptx(pdl: bool, form: int | None = None) -> str | None:
     constants = {"GROUP": 128, "GROUPS": 4, "HAS_BIAS": True, "SPLIT_K": True, "BLOCK_N": 32, "BF16X2": True,
-                 "PDL": pdl, "SN": 1}
+                 "PDL": pdl, "SN": 1} | (FOLD_FORMS[form] if form is not None else {})
     try:
         return gemv_int4.compile_for_sm90(constants, 4).asm["ptx"]
     except RuntimeError as error:  # no ptxas in this Triton: the front end still ran
@@ -61,8 +57,11 @@ def _elementwise_ptx(kernel: str, pdl: bool) -> str | None:
 
 KERNELS = {  # name: (PTX of it with or without PDL, loads allowed before the wait)
     "gemv": (_gemv_ptx, 0),
-    "gemv (norm, SiLU product and residual folded in)": (functools.partial(_gemv_ptx, folded=True), 0),
+    "gemv (folded: RMS scale, SiLU product)": (functools.partial(_gemv_ptx, form=0), 0),
+    "gemv (folded: residual, next norm's weight)": (functools.partial(_gemv_ptx, form=1), 0),
     "gemv_int4 (split-K, bf16x2, bias)": (_int4_ptx, 0),
+    "gemv_int4 (folded: RMS scale, SiLU product)": (functools.partial(_int4_ptx, form=0), 0),
+    "gemv_int4 (folded: residual, next norm's weight)": (functools.partial(_int4_ptx, form=1), 0),
     # the partial kernel reads the position before its wait: it aims the prefetch (a hint)
     "attention partial (rope, cache write)": (
         lambda pdl: decode_attention_ptx("partial", rope=True, pdl=pdl, chunk=96), 1
@@ -112,9 +111,10 @@ def test_every_kernel_of_leans_own_in_a_step_gets_the_launch_when_asked_and_none
     assert lean.fold == fold
     seen = []
 
-    def fake_gemv(x, weight, bias, block_n, block_k, warps, pdl=False, *folded):
+    def fake_gemv(x, weight, bias, block_n, block_k, warps, pdl=False, rms=None, eps=0.0, residual=None,
+                  scale_out=None, silu=False):
         seen.append(("gemv", pdl))
-        return torch.zeros(weight.shape[0], dtype=x.dtype)
+        return torch.zeros(gemv.out_size(weight.shape[0], scale_out, silu), dtype=x.dtype)
 
     def fake_attention(q, k, v, kv_cache, layer, cos, sin, position, scale, programs, planned=0, pdl=False):
         seen.append(("attention", pdl))
@@ -160,7 +160,7 @@ def test_qbench_int4_under_pdl_is_refused_with_its_reason_and_planned_as_before_
         assert all(lean.linear16.get(id(m)) is None for m in (layer.self_attn.o_proj, layer.mlp.down_proj))
         for first in (layer.self_attn.q_proj, layer.mlp.gate_proj):
             assert isinstance(lean.linear16[id(first)], Int4Gemv) and not lean.linear16[id(first)].pdl
-    assert any(f"4-bit linear layers: qbench's int4 GEMV ({2 * len(layers)} fused launches" in n
+    assert any(f"4-bit linear layers: qbench's int4 GEMV ({2 * len(layers)} launches" in n
                and "o and down through their modules" in n for n in lean.notes), lean.notes
 
 

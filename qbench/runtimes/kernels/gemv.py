@@ -92,6 +92,15 @@ def _kernel():
     return gemv_kernel
 
 
+# The kernel's arguments as Triton's compiler takes them, in order (the tests compile it for sm_90)
+SIGNATURE = {
+    "X": "*bf16", "W": "*bf16", "B": "*bf16", "Y": "*bf16", "N": "i32", "K": "i32", "stride_w": "i32", "AHEAD": "i32",
+    "H": "*bf16", "R": "*bf16", "G": "*bf16", "eps": "fp32", "HAS_BIAS": "constexpr", "BLOCK_N": "constexpr",
+    "BLOCK_K": "constexpr", "EVEN_K": "constexpr", "PDL": "constexpr", "RMS": "constexpr", "SILU": "constexpr",
+    "RESIDUAL": "constexpr", "SCALE_OUT": "constexpr",
+}
+
+
 def choose_blocks(n: int, k: int, sms: int) -> tuple[int, int, int]:
     """(BLOCK_N, BLOCK_K, warps): the fewest rows a program that still gives every SM several
     programs (so enough loads are in flight), and a K piece of 512 (1024 for a long K, 256 for a
