@@ -32,6 +32,9 @@ def _kernel():
     import triton
     import triton.language as tl
 
+    global fold  # a module global, not a closure's: Triton's interpreter resolves a kernel's helpers there
+    from qbench.runtimes.kernels import fold
+
     helpers = overlap.jit()
     prefetch_l2, after_previous = helpers.prefetch_l2, helpers.after_previous
     line_elements = tl.constexpr(overlap.LINE // 2)  # 16-bit weights in an L2 line
@@ -74,20 +77,7 @@ def _kernel():
             y = y * tl.rsqrt(tl.sum(squares, axis=0) / K + eps)
         if HAS_BIAS:
             y += tl.load(B + rows).to(tl.float32)
-        dtype = Y.dtype.element_ty
-        if SILU:  # rows interleaved (gate, up): silu(gate) * up, each rounded to Y's dtype as torch rounds them
-            gate, up = tl.split(tl.reshape(y, (BLOCK_N // 2, 2)))
-            gate = gate.to(dtype).to(tl.float32)
-            act = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32) * up.to(dtype).to(tl.float32)
-            pairs = pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
-            tl.store(Y + pairs, act.to(dtype), mask=pairs < N // 2)
-        else:
-            if RESIDUAL:  # the residual stream's add, on y rounded to its dtype as the model's add is
-                y = y.to(dtype).to(tl.float32) + tl.load(R + rows).to(tl.float32)
-            tl.store(Y + rows, y.to(dtype), mask=row_ok)
-            if SCALE_OUT:  # the next norm's weight times its input, rounded: what the next GEMV reads as x
-                scaled = y.to(dtype).to(tl.float32) * tl.load(G + rows).to(tl.float32)
-                tl.store(Y + N + rows, scaled.to(dtype), mask=row_ok)
+        fold.store(y, Y, R, G, rows, row_ok, pid, N, BLOCK_N, SILU, RESIDUAL, SCALE_OUT)
 
     return gemv_kernel
 

@@ -117,6 +117,9 @@ def _kernel():
     import triton
     import triton.language as tl
 
+    global fold  # a module global, not a closure's: Triton's interpreter resolves a kernel's helpers there
+    from qbench.runtimes.kernels import fold
+
     word_asm = tl.constexpr(BF16X2_WORD)
     helpers = overlap.jit()
     prefetch_l2, after_previous = helpers.prefetch_l2, helpers.after_previous
@@ -207,20 +210,7 @@ def _kernel():
                 acc = acc * tl.rsqrt(tl.sum(squares, axis=0) / K + eps)
             if HAS_BIAS:
                 acc += tl.load(B + rows).to(tl.float32)
-            dtype = Y.dtype.element_ty
-            if SILU:  # rows interleaved (gate, up): silu(gate) * up, rounded as the model's tensors are
-                gate, up = tl.split(tl.reshape(acc, (BLOCK_N // 2, 2)))
-                gate = gate.to(dtype).to(tl.float32)
-                act = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32) * up.to(dtype).to(tl.float32)
-                pairs = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
-                tl.store(Y + pairs, act.to(dtype), mask=pairs < N // 2)
-            else:
-                if RESIDUAL:  # the residual add, on y rounded to its dtype as the model's add is
-                    acc = acc.to(dtype).to(tl.float32) + tl.load(R + rows).to(tl.float32)
-                tl.store(Y + rows, acc.to(dtype), mask=row_ok)
-                if SCALE_OUT:  # the next norm's weight times its input: the next GEMV's x
-                    scaled = acc.to(dtype).to(tl.float32) * tl.load(G + rows).to(tl.float32)
-                    tl.store(Y + N + rows, scaled.to(dtype), mask=row_ok)
+            fold.store(acc, Y, R, G, rows, row_ok, pid_n, N, BLOCK_N, SILU, RESIDUAL, SCALE_OUT)
             if SPLIT_K:
                 tl.atomic_xchg(COUNT + pid_n, 0)
 
