@@ -138,6 +138,50 @@ def engine_dist(tmp_path, monkeypatch):
     sys.modules.pop("qbench_toy", None)
 
 
+COMPILED_OP = """
+import sys, torch
+import qbench.settings as settings
+from qbench.runtimes.lean import compile_keyed
+version, digest = sys.argv[1], sys.argv[2]
+settings.measured_code_digest = lambda: digest  # the qbench that compiles, as its measured code
+if version == "1":
+    @torch.library.custom_op("qbench_test::f", mutates_args=())
+    def f(x: torch.Tensor, k: int, norm: torch.Tensor | None = None) -> torch.Tensor:
+        return x * k
+    f.register_fake(lambda x, k, norm=None: torch.empty_like(x))
+    step = lambda x: f(x + 1, 3, None) * 2
+else:  # the op's next schema: an argument renamed, one added
+    @torch.library.custom_op("qbench_test::f", mutates_args=())
+    def f(x: torch.Tensor, k: int, rms: torch.Tensor | None = None, eps: float = 0.0) -> torch.Tensor:
+        return x * k
+    f.register_fake(lambda x, k, rms=None, eps=0.0: torch.empty_like(x))
+    step = lambda x: f(x + 1, 3, None, 0.0) * 2
+print(compile_keyed(step)(torch.ones(4)).tolist())
+"""
+
+
+def test_a_step_compiled_by_other_measured_code_is_not_found_in_torchs_caches(tmp_path):
+    """torch's on-disk compile caches do not key a graph by a custom op's schema: a step compiled
+    with the op's former arguments was found after they changed and failed to call it (the H100,
+    2026-12-07). lean's compile_keyed adds the measured code to the key: the second qbench compiles
+    its own graph. Both in one cache folder, each in its own process as sessions are."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
+    env.pop("TORCH_COMPILE_CACHE_KEY_TAG", None)
+
+    def compiled(version: str, digest: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", COMPILED_OP, version, digest], env=env, capture_output=True,
+                              text=True, timeout=600)
+
+    first = compiled("1", "aaaa")
+    assert first.returncode == 0 and first.stdout.strip() == "[12.0, 12.0, 12.0, 12.0]", first.stderr[-2000:]
+    second = compiled("2", "bbbb")
+    assert second.returncode == 0 and second.stdout.strip() == "[12.0, 12.0, 12.0, 12.0]", second.stderr[-2000:]
+
+
 def test_a_whole_runtime_plugin_runs_through_the_protocol(engine_dist, tmp_path):
     args = ["compare", "--model", "tiny", "--ctx", "16", "--warmup", "1", "--steps", "3", "--sessions", "1"]
     args += ["--backends", "bf16,toy-engine", "--runtimes", "hf,lean", "--db", str(tmp_path / "r.sqlite")]

@@ -233,7 +233,7 @@ class LeanRunner:
                 "(lean_compile)"
             )
         else:
-            self._step_fn = torch.compile(self._uncompiled, dynamic=False)
+            self._step_fn = compile_keyed(self._uncompiled)
             self.notes.append(
                 "lean: step compiled with torch.compile"
                 + ("" if compile_step else " (QBENCH_LEAN_COMPILE=all: the backend does not declare lean_compile)")
@@ -638,6 +638,19 @@ class LeanRunner:
         if ids.numel() > self.max_cache_len:
             raise ValueError(f"{ids.numel()} tokens do not fit a cache of {self.max_cache_len}")
         return self._forward_prompt(ids, every_position=True)
+
+
+def compile_keyed(step):
+    """torch.compile(step), every cache of torch.compile's keyed to qbench's measured code too
+    (torch.compiler.config.cache_key_tag). torch's on-disk caches key a graph by its ops and their
+    arguments, not by a custom op's schema: on the H100, after qbench's GEMV took other arguments, a
+    step compiled by the qbench before was found and called the op with an argument it no longer has,
+    and lean ran uncompiled (it said so); a tag per measured code never finds another's."""
+    config = torch.compiler.config
+    tag = f"qbench-{settings.measured_code_digest()}"
+    if hasattr(config, "cache_key_tag") and tag not in config.cache_key_tag:
+        config.cache_key_tag = f"{config.cache_key_tag}|{tag}" if config.cache_key_tag else tag
+    return torch.compile(step, dynamic=False)
 
 
 def _switched_on(variable: str) -> bool:
