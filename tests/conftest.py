@@ -247,7 +247,7 @@ def decode_attention_ptx(kernel: str, rope: bool = False, pdl: bool = False, chu
     else:
         signature = {name: "*bf16" for name in ("Q", "K", "V", "KNEW", "VNEW", "COS", "SIN")}
         signature.update({"POS": "*i64", "ACC": "*fp32", "M": "*fp32", "L": "*fp32", "stride_kh": "i64",
-                          "stride_kn": "i64", "positions_total": "i32", "positions_early": "i32", "scale": "fp32"})
+                          "stride_kn": "i64", "positions_total": "i32", "scale": "fp32"})
         constants = {**shapes, "BLOCK": attention.BLOCK_N, "SPLITS": 98, "ROPE": rope}
     signature.update(dict.fromkeys(constants, "constexpr"))
     function = attention._kernels()[kernel == "combine"]

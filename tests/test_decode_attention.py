@@ -13,11 +13,7 @@ from conftest import decode_attention_ptx, run_interpreted
 pytest.importorskip("triton", reason="Triton not installed (the test extra installs it on Linux x86-64)")
 
 
-def test_split_k_attention_matches_the_reference_and_never_counts_past_the_position():
-    """Every case with the chunks planned for the whole cache (0), for all of it, and for the first half
-    of the positions up to the position (the rest as lean's energy window): the first block of each
-    chunk among the planned positions is loaded before the position is known, so rows past it are
-    read there, and must not count."""
+def test_split_k_attention_matches_the_reference_and_never_reads_past_the_position():
     out = run_interpreted(
         """
         import torch
@@ -41,12 +37,11 @@ def test_split_k_attention_matches_the_reference_and_never_counts_past_the_posit
                 k[:, position + 1 :] = float("nan")  # never written: reading or counting them poisons the output
                 v[:, position + 1 :] = float("nan")
                 at = torch.tensor([position])
+                got = decode_attention(q, k, v, at, dim**-0.5, programs).float()
                 want = decode_attention_reference(q, k, v, at, dim**-0.5).float()
-                for planned in (0, positions, max(1, position // 2)):
-                    got = decode_attention(q, k, v, at, dim**-0.5, programs, planned).float()
-                    assert torch.isfinite(got).all(), (dtype, heads, position, planned)
-                    err = ((got - want).abs().max() / want.abs().max()).item()
-                    assert err < (1e-5 if dtype == torch.float32 else 2e-3), (dtype, heads, position, planned, err)
+                assert torch.isfinite(got).all(), (dtype, heads, position)
+                err = ((got - want).abs().max() / want.abs().max()).item()
+                assert err < (1e-5 if dtype == torch.float32 else 2e-3), (dtype, heads, position, err)
         print("ok")
         """
     )
@@ -77,9 +72,7 @@ def test_rope_and_the_cache_write_inside_the_kernel_match_the_step_doing_them():
                 cos = torch.cat((freqs.cos(), freqs.cos()), -1).to(dtype)
                 sin = torch.cat((freqs.sin(), freqs.sin()), -1).to(dtype)
                 at = torch.tensor([position])
-                got = decode_attention_rope(
-                    q.view(heads, dim), k, v, cache, 1, cos, sin, at, dim**-0.5, programs, positions
-                )  # every chunk planned: their first blocks are loaded early, past the position too
+                got = decode_attention_rope(q.view(heads, dim), k, v, cache, 1, cos, sin, at, dim**-0.5, programs)
                 # the step's way: rotate, write, attend
                 k_rot = rope_reference(k.view(kv_heads, dim), cos[position], sin[position]).to(dtype)
                 q_rot = rope_reference(q.view(heads, dim), cos[position], sin[position]).to(dtype)

@@ -9,19 +9,17 @@ split into chunks instead, one program per (kv head, chunk):
 
   1. `decode_attention_partial`: a program loads its kv head's group of query heads ([group, head_dim], padded to
      16 rows for the tensor-core dot), walks its chunk of K and V up to the current position (later
-     positions are not counted), and keeps the online-softmax state in float32: the
+     positions are neither read nor counted), and keeps the online-softmax state in float32: the
      running maximum m, the sum l of exp(score - m) and the unnormalised output acc;
   2. `decode_attention_combine`: one program per query head and block of its dims rescales the chunks' states
      (those up to the position's) to their common maximum and writes sum(acc_i * w_i) / sum(l_i * w_i),
      w_i = exp(m_i - max m), in the cache's dtype.
 
 Every kv head's K and V are read once and never expanded to the query heads. The position is a
-device tensor, so a captured CUDA graph replays the same launches at every step. Each program asks
-for its chunk's first block of K and V before it reads the position (where that block lies among the
-`planned` positions), so those loads wait on nothing; chunks wholly past the position read nothing
-more and write nothing, and the combine reads only the chunks up to the position's, so a cache with
-room beyond the positions the chunks are sized for (lean's energy window) costs the steps before it
-nothing but those programs' launch. The result is registered as the custom op
+device tensor, so a captured CUDA graph replays the same launches at every step; chunks wholly past
+the position read and write nothing, and the combine reads only the chunks up to the position's, so
+a cache with room beyond the positions the chunks are sized for (lean's energy window) costs the
+steps before it nothing but those programs' launch. The result is registered as the custom op
 `qbench::decode_attention` so torch.compile treats it as one opaque call inside a compiled step.
 
 With `pdl` (lean's QBENCH_LEAN_PDL=on) both are programmatic dependent launches (`overlap.py`): the
@@ -69,7 +67,7 @@ def _kernels():
     @triton.jit
     def decode_attention_partial(
         Q, K, V, POS, ACC, M, L, KNEW, VNEW, COS, SIN,
-        stride_kh, stride_kn, positions_total, positions_early,
+        stride_kh, stride_kn, positions_total,
         scale,
         GROUP: tl.constexpr, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, DIM: tl.constexpr,
         CHUNK: tl.constexpr, BLOCK: tl.constexpr, SPLITS: tl.constexpr, ROPE: tl.constexpr = False,
@@ -87,24 +85,13 @@ def _kernels():
                 prefetch_l2(K + rows_at)
                 prefetch_l2(V + rows_at)
             after_previous()
+        position = tl.load(POS)
         rows = tl.arange(0, ROWS)
         dims = tl.arange(0, DIM)
         start = split * CHUNK
-        dim_ok = dims < HEAD_DIM
-        k_base = K + head * stride_kh
-        v_base = V + head * stride_kh
-        # The chunk's first block of K and V, asked for before the position is known (it is read
-        # next), where the block lies among the first `positions_early` positions (those the chunks
-        # were planned for): the loads' latency then runs alongside the position's, q's and the
-        # rope's instead of after them. Rows past the position are zeroed and left out below.
-        opening = start + tl.arange(0, BLOCK)
-        opening_at = opening[:, None] * stride_kn + dims[None, :]
-        early = (opening < positions_early)[:, None] & dim_ok[None, :]
-        k_open = tl.load(k_base + opening_at, mask=early, other=0.0)
-        v_open = tl.load(v_base + opening_at, mask=early, other=0.0)
-        position = tl.load(POS)
-        live = (rows * 0 + start) <= position  # [ROWS]: a chunk wholly past the position writes nothing
+        live = (rows * 0 + start) <= position  # [ROWS]: a chunk wholly past the position reads and writes nothing
         row_ok = (rows < GROUP) & live
+        dim_ok = dims < HEAD_DIM
         q_rows = Q + (head * GROUP + rows)[:, None] * HEAD_DIM
         q_mask = row_ok[:, None] & dim_ok[None, :]
         if ROPE:  # Q, KNEW: q and this step's k before their rotary embedding (`decode_attention_rope`)
@@ -128,25 +115,24 @@ def _kernels():
         l_sum = tl.zeros([ROWS], tl.float32)
         acc = tl.zeros([ROWS, DIM], tl.float32)
         end = tl.minimum(start + CHUNK, position + 1)  # the positions written so far, this chunk's part
+        k_base = K + head * stride_kh
+        v_base = V + head * stride_kh
         for first in range(start, end, BLOCK):
             positions = first + tl.arange(0, BLOCK)
             seen = positions < end
             offsets = positions[:, None] * stride_kn + dims[None, :]
-            # rows not asked for early (all of them after the first block) are loaded now; rows past
-            # the position are zeroed, not only left out of the softmax: never written, they may hold
-            # anything, and 0 * NaN is NaN
-            late = (seen & ((positions >= positions_early) | (positions >= start + BLOCK)))[:, None] & dim_ok[None, :]
-            k = tl.where(late, tl.load(k_base + offsets, mask=late, other=0.0), tl.where(seen[:, None], k_open, 0.0))
-            v = tl.where(late, tl.load(v_base + offsets, mask=late, other=0.0), tl.where(seen[:, None], v_open, 0.0))
-            if ROPE:  # the position's row is this step's k and v (its slot is written after the loop)
+            k = tl.load(k_base + offsets, mask=seen[:, None] & dim_ok[None, :], other=0.0)
+            if ROPE:  # the position's row is this step's k (its slot is written after the loop)
                 k = tl.where((positions == position)[:, None], k_new[None, :], k)
-                v = tl.where((positions == position)[:, None], v_new[None, :], v)
             scores = tl.dot(q, tl.trans(k)) * scale  # [ROWS, BLOCK], float32
             scores = tl.where(seen[None, :], scores, float("-inf"))
             m_new = tl.maximum(m, tl.max(scores, 1))
             alpha = tl.exp(m - m_new)
             p = tl.exp(scores - m_new[:, None])
             l_sum = l_sum * alpha + tl.sum(p, 1)
+            v = tl.load(v_base + offsets, mask=seen[:, None] & dim_ok[None, :], other=0.0)
+            if ROPE:
+                v = tl.where((positions == position)[:, None], v_new[None, :], v)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m = m_new
         if ROPE:  # the program whose chunk holds the position writes this step's k and v into the cache, for
@@ -252,7 +238,7 @@ def _launch(
     k_new, v_new, cos, sin = rope if rope is not None else (q, q, q, q)
     partial[(kv_heads, splits)](
         q, k_cache, v_cache, position, acc, m, l_sum, k_new, v_new, cos, sin,
-        k_cache.stride(0), k_cache.stride(1), positions, min(planned, positions),
+        k_cache.stride(0), k_cache.stride(1), positions,
         scale,
         GROUP=group, ROWS=rows, HEAD_DIM=head_dim, DIM=dim, CHUNK=chunk, BLOCK=BLOCK_N, SPLITS=splits,
         ROPE=rope is not None, PDL=pdl, **overlap.launch_options(pdl),
