@@ -40,8 +40,8 @@ mask-and-or, a subtraction, a fused multiply-add; each word's sum over its group
 group's scale (once a word), and the words of a row are summed once, at the end. Compiled for sm_90
 that is about 5.5 instructions a weight (ptxas turns the shift and mask into a shift, a zero-extend
 and a lop3; `tools/int4_sass.py` counts them on any machine). The 4-bit GEMVs read below the copy
-rate (results/h100/int4), yet a third fewer instructions a weight in the bf16x2 variant bought 2% of
-their time (results/h100/step4): they are not bound by issuing instructions either.
+rate (results/h100/int4), yet the paired layout's cut in the bf16x2 variant's instructions a weight
+barely changed their time (results/h100/step4): they are not bound by issuing instructions either.
 
 The bf16x2 variant (`blocks`' fifth element, Hopper and bf16 activations only): the same layout,
 each word's eight weights dequantised and multiplied in bf16 pairs by a few lines of inline PTX
