@@ -172,6 +172,37 @@ def tiny_model(backend: str, max_cache_len: int = 32):
     return load_backend(backend).load(load_model_spec("tiny"), options).model
 
 
+# The start of a child script (`run_interpreted`) running qbench-int4 on the tiny spec under lean: the
+# spec, options and backend; a block table of few, large programs (the interpreter's cost is per
+# program; down's 6 groups split in 3); `load()`, the model with Qwen2's q, k, v biases (the tiny spec
+# has none); lean's 16-bit GEMV on the CPU; the prompt's tokens.
+INT4_TINY_LEAN = """
+import os, torch
+from qbench.api import LoadOptions
+from qbench.session.decode import token_stream
+from qbench.registry import load_backend
+from qbench.runtimes.kernels import gemv_int4
+from qbench.runtimes.lean import LeanRunner
+from qbench.specs import load_model_spec
+spec = load_model_spec("tiny")
+options = LoadOptions(device="cpu", weights="synthetic", seed=0, max_cache_len=96, group_size=128)
+gemv_int4.TABLE.update({(512, 256): (32, 2, 1, 4), (1536, 256): (64, 2, 1, 4), (256, 256): (32, 1, 1, 4),
+                        (256, 768): (32, 2, 3, 4)})
+backend = load_backend("qbench-int4")
+os.environ["QBENCH_LEAN_GEMV"] = "triton"
+tokens = token_stream(spec.vocab_size, 72, 0, "cpu")
+
+
+def load():
+    model = backend.load(spec, options).model
+    torch.manual_seed(1)
+    for layer in model.get_decoder().layers:
+        for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+            proj.bias = torch.nn.Parameter(torch.randn(proj.out_features, dtype=torch.bfloat16) * 0.1)
+    return model
+"""
+
+
 def run_interpreted(code: str) -> str:
     """Run `code` in a child Python with Triton's interpreter on (TRITON_INTERPRET is read when a
     kernel is defined, so each check needs its own process); returns its stdout."""
@@ -219,6 +250,19 @@ def ptx_for_sm90(function, signature: dict, fixed: dict, warps: int = 4) -> str 
     source = ASTSource(function, signature, {(names.index(n),): v for n, v in fixed.items()}, {})
     try:
         return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps}).asm["ptx"]
+    except RuntimeError as error:
+        if "ptxas" not in str(error).lower():
+            raise
+        return None
+
+
+def int4_ptx(constants: dict, warps: int = 4) -> str | None:
+    """qbench-int4's GEMV compiled for sm_90 (`gemv_int4.compile_for_sm90`): its PTX, or None where this
+    Triton has no ptxas (its front end still ran)."""
+    from qbench.runtimes.kernels import gemv_int4
+
+    try:
+        return gemv_int4.compile_for_sm90(constants, warps).asm["ptx"]
     except RuntimeError as error:
         if "ptxas" not in str(error).lower():
             raise

@@ -6,10 +6,11 @@ the byte formula against the stored tensors; lean with the backend's fused launc
 import ast
 import itertools
 from pathlib import Path
+from textwrap import dedent
 
 import pytest
 import torch
-from conftest import ptx_for_sm90, run_interpreted
+from conftest import INT4_TINY_LEAN, int4_ptx, ptx_for_sm90, run_interpreted
 
 from qbench import formats
 from qbench.runtimes.kernels import gemv_int4
@@ -323,27 +324,9 @@ def test_a_prefill_dequantises_slices_of_rows_and_gets_the_same_weight(monkeypat
 
 
 def test_lean_with_qbench_int4_fuses_and_matches_hf():
-    out = run_interpreted(
+    out = run_interpreted(INT4_TINY_LEAN + dedent(
         """
-        import os, torch
-        from qbench.api import LoadOptions
-        from qbench.session.decode import token_stream
-        from qbench.registry import load_backend
-        from qbench.runtimes.lean import LeanRunner
-        from qbench.specs import load_model_spec
-        spec = load_model_spec("tiny")
-        options = LoadOptions(device="cpu", weights="synthetic", seed=0, max_cache_len=96, group_size=128)
-        from qbench.runtimes.kernels import gemv_int4
-        # few, large programs (the interpreter's cost is per program); down (6 groups) split in 3
-        gemv_int4.TABLE.update({(512, 256): (32, 2, 1, 4), (1536, 256): (64, 2, 1, 4), (256, 256): (32, 1, 1, 4),
-                                (256, 768): (32, 2, 3, 4)})
-        backend = load_backend("qbench-int4")
-        model = backend.load(spec, options).model
-        torch.manual_seed(1)
-        for layer in model.get_decoder().layers:  # Qwen2's q, k, v biases (the tiny spec has none): fused too
-            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
-                proj.bias = torch.nn.Parameter(torch.randn(proj.out_features, dtype=torch.bfloat16) * 0.1)
-        os.environ["QBENCH_LEAN_GEMV"] = "triton"
+        model = load()
         lean = LeanRunner(model, 96, "cpu")
         assert any("qbench's int4 GEMV (8 launches: q, k, v as one and gate, up as another; o and down through" in n
                    for n in lean.notes), lean.notes
@@ -356,7 +339,6 @@ def test_lean_with_qbench_int4_fuses_and_matches_hf():
         layers = [m for _, m in lean.quant_layers()]
         stored = sum(m.stored_bytes() for m in layers)  # the fused views: still each layer's formula
         assert stored == sum(backend.linear_bytes(m.in_features, m.out_features, 128) for m in layers)
-        tokens = token_stream(spec.vocab_size, 72, 0, "cpu")
         lean.prefill(tokens[:60])  # a prompt: the modules dequantise their packed weights
         got = [lean.step(tokens[p : p + 1]).float() for p in range(60, 62)]  # the fused kernels
         # the gate's reference: the hf runtime on the plain path, the checkpoint's AWQ tensors dequantised
@@ -367,7 +349,7 @@ def test_lean_with_qbench_int4_fuses_and_matches_hf():
             assert ((a - b).norm() / b.norm()).item() < 2e-2 and a.argmax() == b.argmax()
         print("ok")
         """
-    )
+    ))
     assert out.strip() == "ok"
 
 
@@ -377,16 +359,13 @@ def test_the_kernel_compiles_for_an_h100_and_its_weight_loads_are_128_bit():
     for split_k, bias, bf16x2 in ((True, False, False), (False, True, False), (True, False, True)):
         constants = {"GROUP": 128, "GROUPS": 2, "HAS_BIAS": bias, "SPLIT_K": split_k, "BLOCK_N": 32, "BF16X2": bf16x2,
                      "PDL": False, "SN": 1}  # group-major scales, as qbench-int4 stores them
-        try:
-            compiled = gemv_int4.compile_for_sm90(constants, 4)
-        except RuntimeError as error:  # no ptxas in this Triton: the front end still ran
-            if "ptxas" not in str(error).lower():
-                raise
+        ptx = int4_ptx(constants)
+        if ptx is None:  # no ptxas in this Triton: the front end still ran
             continue
-        loads = [line for line in compiled.asm["ptx"].splitlines() if "ld.global" in line and ".b32" in line]
+        loads = [line for line in ptx.splitlines() if "ld.global" in line and ".b32" in line]
         assert any(".v4.b32" in line and "evict_first" in line for line in loads), loads
         # the bf16x2 variant's word is in the PTX ptxas accepted (sm_90), the float32 path's is not
-        assert ("sub.rn.bf16x2" in compiled.asm["ptx"]) == bf16x2
+        assert ("sub.rn.bf16x2" in ptx) == bf16x2
 
 
 def test_the_prefills_dequantisation_compiles_for_an_h100_and_rounds_to_nearest():
