@@ -114,7 +114,7 @@ def launch(
         block_n = max(block_n, 2)  # a program's rows are whole (gate, up) pairs
     # with pdl: the inputs of its rows a program asks L2 for before its wait (all, or the first tile)
     ahead = (k if overlap.whole(weight.numel() * weight.element_size(), weight.device) else block_k) if pdl else 0
-    y = torch.empty(n // 2 if silu else 2 * n if scale_out is not None else n, dtype=x.dtype, device=x.device)
+    y = torch.empty(out_size(n, scale_out, silu), dtype=x.dtype, device=x.device)
     _kernel()[(-(-n // block_n),)](
         x, weight, bias if bias is not None else weight, y, n, k, weight.stride(0), ahead,
         rms if rms is not None else weight, residual if residual is not None else weight,
