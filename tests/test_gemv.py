@@ -85,3 +85,33 @@ def test_lean_with_the_gemv_matches_f_linear_and_hf_and_shares_the_weights():
         """
     )
     assert out.strip() == "ok"
+
+
+def test_join_rows_concatenates_or_interleaves_and_each_layer_views_the_join():
+    """Both fused launches' joins (lean's 16-bit GEMV, qbench-int4's): row-major and group-major
+    tensors, concatenated or interleaved; each layer's view equals its tensor and writes into the join
+    (the layers keep no copy). Interleaving a third tensor, or two of other shapes, is refused."""
+    import torch
+
+    from qbench.runtimes.joined import join_rows
+
+    a, b, c = torch.arange(12.0).view(4, 3), torch.arange(100.0, 112.0).view(4, 3), torch.arange(50.0, 56.0).view(2, 3)
+    joined, views = join_rows([a, b, c])
+    assert torch.equal(joined, torch.cat([a, b, c]))
+    assert all(torch.equal(v, t) for v, t in zip(views, (a, b, c), strict=True))
+    joined, views = join_rows([a, b], interleave=True)
+    assert torch.equal(joined[0::2], a) and torch.equal(joined[1::2], b)
+    assert all(torch.equal(v, t) for v, t in zip(views, (a, b), strict=True))
+    views[1][0, 0] = -1.0
+    assert joined[1, 0] == -1.0  # a view, not a copy
+    bias, bias_views = join_rows([torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0])], interleave=True)
+    assert bias.tolist() == [1.0, 3.0, 2.0, 4.0] and bias_views[1].tolist() == [3.0, 4.0]
+    # group-major [N, G] (stride (1, N)): the join is group-major too
+    s, t = a.t().contiguous().t(), b.t().contiguous().t()
+    for interleave in (False, True):
+        joined, views = join_rows([s, t], interleave, group_major=True)
+        assert joined.stride() == (1, 8) and all(torch.equal(v, u) for v, u in zip(views, (s, t), strict=True))
+        assert torch.equal(joined[0::2] if interleave else joined[:4], s)
+    for bad in ([a, b, a], [a, c]):
+        with pytest.raises(ValueError, match="interleaving takes two tensors of one shape"):
+            join_rows(bad, interleave=True)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from qbench import formats
 from qbench.api import PackedFormatBackend, QuantLinear
+from qbench.runtimes.joined import join_rows
 from qbench.runtimes.kernels import gemv_int4
 
 
@@ -69,24 +70,9 @@ class Int4Gemv:
                 if parts[0] is None:
                     fused[name] = None
                     continue
-                parts = [p.detach() for p in parts]
-                if interleave:  # [N, ...] of each -> rows 2i (the first module's) and 2i + 1 (the second's)
-                    if name in ("scales", "zeros"):  # group-major, as each layer's (gemv_int4.py's layout)
-                        both = torch.stack([p.t() for p in parts], dim=2).reshape(parts[0].shape[1], -1)
-                        fused[name] = both.contiguous().t()
-                        views[name] = [fused[name].t().view(parts[0].shape[1], -1, 2)[:, :, i].t() for i in range(2)]
-                    else:
-                        fused[name] = torch.stack(parts, dim=1).reshape(-1, *parts[0].shape[1:]).contiguous()
-                        views[name] = [fused[name].view(-1, 2, *parts[0].shape[1:])[:, i] for i in range(2)]
-                    continue
-                if name in ("scales", "zeros"):  # group-major, as each layer's (gemv_int4.py's layout)
-                    fused[name] = gemv_int4.cat_rows(parts)
-                else:
-                    fused[name] = torch.cat(parts).contiguous()
-                sizes, start, views[name] = [p.shape[0] for p in parts], 0, []
-                for size in sizes:
-                    views[name].append(fused[name][start : start + size])
-                    start += size
+                # scales and zeros group-major, as each layer's (gemv_int4.py's layout)
+                fused[name], views[name] = join_rows([p.detach() for p in parts], interleave,
+                                                     group_major=name in ("scales", "zeros"))
             for i, module in enumerate(modules):
                 for name in ("qweight", "scales", "zeros"):
                     setattr(module, name, views[name][i])

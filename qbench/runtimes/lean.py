@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from qbench import settings
 from qbench.errors import BackendUnavailable
 from qbench.runtimes import modules
+from qbench.runtimes.joined import join_rows
 from qbench.runtimes.kernels import decode_attention, elementwise, gemv, overlap
 from qbench.session.positions import CAPTURE_WARMUP_STEPS
 
@@ -92,12 +93,10 @@ class Gemv:
         """`interleave` (the fold's gate and up): the rows of the two modules alternate, so each
         program holds whole (gate, up) pairs and the GEMV returns their SiLU product."""
         with torch.no_grad():
-            weights = [m.weight.detach() for m in modules]
-            biases = [m.bias for m in modules]
-            if biases[0] is not None:
-                biases = [b.detach() for b in biases]
-            weight, bias, parts = _stack(weights, None if biases[0] is None else biases, interleave)
-            for module, (w, b) in zip(modules, parts, strict=True):
+            weight, weights = join_rows([m.weight.detach() for m in modules], interleave)
+            bias, biases = (None, [None] * len(modules)) if modules[0].bias is None else join_rows(
+                [m.bias.detach() for m in modules], interleave)
+            for module, w, b in zip(modules, weights, biases, strict=True):
                 module.weight = torch.nn.Parameter(w, requires_grad=False)
                 if b is not None:
                     module.bias = torch.nn.Parameter(b, requires_grad=False)
@@ -112,27 +111,6 @@ class Gemv:
         norm's weight (`scale_out`: [2N] returned)."""
         return gemv.gemv(x.reshape(-1), self.weight, self.bias, *self.blocks, self.pdl, rms, eps, residual, scale_out,
                          silu)
-
-
-def _stack(weights: list[torch.Tensor], biases: list[torch.Tensor] | None, interleave: bool):
-    """The modules' tensors as one: concatenated along rows, or (interleave, two modules of one size)
-    with their rows alternating; returns (weight, bias, [(each module's weight view, bias view)])."""
-    if interleave:
-        if len(weights) != 2 or weights[0].shape != weights[1].shape:
-            raise ValueError("interleaving takes two weights of one shape (gate and up)")
-        weight = torch.stack(weights, dim=1).reshape(-1, weights[0].shape[1])
-        bias = None if biases is None else torch.stack(biases, dim=1).reshape(-1)
-        pairs = weight.view(-1, 2, weight.shape[1])
-        paired_bias = None if bias is None else bias.view(-1, 2)
-        return weight, bias, [(pairs[:, i], None if bias is None else paired_bias[:, i]) for i in range(2)]
-    weight = (weights[0] if len(weights) == 1 else torch.cat(weights)).contiguous()
-    bias = None if biases is None else torch.cat(biases).contiguous()
-    parts, start = [], 0
-    for w in weights:
-        size = w.shape[0]
-        parts.append((weight[start : start + size], None if bias is None else bias[start : start + size]))
-        start += size
-    return weight, bias, parts
 
 
 class LeanRunner:
@@ -410,19 +388,18 @@ class LeanRunner:
             return fuser.fuse(modules, sms, interleave=True) if interleave else fuser.fuse(modules, sms)
 
         for layer in self.layers:
-            attention, mlp = layer.self_attn, layer.mlp
-            qkv = [attention.q_proj, attention.k_proj, attention.v_proj]
-            gate_up = [getattr(mlp, "gate_proj", None), getattr(mlp, "up_proj", None)]
+            qkv, (o,), gate_up, (down,) = _linears(layer)
+            mlp = layer.mlp
             if Gemv.fusable(qkv):
-                plan[id(attention.q_proj)] = Gemv.fuse(qkv, sms, self.pdl)
+                plan[id(qkv[0])] = Gemv.fuse(qkv, sms, self.pdl)
                 fused += 1
             elif (launch := fuse_quantised(qkv)) is not None:
-                plan[id(attention.q_proj)] = launch
+                plan[id(qkv[0])] = launch
             if hasattr(mlp, "act_fn") and Gemv.fusable(gate_up):
                 plan[id(mlp.gate_proj)] = Gemv.fuse(gate_up, sms, self.pdl, interleave=self.fold)
             elif hasattr(mlp, "act_fn") and (launch := fuse_quantised(gate_up, interleave=self.fold)) is not None:
                 plan[id(mlp.gate_proj)] = launch
-            for module in (attention.o_proj, getattr(mlp, "down_proj", None)):
+            for module in (o, down):
                 if Gemv.fusable([module]):
                     plan[id(module)] = Gemv.fuse([module], sms, self.pdl)
                 elif module is not None and (launch := fuse_quantised([module])) is not None:

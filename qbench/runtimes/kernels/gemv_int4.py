@@ -433,11 +433,6 @@ def group_major(t: torch.Tensor) -> torch.Tensor:
     return t.t().contiguous().t()
 
 
-def cat_rows(parts: list[torch.Tensor]) -> torch.Tensor:
-    """Scales or zeros of several layers stacked along N (lean's fused launches), group-major."""
-    return torch.cat([p.t() for p in parts], dim=1).contiguous().t()
-
-
 def pack(q: torch.Tensor, group_size: int) -> torch.Tensor:
     """4-bit values [N, K] (0..15) -> int32 [N, K/8]: in each group of `group_size` inputs (W =
     group_size / 8 words), the input pair (2p, 2p + 1), p = j * W + w (j = 0..3), sits in nibbles j
