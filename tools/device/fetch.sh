@@ -18,10 +18,15 @@ set -euo pipefail
 mode=${1:-full}
 platforms=(--platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64
            --platform manylinux2014_x86_64 --platform any)
-binary() {  # folder, requirements...
-  local folder=$1; shift
-  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${platforms[@]}" \
-    -d "$folder" "$@"
+binary() {  # folder, requirements... (a pure-Python one PyPI holds as an sdist alone, gemlite's 0.6.0.post2: its wheel built here)
+  local folder=$1 requirement pure=(); shift
+  local wanted=()
+  for requirement in "$@"; do
+    case $requirement in gemlite*) pure+=("$requirement") ;; *) wanted+=("$requirement") ;; esac
+  done
+  [ ${#wanted[@]} -eq 0 ] || python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp "${platforms[@]}" -d "$folder" "${wanted[@]}"
+  [ ${#pure[@]} -eq 0 ] || python3 -m pip wheel -q --no-deps -w "$folder" "${pure[@]}"
 }
 pack_folder() {
   local exclude
