@@ -29,8 +29,12 @@ def test_gemv_int4_matches_f_linear_of_the_dequantised_weight_on_ragged_shapes()
         # does not divide the groups), and the rule's own choice
         cases = [(40, 640, 128, (16, 1, 1, 4), False), (40, 640, 128, (16, 2, 1, 4), True),
                  (40, 640, 128, (16, 2, 2, 4), True), (24, 320, 64, (16, 2, 3, 4), False),
-                 (8, 448, 64, (8, 1, 7, 2), True), (72, 1152, 128, G.choose_blocks(72, 1152, 8), True)]
-        for dtype, some in ((torch.bfloat16, cases), (torch.float16, cases[2:4])):
+                 (8, 448, 64, (8, 1, 7, 2), True), (72, 1152, 128, G.choose_blocks(72, 1152, 8), True),
+                 # the tiled loops (a sixth element: one [BLOCK_N, GROUPS, WORDS] load an iteration; 2:
+                 # the next iteration's loaded ahead, past a split's end clamped to its last group)
+                 (40, 640, 128, (16, 2, 2, 4, False, 1), True), (24, 320, 64, (16, 2, 3, 4, False, 2), False),
+                 (40, 640, 128, (16, 4, 1, 4, False, 2), True), (8, 448, 64, (8, 1, 7, 2, False, 2), False)]
+        for dtype, some in ((torch.bfloat16, cases), (torch.float16, cases[2:4] + cases[7:8])):
             for n, k, g, blocks, with_bias in some:
                 q = torch.randint(0, 16, (n, k))
                 scales = (torch.rand(n, k // g) * 0.02 + 0.001).half()
@@ -356,9 +360,10 @@ def test_lean_with_qbench_int4_fuses_and_matches_hf():
 def test_the_kernel_compiles_for_an_h100_and_its_weight_loads_are_128_bit():
     """Triton's interpreter runs what its compiler refuses (a module-level float inside the kernel
     did, on the H100): compile for sm_90 here, no GPU needed, and check the weight loads' width."""
-    for split_k, bias, bf16x2 in ((True, False, False), (False, True, False), (True, False, True)):
+    for split_k, bias, bf16x2, tile in ((True, False, False, 0), (False, True, False, 0), (True, False, True, 0),
+                                        (True, False, True, 1), (False, False, True, 2), (True, True, False, 2)):
         constants = {"GROUP": 128, "GROUPS": 2, "HAS_BIAS": bias, "SPLIT_K": split_k, "BLOCK_N": 32, "BF16X2": bf16x2,
-                     "PDL": False, "SN": 1}  # group-major scales, as qbench-int4 stores them
+                     "PDL": False, "SN": 1, "TILE": tile}  # group-major scales, as qbench-int4 stores them
         ptx = int4_ptx(constants)
         if ptx is None:  # no ptxas in this Triton: the front end still ran
             continue

@@ -14,7 +14,9 @@ Effective TB/s = the bytes the kernel must read (the backend's `linear_bytes`; b
     TRITON_INTERPRET=1 python tools/device/int4_shapes.py --tiny OUT.json   # CPU: the plumbing only
     QUICK=1 (a 48-configuration sweep), WIDE=1 (108 configurations past QUICK's edges),
     LIBS=tinygemm,gemlite (only these libraries beside qbench's; LIBS=none: qbench's kernels only),
-    PATHS=bf16x2 (on Hopper, the bf16x2 variant's configurations only)
+    PATHS=bf16x2 (on Hopper, the bf16x2 variant's configurations only), TILES=0,1,2 (each
+    configuration with these loops: gemv_int4's "Tiles"; default 0, its per-group loads), WARPS=4
+    (only these warp counts)
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ if os.environ.get("QUICK") == "1":
     SWEEP = QUICK
 if os.environ.get("WIDE") == "1":
     SWEEP = WIDE
+if os.environ.get("WARPS"):  # e.g. WARPS=4: only these
+    SWEEP = dict(SWEEP, warps=tuple(int(w) for w in os.environ["WARPS"].split(",")))
 if os.environ.get("LIBS"):  # e.g. LIBS=tinygemm,gemlite: leave out the ones whose kernels build first
     LIBRARIES = {k: v for k, v in LIBRARIES.items() if k in os.environ["LIBS"].split(",")}
 
@@ -155,6 +159,9 @@ def measure(name: str, n: int, k: int, dev: torch.device, l2: int, sms: int, tin
             swept = list(itertools.product(*SWEEP.values()))
             if hopper:  # PATHS=bf16x2: the variant's configurations only
                 swept = ([] if os.environ.get("PATHS") == "bf16x2" else swept) + [c + (True,) for c in swept]
+            # TILES=1,2: each configuration with those loops instead (gemv_int4's "Tiles"; 0: its own)
+            tiles = [int(t) for t in os.environ.get("TILES", "0").split(",")]
+            swept = [c if not t else c + (t,) if len(c) == 5 else c + (False, t) for c in swept for t in tiles]
             candidates += [c for c in swept if c not in candidates]
         total = k // GROUP
         for blocks in candidates:

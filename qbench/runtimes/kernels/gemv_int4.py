@@ -53,6 +53,15 @@ interpreter cannot run PTX: the CPU tests check its arithmetic on a model of eac
 compile it for sm_90; only a GPU session shows its speed, and the gate checks its outputs there.
 The swept table names it where a sweep measured it faster.
 
+Tiles (`blocks`' sixth element; 0 unless named). Tile 0 loads an iteration's GROUPS groups as GROUPS
+[BLOCK_N, WORDS] loads, and compiled for sm_90 each group's 128-bit weight load sits after the group
+before's arithmetic (`tools/int4_sass.py`'s SASS): a thread has one weight load in flight at a time.
+Tile 1 loads the iteration as one [BLOCK_N, GROUPS, WORDS] tensor (GROUPS 128-bit loads a thread,
+issued together; its sums keep a [BLOCK_N, GROUPS, WORDS] accumulator, so more registers), and tile 2
+also loads the next iteration's weights, scales and zeros before this one's arithmetic (a register
+double buffer; past a split's end it re-reads the split's last group, as the last iteration does).
+Same arithmetic and layout in all three; which is faster on a GPU is the sweep's to say.
+
 Split-K: a program owns BLOCK_N rows and one of SPLIT contiguous ranges of groups, GROUPS groups a
 loop iteration (unrolled), so a shape with few rows (k/v: 512) still gives every SM several programs.
 With SPLIT > 1 each program adds its float32 partial sums into a workspace with `atomic_add`; the
@@ -133,7 +142,7 @@ def _kernel():
         GROUP: tl.constexpr, GROUPS: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
         BLOCK_N: tl.constexpr, BF16X2: tl.constexpr = False, PDL: tl.constexpr = False,
         RMS: tl.constexpr = False, SILU: tl.constexpr = False, RESIDUAL: tl.constexpr = False,
-        SCALE_OUT: tl.constexpr = False,
+        SCALE_OUT: tl.constexpr = False, TILE: tl.constexpr = 0,
     ):
         WORDS: tl.constexpr = GROUP // 8  # int32 words of one row in one group
         TWO_23: tl.constexpr = 8388608.0  # MAGIC, as a constant the compiler may use
@@ -157,40 +166,86 @@ def _kernel():
                 prefetch_l2(S + rows * SN + g0 * SG)
                 prefetch_l2(Z + rows * SN + g0 * SG)
             after_previous()
-        for g0 in range(first, last, GROUPS):
-            for j in tl.static_range(GROUPS):
-                # the last iteration of a split whose group count is not a multiple of GROUPS re-reads
-                # its last group (unmasked loads) and adds it times a zero scale
-                g = tl.minimum(g0 + j, last - 1)
-                w = tl.load(w_rows + g * WORDS + words[None, :], eviction_policy="evict_first")  # [BLOCK_N, WORDS]
-                # scales and zeros at (row, g): strides SN, SG (group-major: SN = 1, specialised by Triton)
-                s = tl.load(S + rows * SN + g * SG).to(tl.float32)
-                s = tl.where(g0 + j < last, s, 0.0)
-                if BF16X2:  # Hopper: the word's eight weights in bf16 pairs, inline PTX (BF16X2_WORD)
-                    zero = tl.load(Z + rows * SN + g * SG).to(tl.int32)
-                    zz = ((zero | 0x4300) * 0x10001)[:, None]  # bf16 pair (128 + zero, 128 + zero)
-                    # the activation pairs of nibbles (j, j + 4): x's 32-bit words j * WORDS + w of the group
-                    x32 = X.to(tl.pointer_type(tl.int32), bitcast=True) + g * (GROUP // 2) + words
+        if TILE == 0:  # GROUPS loads of [BLOCK_N, WORDS] an iteration
+            for g0 in range(first, last, GROUPS):
+                for j in tl.static_range(GROUPS):
+                    # the last iteration of a split whose group count is not a multiple of GROUPS re-reads
+                    # its last group (unmasked loads) and adds it times a zero scale
+                    g = tl.minimum(g0 + j, last - 1)
+                    w = tl.load(w_rows + g * WORDS + words[None, :], eviction_policy="evict_first")  # [BLOCK_N, WORDS]
+                    # scales and zeros at (row, g): strides SN, SG (group-major: SN = 1, specialised by Triton)
+                    s = tl.load(S + rows * SN + g * SG).to(tl.float32)
+                    s = tl.where(g0 + j < last, s, 0.0)
+                    if BF16X2:  # Hopper: the word's eight weights in bf16 pairs, inline PTX (BF16X2_WORD)
+                        zero = tl.load(Z + rows * SN + g * SG).to(tl.int32)
+                        zz = ((zero | 0x4300) * 0x10001)[:, None]  # bf16 pair (128 + zero, 128 + zero)
+                        # the activation pairs of nibbles (j, j + 4): x's 32-bit words j * WORDS + w of the group
+                        x32 = X.to(tl.pointer_type(tl.int32), bitcast=True) + g * (GROUP // 2) + words
+                        args = [
+                            w, tl.load(x32)[None, :], tl.load(x32 + WORDS)[None, :], tl.load(x32 + 2 * WORDS)[None, :],
+                            tl.load(x32 + 3 * WORDS)[None, :], zz,
+                        ]
+                        part = tl.inline_asm_elementwise(
+                            asm=word_asm, constraints="=r,r,r,r,r,r,r", args=args, dtype=tl.int32, is_pure=True, pack=1,
+                        ).to(tl.float32, bitcast=True)  # [BLOCK_N, WORDS]: each word's sum over its eight weights
+                    else:
+                        z = tl.load(Z + rows * SN + g * SG).to(tl.float32)
+                        offset = (TWO_23 + z)[:, None]  # [BLOCK_N, 1]: 2^23 + zero
+                        part = tl.zeros((BLOCK_N, WORDS), dtype=tl.float32)
+                        # nibble i of every word at once, in w's own 2D layout (no reshapes, no layout
+                        # conversions); the layout puts input 2 (j * WORDS + w) + h of the group in nibble
+                        # j + 4h of word w, so nibble i's inputs are every other input of one run of x
+                        for i in tl.static_range(8):
+                            x = tl.load(X + g * GROUP + 2 * ((i % 4) * WORDS + words) + i // 4).to(tl.float32)
+                            q = (((w >> (4 * i)) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True)  # 2^23 + q, exactly
+                            part += (q - offset) * x[None, :]  # (q - zero) exactly, times x
+                    acc += part * s[:, None]  # the group's scale: once a word, not once an element
+            acc = tl.sum(acc, axis=1)  # [BLOCK_N]
+        else:  # TILE 1: one [BLOCK_N, GROUPS, WORDS] load an iteration; 2: and the next one's before this one's sums
+            spans = tl.arange(0, GROUPS)
+            tiles = tl.zeros((BLOCK_N, GROUPS, WORDS), dtype=tl.float32)
+            w_tile = QW + rows[:, None, None].to(tl.int64) * KW + words[None, None, :]  # [BLOCK_N, 1, WORDS]
+            sz = rows[:, None] * SN  # [BLOCK_N, 1]: scales' and zeros' rows
+            if TILE == 2:
+                g = tl.minimum(first + spans, last - 1)
+                w = tl.load(w_tile + g[None, :, None] * WORDS, eviction_policy="evict_first")
+                s = tl.load(S + sz + g[None, :] * SG)
+                z = tl.load(Z + sz + g[None, :] * SG)
+            for g0 in range(first, last, GROUPS):
+                g = tl.minimum(g0 + spans, last - 1)  # [GROUPS]; past the split's end: its last group, scale 0
+                if TILE == 2:
+                    after = tl.minimum(g0 + GROUPS + spans, last - 1)
+                    w_next = tl.load(w_tile + after[None, :, None] * WORDS, eviction_policy="evict_first")
+                    s_next = tl.load(S + sz + after[None, :] * SG)
+                    z_next = tl.load(Z + sz + after[None, :] * SG)
+                else:
+                    w = tl.load(w_tile + g[None, :, None] * WORDS, eviction_policy="evict_first")
+                    s = tl.load(S + sz + g[None, :] * SG)
+                    z = tl.load(Z + sz + g[None, :] * SG)
+                scale = tl.where((g0 + spans < last)[None, :], s.to(tl.float32), 0.0)  # [BLOCK_N, GROUPS]
+                if BF16X2:
+                    zz = ((z.to(tl.int32) | 0x4300) * 0x10001)[:, :, None]
+                    x32 = X.to(tl.pointer_type(tl.int32), bitcast=True) + g[:, None] * (GROUP // 2) + words[None, :]
                     args = [
-                        w, tl.load(x32)[None, :], tl.load(x32 + WORDS)[None, :], tl.load(x32 + 2 * WORDS)[None, :],
-                        tl.load(x32 + 3 * WORDS)[None, :], zz,
+                        w, tl.load(x32)[None, :, :], tl.load(x32 + WORDS)[None, :, :],
+                        tl.load(x32 + 2 * WORDS)[None, :, :], tl.load(x32 + 3 * WORDS)[None, :, :], zz,
                     ]
                     part = tl.inline_asm_elementwise(
                         asm=word_asm, constraints="=r,r,r,r,r,r,r", args=args, dtype=tl.int32, is_pure=True, pack=1,
-                    ).to(tl.float32, bitcast=True)  # [BLOCK_N, WORDS]: each word's sum over its eight weights
+                    ).to(tl.float32, bitcast=True)  # [BLOCK_N, GROUPS, WORDS]
                 else:
-                    z = tl.load(Z + rows * SN + g * SG).to(tl.float32)
-                    offset = (TWO_23 + z)[:, None]  # [BLOCK_N, 1]: 2^23 + zero
-                    part = tl.zeros((BLOCK_N, WORDS), dtype=tl.float32)
-                    # nibble i of every word at once, in w's own 2D layout (no reshapes, no layout
-                    # conversions); the layout puts input 2 (j * WORDS + w) + h of the group in nibble
-                    # j + 4h of word w, so nibble i's inputs are every other input of one run of x
+                    offset = (TWO_23 + z.to(tl.float32))[:, :, None]
+                    part = tl.zeros((BLOCK_N, GROUPS, WORDS), dtype=tl.float32)
                     for i in tl.static_range(8):
-                        x = tl.load(X + g * GROUP + 2 * ((i % 4) * WORDS + words) + i // 4).to(tl.float32)
-                        q = (((w >> (4 * i)) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True)  # 2^23 + q, exactly
-                        part += (q - offset) * x[None, :]  # (q - zero) exactly, times x
-                acc += part * s[:, None]  # the group's scale: once a word, not once an element
-        acc = tl.sum(acc, axis=1)  # [BLOCK_N]
+                        x = tl.load(X + g[:, None] * GROUP + 2 * ((i % 4) * WORDS + words[None, :]) + i // 4)
+                        q = (((w >> (4 * i)) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True)
+                        part += (q - offset) * x.to(tl.float32)[None, :, :]
+                tiles += part * scale[:, :, None]
+                if TILE == 2:
+                    w = w_next
+                    s = s_next
+                    z = z_next
+            acc = tl.sum(tl.sum(tiles, axis=2), axis=1)  # [BLOCK_N]
         if SPLIT_K:  # each program adds its partial sums; the last of a row block to arrive finishes y
             tl.atomic_add(ACC + rows, acc, mask=row_ok, sem="relaxed")
             tl.debug_barrier()  # every thread's adds issued before the counter says this program is done
@@ -268,7 +323,7 @@ SIGNATURE = {
     "SPLIT": "i32", "SN": "i32", "SG": "i32", "AHEAD": "i32", "H": "*bf16", "R": "*bf16", "G": "*bf16", "eps": "fp32",
     "GROUP": "constexpr", "GROUPS": "constexpr", "HAS_BIAS": "constexpr", "SPLIT_K": "constexpr",
     "BLOCK_N": "constexpr", "BF16X2": "constexpr", "PDL": "constexpr", "RMS": "constexpr", "SILU": "constexpr",
-    "RESIDUAL": "constexpr", "SCALE_OUT": "constexpr",
+    "RESIDUAL": "constexpr", "SCALE_OUT": "constexpr", "TILE": "constexpr",
 }
 FOLD_OFF = {"RMS": False, "SILU": False, "RESIDUAL": False, "SCALE_OUT": False}  # the fold's constexprs, unused
 ALIGNED = ("X", "QW", "S", "Z", "B", "Y", "ACC", "COUNT", "N", "K", "KW", "SG")
@@ -276,17 +331,17 @@ ALIGNED = ("X", "QW", "S", "Z", "B", "Y", "ACC", "COUNT", "N", "K", "KW", "SG")
 
 def compile_for_sm90(constants: dict, warps: int):
     """The kernel compiled for an H100 (sm_90) on any machine, no GPU needed: `constants` gives every
-    constexpr of SIGNATURE but the fold's (off unless given: FOLD_OFF), and may fix an argument, as a
-    launch with SN = 1 does. Where this Triton
-    has no ptxas, triton.compile raises a RuntimeError naming it after its front end ran. For the tests
-    and tools/int4_sass.py; qbench's launches compile as usual."""
+    constexpr of SIGNATURE but the fold's (off unless given: FOLD_OFF) and TILE (0 unless given), and
+    may fix an argument, as a launch with SN = 1 does. Where this Triton has no ptxas, triton.compile
+    raises a RuntimeError naming it after its front end ran. For the tests and tools/int4_sass.py;
+    qbench's launches compile as usual."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     names = list(SIGNATURE)
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in ALIGNED}
-    fixed = {(names.index(n),): v for n, v in (FOLD_OFF | constants).items()}
+    fixed = {(names.index(n),): v for n, v in (FOLD_OFF | {"TILE": 0} | constants).items()}
     source = ASTSource(_kernel(), SIGNATURE, fixed, attrs)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
 
@@ -295,7 +350,7 @@ def compile_for_sm90(constants: dict, warps: int):
 # tools/device/int4_shapes.py's sweeps on Qwen2.5-7B's decoder shapes as lean fuses them (an H100,
 # results/h100/int4/), written by tools/device/apply_table.py; hf's unfused q_proj shares o's shape.
 # Other shapes, and group size 64, take the rule below.
-TABLE: dict[tuple[int, int], tuple[int, ...]] = {  # a fifth element True: the bf16x2 variant
+TABLE: dict[tuple[int, int], tuple[int, ...]] = {  # a fifth element True: the bf16x2 variant; a sixth: the tile
     (4608, 3584): (64, 2, 8, 4, True),  # q/k/v fused
     (3584, 3584): (32, 2, 8, 4, True),  # o (and q unfused)
     (37888, 3584): (32, 4, 1, 4, True),  # gate/up fused
@@ -349,13 +404,17 @@ def launch(
     x, qweight, scales, zeros, bias, group_size, blocks, pdl: bool = False, rms=None, eps: float = 0.0,
     residual=None, scale_out=None, silu: bool = False,
 ) -> torch.Tensor:
-    """`blocks`: (BLOCK_N, GROUPS, SPLIT, warps[, bf16x2]); bf16x2 (the inline-PTX word, sm_90 and
-    bf16 activations only) is off unless named. `pdl`: a programmatic dependent launch (`overlap.py`).
+    """`blocks`: (BLOCK_N, GROUPS, SPLIT, warps[, bf16x2[, tile]]); bf16x2 (the inline-PTX word, sm_90
+    and bf16 activations only) is off unless named; tile (the loop's loads, the module docstring's
+    "Tiles") is 0 unless named. `pdl`: a programmatic dependent launch (`overlap.py`).
     `rms`, `eps`, `residual`, `scale_out`, `silu`: lean's fold, as `gemv.gemv` takes them."""
     n, kw = qweight.shape
     k = kw * 8
     block_n, groups, split, warps, *variant = blocks
     bf16x2 = bool(variant and variant[0])
+    tile = int(variant[1]) if len(variant) > 1 else 0
+    if tile not in (0, 1, 2):
+        raise ValueError(f"gemv_int4's tile is 0, 1 or 2, got {tile}")
     if bf16x2 and x.dtype != torch.bfloat16:
         raise ValueError(f"gemv_int4's bf16x2 variant multiplies bf16 activations, got {x.dtype}")
     if bf16x2 and x.data_ptr() % 4:  # the variant reads x as 32-bit words (bf16 pairs): a fresh copy is aligned
@@ -377,7 +436,7 @@ def launch(
         scale_out if scale_out is not None else x, eps, GROUP=group_size, GROUPS=groups,
         HAS_BIAS=bias is not None, SPLIT_K=split > 1, BLOCK_N=block_n, BF16X2=bf16x2, PDL=pdl,
         RMS=rms is not None, SILU=silu, RESIDUAL=residual is not None, SCALE_OUT=scale_out is not None,
-        num_warps=warps, **overlap.launch_options(pdl),
+        TILE=tile, num_warps=warps, **overlap.launch_options(pdl),
     )
     return y
 
@@ -404,8 +463,8 @@ def _check(x, qweight, scales, zeros, group_size) -> None:
 @torch.library.custom_op("qbench::gemv_int4", mutates_args=())
 def gemv_int4(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bias: torch.Tensor | None,
-    group_size: int, block_n: int, groups: int, split: int, warps: int, bf16x2: bool = False, pdl: bool = False,
-    rms: torch.Tensor | None = None, eps: float = 0.0, residual: torch.Tensor | None = None,
+    group_size: int, block_n: int, groups: int, split: int, warps: int, bf16x2: bool = False, tile: int = 0,
+    pdl: bool = False, rms: torch.Tensor | None = None, eps: float = 0.0, residual: torch.Tensor | None = None,
     scale_out: torch.Tensor | None = None, silu: bool = False,
 ) -> torch.Tensor:
     """x [K], qweight int32 [N, K/8], scales fp16 [N, K/g], zeros uint8 [N, K/g], bias [N] or None;
@@ -416,11 +475,11 @@ def gemv_int4(
     gemv.check_fold(qweight.shape[0], qweight.shape[1] * 8, x, rms, residual, scale_out, silu)
     flat = (None if t is None else t.contiguous().view(-1) for t in (rms, residual, scale_out))
     return launch(x.contiguous().view(-1), qweight, scales, zeros, bias, group_size,
-                  (block_n, groups, split, warps, bf16x2), pdl, next(flat), eps, next(flat), next(flat), silu)
+                  (block_n, groups, split, warps, bf16x2, tile), pdl, next(flat), eps, next(flat), next(flat), silu)
 
 
 @gemv_int4.register_fake
-def _(x, qweight, scales, zeros, bias, group_size, block_n, groups, split, warps, bf16x2=False, pdl=False,
+def _(x, qweight, scales, zeros, bias, group_size, block_n, groups, split, warps, bf16x2=False, tile=0, pdl=False,
       rms=None, eps=0.0, residual=None, scale_out=None, silu=False):
     return x.new_empty(gemv.out_size(qweight.shape[0], scale_out, silu))
 
