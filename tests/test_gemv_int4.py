@@ -383,3 +383,21 @@ def test_the_prefills_dequantisation_compiles_for_an_h100_and_rounds_to_nearest(
         return
     casts = [line for line in ptx.splitlines() if "cvt" in line and "bf16.f32" in line]
     assert casts and all("cvt.rn.bf16.f32" in line for line in casts), casts
+
+
+def test_the_tiles_issue_an_iterations_weight_loads_together_on_an_h100():
+    """gemv_int4's "Tiles", compiled for sm_90 and disassembled (tools/int4_sass.py): tiles 1 and 2
+    issue an iteration's GROUPS 128-bit weight loads one after another before any multiply-add; tile
+    0's separate loads are listed as the compiler places them (one at a time, where this was written)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "int4_sass.py"
+    spec = importlib.util.spec_from_file_location("int4_sass", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    if int4_ptx({**tool.constants(32, 4, True), "TILE": 0}) is None:
+        pytest.skip("this Triton has no ptxas: the kernel cannot be assembled for sm_90 here")
+    runs = {tile: tool.weight_load_runs(tool.sass(tool.constants(32, 4, True, tile), 4)) for tile in (0, 1, 2)}
+    assert sum(runs[0]) >= 4, runs  # the loop's four loads are there
+    assert max(runs[1]) >= 4 and max(runs[2]) >= 4, runs
+    assert tool.weight_load_runs("LDG.E.EF.128\nHFMA2\nLDG.E.EF.128\nLDG.E.EF.128\nFFMA\n") == [1, 2]
