@@ -10,6 +10,7 @@
 #   run.sh py SCRIPT|- ARGS...                             python3 with qbench's environment, from /tmp/res
 #   run.sh export --db NAME.sqlite [--as PREFIX]           tables of every run (md views, csv, json) into $OUT
 #   run.sh probe                                           the host: GPU, driver, clocks, CPUs, load
+#   run.sh ncu SCRIPT ARGS...                              Nsight Compute's sections of the script's GEMV kernels
 #
 # Everything goes to $OUT as it happens (logs, stores, tables), so a call cut by its limit still returns
 # what it did. Settings (environment): CALL_LIMIT (s, default 600) and MARGIN (s, default 45): a qbench
@@ -212,6 +213,23 @@ run_python() {  # a script of tools/device (or -, stdin) with qbench's environme
   return "${PIPESTATUS[0]}"
 }
 
+profile() {  # ncu over a script of tools/device: occupancy, waves, stalls, DRAM throughput of its GEMVs
+  environment
+  local tool script=$1; shift
+  tool=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  [ -n "$tool" ] || { echo "ncu: Nsight Compute is not on this machine" | tee -a "$OUT/ncu.txt"; return 3; }
+  [ -f "$REPO/$script" ] && script=$REPO/$script
+  local section sections=()
+  for section in SpeedOfLight LaunchStats Occupancy WarpStateStats MemoryWorkloadAnalysis SchedulerStats; do
+    sections+=(--section "$section")
+  done
+  (cd "$RES" && timeout -s INT "$(seconds_left)" "$tool" --kernel-name "regex:${NCU_KERNELS:-gemv}" "${sections[@]}" \
+    python3 "$script" "$@") >> "$OUT/ncu.txt" 2>&1
+  local rc=$?
+  echo "ncu: rc $rc ($tool)" | tee -a "$OUT/ncu.txt"
+  return $rc
+}
+
 command=${1:-}
 [ $# -gt 0 ] && shift
 case $command in
@@ -222,5 +240,6 @@ case $command in
   py) run_python "$@" ;;
   export) export_tables "$@" ;;
   probe) probe ;;
+  ncu) profile "$@" ;;
   *) sed -n '2,20p' "$0"; exit 2 ;;
 esac
