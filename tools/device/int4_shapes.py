@@ -16,7 +16,8 @@ Effective TB/s = the bytes the kernel must read (the backend's `linear_bytes`; b
     LIBS=tinygemm,gemlite (only these libraries beside qbench's; LIBS=none: qbench's kernels only),
     PATHS=bf16x2 (on Hopper, the bf16x2 variant's configurations only), TILES=0,1,2 (each
     configuration with these loops: gemv_int4's "Tiles"; default 0, its per-group loads), WARPS=4
-    (only these warp counts)
+    (only these warp counts), TABLE_ONLY=1 (qbench-int4's chosen configuration alone: the
+    libraries' columns beside the table a sweep wrote)
 """
 
 from __future__ import annotations
@@ -155,7 +156,7 @@ def measure(name: str, n: int, k: int, dev: torch.device, l2: int, sms: int, tin
         configs = {}
         hopper = gemv_int4.hopper(dev)  # the bf16x2 variant (inline PTX for sm_90) can run here
         candidates = [gemv_int4.choose_blocks(n, k, sms, GROUP, hopper)]
-        if not tiny:
+        if not tiny and os.environ.get("TABLE_ONLY") != "1":
             swept = list(itertools.product(*SWEEP.values()))
             if hopper:  # PATHS=bf16x2: the variant's configurations only
                 swept = ([] if os.environ.get("PATHS") == "bf16x2" else swept) + [c + (True,) for c in swept]
