@@ -83,8 +83,10 @@ def test_the_model_inputs_check_runs_the_kernel_where_the_layer_check_does_not()
     check = on_model.result()
     assert not check.passed and check.worst_rows == 40 and check.worst_relative_error == pytest.approx(0.5)
     assert check.calls == 4 and check.most_rows == 40
-    plain = torch.relu(x @ layers[0].weight.T) @ layers[1].weight.T
-    assert torch.allclose(out, plain) and torch.allclose(step, plain[:, :1])  # the reference went on unchanged
+    def plain(rows):  # a GEMM of 1 row and one of 40 may round differently (the CPU's kernels): each its own
+        return torch.relu(rows @ layers[0].weight.T) @ layers[1].weight.T
+
+    assert torch.allclose(out, plain(x)) and torch.allclose(step, plain(x[:, :1]))  # the reference went on unchanged
     assert not any(m._forward_hooks for m in layers)  # the hooks are gone after the check
 
 
