@@ -351,10 +351,10 @@ def compile_for_sm90(constants: dict, warps: int):
 # results/h100/int4/), written by tools/device/apply_table.py; hf's unfused q_proj shares o's shape.
 # Other shapes, and group size 64, take the rule below.
 TABLE: dict[tuple[int, int], tuple[int, ...]] = {  # a fifth element True: the bf16x2 variant; a sixth: the tile
-    (4608, 3584): (64, 2, 8, 4, True),  # q/k/v fused
-    (3584, 3584): (32, 2, 8, 4, True),  # o (and q unfused)
-    (37888, 3584): (32, 4, 1, 4, True),  # gate/up fused
-    (3584, 18944): (32, 4, 8, 4, True),  # down
+    (4608, 3584): (32, 2, 8, 4, True, 1),  # q/k/v fused
+    (3584, 3584): (32, 2, 8, 4, True, 2),  # o (and q unfused)
+    (37888, 3584): (32, 4, 1, 4, True, 1),  # gate/up fused
+    (3584, 18944): (32, 2, 8, 4, True, 2),  # down
 }
 
 
