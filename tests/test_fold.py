@@ -6,6 +6,7 @@ against its plain one and against transformers; where it is not taken, the notes
 from textwrap import dedent
 
 import pytest
+import torch
 from conftest import INT4_TINY_LEAN, run_interpreted, tiny_model
 
 pytest.importorskip("triton", reason="Triton not installed (the test extra installs it on Linux x86-64)")
@@ -228,3 +229,23 @@ def test_the_folded_kernels_compile_for_an_h100():
             ptx = int4_ptx(constants)
             if ptx is not None:
                 assert ("ex2" in ptx) == form["SILU"]
+
+
+def test_the_fold_with_qbench_int4_is_refused_on_a_gpu_and_bf16s_is_not(monkeypatch):
+    """On an H100 the folded qbench-int4 step's timed block did not finish (results/h100/step5/): lean
+    refuses that combination on CUDA in one line that says what to do, as it does PDL with a fuser; the
+    16-bit fold is not refused, and on the CPU (Triton's interpreter, the test above) the int4 fold runs."""
+    from qbench.errors import BackendUnavailable
+    from qbench.runtimes.lean import LeanRunner
+
+    monkeypatch.setenv("QBENCH_LEAN_GEMV", "triton")
+    monkeypatch.setenv("QBENCH_LEAN_FOLD", "on")
+    for backend, refused in (("qbench-int4", True), ("bf16", False)):
+        runner = LeanRunner(tiny_model(backend), 32, "cpu")
+        assert runner.fold
+        runner.device = torch.device("cuda")  # the check alone, as on a GPU (nothing is launched)
+        if refused:
+            with pytest.raises(BackendUnavailable, match=r"QBENCH_LEAN_FOLD=on with lean's 4-bit .*did not finish"):
+                runner._choose_fold()
+        else:
+            assert runner._choose_fold()
