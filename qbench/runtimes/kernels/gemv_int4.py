@@ -60,7 +60,9 @@ Tile 1 loads the iteration as one [BLOCK_N, GROUPS, WORDS] tensor (GROUPS 128-bi
 issued together; its sums keep a [BLOCK_N, GROUPS, WORDS] accumulator, so more registers), and tile 2
 also loads the next iteration's weights, scales and zeros before this one's arithmetic (a register
 double buffer; past a split's end it re-reads the split's last group, as the last iteration does).
-Same arithmetic and layout in all three; which is faster on a GPU is the sweep's to say.
+Same arithmetic and layout in all three; which is faster on a GPU is the sweep's to say (on the
+H100 the tiles won every shape, most the large ones: results/h100/step5, where the loads in flight,
+not the instructions, turned out to bound these GEMVs).
 
 Split-K: a program owns BLOCK_N rows and one of SPLIT contiguous ranges of groups, GROUPS groups a
 loop iteration (unrolled), so a shape with few rows (k/v: 512) still gives every SM several programs.
