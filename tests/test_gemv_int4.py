@@ -83,7 +83,8 @@ def test_the_swept_table_is_used_at_group_size_128_only_and_each_entry_can_run(m
     assert table, "the sweep's table is empty"
     for (n, k), blocks in table.items():
         block_n, groups, split, warps, *variant = blocks
-        assert gemv_int4.choose_blocks(n, k, 132, 128, bf16x2_ok=True) == blocks and variant in ([], [True])
+        assert gemv_int4.choose_blocks(n, k, 132, 128, bf16x2_ok=True) == blocks
+        assert variant[:1] in ([], [True]) and variant[1:] in ([], [0], [1], [2]), (n, k, blocks)  # bf16x2, tile
         assert gemv_int4.choose_blocks(n, k, 132) == blocks[:4]  # not Hopper, or not bf16: never the PTX word
         assert any(blocks[:4] in set(itertools.product(*space.values())) for space in spaces), (n, k, blocks)
         assert k // 128 // split >= groups, (n, k, blocks)

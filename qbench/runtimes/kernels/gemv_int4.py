@@ -366,8 +366,9 @@ def hopper(device: torch.device) -> bool:
 
 
 def choose_blocks(n: int, k: int, sms: int, group_size: int = 128, bf16x2_ok: bool = False) -> tuple[int, ...]:
-    """(BLOCK_N, GROUPS, SPLIT, warps[, bf16x2]): the table's entry for (N, K) at group size 128 (its
-    bf16x2 variant only where `bf16x2_ok`: a Hopper GPU and bf16 activations), else 256
+    """(BLOCK_N, GROUPS, SPLIT, warps[, bf16x2[, tile]]): the table's entry for (N, K) at group size 128
+    (whole only where `bf16x2_ok`: a Hopper GPU and bf16 activations; elsewhere its first four, tile 0,
+    the combination the sweep did not time), else 256
     inputs an iteration, 32 rows a program (16, then 8, where that is too few), and the smallest
     split that gives every SM at least 4 programs. Warps follow the tile: a [BLOCK_N, g/8] tile of
     words fills 32 * warps threads with four words (one 128-bit load) each; more threads would hold
