@@ -39,6 +39,43 @@ def test_block_prefills_warms_up_then_times_every_step():
     assert result.logits.argmax(-1).tolist() == tokens[10:].tolist()
 
 
+def test_a_block_says_where_it_is_before_each_part_and_during_its_timed_steps(monkeypatch):
+    """A block that does not finish (a capture that never returns, a step that hangs) shows in the last
+    line it said which part stopped it: each line comes before its part's work."""
+    said = []
+
+    class Capturing(CountingRunner):
+        graphs = "qbench"
+
+        def capture_graph(self):
+            self.graph = object()
+            said.append("<captured>")
+
+        def prefill(self, tokens):
+            super().prefill(tokens)
+            said.append("<prefilled>")
+
+        def step(self, token):
+            said.append("<step>")
+            return super().step(token)
+
+    monkeypatch.setattr("qbench.session.decode.PROGRESS_S", 0.0)  # a line after every timed step
+    settings = DecodeSettings(ctx=8, warmup=1, steps=2)
+    run_block(Capturing(), settings, token_stream(16, settings.positions, seed=1, device="cpu"), graphs=True,
+              prefill_warmup=True, say=said.append)
+    assert said == [
+        "capturing the step's CUDA graph (3 warm-up steps first)", "<captured>",
+        "prefill to ctx 8 (an untimed one first)", "<prefilled>", "<prefilled>",
+        "1 warm-up step", "<step>",
+        "2 timed steps", "<step>", "timed step 1 of 2", "<step>", "timed step 2 of 2",
+    ]
+    said.clear()
+    monkeypatch.setattr("qbench.session.decode.PROGRESS_S", 3600.0)
+    run_block(CountingRunner(), settings, token_stream(16, settings.positions, seed=1, device="cpu"), graphs=False,
+              say=said.append)
+    assert said == ["prefill to ctx 8", "1 warm-up step", "2 timed steps"]  # no capture, no step lines
+
+
 def test_settings_are_validated():
     with pytest.raises(ValueError, match="steps"):
         DecodeSettings(ctx=8, steps=0)

@@ -37,12 +37,14 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from qbench.session.positions import SPARE_POSITIONS
+from qbench.session.positions import CAPTURE_WARMUP_STEPS, SPARE_POSITIONS
 
+PROGRESS_S = 10.0  # a block's timed steps say how far they are at most this often (run_block's `say`)
 ENERGY_WINDOW_REFRESHES = 12  # an energy window aims at this many counter refreshes: 10 and a margin
 
 
@@ -82,13 +84,16 @@ def token_stream(vocab_size: int, length: int, seed: int, device: str) -> torch.
     return torch.randint(0, vocab_size, (length,), generator=generator).to(device)
 
 
-def set_graphs(runner, graphs: bool) -> None:
-    """Switch CUDA graphs on or off for the next block, whoever owns them (Runner protocol)."""
+def set_graphs(runner, graphs: bool, say: Callable[[str], None] | None = None) -> None:
+    """Switch CUDA graphs on or off for the next block, whoever owns them (Runner protocol). `say`:
+    told before a capture (its warm-up steps are where a compiling runtime compiles)."""
     owner = getattr(runner, "graphs", "qbench")
     if owner == "runtime":
         runner.set_graphs(graphs)
     elif owner == "qbench":
         if graphs and runner.graph is None:
+            if say is not None:
+                say(f"capturing the step's CUDA graph ({CAPTURE_WARMUP_STEPS} warm-up steps first)")
             runner.capture_graph()
         runner.use_graph = graphs
     elif graphs:
@@ -114,23 +119,32 @@ def _timed_prefill(runner, prompt: torch.Tensor, cuda: bool, events: bool) -> tu
 
 
 def run_block(
-    runner, settings: DecodeSettings, tokens: torch.Tensor, graphs: bool, meter=None, prefill_warmup: bool = False
+    runner, settings: DecodeSettings, tokens: torch.Tensor, graphs: bool, meter=None, prefill_warmup: bool = False,
+    say: Callable[[str], None] | None = None,
 ) -> BlockResult:
     """Prefill, warm up and time one block, eager or replaying a CUDA graph. `meter`: an
     qbench.session.energy.EnergyMeter read around the timed steps (None: energy is not read);
-    `prefill_warmup`: one untimed prefill first (the session's first block)."""
+    `prefill_warmup`: one untimed prefill first (the session's first block). `say`: told as the block
+    enters each part (capture, prefill, warm-up, timed steps) and every PROGRESS_S seconds of timed
+    steps, so that a block which does not finish shows where it stopped."""
     cuda = runner.device.type == "cuda"
     events = cuda and getattr(runner, "timer", "cuda-events") == "cuda-events"
-    set_graphs(runner, graphs)
+    tell = say if say is not None else (lambda message: None)
+    set_graphs(runner, graphs, say)
+    tell(f"prefill to ctx {settings.ctx}" + (" (an untimed one first)" if prefill_warmup else ""))
     if prefill_warmup:
         runner.prefill(tokens[: settings.ctx])
     prefill_event_ms, prefill_wall_ms = _timed_prefill(runner, tokens[: settings.ctx], cuda, events)
     position = settings.ctx
+    if settings.warmup:
+        tell(f"{settings.warmup} warm-up step{'s' if settings.warmup != 1 else ''}")
     for _ in range(settings.warmup):
         runner.step(tokens[position : position + 1])
         position += 1
     if cuda:
         torch.cuda.synchronize(runner.device)
+    tell(f"{settings.steps} timed steps")
+    told = time.perf_counter()
     result = BlockResult(graphs=graphs, wall_ms=[], prefill_wall_ms=prefill_wall_ms)
     result.prefill_ms = prefill_event_ms if prefill_event_ms is not None else prefill_wall_ms
     collected = []
@@ -160,6 +174,9 @@ def run_block(
             ended = time.perf_counter()
             result.wall_ms.append((ended - began) * 1e3)
         collected.append(logits.float().clone())  # outside the timed region
+        if say is not None and time.perf_counter() - told >= PROGRESS_S:
+            told = time.perf_counter()
+            say(f"timed step {len(collected)} of {settings.steps}")
     if meter is not None:
         from qbench.session.energy import block_energy
 

@@ -80,14 +80,14 @@ def profile_step_kernels(runner, token: torch.Tensor) -> list[dict[str, Any]]:
 
 
 def timed_block(
-    runner, settings, tokens, graphs: bool, device: str, meter=None, prefill_warmup: bool = False
+    runner, settings, tokens, graphs: bool, device: str, meter=None, prefill_warmup: bool = False, say=None
 ) -> tuple[Any, dict]:
     """One timed block with the host measured right before and after it (see qbench.session.host), and its
-    energy where `meter` reads it (qbench.session.energy)."""
+    energy where `meter` reads it (qbench.session.energy); `say`: run_block's."""
     before = host.probe(device)
     stat_before = host.proc_stat()
     started = time.time()
-    timed = run_block(runner, settings, tokens, graphs, meter, prefill_warmup)
+    timed = run_block(runner, settings, tokens, graphs, meter, prefill_warmup, say=say)
     ended = time.time()
     stat_after = host.proc_stat()
     after = host.probe(device)
@@ -342,12 +342,14 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
         result["energy_meter"]["counter_update_ms"] = round(meter.counter_update_ms, 2)
     for number, graphs in enumerate(order, 1):
         what = "graph replay" if graphs else "eager"
-        phase(f"block {number} of {len(order)}: timing {what}, ctx {config.ctx}, {config.steps} steps")
+        heading = f"block {number} of {len(order)}"
+        phase(f"{heading}: timing {what}, ctx {config.ctx}, {config.steps} steps")
         block: dict[str, Any] = {"graphs": graphs}
         try:
             metered = meter if meter.available else None
             first = not result["blocks"]  # the session's first block warms the prefill's kernels up first
-            timed, measured = timed_block(runner, settings, tokens, graphs, device, metered, prefill_warmup=first)
+            timed, measured = timed_block(runner, settings, tokens, graphs, device, metered, prefill_warmup=first,
+                                           say=lambda part, heading=heading: phase(f"{heading}: {part}"))
         except torch.OutOfMemoryError:
             raise
         except Exception as error:  # a failed capture is this block's result, not the session's
