@@ -283,7 +283,10 @@ def _dequantize_kernel():
     @triton.jit
     def qbench_int4_dequantize_kernel(QW, S, Z, OUT, N, KW, SN, SG, GROUP: tl.constexpr, BLOCK_N: tl.constexpr):
         """OUT [N, K] = (q - zero) * scale for BLOCK_N rows and one group: the same float32 arithmetic as
-        `dequantize`, rounded once to OUT's dtype (a prefill's weight, one launch for the layer)."""
+        `dequantize`, rounded once to OUT's dtype (a prefill's weight, one launch for the layer).
+        Nibbles j and j + 4 of word w are inputs 2 (j * WORDS + w) and the one after it, so the pair
+        joined along a last axis of 2 is one contiguous run of 2 * WORDS inputs: each store is whole
+        (128 bits a thread compiled for sm_90), where a store a nibble wrote every other input (16 bits)."""
         WORDS: tl.constexpr = GROUP // 8
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         g = tl.program_id(1)
@@ -292,10 +295,12 @@ def _dequantize_kernel():
         w = tl.load(QW + rows[:, None].to(tl.int64) * KW + g * WORDS + words[None, :], mask=ok[:, None], other=0)
         s = tl.load(S + rows * SN + g * SG, mask=ok, other=0.0).to(tl.float32)[:, None]
         z = tl.load(Z + rows * SN + g * SG, mask=ok, other=0).to(tl.int32)[:, None]
-        out = OUT + rows[:, None].to(tl.int64) * (KW * 8) + g * GROUP + 2 * words[None, :]
-        for i in tl.static_range(8):  # nibble i of the group's words: its inputs 2 ((i % 4) * WORDS + w) + i // 4
-            value = (((w >> (4 * i)) & 0xF) - z).to(tl.float32) * s
-            tl.store(out + 2 * (i % 4) * WORDS + i // 4, value.to(OUT.dtype.element_ty, fp_downcast_rounding="rtne"),
+        out = OUT + rows[:, None].to(tl.int64) * (KW * 8) + g * GROUP + tl.arange(0, 2 * WORDS)[None, :]
+        for j in tl.static_range(4):  # nibbles j and j + 4 (bits 4j and 16 + 4j) of the group's words
+            low = (((w >> (4 * j)) & 0xF) - z).to(tl.float32) * s
+            high = (((w >> (16 + 4 * j)) & 0xF) - z).to(tl.float32) * s
+            pairs = tl.reshape(tl.join(low, high), (BLOCK_N, 2 * WORDS))  # inputs 2 (j * WORDS + w) + h
+            tl.store(out + 2 * j * WORDS, pairs.to(OUT.dtype.element_ty, fp_downcast_rounding="rtne"),
                      mask=ok[:, None])
 
     return qbench_int4_dequantize_kernel
@@ -305,7 +310,10 @@ def dequantize_triton(qweight, scales, zeros, group_size: int, dtype: torch.dtyp
     """`dequantize(...).to(dtype)`, element for element, in one Triton launch (a CUDA prefill's weight).
     With the torch path's twenty-odd ops over int32 and float32 temporaries, qbench-int4's time to
     first token on the H100 was six times bf16's at ctx 2048, the same prefill but for the
-    dequantisation (results/h100/int4/README.md)."""
+    dequantisation (results/h100/int4/README.md). Its stores are whole runs of the output row (the
+    kernel's docstring): after the layout paired adjacent inputs (4d445d8) a store a nibble wrote
+    every other bf16, and qbench-int4's time to first token on the H100 more than doubled after it
+    (results/h100/step4, step5)."""
     rows, kw = qweight.shape
     if not qweight.is_contiguous() or not one_layout(scales, zeros):
         raise ValueError("dequantize_triton needs a contiguous qweight and scales and zeros of one layout")
