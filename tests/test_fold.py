@@ -247,5 +247,8 @@ def test_the_fold_with_qbench_int4_is_refused_on_a_gpu_and_bf16s_is_not(monkeypa
         if refused:
             with pytest.raises(BackendUnavailable, match=r"QBENCH_LEAN_FOLD=on with lean's 4-bit .*did not finish"):
                 runner._choose_fold()
+            with monkeypatch.context() as lifted:  # as tools/device/fold_probe.py lifts it
+                lifted.setattr("qbench.runtimes.lean.FOLD_WITH_A_FUSER_ON_CUDA", True)
+                assert runner._choose_fold()
         else:
             assert runner._choose_fold()
