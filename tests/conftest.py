@@ -238,20 +238,12 @@ def kept_results() -> list[Path]:
 
 
 def ptx_for_sm90(function, signature: dict, fixed: dict, warps: int = 4, aligned: tuple = ()) -> str | None:
-    """A Triton kernel compiled for an H100 (sm_90) on this machine, no GPU needed: `signature` gives
-    every argument's type in the kernel's order (constexpr ones "constexpr"), `fixed` the values of
-    those and of any argument to specialise, `aligned` the arguments a launch sees divisible by 16
-    (as Triton specialises them: what lets it vectorise). Its PTX, or None where this Triton has no
-    ptxas (its front end still ran, so a kernel the compiler refuses still fails)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    """`kernels.compile_for_h100`'s PTX, or None where this Triton has no ptxas (its front end still
+    ran, so a kernel the compiler refuses still fails)."""
+    from qbench.runtimes.kernels import compile_for_h100
 
-    names = list(signature)
-    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in aligned}
-    source = ASTSource(function, signature, {(names.index(n),): v for n, v in fixed.items()}, attrs)
     try:
-        return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps}).asm["ptx"]
+        return compile_for_h100(function, signature, fixed, aligned, warps).asm["ptx"]
     except RuntimeError as error:
         if "ptxas" not in str(error).lower():
             raise

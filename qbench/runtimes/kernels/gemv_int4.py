@@ -343,17 +343,11 @@ def compile_for_sm90(constants: dict, warps: int):
     """The kernel compiled for an H100 (sm_90) on any machine, no GPU needed: `constants` gives every
     constexpr of SIGNATURE but the fold's (off unless given: FOLD_OFF) and TILE (0 unless given), and
     may fix an argument, as a launch with SN = 1 does. Where this Triton has no ptxas, triton.compile
-    raises a RuntimeError naming it after its front end ran. For the tests and tools/int4_sass.py;
-    qbench's launches compile as usual."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    raises a RuntimeError naming it after its front end ran (`kernels.compile_for_h100`). For the tests
+    and tools/int4_sass.py; qbench's launches compile as usual."""
+    from qbench.runtimes.kernels import compile_for_h100
 
-    names = list(SIGNATURE)
-    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in ALIGNED}
-    fixed = {(names.index(n),): v for n, v in (FOLD_OFF | {"TILE": 0} | constants).items()}
-    source = ASTSource(_kernel(), SIGNATURE, fixed, attrs)
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+    return compile_for_h100(_kernel(), SIGNATURE, FOLD_OFF | {"TILE": 0} | constants, ALIGNED, warps)
 
 
 # (N, K) -> (BLOCK_N, GROUPS, SPLIT, warps), for group size 128: the fastest configuration of
