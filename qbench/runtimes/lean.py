@@ -635,10 +635,12 @@ class LeanRunner:
 
 
 # lean's fold with a backend's fuser (qbench-int4's GEMV) on CUDA: stepped uncompiled (`_choose_compile`),
-# since on an H100 torch.compile of that step did not return within minutes: its main thread was in
-# torch._inductor.ir's __str__, each node printing its inputs, views of earlier nodes' outputs
-# (results/h100/step6/README.md). tools/device/fold_probe.py and fold_compile.py compile it anyway, in
-# their own processes, to find why.
+# since on an H100 torch.compile of that step did not return: its main thread was in inductor's printing
+# of nodes (results/h100/step6/README.md). torch 2.11 prints each custom op's first call in a graph, log
+# on or off, and in this step lean's 16-bit GEMV is first called at lm_head, whose inputs span every layer.
+# `lower_qbench_ops_as_fallbacks` removes that printing from every compile (a test holds it on the CPU);
+# whether the folded step then compiles on the H100 is not yet measured, so this stays off until it is.
+# tools/device/fold_probe.py and fold_compile.py compile it, in their own processes.
 COMPILE_THE_FOLD_WITH_A_FUSER = False
 
 
@@ -652,7 +654,36 @@ def compile_keyed(step):
     tag = f"qbench-{settings.measured_code_digest()}"
     if hasattr(config, "cache_key_tag") and tag not in config.cache_key_tag:
         config.cache_key_tag = f"{config.cache_key_tag}|{tag}" if config.cache_key_tag else tag
+    lower_qbench_ops_as_fallbacks()
     return torch.compile(step, dynamic=False)
+
+
+QBENCH_OPS = ("gemv", "gemv_int4", "decode_attention", "decode_attention_rope", "add_rmsnorm", "silu_mul", "write_kv")
+
+
+def lower_qbench_ops_as_fallbacks() -> list[str]:
+    """Registers each of qbench's custom ops with inductor as what it lowers to anyway, an opaque call
+    (a fallback, with the layout constraint inductor gives a custom op), before a step compiles; returns
+    the ops it registered. Left to inductor, an op is registered at its first call in a graph, and torch
+    2.11 formats that call's arguments for a log line first, whether or not the log is on (later
+    versions format it only for the log). Those arguments are inductor's nodes, each printing its
+    inputs in turn. In lean's folded step with qbench-int4, lean's 16-bit GEMV is first called at
+    lm_head, whose inputs are views of the last layer's GEMV output, whose inputs are views of the one
+    before: a text that grows several-fold with every layer. On the H100 that compile did not return
+    (results/h100/step6/README.md)."""
+    from torch._inductor import lowering
+    from torch._library.utils import get_layout_constraint_tag
+
+    from qbench.runtimes.kernels import gemv_int4  # noqa: F401 - registers qbench::gemv_int4
+
+    registered = []
+    for name in QBENCH_OPS:
+        op = getattr(torch.ops.qbench, name).default
+        if op not in lowering.lowerings:
+            constraint = lowering.tag_to_layout_constraint(get_layout_constraint_tag(op, with_default=True))
+            lowering.make_fallback(op, layout_constraint=constraint)
+            registered.append(name)
+    return registered
 
 
 def _switched_on(variable: str) -> bool:
