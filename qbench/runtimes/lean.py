@@ -670,10 +670,15 @@ def lower_qbench_ops_as_fallbacks() -> list[str]:
     inputs in turn. In lean's folded step with qbench-int4, lean's 16-bit GEMV is first called at
     lm_head, whose inputs are views of the last layer's GEMV output, whose inputs are views of the one
     before: a text that grows several-fold with every layer. On the H100 that compile did not return
-    (results/h100/step6/README.md)."""
-    from torch._inductor import lowering
-    from torch._library.utils import get_layout_constraint_tag
+    (results/h100/step6/README.md). A torch without these helpers (an older one) is left to register
+    them itself, as before: the ops lower the same either way."""
+    try:
+        from torch._inductor import lowering
+        from torch._library.utils import get_layout_constraint_tag
 
+        lowering.tag_to_layout_constraint  # noqa: B018 - absent from older torch
+    except (ImportError, AttributeError):
+        return []
     from qbench.runtimes.kernels import gemv_int4  # noqa: F401 - registers qbench::gemv_int4
 
     registered = []
