@@ -264,7 +264,7 @@ def test_the_fold_with_qbench_int4_steps_uncompiled_on_a_gpu_and_says_why_and_bf
 def test_a_compile_prints_no_call_of_qbench_ops_so_the_folded_int4_step_compiles_as_it_runs_eagerly():
     """torch 2.11 formats the first call of each custom op in a compiled graph for a log line, log on
     or off; in the folded qbench-int4 step that call (lean's 16-bit GEMV at lm_head) prints every
-    layer's nodes, doubling with each, and on the H100 the compile did not return
+    layer's nodes, growing several-fold with each, and on the H100 the compile did not return
     (results/h100/step6/). lean registers its ops with inductor first (`lower_qbench_ops_as_fallbacks`).
     Here inductor's INFO log is on, so torch 2.13, which formats the line only for the log, would
     print it too: compiling the folded step (tiny spec, on the CPU, torch's compile caches off) prints

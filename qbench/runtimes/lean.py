@@ -196,8 +196,7 @@ class LeanRunner:
         # folded, no norm, add or product is left for lean's own small kernels
         self.own_elementwise = not self.fold and self._choose_elementwise()
         self._uncompiled = self._decode_folded if self.fold else self._decode  # the step's Python
-        self._step_fn = self._uncompiled
-        self._choose_compile(compile_step)
+        self._choose_compile(compile_step)  # sets _step_fn
 
     def _choose_compile(self, compile_step: bool) -> None:
         """QBENCH_LEAN_COMPILE: 1 (default: where the backend declares lean_compile), 0 (never), all
