@@ -33,7 +33,9 @@ def test_gemv_int4_matches_f_linear_of_the_dequantised_weight_on_ragged_shapes()
                  # the tiled loops (a sixth element: one [BLOCK_N, GROUPS, WORDS] load an iteration; 2:
                  # the next iteration's loaded ahead, past a split's end clamped to its last group)
                  (40, 640, 128, (16, 2, 2, 4, False, 1), True), (24, 320, 64, (16, 2, 3, 4, False, 2), False),
-                 (40, 640, 128, (16, 4, 1, 4, False, 2), True), (8, 448, 64, (8, 1, 7, 2, False, 2), False)]
+                 (40, 640, 128, (16, 4, 1, 4, False, 2), True), (8, 448, 64, (8, 1, 7, 2, False, 2), False),
+                 # tile 1 pipelined (a seventh element: the interpreter ignores num_stages, the loop runs)
+                 (40, 640, 128, (16, 2, 2, 4, False, 1, 3), True), (24, 320, 64, (16, 2, 3, 4, False, 1, 4), False)]
         for dtype, some in ((torch.bfloat16, cases), (torch.float16, cases[2:4] + cases[7:8])):
             for n, k, g, blocks, with_bias in some:
                 q = torch.randint(0, 16, (n, k))
@@ -84,7 +86,8 @@ def test_the_swept_table_is_used_at_group_size_128_only_and_each_entry_can_run(m
     for (n, k), blocks in table.items():
         block_n, groups, split, warps, *variant = blocks
         assert gemv_int4.choose_blocks(n, k, 132, 128, bf16x2_ok=True) == blocks
-        assert variant[:1] in ([], [True]) and variant[1:] in ([], [0], [1], [2]), (n, k, blocks)  # bf16x2, tile
+        assert variant[:1] in ([], [True]) and variant[1:2] in ([], [0], [1], [2]), (n, k, blocks)  # bf16x2, tile
+        assert variant[2:] in ([], [1]) or (variant[1] == 1 and variant[2] in (3, 4, 5)), (n, k, blocks)  # stages
         assert gemv_int4.choose_blocks(n, k, 132) == blocks[:4]  # not Hopper, or not bf16: never the PTX word
         assert any(blocks[:4] in set(itertools.product(*space.values())) for space in spaces), (n, k, blocks)
         assert k // 128 // split >= groups, (n, k, blocks)
@@ -410,3 +413,27 @@ def test_the_tiles_issue_an_iterations_weight_loads_together_on_an_h100():
     assert sum(runs[0]) >= 4, runs  # the loop's four loads are there
     assert max(runs[1]) >= 4 and max(runs[2]) >= 4, runs
     assert tool.weight_load_runs("LDG.E.EF.128\nHFMA2\nLDG.E.EF.128\nLDG.E.EF.128\nFFMA\n") == [1, 2]
+
+
+def test_stages_pipeline_tile_1s_loads_as_asynchronous_copies_on_an_h100():
+    """gemv_int4's "Stages" compiled for sm_90: with stages 1 tile 1's weight loads are 128-bit global
+    loads into registers and nothing is copied asynchronously; with 3 Triton's pipeliner turns them into
+    16-byte cp.async copies into shared memory, waited on by group (the loads issued ahead)."""
+    base = {"GROUP": 128, "GROUPS": 2, "HAS_BIAS": False, "SPLIT_K": True, "BLOCK_N": 32, "BF16X2": True,
+            "PDL": False, "SN": 1, "TILE": 1}
+    plain = int4_ptx({**base, "STAGES": 1})
+    if plain is None:
+        pytest.skip("this Triton has no ptxas: the kernel cannot be assembled for sm_90 here")
+    assert "cp.async" not in plain
+    assert any("ld.global" in line and ".v4.b32" in line for line in plain.splitlines())
+    piped = int4_ptx({**base, "STAGES": 3})
+    copies = [line for line in piped.splitlines() if "cp.async.cg.shared.global" in line and "0x10," in line]
+    assert copies and "cp.async.wait_group" in piped, piped[:400]
+
+
+def test_stages_are_refused_without_tile_1():
+    x, qweight = torch.zeros(256, dtype=torch.bfloat16), torch.zeros(8, 32, dtype=torch.int32)
+    scales, zeros = torch.ones(8, 2, dtype=torch.float16), torch.zeros(8, 2, dtype=torch.uint8)
+    for blocks in ((8, 1, 1, 1, False, 2, 3), (8, 1, 1, 1, False, 0, 2), (8, 1, 1, 1, False, 1, 0)):
+        with pytest.raises(ValueError, match="stages"):
+            gemv_int4.launch(x, qweight, scales, zeros, None, 128, blocks)

@@ -15,7 +15,8 @@ Effective TB/s = the bytes the kernel must read (the backend's `linear_bytes`; b
     QUICK=1 (a 48-configuration sweep), WIDE=1 (108 configurations past QUICK's edges),
     LIBS=tinygemm,gemlite (only these libraries beside qbench's; LIBS=none: qbench's kernels only),
     PATHS=bf16x2 (on Hopper, the bf16x2 variant's configurations only), TILES=0,1,2 (each
-    configuration with these loops: gemv_int4's "Tiles"; default 0, its per-group loads), WARPS=4
+    configuration with these loops: gemv_int4's "Tiles"; default 0, its per-group loads), STAGES=1,3,4
+    (each tile-1 configuration with these pipeline depths: gemv_int4's "Stages"; default 1), WARPS=4
     (only these warp counts), TABLE_ONLY=1 (qbench-int4's chosen configuration alone: the
     libraries' columns beside the table a sweep wrote)
 """
@@ -163,6 +164,9 @@ def measure(name: str, n: int, k: int, dev: torch.device, l2: int, sms: int, tin
             # TILES=1,2: each configuration with those loops instead (gemv_int4's "Tiles"; 0: its own)
             tiles = [int(t) for t in os.environ.get("TILES", "0").split(",")]
             swept = [c if not t else c + (t,) if len(c) == 5 else c + (False, t) for c in swept for t in tiles]
+            # STAGES=1,3,4: each tile-1 configuration with Triton's pipelining of those depths (gemv_int4's "Stages")
+            depths = [int(d) for d in os.environ.get("STAGES", "1").split(",")]
+            swept = [c + (d,) if d > 1 else c for c in swept for d in (depths if c[5:6] == (1,) else [1])]
             candidates += [c for c in swept if c not in candidates]
         total = k // GROUP
         for blocks in candidates:

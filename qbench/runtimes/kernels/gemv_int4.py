@@ -64,6 +64,15 @@ Same arithmetic and layout in all three; which is faster on a GPU is the sweep's
 H100 the tiles won every shape, most the large ones: results/h100/step5, where the loads in flight,
 not the instructions, turned out to bound these GEMVs).
 
+Stages (`blocks`' seventh element; 1 unless named; tile 1 only). With STAGES > 1 tile 1's loop is a
+`tl.range(..., num_stages=STAGES)`: Triton's software pipeliner turns the iteration's weight, scale
+and zero loads into asynchronous copies (cp.async) into shared memory, issued STAGES - 1 iterations
+ahead of the arithmetic that reads them (a ring of STAGES buffers a program), where tile 2 keeps one
+iteration ahead in registers. Compiled for sm_90 the loop's global loads become cp.async and the
+program takes shared memory for the ring (tests/test_gemv_int4.py checks both); Triton's interpreter
+ignores num_stages, so on a CPU the arithmetic is tile 1's. Whether the deeper queue is faster is the
+sweep's to say (`tools/device/int4_shapes.py`, STAGES=).
+
 Split-K: a program owns BLOCK_N rows and one of SPLIT contiguous ranges of groups, GROUPS groups a
 loop iteration (unrolled), so a shape with few rows (k/v: 512) still gives every SM several programs.
 With SPLIT > 1 each program adds its float32 partial sums into a workspace with `atomic_add`; the
@@ -144,7 +153,7 @@ def _kernel():
         GROUP: tl.constexpr, GROUPS: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
         BLOCK_N: tl.constexpr, BF16X2: tl.constexpr = False, PDL: tl.constexpr = False,
         RMS: tl.constexpr = False, SILU: tl.constexpr = False, RESIDUAL: tl.constexpr = False,
-        SCALE_OUT: tl.constexpr = False, TILE: tl.constexpr = 0,
+        SCALE_OUT: tl.constexpr = False, TILE: tl.constexpr = 0, STAGES: tl.constexpr = 1,
     ):
         WORDS: tl.constexpr = GROUP // 8  # int32 words of one row in one group
         TWO_23: tl.constexpr = 8388608.0  # MAGIC, as a constant the compiler may use
@@ -204,6 +213,7 @@ def _kernel():
                     acc += part * s[:, None]  # the group's scale: once a word, not once an element
             acc = tl.sum(acc, axis=1)  # [BLOCK_N]
         else:  # TILE 1: one [BLOCK_N, GROUPS, WORDS] load an iteration; 2: and the next one's before this one's sums
+            # (STAGES > 1, tile 1 only: Triton's software pipelining issues the loads STAGES - 1 iterations ahead)
             spans = tl.arange(0, GROUPS)
             tiles = tl.zeros((BLOCK_N, GROUPS, WORDS), dtype=tl.float32)
             w_tile = QW + rows[:, None, None].to(tl.int64) * KW + words[None, None, :]  # [BLOCK_N, 1, WORDS]
@@ -213,7 +223,7 @@ def _kernel():
                 w = tl.load(w_tile + g[None, :, None] * WORDS, eviction_policy="evict_first")
                 s = tl.load(S + sz + g[None, :] * SG)
                 z = tl.load(Z + sz + g[None, :] * SG)
-            for g0 in range(first, last, GROUPS):
+            for g0 in tl.range(first, last, GROUPS, num_stages=STAGES):
                 g = tl.minimum(g0 + spans, last - 1)  # [GROUPS]; past the split's end: its last group, scale 0
                 if TILE == 2:
                     after = tl.minimum(g0 + GROUPS + spans, last - 1)
@@ -333,7 +343,7 @@ SIGNATURE = {
     "SPLIT": "i32", "SN": "i32", "SG": "i32", "AHEAD": "i32", "H": "*bf16", "R": "*bf16", "G": "*bf16", "eps": "fp32",
     "GROUP": "constexpr", "GROUPS": "constexpr", "HAS_BIAS": "constexpr", "SPLIT_K": "constexpr",
     "BLOCK_N": "constexpr", "BF16X2": "constexpr", "PDL": "constexpr", "RMS": "constexpr", "SILU": "constexpr",
-    "RESIDUAL": "constexpr", "SCALE_OUT": "constexpr", "TILE": "constexpr",
+    "RESIDUAL": "constexpr", "SCALE_OUT": "constexpr", "TILE": "constexpr", "STAGES": "constexpr",
 }
 FOLD_OFF = {"RMS": False, "SILU": False, "RESIDUAL": False, "SCALE_OUT": False}  # the fold's constexprs, unused
 ALIGNED = ("X", "QW", "S", "Z", "B", "Y", "ACC", "COUNT", "N", "K", "KW", "SG")
@@ -341,20 +351,20 @@ ALIGNED = ("X", "QW", "S", "Z", "B", "Y", "ACC", "COUNT", "N", "K", "KW", "SG")
 
 def compile_for_sm90(constants: dict, warps: int):
     """The kernel compiled for an H100 (sm_90) on any machine, no GPU needed: `constants` gives every
-    constexpr of SIGNATURE but the fold's (off unless given: FOLD_OFF) and TILE (0 unless given), and
+    constexpr of SIGNATURE but the fold's (off unless given: FOLD_OFF), TILE (0) and STAGES (1), and
     may fix an argument, as a launch with SN = 1 does. Where this Triton has no ptxas, triton.compile
     raises a RuntimeError naming it after its front end ran (`kernels.compile_for_h100`). For the tests
     and tools/int4_sass.py; qbench's launches compile as usual."""
     from qbench.runtimes.kernels import compile_for_h100
 
-    return compile_for_h100(_kernel(), SIGNATURE, FOLD_OFF | {"TILE": 0} | constants, ALIGNED, warps)
+    return compile_for_h100(_kernel(), SIGNATURE, FOLD_OFF | {"TILE": 0, "STAGES": 1} | constants, ALIGNED, warps)
 
 
 # (N, K) -> (BLOCK_N, GROUPS, SPLIT, warps), for group size 128: the fastest configuration of
 # tools/device/int4_shapes.py's sweeps on Qwen2.5-7B's decoder shapes as lean fuses them (an H100,
 # results/h100/int4/), written by tools/device/apply_table.py; hf's unfused q_proj shares o's shape.
 # Other shapes, and group size 64, take the rule below.
-TABLE: dict[tuple[int, int], tuple[int, ...]] = {  # a fifth element True: the bf16x2 variant; a sixth: the tile
+TABLE: dict[tuple[int, int], tuple[int, ...]] = {  # a fifth element True: bf16x2; a sixth: the tile; a seventh: stages
     (4608, 3584): (32, 2, 8, 4, True, 1),  # q/k/v fused
     (3584, 3584): (32, 2, 8, 4, True, 2),  # o (and q unfused)
     (37888, 3584): (32, 4, 1, 4, True, 1),  # gate/up fused
@@ -368,9 +378,9 @@ def hopper(device: torch.device) -> bool:
 
 
 def choose_blocks(n: int, k: int, sms: int, group_size: int = 128, bf16x2_ok: bool = False) -> tuple[int, ...]:
-    """(BLOCK_N, GROUPS, SPLIT, warps[, bf16x2[, tile]]): the table's entry for (N, K) at group size 128
-    (whole only where `bf16x2_ok`: a Hopper GPU and bf16 activations; elsewhere its first four, tile 0,
-    the combination the sweep did not time), else 256
+    """(BLOCK_N, GROUPS, SPLIT, warps[, bf16x2[, tile[, stages]]]): the table's entry for (N, K) at group
+    size 128 (whole only where `bf16x2_ok`: a Hopper GPU and bf16 activations; elsewhere its first four,
+    tile 0 and stages 1, the combination the sweep did not time), else 256
     inputs an iteration, 32 rows a program (16, then 8, where that is too few), and the smallest
     split that gives every SM at least 4 programs. Warps follow the tile: a [BLOCK_N, g/8] tile of
     words fills 32 * warps threads with four words (one 128-bit load) each; more threads would hold
@@ -409,17 +419,22 @@ def launch(
     x, qweight, scales, zeros, bias, group_size, blocks, pdl: bool = False, rms=None, eps: float = 0.0,
     residual=None, scale_out=None, silu: bool = False,
 ) -> torch.Tensor:
-    """`blocks`: (BLOCK_N, GROUPS, SPLIT, warps[, bf16x2[, tile]]); bf16x2 (the inline-PTX word, sm_90
-    and bf16 activations only) is off unless named; tile (the loop's loads, the module docstring's
-    "Tiles") is 0 unless named. `pdl`: a programmatic dependent launch (`overlap.py`).
+    """`blocks`: (BLOCK_N, GROUPS, SPLIT, warps[, bf16x2[, tile[, stages]]]); bf16x2 (the inline-PTX word,
+    sm_90 and bf16 activations only) is off unless named; tile (the loop's loads, the module docstring's
+    "Tiles") is 0 unless named; stages (tile 1's pipelined loads: "Stages") 1 unless named. `pdl`: a
+    programmatic dependent launch (`overlap.py`).
     `rms`, `eps`, `residual`, `scale_out`, `silu`: lean's fold, as `gemv.gemv` takes them."""
     n, kw = qweight.shape
     k = kw * 8
     block_n, groups, split, warps, *variant = blocks
     bf16x2 = bool(variant and variant[0])
     tile = int(variant[1]) if len(variant) > 1 else 0
+    stages = int(variant[2]) if len(variant) > 2 else 1
     if tile not in (0, 1, 2):
         raise ValueError(f"gemv_int4's tile is 0, 1 or 2, got {tile}")
+    if stages < 1 or (stages > 1 and tile != 1):
+        raise ValueError(f"gemv_int4's stages are 1, or more with tile 1 (its loop is pipelined), got {stages} "
+                         f"with tile {tile}")
     if bf16x2 and x.dtype != torch.bfloat16:
         raise ValueError(f"gemv_int4's bf16x2 variant multiplies bf16 activations, got {x.dtype}")
     if bf16x2 and x.data_ptr() % 4:  # the variant reads x as 32-bit words (bf16 pairs): a fresh copy is aligned
@@ -441,7 +456,7 @@ def launch(
         scale_out if scale_out is not None else x, eps, GROUP=group_size, GROUPS=groups,
         HAS_BIAS=bias is not None, SPLIT_K=split > 1, BLOCK_N=block_n, BF16X2=bf16x2, PDL=pdl,
         RMS=rms is not None, SILU=silu, RESIDUAL=residual is not None, SCALE_OUT=scale_out is not None,
-        TILE=tile, num_warps=warps, **overlap.launch_options(pdl),
+        TILE=tile, STAGES=stages, num_warps=warps, **overlap.launch_options(pdl),
     )
     return y
 
@@ -469,8 +484,8 @@ def _check(x, qweight, scales, zeros, group_size) -> None:
 def gemv_int4(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bias: torch.Tensor | None,
     group_size: int, block_n: int, groups: int, split: int, warps: int, bf16x2: bool = False, tile: int = 0,
-    pdl: bool = False, rms: torch.Tensor | None = None, eps: float = 0.0, residual: torch.Tensor | None = None,
-    scale_out: torch.Tensor | None = None, silu: bool = False,
+    stages: int = 1, pdl: bool = False, rms: torch.Tensor | None = None, eps: float = 0.0,
+    residual: torch.Tensor | None = None, scale_out: torch.Tensor | None = None, silu: bool = False,
 ) -> torch.Tensor:
     """x [K], qweight int32 [N, K/8], scales fp16 [N, K/g], zeros uint8 [N, K/g], bias [N] or None;
     returns [N] in x's dtype. `pdl`: a programmatic dependent launch (lean's QBENCH_LEAN_PDL=on).
@@ -480,12 +495,13 @@ def gemv_int4(
     gemv.check_fold(qweight.shape[0], qweight.shape[1] * 8, x, rms, residual, scale_out, silu)
     flat = (None if t is None else t.contiguous().view(-1) for t in (rms, residual, scale_out))
     return launch(x.contiguous().view(-1), qweight, scales, zeros, bias, group_size,
-                  (block_n, groups, split, warps, bf16x2, tile), pdl, next(flat), eps, next(flat), next(flat), silu)
+                  (block_n, groups, split, warps, bf16x2, tile, stages), pdl, next(flat), eps, next(flat), next(flat),
+                  silu)
 
 
 @gemv_int4.register_fake
-def _(x, qweight, scales, zeros, bias, group_size, block_n, groups, split, warps, bf16x2=False, tile=0, pdl=False,
-      rms=None, eps=0.0, residual=None, scale_out=None, silu=False):
+def _(x, qweight, scales, zeros, bias, group_size, block_n, groups, split, warps, bf16x2=False, tile=0, stages=1,
+      pdl=False, rms=None, eps=0.0, residual=None, scale_out=None, silu=False):
     return x.new_empty(gemv.out_size(qweight.shape[0], scale_out, silu))
 
 
