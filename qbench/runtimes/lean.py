@@ -190,7 +190,6 @@ class LeanRunner:
         self._reference = False
         self.gemv_on = self._use_triton("QBENCH_LEAN_GEMV", "triton", "cublas", "16-bit linear layers", "F.linear",
                                         "the Triton GEMV runs on CUDA")
-        self.fold_fusers: list[str] = []  # the fold's fusers where they decide the compile (`_choose_compile`)
         self.fold = self._choose_fold()
         self.linear16 = self._plan_gemv()
         # folded, no norm, add or product is left for lean's own small kernels
@@ -200,9 +199,10 @@ class LeanRunner:
 
     def _choose_compile(self, compile_step: bool) -> None:
         """QBENCH_LEAN_COMPILE: 1 (default: where the backend declares lean_compile), 0 (never), all
-        (also where it does not: to try a kernel; a failure is said and the step runs uncompiled). The
-        fold through a backend's fuser (qbench-int4's GEMV) steps uncompiled on CUDA, and says why: on
-        an H100 torch.compile of that step did not return within minutes (`COMPILE_THE_FOLD_WITH_A_FUSER`)."""
+        (also where it does not: to try a kernel; a failure is said and the step runs uncompiled). Every
+        compile goes through `compile_keyed`, which registers qbench's ops with inductor first: the folded
+        qbench-int4 step, whose compile did not return on an H100 before that, compiles like any other
+        (results/h100/step6/, step7/)."""
         setting = os.environ.get("QBENCH_LEAN_COMPILE", "1")
         if setting not in ("0", "1", "all"):
             raise ValueError(f"QBENCH_LEAN_COMPILE must be 0, 1 or all, got {setting!r}")
@@ -215,12 +215,6 @@ class LeanRunner:
             self.notes.append(
                 "lean: step not compiled: the backend's kernel is not declared to trace under torch.compile "
                 "(lean_compile)"
-            )
-        elif self.fold_fusers and not COMPILE_THE_FOLD_WITH_A_FUSER:
-            self.notes.append(
-                f"lean: step not compiled (QBENCH_LEAN_FOLD=on with {', '.join(self.fold_fusers)}): on an H100 "
-                f"torch.compile of that step did not return within minutes (inductor printing the step's nested "
-                f"nodes: results/h100/step6/README.md); its launches are qbench's own kernels either way"
             )
         else:
             self._step_fn = compile_keyed(self._uncompiled)
@@ -344,10 +338,6 @@ class LeanRunner:
         if not self._rmsnorms_and_silu():
             self.notes.append(f"{where}: not folded (not Llama's RMSNorm and SiLU)")
             return False
-        fusers = {getattr(type(m), "lean_fuser", None) for layer in self.layers for ms in _linears(layer) for m in ms}
-        fusers.discard(None)
-        if fusers and self.device.type == "cuda":  # the step then runs uncompiled (`_choose_compile`)
-            self.fold_fusers = sorted(f.what for f in fusers)
         self.notes.append(f"{where}: folded into the GEMVs' loads and stores (one launch fewer for each)")
         return True
 
@@ -631,16 +621,6 @@ class LeanRunner:
         if ids.numel() > self.max_cache_len:
             raise ValueError(f"{ids.numel()} tokens do not fit a cache of {self.max_cache_len}")
         return self._forward_prompt(ids, every_position=True)
-
-
-# lean's fold with a backend's fuser (qbench-int4's GEMV) on CUDA: stepped uncompiled (`_choose_compile`),
-# since on an H100 torch.compile of that step did not return: its main thread was in inductor's printing
-# of nodes (results/h100/step6/README.md). torch 2.11 prints each custom op's first call in a graph, log
-# on or off, and in this step lean's 16-bit GEMV is first called at lm_head, whose inputs span every layer.
-# `lower_qbench_ops_as_fallbacks` removes that printing from every compile (a test holds it on the CPU);
-# whether the folded step then compiles on the H100 is not yet measured, so this stays off until it is.
-# tools/device/fold_probe.py and fold_compile.py compile it, in their own processes.
-COMPILE_THE_FOLD_WITH_A_FUSER = False
 
 
 def compile_keyed(step):

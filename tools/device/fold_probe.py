@@ -1,9 +1,9 @@
-"""Device side (issue 25): where lean's QBENCH_LEAN_FOLD=on step stops. On an H100, qbench-int4's folded
-step passed the gate and then did not finish its first timed block (results/h100/step5/README.md); this
-probe found it in torch.compile (results/h100/step6/README.md), so lean steps that combination
-uncompiled on CUDA. The probe compiles it anyway, in its own process only
-(`lean.COMPILE_THE_FOLD_WITH_A_FUSER`), and runs, one at a time, the parts a timed block runs, each line
-printed (flushed) before its part and its seconds after it, every part synchronised:
+"""Device side (issue 25): where lean's QBENCH_LEAN_FOLD=on step stops, and what it costs. On an H100,
+qbench-int4's folded step passed the gate and then did not finish its first timed block
+(results/h100/step5/README.md); this probe found it in torch.compile (results/h100/step6/README.md),
+and after lean registered its ops with inductor first it compiled (results/h100/step7/). It runs, one
+at a time, the parts a timed block runs, each line printed (flushed) before its part and its seconds
+after it, every part synchronised:
 
     load, prefill, one eager step (the step's Python, uncompiled), COMPILED compiled steps (torch.compile,
     as lean runs them), the CUDA graph's capture (its warm-up steps on a side stream, then the capture),
@@ -20,7 +20,7 @@ kernel that does not end (py-spy dump, where installed, shows which launch waits
     timeout 120 python3 tools/device/fold_probe.py                  # qbench-int4, qwen2.5-0.5b, ctx 256
     MODEL=qwen2.5-7b CTX=2048 BACKEND=bf16 FOLD=on timeout 200 python3 tools/device/fold_probe.py
     FOLD=off ...                                                    # the same parts unfolded: the baseline
-    COMPILE=off ...                                                 # qbench-int4 folded as lean steps it
+    COMPILE=off ...                                                 # the step uncompiled (QBENCH_LEAN_COMPILE=0)
 
 On a CPU (Triton's interpreter: TRITON_INTERPRET=1 QBENCH_LEAN_GEMV=triton MODEL=tiny) it runs the
 parts a CPU has (no compile, no capture) and says so.
@@ -54,7 +54,6 @@ def timed(label: str, work, device: torch.device):
 def main() -> None:
     from qbench.backend import LoadOptions
     from qbench.registry import load_backend
-    from qbench.runtimes import lean
     from qbench.session.decode import token_stream
     from qbench.specs import load_model_spec
 
@@ -66,7 +65,8 @@ def main() -> None:
         faulthandler.dump_traceback_later(float(os.environ["DUMP"]), repeat=True, file=sys.stdout)
     os.environ.setdefault("QBENCH_LEAN_FOLD", os.environ.get("FOLD", "on"))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    lean.COMPILE_THE_FOLD_WITH_A_FUSER = os.environ.get("COMPILE", "on") == "on"  # this process only
+    if os.environ.get("COMPILE", "on") == "off":  # the step uncompiled, as QBENCH_LEAN_COMPILE=0 runs it
+        os.environ["QBENCH_LEAN_COMPILE"] = "0"
     spec = load_model_spec(model)
     backend = load_backend(backend_name)
     options = LoadOptions(device=device.type, runtime="lean", max_cache_len=ctx + 64 + timed_replays, group_size=128)
