@@ -24,7 +24,7 @@ key (sessions measured under different switches never pool) and the worker runs 
   QBENCH_LEAN_PDL        lean's own kernels as programmatic dependent launches: off | on (Hopper+;
                          qbench/runtimes/kernels/overlap.py)
   QBENCH_LEAN_FOLD       lean's norms, residual adds and SiLU products inside its GEMVs (16-bit and
-                         qbench-int4's; qbench-int4's refused on CUDA, README): off | on
+                         qbench-int4's, README): off | on
 
 QBENCH_WEIGHTS_CACHE and QBENCH_FORKSERVER are not among them: they change what a session costs
 (loading its weights, starting its process), not the steps it times.

@@ -45,9 +45,11 @@ def _version(package: str) -> str:
 
 def file_type_name(path: Path) -> str:
     """The GGUF's general.file_type as llama.cpp names it (e.g. MOSTLY_Q4_1), or '?'."""
-    from gguf import GGUFReader, LlamaFileType
+    from gguf import LlamaFileType
 
-    field = GGUFReader(str(path)).fields.get("general.file_type")
+    from qbench.model import gguf_files
+
+    field = gguf_files.reader(path).fields.get("general.file_type")
     if field is None:
         return "?"
     try:

@@ -39,9 +39,9 @@ def _field(reader, key: str):
 
 
 def step_bytes(path: Path | str, ctx: int, kv_type: str = "F16") -> StepBytes:
-    from gguf import GGUFReader
+    from qbench.model import gguf_files
 
-    reader = GGUFReader(str(path))
+    reader = gguf_files.reader(path)
     arch = _field(reader, "general.architecture")
     layers = int(_field(reader, f"{arch}.block_count"))
     heads = int(_field(reader, f"{arch}.attention.head_count"))

@@ -44,9 +44,12 @@ def _synthetic(spec: Any, dtype: torch.dtype, device: str, seed: int):
 def _load_gguf(path: Path, dtype: torch.dtype, device: str):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=path.name, dtype=dtype, attn_implementation="sdpa"
-    )
+    from qbench.model import gguf_files
+
+    with gguf_files.read_once():  # the file's fields parsed once a process, not twice a load
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=dtype, attn_implementation="sdpa"
+        )
     return model.to(device)
 
 

@@ -388,9 +388,11 @@ def _scratch() -> Path | None:
 def _gguf_about(path: Path) -> dict:
     """A cached GGUF's description for its manifest (its `qbench.about` field; metadata only is read)."""
     try:
-        from gguf import GGUFReader, LlamaFileType
+        from gguf import LlamaFileType
 
-        fields = GGUFReader(str(path)).fields
+        from qbench.model import gguf_files
+
+        fields = gguf_files.reader(path).fields
         about = json.loads(fields["qbench.about"].contents()) if "qbench.about" in fields else {}
         kind = LlamaFileType(int(fields["general.file_type"].contents())).name.removeprefix("MOSTLY_")
         name = fields["general.name"].contents() if "general.name" in fields else "?"

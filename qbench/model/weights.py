@@ -64,11 +64,13 @@ def check_gguf(path: Path) -> None:
         if file.read(4) != b"GGUF":
             raise UserError(f"{path} is not a GGUF file (it does not start with the GGUF magic)")
     try:
-        from gguf import GGUFReader
+        import gguf  # noqa: F401
     except ImportError:
         raise UserError("reading GGUF weights needs the gguf package", f"pip install '{DISTRIBUTION}[gguf]'") from None
     try:
-        reader = GGUFReader(path)
+        from qbench.model import gguf_files
+
+        reader = gguf_files.reader(path)
         end = max((t.data_offset + t.n_bytes for t in reader.tensors), default=0)
     except Exception as error:  # the reader fails in many ways on a cut file: all mean the same
         raise UserError(f"{path} is truncated or damaged: GGUF reader: {error}", "download it again") from None

@@ -49,13 +49,13 @@ def load_tokenizer(spec, weights: str):
     missing = tokenizer_missing(weights)
     if missing:
         return None, missing
+    from qbench.model import gguf_files
+
     try:
-        if weights == "gguf":
-            path = packaged_gguf(spec)
-            return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name), None
-        path = Path(weights)
+        path = packaged_gguf(spec) if weights == "gguf" else Path(weights)
         if path.suffix == ".gguf":
-            return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name), None
+            with gguf_files.read_once():  # the fields the model's load parses too
+                return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name), None
         return AutoTokenizer.from_pretrained(str(path)), None
     except Exception as error:  # a broken tokenizer costs the quality check, not the latency row
         return None, f"tokenizer did not load: {type(error).__name__}: {error}"[:300]
