@@ -38,6 +38,7 @@ def test_choose_blocks_gives_every_sm_several_programs():
         block_n, block_k, _ = choose_blocks(n, k, 132)
         assert block_n == 1 or -(-n // block_n) >= 4 * 132, (n, block_n)
         assert block_k == (1024 if k >= 8192 else 512)
+        assert choose_blocks(n, k, 132, interpreted=True) == (64, block_k, 4)  # the interpreter: rows a program
 
 
 def test_lean_with_the_gemv_matches_f_linear_and_hf_and_shares_the_weights():
@@ -74,6 +75,8 @@ def test_lean_with_the_gemv_matches_f_linear_and_hf_and_shares_the_weights():
         hf = DecoderRunner(model, 96, "cpu")
         tokens = token_stream(spec.vocab_size, 72, 0, "cpu")
         fast, plain = runners["triton"], runners["cublas"]
+        from qbench.runtimes.kernels.gemv import INTERPRETED_ROWS
+        assert {g.blocks[0] for g in fast.linear16.values()} == {INTERPRETED_ROWS}  # on the CPU: the interpreter's
         for r in (fast, plain, hf):
             r.prefill(tokens[:60])
         for p in range(60, 68):

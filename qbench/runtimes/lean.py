@@ -73,7 +73,7 @@ class Gemv:
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, sizes: list[int], sms: int, pdl: bool = False):
         self.weight, self.bias, self.sizes, self.pdl = weight, bias, sizes, pdl
-        self.blocks = gemv.choose_blocks(weight.shape[0], weight.shape[1], sms)
+        self.blocks = gemv.choose_blocks(weight.shape[0], weight.shape[1], sms, weight.device.type != "cuda")
 
     @staticmethod
     def fusable(modules: list) -> bool:

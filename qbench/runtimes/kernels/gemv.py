@@ -91,12 +91,20 @@ SIGNATURE = {
 }
 
 
-def choose_blocks(n: int, k: int, sms: int) -> tuple[int, int, int]:
+INTERPRETED_ROWS = 64  # BLOCK_N under Triton's interpreter (`choose_blocks`)
+
+
+def choose_blocks(n: int, k: int, sms: int, interpreted: bool = False) -> tuple[int, int, int]:
     """(BLOCK_N, BLOCK_K, warps): the fewest rows a program that still gives every SM several
     programs (so enough loads are in flight), and a K piece of 512 (1024 for a long K, 256 for a
     short one). From the block sweep on the H100 (results/h100/lean-gemv/gemv10.json): down_proj
-    (K = 18944) reads faster with 1024 than with 512."""
+    (K = 18944) reads faster with 1024 than with 512. `interpreted` (lean on a CPU under
+    TRITON_INTERPRET=1, which only the tests run): INTERPRETED_ROWS rows a program, since the
+    interpreter runs the programs one after another and its time is per program, not per row; the
+    arithmetic is the same at any BLOCK_N (tests/test_gemv.py runs several)."""
     block_k = 1024 if k >= 8192 else 512 if k >= 2048 else 256
+    if interpreted:
+        return INTERPRETED_ROWS, block_k, 4
     block_n = 8
     while block_n > 1 and -(-n // block_n) < 4 * sms:
         block_n //= 2
