@@ -213,7 +213,8 @@ def _kernel():
                     acc += part * s[:, None]  # the group's scale: once a word, not once an element
             acc = tl.sum(acc, axis=1)  # [BLOCK_N]
         else:  # TILE 1: one [BLOCK_N, GROUPS, WORDS] load an iteration; 2: and the next one's before this one's sums
-            # (STAGES > 1, tile 1 only: Triton's software pipelining issues the loads STAGES - 1 iterations ahead)
+            # (STAGES > 1, tile 1 only: Triton's software pipelining issues the loads STAGES - 1 iterations ahead;
+            # STAGES 1: no num_stages on the loop, the loop as it was measured before stages existed)
             spans = tl.arange(0, GROUPS)
             tiles = tl.zeros((BLOCK_N, GROUPS, WORDS), dtype=tl.float32)
             w_tile = QW + rows[:, None, None].to(tl.int64) * KW + words[None, None, :]  # [BLOCK_N, 1, WORDS]
@@ -223,7 +224,7 @@ def _kernel():
                 w = tl.load(w_tile + g[None, :, None] * WORDS, eviction_policy="evict_first")
                 s = tl.load(S + sz + g[None, :] * SG)
                 z = tl.load(Z + sz + g[None, :] * SG)
-            for g0 in tl.range(first, last, GROUPS, num_stages=STAGES):
+            for g0 in tl.range(first, last, GROUPS, num_stages=STAGES if STAGES > 1 else None):
                 g = tl.minimum(g0 + spans, last - 1)  # [GROUPS]; past the split's end: its last group, scale 0
                 if TILE == 2:
                     after = tl.minimum(g0 + GROUPS + spans, last - 1)
