@@ -1,9 +1,9 @@
-"""Device side (issue 25): why torch.compile of lean's folded qbench-int4 step does not return on the
+"""Device side (issue 25): why torch.compile of lean's folded qbench-int4 step did not return on the
 H100. `fold_probe.py` with DUMP=30 showed the compile's main thread inside torch._inductor.ir's
 __str__ for minutes (an ExternKernel printing its inputs, each a view of an earlier ExternKernel's
-output, printing its inputs...): a string that grows with every layer. This compiles the step
-itself (lean steps it uncompiled on CUDA since), with few layers, outside lean's fallback (which
-would catch an error and step uncompiled),
+output, printing its inputs...): a string that grows with every layer (results/h100/step6/; since lean
+registers its ops with inductor first, the step compiles there: step7/). This compiles the step
+itself, with few layers, outside lean's fallback (which would catch an error and step uncompiled),
 and prints what the compile raised (type, message, the last frames), or that it returned and how long
 it took, for each configuration named:
 
