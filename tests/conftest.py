@@ -186,8 +186,8 @@ from qbench.runtimes.lean import LeanRunner
 from qbench.specs import load_model_spec
 spec = load_model_spec("tiny")
 options = LoadOptions(device="cpu", weights="synthetic", seed=0, max_cache_len=96, group_size=128)
-gemv_int4.TABLE.update({(512, 256): (32, 2, 1, 4), (1536, 256): (64, 2, 1, 4), (256, 256): (32, 1, 1, 4),
-                        (256, 768): (32, 2, 3, 4)})
+gemv_int4.TABLE.update({(512, 256): (128, 2, 1, 4), (1536, 256): (128, 2, 1, 4), (256, 256): (128, 1, 1, 4),
+                        (256, 768): (128, 2, 3, 4)})
 backend = load_backend("qbench-int4")
 os.environ["QBENCH_LEAN_GEMV"] = "triton"
 tokens = token_stream(spec.vocab_size, 72, 0, "cpu")
