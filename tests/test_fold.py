@@ -17,7 +17,8 @@ def test_the_folded_gemvs_compute_the_norm_scale_the_silu_pairs_the_residual_and
     between the steps, so the arithmetic alone is compared, to 1e-5) on ragged shapes with and without
     bias; then bf16 against the modules (Qwen2's RMSNorm, SiLU, the add) as the model runs them,
     within its roundings. Dropping the RMS scale, swapping gate and up, or leaving out the residual
-    or the next norm's weight is far outside either."""
+    or the next norm's weight is far outside either. A split call leaves its workspace (the sums, the
+    squares of h its programs add for the RMS scale, the counters) zero: the next call is the same."""
     out = run_interpreted(
         """
         import torch
@@ -51,7 +52,8 @@ def test_the_folded_gemvs_compute_the_norm_scale_the_silu_pairs_the_residual_and
                 x = h * weight  # the norm's input times its weight: what scale_out hands the next GEMV
                 scale = torch.rsqrt(h.double().pow(2).mean() + eps)
                 want = linear(x.double(), w) * scale + (0 if bias is None else bias)
-                assert err(call(x, rms=h, eps=eps), want) < 1e-5, (name, n, k)
+                for _ in range(2):  # a split call leaves its sums and squares' slots zero for the next
+                    assert err(call(x, rms=h, eps=eps), want) < 1e-5, (name, n, k)
                 assert err(call(x), want) > 0.05, name  # the scale matters
                 plain = linear(x.double(), w, bias)
                 pairs = plain.view(-1, 2)
@@ -65,6 +67,8 @@ def test_the_folded_gemvs_compute_the_norm_scale_the_silu_pairs_the_residual_and
                 assert err(got[n:], total * following.double()) < 1e-5, (name, n, k)
                 assert err(got[:n], plain) > 0.05 and err(got[n:], total) > 0.05, name
                 assert err(call(x, residual=residual), total) < 1e-5, (name, n, k)
+        # the split calls' workspaces (sums, the RMS fold's squares, counters): all zero between calls
+        assert G._workspaces and all(not t.any() for kept in G._workspaces.values() for t in kept)
 
         # bf16, as the model computes it (each step rounded to bf16); the interpreter truncates where a
         # GPU rounds, and the fold keeps the normalised h in float32 where the module rounds it

@@ -78,9 +78,13 @@ loop iteration (unrolled), so a shape with few rows (k/v: 512) still gives every
 With SPLIT > 1 each program adds its float32 partial sums into a workspace with `atomic_add`; the
 last program of a row block to arrive (an atomic counter per row block says which) takes the sums
 with `atomic_xchg` (which also zeroes the workspace for the next call), adds the bias and stores y,
-and resets the counter. The workspace is allocated once per (device, N, BLOCK_N, SPLIT) and left
-zeroed by every call: no memset, no host synchronisation, fixed pointers, so a CUDA graph replays it
-(the first call of a shape allocates it, so it belongs before a capture: qbench's warm-up steps are).
+and resets the counter. Under lean's fold with an RMS scale (`gemv.gemv`'s `rms`), each program also
+sums the squares of h over its own groups, loaded in its loop beside x, and adds them into its row
+block's slot after the sums; the last program takes that slot the same way, so no program reads all
+of h after its loop (step7 measured that tail on the critical path: results/h100/step7/). The
+workspace is allocated once per (device, N, BLOCK_N, SPLIT) and left zeroed by every call: no memset,
+no host synchronisation, fixed pointers, so a CUDA graph replays it (the first call of a shape
+allocates it, so it belongs before a capture: qbench's warm-up steps are).
 Calls on one stream only (as qbench's runtimes make them): two GEMVs of the same shape running
 concurrently on two streams would share a workspace.
 
@@ -166,6 +170,10 @@ def _kernel():
         first = pid_k * GROUPS_PER_SPLIT
         last = tl.minimum(first + GROUPS_PER_SPLIT, GROUPS_TOTAL)
         acc = tl.zeros((BLOCK_N, WORDS), dtype=tl.float32)  # summed over its words once, at the end
+        # RMS: h's sum of squares over this program's groups (`squared`), loaded in the loop beside x: the
+        # row block's programs together cover h once and the last to arrive adds their sums, so no
+        # program reads all of h after its loop, on the critical path
+        span = tl.arange(0, GROUP)
         # KW (= K / 8) is its own argument so that Triton sees it divisible by 16 and proves each
         # row's words 16-byte aligned: the weight loads become 128-bit loads
         w_rows = QW + rows[:, None].to(tl.int64) * KW  # [BLOCK_N, 1]
@@ -178,6 +186,7 @@ def _kernel():
                 prefetch_l2(Z + rows * SN + g0 * SG)
             after_previous()
         if TILE == 0:  # GROUPS loads of [BLOCK_N, WORDS] an iteration
+            squares = tl.zeros((GROUP,), dtype=tl.float32)
             for g0 in range(first, last, GROUPS):
                 for j in tl.static_range(GROUPS):
                     # the last iteration of a split whose group count is not a multiple of GROUPS re-reads
@@ -187,6 +196,9 @@ def _kernel():
                     # scales and zeros at (row, g): strides SN, SG (group-major: SN = 1, specialised by Triton)
                     s = tl.load(S + rows * SN + g * SG).to(tl.float32)
                     s = tl.where(g0 + j < last, s, 0.0)
+                    if RMS:
+                        h = tl.load(H + g * GROUP + span).to(tl.float32)
+                        squares += tl.where(g0 + j < last, h * h, 0.0)
                     if BF16X2:  # Hopper: the word's eight weights in bf16 pairs, inline PTX (BF16X2_WORD)
                         zero = tl.load(Z + rows * SN + g * SG).to(tl.int32)
                         zz = ((zero | 0x4300) * 0x10001)[:, None]  # bf16 pair (128 + zero, 128 + zero)
@@ -212,11 +224,13 @@ def _kernel():
                             part += (q - offset) * x[None, :]  # (q - zero) exactly, times x
                     acc += part * s[:, None]  # the group's scale: once a word, not once an element
             acc = tl.sum(acc, axis=1)  # [BLOCK_N]
+            squared = tl.sum(squares, axis=0)
         else:  # TILE 1: one [BLOCK_N, GROUPS, WORDS] load an iteration; 2: and the next one's before this one's sums
             # (STAGES > 1, tile 1 only: Triton's software pipelining issues the loads STAGES - 1 iterations ahead;
             # STAGES 1: no num_stages on the loop, the loop as it was measured before stages existed)
             spans = tl.arange(0, GROUPS)
             tiles = tl.zeros((BLOCK_N, GROUPS, WORDS), dtype=tl.float32)
+            squares = tl.zeros((GROUPS, GROUP), dtype=tl.float32)
             w_tile = QW + rows[:, None, None].to(tl.int64) * KW + words[None, None, :]  # [BLOCK_N, 1, WORDS]
             sz = rows[:, None] * SN  # [BLOCK_N, 1]: scales' and zeros' rows
             if TILE == 2:
@@ -236,6 +250,9 @@ def _kernel():
                     s = tl.load(S + sz + g[None, :] * SG)
                     z = tl.load(Z + sz + g[None, :] * SG)
                 scale = tl.where((g0 + spans < last)[None, :], s.to(tl.float32), 0.0)  # [BLOCK_N, GROUPS]
+                if RMS:
+                    h = tl.load(H + g[:, None] * GROUP + span[None, :]).to(tl.float32)  # [GROUPS, GROUP]
+                    squares += tl.where((g0 + spans < last)[:, None], h * h, 0.0)
                 if BF16X2:
                     zz = ((z.to(tl.int32) | 0x4300) * 0x10001)[:, :, None]
                     x32 = X.to(tl.pointer_type(tl.int32), bitcast=True) + g[:, None] * (GROUP // 2) + words[None, :]
@@ -259,8 +276,11 @@ def _kernel():
                     s = s_next
                     z = z_next
             acc = tl.sum(tl.sum(tiles, axis=2), axis=1)  # [BLOCK_N]
+            squared = tl.sum(tl.sum(squares, axis=1), axis=0)
         if SPLIT_K:  # each program adds its partial sums; the last of a row block to arrive finishes y
             tl.atomic_add(ACC + rows, acc, mask=row_ok, sem="relaxed")
+            if RMS:  # this program's share of h's sum of squares, in the slot after the sums (ACC + N)
+                tl.atomic_add(ACC + N + pid_n, squared, sem="relaxed")
             tl.debug_barrier()  # every thread's adds issued before the counter says this program is done
             last = tl.atomic_add(COUNT + pid_n, 1, sem="acq_rel") == SPLIT - 1
         else:  # one program a row block: it finishes y
@@ -271,12 +291,12 @@ def _kernel():
                 acc = tl.atomic_xchg(bits, tl.zeros((BLOCK_N,), dtype=tl.int32), mask=row_ok)
                 acc = acc.to(tl.float32, bitcast=True)
             if RMS:  # x is h times the norm's weight (`gemv.gemv`'s fold); h's RMS scale, once a row block
-                span = tl.arange(0, 1024)
-                squares = tl.zeros((1024,), dtype=tl.float32)
-                for k0 in range(0, K, 1024):
-                    h = tl.load(H + k0 + span, mask=k0 + span < K, other=0.0).to(tl.float32)
-                    squares += h * h
-                acc = acc * tl.rsqrt(tl.sum(squares, axis=0) / K + eps)
+                if SPLIT_K:  # every program's share, taken (and the slot zeroed) as the sums are
+                    total = tl.atomic_xchg(ACC.to(tl.pointer_type(tl.int32), bitcast=True) + N + pid_n, 0)
+                    total = total.to(tl.float32, bitcast=True)
+                else:
+                    total = squared
+                acc = acc * tl.rsqrt(total / K + eps)
             if HAS_BIAS:
                 acc += tl.load(B + rows).to(tl.float32)
             fold.store(acc, Y, R, G, rows, row_ok, pid_n, N, BLOCK_N, SILU, RESIDUAL, SCALE_OUT)
@@ -406,11 +426,12 @@ _workspaces: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def _workspace(device: torch.device, n: int, block_n: int, split: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The split-K sums (float32 [N]) and arrival counters (int32 [row blocks]), zero between calls."""
+    """The split-K sums (float32 [N], then the RMS fold's sums of squares, one a row block) and arrival
+    counters (int32 [row blocks]), zero between calls."""
     key = (device, n, block_n, split)
     if key not in _workspaces:
         _workspaces[key] = (
-            torch.zeros(n, dtype=torch.float32, device=device),
+            torch.zeros(n + -(-n // block_n), dtype=torch.float32, device=device),
             torch.zeros(-(-n // block_n), dtype=torch.int32, device=device),
         )
     return _workspaces[key]
