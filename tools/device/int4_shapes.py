@@ -18,7 +18,9 @@ Effective TB/s = the bytes the kernel must read (the backend's `linear_bytes`; b
     configuration with these loops: gemv_int4's "Tiles"; default 0, its per-group loads), STAGES=1,3,4
     (each tile-1 configuration with these pipeline depths: gemv_int4's "Stages"; default 1), WARPS=4
     (only these warp counts), TABLE_ONLY=1 (qbench-int4's chosen configuration alone: the
-    libraries' columns beside the table a sweep wrote)
+    libraries' columns beside the table a sweep wrote), FOLD=1 (qbench-int4's and qbench-bf16's chosen
+    configurations alone, each shape plain and in each form lean's QBENCH_LEAN_FOLD=on calls it with,
+    and that form's parts: what the fold costs each GEMV, shape by shape)
 """
 
 from __future__ import annotations
@@ -115,6 +117,51 @@ def modules_for(backend, linear: torch.nn.Linear, copies: int) -> list:
             module = backend.quantize_linear(linear, GROUP)
             module.release_reference()
             out.append(module)
+    return out
+
+
+# FOLD=1: the forms lean's fold calls each shape's GEMV in (`gemv.gemv`'s arguments), and their parts
+FOLD_FORMS = {
+    "qkv fused": {"rms": ("rms",)}, "gate+up fused": {"rms": ("rms",), "silu": ("silu",), "rms+silu": ("rms", "silu")},
+    "o": {"residual": ("residual",), "residual+scale_out": ("residual", "scale_out")},
+    "down": {"residual": ("residual",), "residual+scale_out": ("residual", "scale_out")},
+}
+
+
+def fold_costs(name: str, n: int, k: int, dev: torch.device, l2: int, sms: int, calls: int) -> dict:
+    """µs a call of each GEMV (qbench-int4's table entry, qbench's bf16 GEMV) plain and in each of
+    FOLD_FORMS[name], on the same weight copies, one after another."""
+    torch.manual_seed(0)
+    weight = torch.randn(n, k, dtype=torch.bfloat16, device=dev) * 0.02
+    x, h = torch.randn(k, dtype=torch.bfloat16, device=dev), torch.randn(k, dtype=torch.bfloat16, device=dev)
+    r, g = torch.randn(n, dtype=torch.bfloat16, device=dev), torch.randn(n, dtype=torch.bfloat16, device=dev)
+    parts = {
+        "rms": {"rms": h, "eps": 1e-6}, "silu": {"silu": True}, "residual": {"residual": r},
+        "scale_out": {"scale_out": g},
+    }
+    forms = {"plain": ()} | FOLD_FORMS.get(name, {})
+    linear = torch.nn.Linear(k, n, bias=False, device=dev, dtype=torch.bfloat16)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+    backend = load_backend("qbench-int4")
+    mods = modules_for(backend, linear, max(2, -(-8 * l2 // backend.linear_bytes(k, n, GROUP))))
+    blocks = gemv_int4.choose_blocks(n, k, sms, GROUP, gemv_int4.hopper(dev))
+    bf16_blocks = gemv.choose_blocks(n, k, sms)
+    weights = [weight.clone() for _ in range(max(2, -(-8 * l2 // (n * k * 2))))]
+    out = {"qbench-int4": {"blocks": str(blocks)}, "qbench-bf16": {"blocks": str(bf16_blocks)}}
+    for form, names in forms.items():
+        kwargs = {key: value for part in names for key, value in parts[part].items()}
+
+        def int4(m, kw=kwargs):
+            return gemv_int4.gemv_int4(x, m.qweight, m.scales, m.zeros, None, GROUP, *blocks, **kw)
+
+        out["qbench-int4"][form] = timed([lambda m=mods[i % len(mods)]: int4(m) for i in range(calls)], dev)
+
+        def bf16(w, kw=kwargs):
+            return gemv.gemv(x, w, None, *bf16_blocks, **kw)
+
+        out["qbench-bf16"][form] = timed([lambda w=weights[i % len(weights)]: bf16(w) for i in range(calls)], dev)
+    del mods, weights
     return out
 
 
@@ -243,6 +290,14 @@ def main() -> None:
     print(f"{'shape':24s}" + "".join(f"{c:>13s}" for c in columns))
     for shape in only or list(shapes):
         n, k, _ = shapes[shape]
+        if os.environ.get("FOLD") == "1":
+            result["shapes"][shape] = row = fold_costs(shape, n, k, dev, l2, sms, 4 if tiny else CALLS)
+            for kernel, times in row.items():
+                print(f"{shape + f' {n}x{k}':24s} {kernel:12s} {times['blocks']:32s} "
+                      + "  ".join(f"{form} {us:.1f}" for form, us in times.items() if form != "blocks"), flush=True)
+            with open(out, "w") as f:
+                json.dump(result, f, indent=1)
+            continue
         row = measure(shape, n, k, dev, l2, sms, tiny)
         result["shapes"][shape] = row
         cells = []
