@@ -2,7 +2,7 @@
 `gemv_int4.py`; `gemv.gemv`'s docstring says what each form computes and how it rounds).
 
 Triton at import: the kernels' modules import this inside their lazy `_kernel()`, so importing qbench
-never imports Triton. A module-level @triton.jit function, which Triton's interpreter can call too.
+never imports Triton. Module-level @triton.jit functions, which Triton's interpreter can call too.
 """
 
 import triton
@@ -10,11 +10,23 @@ import triton.language as tl
 
 
 @triton.jit
-def store(y, Y, R, G, rows, row_ok, block, N, BLOCK_N: tl.constexpr, SILU: tl.constexpr, RESIDUAL: tl.constexpr,
+def inputs(B, R, G, rows, HAS_BIAS: tl.constexpr, RESIDUAL: tl.constexpr, SCALE_OUT: tl.constexpr):
+    """The bias, residual and next norm's weight of a program's rows, as float32 [BLOCK_N] (zeros where
+    not taken). A GEMV loads them before its loop (after a PDL wait), so their latency is not added
+    after the sums, on the critical path, where `store` uses them."""
+    zero = tl.zeros(rows.shape, dtype=tl.float32)
+    b = tl.load(B + rows).to(tl.float32) if HAS_BIAS else zero
+    r = tl.load(R + rows).to(tl.float32) if RESIDUAL else zero
+    g = tl.load(G + rows).to(tl.float32) if SCALE_OUT else zero
+    return b, r, g
+
+
+@triton.jit
+def store(y, Y, r, g, rows, row_ok, block, N, BLOCK_N: tl.constexpr, SILU: tl.constexpr, RESIDUAL: tl.constexpr,
           SCALE_OUT: tl.constexpr):
     """Store y ([BLOCK_N] float32, row block `block`, bias added) into Y: the SiLU product of its
-    interleaved (gate, up) rows, or y plus the residual R and, after it, y times the next norm's
-    weight G (at Y + N)."""
+    interleaved (gate, up) rows, or y plus the residual r and, after it, y times the next norm's
+    weight g (at Y + N); r and g are `inputs`'."""
     dtype = Y.dtype.element_ty
     if SILU:  # rows interleaved (gate, up): silu(gate) * up, each rounded to Y's dtype as torch rounds them
         gate, up = tl.split(tl.reshape(y, (BLOCK_N // 2, 2)))
@@ -24,8 +36,8 @@ def store(y, Y, R, G, rows, row_ok, block, N, BLOCK_N: tl.constexpr, SILU: tl.co
         tl.store(Y + pairs, act.to(dtype), mask=pairs < N // 2)
     else:
         if RESIDUAL:  # the residual stream's add, on y rounded to its dtype as the model's add is
-            y = y.to(dtype).to(tl.float32) + tl.load(R + rows).to(tl.float32)
+            y = y.to(dtype).to(tl.float32) + r
         tl.store(Y + rows, y.to(dtype), mask=row_ok)
         if SCALE_OUT:  # the next norm's weight times its input, rounded: what the next GEMV reads as x
-            scaled = y.to(dtype).to(tl.float32) * tl.load(G + rows).to(tl.float32)
+            scaled = y.to(dtype).to(tl.float32) * g
             tl.store(Y + N + rows, scaled.to(dtype), mask=row_ok)

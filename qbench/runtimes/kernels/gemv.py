@@ -58,6 +58,7 @@ def _kernel():
             for k0 in range(0, AHEAD, BLOCK_K):
                 prefetch_l2(W + rows[:, None] * stride_w + tl.minimum(k0 + lines, K - 1)[None, :])
             after_previous()
+        bias, residual, weight_next = fold.inputs(B, R, G, rows, HAS_BIAS, RESIDUAL, SCALE_OUT)  # before the loop
         squares = tl.zeros((BLOCK_K,), dtype=tl.float32)  # RMS: h's sum of squares, each program all of it
         for k0 in range(0, K, BLOCK_K):
             inside = (k0 + cols) < K
@@ -76,8 +77,8 @@ def _kernel():
         if RMS:  # x is h times the norm's weight; the RMS scale, one number for the whole h, here
             y = y * tl.rsqrt(tl.sum(squares, axis=0) / K + eps)
         if HAS_BIAS:
-            y += tl.load(B + rows).to(tl.float32)
-        fold.store(y, Y, R, G, rows, row_ok, pid, N, BLOCK_N, SILU, RESIDUAL, SCALE_OUT)
+            y += bias
+        fold.store(y, Y, residual, weight_next, rows, row_ok, pid, N, BLOCK_N, SILU, RESIDUAL, SCALE_OUT)
 
     return gemv_kernel
 

@@ -185,6 +185,9 @@ def _kernel():
                 prefetch_l2(S + rows * SN + g0 * SG)
                 prefetch_l2(Z + rows * SN + g0 * SG)
             after_previous()
+        # the bias, residual and next norm's weight of the rows, loaded now: the last program to arrive
+        # uses them after the atomics, where a load's latency would add to the critical path
+        bias, residual, weight_next = fold.inputs(B, R, G, rows, HAS_BIAS, RESIDUAL, SCALE_OUT)
         if TILE == 0:  # GROUPS loads of [BLOCK_N, WORDS] an iteration
             squares = tl.zeros((GROUP,), dtype=tl.float32)
             for g0 in range(first, last, GROUPS):
@@ -298,8 +301,8 @@ def _kernel():
                     total = squared
                 acc = acc * tl.rsqrt(total / K + eps)
             if HAS_BIAS:
-                acc += tl.load(B + rows).to(tl.float32)
-            fold.store(acc, Y, R, G, rows, row_ok, pid_n, N, BLOCK_N, SILU, RESIDUAL, SCALE_OUT)
+                acc += bias
+            fold.store(acc, Y, residual, weight_next, rows, row_ok, pid_n, N, BLOCK_N, SILU, RESIDUAL, SCALE_OUT)
             if SPLIT_K:
                 tl.atomic_xchg(COUNT + pid_n, 0)
 
