@@ -28,6 +28,26 @@ def test_bca_bootstrap_covers_95_percent_at_30_sessions():
     assert 0.93 <= _coverage(n_sessions=30, trials=300, paired=True) <= 0.97
 
 
+def test_the_vectorised_bootstrap_gives_the_interval_of_one_call_a_resample():
+    """qbench's bootstrap hands scipy a statistic over an axis (all resamples at once); the interval is
+    the one scipy gives calling the plain statistic once a resample, with the same seed, to the bit."""
+    from scipy import stats as scipy_stats
+
+    rng = np.random.default_rng(7)
+    a, b = rng.lognormal(size=13), rng.lognormal(size=17)
+
+    def one_at_a_time(samples, statistic):
+        result = scipy_stats.bootstrap(samples, statistic, vectorized=False, confidence_level=stats.CONFIDENCE,
+                                       method="BCa", n_resamples=2000, random_state=np.random.default_rng(0))
+        return tuple(float(v) for v in result.confidence_interval)
+
+    got = stats.session_interval(list(a))
+    assert got.method == "bca-bootstrap" and (got.low, got.high) == one_at_a_time((a,), np.median)
+    got = stats.ratio_interval(list(a), list(b), paired=False)
+    want = one_at_a_time((a, b), lambda x, y: np.median(x) / np.median(y))
+    assert got.method == "bca-bootstrap" and (got.low, got.high) == want
+
+
 def test_interval_method_is_named():
     assert stats.session_interval([1.0, 1.1, 0.9]).method == "t-log"
     assert stats.session_interval(list(np.linspace(1, 2, 12))).method == "bca-bootstrap"

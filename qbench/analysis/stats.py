@@ -59,6 +59,9 @@ def t_interval_log(values) -> Interval:
 
 
 def bootstrap_interval(samples: tuple, statistic, paired: bool = False, seed: int = 0) -> Interval:
+    """BCa interval of `statistic` over `samples`; the statistic takes `axis` (scipy's vectorised form:
+    all 2,000 resamples in one call each, with the same resamples and interval as one call a
+    resample, tens of times faster)."""
     from scipy import stats
 
     if min(len(s) for s in samples) < 2 or all(np.ptp(s) == 0 for s in samples):
@@ -67,7 +70,7 @@ def bootstrap_interval(samples: tuple, statistic, paired: bool = False, seed: in
         tuple(np.asarray(s, dtype=float) for s in samples),
         statistic,
         paired=paired,
-        vectorized=False,
+        vectorized=True,
         confidence_level=CONFIDENCE,
         method="BCa",
         n_resamples=2000,
@@ -79,10 +82,18 @@ def bootstrap_interval(samples: tuple, statistic, paired: bool = False, seed: in
     return Interval(float(low), float(high), "bca-bootstrap")
 
 
+def _median(values, axis=-1):
+    return np.median(values, axis=axis)
+
+
+def _ratio_of_medians(numerators, denominators, axis=-1):
+    return np.median(numerators, axis=axis) / np.median(denominators, axis=axis)
+
+
 def session_interval(values) -> Interval:
     """Interval for the median over sessions of a positive per-session figure."""
     if len(values) >= MIN_SESSIONS_FOR_BOOTSTRAP:
-        return bootstrap_interval((values,), np.median)
+        return bootstrap_interval((values,), _median)
     return t_interval_log(values)
 
 
@@ -96,7 +107,7 @@ def ratio_interval(numerators, denominators, paired: bool) -> Interval:
         ratios = [n / d for n, d in zip(numerators, denominators, strict=True)]
         return session_interval(ratios)
     if min(len(numerators), len(denominators)) >= MIN_SESSIONS_FOR_BOOTSTRAP:
-        return bootstrap_interval((numerators, denominators), lambda a, b: np.median(a) / np.median(b))
+        return bootstrap_interval((numerators, denominators), _ratio_of_medians)
     if min(len(numerators), len(denominators)) < 2:
         return NO_INTERVAL
     # Welch-style t-interval on the difference of mean logs.
