@@ -114,3 +114,37 @@ def test_a_first_look_runs_few_sessions_and_an_explicit_run_keeps_ten():
     assert plan(CompareConfig(model="tiny", backends=("bf16",)), h100).sessions == 10
     assert plan(CompareConfig(model="tiny", backends=("bf16",), quick=True, sessions=5), h100).sessions == 5
     assert plan(CompareConfig(model="tiny", backends=("bf16",), quick=True), DeviceInfo("cpu", "cpu")).sessions == 1
+
+
+def test_the_quality_texts_ids_are_tokenized_once_per_tokenizer_file(tmp_path, monkeypatch):
+    """A real-weight session reads the quality text's token ids from the weights cache where an earlier
+    one made them with the same tokenizer files (a GGUF's tokenizer takes seconds to build); a
+    tokenizer file that changes makes them again; a folder without one loads nothing."""
+    from types import SimpleNamespace
+
+    from qbench.session import quality
+
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    (folder / "tokenizer.json").write_text("{}")
+    loads = []
+
+    def loader(shift):
+        def load_tokenizer(spec, weights):
+            loads.append(weights)
+            return (lambda text: SimpleNamespace(input_ids=[len(word) + shift for word in text.split()])), None
+
+        return load_tokenizer
+
+    monkeypatch.setattr(quality, "load_tokenizer", loader(0))
+    spec = load_model_spec("tiny")
+    want = [len(word) for word in quality.quality_text().split()][: quality.MAX_TOKENS]
+    assert quality.text_ids(spec, str(folder)) == (want, None) and len(loads) == 1
+    assert quality.text_ids(spec, str(folder)) == (want, None) and len(loads) == 1  # read back, not tokenized
+    monkeypatch.setattr(quality, "load_tokenizer", loader(1))
+    (folder / "tokenizer.json").write_text('{"changed": true}')
+    assert quality.text_ids(spec, str(folder)) == ([n + 1 for n in want], None) and len(loads) == 2
+    empty = tmp_path / "no-tokenizer"
+    empty.mkdir()
+    ids, why = quality.text_ids(spec, str(empty))
+    assert ids is None and "no tokenizer" in why and len(loads) == 2

@@ -66,11 +66,66 @@ def text_tokens(tokenizer) -> list[int]:
     return tokenizer(quality_text()).input_ids[:MAX_TOKENS]
 
 
+def ids_key(spec, weights: str) -> str | None:
+    """The weights-cache key of the quality text's token ids: the tokenizer's files (a GGUF, or a
+    folder's TOKENIZER_FILES: path, size, modification time), the text, and the tokenizing software;
+    None where no such file is there to key them by (nothing is then kept)."""
+    import tokenizers
+    import transformers
+
+    import qbench
+    from qbench.model.cache import key_of
+
+    path = packaged_gguf(spec) if weights == "gguf" else Path(weights)
+    files = [path] if path.is_file() else [path / name for name in TOKENIZER_FILES if (path / name).is_file()]
+    if not files:
+        return None
+    ingredients = {
+        "what": "quality text ids",
+        "files": [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files],
+        "text": key_of({"text": quality_text()}, 64),
+        "max_tokens": MAX_TOKENS,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+        "qbench": qbench.__version__,
+    }
+    return "ids-" + key_of(ingredients)
+
+
+def text_ids(spec, weights: str) -> tuple[list[int] | None, str | None]:
+    """(the quality text's token ids, None), or (None, why not) where the weights come without a
+    usable tokenizer. Made once per tokenizer, text and software, and kept in the weights cache: a
+    GGUF's tokenizer takes seconds to build (transformers converts its vocabulary and merges), the
+    ids read back take milliseconds."""
+    from qbench.model.cache import Cache
+
+    missing = tokenizer_missing(weights)
+    if missing:
+        return None, missing
+    try:
+        key = ids_key(spec, weights)
+    except OSError:  # a file vanished under us: the tokenizer's load says why
+        key = None
+    cache = Cache()
+    if key is not None:
+        stored, _ = cache.load(key, "cpu")
+        if stored is not None:
+            return stored["ids"].tolist(), None
+    tokenizer, missing = load_tokenizer(spec, weights)
+    if tokenizer is None:
+        return None, missing
+    ids = text_tokens(tokenizer)
+    if key is not None:
+        cache.store(key, {"ids": torch.tensor(ids, dtype=torch.int64)}, {"what": "token ids of the quality text"})
+    return ids, None
+
+
 @torch.inference_mode()
-def perplexity(runner, tokenizer, device: str) -> tuple[float, int, torch.Tensor]:
-    """exp(mean next-token negative log-likelihood) over the text's first MAX_TOKENS tokens, from the
-    runner's `score(ids) -> logits [T, vocab]` (Runner protocol); with the token count and the logits."""
-    ids = torch.tensor(text_tokens(tokenizer), device=device)
+def perplexity(runner, text: list[int], device: str) -> tuple[float, int, torch.Tensor]:
+    """exp(mean next-token negative log-likelihood) over the text's first MAX_TOKENS tokens (`text_ids`),
+    from the runner's `score(ids) -> logits [T, vocab]` (Runner protocol); with the token count and the
+    logits."""
+    ids = torch.tensor(text, device=device)
     logits = runner.score(ids).float()
     loss = torch.nn.functional.cross_entropy(logits[:-1], ids.to(logits.device)[1:])
     return float(torch.exp(loss)), int(ids.numel()), logits
@@ -119,7 +174,7 @@ def quality_key(spec, weights: str, ids: list[int], device: str) -> str:
 
 
 @torch.inference_mode()
-def reference_scores(spec, options, tokenizer) -> tuple[torch.Tensor, str]:
+def reference_scores(spec, options, ids: list[int]) -> tuple[torch.Tensor, str]:
     """Logits [T, vocab] (float32, host) of the 16-bit reference on the quality text, and where they
     came from: the weights cache, or the bf16 backend under hf loaded for this (then cached)."""
     from dataclasses import replace
@@ -127,7 +182,6 @@ def reference_scores(spec, options, tokenizer) -> tuple[torch.Tensor, str]:
     from qbench.model.cache import Cache
     from qbench.registry import load_backend
 
-    ids = text_tokens(tokenizer)
     key = quality_key(spec, options.weights, ids, options.device)
     cache = Cache()
     stored, _ = cache.load(key, "cpu")

@@ -106,15 +106,12 @@ def timed_block(
     return timed, measured
 
 
-def decode_tokens(spec, config: SessionConfig, positions: int, tokenizer) -> tuple[torch.Tensor, str]:
+def decode_tokens(spec, config: SessionConfig, positions: int, text: list[int] | None) -> tuple[torch.Tensor, str]:
     """The token stream fed to every block. Real weights with a tokenizer read English text (the
-    quality text, repeated to length): peaked logits, so the gate's top-1 agreement measures the
+    quality text's ids, repeated to length): peaked logits, so the gate's top-1 agreement measures the
     kernel, not rounding on a flat distribution. Otherwise a seeded random stream."""
-    if tokenizer is not None:
-        from qbench.session.quality import text_tokens
-
-        ids = text_tokens(tokenizer)
-        ids = (ids * (positions // len(ids) + 1))[:positions]
+    if text is not None:
+        ids = (text * (positions // len(text) + 1))[:positions]
         return torch.tensor(ids, dtype=torch.long, device=config.device), "text"
     return token_stream(spec.vocab_size, positions, config.seed, config.device), "random"
 
@@ -216,17 +213,17 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
         with Ticker(f"{config.backend}: preparing its CUDA kernel (a first run builds it)", first_after=3):
             backend.prepare(device)
     phases.done("prepare_s")
-    tokenizer, quality_reference, quality_note = None, None, ""
+    text, quality_reference, quality_note = None, None, ""
     if config.weights != "synthetic":
-        from qbench.session.quality import load_tokenizer, reference_scores
+        from qbench.session.quality import reference_scores, text_ids
 
-        tokenizer, missing = load_tokenizer(spec, config.weights)
-        if tokenizer is None:
+        text, missing = text_ids(spec, config.weights)
+        if text is None:
             quality_note = f"perplexity skipped: {missing}"
         else:  # before the backend loads, so two models never share the device
             log("quality: the 16-bit reference on the built-in text")
             try:
-                quality_reference, quality_note = reference_scores(spec, options, tokenizer)
+                quality_reference, quality_note = reference_scores(spec, options, text)
             except Exception as error:  # the reference costs the KL figures, not the session
                 quality_note = f"KL divergence skipped: the 16-bit reference failed ({type(error).__name__}: {error})"
                 quality_note = quality_note[:300]
@@ -276,11 +273,11 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
     if differ:  # counted as stored; the formula (qbench floor) says otherwise for these classes
         result["bytes_note"] = "stored bytes differ from the formula in: " + ", ".join(differ)
 
-    if tokenizer is None and quality_note:
+    if text is None and quality_note:
         result["quality"] = quality_note
     elif quality_note:
         result["quality_reference"] = quality_note
-    tokens, result["tokens"] = decode_tokens(spec, config, settings.positions, tokenizer)
+    tokens, result["tokens"] = decode_tokens(spec, config, settings.positions, text)
     tokens = tokens.to(runner.device)  # where the runner reads them (llama.cpp: host memory)
     layers = runner.quant_layers() if hasattr(runner, "quant_layers") else []
     if layers:
@@ -317,17 +314,17 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
     if device == "cuda":
         torch.cuda.empty_cache()
 
-    if tokenizer is not None and hasattr(runner, "score"):
+    if text is not None and hasattr(runner, "score"):
         phase("gate: perplexity on the built-in text")
         from qbench.session.quality import perplexity
 
-        ppl, tokens_scored, scored = perplexity(runner, tokenizer, device)
+        ppl, tokens_scored, scored = perplexity(runner, text, device)
         result["perplexity"] = {"value": ppl, "tokens": tokens_scored}
         if quality_reference is not None:
             from qbench.session.quality import kl_divergence
 
             result["kl"] = kl_divergence(quality_reference, scored.cpu())
-    elif tokenizer is not None:
+    elif text is not None:
         result["quality"] = f"perplexity skipped: runtime {runner.runtime} scores no tokens"
 
     phases.done("gate_s")
