@@ -106,6 +106,20 @@ def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
     return ((got.float().reshape(-1) - want).norm() / want.norm()).item()
 
 
+def copies_for(size: int, l2: int, tiny: bool = False) -> int:
+    """Weight copies to cycle through: together over 8x the L2, so no call finds its weight there."""
+    return 2 if tiny else max(2, -(-8 * l2 // size))
+
+
+def bf16_linear(weight: torch.Tensor) -> torch.nn.Linear:
+    """A bias-free bf16 nn.Linear holding `weight` [N, K] (what the backends quantise)."""
+    n, k = weight.shape
+    linear = torch.nn.Linear(k, n, bias=False, device=weight.device, dtype=torch.bfloat16)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+    return linear
+
+
 def modules_for(backend, linear: torch.nn.Linear, copies: int) -> list:
     first = backend.quantize_linear(linear, GROUP)
     first.release_reference()
@@ -140,14 +154,11 @@ def fold_costs(name: str, n: int, k: int, dev: torch.device, l2: int, sms: int, 
         "scale_out": {"scale_out": g},
     }
     forms = {"plain": ()} | FOLD_FORMS.get(name, {})
-    linear = torch.nn.Linear(k, n, bias=False, device=dev, dtype=torch.bfloat16)
-    with torch.no_grad():
-        linear.weight.copy_(weight)
     backend = load_backend("qbench-int4")
-    mods = modules_for(backend, linear, max(2, -(-8 * l2 // backend.linear_bytes(k, n, GROUP))))
+    mods = modules_for(backend, bf16_linear(weight), copies_for(backend.linear_bytes(k, n, GROUP), l2))
     blocks = gemv_int4.choose_blocks(n, k, sms, GROUP, gemv_int4.hopper(dev))
     bf16_blocks = gemv.choose_blocks(n, k, sms)
-    weights = [weight.clone() for _ in range(max(2, -(-8 * l2 // (n * k * 2))))]
+    weights = [weight.clone() for _ in range(copies_for(n * k * 2, l2))]
     out = {"qbench-int4": {"blocks": str(blocks)}, "qbench-bf16": {"blocks": str(bf16_blocks)}}
     for form, names in forms.items():
         kwargs = {key: value for part in names for key, value in parts[part].items()}
@@ -173,13 +184,9 @@ def measure(name: str, n: int, k: int, dev: torch.device, l2: int, sms: int, tin
     row: dict = {"N": n, "K": k}
     info = device_info(dev)
     calls = 4 if tiny else CALLS
-
-    def copies_for(size: int) -> int:
-        return 2 if tiny else max(2, -(-8 * l2 // size))
-
     # qbench's bf16 GEMV (lean's 16-bit path), its chosen blocks
     size = n * k * 2
-    weights = [weight.clone() for _ in range(copies_for(size))]
+    weights = [weight.clone() for _ in range(copies_for(size, l2, tiny))]
     blocks = gemv.choose_blocks(n, k, sms)
     try:
         err = rel_err(gemv.launch(x[0], weights[0], None, blocks), want)
@@ -189,9 +196,7 @@ def measure(name: str, n: int, k: int, dev: torch.device, l2: int, sms: int, tin
         row["qbench-bf16"] = {"error": f"{type(error).__name__}: {str(error)[:200]}"}
     del weights
 
-    linear = torch.nn.Linear(k, n, bias=False, device=dev, dtype=torch.bfloat16)
-    with torch.no_grad():
-        linear.weight.copy_(weight)
+    linear = bf16_linear(weight)
 
     # qbench-int4: the sweep (its own kernel, straight through gemv_int4.launch)
     backend = load_backend("qbench-int4")
@@ -200,7 +205,7 @@ def measure(name: str, n: int, k: int, dev: torch.device, l2: int, sms: int, tin
     if reason:
         row["qbench-int4"] = {"skipped": reason}
     else:
-        mods = modules_for(backend, linear, copies_for(size))
+        mods = modules_for(backend, linear, copies_for(size, l2, tiny))
         configs = {}
         hopper = gemv_int4.hopper(dev)  # the bf16x2 variant (inline PTX for sm_90) can run here
         candidates = [gemv_int4.choose_blocks(n, k, sms, GROUP, hopper)]
@@ -258,7 +263,7 @@ def measure(name: str, n: int, k: int, dev: torch.device, l2: int, sms: int, tin
             lin = copy.deepcopy(linear).to(dtype)
             xs = x.to(dtype)
             size = backend.linear_bytes(k, n, GROUP)
-            mods = modules_for(backend, lin, copies_for(size))
+            mods = modules_for(backend, lin, copies_for(size, l2, tiny))
             err = rel_err(mods[0](xs), want)
             us = timed([lambda m=mods[i % len(mods)], a=xs: m(a) for i in range(calls)], dev)
             row[label] = {"backend": backend_name, "us": us, "bytes": size, "tbs": size / us / 1e6, "rel_err": err}
@@ -268,6 +273,25 @@ def measure(name: str, n: int, k: int, dev: torch.device, l2: int, sms: int, tin
         if dev.type == "cuda":
             torch.cuda.empty_cache()
     return row
+
+
+def print_row(shape: str, n: int, k: int, row: dict, columns: list) -> None:
+    """A sweep's line for one shape (effective TB/s a column), the best and chosen configurations, and
+    why a column is empty."""
+    cells = []
+    for c in columns:
+        tbs = row.get(c, {}).get("tbs")
+        cells.append(f"{tbs:13.2f}" if tbs else f"{'-':>13s}")
+    print(f"{shape + f' {n}x{k}':24s}" + "".join(cells), flush=True)
+    mine = row["qbench-int4"]
+    if mine.get("best"):
+        chosen = mine["chosen_us"]
+        print(f"    qbench-int4 best {mine['best']} {mine['us']:.1f} us; chosen {mine['chosen']} "
+              + (f"{chosen:.1f} us" if chosen else "failed"))
+    for c in columns:
+        why = row.get(c, {}).get("skipped") or row.get(c, {}).get("error")
+        if why:
+            print(f"    {c}: {why}")
 
 
 def main() -> None:
@@ -287,33 +311,19 @@ def main() -> None:
     result = {"device": name, "group_size": GROUP, "calls": CALLS, "replays": REPLAYS, "shapes": {}}
     print(f"{name}: {sms} SMs, L2 {l2 >> 20} MiB; effective TB/s = bytes the kernel must read / median time")
     columns = ["qbench-int4", *LIBRARIES, "qbench-bf16"]
-    print(f"{'shape':24s}" + "".join(f"{c:>13s}" for c in columns))
+    folds = os.environ.get("FOLD") == "1"
+    if not folds:
+        print(f"{'shape':24s}" + "".join(f"{c:>13s}" for c in columns))
     for shape in only or list(shapes):
         n, k, _ = shapes[shape]
-        if os.environ.get("FOLD") == "1":
+        if folds:
             result["shapes"][shape] = row = fold_costs(shape, n, k, dev, l2, sms, 4 if tiny else CALLS)
             for kernel, times in row.items():
                 print(f"{shape + f' {n}x{k}':24s} {kernel:12s} {times['blocks']:32s} "
                       + "  ".join(f"{form} {us:.1f}" for form, us in times.items() if form != "blocks"), flush=True)
-            with open(out, "w") as f:
-                json.dump(result, f, indent=1)
-            continue
-        row = measure(shape, n, k, dev, l2, sms, tiny)
-        result["shapes"][shape] = row
-        cells = []
-        for c in columns:
-            tbs = row.get(c, {}).get("tbs")
-            cells.append(f"{tbs:13.2f}" if tbs else f"{'-':>13s}")
-        print(f"{shape + f' {n}x{k}':24s}" + "".join(cells), flush=True)
-        mine = row["qbench-int4"]
-        if mine.get("best"):
-            chosen = mine["chosen_us"]
-            print(f"    qbench-int4 best {mine['best']} {mine['us']:.1f} us; chosen {mine['chosen']} "
-                  + (f"{chosen:.1f} us" if chosen else "failed"))
-        for c in columns:
-            why = row.get(c, {}).get("skipped") or row.get(c, {}).get("error")
-            if why:
-                print(f"    {c}: {why}")
+        else:
+            result["shapes"][shape] = row = measure(shape, n, k, dev, l2, sms, tiny)
+            print_row(shape, n, k, row, columns)
         if dev.type == "cuda":
             torch.cuda.empty_cache()
         with open(out, "w") as f:  # after every shape: a call cut short keeps what it measured
