@@ -109,6 +109,63 @@ def test_the_folded_gemvs_compute_the_norm_scale_the_silu_pairs_the_residual_and
     assert out.strip() == "ok"
 
 
+def test_o_and_down_store_the_sums_of_squares_of_h_that_qkv_and_gate_up_take_for_their_rms_scale():
+    """qbench-int4's two forms of its own (`gemv_int4.launch`): with `squares` a residual call appends
+    one float32 a row block, the sum of squares of the h it stored (float32 and bf16 x, split and
+    unsplit, a ragged last block), leaving y and y times g as they were; with `rms_parts` a call takes
+    those sums as its RMS scale's input and computes what the call reading h does. A dropped part or
+    a block's sum a row short is far outside (bf16's sums are of h as stored, rounded: to 1e-6); misuse is refused; the
+    split calls leave their workspaces zero; the op's schema and fake agree with its real outputs."""
+    out = run_interpreted(
+        """
+        import torch
+        from qbench.runtimes.kernels import gemv_int4 as G
+        torch.manual_seed(0)
+
+        def err(got, want):
+            return ((got.double() - want.double()).norm() / want.double().norm()).item()
+
+        n, k, g, block = 70, 384, 64, 16  # 70 rows: four whole row blocks and one of 6
+        q = torch.randint(0, 16, (n, k))
+        zeros = torch.randint(0, 17, (n, k // g), dtype=torch.uint8)
+        scales = (torch.rand(n, k // g) * 0.02 + 0.001).to(torch.float16)
+        qweight, s, z = G.pack(q, g), G.group_major(scales), G.group_major(zeros)
+        for dtype, split in ((torch.float32, 3), (torch.bfloat16, 1), (torch.bfloat16, 3)):
+            x, residual, weight = (torch.randn(size, dtype=dtype) for size in (k, n, n))
+            call = lambda x, split=split, **f: G.gemv_int4(x, qweight, s, z, None, g, block, 1, split, 4, **f)
+            y = call(x, residual=residual, scale_out=weight, squares=True)
+            plain = call(x, residual=residual, scale_out=weight)
+            assert y.shape == (2 * n + 5 * 4 // dtype.itemsize,) and torch.equal(y[:2 * n], plain), (dtype, split)
+            sums = y[2 * n:].view(torch.float32)
+            h = torch.nn.functional.pad(y[:n].double(), (0, 5 * block - n)).view(5, block)
+            assert err(sums, h.pow(2).sum(1)) < 1e-6, (dtype, split)
+            assert err(sums, h[:, :-1].pow(2).sum(1)) > 1e-3  # one row short of each block
+            # the next GEMV: its RMS scale from the sums, as from h itself (h here [k] for its input)
+            hk = torch.randn(k, dtype=dtype) * 3
+            parts = hk.float().view(6, 64).pow(2).sum(1)
+            want = call(x, rms=hk, eps=1e-6)
+            assert err(call(x, rms=parts, rms_parts=True, eps=1e-6), want) < 1e-6, (dtype, split)
+            assert err(call(x, rms=parts[1:], rms_parts=True, eps=1e-6), want) > 1e-2  # a part dropped
+        assert G._workspaces and all(not t.any() for kept in G._workspaces.values() for t in kept)
+        x, r = torch.randn(k, dtype=torch.bfloat16), torch.randn(n, dtype=torch.bfloat16)
+        for bad, why in (({"squares": True}, "need scale_out"), ({"squares": True, "silu": True}, "need scale_out"),
+                         ({"rms": r, "rms_parts": True}, "float32 sums"), ({"rms_parts": True}, "got none")):
+            try:
+                G.gemv_int4(x, qweight, s, z, None, g, block, 1, 1, 4, **bad)
+            except ValueError as error:
+                assert why in str(error), error
+            else:
+                raise AssertionError(bad)
+        args = (x, qweight, s, z, None, g, block, 1, 3, 4)
+        for kwargs in ({"residual": r, "scale_out": r, "squares": True},
+                       {"rms": torch.rand(5), "rms_parts": True, "eps": 1e-6, "silu": True}):
+            assert set(torch.library.opcheck(G.gemv_int4, args, kwargs).values()) == {"SUCCESS"}
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"
+
+
 def test_leans_folded_step_computes_what_its_plain_step_and_transformers_do():
     """fp16 tiny model with Qwen2's q, k, v biases: lean with QBENCH_LEAN_FOLD=on (every norm, add and
     SiLU product inside the GEMV) against lean without it and against hf, step by step after a prompt,
@@ -165,7 +222,8 @@ def test_leans_folded_step_with_qbench_int4_computes_what_its_plain_step_and_tra
     """qbench-int4 (bf16, Qwen2's q, k, v biases) under lean with QBENCH_LEAN_FOLD=on: gate and up
     interleaved in one launch that returns the SiLU product, o and down each a launch of the 4-bit GEMV
     that adds the residual and scales by the next norm's weight (down split in three: the last program
-    of a row block finishes), against lean without the fold and against the gate's reference; the
+    of a row block finishes) that also stores h's sums of squares, which the next q/k/v and gate/up
+    take for their RMS scale, against lean without the fold and against the gate's reference; the
     modules still prefill from their interleaved (strided) tensors."""
     out = run_interpreted(INT4_TINY_LEAN + dedent(
         """
@@ -179,6 +237,7 @@ def test_leans_folded_step_with_qbench_int4_computes_what_its_plain_step_and_tra
             steps[choice] = [lean.step(tokens[p : p + 1]).float() for p in range(60, 63)]
             if choice == "on":
                 assert any("o and down each alone, folded" in n for n in lean.notes), lean.notes
+                assert lean.fold_squares and any("from the sums of squares o and down" in n for n in lean.notes)
                 mlp = model.get_decoder().layers[0].mlp
                 assert not mlp.gate_proj.qweight.is_contiguous()  # a view of the interleaved launch's rows
                 lean.reference(True)
@@ -227,9 +286,11 @@ def test_the_folded_kernels_compile_for_an_h100():
         ptx = ptx_for_sm90(gemv._kernel(), gemv.SIGNATURE, fixed)
         if ptx is not None:
             assert ("ex2" in ptx) == form["SILU"]  # the SiLU's exp is there only where asked
-        for split_k in (True, False):
+        # qbench-int4's own: the RMS from the sums of squares the GEMV before stored, and storing them
+        own = {"PARTS": 128} if form["RMS"] else {"SQUARES": True}
+        for split_k, extra in ((True, {}), (False, {}), (True, own), (False, own)):
             constants = {"GROUP": 128, "GROUPS": 2, "HAS_BIAS": True, "SPLIT_K": split_k, "BLOCK_N": 32,
-                         "BF16X2": True, "PDL": False, "SN": 1} | form
+                         "BF16X2": True, "PDL": False, "SN": 1} | form | extra
             ptx = int4_ptx(constants)
             if ptx is not None:
                 assert ("ex2" in ptx) == form["SILU"]

@@ -57,6 +57,7 @@ class Int4Gemv:
         ) and len({m.bias is None for m in modules}) == 1
 
     folds = True  # takes lean's QBENCH_LEAN_FOLD arguments (gemv_int4.gemv_int4: those of gemv.gemv)
+    squares = True  # and its own two: `squares` (h's sums of squares after y) and `rms_parts` (them as rms)
 
     @classmethod
     def fuse(cls, modules: list, sms: int, pdl: bool = False, interleave: bool = False) -> Int4Gemv:
@@ -86,11 +87,14 @@ class Int4Gemv:
     def __call__(
         self, x: torch.Tensor, rms: torch.Tensor | None = None, eps: float = 0.0,
         residual: torch.Tensor | None = None, scale_out: torch.Tensor | None = None, silu: bool = False,
+        squares: bool = False, rms_parts: bool = False,
     ) -> torch.Tensor:
-        """W x (+ b), and lean's fold (`gemv.gemv`'s forms)."""
+        """W x (+ b), and lean's fold (`gemv.gemv`'s forms, and `gemv_int4.launch`'s `squares` and
+        `rms_parts`)."""
         return gemv_int4.gemv_int4(
             x.reshape(-1), self.qweight, self.scales, self.zeros, self.bias, self.group_size, *self.blocks,
-            pdl=self.pdl, rms=rms, eps=eps, residual=residual, scale_out=scale_out, silu=silu,
+            pdl=self.pdl, rms=rms, eps=eps, residual=residual, scale_out=scale_out, silu=silu, squares=squares,
+            rms_parts=rms_parts,
         )
 
 

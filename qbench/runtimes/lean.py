@@ -192,6 +192,7 @@ class LeanRunner:
                                         "the Triton GEMV runs on CUDA")
         self.fold = self._choose_fold()
         self.linear16 = self._plan_gemv()
+        self.fold_squares = self.fold and self._choose_squares()
         # folded, no norm, add or product is left for lean's own small kernels
         self.own_elementwise = not self.fold and self._choose_elementwise()
         self._uncompiled = self._decode_folded if self.fold else self._decode  # the step's Python
@@ -341,6 +342,19 @@ class LeanRunner:
         self.notes.append(f"{where}: folded into the GEMVs' loads and stores (one launch fewer for each)")
         return True
 
+    def _choose_squares(self) -> bool:
+        """Folded, whether o and down hand the GEMV after them h's sums of squares (one float a row
+        block, stored beside h) so that q/k/v and gate/up sum those instead of reading all of h for
+        its RMS scale: where every layer's launches declare `squares` (qbench-int4's). Layer 0's
+        q/k/v (after the embedding) and lm_head still read h."""
+        launches = [self.linear16.get(id(m)) for layer in self.layers for m in (
+            layer.self_attn.q_proj, layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.down_proj)]
+        if not all(getattr(launch, "squares", False) for launch in launches):
+            return False
+        self.notes.append("lean: the folded RMS scales of q/k/v and gate/up from the sums of squares o and down "
+                          "store beside h (layer 0's q/k/v and lm_head read h)")
+        return True
+
     def _energy_room(self, wanted: int, window: int | None, dtype: torch.dtype) -> int:
         """Cache positions beyond the block's for the energy window, and the memory they cost said."""
         if not wanted:
@@ -470,18 +484,30 @@ class LeanRunner:
         first = self.layers[0].input_layernorm.weight
         scaled = (hidden.float() * first.float()).to(hidden.dtype)  # the first norm's input times its weight
         cos, sin, visible = self._at(position)
+        rms = {"rms": hidden}  # what the next norm's RMS scale is computed from: h, or its sums of squares
         for index, layer in enumerate(self.layers):
             attention, mlp = layer.self_attn, layer.mlp
             before, after = layer.input_layernorm, layer.post_attention_layernorm
             following = self.layers[index + 1].input_layernorm if index + 1 < len(self.layers) else self.norm
             qkv = self.linear16[id(attention.q_proj)]
-            q, k, v = qkv(scaled, hidden, float(before.variance_epsilon)).view(1, 1, -1).split(qkv.sizes, dim=-1)
+            q, k, v = qkv(scaled, eps=float(before.variance_epsilon), **rms).view(1, 1, -1).split(qkv.sizes, dim=-1)
             out = self._attention(index, q, k, v, position, cos, sin, visible)
             o, gate_up, down = (self.linear16[id(m)] for m in (attention.o_proj, mlp.gate_proj, mlp.down_proj))
-            hidden, scaled = o(out, residual=hidden, scale_out=after.weight).view(2, -1)
-            act = gate_up(scaled, hidden, float(after.variance_epsilon), silu=True)
-            hidden, scaled = down(act, residual=hidden, scale_out=following.weight).view(2, -1)
+            hidden, scaled, rms = self._residual_out(o, out, hidden, after.weight)
+            act = gate_up(scaled, eps=float(after.variance_epsilon), silu=True, **rms)
+            hidden, scaled, rms = self._residual_out(down, act, hidden, following.weight)
         return self.linear16[id(self.lm_head)](scaled, hidden, float(self.norm.variance_epsilon))
+
+    def _residual_out(self, launch, x: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor):
+        """(h, h times the next norm's weight, the next folded GEMV's RMS arguments) from o or down's
+        launch, h = hidden + W x: the RMS from h itself, or (`fold_squares`) from the float32 sums of
+        squares the launch stored after them."""
+        if not self.fold_squares:
+            hidden, scaled = launch(x, residual=hidden, scale_out=weight).view(2, -1)
+            return hidden, scaled, {"rms": hidden}
+        y = launch(x, residual=hidden, scale_out=weight, squares=True)
+        hidden, scaled = y[:2 * hidden.numel()].view(2, -1)
+        return hidden, scaled, {"rms": y[2 * hidden.numel():].view(torch.float32), "rms_parts": True}
 
     def _add_norm(self, norm: torch.nn.Module, hidden: torch.Tensor, delta: torch.Tensor | None):
         """(hidden + delta, norm(hidden + delta)); delta None: hidden as it is."""

@@ -136,10 +136,14 @@ def modules_for(backend, linear: torch.nn.Linear, copies: int) -> list:
 
 # FOLD=1: the forms lean's fold calls each shape's GEMV in (`gemv.gemv`'s arguments), and their parts
 FOLD_FORMS = {
-    "qkv fused": {"rms": ("rms",)}, "gate+up fused": {"rms": ("rms",), "silu": ("silu",), "rms+silu": ("rms", "silu")},
-    "o": {"residual": ("residual",), "residual+scale_out": ("residual", "scale_out")},
-    "down": {"residual": ("residual",), "residual+scale_out": ("residual", "scale_out")},
+    "qkv fused": {"rms": ("rms",), "parts": ("parts",)},
+    "gate+up fused": {"rms": ("rms",), "silu": ("silu",), "rms+silu": ("rms", "silu"), "parts+silu": ("parts", "silu")},
+    "o": {"residual": ("residual",), "residual+scale_out": ("residual", "scale_out"),
+          "residual+scale_out+squares": ("residual", "scale_out", "squares")},
+    "down": {"residual": ("residual",), "residual+scale_out": ("residual", "scale_out"),
+             "residual+scale_out+squares": ("residual", "scale_out", "squares")},
 }
+INT4_ONLY = ("parts", "squares")  # qbench-int4's own forms (`gemv_int4.launch`): the bf16 GEMV has no such arguments
 
 
 def fold_costs(name: str, n: int, k: int, dev: torch.device, l2: int, sms: int, calls: int) -> dict:
@@ -149,9 +153,11 @@ def fold_costs(name: str, n: int, k: int, dev: torch.device, l2: int, sms: int, 
     weight = torch.randn(n, k, dtype=torch.bfloat16, device=dev) * 0.02
     x, h = torch.randn(k, dtype=torch.bfloat16, device=dev), torch.randn(k, dtype=torch.bfloat16, device=dev)
     r, g = torch.randn(n, dtype=torch.bfloat16, device=dev), torch.randn(n, dtype=torch.bfloat16, device=dev)
+    sums = h.float().view(-1, 32).pow(2).sum(1)  # h's sums of squares, one a block of 32 rows as o and down store them
     parts = {
         "rms": {"rms": h, "eps": 1e-6}, "silu": {"silu": True}, "residual": {"residual": r},
-        "scale_out": {"scale_out": g},
+        "scale_out": {"scale_out": g}, "parts": {"rms": sums, "rms_parts": True, "eps": 1e-6},
+        "squares": {"squares": True},
     }
     forms = {"plain": ()} | FOLD_FORMS.get(name, {})
     backend = load_backend("qbench-int4")
@@ -171,6 +177,8 @@ def fold_costs(name: str, n: int, k: int, dev: torch.device, l2: int, sms: int, 
         def bf16(w, kw=kwargs):
             return gemv.gemv(x, w, None, *bf16_blocks, **kw)
 
+        if any(part in INT4_ONLY for part in names):
+            continue
         out["qbench-bf16"][form] = timed([lambda w=weights[i % len(weights)]: bf16(w) for i in range(calls)], dev)
     del mods, weights
     return out

@@ -26,7 +26,9 @@ def store(y, Y, r, g, rows, row_ok, block, N, BLOCK_N: tl.constexpr, SILU: tl.co
           SCALE_OUT: tl.constexpr):
     """Store y ([BLOCK_N] float32, row block `block`, bias added) into Y: the SiLU product of its
     interleaved (gate, up) rows, or y plus the residual r and, after it, y times the next norm's
-    weight g (at Y + N); r and g are `inputs`'."""
+    weight g (at Y + N); r and g are `inputs`'. Returns y in float32 as stored at Y + rows (the
+    residual added; as it came under SILU): rounded to Y's dtype it is h, whose sums of squares
+    qbench-int4's GEMV stores for the next norm (`gemv_int4.py`'s SQUARES)."""
     dtype = Y.dtype.element_ty
     if SILU:  # rows interleaved (gate, up): silu(gate) * up, each rounded to Y's dtype as torch rounds them
         gate, up = tl.split(tl.reshape(y, (BLOCK_N // 2, 2)))
@@ -41,3 +43,4 @@ def store(y, Y, r, g, rows, row_ok, block, N, BLOCK_N: tl.constexpr, SILU: tl.co
         if SCALE_OUT:  # the next norm's weight times its input, rounded: what the next GEMV reads as x
             scaled = y.to(dtype).to(tl.float32) * g
             tl.store(Y + N + rows, scaled.to(dtype), mask=row_ok)
+    return y

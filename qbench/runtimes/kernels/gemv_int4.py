@@ -153,11 +153,12 @@ def _kernel():
     @triton.jit
     def qbench_int4_gemv_kernel(
         X, QW, S, Z, B, Y, ACC, COUNT, N, K, KW, GROUPS_TOTAL, GROUPS_PER_SPLIT, SPLIT, SN, SG, AHEAD,
-        H, R, G, eps,
+        H, R, G, eps, NPARTS,
         GROUP: tl.constexpr, GROUPS: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
         BLOCK_N: tl.constexpr, BF16X2: tl.constexpr = False, PDL: tl.constexpr = False,
         RMS: tl.constexpr = False, SILU: tl.constexpr = False, RESIDUAL: tl.constexpr = False,
         SCALE_OUT: tl.constexpr = False, TILE: tl.constexpr = 0, STAGES: tl.constexpr = 1,
+        PARTS: tl.constexpr = 0, SQUARES: tl.constexpr = False,
     ):
         WORDS: tl.constexpr = GROUP // 8  # int32 words of one row in one group
         TWO_23: tl.constexpr = 8388608.0  # MAGIC, as a constant the compiler may use
@@ -188,6 +189,10 @@ def _kernel():
         # the bias, residual and next norm's weight of the rows, loaded now: the last program to arrive
         # uses them after the atomics, where a load's latency would add to the critical path
         bias, residual, weight_next = fold.inputs(B, R, G, rows, HAS_BIAS, RESIDUAL, SCALE_OUT)
+        if RMS and PARTS > 0:  # h's sum of squares from the GEMV that wrote h: its NPARTS float32 sums, summed here
+            parts = tl.arange(0, PARTS)
+            sums = tl.load(H.to(tl.pointer_type(tl.float32), bitcast=True) + parts, mask=parts < NPARTS, other=0.0)
+            summed = tl.sum(sums, axis=0)
         if TILE == 0:  # GROUPS loads of [BLOCK_N, WORDS] an iteration
             squares = tl.zeros((GROUP,), dtype=tl.float32)
             for g0 in range(first, last, GROUPS):
@@ -199,7 +204,7 @@ def _kernel():
                     # scales and zeros at (row, g): strides SN, SG (group-major: SN = 1, specialised by Triton)
                     s = tl.load(S + rows * SN + g * SG).to(tl.float32)
                     s = tl.where(g0 + j < last, s, 0.0)
-                    if RMS:
+                    if RMS and PARTS == 0:
                         h = tl.load(H + g * GROUP + span).to(tl.float32)
                         squares += tl.where(g0 + j < last, h * h, 0.0)
                     if BF16X2:  # Hopper: the word's eight weights in bf16 pairs, inline PTX (BF16X2_WORD)
@@ -253,7 +258,7 @@ def _kernel():
                     s = tl.load(S + sz + g[None, :] * SG)
                     z = tl.load(Z + sz + g[None, :] * SG)
                 scale = tl.where((g0 + spans < last)[None, :], s.to(tl.float32), 0.0)  # [BLOCK_N, GROUPS]
-                if RMS:
+                if RMS and PARTS == 0:
                     h = tl.load(H + g[:, None] * GROUP + span[None, :]).to(tl.float32)  # [GROUPS, GROUP]
                     squares += tl.where((g0 + spans < last)[:, None], h * h, 0.0)
                 if BF16X2:
@@ -282,7 +287,7 @@ def _kernel():
             squared = tl.sum(tl.sum(squares, axis=1), axis=0)
         if SPLIT_K:  # each program adds its partial sums; the last of a row block to arrive finishes y
             tl.atomic_add(ACC + rows, acc, mask=row_ok, sem="relaxed")
-            if RMS:  # this program's share of h's sum of squares, in the slot after the sums (ACC + N)
+            if RMS and PARTS == 0:  # this program's share of h's sum of squares, in the slot after the sums (ACC + N)
                 tl.atomic_add(ACC + N + pid_n, squared, sem="relaxed")
             tl.debug_barrier()  # every thread's adds issued before the counter says this program is done
             last = tl.atomic_add(COUNT + pid_n, 1, sem="acq_rel") == SPLIT - 1
@@ -294,7 +299,9 @@ def _kernel():
                 acc = tl.atomic_xchg(bits, tl.zeros((BLOCK_N,), dtype=tl.int32), mask=row_ok)
                 acc = acc.to(tl.float32, bitcast=True)
             if RMS:  # x is h times the norm's weight (`gemv.gemv`'s fold); h's RMS scale, once a row block
-                if SPLIT_K:  # every program's share, taken (and the slot zeroed) as the sums are
+                if PARTS > 0:
+                    total = summed
+                elif SPLIT_K:  # every program's share, taken (and the slot zeroed) as the sums are
                     total = tl.atomic_xchg(ACC.to(tl.pointer_type(tl.int32), bitcast=True) + N + pid_n, 0)
                     total = total.to(tl.float32, bitcast=True)
                 else:
@@ -302,7 +309,12 @@ def _kernel():
                 acc = acc * tl.rsqrt(total / K + eps)
             if HAS_BIAS:
                 acc += bias
-            fold.store(acc, Y, residual, weight_next, rows, row_ok, pid_n, N, BLOCK_N, SILU, RESIDUAL, SCALE_OUT)
+            stored = fold.store(acc, Y, residual, weight_next, rows, row_ok, pid_n, N, BLOCK_N, SILU, RESIDUAL,
+                                SCALE_OUT)
+            if SQUARES:  # the sum of squares of the h this row block stored, a float32 after y and y times g
+                stored = stored.to(Y.dtype.element_ty).to(tl.float32)
+                tail = (Y + 2 * N).to(tl.pointer_type(tl.float32), bitcast=True)  # after y and y times g
+                tl.store(tail + pid_n, tl.sum(tl.where(row_ok, stored * stored, 0.0), axis=0))
             if SPLIT_K:
                 tl.atomic_xchg(COUNT + pid_n, 0)
 
@@ -365,11 +377,13 @@ SIGNATURE = {
     "X": "*bf16", "QW": "*i32", "S": "*fp16", "Z": "*u8", "B": "*bf16", "Y": "*bf16", "ACC": "*fp32",
     "COUNT": "*i32", "N": "i32", "K": "i32", "KW": "i32", "GROUPS_TOTAL": "i32", "GROUPS_PER_SPLIT": "i32",
     "SPLIT": "i32", "SN": "i32", "SG": "i32", "AHEAD": "i32", "H": "*bf16", "R": "*bf16", "G": "*bf16", "eps": "fp32",
-    "GROUP": "constexpr", "GROUPS": "constexpr", "HAS_BIAS": "constexpr", "SPLIT_K": "constexpr",
+    "NPARTS": "i32", "GROUP": "constexpr", "GROUPS": "constexpr", "HAS_BIAS": "constexpr", "SPLIT_K": "constexpr",
     "BLOCK_N": "constexpr", "BF16X2": "constexpr", "PDL": "constexpr", "RMS": "constexpr", "SILU": "constexpr",
     "RESIDUAL": "constexpr", "SCALE_OUT": "constexpr", "TILE": "constexpr", "STAGES": "constexpr",
+    "PARTS": "constexpr", "SQUARES": "constexpr",
 }
-FOLD_OFF = {"RMS": False, "SILU": False, "RESIDUAL": False, "SCALE_OUT": False}  # the fold's constexprs, unused
+# the fold's constexprs, unused
+FOLD_OFF = {"RMS": False, "SILU": False, "RESIDUAL": False, "SCALE_OUT": False, "PARTS": 0, "SQUARES": False}
 ALIGNED = ("X", "QW", "S", "Z", "B", "Y", "ACC", "COUNT", "N", "K", "KW", "SG")
 
 
@@ -442,13 +456,16 @@ def _workspace(device: torch.device, n: int, block_n: int, split: int) -> tuple[
 
 def launch(
     x, qweight, scales, zeros, bias, group_size, blocks, pdl: bool = False, rms=None, eps: float = 0.0,
-    residual=None, scale_out=None, silu: bool = False,
+    residual=None, scale_out=None, silu: bool = False, squares: bool = False, rms_parts: bool = False,
 ) -> torch.Tensor:
     """`blocks`: (BLOCK_N, GROUPS, SPLIT, warps[, bf16x2[, tile[, stages]]]); bf16x2 (the inline-PTX word,
     sm_90 and bf16 activations only) is off unless named; tile (the loop's loads, the module docstring's
     "Tiles") is 0 unless named; stages (tile 1's pipelined loads: "Stages") 1 unless named. `pdl`: a
     programmatic dependent launch (`overlap.py`).
-    `rms`, `eps`, `residual`, `scale_out`, `silu`: lean's fold, as `gemv.gemv` takes them."""
+    `rms`, `eps`, `residual`, `scale_out`, `silu`: lean's fold, as `gemv.gemv` takes them. With
+    `rms_parts`, `rms` is not h but float32 sums of squares of h's parts (what a call with `squares`
+    stored), summed instead of h being read. `squares` (with `scale_out`): y is followed by one float32
+    a row block, the sum of squares of the h it stored there (`out_size`)."""
     n, kw = qweight.shape
     k = kw * 8
     block_n, groups, split, warps, *variant = blocks
@@ -470,7 +487,7 @@ def launch(
     per_split = -(-total // split)
     per_split = -(-per_split // groups) * groups  # whole iterations a split
     split = -(-total // per_split)  # no split left without groups
-    y = torch.empty(gemv.out_size(n, scale_out, silu), dtype=x.dtype, device=x.device)
+    y = torch.empty(out_size(n, block_n, scale_out, silu, squares, x.dtype), dtype=x.dtype, device=x.device)
     acc, count = _workspace(x.device, n, block_n, split) if split > 1 else (y, y)
     # with pdl: the groups a program asks L2 for before its wait (its whole range, or one iteration's)
     ahead = (per_split if overlap.whole(qweight.numel() * 4, x.device) else groups) if pdl else 0
@@ -478,12 +495,34 @@ def launch(
         x, qweight, scales, zeros, bias if bias is not None else scales, y, acc, count, n, k, kw, total,
         per_split, split, scales.stride(0), scales.stride(1), ahead,
         rms if rms is not None else x, residual if residual is not None else x,
-        scale_out if scale_out is not None else x, eps, GROUP=group_size, GROUPS=groups,
+        scale_out if scale_out is not None else x, eps, rms.numel() if rms_parts else 0,
+        GROUP=group_size, GROUPS=groups,
         HAS_BIAS=bias is not None, SPLIT_K=split > 1, BLOCK_N=block_n, BF16X2=bf16x2, PDL=pdl,
         RMS=rms is not None, SILU=silu, RESIDUAL=residual is not None, SCALE_OUT=scale_out is not None,
-        TILE=tile, STAGES=stages, num_warps=warps, **overlap.launch_options(pdl),
+        TILE=tile, STAGES=stages, PARTS=power_of_two(rms.numel()) if rms_parts else 0, SQUARES=squares,
+        num_warps=warps, **overlap.launch_options(pdl),
     )
     return y
+
+
+def power_of_two(n: int) -> int:
+    """The smallest power of two >= n (Triton's ranges are powers of two)."""
+    return 1 << max(0, n - 1).bit_length()
+
+
+def out_size(n: int, block_n: int, scale_out, silu: bool, squares: bool, dtype: torch.dtype) -> int:
+    """The call's output elements (of x's dtype, 16 or 32 bits): `gemv.out_size`'s, then with `squares`
+    one float32 a row block of BLOCK_N rows (two 16-bit elements)."""
+    return gemv.out_size(n, scale_out, silu) + (-(-n // block_n) * 4 // dtype.itemsize if squares else 0)
+
+
+def check_parts(rms, scale_out, silu: bool, squares: bool, rms_parts: bool) -> None:
+    """`squares` needs `scale_out` (the h it sums is the residual stream); `rms_parts`, float32 sums."""
+    if squares and (scale_out is None or silu):
+        raise ValueError("gemv_int4's squares are of the h a scale_out call stores: they need scale_out, not silu")
+    if rms_parts and (rms is None or rms.dtype != torch.float32 or rms.dim() != 1 or not rms.numel()):
+        raise ValueError("gemv_int4's rms_parts takes rms as float32 sums of squares [parts], got "
+                         + ("none" if rms is None else f"{rms.dtype} {tuple(rms.shape)}"))
 
 
 def one_layout(scales: torch.Tensor, zeros: torch.Tensor) -> bool:
@@ -511,23 +550,28 @@ def gemv_int4(
     group_size: int, block_n: int, groups: int, split: int, warps: int, bf16x2: bool = False, tile: int = 0,
     stages: int = 1, pdl: bool = False, rms: torch.Tensor | None = None, eps: float = 0.0,
     residual: torch.Tensor | None = None, scale_out: torch.Tensor | None = None, silu: bool = False,
+    squares: bool = False, rms_parts: bool = False,
 ) -> torch.Tensor:
     """x [K], qweight int32 [N, K/8], scales fp16 [N, K/g], zeros uint8 [N, K/g], bias [N] or None;
     returns [N] in x's dtype. `pdl`: a programmatic dependent launch (lean's QBENCH_LEAN_PDL=on).
     `rms`, `eps`, `residual`, `scale_out`, `silu`: lean's QBENCH_LEAN_FOLD=on, as `gemv.gemv` takes
-    them (the same arithmetic, the same output sizes)."""
+    them (the same arithmetic, the same output sizes), and two of its own (`launch`): `squares`, which
+    appends h's sums of squares to y, and `rms_parts`, which takes them as `rms`."""
     _check(x, qweight, scales, zeros, group_size)
-    gemv.check_fold(qweight.shape[0], qweight.shape[1] * 8, x, rms, residual, scale_out, silu)
+    n = qweight.shape[0]
+    gemv.check_fold(n, qweight.shape[1] * 8, x, None if rms_parts else rms, residual, scale_out, silu)
+    check_parts(rms, scale_out, silu, squares, rms_parts)
     flat = (None if t is None else t.contiguous().view(-1) for t in (rms, residual, scale_out))
     return launch(x.contiguous().view(-1), qweight, scales, zeros, bias, group_size,
                   (block_n, groups, split, warps, bf16x2, tile, stages), pdl, next(flat), eps, next(flat), next(flat),
-                  silu)
+                  silu, squares, rms_parts)
 
 
 @gemv_int4.register_fake
 def _(x, qweight, scales, zeros, bias, group_size, block_n, groups, split, warps, bf16x2=False, tile=0, stages=1,
-      pdl=False, rms=None, eps=0.0, residual=None, scale_out=None, silu=False):
-    return x.new_empty(gemv.out_size(qweight.shape[0], scale_out, silu))
+      pdl=False, rms=None, eps=0.0, residual=None, scale_out=None, silu=False, squares=False,
+      rms_parts=False):
+    return x.new_empty(out_size(qweight.shape[0], block_n, scale_out, silu, squares, x.dtype))
 
 
 # ---- the layout, in plain torch: packing, the repacking of published formats, the reference -------
