@@ -81,7 +81,12 @@ with `atomic_xchg` (which also zeroes the workspace for the next call), adds the
 and resets the counter. Under lean's fold with an RMS scale (`gemv.gemv`'s `rms`), each program also
 sums the squares of h over its own groups, loaded in its loop beside x, and adds them into its row
 block's slot after the sums; the last program takes that slot the same way, so no program reads all
-of h after its loop (step7 measured that tail on the critical path: results/h100/step7/). The
+of h after its loop (step7 measured that tail on the critical path: results/h100/step7/). Reading h
+beside x still cost q/k/v and gate+up time a call (results/h100/step8/), so the GEMV that writes h
+(o, down: `scale_out`) can also store, with `squares`, each row block's sum of squares of the h it
+stored (one float32 a row block, after y and y times g, overwritten every call: nothing to zero), and
+the GEMV that reads it takes those sums as `rms` with `rms_parts` (PARTS: their count rounded up to a
+power of two), loads them once before its loop and reads no h at all. The
 workspace is allocated once per (device, N, BLOCK_N, SPLIT) and left zeroed by every call: no memset,
 no host synchronisation, fixed pointers, so a CUDA graph replays it (the first call of a shape
 allocates it, so it belongs before a capture: qbench's warm-up steps are).
