@@ -78,3 +78,50 @@ def test_the_tokenizer_and_the_model_of_a_packaged_gguf_parse_it_once(monkeypatc
     assert len(made) == 1, made
     assert gguf.GGUFReader is Counted and gguf.get_tensor_name_map is original_map
     assert model.config.num_hidden_layers == spec.hf_config["num_hidden_layers"]
+
+
+def test_a_second_load_of_an_unchanged_gguf_reads_its_dequantised_tensors_from_the_weights_cache(monkeypatch, tmp_path):
+    """`build.load_gguf` keeps the dequantised tensors and the configuration in the weights cache: a
+    later load of the same file (any process: `gguf_files` keeps nothing here) reads them back without
+    parsing it, as the same model; a replaced file is parsed again."""
+    import torch
+
+    from qbench.formats.gguf_write import write_synthetic
+    from qbench.model import build
+    from qbench.specs import load_model_spec
+
+    spec = load_model_spec("tiny")
+    path = tmp_path / "tiny.gguf"
+
+    def write(seed: int) -> None:
+        write_synthetic(build._synthetic(spec, torch.float32, "cpu", seed), spec, path)
+
+    def load(dtype=torch.bfloat16):
+        monkeypatch.setattr(gguf_files, "_last", None)  # a new process: no reader kept
+        return build.load_gguf(path, dtype, "cpu")
+
+    write(0)
+    parsed, state = load()
+    assert state == "stored"
+    real = gguf.GGUFReader
+    monkeypatch.setattr(gguf, "GGUFReader", lambda *a, **k: pytest.fail("a cached GGUF was parsed again"))
+    cached, state = load()
+    assert state == "hit"
+    assert repr(cached) == repr(parsed) and cached.config.to_dict() == parsed.config.to_dict()
+    assert not cached.training and cached.dtype == torch.bfloat16
+    assert cached.config.tie_word_embeddings == (cached.lm_head.weight is cached.model.embed_tokens.weight)
+    want, got = parsed.state_dict(), cached.state_dict()
+    assert want.keys() == got.keys() and all(torch.equal(want[name], got[name]) for name in want)
+    ids = torch.arange(12)[None]
+    with torch.inference_mode():
+        assert torch.equal(cached(ids).logits, parsed(ids).logits)
+    monkeypatch.setattr(gguf, "GGUFReader", real)
+    assert load(torch.float32)[1] == "stored"  # another dtype is another entry
+    write(1)  # the file replaced (same size; a later time, whatever the clock's grain): parsed again
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    replaced, state = load()
+    assert state == "stored"
+    assert not torch.equal(replaced.model.layers[0].mlp.up_proj.weight, parsed.model.layers[0].mlp.up_proj.weight)
+    monkeypatch.setenv("QBENCH_WEIGHTS_CACHE", "0")
+    assert load()[1] == "off"

@@ -42,15 +42,105 @@ def _synthetic(spec: Any, dtype: torch.dtype, device: str, seed: int):
 
 
 def _load_gguf(path: Path, dtype: torch.dtype, device: str):
+    return load_gguf(path, dtype, device)[0]
+
+
+def gguf_state_key(path: Path, dtype: torch.dtype) -> tuple[str, dict]:
+    """The weights-cache key of a GGUF's dequantised tensors in `dtype`: the file's identity (resolved
+    path, size, modification time: a file replaced since is parsed again) and the software that parses
+    and dequantises it; with what it hashes."""
+    import transformers
+
+    import qbench
+    from qbench.model.cache import CACHE_FORMAT, _version, key_of
+
+    resolved = Path(path).resolve()
+    stat = resolved.stat()
+    ingredients = {
+        "what": "dequantised GGUF",
+        "cache_format": CACHE_FORMAT,
+        "file": str(resolved),
+        "bytes": stat.st_size,
+        "mtime": stat.st_mtime_ns,
+        "dtype": str(dtype),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "gguf": _version("gguf"),
+        "qbench": qbench.__version__,
+    }
+    return "dequantised-" + key_of(ingredients), ingredients
+
+
+def _gguf_from_cache(cache: Any, key: str, dtype: torch.dtype):
+    """The model rebuilt from a cached GGUF's configuration and dequantised tensors, or None where the
+    entry is missing, damaged or does not fit the model its configuration makes (then parsed again)."""
+    import json
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
+
+    flat, _ = cache.load(key, "cpu")
+    if flat is None:
+        return None
+    try:
+        about = json.loads(cache.manifest(key).read_text())["about"]
+        config = AutoConfig.for_model(**about["config"])
+        with no_init_weights():  # every tensor is read below
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+        model.tie_weights()  # which no_init_weights skips: the lm_head is the embedding where the file ties them
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if set(flat) != set(_own_tensors(model)) or any(t.dtype != dtype for t in flat.values() if t.is_floating_point()):
+        return None
+    model.load_state_dict(flat, strict=False)  # tied weights (the lm_head) are stored once
+    return model.eval()  # as from_pretrained returns it
+
+
+def _own_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's parameters (a tied one once) and persistent buffers: what rebuilds it."""
+    persistent = {
+        f"{name}.{buffer}" if name else buffer
+        for name, module in model.named_modules()
+        for buffer in module._buffers
+        if buffer not in module._non_persistent_buffers_set
+    }
+    tensors = dict(model.named_parameters())
+    tensors.update((name, b) for name, b in model.named_buffers() if name in persistent)
+    return tensors
+
+
+def load_gguf(path: Path, dtype: torch.dtype, device: str) -> tuple[Any, str]:
+    """(transformers' model of the GGUF with its tensors dequantised to `dtype` on `device`, where they
+    came from). transformers parses every metadata field of the file (a tokenizer's vocabulary and
+    merges included) and dequantises every tensor in numpy on each load; the first load keeps the
+    tensors and the configuration in the weights cache (qbench.model.cache: digest-checked, bounded),
+    and later loads of the unchanged file, in any process, read them back: "hit", "stored", or
+    "not cached: why". QBENCH_WEIGHTS_CACHE=0 turns it off ("off")."""
+    import os
+
     from transformers import AutoModelForCausalLM
 
     from qbench.model import gguf_files
+    from qbench.model.cache import Cache
 
+    use_cache = os.environ.get("QBENCH_WEIGHTS_CACHE", "1") != "0"
+    cache = key = about = None
+    if use_cache:
+        key, about = gguf_state_key(path, dtype)
+        cache = Cache()
+        model = _gguf_from_cache(cache, key, dtype)
+        if model is not None:
+            return model.to(device), "hit"
     with gguf_files.read_once():  # the file's fields parsed once a process, not twice a load
         model = AutoModelForCausalLM.from_pretrained(
             str(path.parent), gguf_file=path.name, dtype=dtype, attn_implementation="sdpa"
         )
-    return model.to(device)
+    state = "off"
+    if cache is not None:
+        about = {**about, "what": f"dequantised GGUF {Path(path).name} ({str(dtype).removeprefix('torch.')})",
+                 "config": model.config.to_dict()}
+        state = cache.store(key, _own_tensors(model), about) or "stored"
+    return model.to(device), state
 
 
 def _prequantised_folder(spec: Any, folder: Path, dtype: torch.dtype, device: str, seed: int):

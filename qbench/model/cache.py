@@ -1,5 +1,7 @@
 """Local caches of what every session of a cell would otherwise make again: quantised synthetic
-weights, and the reference logits the correctness gate compares against.
+weights, and the reference logits the correctness gate compares against; also a GGUF's dequantised tensors and
+configuration (`build.load_gguf`, keyed by the file's path, size and modification time and the
+software), so a later session loading the same file skips transformers' parse and dequantisation.
 
 Synthetic weights are the same in every session of a cell (same seed), so quantising a 7B model
 round-to-nearest in each of them is waste. The first session quantises and stores each quantised
