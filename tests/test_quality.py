@@ -26,7 +26,18 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def sessions():
+def sessions(tmp_path_factory):
+    # made before conftest's in_tmp (a function's fixture): the sessions' own weights cache and locks,
+    # never the user's. The first session's entries (the text's ids, the 16-bit reference, the file's
+    # dequantised tensors) serve the later ones, as in a user's run.
+    with pytest.MonkeyPatch.context() as patch:
+        folder = tmp_path_factory.mktemp("quality")
+        patch.setenv("QBENCH_CACHE_DIR", str(folder / "weights-cache"))
+        patch.setenv("QBENCH_LOCK_DIR", str(folder / "locks"))
+        return run_sessions()
+
+
+def run_sessions():
     records = []
     runtimes = {"bf16": "hf", "bnb-nf4": "hf", "torch-int4": "hf"}
     runtimes |= {"llamacpp-q4_k_m": "llamacpp"}  # the most deployed GGUF type, requantised from the file's Q4_1
