@@ -188,6 +188,7 @@ def test_lean_energy_room_leaves_the_timed_steps_alone_and_attends_past_them():
         roomy, plain = LeanRunner(model, 72, "cpu", energy_positions=40), LeanRunner(model, 72, "cpu")
         assert roomy.max_cache_len == 112 and roomy.kv_cache.shape[3] == 112 and plain.max_cache_len == 72
         assert any("40 cache positions beyond the block" in n and "MiB" in n for n in roomy.notes), roomy.notes
+        assert any("x 3 chunks of 32 positions" in n for n in roomy.notes), roomy.notes  # the room's chunk: 96-127
         os.environ["QBENCH_LEAN_ATTENTION"] = "sdpa"
         sdpa = LeanRunner(model, 112, "cpu")
         tokens = token_stream(spec.vocab_size, 112, 0, "cpu")
@@ -197,7 +198,12 @@ def test_lean_energy_room_leaves_the_timed_steps_alone_and_attends_past_them():
             got, want = roomy.step(tokens[p : p + 1]).float(), plain.step(tokens[p : p + 1]).float()
             assert torch.equal(got, want), p
             sdpa.step(tokens[p : p + 1])
-        for p in range(66, 100):  # past the block's positions: still every position attended
+        # past the block's positions: still every position attended. The block's 72 positions are 3
+        # chunks of 32 (0-95); from position 96 the room's own chunk is read too. The prompt (SDPA, not
+        # interpreted) fills the cache to 90, then interpreted steps cross 96.
+        for runner in (roomy, sdpa):
+            runner.prefill(tokens[:90])
+        for p in range(90, 100):
             got, want = roomy.step(tokens[p : p + 1]).float(), sdpa.step(tokens[p : p + 1]).float()
             assert ((got - want).norm() / want.norm()).item() < 5e-3 and got.argmax() == want.argmax(), p
         print("ok")
