@@ -256,7 +256,8 @@ def test_an_import_that_swallows_the_tripwire_stops_the_forkserver(tmp_path, mon
     """
     install_plugin(tmp_path / "site", monkeypatch, "qbench-deg", "qbench_degraded", source, {"degraded": "Degraded"})
     db = str(tmp_path / "r.sqlite")
-    cli = qbench(["compare", *FAST, "--backends", "bf16,degraded", "--sessions", "2", "--db", db], tmp_path)
+    # one session per backend: two sessions after the refusal, each a new interpreter
+    cli = qbench(["compare", *FAST, "--backends", "bf16,degraded", "--sessions", "1", "--db", db], tmp_path)
     _, stderr = cli.communicate(timeout=300)
     assert cli.returncode == 0, stderr
     note = next(line for line in stderr.splitlines() if "forkserver did not start" in line)
@@ -264,6 +265,7 @@ def test_an_import_that_swallows_the_tripwire_stops_the_forkserver(tmp_path, mon
     store = Store(tmp_path / "r.sqlite", readonly=True)
     results = [s["result"] for s in store.sessions()]
     store.close()
+    assert len(results) == 2
     assert {r["status"] for r in results} == {"ok"} and {r["worker_start"] for r in results} == {"spawn"}
 
 
