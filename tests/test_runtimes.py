@@ -56,17 +56,28 @@ def test_lean_matches_hf_on_the_tiny_spec(name):
     assert matches >= steps - 1
 
 
-@pytest.mark.parametrize("name", CPU_BACKENDS)
-def test_lean_matches_hf_on_smollm2_real_weights(name):
-    if not _available(name):
-        pytest.skip(f"{name} unavailable here")
+@pytest.fixture(scope="module")
+def smollm2_text(tmp_path_factory):
+    """SmolLM2's packaged GGUF, the quality text's first 72 tokens (its tokenizer is built once for
+    the backends), and a weights cache the backends share: the first load stores the file's
+    dequantised tensors, the others read them (`build.load_gguf`), as a user's later sessions do."""
     from qbench.model.build import packaged_gguf
     from qbench.session.quality import load_tokenizer, text_tokens
 
     spec = load_model_spec("smollm2-135m")
     path = packaged_gguf(spec)
-    tokenizer, _ = load_tokenizer(spec, str(path))
-    worst, matches, steps = _agreement(spec, name, str(path), 64, prompt=text_tokens(tokenizer)[:72])
+    tokenizer, why = load_tokenizer(spec, str(path))
+    assert tokenizer is not None, why
+    return spec, path, text_tokens(tokenizer)[:72], tmp_path_factory.mktemp("smollm2-cache")
+
+
+@pytest.mark.parametrize("name", CPU_BACKENDS)
+def test_lean_matches_hf_on_smollm2_real_weights(name, smollm2_text, monkeypatch):
+    if not _available(name):
+        pytest.skip(f"{name} unavailable here")
+    spec, path, prompt, cache = smollm2_text
+    monkeypatch.setenv("QBENCH_CACHE_DIR", str(cache))
+    worst, matches, steps = _agreement(spec, name, str(path), 64, prompt=prompt)
     assert worst < 0.05, worst
     assert matches == steps  # real text: peaked logits
 
