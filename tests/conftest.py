@@ -157,8 +157,8 @@ def has_cuda() -> bool:
 # suite's 26 minutes. Here they go first (longest first: the other modules then fill in around them),
 # and xdist keeps that order.
 LONGEST_FIRST = (
-    "test_processes", "test_fold", "test_ray_executor", "test_decode_attention", "test_plugins_hostile",
-    "test_cli", "test_quality", "test_runtimes",
+    "test_processes", "test_fold", "test_ray_executor", "test_plugins_hostile", "test_cli",
+    "test_decode_attention", "test_quality", "test_runtimes",
 )
 
 
