@@ -6,6 +6,13 @@ from pathlib import Path
 
 import pytest
 
+# The README's test command runs two xdist workers on CI's two cores, and most slow tests start sessions,
+# each a process of its own: with torch's default of one OpenMP thread a core in every process, those
+# threads outnumber the cores and spin against each other. One each (set before any torch import here;
+# inherited by every session and interpreter a test starts). test_quality with test_cache under -n 2:
+# 243 s of wall time with the default, 200 s with one thread (this machine, 2 cores).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 def install_plugin(site: Path, monkeypatch, dist: str, module: str, source: str, entries: dict[str, str]) -> Path:
     """A third-party distribution `dist` whose module registers `entries` (name -> attribute) in the
