@@ -116,16 +116,13 @@ def load_gguf(path: Path, dtype: torch.dtype, device: str) -> tuple[Any, str]:
     tensors and the configuration in the weights cache (qbench.model.cache: digest-checked, bounded),
     and later loads of the unchanged file, in any process, read them back: "hit", "stored", or
     "not cached: why". QBENCH_WEIGHTS_CACHE=0 turns it off ("off")."""
-    import os
-
     from transformers import AutoModelForCausalLM
 
     from qbench.model import gguf_files
-    from qbench.model.cache import Cache
+    from qbench.model.cache import Cache, enabled
 
-    use_cache = os.environ.get("QBENCH_WEIGHTS_CACHE", "1") != "0"
     cache = key = about = None
-    if use_cache:
+    if enabled():
         key, about = gguf_state_key(path, dtype)
         cache = Cache()
         model = _gguf_from_cache(cache, key, dtype)

@@ -69,6 +69,11 @@ def cache_dir() -> Path:
     return settings.cache_dir()
 
 
+def enabled() -> bool:
+    """Whether sessions use the weights cache (QBENCH_WEIGHTS_CACHE=0 turns it off)."""
+    return os.environ.get("QBENCH_WEIGHTS_CACHE", "1") != "0"
+
+
 def cache_limit_bytes() -> int:
     from qbench import settings
 

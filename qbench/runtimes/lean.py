@@ -347,8 +347,8 @@ class LeanRunner:
         block, stored beside h) so that q/k/v and gate/up sum those instead of reading all of h for
         its RMS scale: where every layer's launches declare `squares` (qbench-int4's). Layer 0's
         q/k/v (after the embedding) and lm_head still read h."""
-        launches = [self.linear16.get(id(m)) for layer in self.layers for m in (
-            layer.self_attn.q_proj, layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.down_proj)]
+        # each launch's first module: q/k/v's, o's, gate/up's, down's
+        launches = [self.linear16.get(id(modules[0])) for layer in self.layers for modules in _linears(layer)]
         if not all(getattr(launch, "squares", False) for launch in launches):
             return False
         self.notes.append("lean: the folded RMS scales of q/k/v and gate/up from the sums of squares o and down "

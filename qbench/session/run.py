@@ -190,7 +190,9 @@ def run_session(config: SessionConfig) -> dict[str, Any]:
     backend = load_backend(config.backend)
     backend.check_available(device_info())
     settings = DecodeSettings(ctx=config.ctx, warmup=config.warmup, steps=config.steps, seed=config.seed)
-    use_cache = config.weights == "synthetic" and os.environ.get("QBENCH_WEIGHTS_CACHE", "1") != "0"
+    from qbench.model import cache as weights_cache
+
+    use_cache = config.weights == "synthetic" and weights_cache.enabled()
     if backend.graphs_per_process and len(config.graphs) > 1:
         raise RuntimeError(f"backend {config.backend} runs one graphs setting per process; this session asks for two")
     options = LoadOptions(

@@ -104,7 +104,7 @@ import functools
 
 import torch
 
-from qbench.runtimes.kernels import gemv, overlap
+from qbench.runtimes.kernels import gemv, next_power_of_2, overlap
 
 MAGIC = 8388608.0  # 2^23: float32 bits 0x4B000000; OR-ing a nibble into the low mantissa bits adds it
 
@@ -504,15 +504,10 @@ def launch(
         GROUP=group_size, GROUPS=groups,
         HAS_BIAS=bias is not None, SPLIT_K=split > 1, BLOCK_N=block_n, BF16X2=bf16x2, PDL=pdl,
         RMS=rms is not None, SILU=silu, RESIDUAL=residual is not None, SCALE_OUT=scale_out is not None,
-        TILE=tile, STAGES=stages, PARTS=power_of_two(rms.numel()) if rms_parts else 0, SQUARES=squares,
+        TILE=tile, STAGES=stages, PARTS=next_power_of_2(rms.numel()) if rms_parts else 0, SQUARES=squares,
         num_warps=warps, **overlap.launch_options(pdl),
     )
     return y
-
-
-def power_of_two(n: int) -> int:
-    """The smallest power of two >= n (Triton's ranges are powers of two)."""
-    return 1 << max(0, n - 1).bit_length()
 
 
 def out_size(n: int, block_n: int, scale_out, silu: bool, squares: bool, dtype: torch.dtype) -> int:
@@ -563,8 +558,7 @@ def gemv_int4(
     them (the same arithmetic, the same output sizes), and two of its own (`launch`): `squares`, which
     appends h's sums of squares to y, and `rms_parts`, which takes them as `rms`."""
     _check(x, qweight, scales, zeros, group_size)
-    n = qweight.shape[0]
-    gemv.check_fold(n, qweight.shape[1] * 8, x, None if rms_parts else rms, residual, scale_out, silu)
+    gemv.check_fold(qweight.shape[0], qweight.shape[1] * 8, x, None if rms_parts else rms, residual, scale_out, silu)
     check_parts(rms, scale_out, silu, squares, rms_parts)
     flat = (None if t is None else t.contiguous().view(-1) for t in (rms, residual, scale_out))
     return launch(x.contiguous().view(-1), qweight, scales, zeros, bias, group_size,
