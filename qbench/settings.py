@@ -18,6 +18,8 @@ key (sessions measured under different switches never pool) and the worker runs 
 
   QBENCH_LEAN_GEMV       lean's 16-bit linear layers: auto | cublas | triton (qbench/runtimes/lean.py)
   QBENCH_LEAN_ATTENTION  lean's decode attention: auto | sdpa | split-k
+  QBENCH_LEAN_COMBINE    how the split-K attention combines its chunks: kernel (a second launch) |
+                         fused (each kv head's last chunk to finish combines them, one launch)
   QBENCH_LEAN_ROPE       where lean rotates q and k and writes the cache: auto (inside the split-K
                          attention's first kernel, where it runs) | step (in the step, as before)
   QBENCH_LEAN_COMPILE    lean's torch.compile: 1 (where the backend declares it) | 0 | all
@@ -115,6 +117,7 @@ def cache_limit_bytes() -> int:
 MEASURE_VARIABLES: dict[str, tuple[str, ...]] = {
     "QBENCH_LEAN_GEMV": ("auto", "cublas", "triton"),
     "QBENCH_LEAN_ATTENTION": ("auto", "sdpa", "split-k"),
+    "QBENCH_LEAN_COMBINE": ("kernel", "fused"),
     "QBENCH_LEAN_ROPE": ("auto", "step"),
     "QBENCH_LEAN_COMPILE": ("1", "0", "all"),
     "QBENCH_LEAN_PDL": ("off", "on"),

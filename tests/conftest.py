@@ -301,9 +301,11 @@ FOLD_FORMS = (
 )
 
 
-def decode_attention_ptx(kernel: str, rope: bool = False, pdl: bool = False, chunk: int = 32) -> str | None:
+def decode_attention_ptx(
+    kernel: str, rope: bool = False, pdl: bool = False, chunk: int = 32, fused: bool = False
+) -> str | None:
     """The split-K attention's `partial` or `combine` kernel compiled for sm_90 at Qwen2.5-7B's shapes
-    (98 chunks of `chunk` positions), `ptx_for_sm90`'s answer."""
+    (98 chunks of `chunk` positions), `ptx_for_sm90`'s answer; `fused`: the partial kernel combining."""
     from qbench.runtimes.kernels import decode_attention as attention
 
     shapes = {"GROUP": 7, "ROWS": 16, "HEAD_DIM": 128, "DIM": 128, "CHUNK": chunk, "PDL": pdl}
@@ -313,9 +315,10 @@ def decode_attention_ptx(kernel: str, rope: bool = False, pdl: bool = False, chu
                      "DIM_BLOCK": attention.COMBINE_DIMS}
     else:
         signature = {name: "*bf16" for name in ("Q", "K", "V", "KNEW", "VNEW", "COS", "SIN")}
-        signature.update({"POS": "*i64", "ACC": "*fp32", "M": "*fp32", "L": "*fp32", "stride_kh": "i64",
-                          "stride_kn": "i64", "positions_total": "i32", "scale": "fp32"})
-        constants = {**shapes, "BLOCK": attention.BLOCK_N, "SPLITS": 98, "ROPE": rope}
+        signature.update({"POS": "*i64", "ACC": "*fp32", "M": "*fp32", "L": "*fp32", "COUNT": "*i32", "OUT": "*bf16",
+                          "stride_kh": "i64", "stride_kn": "i64", "positions_total": "i32", "scale": "fp32"})
+        constants = {**shapes, "BLOCK": attention.BLOCK_N, "SPLITS": 98, "ROPE": rope, "FUSED": fused,
+                     "GROUP_P2": 8, "FUSED_SPLITS": attention.FUSED_SPLITS}
     signature.update(dict.fromkeys(constants, "constexpr"))
     function = attention._kernels()[kernel == "combine"]
     return ptx_for_sm90(function, {name: signature[name] for name in function.arg_names}, constants)

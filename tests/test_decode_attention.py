@@ -48,6 +48,47 @@ def test_split_k_attention_matches_the_reference_and_never_reads_past_the_positi
     assert out.strip() == "ok"
 
 
+def test_the_fused_combine_matches_the_reference_call_after_call():
+    """One launch: the last chunk of each kv head to arrive combines them (an arrival counter a kv head,
+    reset by that program). Called twice on each case: a counter left non-zero would leave the second
+    call's output unwritten."""
+    out = run_interpreted(
+        """
+        import torch
+        from qbench.runtimes.kernels import decode_attention as attention
+        torch.manual_seed(0)
+        cases = [  # heads, kv heads, head dim, cache positions, position, programs
+            (28, 4, 128, 300, 299, 16),  # Qwen2.5-7B's grouping, last position
+            (9, 3, 64, 100, 0, 64),  # only position 0: chunk 0 alone combines
+            (8, 2, 64, 700, 300, 64),  # mid-cache: the chunks past the position do not count
+            (4, 2, 32, 4500, 4400, 400),  # 141 chunks: 18 blocks of 8 in the last program
+        ]
+        for dtype in (torch.float32, torch.float16):
+            for heads, kv_heads, dim, positions, position, programs in cases:
+                k = torch.randn(kv_heads, positions, dim, dtype=dtype)
+                v = torch.randn(kv_heads, positions, dim, dtype=dtype)
+                k[:, position + 1 :] = float("nan")
+                v[:, position + 1 :] = float("nan")
+                at = torch.tensor([position])
+                for call in range(2):
+                    q = torch.randn(heads, dim, dtype=dtype)
+                    got = attention._launch(q, k, v, at, dim**-0.5, programs, 0, fused=True).float()
+                    want = attention.decode_attention_reference(q, k, v, at, dim**-0.5).float()
+                    assert torch.isfinite(got).all(), (dtype, heads, position, call)
+                    err = ((got - want).abs().max() / want.abs().max()).item()
+                    assert err < (1e-5 if dtype == torch.float32 else 2e-3), (dtype, heads, position, call, err)
+                assert attention._counter(q.device, kv_heads).eq(0).all()
+        try:
+            attention._launch(q, k, v, at, dim**-0.5, programs, 0, pdl=True, fused=True)
+        except ValueError as error:
+            print("refused:", error)
+        print("ok")
+        """
+    )
+    assert out.strip().splitlines()[-1] == "ok"
+    assert "refused: decode_attention: the fused combine is not built for programmatic" in out
+
+
 def test_rope_and_the_cache_write_inside_the_kernel_match_the_step_doing_them():
     out = run_interpreted(
         """
@@ -117,11 +158,18 @@ def test_lean_with_split_k_attention_matches_lean_with_sdpa():
         options = LoadOptions(device="cpu", weights="synthetic", seed=0, max_cache_len=96, group_size=128)
         model = load_backend("bf16").load(spec, options).model.to(torch.float16)
         runners = {}
-        for choice, rope in (("split-k", "auto"), ("split-k", "step"), ("sdpa", "auto")):
+        for choice, rope, combine in (("split-k", "auto", "kernel"), ("split-k", "step", "kernel"),
+                                      ("sdpa", "auto", "kernel"), ("split-k", "auto", "fused")):
             os.environ["QBENCH_LEAN_ATTENTION"], os.environ["QBENCH_LEAN_ROPE"] = choice, rope
-            runners[choice, rope] = LeanRunner(model, 96, "cpu")
-        split, separate, sdpa = runners["split-k", "auto"], runners["split-k", "step"], runners["sdpa", "auto"]
+            os.environ["QBENCH_LEAN_COMBINE"] = combine
+            runners[choice, rope, combine] = LeanRunner(model, 96, "cpu")
+        split, separate = runners["split-k", "auto", "kernel"], runners["split-k", "step", "kernel"]
+        sdpa, fused = runners["sdpa", "auto", "kernel"], runners["split-k", "auto", "fused"]
         assert "split-K Triton kernel" in split.notes[0], split.notes
+        assert (split.attention_fused, fused.attention_fused) == (False, True)
+        assert not any("combine" in note for note in split.notes), split.notes
+        assert "lean: decode attention's combine: in its one launch, by each kv head's last chunk " \
+            "(QBENCH_LEAN_COMBINE=fused)" in fused.notes, fused.notes
         where = "lean: rotary embedding and the K/V cache write"
         assert f"{where}: inside the split-K attention's first kernel" in split.notes, split.notes
         assert f"{where}: in the step (QBENCH_LEAN_ROPE=step)" in separate.notes, separate.notes
@@ -132,7 +180,8 @@ def test_lean_with_split_k_attention_matches_lean_with_sdpa():
             runner.prefill(tokens[:60])
         for p in range(60, 70):
             want = sdpa.step(tokens[p : p + 1]).float()
-            for got in (split.step(tokens[p : p + 1]).float(), separate.step(tokens[p : p + 1]).float()):
+            steps = (split, separate, fused)
+            for got in (runner.step(tokens[p : p + 1]).float() for runner in steps):
                 assert ((got - want).norm() / want.norm()).item() < 5e-3 and got.argmax() == want.argmax(), p
         # the kernel wrote each step's rotated k and v where the step's own write puts them
         assert torch.allclose(split.kv_cache[:, :, :, :70].float(), separate.kv_cache[:, :, :, :70].float(), atol=2e-3)
@@ -212,15 +261,23 @@ def test_lean_energy_room_leaves_the_timed_steps_alone_and_attends_past_them():
     assert out.strip() == "ok"
 
 
-@pytest.mark.parametrize("kernel", ["partial", "partial with rope", "combine"])
+@pytest.mark.parametrize(
+    "kernel", ["partial", "partial with rope", "combine", "partial fused", "partial with rope fused"]
+)
 def test_the_kernels_compile_for_an_h100(kernel):
     """Triton's interpreter runs what its compiler may refuse (a scalar mask, a loop bounded by a
     value read on the device): each kernel compiled for sm_90 here, no GPU needed, at Qwen2.5-7B's
     shapes."""
-    ptx = decode_attention_ptx(kernel.split()[0], rope=kernel == "partial with rope")
+    fused = kernel.endswith("fused")
+    ptx = decode_attention_ptx(kernel.split()[0], rope="with rope" in kernel, fused=fused)
     if ptx is None:  # no ptxas in this Triton: the front end still ran
         return
     assert f"decode_attention_{kernel.split()[0]}" in ptx
-    if kernel != "combine":  # with the rope the owner stores this step's k and v in the cache's dtype
-        stores = sum("st.global.b16" in line for line in ptx.splitlines())
-        assert (stores > 0) == (kernel == "partial with rope"), stores
+    lines = ptx.splitlines()
+    if kernel != "combine":  # 16-bit stores: the rope's owner writes this step's k and v; the fused path its output
+        stores = sum("st.global.b16" in line or "st.global.v2.b16" in line or "st.global.v4.b16" in line
+                     for line in lines)
+        assert (stores > 0) == ("with rope" in kernel or fused), stores
+        # the fused path's arrival counter: an acquire-release add, then the reset, and nothing else atomic
+        counters = [word for line in lines for word in line.split() if word.startswith("atom.")]
+        assert (counters == ["atom.global.gpu.acq_rel.add.u32", "atom.global.gpu.acq_rel.exch.b32"]) == fused, counters

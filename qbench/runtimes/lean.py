@@ -180,6 +180,7 @@ class LeanRunner:
         self.cos, self.sin = cos[0].contiguous(), sin[0].contiguous()  # [positions, head_dim]
         self.rope_in_attention = self._choose_rope()
         self.pdl = self._choose_pdl()
+        self.attention_fused = self._choose_combine()
         self.token = torch.zeros(1, 1, dtype=torch.long, device=self.device)
         self.position = torch.zeros(1, dtype=torch.long, device=self.device)
         self.next_position = 0
@@ -258,6 +259,25 @@ class LeanRunner:
             f"chunks of {chunk} positions)"
         )
         return programs
+
+    def _choose_combine(self) -> bool:
+        """Whether the split-K attention's chunks are combined in its one launch, by each kv head's last
+        chunk to finish (QBENCH_LEAN_COMBINE=fused), or by a second kernel (kernel, the default). Said in
+        the notes where it is fused, or asked for and not run (SDPA; programmatic dependent launches)."""
+        choice = os.environ.get("QBENCH_LEAN_COMBINE", "kernel")
+        if choice not in ("kernel", "fused"):
+            raise ValueError(f"QBENCH_LEAN_COMBINE must be kernel or fused, got {choice!r}")
+        if choice == "kernel":
+            return False
+        where = "lean: decode attention's combine"
+        if not self.split_programs:
+            self.notes.append(f"{where}: not used (QBENCH_LEAN_COMBINE=fused needs the split-K attention)")
+            return False
+        if self.pdl:
+            self.notes.append(f"{where}: a second kernel (the fused combine is not built for QBENCH_LEAN_PDL=on)")
+            return False
+        self.notes.append(f"{where}: in its one launch, by each kv head's last chunk (QBENCH_LEAN_COMBINE=fused)")
+        return True
 
     def _choose_rope(self) -> bool:
         """Whether the split-K attention's first kernel rotates q and k and writes k and v into the
@@ -525,6 +545,7 @@ class LeanRunner:
             return decode_attention.decode_attention_rope(
                 q.reshape(self.heads, self.head_dim), k.reshape(-1), v.reshape(-1), self.kv_cache, index,
                 self.cos, self.sin, position, self.scale, self.split_programs, self.planned_positions, self.pdl,
+                self.attention_fused,
             ).view(1, 1, self.heads * self.head_dim)
         q = self._rope(q.view(self.heads, self.head_dim), cos, sin)
         k = self._rope(k.view(self.kv_heads, 1, self.head_dim), cos, sin)
@@ -537,7 +558,8 @@ class LeanRunner:
         # query-length place ([1, kv heads, group, head_dim] against [1, kv heads, positions, head_dim]).
         if self.split_programs:
             out = decode_attention.decode_attention(
-                q, k_cache, v_cache, position, self.scale, self.split_programs, self.planned_positions, self.pdl
+                q, k_cache, v_cache, position, self.scale, self.split_programs, self.planned_positions, self.pdl,
+                self.attention_fused,
             )
         else:
             grouped = q.view(1, self.kv_heads, self.group, self.head_dim)

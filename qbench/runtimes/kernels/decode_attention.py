@@ -42,6 +42,7 @@ BLOCK_N = 32  # cache positions per inner iteration of a program
 MIN_ROWS = 16  # tl.dot needs at least 16 rows: the group of query heads is padded to this
 COMBINE_DIMS = 32  # head dims a combine program sums (a head of 128: four programs)
 COMBINE_SPLITS = 64  # chunks a combine program loads at once ([64, 32] float32: 16 values a thread)
+FUSED_SPLITS = 8  # chunks the fused path's last program loads at once ([8, group, head dim] float32)
 
 
 @functools.lru_cache(maxsize=1)
@@ -66,12 +67,13 @@ def _kernels():
 
     @triton.jit
     def decode_attention_partial(
-        Q, K, V, POS, ACC, M, L, KNEW, VNEW, COS, SIN,
+        Q, K, V, POS, ACC, M, L, KNEW, VNEW, COS, SIN, COUNT, OUT,
         stride_kh, stride_kn, positions_total,
         scale,
         GROUP: tl.constexpr, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, DIM: tl.constexpr,
         CHUNK: tl.constexpr, BLOCK: tl.constexpr, SPLITS: tl.constexpr, ROPE: tl.constexpr = False,
-        PDL: tl.constexpr = False,
+        PDL: tl.constexpr = False, FUSED: tl.constexpr = False, GROUP_P2: tl.constexpr = 1,
+        FUSED_SPLITS: tl.constexpr = 8,
     ):
         head = tl.program_id(0)
         split = tl.program_id(1)
@@ -145,7 +147,38 @@ def _kernels():
         state = (head * SPLITS + split) * ROWS + rows
         tl.store(M + state, m, mask=live)
         tl.store(L + state, l_sum, mask=live)
-        tl.store(ACC + state[:, None] * DIM + dims[None, :], acc, mask=live[:, None] & (dims < DIM)[None, :])
+        # the group's rows only: the padding rows' outputs are never read (half the states' bytes at a group of 7)
+        tl.store(ACC + state[:, None] * DIM + dims[None, :], acc, mask=row_ok[:, None] & (dims < DIM)[None, :])
+        if FUSED:  # the last live program of this kv head to arrive combines every chunk's state
+            if start <= position:
+                tl.debug_barrier()  # every thread's stores issued before the counter says this chunk is done
+                used = tl.minimum(position // CHUNK + 1, SPLITS)
+                if tl.atomic_add(COUNT + head, 1, sem="acq_rel") == used - 1:
+                    tl.atomic_xchg(COUNT + head, 0)  # every live chunk has arrived: zero for the next call
+                    group_rows = tl.arange(0, GROUP_P2)
+                    group_ok = group_rows < GROUP
+                    top = tl.full([GROUP_P2], float("-inf"), tl.float32)
+                    total = tl.zeros([GROUP_P2], tl.float32)
+                    out = tl.zeros([GROUP_P2, DIM], tl.float32)
+                    for first_chunk in range(0, used, FUSED_SPLITS):  # online: rescaled as the maximum grows
+                        chunks = first_chunk + tl.arange(0, FUSED_SPLITS)
+                        chunk_ok = chunks < used
+                        at = (head * SPLITS + chunks)[:, None] * ROWS + group_rows[None, :]  # [chunks, rows]
+                        chunk_m = tl.load(M + at, mask=chunk_ok[:, None], other=float("-inf"))
+                        chunk_l = tl.load(L + at, mask=chunk_ok[:, None], other=0.0)
+                        chunk_acc = tl.load(
+                            ACC + at[:, :, None] * DIM + dims[None, None, :],
+                            mask=(chunk_ok[:, None] & group_ok[None, :])[:, :, None], other=0.0,
+                        )
+                        new_top = tl.maximum(top, tl.max(chunk_m, 0))  # finite: chunk 0 holds position 0
+                        weight = tl.where(chunk_ok[:, None], tl.exp(chunk_m - new_top[None, :]), 0.0)
+                        alpha = tl.exp(top - new_top)
+                        total = total * alpha + tl.sum(chunk_l * weight, 0)
+                        out = out * alpha[:, None] + tl.sum(chunk_acc * weight[:, :, None], 0)
+                        top = new_top
+                    out_at = OUT + (head * GROUP + group_rows)[:, None] * HEAD_DIM + dims[None, :]
+                    tl.store(out_at, (out / total[:, None]).to(OUT.dtype.element_ty),
+                             mask=group_ok[:, None] & dim_ok[None, :])
 
     @triton.jit
     def decode_attention_combine(
@@ -213,13 +246,28 @@ def decode_attention_reference(
     return (weights @ v).reshape(-1, head_dim).to(q.dtype)
 
 
+_counters: dict[tuple, torch.Tensor] = {}
+
+
+def _counter(device: torch.device, kv_heads: int) -> torch.Tensor:
+    """The fused path's arrival counters (int32 [kv heads]), zero between calls: the last program resets its own."""
+    key = (device, kv_heads)
+    if key not in _counters:
+        _counters[key] = torch.zeros(kv_heads, dtype=torch.int32, device=device)
+    return _counters[key]
+
+
 def _launch(
-    q, k_cache, v_cache, position, scale: float, programs: int, planned: int, rope=None, pdl: bool = False
+    q, k_cache, v_cache, position, scale: float, programs: int, planned: int, rope=None, pdl: bool = False,
+    fused: bool = False,
 ) -> torch.Tensor:
     """`rope`: None (q is rotated, the cache holds the position's k and v), or (k, v, cos, sin): q and
     k before their rotary embedding, v, and the model's tables [positions, head_dim]; the kernel rotates
     them and writes k and v at the position. `pdl`: both kernels as programmatic dependent launches
-    (`overlap.py`)."""
+    (`overlap.py`). `fused`: one launch, the last chunk of each kv head to finish combining them (an
+    arrival counter a kv head) where the combine kernel would; not with `pdl`."""
+    if fused and pdl:
+        raise ValueError("decode_attention: the fused combine is not built for programmatic dependent launches")
     partial, combine = _kernels()
     kv_heads, positions, head_dim = k_cache.shape
     heads = q.shape[0]
@@ -236,13 +284,17 @@ def _launch(
     l_sum = torch.empty(states, dtype=torch.float32, device=q.device)
     out = torch.empty(heads, head_dim, dtype=q.dtype, device=q.device)
     k_new, v_new, cos, sin = rope if rope is not None else (q, q, q, q)
+    count = _counter(q.device, kv_heads) if fused else m
     partial[(kv_heads, splits)](
-        q, k_cache, v_cache, position, acc, m, l_sum, k_new, v_new, cos, sin,
+        q, k_cache, v_cache, position, acc, m, l_sum, k_new, v_new, cos, sin, count, out,
         k_cache.stride(0), k_cache.stride(1), positions,
         scale,
         GROUP=group, ROWS=rows, HEAD_DIM=head_dim, DIM=dim, CHUNK=chunk, BLOCK=BLOCK_N, SPLITS=splits,
-        ROPE=rope is not None, PDL=pdl, **overlap.launch_options(pdl),
+        ROPE=rope is not None, PDL=pdl, FUSED=fused, GROUP_P2=next_power_of_2(group), FUSED_SPLITS=FUSED_SPLITS,
+        **overlap.launch_options(pdl),
     )
+    if fused:
+        return out
     dim_block = min(dim, COMBINE_DIMS)
     combine[(heads, dim // dim_block)](
         acc, m, l_sum, out, position,
@@ -262,19 +314,21 @@ def decode_attention(
     programs: int,
     planned: int = 0,
     pdl: bool = False,
+    fused: bool = False,
 ) -> torch.Tensor:
     """q [heads, head_dim] (contiguous); k_cache, v_cache [kv heads, positions, head_dim] with the
     head dim contiguous; position [1] int64 on the device: positions 0..position are attended.
     `programs`: about how many (kv head, chunk) programs to launch (twice the SM count is a good
     start). `planned`: the positions the chunks are sized for (0: the whole cache). `pdl`:
-    programmatic dependent launches (`overlap.py`). Returns [heads, head_dim] in q's dtype."""
+    programmatic dependent launches (`overlap.py`). `fused`: one launch, the combine done by each kv
+    head's last chunk (`_launch`). Returns [heads, head_dim] in q's dtype."""
     if k_cache.stride(2) != 1 or v_cache.stride() != k_cache.stride():
         raise ValueError("decode_attention needs K and V caches of one layout with the head dim contiguous")
-    return _launch(q.contiguous(), k_cache, v_cache, position, scale, programs, planned, pdl=pdl)
+    return _launch(q.contiguous(), k_cache, v_cache, position, scale, programs, planned, pdl=pdl, fused=fused)
 
 
 @decode_attention.register_fake
-def _(q, k_cache, v_cache, position, scale, programs, planned=0, pdl=False):
+def _(q, k_cache, v_cache, position, scale, programs, planned=0, pdl=False, fused=False):
     return torch.empty_like(q)
 
 
@@ -305,6 +359,7 @@ def decode_attention_rope(
     programs: int,
     planned: int = 0,
     pdl: bool = False,
+    fused: bool = False,
 ) -> torch.Tensor:
     """`decode_attention` with the step's rotary embedding and cache write inside its first kernel:
     q [heads, head_dim], k and v [kv heads * head_dim] as the projections give them (q and k not yet
@@ -317,10 +372,10 @@ def decode_attention_rope(
         raise ValueError("decode_attention_rope needs a cache with the head dim contiguous and tables of head_dim")
     rope = (k.contiguous(), v.contiguous(), cos.contiguous(), sin.contiguous())
     return _launch(
-        q.contiguous(), kv_cache[layer, 0], kv_cache[layer, 1], position, scale, programs, planned, rope, pdl
+        q.contiguous(), kv_cache[layer, 0], kv_cache[layer, 1], position, scale, programs, planned, rope, pdl, fused
     )
 
 
 @decode_attention_rope.register_fake
-def _(q, k, v, kv_cache, layer, cos, sin, position, scale, programs, planned=0, pdl=False):
+def _(q, k, v, kv_cache, layer, cos, sin, position, scale, programs, planned=0, pdl=False, fused=False):
     return torch.empty_like(q)
