@@ -111,7 +111,8 @@ def test_every_kernel_of_leans_own_in_a_step_gets_the_launch_when_asked_and_none
         seen.append(("gemv", pdl))
         return torch.zeros(gemv.out_size(weight.shape[0], scale_out, silu), dtype=x.dtype)
 
-    def fake_attention(q, k, v, kv_cache, layer, cos, sin, position, scale, programs, planned=0, pdl=False):
+    def fake_attention(q, k, v, kv_cache, layer, cos, sin, position, scale, programs, planned=0, pdl=False,
+                       fused=False):
         seen.append(("attention", pdl))
         return torch.zeros_like(q)
 
