@@ -15,6 +15,13 @@ split into chunks instead, one program per (kv head, chunk):
      (those up to the position's) to their common maximum and writes sum(acc_i * w_i) / sum(l_i * w_i),
      w_i = exp(m_i - max m), in the cache's dtype.
 
+With `fused` (lean's QBENCH_LEAN_COMBINE=fused) there is one launch: each program of the partial kernel
+that held positions adds one to its kv head's arrival counter (acquire-release, after its states are
+stored), and the one that arrives last combines every chunk's state for the group's query heads
+(FUSED_SPLITS chunks loaded at a time, an online rescale as the maximum grows) and resets the counter
+for the next call. The partial kernel stores the group's rows only (its padding rows, up to 16 for
+the tensor-core dot, are never read).
+
 Every kv head's K and V are read once and never expanded to the query heads. The position is a
 device tensor, so a captured CUDA graph replays the same launches at every step; chunks wholly past
 the position read and write nothing, and the combine reads only the chunks up to the position's, so
