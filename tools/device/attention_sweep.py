@@ -1,8 +1,9 @@
 """Device side (issue 25): lean's split-K decode attention on Qwen2.5-7B's shapes (28 query heads, 4 kv
 heads, head dim 128, lean's rope and cache write in the kernel; the cache as lean sizes it: the context
-and 1024 positions of energy-window room), swept over how many (kv head, chunk) programs it plans for
-and whether the chunks are combined by a second kernel or by the last chunk of each kv head to finish
-(`fused`; FUSED_SPLITS chunks loaded at once).
+and 1024 positions of energy-window room), swept over how many (kv head, chunk) programs it plans for,
+the positions a program's loop takes a step (BLOCK_N), and whether the chunks are combined by a second
+kernel or by the last chunk of each kv head to finish (`fused`; FUSED_SPLITS chunks loaded at once).
+lean's defaults: BLOCK_N 32, two programs an SM, the second kernel.
 
     python tools/device/attention_sweep.py [MODULE.py] [ctx ...]    # on a GPU; MODULE: another copy of
                                                                      # decode_attention.py (default: qbench's)
@@ -49,8 +50,11 @@ def main() -> None:
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     name = torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu (interpreter)"
     print(f"{name}, {sms} SMs: us per call, median of 10 graph replays of {layers} calls; error vs float32 reference")
-    variants = [(factor, False, 0) for factor in (0.5, 1, 2, 4)]
-    variants += [(factor, True, splits) for factor in (0.25, 0.5, 1, 2) for splits in (4, 8, 16)]
+    # (programs per SM / 2, fused, FUSED_SPLITS, BLOCK_N): both combines at four program counts and two
+    # blocks of positions a program's loop step, then the fused path's chunks loaded at once
+    variants = [(factor, fused, 8 if fused else 0, block) for block in (32, 64) for factor in (0.5, 1, 2, 4)
+                for fused in (False, True)]
+    variants += [(factor, True, splits, 32) for factor in (1, 2) for splits in (4, 16)]
     for ctx in contexts:
         planned = ctx + 39  # the block's positions (warm-up and timed steps past the prompt)
         positions = planned + room
@@ -68,8 +72,9 @@ def main() -> None:
                                                         sin[planned - 1]).to(dtype)
         v_cache[:, planned - 1] = v_new.view(kv_heads, head_dim)
         want = module.decode_attention_reference(q_rot, k_cache, v_cache, at, head_dim**-0.5).float()
-        for factor, fused, splits in variants:
+        for factor, fused, splits, block in variants:
             programs = max(kv_heads, int(factor * 2 * sms))
+            module.BLOCK_N = block
             if fused:
                 module.FUSED_SPLITS = splits
             launch = functools.partial(module._launch, scale=head_dim**-0.5, programs=programs, planned=planned,
@@ -86,8 +91,8 @@ def main() -> None:
             again = call(0).float()  # after the replays too: the fused path's counters back at zero each call
             error = max(error, ((again - want).abs().max() / want.abs().max()).item())
             how = f"fused x{splits:<2d}" if fused else "two kernels"
-            print(f"ctx {ctx:6d}  programs {programs:4d} (chunk {chunk:5d}, {count:3d} a kv head)  {how:12s}"
-                  f" {figure:8.2f} us  err {error:.1e}", flush=True)
+            print(f"ctx {ctx:6d}  block {block:2d}  programs {programs:4d} (chunk {chunk:5d}, {count:3d} a kv head)"
+                  f"  {how:12s} {figure:8.2f} us  err {error:.1e}", flush=True)
 
 
 if __name__ == "__main__":
