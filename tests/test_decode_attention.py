@@ -200,6 +200,8 @@ def test_lean_with_split_k_attention_matches_lean_with_sdpa():
          "lean: 16-bit linear layers: F.linear (the Triton GEMV runs on CUDA)"),
         ("QBENCH_LEAN_ROPE", "kernel", "auto or step",  # SDPA on a CPU: the step rotates, nothing to say
          "lean: decode attention: SDPA (the split-K kernel runs on CUDA)"),
+        ("QBENCH_LEAN_COMBINE", "inline", "kernel or fused",  # the default: the combine kernel, nothing to say
+         "lean: decode attention: SDPA (the split-K kernel runs on CUDA)"),
     ],
 )
 def test_lean_triton_path_choices_are_checked_and_said(monkeypatch, variable, bad, allowed, note):
@@ -219,6 +221,21 @@ def test_lean_triton_path_choices_are_checked_and_said(monkeypatch, variable, ba
     runner = LeanRunner(model, 32, "cpu")
     assert note in runner.notes
     assert isinstance(runner.step(torch.tensor([1])), torch.Tensor)
+
+
+def test_a_fused_combine_asked_for_where_sdpa_runs_is_said_and_not_used(monkeypatch):
+    from qbench.api import LoadOptions
+    from qbench.registry import load_backend
+    from qbench.runtimes.lean import LeanRunner
+    from qbench.specs import load_model_spec
+
+    options = LoadOptions(device="cpu", weights="synthetic", seed=0, max_cache_len=32, group_size=128)
+    model = load_backend("bf16").load(load_model_spec("tiny"), options).model
+    monkeypatch.setenv("QBENCH_LEAN_COMBINE", "fused")
+    runner = LeanRunner(model, 32, "cpu")  # on the CPU without the interpreter: SDPA
+    assert not runner.attention_fused
+    assert ("lean: decode attention's combine: not used (QBENCH_LEAN_COMBINE=fused needs the split-K attention)"
+            in runner.notes), runner.notes
 
 
 def test_lean_energy_room_leaves_the_timed_steps_alone_and_attends_past_them():

@@ -264,10 +264,7 @@ class LeanRunner:
         """Whether the split-K attention's chunks are combined in its one launch, by each kv head's last
         chunk to finish (QBENCH_LEAN_COMBINE=fused), or by a second kernel (kernel, the default). Said in
         the notes where it is fused, or asked for and not run (SDPA; programmatic dependent launches)."""
-        choice = os.environ.get("QBENCH_LEAN_COMBINE", "kernel")
-        if choice not in ("kernel", "fused"):
-            raise ValueError(f"QBENCH_LEAN_COMBINE must be kernel or fused, got {choice!r}")
-        if choice == "kernel":
+        if not _switched_on("QBENCH_LEAN_COMBINE"):
             return False
         where = "lean: decode attention's combine"
         if not self.split_programs:
@@ -719,13 +716,13 @@ def lower_qbench_ops_as_fallbacks() -> list[str]:
 
 
 def _switched_on(variable: str) -> bool:
-    """An off|on switch of lean's (its values and default: settings.MEASURE_VARIABLES); any other value
-    is refused in one line."""
+    """A two-way switch of lean's (its values, the default first: settings.MEASURE_VARIABLES): whether it
+    is set to its other value (on; fused); any value but the two is refused in one line."""
     allowed = settings.MEASURE_VARIABLES[variable]
     choice = os.environ.get(variable, allowed[0])
     if choice not in allowed:
         raise ValueError(f"{variable} must be {' or '.join(allowed)}, got {choice!r}")
-    return choice == "on"
+    return choice == allowed[1]
 
 
 def _is_silu(module) -> bool:
