@@ -8,7 +8,7 @@ GPU every lean session's gate checks the bfloat16 logits against transformers'.
 """
 
 import pytest
-from conftest import decode_attention_ptx, run_interpreted
+from conftest import decode_attention_ptx, run_interpreted, tiny_model
 
 pytest.importorskip("triton", reason="Triton not installed (the test extra installs it on Linux x86-64)")
 
@@ -207,13 +207,9 @@ def test_lean_with_split_k_attention_matches_lean_with_sdpa():
 def test_lean_triton_path_choices_are_checked_and_said(monkeypatch, variable, bad, allowed, note):
     import torch
 
-    from qbench.api import LoadOptions
-    from qbench.registry import load_backend
     from qbench.runtimes.lean import LeanRunner
-    from qbench.specs import load_model_spec
 
-    options = LoadOptions(device="cpu", weights="synthetic", seed=0, max_cache_len=32, group_size=128)
-    model = load_backend("bf16").load(load_model_spec("tiny"), options).model
+    model = tiny_model("bf16")
     monkeypatch.setenv(variable, bad)
     with pytest.raises(ValueError, match=allowed):
         LeanRunner(model, 32, "cpu")
@@ -224,15 +220,10 @@ def test_lean_triton_path_choices_are_checked_and_said(monkeypatch, variable, ba
 
 
 def test_a_fused_combine_asked_for_where_sdpa_runs_is_said_and_not_used(monkeypatch):
-    from qbench.api import LoadOptions
-    from qbench.registry import load_backend
     from qbench.runtimes.lean import LeanRunner
-    from qbench.specs import load_model_spec
 
-    options = LoadOptions(device="cpu", weights="synthetic", seed=0, max_cache_len=32, group_size=128)
-    model = load_backend("bf16").load(load_model_spec("tiny"), options).model
     monkeypatch.setenv("QBENCH_LEAN_COMBINE", "fused")
-    runner = LeanRunner(model, 32, "cpu")  # on the CPU without the interpreter: SDPA
+    runner = LeanRunner(tiny_model("bf16"), 32, "cpu")  # on the CPU without the interpreter: SDPA
     assert not runner.attention_fused
     assert ("lean: decode attention's combine: not used (QBENCH_LEAN_COMBINE=fused needs the split-K attention)"
             in runner.notes), runner.notes

@@ -17,31 +17,22 @@ Triton's interpreter on the CPU) the same sweep runs on a small shape to check t
 from __future__ import annotations
 
 import functools
-import importlib.util
 import sys
 
 import torch
+from attention_ab import load  # beside this script: another copy of decode_attention.py, by path
 from int4_shapes import timed  # beside this script: one CUDA graph of the calls, the median replay
 
+from qbench.runtimes.kernels import decode_attention
+
 HEADS, KV_HEADS, HEAD_DIM, LAYERS, ROOM = 28, 4, 128, 28, 1024
-
-
-def load(path: str | None):
-    if path is None:
-        from qbench.runtimes.kernels import decode_attention
-
-        return decode_attention
-    spec = importlib.util.spec_from_file_location("attention_variant", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def main() -> None:
     args = sys.argv[1:]
     tiny = "--tiny" in args
     args = [a for a in args if a != "--tiny"]
-    module = load(args.pop(0) if args and args[0].endswith(".py") else None)
+    module = load(args.pop(0)) if args and args[0].endswith(".py") else decode_attention
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     shape = (28, 4, 32, 2, 16) if tiny else (HEADS, KV_HEADS, HEAD_DIM, LAYERS, ROOM)
     heads, kv_heads, head_dim, layers, room = shape
