@@ -98,6 +98,9 @@ class CompareConfig:
     rounds: int = 1
     cpu: str = "off"  # pin the decode loop's thread: off | auto | a core (qbench.session.host.session_host)
     quick: bool = False  # the no-option look: at most QUICK_SESSIONS sessions per cell when --sessions is auto
+    # --vary: measuring switches (settings.MEASURE_VARIABLES) and the values each cell runs under, as
+    # settings.parse_vary gives them: a cell for each combination, their sessions interleaved
+    vary: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def __post_init__(self):
         def bad(name: str, allowed: str, fix: str = ""):
@@ -131,6 +134,8 @@ class CompareConfig:
         count("seed", 0, MAX_SEED, "an integer", "the default is 0")
         count("rounds", 1, MAX_ROUNDS, "blocks per graphs setting", "the default is 1")
         check_cpu_option(self.cpu)
+        if settings.parse_vary([f"{name}={','.join(values)}" for name, values in self.vary]) != self.vary:
+            bad("vary", "NAME=VALUE,VALUE pairs as settings.parse_vary gives them")
         if not self.db.strip():
             bad("db", "a file path", "e.g. --db results/qbench.sqlite")
         check_path("--db", self.db)
@@ -149,8 +154,9 @@ class Plan:
     sessions: int = 1
     runtimes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # backend -> the runtimes it runs under
     per_process: set[str] = field(default_factory=set)  # backends that run each graphs setting in its own session
-    # what the sessions measure under, read once while planning (qbench.settings): in every cell key
-    measure_settings: dict[str, str] = field(default_factory=lambda: dict(settings.DEFAULT_MEASURE_SETTINGS))
+    # what the sessions measure under, read once while planning (qbench.settings): in every cell key;
+    # with --vary one setting a combination of the varied values (settings.measure_variants)
+    variants: list[dict[str, str]] = field(default_factory=lambda: [dict(settings.DEFAULT_MEASURE_SETTINGS)])
     measured_code: str = ""  # settings.measured_code_digest() of the planning qbench
     spec: ModelSpec | None = None  # the model's spec, loaded once while planning
     model_types: tuple[str, ...] = ()  # transformers model types the forkserver preloads
@@ -270,13 +276,14 @@ def plan(
     elsewhere); raises UserError, writes nothing. `checked`: check_inputs(config), where the caller
     has it already (the spec is loaded once)."""
     spec, group_size, weights, weights_note = checked or check_inputs(config)
-    measure_settings = dict(settings.measure_settings())  # a bad lean switch: one line, before the device probe
+    # a bad lean switch: one line, before the device probe
+    variants, variant_notes = settings.measure_variants(config.vary)
     device = device or probe_device()
     gpu = resolve_gpu(config.gpu, device, predict_command(config))
     result = Plan(config, device, gpu, [], group_size, weights, sessions=sessions_for(config, device), spec=spec)
     result.model_types = (spec.hf_config["model_type"],)
-    result.measure_settings, result.measured_code = measure_settings, settings.measured_code_digest()
-    result.notes += warnings() + runtime_warnings() + ([weights_note] if weights_note else [])
+    result.variants, result.measured_code = variants, settings.measured_code_digest()
+    result.notes += warnings() + runtime_warnings() + ([weights_note] if weights_note else []) + variant_notes
     if weights not in ("synthetic", "gguf"):
         from qbench.session.quality import tokenizer_missing
 
@@ -341,12 +348,20 @@ def graphs_modes(config: CompareConfig, device: DeviceInfo) -> tuple[bool, ...]:
 
 
 def session_config(
-    the_plan: Plan, backend: str, ctx: int, index: int, runtime: str = DEFAULT, graphs: tuple[bool, ...] | None = None
+    the_plan: Plan,
+    backend: str,
+    ctx: int,
+    index: int,
+    runtime: str = DEFAULT,
+    graphs: tuple[bool, ...] | None = None,
+    switches: dict[str, str] | None = None,
 ) -> SessionConfig:
     """One session's whole configuration: what the worker runs, and (less the index) its cell's key.
-    `graphs`: the settings this session times (default: every setting the run asks for). The key holds
-    every measuring setting (qbench.settings.measure_settings) and qbench's version with the digest of
-    its measured code, so sessions measured under other switches or other code never pool."""
+    `graphs`: the settings this session times (default: every setting the run asks for); `switches`:
+    the measuring switches it runs under (default: the plan's first variant). The key holds every
+    measuring switch (qbench.settings.measure_settings) and qbench's version with the digest of its
+    measured code, so sessions measured under other switches or other code never pool, and a --vary
+    cell is the cell the same switches set in the environment make."""
     config = the_plan.config
     model = config.model
     if Path(model).expanduser().exists():
@@ -366,7 +381,7 @@ def session_config(
         session_index=index,
         rounds=config.rounds,
         cpu=config.cpu,
-        measure_settings=dict(the_plan.measure_settings),
+        measure_settings=dict(switches if switches is not None else the_plan.variants[0]),
         qbench_version=__version__,
         measured_code=the_plan.measured_code,
     )
@@ -397,22 +412,27 @@ def needs_compiler(the_plan: Plan, loaded: dict | None = None) -> bool:
 
 
 def session_jobs(the_plan: Plan) -> list[tuple[SessionConfig, str]]:
-    """Every session of the plan with its cell hash, round-robin: session 1 of every cell, then 2..."""
+    """Every session of the plan with its cell hash, round-robin: session 1 of every cell, then 2...
+    A backend's --vary settings run one after the other, in the plan's order for odd-numbered sessions
+    and reversed for even ones (A B, B A, A B, ...): a drift of the machine over the run moves both
+    sides of an A/B alike, and neither always runs first."""
     config = the_plan.config
     jobs = []
     runs_under = {name: the_plan.runtimes.get(name, (DEFAULT,)) for name in the_plan.backends}
     runtimes_in_order = list(dict.fromkeys(r for runtimes in runs_under.values() for r in runtimes))
     modes = graphs_modes(config, the_plan.device)
     for index in range(the_plan.sessions):
+        variants = the_plan.variants if index % 2 == 0 else the_plan.variants[::-1]
         for ctx in config.ctx:
             for runtime in runtimes_in_order:
                 for backend in the_plan.backends:
                     if runtime not in runs_under[backend]:
                         continue
-                    # one process per graphs setting where the runtime fixes it per process (llama.cpp)
-                    for graphs in [(m,) for m in modes] if backend in the_plan.per_process else [modes]:
-                        session = session_config(the_plan, backend, ctx, index, runtime, graphs)
-                        jobs.append((session, cell_hash(session, the_plan.device.name)))
+                    for switches in variants:
+                        # one process per graphs setting where the runtime fixes it per process (llama.cpp)
+                        for graphs in [(m,) for m in modes] if backend in the_plan.per_process else [modes]:
+                            session = session_config(the_plan, backend, ctx, index, runtime, graphs, switches)
+                            jobs.append((session, cell_hash(session, the_plan.device.name)))
     return jobs
 
 
@@ -445,7 +465,7 @@ def planned_sessions(the_plan: Plan) -> int:
         len(the_plan.runtimes.get(name, (DEFAULT,))) * (modes if name in the_plan.per_process else 1)
         for name in the_plan.backends
     )
-    return the_plan.sessions * len(the_plan.config.ctx) * per_ctx
+    return the_plan.sessions * len(the_plan.config.ctx) * len(the_plan.variants) * per_ctx
 
 
 def check_runnable(plans: list[Plan], local: bool = True) -> None:

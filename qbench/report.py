@@ -78,6 +78,7 @@ COLUMNS = [
     ("realisation", "realisation_pct", "{:.0f}%"),
     ("graphs x", "graphs_speedup", "{:.2f}"),
     ("vs hf x", "runtime_speedup", "{:.2f}"),
+    ("vs default x", "settings_speedup", "{:.2f}"),
     ("launch us", "launch_us", "{:.1f}"),
     ("TTFT ms", "prefill_ms", "{:.1f}"),
     ("J/tok", "j_per_token", "{:.3f}"),
@@ -112,12 +113,14 @@ def _cell(row: dict, key, fmt) -> str:
 
 COMPACT = (
     *("backend", "runtime", "graphs", "ms/step", "95% CI", "% floor", "% floor (meas.)"),
-    *("expected x", "realised x", "graphs x", "vs hf x", "TTFT ms", "J/tok", "GPU MiB", "ppl", "KL mean"),
+    *("expected x", "realised x", "graphs x", "vs hf x", "vs default x", "TTFT ms", "J/tok", "GPU MiB", "ppl"),
+    "KL mean",
     *("sessions", "status"),
 )
 DROP_ORDER = (  # `expected x` and `sessions` stay: the realised-vs-expected promise and what backs it
     *("vs hf x", "TTFT ms", "J/tok", "GPU MiB", "KL mean", "ppl"),
     *("95% CI", "graphs x"),  # runtime stays too: hf and lean rows would read as one
+    "vs default x",  # last: where it is filled, the run asked for it (--vary); the heading names the switches
 )
 
 
@@ -156,14 +159,14 @@ def _width(headers: list[str], body: list[list[str]], names: list[str]) -> int:
     return max(map(len, layout(keep_columns(headers, body, names)[1], names, "simple").splitlines()))
 
 
-INTERNAL_KEYS = ("comparison", "session_medians_ms")  # in the rows for grouping and intervals; not exported
+INTERNAL_KEYS = ("comparison", "across_settings", "switched", "session_medians_ms")  # grouping, ratios; not exported
 
 
 def plain(row: dict) -> dict:
     """A JSON-safe copy of a row (intervals as dicts)."""
     out = {}
     for key, value in row.items():
-        if key == "comparison":
+        if key in ("comparison", "across_settings"):  # grouping keys, the config's own fields again
             continue
         if isinstance(value, stats.Interval):
             value = None if value.method == "n/a" else {"low": value.low, "high": value.high, "method": value.method}
@@ -171,7 +174,10 @@ def plain(row: dict) -> dict:
     return out
 
 
-INTERVALS = {"ms_interval": "ms", "speedup_interval": "realised_x", "graphs_interval": "graphs_x"}
+INTERVALS = {
+    "ms_interval": "ms", "speedup_interval": "realised_x", "graphs_interval": "graphs_x",
+    "settings_interval": "vs_default_x",
+}
 
 
 def csv_row(row: dict) -> dict:
@@ -201,6 +207,8 @@ def _section_heading(row: dict) -> str:
     )
     if row.get("measured_bandwidth_gbps"):
         heading += f"; measured copy bandwidth {row['measured_bandwidth_gbps']:.0f} GB/s"
+    if row.get("switched"):  # the section's switches that are not the defaults (a --vary side, or the environment's)
+        heading += "; under " + ", ".join(f"{k}={v}" for k, v in row["switched"].items())
     return heading
 
 
@@ -279,6 +287,8 @@ def compare_document(rows: list[dict], style: Renderer, title: str = "", wide: b
         "realised x = baseline ms / backend ms (same runtime, graphs setting and configuration); "
         "realisation = realised / expected, in %; graphs x = eager ms / graph ms; "
         "vs hf x = the same backend's ms under hf / under this runtime (same graphs setting); "
+        "vs default x = the same row's ms under qbench's default measuring switches / under the section's "
+        "(same backend, runtime, graphs setting, configuration and measured code; --vary A/B-tests them); "
         "launch us = host time of one empty CUDA kernel launch (CPU: one op dispatch), measured around "
         "each timed block, median over sessions; TTFT ms = the prefill to ctx (time to first token); "
         "J/tok and W = energy of the timed steps per token and its mean power (energy_source in exports says "

@@ -34,6 +34,7 @@ QBENCH_WEIGHTS_CACHE and QBENCH_FORKSERVER are not among them: they change what 
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import math
 import os
@@ -140,6 +141,61 @@ def measure_settings(environ: Mapping[str, str] | None = None) -> Mapping[str, s
             )
         chosen[variable] = value
     return MappingProxyType(chosen)
+
+
+def parse_vary(texts: tuple[str, ...] | list[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """`--vary NAME=V1,V2` (repeatable): each a measuring switch (MEASURE_VARIABLES) and the values
+    its sessions run under, checked; a bad one is one line (UserError)."""
+    names = ", ".join(MEASURE_VARIABLES)
+    varied: dict[str, tuple[str, ...]] = {}
+    for text in texts:
+        name, sign, listed = text.partition("=")
+        name = name.strip()
+        values = tuple(v.strip() for v in listed.split(","))
+        if not sign or name not in MEASURE_VARIABLES:
+            cores = {v.removeprefix("QBENCH_LEAN_"): v for v in MEASURE_VARIABLES}  # FOLD -> QBENCH_LEAN_FOLD
+            core = name.upper().removeprefix("QBENCH_").removeprefix("LEAN_")
+            close = difflib.get_close_matches(core, cores, n=1, cutoff=0.75)
+            guess = cores[close[0]] if close and sign else ""
+            raise UserError(
+                f"--vary takes NAME=VALUE,VALUE with NAME one of {names}, got {text!r}",
+                f"did you mean {guess} (values {', '.join(MEASURE_VARIABLES[guess])})?"
+                if guess
+                else "e.g. --vary QBENCH_LEAN_FOLD=off,on",
+            )
+        allowed = MEASURE_VARIABLES[name]
+        if not all(values) or any(v not in allowed for v in values) or len(set(values)) < len(values):
+            raise UserError(
+                f"--vary {name} takes distinct values from {', '.join(allowed)}, got {listed!r}",
+                f"e.g. --vary {name}={','.join(allowed[:2])}",
+            )
+        if name in varied:
+            raise UserError(f"--vary names {name} twice", f"give its values once: --vary {name}=V1,V2")
+        varied[name] = values
+    return tuple(varied.items())
+
+
+def measure_variants(
+    vary: tuple[tuple[str, tuple[str, ...]], ...], environ: Mapping[str, str] | None = None
+) -> tuple[list[dict[str, str]], list[str]]:
+    """The switch settings a compare's sessions run under: one (measure_settings()) without `vary`,
+    else one for each combination of the varied values (the first variable's outermost), the rest
+    from the environment. With notes: a varied switch the environment also sets is replaced."""
+    environ = dict(os.environ if environ is None else environ)
+    notes = []
+    for name, values in vary:
+        if name in environ:
+            notes.append(f"--vary {name}={','.join(values)} replaces {name}={environ.pop(name)!r} from the environment")
+    base = dict(measure_settings(environ))  # a bad switch left to the environment: one line, here
+    variants = [base]
+    for name, values in vary:
+        variants = [{**variant, name: value} for variant in variants for value in values]
+    return variants, notes
+
+
+def varied_text(chosen: Mapping[str, str], vary: tuple[tuple[str, tuple[str, ...]], ...]) -> str:
+    """The varied switches of one setting, as `QBENCH_LEAN_FOLD=on` (progress lines name sessions by it)."""
+    return ", ".join(f"{name}={chosen[name]}" for name, _ in vary)
 
 
 # The code whose change changes what a session times: the decode loop and its positions, the session's

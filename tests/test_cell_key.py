@@ -175,3 +175,101 @@ def test_a_bad_lean_switch_is_one_line(tmp_path):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "QBENCH_LEAN_ATTENTION must be one of auto, sdpa, split-k" in lines[0], lines
     assert not (tmp_path / "r.sqlite").exists()
+
+
+FOLD = ("QBENCH_LEAN_FOLD", ("off", "on"))
+
+
+def sides(jobs) -> list[str]:
+    return [session.measure_settings["QBENCH_LEAN_FOLD"] for session, _ in jobs]
+
+
+def test_vary_makes_a_cell_per_value_keyed_as_the_environment_would_and_interleaves_them(monkeypatch):
+    config = replace(TINY, sessions=4, vary=(FOLD,))
+    the_plan = plan(config, CPU)
+    jobs = session_jobs(the_plan)
+    assert len(jobs) == compare.planned_sessions(the_plan) == 8
+    # A B, B A, A B, B A: neither side always first
+    assert sides(jobs) == ["off", "on", "on", "off", "off", "on", "on", "off"]
+    assert [s.session_index for s, _ in jobs] == [0, 0, 1, 1, 2, 2, 3, 3]
+    cells = {side: {cell for (s, cell) in jobs if s.measure_settings["QBENCH_LEAN_FOLD"] == side} for side in FOLD[1]}
+    assert cells["off"] == set(hashes(replace(TINY, sessions=4)))
+    monkeypatch.setenv("QBENCH_LEAN_FOLD", "on")
+    assert cells["on"] == set(hashes(replace(TINY, sessions=4)))
+    # the environment's value of a varied switch is replaced, and said; two switches: every combination
+    gemv = ("QBENCH_LEAN_GEMV", ("cublas", "triton"))
+    both = plan(replace(TINY, vary=(FOLD, gemv)), CPU)
+    assert any("replaces QBENCH_LEAN_FOLD='on' from the environment" in note for note in both.notes)
+    chosen = [(s.measure_settings["QBENCH_LEAN_FOLD"], s.measure_settings["QBENCH_LEAN_GEMV"]) for s, _ in
+              session_jobs(both)]
+    assert chosen == [("off", "cublas"), ("off", "triton"), ("on", "cublas"), ("on", "triton")]
+    label = compare.session_label(both, session_jobs(both)[1][0])
+    assert label.endswith("[QBENCH_LEAN_FOLD=off, QBENCH_LEAN_GEMV=triton]"), label
+
+
+def test_a_varied_switch_may_be_bad_in_the_environment_and_another_may_not(monkeypatch):
+    monkeypatch.setenv("QBENCH_LEAN_FOLD", "bogus")
+    assert len(session_jobs(plan(replace(TINY, vary=(FOLD,)), CPU))) == 2
+    with pytest.raises(UserError, match="QBENCH_LEAN_FOLD must be one of off, on"):
+        plan(replace(TINY, vary=(("QBENCH_LEAN_GEMV", ("cublas",)),)), CPU)
+
+
+@pytest.mark.parametrize(
+    "given, said",
+    [
+        ("QBENCH_LEAN_FOLD", "--vary takes NAME=VALUE,VALUE with NAME one of QBENCH_LEAN_GEMV"),
+        ("LEAN_FOLD=off,on", "did you mean QBENCH_LEAN_FOLD?"),
+        ("qbench_lean_pdl=off,on", "did you mean QBENCH_LEAN_PDL?"),
+        ("QBENCH_CACHE_GB=1,2", "--vary takes NAME=VALUE,VALUE"),
+        ("QBENCH_LEAN_FOLD=", "--vary QBENCH_LEAN_FOLD takes distinct values from off, on, got ''"),
+        ("QBENCH_LEAN_FOLD=off,", "--vary QBENCH_LEAN_FOLD takes distinct values"),
+        ("QBENCH_LEAN_FOLD=off,maybe", "got 'off,maybe'"),
+        ("QBENCH_LEAN_FOLD=on,on", "got 'on,on'"),
+    ],
+)
+def test_a_bad_vary_is_one_line_and_writes_nothing(tmp_path, given, said):
+    result = CliRunner().invoke(main, [*compare_args(tmp_path / "r.sqlite"), "--vary", given])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and said in lines[0], lines
+    assert not (tmp_path / "r.sqlite").exists()
+
+
+def test_a_switch_varied_twice_is_one_line():
+    with pytest.raises(UserError, match="--vary names QBENCH_LEAN_FOLD twice"):
+        settings.parse_vary(["QBENCH_LEAN_FOLD=on", "QBENCH_LEAN_FOLD=off"])
+    with pytest.raises(UserError, match="--vary must be"):
+        replace(TINY, vary=(("QBENCH_LEAN_FOLD", ("off,on",)),))
+
+
+def test_vs_default_compares_a_row_with_itself_under_the_default_switches():
+    base = _config()
+    folded = _config(measure_settings={**base["measure_settings"], "QBENCH_LEAN_FOLD": "on"})
+    other_code = _config(measure_settings=folded["measure_settings"], measured_code="0" * 16)
+    records = [_record(base, 2.0), _record(base, 2.2, "r2"), _record(folded, 1.0), _record(folded, 1.1, "r2")]
+    rows = {(r["measure_settings"], r["measured_code"]): r for r in aggregate(records + [_record(other_code, 1.0)])}
+    default = rows[(aggregation.measure_settings_text(base), base["measured_code"])]
+    on = rows[(aggregation.measure_settings_text(folded), base["measured_code"])]
+    alone = rows[(aggregation.measure_settings_text(folded), "0" * 16)]
+    assert on["settings_speedup"] == pytest.approx(2.1 / 1.05)
+    assert on["settings_interval"].low < on["settings_speedup"] < on["settings_interval"].high
+    assert "settings_speedup" not in default and "settings_speedup" not in alone  # no default row of its code
+    text = render([default, on], "md")
+    assert "ctx 16" in text and text.count("; under QBENCH_LEAN_FOLD=on") == 1 and "vs default x" in text
+    exported = {float(r["ms_per_step"]): r for r in csv.DictReader(io.StringIO(render([default, on], "csv")))}
+    assert float(exported[1.05]["settings_speedup"]) == pytest.approx(2.0)
+    assert float(exported[1.05]["vs_default_x_low"]) < 2.0 and exported[2.1]["vs_default_x_low"] == ""
+    assert "across_settings" not in json.loads(render([on], "json"))[0]
+
+
+def test_compare_vary_runs_both_sides_and_says_which(tmp_path, monkeypatch):
+    monkeypatch.setenv("QBENCH_FORKSERVER", "0")
+    args = [*compare_args(tmp_path / "v.sqlite"), "--vary", "QBENCH_LEAN_GEMV=auto,cublas"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "[QBENCH_LEAN_GEMV=cublas]" in result.stderr and "[QBENCH_LEAN_GEMV=auto]" in result.stderr
+    rows = {row["measure_settings"].split(",")[0]: row for row in json.loads(result.stdout)}
+    assert set(rows) == {"QBENCH_LEAN_GEMV=auto", "QBENCH_LEAN_GEMV=cublas"}
+    assert rows["QBENCH_LEAN_GEMV=cublas"]["settings_speedup"] > 0
+    assert rows["QBENCH_LEAN_GEMV=cublas"]["switched"] == {"QBENCH_LEAN_GEMV": "cublas"}
+    assert "QBENCH_LEAN_GEMV=cublas" in " ".join(rows["QBENCH_LEAN_GEMV=cublas"]["runtime_notes"])

@@ -42,6 +42,7 @@ from qbench.errors import UserError
 from qbench.registry import BUILT_IN_ORDER
 from qbench.runtimes import DEFAULT, get_runtime
 from qbench.session.gate_limits import EDGE_ERROR, EDGE_TOP1
+from qbench.settings import DEFAULT_MEASURE_SETTINGS
 from qbench.specs import load_gpu_spec
 
 PERPLEXITY_BOUND = 1.75  # real weights: a 4-bit backend's perplexity may be at most this x bf16's
@@ -110,11 +111,20 @@ def stored_label(label: str) -> str:
     return re.sub(r" \(b(\d+)\)$", r" (g\1)", label)
 
 
-def comparison_key(config: dict, gpu: str) -> str:
+def comparison_key(config: dict, gpu: str, across: tuple[str, ...] = COMPARED_ACROSS) -> str:
     """What rows must share to be compared (ratios, one table section): all but COMPARED_ACROSS."""
-    key = {k: v for k, v in config.items() if k not in COMPARED_ACROSS}
+    key = {k: v for k, v in config.items() if k not in across}
     key["gpu"] = gpu
     return json.dumps(key, sort_keys=True)
+
+
+def switched(config: dict) -> dict[str, str] | None:
+    """The measuring switches a session ran under that are not qbench's defaults ({} = all default;
+    None: stored before qbench kept them). A switch a store predates ran at its default then."""
+    chosen = config.get("measure_settings")
+    if chosen is None:
+        return None
+    return {k: v for k, v in chosen.items() if DEFAULT_MEASURE_SETTINGS.get(k) != v}
 
 
 def aggregate(sessions: list[dict]) -> list[dict[str, Any]]:
@@ -187,6 +197,9 @@ def _cell_row(cell: str, graphs: bool, records: list[dict]) -> dict[str, Any]:
         "qbench_version": config.get("qbench_version") or NOT_STORED,
         "measured_code": config.get("measured_code") or NOT_STORED,
         "comparison": comparison_key(config, gpu),
+        # the rows its `vs default x` compares with: the same but for the switches (one at their defaults)
+        "across_settings": comparison_key(config, gpu, (*COMPARED_ACROSS, "measure_settings")),
+        "switched": switched(config),
         # the 16-bit reference of its runtime (bf16; llama.cpp's F16); stored before this existed: bf16
         "baseline": bool(records[0]["result"].get("baseline", backend == "bf16")),
         "status": "ok",
@@ -403,14 +416,21 @@ def _quality_gate(row: dict, base: dict | None) -> None:
             row.pop(key, None)
 
 
+def _across(row: dict) -> tuple:
+    return row["across_settings"], row["backend"], row["runtime"], row["group_size"], row["graphs"]
+
+
 def _add_ratios(rows: list[dict]) -> None:
     """Ratios against bf16 under the same runtime within one comparison group; a runtime's against
-    hf for the same backend; eager over graphs within one cell."""
+    hf for the same backend; eager over graphs within one cell; a row under other measuring switches
+    against the same row under the defaults (`settings_speedup`: what --vary A/B-tests)."""
     by_key = {(r["comparison"], r["runtime"], r["graphs"]): r for r in rows if r["baseline"]}
     under_hf = {
         (r["comparison"], r["backend"], r["group_size"], r["graphs"]): r for r in rows if r["runtime"] == DEFAULT
     }
     by_cell = {(r["cell_hash"], r["graphs"]): r for r in rows}
+    # the same backend, runtime and configuration under qbench's default switches (--vary's A/B)
+    defaults = {_across(r): r for r in rows if r["switched"] == {}}
     # A runtime that fixes its graphs setting per process (llama.cpp) has its eager and graph
     # sessions in two cells that differ only in `graphs`: their rows pair as one A/B, unpaired.
     split = {(r["comparison"], r["backend"], r["runtime"], r["group_size"], r["graphs"]): r for r in rows}
@@ -430,6 +450,12 @@ def _add_ratios(rows: list[dict]) -> None:
             )
             if row.get("expected_reduction"):
                 row["realisation_pct"] = 100 * row["realised_speedup"] / row["expected_reduction"]
+        default = defaults.get(_across(row))
+        if row["switched"] and default and default.get("ms_per_step") and row.get("ms_per_step"):
+            row["settings_speedup"] = default["ms_per_step"] / row["ms_per_step"]
+            row["settings_interval"] = stats.ratio_interval(
+                default["session_medians_ms"], row["session_medians_ms"], paired=False
+            )
         if row["graphs"] == "on":
             eager = by_cell.get((row["cell_hash"], "off"))
             same_cell = eager is not None

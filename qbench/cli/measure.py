@@ -72,6 +72,13 @@ from qbench.render.escape import for_terminal
 )
 @click.option("--resume", is_flag=True, help="Skip sessions already stored with the same configuration.")
 @click.option(
+    "--vary",
+    multiple=True,
+    metavar="NAME=V1,V2",
+    help="A/B a measuring switch (QBENCH_LEAN_*; repeatable: every combination): a cell per value, "
+    "their sessions interleaved; rows gain vs default x.",
+)
+@click.option(
     "--cpu",
     default="off",
     show_default=True,
@@ -107,6 +114,7 @@ def compare(
     db,
     rounds,
     resume,
+    vary,
     cpu,
     executor,
     address,
@@ -116,11 +124,13 @@ def compare(
     """Measure decode ms/step for each backend and compare with the memory floor.
 
     --model and --ctx take comma-separated lists: a sweep over models x ctx x backends x graphs; with
-    --executor ray, --gpu too."""
+    --executor ray, --gpu too; --vary adds the measuring switches' values."""
     from qbench.compare import AB_SESSIONS, CompareConfig, GpuNotHere, run_sweep
     from qbench.report import render
+    from qbench.settings import parse_vary
 
     gpu_types = _names(gpu) or [gpu]
+    varied = parse_vary(vary)  # a bad one: one line, before anything runs
     if executor == "local" and len(gpu_types) > 1:
         raise UserError(
             f"--gpu {gpu}: one machine measures its own GPU only", "sweep several GPU types with --executor ray"
@@ -150,6 +160,7 @@ def compare(
             rounds=rounds,
             cpu=cpu,
             quick=quick,
+            vary=varied,
         )
         for one_model in _names(model) or [model]
         for one_gpu in gpu_types

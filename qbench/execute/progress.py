@@ -14,6 +14,7 @@ from qbench.errors import UserError
 from qbench.plan import Plan, graphs_modes
 from qbench.records import SessionConfig, SessionResult
 from qbench.render.escape import for_terminal
+from qbench.settings import varied_text
 from qbench.store import Store, new_run_id, now
 
 
@@ -36,9 +37,13 @@ class RunOutcome:
 
 
 def session_label(the_plan: Plan, session: SessionConfig) -> str:
-    """How progress lines name a session: backend, runtime, graphs where it has its own process, ctx, index."""
+    """How progress lines name a session: backend, runtime, graphs where it has its own process, ctx, index,
+    and with --vary the values of the varied switches."""
     own_process = session.backend in the_plan.per_process and len(graphs_modes(the_plan.config, the_plan.device)) > 1
-    return session.label(the_plan.sessions, own_process)
+    label = session.label(the_plan.sessions, own_process)
+    if the_plan.config.vary:  # which side of the A/B: the varied switches' values
+        label += f" [{varied_text(session.measure_settings, the_plan.config.vary)}]"
+    return label
 
 
 def as_result(raw: dict | SessionResult) -> SessionResult:
