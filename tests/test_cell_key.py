@@ -218,8 +218,8 @@ def test_a_varied_switch_may_be_bad_in_the_environment_and_another_may_not(monke
     "given, said",
     [
         ("QBENCH_LEAN_FOLD", "--vary takes NAME=VALUE,VALUE with NAME one of QBENCH_LEAN_GEMV"),
-        ("LEAN_FOLD=off,on", "did you mean QBENCH_LEAN_FOLD?"),
-        ("qbench_lean_pdl=off,on", "did you mean QBENCH_LEAN_PDL?"),
+        ("LEAN_FOLD=off,on", "did you mean QBENCH_LEAN_FOLD (values off, on)?"),
+        ("qbench_lean_pdl=off,on", "did you mean QBENCH_LEAN_PDL (values off, on)?"),
         ("QBENCH_CACHE_GB=1,2", "--vary takes NAME=VALUE,VALUE"),
         ("QBENCH_LEAN_FOLD=", "--vary QBENCH_LEAN_FOLD takes distinct values from off, on, got ''"),
         ("QBENCH_LEAN_FOLD=off,", "--vary QBENCH_LEAN_FOLD takes distinct values"),
