@@ -144,7 +144,7 @@ class Cell:
 
     @property
     def name(self) -> str:
-        return f"{self.row['label']} · {self.row['runtime']} · graphs {self.row['graphs']}"
+        return f"{self.row['label']} · {runtime_text(self.row)} · graphs {self.row['graphs']}"
 
     @property
     def ms(self) -> float | None:
@@ -547,6 +547,15 @@ def provisional_text(cell: Cell) -> str:
     )
 
 
+def runtime_text(row: dict) -> str:
+    """The runtime as deployed: with the measuring switches its cell ran under where they are not
+    qbench's defaults (`lean (QBENCH_LEAN_FOLD=on)`), since the default runtime is not what was timed."""
+    switched = row.get("switched")
+    if not switched:
+        return row["runtime"]
+    return f"{row['runtime']} ({', '.join(f'{k}={v}' for k, v in switched.items())})"
+
+
 def recommendation_text(recs: list[Recommendation]) -> tuple[str, list[str]]:
     """The headline (what to deploy within these budgets) and the reasons (its figures, the rule,
     what it beat): one list of budgets that chose the same cell."""
@@ -555,7 +564,7 @@ def recommendation_text(recs: list[Recommendation]) -> tuple[str, list[str]]:
         return f"Within {_budgets_text(recs)}: no correct cell meets it.", []
     chosen = first.chosen
     headline = (
-        f"Within {_budgets_text(recs)}: deploy {chosen.row['label']} under {chosen.row['runtime']}, "
+        f"Within {_budgets_text(recs)}: deploy {chosen.row['label']} under {runtime_text(chosen.row)}, "
         f"CUDA graphs {chosen.row['graphs']} [store {chosen.source}]."
     )
     caveat = provisional_text(chosen)
@@ -587,7 +596,7 @@ def glance_rows(recommendations: list[Recommendation]) -> tuple[list[str], list[
             continue
         quality = "measured" if quality_measured(chosen.row) else "not measured"
         deploy = chosen.row["label"] + (" (provisional)" if provisional_text(chosen) else "")
-        body.append([rec.budget.text(), deploy, chosen.row["runtime"], chosen.row["graphs"],
+        body.append([rec.budget.text(), deploy, runtime_text(chosen.row), chosen.row["graphs"],
                      f"{chosen.ms:.2f}", memory_text(chosen), quality, chosen.source])  # fmt: skip
     return headers, body
 
@@ -645,7 +654,7 @@ def _graphs_table(cells: list[Cell]) -> Table:
             [
                 cell.source,
                 row["label"],
-                row["runtime"],
+                runtime_text(row),
                 _num(eager.ms if eager else None, "{:.2f}"),
                 _num(cell.ms, "{:.2f}"),
                 f"{row['graphs_speedup']:.2f}",
@@ -868,7 +877,7 @@ def _labels(placed: list[tuple[Cell, float, float]]) -> list[str]:
             out.append(
                 f'<line x1="{px + 9:.1f}" y1="{py:.1f}" x2="{px + 22:.1f}" y2="{label_y - 4:.1f}" stroke="#999"/>'
             )
-        name = for_html(f"{cell.row['label']} {cell.row['runtime']} [{cell.source}]")
+        name = for_html(f"{cell.row['label']} {runtime_text(cell.row)} [{cell.source}]")
         out.append(f'<text x="{px + 24:.1f}" y="{label_y:.1f}" font-size="11" class="label">{name}</text>')
     return out
 

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from qbench.cli import main
 from qbench.deploy_report import Budget, Cell, ReportConfig, build, pareto_svg
+from qbench.settings import DEFAULT_MEASURE_SETTINGS
 from qbench.store import Store
 
 GPU = "h100-sxm5"  # a spec with a datasheet bandwidth, so rows have a % of floor
@@ -55,10 +56,13 @@ def _block(graphs: bool, median_ms: float, status: str = "ok", reason: str = "")
 
 def add_cell(store: Store, run: str, backend: str, runtime: str, graph_ms: list[float], eager_ms: list[float],
              memory_mib: float, gb: float, weights: str = "synthetic", status: str = "ok", reason: str = "",
-             perplexity: float | None = None) -> None:  # fmt: skip
-    """One cell: a session per graph median (with its eager median), as a worker would store it."""
+             perplexity: float | None = None, switches: dict | None = None) -> None:  # fmt: skip
+    """One cell: a session per graph median (with its eager median), as a worker would store it;
+    `switches`: measuring switches it ran under, beside the defaults (stored only where given)."""
     for index, (graph, eager) in enumerate(zip(graph_ms, eager_ms, strict=True)):
         config = _config(backend, runtime, weights, index)
+        if switches is not None:
+            config["measure_settings"] = {**DEFAULT_MEASURE_SETTINGS, **switches}
         cell = {k: v for k, v in config.items() if k != "session_index"}
         cell_hash = hashlib.sha256(json.dumps(cell, sort_keys=True).encode()).hexdigest()[:16]
         block_status = "incorrect" if status == "incorrect" else "ok"
@@ -288,3 +292,20 @@ def test_the_html_report_renders_in_chromium(tmp_path):
     broken.write_text("<!DOCTYPE html><html><body><script>undefinedFunction()</script></body></html>")
     _, broken_log = _render(browser, broken, tmp_path / "profile-broken")
     assert any(CONSOLE_ERROR.search(line) for line in broken_log.splitlines()), broken_log[-2000:]
+
+
+def test_a_cell_under_other_switches_is_recommended_with_them(tmp_path):
+    """A store of `qbench compare --vary QBENCH_LEAN_FOLD=off,on`: what wins ran folded, and the answer
+    says so (lean at its defaults is not what was timed)."""
+    store = Store(tmp_path / "s.sqlite")
+    run = store.new_run("qbench compare --vary QBENCH_LEAN_FOLD=off,on (synthetic rows for the tests)", {})
+    add_cell(store, run, "bf16", "lean", [10.0, 10.1, 9.9], [30.0, 31.0, 29.0], 15000, 14.26, switches={})
+    add_cell(store, run, "bf16", "lean", [8.0, 8.1, 7.9], [29.0, 30.0, 28.0], 15000, 14.26,
+             switches={"QBENCH_LEAN_FOLD": "on"})  # fmt: skip
+    store.close()
+    result = invoke("--db", "s.sqlite", "--out", "s.md", "--budget-ms", "9")
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "s.md").read_text()
+    assert "deploy bf16 under lean (QBENCH_LEAN_FOLD=on), CUDA graphs on" in text
+    assert re.search(r"\| bf16 +\| lean \(QBENCH_LEAN_FOLD=on\) +\| on +\| 8\.00 ", text)  # the answer at a glance
+    assert "bf16 · lean · graphs on" in text and "under lean," not in text  # the default cell, named plainly
