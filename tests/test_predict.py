@@ -190,3 +190,28 @@ def test_against_takes_the_targets_cell_with_the_most_sessions():
             "qwen2.5-7b", "a100-80gb-sxm4", ["bf16"], ("hf",), (2048,), (True,), calibration, against=ordered
         )
         assert rows[0].measured_ms == pytest.approx(8.0)
+
+
+def test_a_cell_under_other_switches_neither_calibrates_nor_validates():
+    """Predictions are of the runtimes at their default switches: a cell timed with QBENCH_LEAN_FOLD=on
+    (`compare --vary`) is left out of both sides, where it would otherwise win on sessions."""
+    from qbench.settings import DEFAULT_MEASURE_SETTINGS
+
+    def switched(record: dict, gpu: str, label: str) -> dict:
+        record["config"]["measure_settings"] = {**DEFAULT_MEASURE_SETTINGS, "QBENCH_LEAN_FOLD": "on"}
+        record.update(gpu=gpu, cell_hash=cell_hash(record["config"], label))
+        return record
+
+    calibration = [session(i, eager_ms=20.0, graph_ms=6.6, launch_us=10.0) for i in range(3)]
+    folded = [switched(session(i, 20.0, 3.3, 10.0), "h100-sxm5", "H100 folded") for i in range(4)]
+    alone, _ = predict("qwen2.5-7b", "a100-80gb-sxm4", ["bf16"], ("hf",), (2048,), (True,), calibration)
+    both, _ = predict("qwen2.5-7b", "a100-80gb-sxm4", ["bf16"], ("hf",), (2048,), (True,), calibration + folded)
+    assert both[0].ms == pytest.approx(alone[0].ms)
+    with pytest.raises(UserError, match="no profiled, timed measurement"):
+        predict("qwen2.5-7b", "a100-80gb-sxm4", ["bf16"], ("hf",), (2048,), (True,), folded)
+    on_a100 = [session(i, 10.0, 8.0, 5.0) for i in range(2)]
+    for record in on_a100:
+        record.update(gpu="a100-80gb-sxm4", cell_hash=cell_hash(record["config"], "A100"), run_id="r2")
+    on_a100 += [switched(session(i, 10.0, 4.0, 5.0), "a100-80gb-sxm4", "A100 folded") for i in range(3)]
+    rows, _ = predict("qwen2.5-7b", "a100-80gb-sxm4", ["bf16"], ("hf",), (2048,), (True,), calibration, against=on_a100)
+    assert rows[0].measured_ms == pytest.approx(8.0)

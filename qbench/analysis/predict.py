@@ -99,9 +99,12 @@ def _class_times(results: list[dict]) -> tuple[float, float, float, float]:
 
 
 def calibrations(sessions: list[dict]) -> list[Calibration]:
-    """One Calibration per stored cell that has a profiled step and a timed row."""
+    """One Calibration per stored cell that has a profiled step and a timed row, measured under qbench's
+    default measuring switches: a prediction is of a runtime as it runs by default, so a cell timed with
+    QBENCH_LEAN_* set otherwise (`compare --vary`) calibrates nothing."""
     from collections import defaultdict
 
+    from qbench.analysis.aggregate import switched
     from qbench.report import aggregate
     from qbench.specs import load_model_spec
 
@@ -117,6 +120,8 @@ def calibrations(sessions: list[dict]) -> list[Calibration]:
         except ValueError:
             continue
         config = records[0]["config"]
+        if switched(config):
+            continue
         stored = results[0].get("bytes", {})
         try:
             layers = load_model_spec(config["model"]).num_layers
@@ -356,12 +361,13 @@ def predict(
 
 def _measured_cells(sessions: list[dict], gpu: str) -> dict[tuple, dict]:
     """Timed rows of `gpu` by (model, backend, runtime, ctx, graphs); the cell with the most sessions
-    where a store holds several of one key (other group sizes, weights)."""
+    where a store holds several of one key (other group sizes, weights). Only cells measured under the
+    default measuring switches: what a prediction (of the defaults, `calibrations`) is put beside."""
     from qbench.report import aggregate
 
     cells: dict[tuple, dict] = {}
     for row in aggregate([s for s in sessions if s["gpu"] == gpu]):
-        if not row.get("ms_per_step"):
+        if not row.get("ms_per_step") or row["switched"]:
             continue
         key = (row["model"], row["backend"], row["runtime"], row["ctx"], row["graphs"])
         if key not in cells or len(row["session_medians_ms"]) > len(cells[key]["session_medians_ms"]):
