@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from qbench import __version__
+from qbench.analysis.aggregate import with_switches
 from qbench.errors import UserError
 from qbench.render.document import Callout, Document, Figure, Heading, Prose
 from qbench.render.document import Table as Block
@@ -550,10 +551,7 @@ def provisional_text(cell: Cell) -> str:
 def runtime_text(row: dict) -> str:
     """The runtime as deployed: with the measuring switches its cell ran under where they are not
     qbench's defaults (`lean (QBENCH_LEAN_FOLD=on)`), since the default runtime is not what was timed."""
-    switched = row.get("switched")
-    if not switched:
-        return row["runtime"]
-    return f"{row['runtime']} ({', '.join(f'{k}={v}' for k, v in switched.items())})"
+    return with_switches(row["runtime"], row.get("switched"))
 
 
 def recommendation_text(recs: list[Recommendation]) -> tuple[str, list[str]]:

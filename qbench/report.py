@@ -31,6 +31,8 @@ from qbench.analysis.aggregate import (  # noqa: F401 (re-exported: the rows' ho
     replication_rows,
     session_rows,
     stored_label,
+    switches_text,
+    with_switches,
 )
 from qbench.render.document import Document, Gap, Heading, Legend, Prose, Renderer, Table
 from qbench.render.formats import FORMATS
@@ -208,7 +210,7 @@ def _section_heading(row: dict) -> str:
     if row.get("measured_bandwidth_gbps"):
         heading += f"; measured copy bandwidth {row['measured_bandwidth_gbps']:.0f} GB/s"
     if row.get("switched"):  # the section's switches that are not the defaults (a --vary side, or the environment's)
-        heading += "; under " + ", ".join(f"{k}={v}" for k, v in row["switched"].items())
+        heading += "; under " + switches_text(row["switched"])
     return heading
 
 
@@ -388,7 +390,7 @@ def kernels_document(rows: list[dict], style: Renderer, title: str = "", wide: b
             r["model"],
             r["gpu"],
             r["backend"],
-            r["runtime"],
+            with_switches(r["runtime"], r.get("switched")),
             r["ctx"],
             r["kernel"] if style.full_values else short_kernel_name(r["kernel"]),
             r["calls"],
@@ -428,14 +430,15 @@ def sessions_document(rows: list[dict], style: Renderer, title: str = "", wide: 
     headers = ["model", "backend", "runtime", "ctx", "session", *(name for name, _ in phases)]
     headers += ["total", "beyond timed", "cache"]
     body = [
-        [r["model"], r["backend"], r["runtime"], r["ctx"], r["session"]]
+        [r["model"], r["backend"], with_switches(r["runtime"], r.get("switched")), r["ctx"], r["session"]]
         + [seconds(r[key]) for _, key in phases]
         + [seconds(r["total_s"]), seconds(r["beyond_timed_s"]), r["weights_cache"]]
         for r in rows
     ]
     by_cell = defaultdict(list)  # one configuration: hf and lean, or two contexts, never pool
     for row in rows:
-        by_cell[(row["model"], row["backend"], row["runtime"], row["ctx"], row["cell_hash"])].append(row)
+        runtime = with_switches(row["runtime"], row.get("switched"))
+        by_cell[(row["model"], row["backend"], runtime, row["ctx"], row["cell_hash"])].append(row)
     summary_headers = [
         "model",
         "backend",

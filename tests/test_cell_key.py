@@ -4,6 +4,7 @@
 import csv
 import io
 import json
+import re
 from dataclasses import replace
 
 import pytest
@@ -273,3 +274,22 @@ def test_compare_vary_runs_both_sides_and_says_which(tmp_path, monkeypatch):
     assert rows["QBENCH_LEAN_GEMV=cublas"]["settings_speedup"] > 0
     assert rows["QBENCH_LEAN_GEMV=cublas"]["switched"] == {"QBENCH_LEAN_GEMV": "cublas"}
     assert "QBENCH_LEAN_GEMV=cublas" in " ".join(rows["QBENCH_LEAN_GEMV=cublas"]["runtime_notes"])
+    # the sessions view names each side's runtime with its switches
+    sessions = CliRunner().invoke(main, ["export", "--db", str(tmp_path / "v.sqlite"), "--view", "sessions",
+                                         "--format", "md"])  # fmt: skip
+    assert sessions.exit_code == 0, sessions.output
+    named = [line for line in sessions.stdout.splitlines() if line.startswith("| tiny")]
+    assert sum("lean (QBENCH_LEAN_GEMV=cublas)" in line for line in named) == 2, named  # a session, its summary
+    assert sum(bool(re.search(r"\| lean +\|", line)) for line in named) == 2, named
+
+
+def test_the_kernels_view_names_a_cell_under_other_switches():
+    base = _config()
+    folded = _config(measure_settings={**base["measure_settings"], "QBENCH_LEAN_FOLD": "on"})
+    records = [_record(base, 2.0), _record(folded, 1.0)]
+    for record in records:
+        record["result"]["step_kernels"] = [{"name": "gemv_kernel", "count": 196, "gpu_us": 900.0}]
+    rows = aggregation.kernel_rows(records)
+    assert sorted(str(r["switched"]) for r in rows) == ["{'QBENCH_LEAN_FOLD': 'on'}", "{}"]
+    text = report.render_kernels(rows, "md")
+    assert "lean (QBENCH_LEAN_FOLD=on)" in text and len(re.findall(r"\| lean +\|", text)) == 1

@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
+from collections.abc import Mapping
 from statistics import median
 from typing import Any
 
@@ -84,7 +85,7 @@ NOT_STORED = "not stored (measured before qbench kept it)"
 def measure_settings_text(config: dict) -> str:
     """A session's measuring switches as one line: `QBENCH_LEAN_GEMV=auto, ...`."""
     chosen = config.get("measure_settings")
-    return ", ".join(f"{k}={v}" for k, v in chosen.items()) if chosen is not None else NOT_STORED
+    return switches_text(chosen) if chosen is not None else NOT_STORED
 
 
 # Configuration keys that may differ between rows that are compared with each other.
@@ -125,6 +126,17 @@ def switched(config: dict) -> dict[str, str] | None:
     if chosen is None:
         return None
     return {k: v for k, v in chosen.items() if DEFAULT_MEASURE_SETTINGS.get(k) != v}
+
+
+def switches_text(chosen: Mapping[str, str]) -> str:
+    """Measuring switches as one line: `QBENCH_LEAN_GEMV=auto, QBENCH_LEAN_FOLD=on`."""
+    return ", ".join(f"{k}={v}" for k, v in chosen.items())
+
+
+def with_switches(runtime: str, chosen: dict[str, str] | None) -> str:
+    """A runtime as it ran: with the measuring switches not at their defaults (`switched`), as in
+    `lean (QBENCH_LEAN_FOLD=on)`; the runtime alone at its defaults (or stored before switches were)."""
+    return f"{runtime} ({switches_text(chosen)})" if chosen else runtime
 
 
 def aggregate(sessions: list[dict]) -> list[dict[str, Any]]:
@@ -528,6 +540,7 @@ def kernel_rows(sessions: list[dict], top: int = 8) -> list[dict[str, Any]]:
     where sessions stored the total, else the 12 largest kernels each session stored (older
     results), as the row says."""
     cells: dict[tuple, list[dict]] = defaultdict(list)
+    switches: dict[tuple, dict[str, str] | None] = {}  # the cell's measuring switches off their defaults
     for record in sessions:
         kernels = record["result"].get("step_kernels")
         if isinstance(kernels, list) and kernels:
@@ -535,6 +548,7 @@ def kernel_rows(sessions: list[dict], top: int = 8) -> list[dict[str, Any]]:
             runtime = config.get("runtime", "hf")
             key = (config["model"], record["gpu"], config["backend"], runtime, config["ctx"], record["cell_hash"])
             cells[key].append(record["result"])  # one cell: sessions of different configurations never pool
+            switches[key] = switched(config)
     rows = []
     for (model, gpu, backend, runtime, ctx, cell), results in sorted(
         cells.items(), key=lambda item: (item[0][:3], get_runtime(item[0][3]).order, item[0][3:])
@@ -557,6 +571,7 @@ def kernel_rows(sessions: list[dict], top: int = 8) -> list[dict[str, Any]]:
                     "gpu": gpu,
                     "backend": backend,
                     "runtime": runtime,
+                    "switched": switches[(model, gpu, backend, runtime, ctx, cell)],
                     "ctx": ctx,
                     "kernel": name,
                     "calls": round(median([k["count"] for k in seen])),  # a count: 28, not 28.0 (two sessions)
@@ -601,6 +616,7 @@ def session_rows(sessions: list[dict]) -> list[dict[str, Any]]:
             "model": config["model"].rsplit("/", 1)[-1],
             "backend": config["backend"],
             "runtime": config.get("runtime", "hf"),
+            "switched": switched(config),
             "ctx": config["ctx"],
             "session": config.get("session_index", 0) + 1,
             "cell_hash": record["cell_hash"],
