@@ -52,3 +52,21 @@ def test_cpu_runs_have_nothing_to_plot_and_say_so():
     from pathlib import Path
 
     assert not Path("figure.png").exists()
+
+
+def test_a_runtime_under_other_switches_is_a_series_of_its_own(tmp_path, monkeypatch):
+    """A store of `compare --vary`: the folded cells are not drawn into the default cells' line."""
+    from qbench.render import plot
+
+    legends = []
+
+    def capture(path, write):
+        import matplotlib.pyplot as plt
+
+        legends.extend(text.get_text() for axes in plt.gcf().axes for text in axes.get_legend().get_texts())
+
+    monkeypatch.setattr(plot, "write_output", capture)
+    folded = [dict(cell, runtime_label="lean (QBENCH_LEAN_FOLD=on)", graph_pct_of_floor=40.0) for cell in _cells()]
+    replication_figure(_cells() + folded, tmp_path / "x.png")
+    assert "tiny, bf16 under lean (QBENCH_LEAN_FOLD=on), graphs" in legends
+    assert "tiny, bf16 under hf, graphs" in legends and len(legends) == 6  # two series, each in three entries

@@ -508,6 +508,8 @@ def replication_rows(rows: list[dict]) -> list[dict]:
                 "ctx": row["ctx"],
                 "run_ids": row["run_ids"],
                 "runtime": row.get("runtime", "hf"),
+                # how a figure names its series: a runtime under other switches is a series of its own
+                "runtime_label": with_switches(row.get("runtime", "hf"), row["switched"]),
                 "backend": row["backend"],
             },
         )

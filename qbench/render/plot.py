@@ -49,8 +49,8 @@ def replication_figure(cells: list[dict], path: Path, title: str = "") -> None:
     plt = _pyplot()
     figure, (floor_axes, speedup_axes) = plt.subplots(1, 2, figsize=(11, 4.2))
 
-    def series_key(cell: dict) -> tuple[str, str, str]:
-        return cell["model"], cell.get("runtime", "hf"), cell.get("backend", "bf16")
+    def series_key(cell: dict) -> tuple[str, str, str]:  # a runtime under other switches is a series of its own
+        return cell["model"], cell.get("runtime_label", cell.get("runtime", "hf")), cell.get("backend", "bf16")
 
     for key in sorted({series_key(c) for c in cells}):
         rows = sorted((c for c in cells if series_key(c) == key), key=lambda c: c["ctx"])
