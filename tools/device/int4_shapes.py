@@ -12,7 +12,8 @@ Effective TB/s = the bytes the kernel must read (the backend's `linear_bytes`; b
 
     python tools/device/int4_shapes.py OUT.json [shape ...]     # on a GPU
     TRITON_INTERPRET=1 python tools/device/int4_shapes.py --tiny OUT.json   # CPU: the plumbing only
-    QUICK=1 (a 48-configuration sweep), WIDE=1 (108 configurations past QUICK's edges),
+    QUICK=1 (a 48-configuration sweep), WIDE=1 (108 configurations past QUICK's edges), SMALL=1 (few
+    rows a program and no split or two, for q/k/v and o: no split-K tail, or a short one),
     LIBS=tinygemm,gemlite (only these libraries beside qbench's; LIBS=none: qbench's kernels only),
     PATHS=bf16x2 (on Hopper, the bf16x2 variant's configurations only), TILES=0,1,2 (each
     configuration with these loops: gemv_int4's "Tiles"; default 0, its per-group loads), STAGES=1,3,4
@@ -54,10 +55,19 @@ SWEEP = {"block_n": (8, 16, 32, 64), "groups": (1, 2, 4), "split": (1, 2, 3, 4, 
 QUICK = {"block_n": (16, 32, 64), "groups": (2, 4), "split": (1, 2, 4, 8), "warps": (2, 4)}  # QUICK=1
 # WIDE=1: past QUICK's edges, where its winners sat (split 8, 64 rows, 4 groups an iteration)
 WIDE = {"block_n": (32, 64, 128), "groups": (2, 4, 8), "split": (4, 8, 12, 16), "warps": (2, 4, 8)}
+# SMALL=1: the small shapes without split-K's tail (atomics, the arrival counter, the last program's
+# exchange): 2-8 rows a program, each walking all of K, or half of it. Why: a line through the split
+# shapes' µs against their bytes (results/h100/step8 foldparts: o 6.8 µs for 6.7 MB, down 17.2 for
+# 35.4) is 4.4 µs a call plus 2.76 TB/s, and q/k/v (7.6 for 8.7 MB) sits on it; gate+up, unsplit (28.1
+# for 70.9), sits 2.4 µs a call above that rate. Unsplit, step5's and step8's sweeps ran faster the
+# fewer the rows (q/k/v: 64 -> 32 -> 16 rows, 13.0 -> 9.5 -> 8.5 µs) and never tried fewer than 16.
+SMALL = {"block_n": (2, 4, 8), "groups": (4, 8), "split": (1, 2), "warps": (1, 2)}
 if os.environ.get("QUICK") == "1":
     SWEEP = QUICK
 if os.environ.get("WIDE") == "1":
     SWEEP = WIDE
+if os.environ.get("SMALL") == "1":
+    SWEEP = SMALL
 if os.environ.get("WARPS"):  # e.g. WARPS=4: only these
     SWEEP = dict(SWEEP, warps=tuple(int(w) for w in os.environ["WARPS"].split(",")))
 if os.environ.get("LIBS"):  # e.g. LIBS=tinygemm,gemlite: leave out the ones whose kernels build first
