@@ -35,7 +35,9 @@ def test_gemv_int4_matches_f_linear_of_the_dequantised_weight_on_ragged_shapes()
                  (40, 640, 128, (16, 2, 2, 4, False, 1), True), (24, 320, 64, (16, 2, 3, 4, False, 2), False),
                  (40, 640, 128, (16, 4, 1, 4, False, 2), True), (8, 448, 64, (8, 1, 7, 2, False, 2), False),
                  # tile 1 pipelined (a seventh element: the interpreter ignores num_stages, the loop runs)
-                 (40, 640, 128, (16, 2, 2, 4, False, 1, 3), True), (24, 320, 64, (16, 2, 3, 4, False, 1, 4), False)]
+                 (40, 640, 128, (16, 2, 2, 4, False, 1, 3), True), (24, 320, 64, (16, 2, 3, 4, False, 1, 4), False),
+                 # a few rows a program, unsplit or in two (tools/device/int4_shapes.py's SMALL=1)
+                 (40, 640, 128, (4, 4, 1, 1, False, 2), True), (24, 1024, 128, (2, 8, 2, 1, False, 1), False)]
         for dtype, some in ((torch.bfloat16, cases), (torch.float16, cases[2:4] + cases[7:8])):
             for n, k, g, blocks, with_bias in some:
                 q = torch.randint(0, 16, (n, k))
@@ -364,11 +366,15 @@ def test_lean_with_qbench_int4_fuses_and_matches_hf():
 def test_the_kernel_compiles_for_an_h100_and_its_weight_loads_are_128_bit():
     """Triton's interpreter runs what its compiler refuses (a module-level float inside the kernel
     did, on the H100): compile for sm_90 here, no GPU needed, and check the weight loads' width."""
-    for split_k, bias, bf16x2, tile in ((True, False, False, 0), (False, True, False, 0), (True, False, True, 0),
-                                        (True, False, True, 1), (False, False, True, 2), (True, True, False, 2)):
-        constants = {"GROUP": 128, "GROUPS": 2, "HAS_BIAS": bias, "SPLIT_K": split_k, "BLOCK_N": 32, "BF16X2": bf16x2,
-                     "PDL": False, "SN": 1, "TILE": tile}  # group-major scales, as qbench-int4 stores them
-        ptx = int4_ptx(constants)
+    # (split-K, bias, bf16x2, tile, rows a program, groups an iteration, warps); the last two: SMALL=1's few rows
+    for split_k, bias, bf16x2, tile, rows, groups, warps in (
+        (True, False, False, 0, 32, 2, 4), (False, True, False, 0, 32, 2, 4), (True, False, True, 0, 32, 2, 4),
+        (True, False, True, 1, 32, 2, 4), (False, False, True, 2, 32, 2, 4), (True, True, False, 2, 32, 2, 4),
+        (False, True, True, 2, 4, 4, 1), (True, False, True, 1, 2, 8, 1),
+    ):
+        constants = {"GROUP": 128, "GROUPS": groups, "HAS_BIAS": bias, "SPLIT_K": split_k, "BLOCK_N": rows,
+                     "BF16X2": bf16x2, "PDL": False, "SN": 1, "TILE": tile}  # group-major scales, as qbench-int4's
+        ptx = int4_ptx(constants, warps)
         if ptx is None:  # no ptxas in this Triton: the front end still ran
             continue
         loads = [line for line in ptx.splitlines() if "ld.global" in line and ".b32" in line]
