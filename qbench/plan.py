@@ -157,6 +157,9 @@ class Plan:
     # what the sessions measure under, read once while planning (qbench.settings): in every cell key;
     # with --vary one setting a combination of the varied values (settings.measure_variants)
     variants: list[dict[str, str]] = field(default_factory=lambda: [dict(settings.DEFAULT_MEASURE_SETTINGS)])
+    # what a runtime that reads no switch (hf, llama.cpp) is keyed under: the environment's, with the
+    # varied switches at their defaults (one cell, whatever --vary asks)
+    base_switches: dict[str, str] = field(default_factory=lambda: dict(settings.DEFAULT_MEASURE_SETTINGS))
     measured_code: str = ""  # settings.measured_code_digest() of the planning qbench
     spec: ModelSpec | None = None  # the model's spec, loaded once while planning
     model_types: tuple[str, ...] = ()  # transformers model types the forkserver preloads
@@ -277,12 +280,13 @@ def plan(
     has it already (the spec is loaded once)."""
     spec, group_size, weights, weights_note = checked or check_inputs(config)
     # a bad lean switch: one line, before the device probe
-    variants, variant_notes = settings.measure_variants(config.vary)
+    base_switches, variants, variant_notes = settings.measure_variants(config.vary)
     device = device or probe_device()
     gpu = resolve_gpu(config.gpu, device, predict_command(config))
     result = Plan(config, device, gpu, [], group_size, weights, sessions=sessions_for(config, device), spec=spec)
     result.model_types = (spec.hf_config["model_type"],)
-    result.variants, result.measured_code = variants, settings.measured_code_digest()
+    result.variants, result.base_switches = variants, base_switches
+    result.measured_code = settings.measured_code_digest()
     result.notes += warnings() + runtime_warnings() + ([weights_note] if weights_note else []) + variant_notes
     if weights not in ("synthetic", "gguf"):
         from qbench.session.quality import tokenizer_missing
@@ -415,7 +419,8 @@ def session_jobs(the_plan: Plan) -> list[tuple[SessionConfig, str]]:
     """Every session of the plan with its cell hash, round-robin: session 1 of every cell, then 2...
     A backend's --vary settings run one after the other, in the plan's order for odd-numbered sessions
     and reversed for even ones (A B, B A, A B, ...): a drift of the machine over the run moves both
-    sides of an A/B alike, and neither always runs first."""
+    sides of an A/B alike, and neither always runs first. Under a runtime that reads no switch (hf,
+    llama.cpp) a backend is one cell, keyed under the plan's base switches."""
     config = the_plan.config
     jobs = []
     runs_under = {name: the_plan.runtimes.get(name, (DEFAULT,)) for name in the_plan.backends}
@@ -428,7 +433,7 @@ def session_jobs(the_plan: Plan) -> list[tuple[SessionConfig, str]]:
                 for backend in the_plan.backends:
                     if runtime not in runs_under[backend]:
                         continue
-                    for switches in variants:
+                    for switches in variants if reads_switches(runtime) else [the_plan.base_switches]:
                         # one process per graphs setting where the runtime fixes it per process (llama.cpp)
                         for graphs in [(m,) for m in modes] if backend in the_plan.per_process else [modes]:
                             session = session_config(the_plan, backend, ctx, index, runtime, graphs, switches)
@@ -458,14 +463,21 @@ def stored_session(stored: dict[str, list[int]], session: SessionConfig, cell: s
     return earlier[session.session_index] if session.session_index < len(earlier) else None
 
 
+def reads_switches(runtime: str) -> bool:
+    """Whether a runtime's cells are measured once a --vary value (it reads the switches) or once."""
+    return get_runtime(runtime).reads_switches
+
+
 def planned_sessions(the_plan: Plan) -> int:
     """How many sessions session_jobs(the_plan) holds, counted without building it."""
     modes = len(graphs_modes(the_plan.config, the_plan.device))
     per_ctx = sum(
-        len(the_plan.runtimes.get(name, (DEFAULT,))) * (modes if name in the_plan.per_process else 1)
+        (modes if name in the_plan.per_process else 1)
+        * (len(the_plan.variants) if reads_switches(runtime) else 1)
         for name in the_plan.backends
+        for runtime in the_plan.runtimes.get(name, (DEFAULT,))
     )
-    return the_plan.sessions * len(the_plan.config.ctx) * len(the_plan.variants) * per_ctx
+    return the_plan.sessions * len(the_plan.config.ctx) * per_ctx
 
 
 def check_runnable(plans: list[Plan], local: bool = True) -> None:
@@ -473,7 +485,7 @@ def check_runnable(plans: list[Plan], local: bool = True) -> None:
     cache size are valid, and the store can be written: checked before any session and before any
     job list is built (a worker runs in a scratch folder, so a relative folder there would be
     written into scratch and lost)."""
-    settings.check()
+    settings.check({name for the_plan in plans for name, _ in the_plan.config.vary})
     for the_plan in plans:
         if not the_plan.backends:
             reasons = "; ".join(f"{name}: {why}" for name, why in the_plan.skipped.items())
@@ -482,7 +494,7 @@ def check_runnable(plans: list[Plan], local: bool = True) -> None:
     if total > MAX_PLAN_SESSIONS:
         raise UserError(
             f"this command plans {total:,} sessions, more than {MAX_PLAN_SESSIONS:,} (sessions per cell x models "
-            "x contexts x backends x runtimes)",
+            "x contexts x backends x runtimes x --vary's combinations)",
             "ask for fewer, or split the study into several commands on one --db",
         )
     if local:  # this machine's device lock: its folder and file are usable (not links, ours), else one line

@@ -80,7 +80,7 @@ COLUMNS = [
     ("realisation", "realisation_pct", "{:.0f}%"),
     ("graphs x", "graphs_speedup", "{:.2f}"),
     ("vs hf x", "runtime_speedup", "{:.2f}"),
-    ("vs default x", "settings_speedup", "{:.2f}"),
+    ("vs base x", "settings_speedup", "{:.2f}"),
     ("launch us", "launch_us", "{:.1f}"),
     ("TTFT ms", "prefill_ms", "{:.1f}"),
     ("J/tok", "j_per_token", "{:.3f}"),
@@ -115,14 +115,14 @@ def _cell(row: dict, key, fmt) -> str:
 
 COMPACT = (
     *("backend", "runtime", "graphs", "ms/step", "95% CI", "% floor", "% floor (meas.)"),
-    *("expected x", "realised x", "graphs x", "vs hf x", "vs default x", "TTFT ms", "J/tok", "GPU MiB", "ppl"),
+    *("expected x", "realised x", "graphs x", "vs hf x", "vs base x", "TTFT ms", "J/tok", "GPU MiB", "ppl"),
     "KL mean",
     *("sessions", "status"),
 )
 DROP_ORDER = (  # `expected x` and `sessions` stay: the realised-vs-expected promise and what backs it
     *("vs hf x", "TTFT ms", "J/tok", "GPU MiB", "KL mean", "ppl"),
-    *("95% CI", "graphs x"),  # runtime stays too: hf and lean rows would read as one
-    "vs default x",  # last: where it is filled, the run asked for it (--vary); the heading names the switches
+    *("95% CI", "graphs x"),  # runtime stays too: hf and lean rows would read as one; vs base x, where
+    # filled, is what the run asked for (--vary): it stays
 )
 
 
@@ -178,7 +178,7 @@ def plain(row: dict) -> dict:
 
 INTERVALS = {
     "ms_interval": "ms", "speedup_interval": "realised_x", "graphs_interval": "graphs_x",
-    "settings_interval": "vs_default_x",
+    "settings_interval": "vs_base_x",
 }
 
 
@@ -289,8 +289,10 @@ def compare_document(rows: list[dict], style: Renderer, title: str = "", wide: b
         "realised x = baseline ms / backend ms (same runtime, graphs setting and configuration); "
         "realisation = realised / expected, in %; graphs x = eager ms / graph ms; "
         "vs hf x = the same backend's ms under hf / under this runtime (same graphs setting); "
-        "vs default x = the same row's ms under qbench's default measuring switches / under the section's "
-        "(same backend, runtime, graphs setting, configuration and measured code; --vary A/B-tests them); "
+        "vs base x = the base row's ms / this row's, among rows that differ only in their measuring switches "
+        "(same backend, runtime, graphs setting, configuration and measured code; --vary A/B-tests them): the "
+        "base is the one whose differing switches take the earliest values in qbench's order, the default "
+        "first (settings_base in exports names its switches; each section heading names its own); "
         "launch us = host time of one empty CUDA kernel launch (CPU: one op dispatch), measured around "
         "each timed block, median over sessions; TTFT ms = the prefill to ctx (time to first token); "
         "J/tok and W = energy of the timed steps per token and its mean power (energy_source in exports says "
@@ -323,6 +325,7 @@ def replication_document(cells: list[dict], title: str = "") -> Document:
 
     headers = [
         "model",
+        "runtime",
         "ctx",
         "floor ms",
         "eager ms",
@@ -338,6 +341,7 @@ def replication_document(cells: list[dict], title: str = "") -> Document:
     body = [
         [
             c["model"],
+            c.get("runtime_label", c.get("runtime", "")),  # with switches off their defaults: --vary's sides
             c["ctx"],
             num(c.get("floor_ms_peak"), "{:.2f}"),
             num(c.get("eager_ms"), "{:.2f}"),

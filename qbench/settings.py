@@ -39,7 +39,7 @@ import hashlib
 import math
 import os
 import pwd
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import cache
 from pathlib import Path
 from types import MappingProxyType
@@ -177,20 +177,24 @@ def parse_vary(texts: tuple[str, ...] | list[str]) -> tuple[tuple[str, tuple[str
 
 def measure_variants(
     vary: tuple[tuple[str, tuple[str, ...]], ...], environ: Mapping[str, str] | None = None
-) -> tuple[list[dict[str, str]], list[str]]:
-    """The switch settings a compare's sessions run under: one (measure_settings()) without `vary`,
-    else one for each combination of the varied values (the first variable's outermost), the rest
-    from the environment. With notes: a varied switch the environment also sets is replaced."""
+) -> tuple[dict[str, str], list[dict[str, str]], list[str]]:
+    """The switch settings a compare's sessions run under: `base`, the environment's (measure_settings())
+    with the varied switches at their defaults (for runtimes that read no switch), and the variants,
+    one (the environment's) without `vary`, else one for each combination of the varied values (the
+    first variable's outermost). With notes: a varied switch the environment also sets is replaced; a
+    switch given one value is no A/B."""
     environ = dict(os.environ if environ is None else environ)
     notes = []
     for name, values in vary:
         if name in environ:
             notes.append(f"--vary {name}={','.join(values)} replaces {name}={environ.pop(name)!r} from the environment")
+        if len(values) == 1:
+            notes.append(f"--vary {name}={values[0]} names one value: no A/B, the same as setting {name}={values[0]}")
     base = dict(measure_settings(environ))  # a bad switch left to the environment: one line, here
     variants = [base]
     for name, values in vary:
         variants = [{**variant, name: value} for variant in variants for value in values]
-    return variants, notes
+    return base, variants, notes
 
 
 def varied_text(chosen: Mapping[str, str], vary: tuple[tuple[str, tuple[str, ...]], ...]) -> str:
@@ -228,11 +232,13 @@ def measured_code_digest() -> str:
     return digest.hexdigest()[:16]
 
 
-def check() -> None:
+def check(varied: Iterable[str] = ()) -> None:
     """Read every variable above once, raising the first UserError: for the parent, before any
-    worker starts (a worker would otherwise fail every session, or write into its scratch)."""
+    worker starts (a worker would otherwise fail every session, or write into its scratch).
+    `varied`: measuring switches `compare --vary` sets itself, whatever the environment says."""
     cache_dir()
     kernel_cache()
     lock_dir()
     cache_limit_bytes()
-    measure_settings()
+    varied = set(varied)
+    measure_settings({k: v for k, v in os.environ.items() if k not in varied})

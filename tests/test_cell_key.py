@@ -243,7 +243,7 @@ def test_a_switch_varied_twice_is_one_line():
         replace(TINY, vary=(("QBENCH_LEAN_FOLD", ("off,on",)),))
 
 
-def test_vs_default_compares_a_row_with_itself_under_the_default_switches():
+def test_vs_base_compares_a_row_with_itself_under_the_default_switches():
     base = _config()
     folded = _config(measure_settings={**base["measure_settings"], "QBENCH_LEAN_FOLD": "on"})
     other_code = _config(measure_settings=folded["measure_settings"], measured_code="0" * 16)
@@ -256,10 +256,11 @@ def test_vs_default_compares_a_row_with_itself_under_the_default_switches():
     assert on["settings_interval"].low < on["settings_speedup"] < on["settings_interval"].high
     assert "settings_speedup" not in default and "settings_speedup" not in alone  # no default row of its code
     text = render([default, on], "md")
-    assert "ctx 16" in text and text.count("; under QBENCH_LEAN_FOLD=on") == 1 and "vs default x" in text
+    assert "ctx 16" in text and text.count("; under QBENCH_LEAN_FOLD=on") == 1 and "vs base x" in text
     exported = {float(r["ms_per_step"]): r for r in csv.DictReader(io.StringIO(render([default, on], "csv")))}
     assert float(exported[1.05]["settings_speedup"]) == pytest.approx(2.0)
-    assert float(exported[1.05]["vs_default_x_low"]) < 2.0 and exported[2.1]["vs_default_x_low"] == ""
+    assert float(exported[1.05]["vs_base_x_low"]) < 2.0 and exported[2.1]["vs_base_x_low"] == ""
+    assert exported[1.05]["settings_base"] == "the defaults" and exported[2.1]["settings_base"] == ""
     assert "across_settings" not in json.loads(render([on], "json"))[0]
 
 
@@ -293,3 +294,68 @@ def test_the_kernels_view_names_a_cell_under_other_switches():
     assert sorted(str(r["switched"]) for r in rows) == ["{'QBENCH_LEAN_FOLD': 'on'}", "{}"]
     text = report.render_kernels(rows, "md")
     assert "lean (QBENCH_LEAN_FOLD=on)" in text and len(re.findall(r"\| lean +\|", text)) == 1
+
+
+def test_vs_base_where_no_side_is_the_default():
+    base = _config()
+    settings_of = base["measure_settings"]
+    cublas = _config(measure_settings={**settings_of, "QBENCH_LEAN_GEMV": "cublas"})
+    triton = _config(measure_settings={**settings_of, "QBENCH_LEAN_GEMV": "triton"})
+    rows = {r["measure_settings"]: r for r in aggregate([_record(triton, 1.0), _record(cublas, 2.0)])}
+    faster = rows[aggregation.measure_settings_text(triton)]
+    assert faster["settings_speedup"] == pytest.approx(2.0)
+    assert faster["settings_base"] == "QBENCH_LEAN_GEMV=cublas"
+    assert "settings_speedup" not in rows[aggregation.measure_settings_text(cublas)]
+    # an A/B of the fold with QBENCH_LEAN_COMPILE=0 from the environment on both sides
+    eager = {**settings_of, "QBENCH_LEAN_COMPILE": "0"}
+    plain, folded = _config(measure_settings=eager), _config(measure_settings={**eager, "QBENCH_LEAN_FOLD": "on"})
+    rows = {r["measure_settings"]: r for r in aggregate([_record(folded, 1.0), _record(plain, 4.0)])}
+    assert rows[aggregation.measure_settings_text(folded)]["settings_speedup"] == pytest.approx(4.0)
+    assert rows[aggregation.measure_settings_text(folded)]["settings_base"] == "QBENCH_LEAN_COMPILE=0"
+
+
+def test_the_terminal_keeps_vs_base_however_wide_the_rows():
+    rows = aggregate([_record(_config(), 2.0), _record(_config(measure_settings={"QBENCH_LEAN_FOLD": "on"}), 1.0)])
+    headers, body = report.table_rows(rows)
+    body = [[cell and "x" * 14 for cell in cells] for cells in body]  # every filled column wide
+    kept = report.choose_columns(headers, body, report.FORMATS["table"], wide=False)
+    assert "vs base x" in kept and "TTFT ms" not in kept
+
+
+def test_vary_measures_a_runtime_that_reads_no_switch_once(monkeypatch):
+    monkeypatch.setenv("QBENCH_LEAN_FOLD", "on")
+    the_plan = plan(replace(TINY, runtimes=("hf", "lean"), sessions=2, vary=(FOLD,)), CPU)
+    jobs = session_jobs(the_plan)
+    assert len(jobs) == compare.planned_sessions(the_plan) == 6
+    hf = [s.measure_settings["QBENCH_LEAN_FOLD"] for s, _ in jobs if s.runtime == "hf"]
+    assert hf == ["off", "off"]  # one cell: the environment's switches, the varied one at its default
+    lean = [s.measure_settings["QBENCH_LEAN_FOLD"] for s, _ in jobs if s.runtime == "lean"]
+    assert lean == ["off", "on", "on", "off"]
+    one = plan(replace(TINY, vary=(("QBENCH_LEAN_FOLD", ("on",)),)), CPU)
+    assert any("names one value: no A/B" in note for note in one.notes)
+
+
+def test_a_bad_value_of_a_varied_switch_in_the_environment_is_not_checked(monkeypatch, tmp_path):
+    monkeypatch.setenv("QBENCH_LEAN_FOLD", "bogus")
+    config = replace(TINY, vary=(FOLD,), db=str(tmp_path / "c.sqlite"))
+    compare.check_runnable([plan(config, CPU)])  # --vary sets it itself
+    with pytest.raises(UserError, match="QBENCH_LEAN_FOLD must be one of off, on"):
+        settings.check()
+
+
+def test_the_replication_view_names_each_sides_runtime():
+    cells = [{"model": "tiny", "ctx": 16, "runtime": "lean", "runtime_label": label} for label in
+             ("lean", "lean (QBENCH_LEAN_FOLD=on)")]  # fmt: skip
+    text = report.render_replication(cells, "md")
+    assert "| runtime " in text and "lean (QBENCH_LEAN_FOLD=on)" in text
+
+
+def test_a_stopped_runs_resume_line_keeps_a_quoted_word_whole(monkeypatch):
+    from qbench.cli.common import _command_line
+    from qbench.execute.progress import resume_command
+
+    monkeypatch.setattr("sys.argv", ["qbench", "compare", "--vary", "QBENCH_LEAN_FOLD=off, on", "--fresh"])
+    typed = _command_line()
+    assert typed == "qbench compare --vary 'QBENCH_LEAN_FOLD=off, on' --fresh"
+    assert resume_command(typed) == "qbench compare --vary 'QBENCH_LEAN_FOLD=off, on'"
+    assert resume_command("qbench compare --db it's") == "qbench compare --db it's --resume"  # stored unquoted

@@ -215,3 +215,14 @@ def test_a_cell_under_other_switches_neither_calibrates_nor_validates():
     on_a100 += [switched(session(i, 10.0, 4.0, 5.0), "a100-80gb-sxm4", "A100 folded") for i in range(3)]
     rows, _ = predict("qwen2.5-7b", "a100-80gb-sxm4", ["bf16"], ("hf",), (2048,), (True,), calibration, against=on_a100)
     assert rows[0].measured_ms == pytest.approx(8.0)
+
+
+def test_compare_for_a_gpu_not_here_says_vary_is_not_predicted(monkeypatch):
+    args = ["compare", "--model", "qwen2.5-7b", "--gpu", "l4", "--backends", "bf16", "--runtimes", "lean"]
+    args += ["--vary", "QBENCH_LEAN_FOLD=off, on"]
+    monkeypatch.setattr("sys.argv", ["qbench", *args])  # as the shell passed it: the command qbench repeats
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 3
+    assert "--vary QBENCH_LEAN_FOLD: not predicted; every row above is of the default switches." in result.output
+    # the measuring command it prints pastes back as typed: the value with a space stays one word
+    assert "--vary 'QBENCH_LEAN_FOLD=off, on'" in result.output

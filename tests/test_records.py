@@ -67,7 +67,7 @@ def test_every_committed_store_reads_into_records_and_keeps_its_keys(store, tmp_
 )
 def test_a_committed_store_exports_byte_for_byte_as_before_records(store, args, golden, tmp_path):
     """The golden files are the export of the qbench before records (commit 6bed12f); since then, with
-    compare --vary, the CSV gained the vs_default_x interval's three columns and the sessions view a
+    compare --vary, the CSV gained the vs_base_x interval's three columns and the sessions view a
     row's `switched` (empty and null in every row of these stores, measured before qbench kept the
     switches); nothing else changed."""
     copy = _copy(ROOT / "results" / store, tmp_path)

@@ -43,7 +43,7 @@ from qbench.errors import UserError
 from qbench.registry import BUILT_IN_ORDER
 from qbench.runtimes import DEFAULT, get_runtime
 from qbench.session.gate_limits import EDGE_ERROR, EDGE_TOP1
-from qbench.settings import DEFAULT_MEASURE_SETTINGS
+from qbench.settings import DEFAULT_MEASURE_SETTINGS, MEASURE_VARIABLES
 from qbench.specs import load_gpu_spec
 
 PERPLEXITY_BOUND = 1.75  # real weights: a 4-bit backend's perplexity may be at most this x bf16's
@@ -432,17 +432,45 @@ def _across(row: dict) -> tuple:
     return row["across_settings"], row["backend"], row["runtime"], row["group_size"], row["graphs"]
 
 
+def _value_order(name: str, value: str | None) -> tuple[int, str]:
+    """Where a switch's value stands in qbench's order of its values (the default first); a value
+    qbench no longer knows after every known one."""
+    allowed = MEASURE_VARIABLES.get(name, ())
+    return (allowed.index(value), "") if value in allowed else (len(allowed), value or "")
+
+
+def base_rows(rows: list[dict]) -> dict[tuple, dict]:
+    """For each set of rows that differ only in their measuring switches (stored ones), the row the
+    others are compared with (`vs base x`): the one whose differing switches take the earliest values
+    in qbench's order of each (the default first: QBENCH_LEAN_FOLD off before on, QBENCH_LEAN_GEMV
+    auto, cublas, triton). A --vary A/B of a default and another value has the default as its base;
+    one of two other values (cublas, triton), or one run with another switch set in the environment,
+    still has one."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        if row["switched"] is not None:  # stored before qbench kept the switches: not known to differ
+            groups[_across(row)].append(row)
+    bases = {}
+    for key, members in groups.items():
+        chosen = [{**DEFAULT_MEASURE_SETTINGS, **row["switched"]} for row in members]
+        differing = sorted({name for one in chosen for name in one if len({c.get(name) for c in chosen}) > 1})
+        ranks = [tuple(_value_order(name, one.get(name)) for name in differing) for one in chosen]
+        if len(members) > 1 and ranks.count(min(ranks)) == 1:
+            bases[key] = members[ranks.index(min(ranks))]
+    return bases
+
+
 def _add_ratios(rows: list[dict]) -> None:
     """Ratios against bf16 under the same runtime within one comparison group; a runtime's against
     hf for the same backend; eager over graphs within one cell; a row under other measuring switches
-    against the same row under the defaults (`settings_speedup`: what --vary A/B-tests)."""
+    against the same row under its base switches (`settings_speedup`, base_rows: what --vary A/B-tests)."""
     by_key = {(r["comparison"], r["runtime"], r["graphs"]): r for r in rows if r["baseline"]}
     under_hf = {
         (r["comparison"], r["backend"], r["group_size"], r["graphs"]): r for r in rows if r["runtime"] == DEFAULT
     }
     by_cell = {(r["cell_hash"], r["graphs"]): r for r in rows}
     # the same backend, runtime and configuration under qbench's default switches (--vary's A/B)
-    defaults = {_across(r): r for r in rows if r["switched"] == {}}
+    bases = base_rows(rows)
     # A runtime that fixes its graphs setting per process (llama.cpp) has its eager and graph
     # sessions in two cells that differ only in `graphs`: their rows pair as one A/B, unpaired.
     split = {(r["comparison"], r["backend"], r["runtime"], r["group_size"], r["graphs"]): r for r in rows}
@@ -462,11 +490,12 @@ def _add_ratios(rows: list[dict]) -> None:
             )
             if row.get("expected_reduction"):
                 row["realisation_pct"] = 100 * row["realised_speedup"] / row["expected_reduction"]
-        default = defaults.get(_across(row))
-        if row["switched"] and default and default.get("ms_per_step") and row.get("ms_per_step"):
-            row["settings_speedup"] = default["ms_per_step"] / row["ms_per_step"]
+        base = bases.get(_across(row)) if row["switched"] is not None else None
+        if base is not None and base is not row and base.get("ms_per_step") and row.get("ms_per_step"):
+            row["settings_base"] = switches_text(base["switched"]) or "the defaults"
+            row["settings_speedup"] = base["ms_per_step"] / row["ms_per_step"]
             row["settings_interval"] = stats.ratio_interval(
-                default["session_medians_ms"], row["session_medians_ms"], paired=False
+                base["session_medians_ms"], row["session_medians_ms"], paired=False
             )
         if row["graphs"] == "on":
             eager = by_cell.get((row["cell_hash"], "off"))

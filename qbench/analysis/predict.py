@@ -669,6 +669,9 @@ def compare_answer(configs: list, absent: Any, command: str, prose: bool) -> tup
     ]
     if uncovered:
         lines.append(f"Not in the shipped calibration, so not predicted: {', '.join(uncovered)}.")
+    varied = sorted({name for config in configs for name, _ in config.vary})
+    if varied:  # a prediction is of the runtimes' defaults (calibrations)
+        lines.append(f"--vary {', '.join(varied)}: not predicted; every row above is of the default switches.")
     if prose:  # said in the document, prose at the table's width; a command stays whole
         output.blocks += [Gap()] + [Prose(line, "  ", wrap=not line.startswith("  ")) for line in lines]
     return output, lines

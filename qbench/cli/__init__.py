@@ -40,9 +40,9 @@ class _Group(click.Group):
             sys.exit(2)
         except Interrupted as stop:
             kept = f"{stop.stored} session(s) of run {stop.run_id}" if stop.run_id else "no new session"
-            again = _command_line()
-            if sys.argv[1:2] == ["compare"] and "--resume" not in sys.argv:
-                again += " --resume"
+            from qbench.execute.progress import resume_command
+
+            again = resume_command(_command_line())  # compare gains --resume; replicate resumes unless --fresh
             click.echo(
                 f"qbench: interrupted by {stop.signal_name}: the running session's worker was killed and "
                 f"discarded; {kept} stored in {stop.db}; resume with: {again}",

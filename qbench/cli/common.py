@@ -4,6 +4,7 @@ the signals that stop a run, the command line as typed. Command modules import t
 from __future__ import annotations
 
 import contextlib
+import shlex
 import signal
 import sys
 
@@ -96,4 +97,6 @@ def _stop_on_signals():
 
 
 def _command_line() -> str:
-    return " ".join(["qbench", *sys.argv[1:]])
+    """The command as typed, quoted for a POSIX shell where a word needs it (`--vary "A=off, on"`), so
+    the resume and measure lines qbench prints from it paste back as they ran."""
+    return shlex.join(["qbench", *sys.argv[1:]])

@@ -4,6 +4,7 @@ comes (kept aside where the store cannot take it)."""
 
 from __future__ import annotations
 
+import shlex
 import sqlite3
 import sys
 from collections.abc import Callable
@@ -65,9 +66,12 @@ def result_status(result: SessionResult) -> str:
 
 def resume_command(command: str) -> str:
     """The command line that picks a stopped run up (replicate resumes unless --fresh)."""
-    words = command.split(" ")
+    try:
+        words = shlex.split(command)  # as _command_line quoted it
+    except ValueError:  # a command stored before it was quoted, with an unmatched quote
+        words = command.split(" ")
     if "--fresh" in words:
-        return " ".join(w for w in words if w != "--fresh")
+        return shlex.join(w for w in words if w != "--fresh")
     return command if "--resume" in words or words[1:2] == ["replicate"] else command + " --resume"
 
 

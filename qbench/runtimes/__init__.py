@@ -45,6 +45,9 @@ class Runtime:
     # else it is an engine that the backends naming it in `Backend.runtimes` bring themselves
     linear: bool = True
     compiles: bool = False  # on CUDA it compiles its step: sessions preload torch.compile's modules
+    # it reads the measuring switches (qbench.settings.MEASURE_VARIABLES, QBENCH_LEAN_*): `compare --vary`
+    # measures its cells once a value; a runtime that does not read them is measured once
+    reads_switches: bool = False
 
     def runner_class(self) -> type:
         module, _, attribute = self.runner.partition(":")
@@ -52,7 +55,14 @@ class Runtime:
 
 
 def register_runtime(
-    name: str, runner: str, *, label: str, order: int = 100, linear: bool = True, compiles: bool = False
+    name: str,
+    runner: str,
+    *,
+    label: str,
+    order: int = 100,
+    linear: bool = True,
+    compiles: bool = False,
+    reads_switches: bool = False,
 ) -> Runtime:
     """The record of one runtime: what BUILT_IN holds and what a `qbench.runtimes` entry point names.
 
@@ -65,7 +75,7 @@ def register_runtime(
         raise ValueError(f"runtime {name}: runner {runner!r} is not 'package.module:Class'")
     if not label.strip() or not label.isprintable():
         raise ValueError(f"runtime {name}: the label is one non-empty line of printable characters")
-    return Runtime(name, runner, label, int(order), bool(linear), bool(compiles))
+    return Runtime(name, runner, label, int(order), bool(linear), bool(compiles), bool(reads_switches))
 
 
 BUILT_IN = {
@@ -83,6 +93,7 @@ BUILT_IN = {
             label="lean = qbench's own static-cache decoder (`qbench/runtimes/lean.py`)",
             order=1,
             compiles=True,
+            reads_switches=True,
         ),
         register_runtime(
             "llamacpp",
