@@ -161,14 +161,15 @@ def _width(headers: list[str], body: list[list[str]], names: list[str]) -> int:
     return max(map(len, layout(keep_columns(headers, body, names)[1], names, "simple").splitlines()))
 
 
-INTERNAL_KEYS = ("comparison", "across_settings", "switched", "session_medians_ms")  # grouping, ratios; not exported
+# grouping and ratios; not in CSV (JSON keeps the medians)
+INTERNAL_KEYS = ("comparison", "across_settings", "switched", "session_medians_ms", "session_keys")
 
 
 def plain(row: dict) -> dict:
     """A JSON-safe copy of a row (intervals as dicts)."""
     out = {}
     for key, value in row.items():
-        if key in ("comparison", "across_settings"):  # grouping keys, the config's own fields again
+        if key in ("comparison", "across_settings", "session_keys"):  # grouping keys; the config's fields again
             continue
         if isinstance(value, stats.Interval):
             value = None if value.method == "n/a" else {"low": value.low, "high": value.high, "method": value.method}
@@ -292,7 +293,8 @@ def compare_document(rows: list[dict], style: Renderer, title: str = "", wide: b
         "vs base x = the base row's ms / this row's, among rows that differ only in their measuring switches "
         "(same backend, runtime, graphs setting, configuration and measured code; --vary A/B-tests them): the "
         "base is the one whose differing switches take the earliest values in qbench's order, the default "
-        "first (settings_base in exports names its switches; each section heading names its own); "
+        "first (settings_base in exports names its switches; each section heading names its own); its interval "
+        "pairs session i of each where the two ran side by side in one run (--vary), else is unpaired; "
         "launch us = host time of one empty CUDA kernel launch (CPU: one op dispatch), measured around "
         "each timed block, median over sessions; TTFT ms = the prefill to ctx (time to first token); "
         "J/tok and W = energy of the timed steps per token and its mean power (energy_source in exports says "

@@ -219,6 +219,7 @@ def _cell_row(cell: str, graphs: bool, records: list[dict]) -> dict[str, Any]:
         "flags": [],
     }
     medians, walls, cvs, bandwidths, peaks, reasons, host_blocks, steals, cores = [], [], [], [], [], [], [], [], []
+    ran: list[tuple[str, int]] = []
     prefills, joules, watts, held = [], [], [], []
     row.update(prefill_ms=None, j_per_token=None, mean_w=None, energy_source="not measured", gpu_memory_mib=None)
     row.update(kl_mean=None, kl_p99=None, kl_top1_pct=None)
@@ -261,6 +262,7 @@ def _cell_row(cell: str, graphs: bool, records: list[dict]) -> dict[str, Any]:
         # Several rounds of the same setting in one session pool into that session's figure.
         steps = [ms for b in blocks for ms in _session_steps(b, device)]
         medians.append(stats.median(steps))
+        ran.append((record["run_id"], record["config"].get("session_index", 0)))
         walls.append(stats.median([ms for b in blocks for ms in b["wall_ms"]]))
         cvs.append(stats.median([stats.coefficient_of_variation(_session_steps(b, device)) for b in blocks]))
         host_blocks.append([b["host"][when] for b in blocks if "host" in b for when in ("before", "after")])
@@ -279,6 +281,7 @@ def _cell_row(cell: str, graphs: bool, records: list[dict]) -> dict[str, Any]:
             kernel_missing += 1
     row["sessions"] = f"{len(medians)}/{total}"
     row["session_medians_ms"] = medians
+    row["session_keys"] = ran  # (run, session index) of each median: which sessions ran side by side
     row["worker_starts"] = sorted({r["result"].get("worker_start", "spawn") for r in records})
     if bandwidths:
         row["measured_bandwidth_gbps"] = stats.median(bandwidths)
@@ -439,6 +442,18 @@ def _value_order(name: str, value: str | None) -> tuple[int, str]:
     return (allowed.index(value), "") if value in allowed else (len(allowed), value or "")
 
 
+def _side_by_side(base: dict, row: dict) -> tuple[list[float], list[float], bool]:
+    """Both rows' session medians and whether they pair: where every session of each has its twin of
+    the same run and index in the other (`compare --vary` runs a backend's sides one after the other,
+    so session i of each ran side by side), in that order; else as stored, unpaired."""
+    twins = dict(zip(row["session_keys"], row["session_medians_ms"], strict=True))
+    own = dict(zip(base["session_keys"], base["session_medians_ms"], strict=True))
+    if len(own) == len(base["session_keys"]) and len(twins) == len(row["session_keys"]) and own.keys() == twins.keys():
+        keys = sorted(own)
+        return [own[k] for k in keys], [twins[k] for k in keys], True
+    return base["session_medians_ms"], row["session_medians_ms"], False
+
+
 def base_rows(rows: list[dict]) -> dict[tuple, dict]:
     """For each set of rows that differ only in their measuring switches (stored ones), the row the
     others are compared with (`vs base x`): the one whose differing switches take the earliest values
@@ -494,9 +509,7 @@ def _add_ratios(rows: list[dict]) -> None:
         if base is not None and base is not row and base.get("ms_per_step") and row.get("ms_per_step"):
             row["settings_base"] = switches_text(base["switched"]) or "the defaults"
             row["settings_speedup"] = base["ms_per_step"] / row["ms_per_step"]
-            row["settings_interval"] = stats.ratio_interval(
-                base["session_medians_ms"], row["session_medians_ms"], paired=False
-            )
+            row["settings_interval"] = stats.ratio_interval(*_side_by_side(base, row))
         if row["graphs"] == "on":
             eager = by_cell.get((row["cell_hash"], "off"))
             same_cell = eager is not None
