@@ -329,6 +329,8 @@ def test_vary_measures_a_runtime_that_reads_no_switch_once(monkeypatch):
     assert len(jobs) == compare.planned_sessions(the_plan) == 6
     hf = [s.measure_settings["QBENCH_LEAN_FOLD"] for s, _ in jobs if s.runtime == "hf"]
     assert hf == ["off", "off"]  # one cell: the environment's switches, the varied one at its default
+    labels = [compare.session_label(the_plan, s) for s, _ in jobs]
+    assert [label.endswith("]") for label in labels] == [s.runtime == "lean" for s, _ in jobs]  # hf has no side
     lean = [s.measure_settings["QBENCH_LEAN_FOLD"] for s, _ in jobs if s.runtime == "lean"]
     assert lean == ["off", "on", "on", "off"]
     one = plan(replace(TINY, vary=(("QBENCH_LEAN_FOLD", ("on",)),)), CPU)

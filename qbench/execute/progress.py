@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Protocol
 
 from qbench.errors import UserError
-from qbench.plan import Plan, graphs_modes
+from qbench.plan import Plan, graphs_modes, reads_switches
 from qbench.records import SessionConfig, SessionResult
 from qbench.render.escape import for_terminal
 from qbench.settings import varied_text
@@ -42,7 +42,7 @@ def session_label(the_plan: Plan, session: SessionConfig) -> str:
     and with --vary the values of the varied switches."""
     own_process = session.backend in the_plan.per_process and len(graphs_modes(the_plan.config, the_plan.device)) > 1
     label = session.label(the_plan.sessions, own_process)
-    if the_plan.config.vary:  # which side of the A/B: the varied switches' values
+    if the_plan.config.vary and reads_switches(session.runtime):  # which side of the A/B: the varied values
         label += f" [{varied_text(session.measure_settings, the_plan.config.vary)}]"
     return label
 
