@@ -96,7 +96,7 @@ def test_compare_stores_and_exports(tmp_path):
     assert "peak MiB" not in wide_header and "GPU MiB" not in wide_header  # empty in every row on a CPU
     replication = invoke("export", "--db", "r.sqlite", "--view", "replication", "--format", "csv")
     header, row = replication.stdout.strip().splitlines()  # one (model, ctx) cell, from its bf16 row only
-    assert header.startswith("model,ctx,floor ms,eager ms") and row.startswith("tiny,32,")
+    assert header.startswith("model,runtime,ctx,floor ms,eager ms") and row.startswith("tiny,hf,32,")
 
 
 def test_a_third_party_backend_is_listed_and_run(plugin_dist):
