@@ -26,7 +26,7 @@ from qbench.errors import UserError
 from qbench.execute.lock import check as check_lock
 from qbench.records import SessionConfig
 from qbench.registry import backend_names, is_built_in, load_backend, warnings
-from qbench.runtimes import DEFAULT, get_runtime, linear_runtimes
+from qbench.runtimes import DEFAULT, get_runtime, linear_runtimes, runtime_names
 from qbench.runtimes import warnings as runtime_warnings
 from qbench.session.positions import cache_positions
 from qbench.specs import (
@@ -157,9 +157,6 @@ class Plan:
     # what the sessions measure under, read once while planning (qbench.settings): in every cell key;
     # with --vary one setting a combination of the varied values (settings.measure_variants)
     variants: list[dict[str, str]] = field(default_factory=lambda: [dict(settings.DEFAULT_MEASURE_SETTINGS)])
-    # what a runtime that reads no switch (hf, llama.cpp) is keyed under: the environment's, with the
-    # varied switches at their defaults (one cell, whatever --vary asks)
-    base_switches: dict[str, str] = field(default_factory=lambda: dict(settings.DEFAULT_MEASURE_SETTINGS))
     measured_code: str = ""  # settings.measured_code_digest() of the planning qbench
     spec: ModelSpec | None = None  # the model's spec, loaded once while planning
     model_types: tuple[str, ...] = ()  # transformers model types the forkserver preloads
@@ -280,13 +277,12 @@ def plan(
     has it already (the spec is loaded once)."""
     spec, group_size, weights, weights_note = checked or check_inputs(config)
     # a bad lean switch: one line, before the device probe
-    base_switches, variants, variant_notes = settings.measure_variants(config.vary)
+    variants, variant_notes = settings.measure_variants(config.vary)
     device = device or probe_device()
     gpu = resolve_gpu(config.gpu, device, predict_command(config))
     result = Plan(config, device, gpu, [], group_size, weights, sessions=sessions_for(config, device), spec=spec)
     result.model_types = (spec.hf_config["model_type"],)
-    result.variants, result.base_switches = variants, base_switches
-    result.measured_code = settings.measured_code_digest()
+    result.variants, result.measured_code = variants, settings.measured_code_digest()
     result.notes += warnings() + runtime_warnings() + ([weights_note] if weights_note else []) + variant_notes
     if weights not in ("synthetic", "gguf"):
         from qbench.session.quality import tokenizer_missing
@@ -324,6 +320,11 @@ def plan(
             "name --backends to leave them out"
         )
     result.compiler = needs_compiler(result, loaded)
+    chosen = {runtime for runtimes in result.runtimes.values() for runtime in runtimes}
+    if config.vary and result.backends and not any(reads_switches(r) for r in chosen):
+        varied = ", ".join(name for name, _ in config.vary)
+        readers = ", ".join(r for r in runtime_names() if get_runtime(r).reads_switches)
+        result.notes.append(f"--vary {varied}: no runtime of this run reads it (only {readers}), so it changes nothing")
     return result
 
 
@@ -362,7 +363,8 @@ def session_config(
 ) -> SessionConfig:
     """One session's whole configuration: what the worker runs, and (less the index) its cell's key.
     `graphs`: the settings this session times (default: every setting the run asks for); `switches`:
-    the measuring switches it runs under (default: the plan's first variant). The key holds every
+    the measuring switches it runs under (default: the plan's first variant; the defaults, whatever
+    is asked, under a runtime that reads none, so its cells never split on them). The key holds every
     measuring switch (qbench.settings.measure_settings) and qbench's version with the digest of its
     measured code, so sessions measured under other switches or other code never pool, and a --vary
     cell is the cell the same switches set in the environment make."""
@@ -385,7 +387,11 @@ def session_config(
         session_index=index,
         rounds=config.rounds,
         cpu=config.cpu,
-        measure_settings=dict(switches if switches is not None else the_plan.variants[0]),
+        measure_settings=dict(
+            settings.DEFAULT_MEASURE_SETTINGS
+            if not reads_switches(runtime)
+            else switches if switches is not None else the_plan.variants[0]
+        ),
         qbench_version=__version__,
         measured_code=the_plan.measured_code,
     )
@@ -420,7 +426,7 @@ def session_jobs(the_plan: Plan) -> list[tuple[SessionConfig, str]]:
     A backend's --vary settings run one after the other, in the plan's order for odd-numbered sessions
     and reversed for even ones (A B, B A, A B, ...): a drift of the machine over the run moves both
     sides of an A/B alike, and neither always runs first. Under a runtime that reads no switch (hf,
-    llama.cpp) a backend is one cell, keyed under the plan's base switches."""
+    llama.cpp) a backend is one cell, keyed under the defaults (session_switches)."""
     config = the_plan.config
     jobs = []
     runs_under = {name: the_plan.runtimes.get(name, (DEFAULT,)) for name in the_plan.backends}
@@ -433,7 +439,7 @@ def session_jobs(the_plan: Plan) -> list[tuple[SessionConfig, str]]:
                 for backend in the_plan.backends:
                     if runtime not in runs_under[backend]:
                         continue
-                    for switches in variants if reads_switches(runtime) else [the_plan.base_switches]:
+                    for switches in variants if reads_switches(runtime) else variants[:1]:  # one: the defaults
                         # one process per graphs setting where the runtime fixes it per process (llama.cpp)
                         for graphs in [(m,) for m in modes] if backend in the_plan.per_process else [modes]:
                             session = session_config(the_plan, backend, ctx, index, runtime, graphs, switches)

@@ -256,18 +256,21 @@ def render(rows: list[dict], fmt: str, title: str = "", wide: bool = False) -> s
 
 
 def compare_document(rows: list[dict], style: Renderer, title: str = "", wide: bool = False) -> Document:
-    """One section per comparison group: what measured it above its table, its notes below; JSON
-    carries the rows whole, CSV one flat row each (intervals as numeric columns)."""
+    """One section per comparison group: what measured it above its table (its own columns: those
+    filled in its rows), its notes below; JSON carries the rows whole, CSV one flat row each
+    (intervals as numeric columns)."""
     flats = [csv_row(row) for row in rows]
     keys = sorted({k for flat in flats for k in flat})
     records = [{k: flat.get(k) for k in keys} for flat in flats]
     headers, body = table_rows(rows)
-    headers, body = keep_columns(headers, body, choose_columns(headers, body, style, wide))
     groups = defaultdict(list)
     for row, cells in zip(rows, body, strict=True):
         groups[row["comparison"]].append((row, cells))
     sections = []
     for members in groups.values():
+        # each section's own columns: one filled only in another (vs base x beside its base) takes no room here
+        shown = choose_columns(headers, [cells for _, cells in members], style, wide)
+        members = [(row, keep_columns(headers, [cells], shown)[1][0]) for row, cells in members]
         first = members[0][0]
         runs = sorted({run for row, _ in members for run in row["run_ids"]})
         before = [f"runs: {', '.join(runs)}"]
@@ -278,7 +281,7 @@ def compare_document(rows: list[dict], style: Renderer, title: str = "", wide: b
             pinned = f", decode loop pinned to core(s) {', '.join(map(str, cores))}" if cores else ", not pinned"
             before.append(f"host: {first['host_cpu']}{pinned} (--cpu {first.get('cpu') or 'off'})")
         notes = _section_notes([row for row, _ in members])
-        sections.append(Section(_section_heading(first), headers, [c for _, c in members], before, notes))
+        sections.append(Section(_section_heading(first), shown, [c for _, c in members], before, notes))
     flags = sorted({flag.split()[0] for row in rows for flag in row["flags"]})
     legend = (
         "ms/step: median over sessions of per-session median step time (CUDA events on GPU, wall clock on CPU); "

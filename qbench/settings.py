@@ -177,12 +177,11 @@ def parse_vary(texts: tuple[str, ...] | list[str]) -> tuple[tuple[str, tuple[str
 
 def measure_variants(
     vary: tuple[tuple[str, tuple[str, ...]], ...], environ: Mapping[str, str] | None = None
-) -> tuple[dict[str, str], list[dict[str, str]], list[str]]:
-    """The switch settings a compare's sessions run under: `base`, the environment's (measure_settings())
-    with the varied switches at their defaults (for runtimes that read no switch), and the variants,
-    one (the environment's) without `vary`, else one for each combination of the varied values (the
-    first variable's outermost). With notes: a varied switch the environment also sets is replaced; a
-    switch given one value is no A/B."""
+) -> tuple[list[dict[str, str]], list[str]]:
+    """The switch settings a compare's sessions run under (where their runtime reads the switches):
+    one, the environment's (measure_settings()), without `vary`, else one for each combination of the
+    varied values (the first variable's outermost), the other switches from the environment. With
+    notes: a varied switch the environment also sets is replaced; a switch given one value is no A/B."""
     environ = dict(os.environ if environ is None else environ)
     notes = []
     for name, values in vary:
@@ -190,11 +189,10 @@ def measure_variants(
             notes.append(f"--vary {name}={','.join(values)} replaces {name}={environ.pop(name)!r} from the environment")
         if len(values) == 1:
             notes.append(f"--vary {name}={values[0]} names one value: no A/B, the same as setting {name}={values[0]}")
-    base = dict(measure_settings(environ))  # a bad switch left to the environment: one line, here
-    variants = [base]
+    variants = [dict(measure_settings(environ))]  # a bad switch left to the environment: one line, here
     for name, values in vary:
         variants = [{**variant, name: value} for variant in variants for value in values]
-    return base, variants, notes
+    return variants, notes
 
 
 def varied_text(chosen: Mapping[str, str], vary: tuple[tuple[str, tuple[str, ...]], ...]) -> str:

@@ -381,3 +381,40 @@ def test_vs_base_pairs_the_sessions_that_ran_side_by_side():
     later = records + [_record({**folded, "session_index": i}, ms, "r9") for i, ms in enumerate(folded_ms)]
     (_, on) = sorted(aggregate(later), key=lambda r: -r["ms_per_step"])
     assert on["settings_interval"] == unpaired
+
+
+def test_a_runtime_that_reads_no_switch_is_keyed_under_the_defaults(monkeypatch):
+    monkeypatch.setenv("QBENCH_LEAN_FOLD", "on")
+    hf = replace(TINY, runtimes=("hf",))
+    (session, cell), *_ = session_jobs(plan(hf, CPU))
+    assert session.measure_settings == dict(settings.DEFAULT_MEASURE_SETTINGS)
+    monkeypatch.delenv("QBENCH_LEAN_FOLD")
+    assert cell == hashes(hf)[0]  # the environment's switches split no hf cell
+    lean_only = plan(replace(hf, vary=(FOLD,)), CPU)
+    assert any("--vary QBENCH_LEAN_FOLD: no runtime of this run reads it (only lean)" in n for n in lean_only.notes)
+    assert len(session_jobs(lean_only)) == 1
+
+
+def test_vs_base_ties_and_runtimes_that_read_no_switch():
+    base = _config()
+    folded = _config(measure_settings={**base["measure_settings"], "QBENCH_LEAN_FOLD": "on"})
+    # two cards of one spec in one store: two cells of the default switches (the device is in the cell hash)
+    records = [_record(base, 2.0), _record(base, 2.2, "r2"), _record(folded, 1.0), _record(folded, 1.1, "r2")]
+    other_card = _record(base, 4.0, "r3")
+    other_card["cell_hash"] = cell_hash(base, "h100-sxm5 #2")
+    rows = aggregate(records + [other_card])
+    by_ms = {r["ms_per_step"]: r for r in rows}
+    assert by_ms[1.05]["settings_speedup"] == pytest.approx(2.1 / 1.05)  # the base: the cell with more sessions
+    assert "settings_speedup" not in by_ms[4.0] and "settings_speedup" not in by_ms[2.1]  # no A/B of switches
+    # hf reads no switch: rows of it under other switches (an older store keyed them so) are no A/B
+    hf = [{**config, "runtime": "hf"} for config in (base, folded)]
+    rows = aggregate([_record(hf[0], 2.0), _record(hf[1], 1.0)])
+    assert not any("settings_speedup" in r for r in rows)
+
+
+def test_each_section_shows_its_own_columns():
+    base = _config()
+    folded = _config(measure_settings={**base["measure_settings"], "QBENCH_LEAN_FOLD": "on"})
+    text = render(aggregate([_record(base, 2.0), _record(folded, 1.0)]), "md")
+    default_part, folded_part = text.split("; under QBENCH_LEAN_FOLD=on")
+    assert "vs base x" not in default_part and "vs base x" in folded_part

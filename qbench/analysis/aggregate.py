@@ -435,6 +435,11 @@ def _across(row: dict) -> tuple:
     return row["across_settings"], row["backend"], row["runtime"], row["group_size"], row["graphs"]
 
 
+def _effective(row: dict) -> dict[str, str]:
+    """Every switch a row ran under: a switch its store did not keep ran at its default."""
+    return {**DEFAULT_MEASURE_SETTINGS, **(row["switched"] or {})}
+
+
 def _value_order(name: str, value: str | None) -> tuple[int, str]:
     """Where a switch's value stands in qbench's order of its values (the default first); a value
     qbench no longer knows after every known one."""
@@ -460,18 +465,23 @@ def base_rows(rows: list[dict]) -> dict[tuple, dict]:
     in qbench's order of each (the default first: QBENCH_LEAN_FOLD off before on, QBENCH_LEAN_GEMV
     auto, cublas, triton). A --vary A/B of a default and another value has the default as its base;
     one of two other values (cublas, triton), or one run with another switch set in the environment,
-    still has one."""
+    still has one. Rows of the same switches (two cards of one GPU spec in one store; a store from
+    before a switch existed, read as its default) tie: the one with the most sessions, then the
+    first cell hash, is the base. A runtime that reads no switch (hf) has none: its rows differ in
+    nothing it runs."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
-        if row["switched"] is not None:  # stored before qbench kept the switches: not known to differ
+        # stored before qbench kept the switches: not known to differ
+        if row["switched"] is not None and get_runtime(row["runtime"]).reads_switches:
             groups[_across(row)].append(row)
     bases = {}
     for key, members in groups.items():
-        chosen = [{**DEFAULT_MEASURE_SETTINGS, **row["switched"]} for row in members]
+        chosen = [_effective(row) for row in members]
         differing = sorted({name for one in chosen for name in one if len({c.get(name) for c in chosen}) > 1})
-        ranks = [tuple(_value_order(name, one.get(name)) for name in differing) for one in chosen]
-        if len(members) > 1 and ranks.count(min(ranks)) == 1:
-            bases[key] = members[ranks.index(min(ranks))]
+        if len(members) > 1 and differing:
+            rank = {id(row): tuple(_value_order(name, one.get(name)) for name in differing)
+                    for row, one in zip(members, chosen, strict=True)}  # fmt: skip
+            bases[key] = min(members, key=lambda r: (rank[id(r)], -len(r["session_medians_ms"]), r["cell_hash"]))
     return bases
 
 
@@ -506,7 +516,8 @@ def _add_ratios(rows: list[dict]) -> None:
             if row.get("expected_reduction"):
                 row["realisation_pct"] = 100 * row["realised_speedup"] / row["expected_reduction"]
         base = bases.get(_across(row)) if row["switched"] is not None else None
-        if base is not None and base is not row and base.get("ms_per_step") and row.get("ms_per_step"):
+        timed = base is not None and base.get("ms_per_step") and row.get("ms_per_step")
+        if timed and _effective(base) != _effective(row):  # a row of the base's own switches is no A/B
             row["settings_base"] = switches_text(base["switched"]) or "the defaults"
             row["settings_speedup"] = base["ms_per_step"] / row["ms_per_step"]
             row["settings_interval"] = stats.ratio_interval(*_side_by_side(base, row))

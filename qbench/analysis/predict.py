@@ -264,6 +264,7 @@ def predict(
     `calibrated`: calibrations to use instead of those of `sessions` (the shipped ones,
     shipped_calibration()); they may be of the target card itself (a store's own measurements of the
     target never calibrate, the shipped ones were measured elsewhere)."""
+    from qbench.analysis.aggregate import switched
     from qbench.analysis.floor import step_bytes
     from qbench.compare import check_ctx
     from qbench.registry import load_backend
@@ -288,8 +289,11 @@ def predict(
         found = [c for c in found if c.gpu == calibrate_on]
     if not found:
         where = "" if calibrate_on == "auto" else f" on {calibrate_on}"
+        # cells measured under other switches (compare --vary) never calibrate: say so where they were all there was
+        left_out = len({s["cell_hash"] for s in sessions if switched(s["config"])}) if calibrated is None else 0
+        why = f"; {left_out} cell(s) under non-default QBENCH_LEAN_* switches never calibrate" if left_out else ""
         raise UserError(
-            f"no profiled, timed measurement{where} to calibrate on (a GPU other than {target.name})",
+            f"no profiled, timed measurement{where} to calibrate on (a GPU other than {target.name}){why}",
             "run `qbench compare` on a GPU you have (it profiles each cell), then predict from its --db",
         )
     measured = _measured_cells(against, target.name) if against is not None else {}
