@@ -209,7 +209,7 @@ def _cell_row(cell: str, graphs: bool, records: list[dict]) -> dict[str, Any]:
         "qbench_version": config.get("qbench_version") or NOT_STORED,
         "measured_code": config.get("measured_code") or NOT_STORED,
         "comparison": comparison_key(config, gpu),
-        # the rows its `vs default x` compares with: the same but for the switches (one at their defaults)
+        # the rows its `vs base x` compares with: the same but for the switches (base_rows)
         "across_settings": comparison_key(config, gpu, (*COMPARED_ACROSS, "measure_settings")),
         "switched": switched(config),
         # the 16-bit reference of its runtime (bf16; llama.cpp's F16); stored before this existed: bf16
@@ -479,9 +479,12 @@ def base_rows(rows: list[dict]) -> dict[tuple, dict]:
         chosen = [_effective(row) for row in members]
         differing = sorted({name for one in chosen for name in one if len({c.get(name) for c in chosen}) > 1})
         if len(members) > 1 and differing:
-            rank = {id(row): tuple(_value_order(name, one.get(name)) for name in differing)
-                    for row, one in zip(members, chosen, strict=True)}  # fmt: skip
-            bases[key] = min(members, key=lambda r: (rank[id(r)], -len(r["session_medians_ms"]), r["cell_hash"]))
+            ranks = [tuple(_value_order(name, one.get(name)) for name in differing) for one in chosen]
+            first = min(
+                range(len(members)),
+                key=lambda i: (ranks[i], -len(members[i]["session_medians_ms"]), members[i]["cell_hash"]),
+            )
+            bases[key] = members[first]
     return bases
 
 
@@ -494,7 +497,7 @@ def _add_ratios(rows: list[dict]) -> None:
         (r["comparison"], r["backend"], r["group_size"], r["graphs"]): r for r in rows if r["runtime"] == DEFAULT
     }
     by_cell = {(r["cell_hash"], r["graphs"]): r for r in rows}
-    # the same backend, runtime and configuration under qbench's default switches (--vary's A/B)
+    # the same backend, runtime and configuration under its base switches (--vary's A/B)
     bases = base_rows(rows)
     # A runtime that fixes its graphs setting per process (llama.cpp) has its eager and graph
     # sessions in two cells that differ only in `graphs`: their rows pair as one A/B, unpaired.
