@@ -76,7 +76,7 @@ from qbench.render.escape import for_terminal
     multiple=True,
     metavar="NAME=V1,V2",
     help="A/B a measuring switch (QBENCH_LEAN_*; repeatable: every combination): a cell per value, "
-    "their sessions interleaved; rows gain vs default x.",
+    "their sessions interleaved; rows gain vs base x.",
 )
 @click.option(
     "--cpu",
