@@ -195,9 +195,14 @@ def measure_variants(
     return variants, notes
 
 
+def switches_text(chosen: Mapping[str, str]) -> str:
+    """Measuring switches as one line: `QBENCH_LEAN_GEMV=auto, QBENCH_LEAN_FOLD=on`."""
+    return ", ".join(f"{k}={v}" for k, v in chosen.items())
+
+
 def varied_text(chosen: Mapping[str, str], vary: tuple[tuple[str, tuple[str, ...]], ...]) -> str:
     """The varied switches of one setting, as `QBENCH_LEAN_FOLD=on` (progress lines name sessions by it)."""
-    return ", ".join(f"{name}={chosen[name]}" for name, _ in vary)
+    return switches_text({name: chosen[name] for name, _ in vary})
 
 
 # The code whose change changes what a session times: the decode loop and its positions, the session's

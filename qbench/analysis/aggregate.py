@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
-from collections.abc import Mapping
 from statistics import median
 from typing import Any
 
@@ -43,7 +42,7 @@ from qbench.errors import UserError
 from qbench.registry import BUILT_IN_ORDER
 from qbench.runtimes import DEFAULT, get_runtime
 from qbench.session.gate_limits import EDGE_ERROR, EDGE_TOP1
-from qbench.settings import DEFAULT_MEASURE_SETTINGS, MEASURE_VARIABLES
+from qbench.settings import DEFAULT_MEASURE_SETTINGS, MEASURE_VARIABLES, switches_text
 from qbench.specs import load_gpu_spec
 
 PERPLEXITY_BOUND = 1.75  # real weights: a 4-bit backend's perplexity may be at most this x bf16's
@@ -126,11 +125,6 @@ def switched(config: dict) -> dict[str, str] | None:
     if chosen is None:
         return None
     return {k: v for k, v in chosen.items() if DEFAULT_MEASURE_SETTINGS.get(k) != v}
-
-
-def switches_text(chosen: Mapping[str, str]) -> str:
-    """Measuring switches as one line: `QBENCH_LEAN_GEMV=auto, QBENCH_LEAN_FOLD=on`."""
-    return ", ".join(f"{k}={v}" for k, v in chosen.items())
 
 
 def with_switches(runtime: str, chosen: dict[str, str] | None) -> str:
